@@ -1,0 +1,3 @@
+module github.com/ecowatt/fota
+
+go 1.26.8
