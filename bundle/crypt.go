@@ -1,0 +1,169 @@
+package bundle
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/ecowatt/fota/keys"
+)
+
+// streamBuffer is the fixed working memory of the streaming ciphers: large
+// enough to amortise calls into the AES assembly, small enough for a device.
+const streamBuffer = 32 << 10
+
+// Decrypter decrypts AES-256-CBC ciphertext fed to Write in pieces of any
+// size, as they arrive from a network, and writes the plaintext to dst. Its
+// memory is constant: one work buffer, whatever the image size. The last
+// block is held back until Close, which removes and checks the PKCS#7 padding.
+type Decrypter struct {
+	mode    cipher.BlockMode
+	dst     io.Writer
+	buf     []byte
+	pending int   // ciphertext bytes in buf not yet decrypted
+	written int64 // plaintext bytes written to dst
+	err     error
+}
+
+// NewDecrypter returns a Decrypter for key and the 16-byte iv.
+func NewDecrypter(dst io.Writer, key keys.FirmwareKey, iv []byte) (*Decrypter, error) {
+	if len(iv) != aes.BlockSize {
+		return nil, fmt.Errorf("%w: IV is %d bytes, want %d", ErrDecrypt, len(iv), aes.BlockSize)
+	}
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+	}
+	return &Decrypter{mode: cipher.NewCBCDecrypter(block, iv), dst: dst, buf: make([]byte, streamBuffer)}, nil
+}
+
+// Write consumes ciphertext. It returns the first error of dst, and every
+// later call returns it too.
+func (d *Decrypter) Write(p []byte) (int, error) {
+	if d.err != nil {
+		return 0, d.err
+	}
+	consumed := 0
+	for len(p) > 0 {
+		k := copy(d.buf[d.pending:], p)
+		d.pending += k
+		p = p[k:]
+		consumed += k
+		// Hold back the last whole block: it may be the padded one.
+		ready := d.pending/aes.BlockSize*aes.BlockSize - aes.BlockSize
+		if ready <= 0 {
+			continue
+		}
+		d.mode.CryptBlocks(d.buf[:ready], d.buf[:ready])
+		if _, err := d.dst.Write(d.buf[:ready]); err != nil {
+			d.err = fmt.Errorf("write plaintext: %w", err)
+			return consumed, d.err
+		}
+		d.written += int64(ready)
+		d.pending = copy(d.buf, d.buf[ready:d.pending])
+	}
+	return consumed, nil
+}
+
+// Close decrypts the held-back block, checks and strips the padding and
+// writes the rest. It fails if the ciphertext was not a whole, non-zero
+// number of blocks or the padding is wrong (a wrong key, almost always).
+func (d *Decrypter) Close() error {
+	if d.err != nil {
+		return d.err
+	}
+	if d.pending != aes.BlockSize {
+		if d.pending == 0 && d.written == 0 {
+			return fmt.Errorf("%w: no ciphertext", ErrDecrypt)
+		}
+		return fmt.Errorf("%w: ciphertext is not a whole number of %d-byte blocks", ErrDecrypt, aes.BlockSize)
+	}
+	last := d.buf[:aes.BlockSize]
+	d.mode.CryptBlocks(last, last)
+	n, err := unpad(last)
+	if err != nil {
+		d.err = err
+		return err
+	}
+	if _, err := d.dst.Write(last[:n]); err != nil {
+		d.err = fmt.Errorf("write plaintext: %w", err)
+		return d.err
+	}
+	d.written += int64(n)
+	d.pending = 0
+	d.err = errors.New("decrypter is closed")
+	return nil
+}
+
+// Written is the number of plaintext bytes written to dst so far.
+func (d *Decrypter) Written() int64 { return d.written }
+
+// unpad returns how many bytes of the final block are plaintext. The check
+// runs in constant time so that timing does not reveal padding validity.
+func unpad(block []byte) (int, error) {
+	p := int(block[len(block)-1])
+	good := subtle.ConstantTimeLessOrEq(1, p) & subtle.ConstantTimeLessOrEq(p, aes.BlockSize)
+	for i := 0; i < aes.BlockSize; i++ {
+		inPad := subtle.ConstantTimeLessOrEq(aes.BlockSize-p, i)
+		match := subtle.ConstantTimeByteEq(block[i], byte(p))
+		good &= subtle.ConstantTimeSelect(inPad, match, 1)
+	}
+	if good != 1 {
+		return 0, fmt.Errorf("%w: bad padding (wrong firmware key?)", ErrDecrypt)
+	}
+	return aes.BlockSize - p, nil
+}
+
+// encrypter encrypts a plaintext stream with PKCS#7 padding into dst.
+type encrypter struct {
+	mode cipher.BlockMode
+	dst  io.Writer
+	buf  []byte
+	n    int
+}
+
+func newEncrypter(dst io.Writer, key keys.FirmwareKey, iv []byte) (*encrypter, error) {
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, fmt.Errorf("encrypt: %w", err)
+	}
+	return &encrypter{mode: cipher.NewCBCEncrypter(block, iv), dst: dst, buf: make([]byte, streamBuffer)}, nil
+}
+
+func (e *encrypter) Write(p []byte) (int, error) {
+	consumed := 0
+	for len(p) > 0 {
+		k := copy(e.buf[e.n:], p)
+		e.n += k
+		p = p[k:]
+		consumed += k
+		if e.n < len(e.buf) {
+			continue
+		}
+		e.mode.CryptBlocks(e.buf, e.buf)
+		if _, err := e.dst.Write(e.buf); err != nil {
+			return consumed, fmt.Errorf("write ciphertext: %w", err)
+		}
+		e.n = 0
+	}
+	return consumed, nil
+}
+
+// Close pads the final block (a whole block of padding when the plaintext
+// is block aligned, as PKCS#7 requires) and flushes.
+func (e *encrypter) Close() error {
+	pad := aes.BlockSize - e.n%aes.BlockSize
+	for i := 0; i < pad; i++ {
+		e.buf[e.n+i] = byte(pad)
+	}
+	e.n += pad
+	e.mode.CryptBlocks(e.buf[:e.n], e.buf[:e.n])
+	if _, err := e.dst.Write(e.buf[:e.n]); err != nil {
+		return fmt.Errorf("write ciphertext: %w", err)
+	}
+	e.n = 0
+	return nil
+}
