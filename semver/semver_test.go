@@ -2,6 +2,7 @@ package semver
 
 import (
 	"errors"
+	"path/filepath"
 	"testing"
 )
 
@@ -73,6 +74,9 @@ func TestNewer(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
+	if seeds, _ := filepath.Glob(filepath.Join("testdata", "fuzz", "FuzzParse", "*")); len(seeds) == 0 {
+		f.Fatal("seed corpus testdata/fuzz/FuzzParse is empty")
+	}
 	for _, s := range []string{"1.0.0", "1.0.0-rc.1+b", "0.0.0-0", "1.2"} {
 		f.Add(s)
 	}
