@@ -3,7 +3,12 @@ package bundle
 import (
 	"fmt"
 	"io"
+	"sync"
 )
+
+// bufferPool recycles the streaming buffers: a server verifying many
+// uploads, or a benchmark, would otherwise allocate and zero them each time.
+var bufferPool = sync.Pool{New: func() any { return new([streamBuffer]byte) }}
 
 // asyncWriter writes to w on another goroutine, so that hashing and
 // spooling run on a second core while the caller encrypts or decrypts.
@@ -17,10 +22,7 @@ type asyncWriter struct {
 	err  error // set by the goroutine; read only after done is closed
 }
 
-const (
-	asyncBuffers    = 4
-	asyncBufferSize = streamBuffer
-)
+const asyncBuffers = 4
 
 func newAsyncWriter(w io.Writer) *asyncWriter {
 	a := &asyncWriter{
@@ -30,7 +32,7 @@ func newAsyncWriter(w io.Writer) *asyncWriter {
 		done: make(chan struct{}),
 	}
 	for range asyncBuffers {
-		a.free <- make([]byte, asyncBufferSize)
+		a.free <- bufferPool.Get().(*[streamBuffer]byte)[:]
 	}
 	go func() {
 		defer close(a.done)
@@ -61,6 +63,9 @@ func (a *asyncWriter) Write(p []byte) (int, error) {
 func (a *asyncWriter) Close() error {
 	close(a.work)
 	<-a.done
+	for range asyncBuffers {
+		bufferPool.Put((*[streamBuffer]byte)(<-a.free))
+	}
 	if a.err != nil {
 		return fmt.Errorf("async write: %w", a.err)
 	}
