@@ -1,0 +1,133 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/ecowatt/fota"
+)
+
+const releaseColumns = `id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256,
+	ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms,
+	manifest, signature, legacy_signature, blob_key`
+
+func scanRelease(row interface{ Scan(...any) error }) (*fota.Release, error) {
+	r := &fota.Release{}
+	var created, published int64
+	err := row.Scan(&r.ID, &r.Product, &r.Hardware, &r.Version, &r.SecurityCounter, &r.PlaintextSize, &r.PlaintextSHA256,
+		&r.CiphertextSize, &r.CiphertextSHA256, &r.ChunkSize, &r.IV, &r.KeyID, &r.SignatureAlg, &r.Notes, &created, &published,
+		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey)
+	if err != nil {
+		return nil, err
+	}
+	r.Created, r.Published = fromMS(created), fromMS(published)
+	if len(r.LegacySignature) == 0 {
+		r.LegacySignature = nil
+	}
+	return r, nil
+}
+
+// CreateRelease stores a release and its published event.
+func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
+	r.Published = s.now().UTC()
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO releases (product, hardware, version, security_counter, plaintext_size,
+			plaintext_sha256, ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms,
+			published_ms, manifest, signature, legacy_signature, blob_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.Product, r.Hardware, r.Version, r.SecurityCounter, r.PlaintextSize, r.PlaintextSHA256, r.CiphertextSize,
+			r.CiphertextSHA256, r.ChunkSize, r.IV, r.KeyID, r.SignatureAlg, r.Notes, ms(r.Created), ms(r.Published),
+			r.ManifestBytes, r.Signature, r.LegacySignature, r.BlobKey)
+		if isUnique(err) {
+			return fota.Errorf(fota.ECONFLICT, "release %s for %s exists already", r.Version, r.Hardware)
+		}
+		if err != nil {
+			return fmt.Errorf("create release: %w", err)
+		}
+		r.ID, _ = res.LastInsertId()
+		return addEvent(ctx, tx, &fota.Event{Time: r.Published, Kind: fota.EventPublished, ReleaseVersion: r.Version,
+			Detail: fmt.Sprintf("%s %s for %s, %d bytes, signed by %s", r.Product, r.Version, r.Hardware, r.PlaintextSize, r.KeyID)})
+	})
+}
+
+// Release returns a release by id.
+func (s *Store) Release(ctx context.Context, id int64) (*fota.Release, error) {
+	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read release %d: %w", id, err)
+	}
+	return r, nil
+}
+
+// ReleaseByVersion returns a release by hardware and version.
+func (s *Store) ReleaseByVersion(ctx context.Context, hardware, version string) (*fota.Release, error) {
+	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE hardware = ? AND version = ?`, hardware, version))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read release %s: %w", version, err)
+	}
+	return r, nil
+}
+
+// Releases lists releases, oldest first.
+func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release, error) {
+	q, args := `SELECT `+releaseColumns+` FROM releases`, []any{}
+	if hardware != "" {
+		q += ` WHERE hardware = ?`
+		args = append(args, hardware)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list releases: %w", err)
+	}
+	defer rows.Close()
+	var out []*fota.Release
+	for rows.Next() {
+		r, err := scanRelease(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list releases: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// DeleteRelease removes a release unless an active session uses it.
+func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var version string
+		err := tx.QueryRowContext(ctx, `SELECT version FROM releases WHERE id = ?`, id).Scan(&version)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fota.Errorf(fota.ENOTFOUND, "no release with id %d", id)
+		}
+		if err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		var active int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE release_id = ? AND state IN `+activeStates, id).Scan(&active); err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		if active > 0 {
+			return fota.Errorf(fota.ECONFLICT, "release %s is in use by %d update session(s); delete it when they end", version, active)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM releases WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: s.now(), Kind: fota.EventDeleted, ReleaseVersion: version})
+	})
+}
+
+// BlobInUse reports whether a release refers to the blob.
+func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM releases WHERE blob_key = ?`, key).Scan(&n); err != nil {
+		return false, fmt.Errorf("check blob %s: %w", key, err)
+	}
+	return n > 0, nil
+}

@@ -1,0 +1,215 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ecowatt/fota"
+)
+
+// activeStates is the SQL list of states in which a session can progress.
+var activeStates = fmt.Sprintf("('%s', '%s', '%s', '%s')", fota.SessionOpen, fota.SessionDownloaded, fota.SessionVerified, fota.SessionApplied)
+
+// StaleAfter is how long an active session may go without a request before
+// it is abandoned, freeing its place under the concurrent-session cap.
+const StaleAfter = 24 * time.Hour
+
+const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
+	bytes_served, created_ms, updated_ms`
+
+func scanSession(row interface{ Scan(...any) error }) (*fota.Session, error) {
+	s := &fota.Session{}
+	var created, updated int64
+	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
+		&s.BytesServed, &created, &updated); err != nil {
+		return nil, err
+	}
+	s.Created, s.Updated = fromMS(created), fromMS(updated)
+	return s, nil
+}
+
+// OpenSession stores a new session, abandoning the device's other active one.
+func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
+	now := s.now().UTC()
+	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if err := s.abandon(ctx, tx, `(device_id = ? OR updated_ms < ?)`, "replaced by a new session or idle too long", sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
+			return err
+		}
+		if maxActive > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE state IN `+activeStates).Scan(&n); err != nil {
+				return fmt.Errorf("count sessions: %w", err)
+			}
+			if n >= maxActive {
+				return fota.Errorf(fota.EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", n)
+			}
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
+			sess.TotalChunks, ms(now), ms(now))
+		if err != nil {
+			return fmt.Errorf("open session: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+	})
+}
+
+// abandon ends the active sessions matching where, with an event each.
+func (s *Store) abandon(ctx context.Context, tx *sql.Tx, where, reason string, args ...any) error {
+	now := ms(s.now())
+	q := `SELECT id, device_id, release_version FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("find sessions to abandon: %w", err)
+	}
+	var ended []*fota.Event
+	for rows.Next() {
+		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: fromMS(now)}
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion); err != nil {
+			rows.Close()
+			return fmt.Errorf("find sessions to abandon: %w", err)
+		}
+		ended = append(ended, e)
+	}
+	rows.Close()
+	for _, e := range ended {
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`,
+			fota.SessionAbandoned, reason, now, e.SessionID); err != nil {
+			return fmt.Errorf("abandon session: %w", err)
+		}
+		if err := addEvent(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Session returns a session.
+func (s *Store) Session(ctx context.Context, id string) (*fota.Session, error) {
+	sess, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read session: %w", err)
+	}
+	return sess, nil
+}
+
+// ActiveSession returns the device's active session.
+func (s *Store) ActiveSession(ctx context.Context, deviceID string) (*fota.Session, error) {
+	sess, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = ? AND state IN `+activeStates+
+		` ORDER BY created_ms DESC LIMIT 1`, deviceID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fota.Errorf(fota.ENOTFOUND, "device %q has no open update session; check for updates first", deviceID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read session: %w", err)
+	}
+	return sess, nil
+}
+
+// ActiveSessions lists active sessions, newest first.
+func (s *Store) ActiveSessions(ctx context.Context) ([]*fota.Session, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE state IN `+activeStates+` ORDER BY created_ms DESC, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	defer rows.Close()
+	var out []*fota.Session
+	for rows.Next() {
+		sess, err := scanSession(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sessions: %w", err)
+		}
+		out = append(out, sess)
+	}
+	return out, rows.Err()
+}
+
+func (s *Store) activeForUpdate(ctx context.Context, tx *sql.Tx, id string) (*fota.Session, error) {
+	sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read session: %w", err)
+	}
+	if !fota.SessionActive(sess.State) {
+		return nil, fota.Errorf(fota.EGONE, "update session %s has ended (%s); check for updates again", id, sess.State)
+	}
+	return sess, nil
+}
+
+// RecordProgress raises a session's next chunk; it never lowers it.
+func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		sess, err := s.activeForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		newNext := max(sess.NextChunk, min(next, sess.TotalChunks))
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET next_chunk = ?, bytes_served = bytes_served + ?, updated_ms = ? WHERE id = ?`,
+			newNext, bytes, ms(now), id); err != nil {
+			return fmt.Errorf("record progress: %w", err)
+		}
+		// One event per quarter crossed, so history shows progress without a row per chunk.
+		before, after := quarter(sess.NextChunk, sess.TotalChunks), quarter(newNext, sess.TotalChunks)
+		for q := before + 1; q <= after; q++ {
+			if err := addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventProgress, DeviceID: sess.DeviceID,
+				ReleaseVersion: sess.ReleaseVersion, SessionID: id, Detail: fmt.Sprintf("%d%% of chunks served", q*25)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func quarter(n, total int) int {
+	if total == 0 {
+		return 0
+	}
+	return n * 4 / total
+}
+
+var stateEvents = map[string]string{
+	fota.SessionDownloaded: fota.EventDownloaded,
+	fota.SessionVerified:   fota.EventVerified,
+	fota.SessionApplied:    fota.EventApplied,
+	fota.SessionConfirmed:  fota.EventConfirmed,
+	fota.SessionRolledBack: fota.EventRolledBack,
+	fota.SessionFailed:     fota.EventFailed,
+	fota.SessionAbandoned:  fota.EventAbandoned,
+}
+
+// SetSessionState moves an active session to state, with its event.
+func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) error {
+	kind, ok := stateEvents[state]
+	if !ok {
+		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		sess, err := s.activeForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`, state, reason, ms(now), id); err != nil {
+			return fmt.Errorf("set session state: %w", err)
+		}
+		if state == fota.SessionConfirmed {
+			if _, err := tx.ExecContext(ctx, `UPDATE devices SET version = r.version, security_counter = max(devices.security_counter, r.security_counter)
+				FROM (SELECT version, security_counter FROM releases WHERE id = ?) AS r WHERE devices.id = ?`, sess.ReleaseID, sess.DeviceID); err != nil {
+				return fmt.Errorf("record confirmed version: %w", err)
+			}
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
+			SessionID: id, Detail: reason})
+	})
+}

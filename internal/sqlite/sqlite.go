@@ -1,0 +1,199 @@
+// Package sqlite implements fota.Store on embedded SQLite (pure Go, no cgo):
+// WAL journal, foreign keys on, full fsync on commit, numbered embedded
+// migrations applied one transaction each.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+
+	"github.com/ecowatt/fota"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is a fota.Store on one SQLite database file.
+type Store struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+var _ fota.Store = (*Store)(nil)
+
+// Open opens (creating if needed, mode 0600) the database at file and
+// brings its schema up to date. It refuses a database whose schema is newer
+// than this fota knows: an older binary must not write to it.
+func Open(ctx context.Context, file string) (*Store, error) {
+	if f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return nil, fmt.Errorf("open database %s: %w", file, err)
+	} else {
+		f.Close()
+	}
+	// _txlock=immediate takes the write lock at BEGIN, so concurrent writers
+	// wait on busy_timeout instead of failing when a read upgrades to a write.
+	dsn := "file:" + file + "?_txlock=immediate" +
+		"&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", file, err)
+	}
+	s := &Store{db: db, now: time.Now}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", file, err)
+	}
+	return s, nil
+}
+
+// SetClock replaces the clock, for tests.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// SchemaVersion is the highest migration this binary has.
+func SchemaVersion() int {
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	return len(names)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	var current int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&current); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if current > len(names) {
+		return fota.Errorf(fota.EINVALID, "database schema version %d is newer than this fota knows (%d); run a newer fota", current, len(names))
+	}
+	for i, name := range names {
+		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
+		if err != nil || n != i+1 {
+			return fmt.Errorf("migration %s is out of sequence", name)
+		}
+		if n <= current {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		err = s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return fmt.Errorf("apply %s: %w", name, err)
+			}
+			// PRAGMA takes no parameters; n is a number we parsed.
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", n))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+func isUnique(err error) bool {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		// SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+		return e.Code() == 2067 || e.Code() == 1555
+	}
+	return false
+}
+
+func addEvent(ctx context.Context, tx *sql.Tx, e *fota.Event) error {
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail) VALUES (?, ?, ?, ?, ?, ?)`,
+		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail)
+	if err != nil {
+		return fmt.Errorf("add event: %w", err)
+	}
+	e.ID, _ = res.LastInsertId()
+	return nil
+}
+
+// AddEvent records an event.
+func (s *Store) AddEvent(ctx context.Context, e *fota.Event) error {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, e) })
+}
+
+// Events lists events, newest first.
+func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail FROM events`
+	var args []any
+	if f.DeviceID != "" {
+		q += ` WHERE device_id = ?`
+		args = append(args, f.DeviceID)
+	}
+	q += ` ORDER BY id DESC LIMIT ?`
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	defer rows.Close()
+	var out []*fota.Event
+	for rows.Next() {
+		e := &fota.Event{}
+		var t int64
+		if err := rows.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail); err != nil {
+			return nil, fmt.Errorf("list events: %w", err)
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

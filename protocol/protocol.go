@@ -1,0 +1,121 @@
+// Package protocol holds the cryptographic rules of the two device APIs,
+// shared by the server, the Go client and the agent, and mirrored by
+// docs/PROTOCOL.md for other implementations.
+//
+// Threat model of the device side:
+//   - Each device has its own 32-byte pre-shared key (PSK), known to the
+//     device and the server only. Its text form is 64 lowercase hex digits.
+//   - Native API: every device request carries an HMAC over method, path,
+//     timestamp, nonce and body hash, so a request cannot be forged, altered
+//     or replayed (the server refuses stale timestamps and seen nonces).
+//     Every chunk carries an HMAC over the session id, the chunk index and
+//     the bytes, so a chunk recorded in one session, for one device or at
+//     another index is useless anywhere else.
+//   - EcoWatt-compatible API (legacy): chunks carry HMAC-SHA256 keyed with
+//     the PSK's hex text over the bytes and the decimal chunk number, as the
+//     original ESP32 client checks. It binds neither the device nor the
+//     session, and requests are not authenticated: see docs/PROTOCOL.md.
+//   - Authenticity of the firmware itself never rests on these HMACs: the
+//     release signature does that, checked by the device.
+package protocol
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"log/slog"
+	"strconv"
+)
+
+// PSKSize is the size of a device pre-shared key.
+const PSKSize = 32
+
+// PSK is a device pre-shared key.
+type PSK [PSKSize]byte
+
+// NewPSK returns a random key.
+func NewPSK() (PSK, error) {
+	var k PSK
+	if _, err := rand.Read(k[:]); err != nil {
+		return k, fmt.Errorf("generate device key: %w", err)
+	}
+	return k, nil
+}
+
+// ParsePSK reads the 64-hex-digit text form.
+func ParsePSK(s string) (PSK, error) {
+	var k PSK
+	if len(s) != 2*PSKSize {
+		return k, fmt.Errorf("device key must be %d hex digits, got %d characters", 2*PSKSize, len(s))
+	}
+	if _, err := hex.Decode(k[:], []byte(s)); err != nil {
+		return k, errors.New("device key is not hex")
+	}
+	return k, nil
+}
+
+// Hex returns the text form: what HMAC_PSK holds in a device's keys.h.
+func (k PSK) Hex() string { return hex.EncodeToString(k[:]) }
+
+// String keeps the key out of formatted output.
+func (PSK) String() string { return "REDACTED" }
+
+// LogValue keeps the key out of structured logs.
+func (PSK) LogValue() slog.Value { return slog.StringValue("REDACTED") }
+
+// LegacyChunkMAC is the EcoWatt-compatible chunk HMAC: HMAC-SHA256 keyed
+// with the ASCII hex text of the PSK (the original client keys its HMAC
+// with strlen(HMAC_PSK) bytes of that string) over the chunk bytes followed
+// by the chunk number in decimal ASCII.
+func LegacyChunkMAC(psk PSK, chunkNumber int, data []byte) [32]byte {
+	var key [2 * PSKSize]byte
+	hex.Encode(key[:], psk[:])
+	m := hmac.New(sha256.New, key[:])
+	m.Write(data)
+	m.Write(strconv.AppendInt(nil, int64(chunkNumber), 10))
+	var out [32]byte
+	m.Sum(out[:0])
+	return out
+}
+
+// ChunkMACer computes native chunk HMACs for one session; it reuses its
+// HMAC state, so a server serving many chunks allocates nothing per chunk.
+// Not safe for concurrent use.
+type ChunkMACer struct {
+	mac       hash.Hash
+	sessionID string
+	hdr       [4]byte
+}
+
+// NewChunkMACer returns a ChunkMACer for the session.
+func NewChunkMACer(psk PSK, sessionID string) *ChunkMACer {
+	return &ChunkMACer{mac: hmac.New(sha256.New, psk[:]), sessionID: sessionID}
+}
+
+// chunkDomain separates chunk HMACs from request HMACs made with the same key.
+const chunkDomain = "fota-chunk-v1\n"
+
+// MAC returns HMAC-SHA256(PSK, "fota-chunk-v1\n" ‖ session id ‖ "\n" ‖
+// uint32 big-endian index ‖ data) into out.
+func (c *ChunkMACer) MAC(index int, data []byte, out *[32]byte) {
+	c.mac.Reset()
+	c.mac.Write([]byte(chunkDomain))
+	c.mac.Write([]byte(c.sessionID))
+	c.mac.Write([]byte{'\n'})
+	binary.BigEndian.PutUint32(c.hdr[:], uint32(index))
+	c.mac.Write(c.hdr[:])
+	c.mac.Write(data)
+	c.mac.Sum(out[:0])
+}
+
+// ChunkMAC is a one-off ChunkMACer.MAC.
+func ChunkMAC(psk PSK, sessionID string, index int, data []byte) [32]byte {
+	var out [32]byte
+	NewChunkMACer(psk, sessionID).MAC(index, data, &out)
+	return out
+}

@@ -1,0 +1,134 @@
+package protocol
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLegacyChunkMACMatchesSpec(t *testing.T) {
+	psk, _ := ParsePSK(strings.Repeat("0f", 32))
+	data := []byte("chunk bytes")
+	// Spelled out from docs/PROTOCOL.md: key is the hex text, message is data then decimal number.
+	m := hmac.New(sha256.New, []byte(strings.Repeat("0f", 32)))
+	m.Write([]byte("chunk bytes12"))
+	want := m.Sum(nil)
+	got := LegacyChunkMAC(psk, 12, data)
+	if !bytes.Equal(got[:], want) {
+		t.Fatalf("legacy MAC %x, want %x", got, want)
+	}
+}
+
+func TestChunkMACBindsEverything(t *testing.T) {
+	a, _ := NewPSK()
+	b, _ := NewPSK()
+	base := ChunkMAC(a, "s1", 3, []byte("data"))
+	for name, other := range map[string][32]byte{
+		"other device key": ChunkMAC(b, "s1", 3, []byte("data")),
+		"other session":    ChunkMAC(a, "s2", 3, []byte("data")),
+		"other index":      ChunkMAC(a, "s1", 4, []byte("data")),
+		"other bytes":      ChunkMAC(a, "s1", 3, []byte("datA")),
+	} {
+		if other == base {
+			t.Errorf("%s gives the same HMAC", name)
+		}
+	}
+	// Reusing one ChunkMACer gives the same answers as one-off calls.
+	c := NewChunkMACer(a, "s1")
+	var out [32]byte
+	for i := 0; i < 3; i++ {
+		c.MAC(3, []byte("data"), &out)
+		if out != base {
+			t.Fatal("ChunkMACer state leaks between chunks")
+		}
+	}
+}
+
+func TestSignRequestVerifies(t *testing.T) {
+	psk, _ := NewPSK()
+	body := []byte(`{"version":"1.0.3"}`)
+	req, _ := http.NewRequest("POST", "http://h/v1/device/check?x=1", bytes.NewReader(body))
+	now := time.Unix(1_800_000_000, 0)
+	if err := SignRequest(req, "dev-1", psk, body, now); err != nil {
+		t.Fatal(err)
+	}
+	if req.Header.Get(HeaderTimestamp) != "1800000000" || !ValidNonce(req.Header.Get(HeaderNonce)) {
+		t.Fatalf("headers %v", req.Header)
+	}
+	canonical := CanonicalRequest("POST", "/v1/device/check?x=1", "dev-1", "1800000000", req.Header.Get(HeaderNonce), sha256.Sum256(body))
+	mac := RequestMAC(psk, canonical)
+	if hex.EncodeToString(mac[:]) != req.Header.Get(HeaderSignature) {
+		t.Fatal("signature does not match the canonical request")
+	}
+	if !strings.HasPrefix(canonical, "fota-request-v1\nPOST\n/v1/device/check?x=1\ndev-1\n1800000000\n") {
+		t.Fatalf("canonical form %q", canonical)
+	}
+}
+
+func TestPSK(t *testing.T) {
+	k, _ := NewPSK()
+	back, err := ParsePSK(k.Hex())
+	if err != nil || back != k {
+		t.Fatal("PSK hex round trip failed")
+	}
+	for _, bad := range []string{"", "zz", strings.Repeat("g", 64), strings.Repeat("a", 63)} {
+		if _, err := ParsePSK(bad); err == nil {
+			t.Errorf("ParsePSK(%q) accepted", bad)
+		}
+	}
+	if s := fmt.Sprintf("%v %s", k, k); strings.Contains(s, k.Hex()[:8]) {
+		t.Fatal("PSK printed")
+	}
+}
+
+func TestValidIDs(t *testing.T) {
+	for _, id := range []string{"ESP32_EcoWatt_Smart", "dev-1", "a.b"} {
+		if !ValidDeviceID(id) {
+			t.Errorf("%q refused", id)
+		}
+	}
+	for _, id := range []string{"", ".", "..", "../etc", "a/b", "x'; DROP TABLE devices;--", strings.Repeat("a", 65), "sp ace"} {
+		if ValidDeviceID(id) {
+			t.Errorf("%q accepted", id)
+		}
+	}
+}
+
+func TestFrames(t *testing.T) {
+	var b []byte
+	mac := [32]byte{1, 2, 3}
+	b = AppendFrameHeader(b, 7, 5, &mac)
+	b = append(b, "hello"...)
+	b = AppendFrameHeader(b, 8, 2, &mac)
+	b = append(b, "hi"...)
+	r := bytes.NewReader(b)
+	var buf []byte
+	f, buf, err := ReadFrame(r, buf, 1024)
+	if err != nil || f.Index != 7 || string(f.Data) != "hello" || f.MAC != mac {
+		t.Fatalf("frame 1: %+v %v", f, err)
+	}
+	f, buf, err = ReadFrame(r, buf, 1024)
+	if err != nil || f.Index != 8 || string(f.Data) != "hi" {
+		t.Fatalf("frame 2: %+v %v", f, err)
+	}
+	if _, _, err = ReadFrame(r, buf, 1024); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+	if _, _, err := ReadFrame(bytes.NewReader(b[:10]), nil, 1024); !errors.Is(err, ErrFrame) {
+		t.Fatalf("cut header: %v", err)
+	}
+	if _, _, err := ReadFrame(bytes.NewReader(b[:43]), nil, 1024); !errors.Is(err, ErrFrame) {
+		t.Fatalf("cut data: %v", err)
+	}
+	if _, _, err := ReadFrame(bytes.NewReader(b), nil, 4); !errors.Is(err, ErrFrame) {
+		t.Fatalf("oversized: %v", err)
+	}
+}
