@@ -1,0 +1,310 @@
+// Package client is the Go client of the fota server: the admin API (used
+// by the fota CLI) and the native device API (used by the device agent).
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ecowatt/fota/protocol"
+)
+
+// APIError is an error answer from the server.
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("server answered %d: %s", e.Status, e.Message)
+}
+
+// Temporary reports whether retrying later may succeed (server faults,
+// overload, rate limits).
+func (e *APIError) Temporary() bool {
+	return e.Status >= 500 || e.Status == http.StatusTooManyRequests || e.Status == http.StatusRequestTimeout
+}
+
+func decodeError(resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var eb protocol.ErrorBody
+	if json.Unmarshal(body, &eb) == nil && eb.Error != "" {
+		return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	msg := strings.TrimSpace(string(body))
+	if len(msg) > 200 {
+		msg = msg[:200]
+	}
+	if msg == "" {
+		msg = http.StatusText(resp.StatusCode)
+	}
+	return &APIError{Status: resp.StatusCode, Message: msg}
+}
+
+func baseURL(server string) (string, error) {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("server URL %q: want http://host:port or https://host:port", server)
+	}
+	return strings.TrimRight(u.String(), "/"), nil
+}
+
+// Admin calls the admin API with a bearer token.
+type Admin struct {
+	base  string
+	token string
+	HTTP  *http.Client
+}
+
+// NewAdmin returns a client for server (http://host:port) and token.
+func NewAdmin(server, token string) (*Admin, error) {
+	base, err := baseURL(server)
+	if err != nil {
+		return nil, err
+	}
+	if token == "" {
+		return nil, errors.New("no admin token (pass --token or set FOTA_TOKEN)")
+	}
+	return &Admin{base: base, token: token, HTTP: &http.Client{Timeout: 10 * time.Minute}}, nil
+}
+
+func (a *Admin) do(ctx context.Context, method, path string, body io.Reader, contentType string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := a.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return decodeError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (a *Admin) doJSON(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	return a.do(ctx, method, path, body, "application/json", out)
+}
+
+// Publish uploads a bundle.
+func (a *Admin) Publish(ctx context.Context, bundle io.Reader) (*protocol.Release, error) {
+	var r protocol.Release
+	if err := a.do(ctx, "POST", "/v1/admin/releases", bundle, "application/octet-stream", &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Releases lists published releases.
+func (a *Admin) Releases(ctx context.Context) ([]protocol.Release, error) {
+	var out []protocol.Release
+	return out, a.doJSON(ctx, "GET", "/v1/admin/releases", nil, &out)
+}
+
+// DeleteRelease deletes a release no session uses.
+func (a *Admin) DeleteRelease(ctx context.Context, hardware, version string) error {
+	return a.doJSON(ctx, "DELETE", "/v1/admin/releases/"+url.PathEscape(hardware)+"/"+url.PathEscape(version), nil, nil)
+}
+
+// AddDevice registers a device; the answer holds its PSK, shown only now.
+func (a *Admin) AddDevice(ctx context.Context, d protocol.AddDevice) (*protocol.Device, error) {
+	var out protocol.Device
+	if err := a.doJSON(ctx, "POST", "/v1/admin/devices", d, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Devices lists devices.
+func (a *Admin) Devices(ctx context.Context) ([]protocol.Device, error) {
+	var out []protocol.Device
+	return out, a.doJSON(ctx, "GET", "/v1/admin/devices", nil, &out)
+}
+
+// Device returns a device and its history.
+func (a *Admin) Device(ctx context.Context, id string) (*protocol.DeviceDetail, error) {
+	var out protocol.DeviceDetail
+	if err := a.doJSON(ctx, "GET", "/v1/admin/devices/"+url.PathEscape(id), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Pin pins a device to a release version; "" unpins it.
+func (a *Admin) Pin(ctx context.Context, id, version string) error {
+	path := "/v1/admin/devices/" + url.PathEscape(id) + "/pin"
+	if version == "" {
+		return a.doJSON(ctx, "DELETE", path, nil, nil)
+	}
+	return a.doJSON(ctx, "PUT", path, map[string]string{"version": version}, nil)
+}
+
+// Sessions lists active update sessions.
+func (a *Admin) Sessions(ctx context.Context) (*protocol.Sessions, error) {
+	var out protocol.Sessions
+	if err := a.doJSON(ctx, "GET", "/v1/admin/sessions", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Events lists recent events, newest first; device "" for all.
+func (a *Admin) Events(ctx context.Context, device string, limit int) ([]protocol.Event, error) {
+	q := url.Values{}
+	if device != "" {
+		q.Set("device", device)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out []protocol.Event
+	return out, a.doJSON(ctx, "GET", "/v1/admin/events?"+q.Encode(), nil, &out)
+}
+
+// ErrChunkMAC means a chunk's HMAC did not match: corrupted or forged.
+var ErrChunkMAC = errors.New("chunk HMAC mismatch")
+
+// Device calls the native device API as one device.
+type Device struct {
+	base string
+	id   string
+	psk  protocol.PSK
+	HTTP *http.Client
+	Now  func() time.Time
+}
+
+// NewDevice returns a client for server as device id with its PSK.
+func NewDevice(server, id string, psk protocol.PSK) (*Device, error) {
+	base, err := baseURL(server)
+	if err != nil {
+		return nil, err
+	}
+	if !protocol.ValidDeviceID(id) {
+		return nil, fmt.Errorf("device id %q is not valid", id)
+	}
+	return &Device{base: base, id: id, psk: psk, HTTP: &http.Client{Timeout: 30 * time.Second}, Now: time.Now}, nil
+}
+
+func (d *Device) request(ctx context.Context, method, pathAndQuery string, body []byte) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, d.base+pathAndQuery, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if err := protocol.SignRequest(req, d.id, d.psk, body, d.Now()); err != nil {
+		return nil, err
+	}
+	resp, err := d.HTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+func (d *Device) postJSON(ctx context.Context, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	resp, err := d.request(ctx, "POST", path, b)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+		return fmt.Errorf("POST %s: bad answer: %w", path, err)
+	}
+	return nil
+}
+
+// Check asks whether an update is meant for the device.
+func (d *Device) Check(ctx context.Context, req protocol.CheckRequest) (*protocol.CheckResponse, error) {
+	var out protocol.CheckResponse
+	if err := d.postJSON(ctx, "/v1/device/check", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Chunks fetches count chunks from index from, checks each chunk's HMAC and
+// calls fn with it in order. fn must not keep f.Data. A chunk that fails
+// its HMAC stops the stream with ErrChunkMAC before fn sees it.
+func (d *Device) Chunks(ctx context.Context, sessionID string, from, count, chunkSize int, fn func(f protocol.Frame) error) error {
+	path := "/v1/device/sessions/" + url.PathEscape(sessionID) + "/chunks?from=" + strconv.Itoa(from) + "&count=" + strconv.Itoa(count)
+	resp, err := d.request(ctx, "GET", path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	macer := protocol.NewChunkMACer(d.psk, sessionID)
+	var buf []byte
+	var want [32]byte
+	next := from
+	for {
+		var f protocol.Frame
+		f, buf, err = protocol.ReadFrame(resp.Body, buf, chunkSize)
+		if err == io.EOF {
+			if next == from {
+				return fmt.Errorf("GET %s: %w: empty answer", path, protocol.ErrFrame)
+			}
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("GET %s: %w", path, err)
+		}
+		if f.Index != next {
+			return fmt.Errorf("GET %s: %w: got chunk %d, expected %d", path, protocol.ErrFrame, f.Index, next)
+		}
+		macer.MAC(f.Index, f.Data, &want)
+		if !hmac.Equal(want[:], f.MAC[:]) {
+			return fmt.Errorf("chunk %d: %w", f.Index, ErrChunkMAC)
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+		next++
+	}
+}
+
+// Report tells the server how the update went.
+func (d *Device) Report(ctx context.Context, sessionID, status, reason string) error {
+	var out map[string]string
+	return d.postJSON(ctx, "/v1/device/sessions/"+url.PathEscape(sessionID)+"/report", protocol.Report{Status: status, Reason: reason}, &out)
+}

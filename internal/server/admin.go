@@ -1,0 +1,304 @@
+package server
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/protocol"
+	"github.com/ecowatt/fota/semver"
+)
+
+// TokenPrefix starts every admin token, so leaked tokens are easy to find.
+const TokenPrefix = "fota_"
+
+// HashToken is how a token is stored: its SHA-256. Tokens are 256 random
+// bits, so a fast hash is enough; the text itself is never stored.
+func HashToken(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+// admin requires a valid "Authorization: Bearer <token>".
+func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) func(w http.ResponseWriter, r *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		auth := r.Header.Get("Authorization")
+		token, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok || token == "" {
+			return fota.Errorf(fota.EUNAUTHORIZED, "admin API needs an \"Authorization: Bearer <token>\" header (fota token create makes one)")
+		}
+		hash := HashToken(token)
+		t, err := s.store.TokenByHash(r.Context(), hash)
+		if fota.ErrorCode(err) == fota.ENOTFOUND {
+			return fota.Errorf(fota.EUNAUTHORIZED, "admin token is not valid")
+		}
+		if err != nil {
+			return err
+		}
+		if subtle.ConstantTimeCompare(t.Hash[:], hash[:]) != 1 {
+			return fota.Errorf(fota.EUNAUTHORIZED, "admin token is not valid")
+		}
+		return h(w, r)
+	}
+}
+
+func viewRelease(r *fota.Release) protocol.Release {
+	return protocol.Release{ID: r.ID, Product: r.Product, Hardware: r.Hardware, Version: r.Version, SecurityCounter: r.SecurityCounter,
+		PlaintextSize: r.PlaintextSize, PlaintextSHA256: r.PlaintextSHA256, CiphertextSize: r.CiphertextSize,
+		CiphertextSHA256: r.CiphertextSHA256, ChunkSize: r.ChunkSize, Chunks: r.Chunks(), KeyID: r.KeyID,
+		SignatureAlg: r.SignatureAlg, LegacyAPI: r.LegacySignature != nil, Notes: r.Notes, Created: r.Created, Published: r.Published}
+}
+
+// maxBundle is the largest upload: an envelope at its limits plus the
+// largest firmware's ciphertext.
+const maxBundle = bundle.HeaderSize + bundle.MaxManifestSize + 2*bundle.MaxSignatureSize + bundle.MaxFirmwareSize + 16
+
+// publish streams an uploaded bundle into a temporary blob while checking
+// it, and makes it visible only once it verified: signature by a trusted
+// key first (before any ciphertext is stored), then the ciphertext's size
+// and hash. A bad bundle is refused with the reason and leaves nothing.
+func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
+	// Large uploads over slow links may take longer than the default deadline.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
+	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, maxBundle), 64<<10)
+	env, err := bundle.ReadEnvelope(body)
+	if err != nil {
+		return bundleError(err)
+	}
+	m, err := env.Verify(s.trusted...)
+	if err != nil {
+		return bundleError(err)
+	}
+	ctx := r.Context()
+	if _, err := s.store.ReleaseByVersion(ctx, m.Hardware, m.Version); err == nil {
+		return fota.Errorf(fota.ECONFLICT, "release %s for %s exists already; publish a new version", m.Version, m.Hardware)
+	}
+	tmp, err := s.blobs.Create()
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Abort()
+		}
+	}()
+	if err := bundle.VerifyPayload(io.TeeReader(body, tmp), m, nil, nil); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
+		}
+		return bundleError(err)
+	}
+	key := m.CiphertextSHA256
+	existed := false
+	if _, err := s.blobs.Open(key); err == nil {
+		existed = true // identical ciphertext already stored (never for a fresh IV, but harmless)
+	}
+	if err := tmp.Commit(key); err != nil {
+		return err
+	}
+	committed = true
+	rel := &fota.Release{
+		Product: m.Product, Hardware: m.Hardware, Version: m.Version, SecurityCounter: m.SecurityCounter,
+		PlaintextSize: m.PlaintextSize, PlaintextSHA256: m.PlaintextSHA256, CiphertextSize: m.CiphertextSize,
+		CiphertextSHA256: m.CiphertextSHA256, ChunkSize: m.ChunkSize, IV: m.IV, KeyID: m.KeyID, SignatureAlg: m.SignatureAlg,
+		Notes: m.Notes, Created: m.Created, ManifestBytes: env.ManifestBytes, Signature: env.Signature,
+		LegacySignature: env.LegacySignature, BlobKey: key,
+	}
+	if err := s.store.CreateRelease(ctx, rel); err != nil {
+		if !existed {
+			if inUse, _ := s.store.BlobInUse(ctx, key); !inUse {
+				s.blobs.Remove(key)
+			}
+		}
+		return err
+	}
+	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID)
+	return writeJSON(w, http.StatusCreated, viewRelease(rel))
+}
+
+// bundleError turns a bundle failure into a client error that names it.
+func bundleError(err error) error {
+	for _, e := range []error{bundle.ErrMalformed, bundle.ErrTruncated, bundle.ErrUnsupportedVersion, bundle.ErrSignature,
+		bundle.ErrUntrustedKey, bundle.ErrCiphertextHash, bundle.ErrTrailingData} {
+		if errors.Is(err, e) {
+			return &fota.Error{Code: fota.EINVALID, Message: "bundle refused: " + err.Error(), Cause: err}
+		}
+	}
+	if errors.Is(err, bundle.ErrTooLarge) {
+		return &fota.Error{Code: fota.ETOOLARGE, Message: "bundle refused: " + err.Error(), Cause: err}
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
+	}
+	return err
+}
+
+func (s *Server) listReleases(w http.ResponseWriter, r *http.Request) error {
+	rels, err := s.store.Releases(r.Context(), r.URL.Query().Get("hardware"))
+	if err != nil {
+		return err
+	}
+	out := make([]protocol.Release, 0, len(rels))
+	for _, rel := range rels {
+		out = append(out, viewRelease(rel))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
+	rel, err := s.store.ReleaseByVersion(r.Context(), r.PathValue("hardware"), r.PathValue("version"))
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteRelease(r.Context(), rel.ID); err != nil {
+		return err
+	}
+	s.releases.forget(rel.ID)
+	if inUse, err := s.store.BlobInUse(r.Context(), rel.BlobKey); err == nil && !inUse {
+		if err := s.blobs.Remove(rel.BlobKey); err != nil {
+			s.log.Warn("release deleted, blob left behind", "release_version", rel.Version, "error", err)
+		}
+	}
+	s.log.Info("release deleted", "release_version", rel.Version, "hardware", rel.Hardware)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func viewDevice(d *fota.Device) protocol.Device {
+	return protocol.Device{ID: d.ID, Hardware: d.Hardware, Version: d.Version, SecurityCounter: d.SecurityCounter,
+		PinnedVersion: d.PinnedVersion, Created: d.Created, LastSeen: d.LastSeen}
+}
+
+func validHardware(h string) bool {
+	if h == "" || len(h) > 32 {
+		return false
+	}
+	for _, c := range h {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) error {
+	var req protocol.AddDevice
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if !protocol.ValidDeviceID(req.ID) {
+		return fota.Errorf(fota.EINVALID, "device id %q: want 1-64 characters of A-Z a-z 0-9 _ . -", truncate(req.ID, 70))
+	}
+	if !validHardware(req.Hardware) {
+		return fota.Errorf(fota.EINVALID, "hardware %q: want 1-32 characters of A-Z a-z 0-9 _ . - (e.g. esp32)", truncate(req.Hardware, 40))
+	}
+	if _, err := semver.Parse(req.Version); err != nil {
+		return fota.Errorf(fota.EINVALID, "version %q is not a semantic version like 1.0.3", truncate(req.Version, 40))
+	}
+	psk, err := protocol.NewPSK()
+	if err != nil {
+		return err
+	}
+	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk}
+	if err := s.store.CreateDevice(r.Context(), d); err != nil {
+		return err
+	}
+	s.log.Info("device added", "device_id", d.ID, "hardware", d.Hardware)
+	v := viewDevice(d)
+	v.PSK = psk.Hex()
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
+	ds, err := s.store.Devices(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]protocol.Device, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, viewDevice(d))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func viewEvents(evs []*fota.Event) []protocol.Event {
+	out := make([]protocol.Event, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, protocol.Event{Time: e.Time, Kind: e.Kind, DeviceID: e.DeviceID, Version: e.ReleaseVersion, SessionID: e.SessionID, Detail: e.Detail})
+	}
+	return out
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.store.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	evs, err := s.store.Events(r.Context(), fota.EventFilter{DeviceID: d.ID, Limit: 1000})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, protocol.DeviceDetail{Device: viewDevice(d), History: viewEvents(evs)})
+}
+
+func (s *Server) pinDevice(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Version string `json:"version"`
+	}
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	d, err := s.store.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if _, err := s.store.ReleaseByVersion(r.Context(), d.Hardware, req.Version); err != nil {
+		if fota.ErrorCode(err) == fota.ENOTFOUND {
+			return fota.Errorf(fota.EINVALID, "no release %s for %s to pin to; publish it first", truncate(req.Version, 40), d.Hardware)
+		}
+		return err
+	}
+	if err := s.store.PinDevice(r.Context(), d.ID, req.Version); err != nil {
+		return err
+	}
+	d.PinnedVersion = req.Version
+	return writeJSON(w, http.StatusOK, viewDevice(d))
+}
+
+func (s *Server) unpinDevice(w http.ResponseWriter, r *http.Request) error {
+	if err := s.store.PinDevice(r.Context(), r.PathValue("id"), ""); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
+	return s.legacyStatus(w, r)
+}
+
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
+	limit := 100
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 10000 {
+			return fota.Errorf(fota.EINVALID, "limit=%q: want 1 to 10000", truncate(l, 20))
+		}
+		limit = n
+	}
+	evs, err := s.store.Events(r.Context(), fota.EventFilter{DeviceID: r.URL.Query().Get("device"), Limit: limit})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, viewEvents(evs))
+}

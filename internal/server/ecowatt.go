@@ -1,0 +1,328 @@
+package server
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"net/http"
+	"strings"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
+	"github.com/ecowatt/fota/semver"
+)
+
+// The EcoWatt-compatible API speaks exactly the JSON of the original Flask
+// server, so ESP32 devices running its OTAManager update unchanged. It is
+// the weaker, legacy mode: requests are not authenticated and the chunk
+// HMAC binds neither session nor device (docs/PROTOCOL.md). Deviations from
+// the original: 400/404 for every client mistake instead of 500s, chunks
+// only inside an open session, /ota/status behind the admin token.
+
+type legacyCheckRequest struct {
+	DeviceID       *string `json:"device_id"`
+	CurrentVersion *string `json:"current_version"`
+}
+
+type legacyCheckResponse struct {
+	UpdateAvailable bool   `json:"update_available"`
+	Version         string `json:"version,omitempty"`
+	OriginalSize    int64  `json:"original_size,omitempty"`
+	EncryptedSize   int64  `json:"encrypted_size,omitempty"`
+	TotalChunks     int    `json:"total_chunks,omitempty"`
+	ChunkSize       int    `json:"chunk_size,omitempty"`
+	SHA256Hash      string `json:"sha256_hash,omitempty"`
+	Signature       string `json:"signature,omitempty"`
+	IV              string `json:"iv,omitempty"`
+	Message         string `json:"message,omitempty"`
+}
+
+func requireString(name string, v *string) (string, error) {
+	if v == nil {
+		return "", fota.Errorf(fota.EINVALID, "missing field %q", name)
+	}
+	if *v == "" {
+		return "", fota.Errorf(fota.EINVALID, "field %q is empty", name)
+	}
+	return *v, nil
+}
+
+func deviceIDField(v *string) (string, error) {
+	id, err := requireString("device_id", v)
+	if err != nil {
+		return "", err
+	}
+	if !protocol.ValidDeviceID(id) {
+		return "", fota.Errorf(fota.EINVALID, "device_id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+	}
+	return id, nil
+}
+
+func versionField(name string, v *string) (string, error) {
+	s, err := requireString(name, v)
+	if err != nil {
+		return "", err
+	}
+	if _, err := semver.Parse(s); err != nil {
+		return "", fota.Errorf(fota.EINVALID, "field %q: %q is not a semantic version like 1.0.4", name, truncate(s, 40))
+	}
+	return s, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func (s *Server) legacyCheck(w http.ResponseWriter, r *http.Request) error {
+	var req legacyCheckRequest
+	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
+		return err
+	}
+	id, err := deviceIDField(req.DeviceID)
+	if err != nil {
+		return err
+	}
+	running, err := versionField("current_version", req.CurrentVersion)
+	if err != nil {
+		return err
+	}
+	info(r).deviceID = id
+	ctx := r.Context()
+	d, err := s.store.Device(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeviceSeen(ctx, id, running, s.now()); err != nil {
+		return err
+	}
+	rel, why, err := s.decider.Decide(ctx, d, running)
+	if err != nil {
+		return err
+	}
+	if rel == nil {
+		return writeJSON(w, http.StatusOK, legacyCheckResponse{Message: "no update available: " + why})
+	}
+	if rel.LegacySignature == nil {
+		return writeJSON(w, http.StatusOK, legacyCheckResponse{Message: fmt.Sprintf(
+			"release %s is signed with %s and has no legacy RSA signature, so it is served only on the native API (/v1)", rel.Version, rel.SignatureAlg)})
+	}
+	if _, err := s.openOrResume(ctx, d, rel, fota.APIEcoWatt); err != nil {
+		return err
+	}
+	iv, err := hex.DecodeString(rel.IV)
+	if err != nil {
+		return fmt.Errorf("release %d has a bad IV: %w", rel.ID, err)
+	}
+	return writeJSON(w, http.StatusOK, legacyCheckResponse{
+		UpdateAvailable: true, Version: rel.Version, OriginalSize: rel.PlaintextSize, EncryptedSize: rel.CiphertextSize,
+		TotalChunks: rel.Chunks(), ChunkSize: rel.ChunkSize, SHA256Hash: rel.PlaintextSHA256,
+		Signature: base64.StdEncoding.EncodeToString(rel.LegacySignature), IV: base64.StdEncoding.EncodeToString(iv),
+	})
+}
+
+type legacyChunkRequest struct {
+	DeviceID    *string `json:"device_id"`
+	Version     *string `json:"version"`
+	ChunkNumber *int64  `json:"chunk_number"`
+}
+
+type legacyChunk struct {
+	ChunkNumber int    `json:"chunk_number"`
+	Data        string `json:"data"`
+	Size        int    `json:"size"`
+	HMAC        string `json:"hmac"`
+	TotalChunks int    `json:"total_chunks"`
+}
+
+type legacyProgress struct {
+	ChunksReceived int     `json:"chunks_received"`
+	TotalChunks    int     `json:"total_chunks"`
+	Percentage     float64 `json:"percentage"`
+}
+
+// legacySession finds the device's open EcoWatt-API session for version.
+func (s *Server) legacySession(r *http.Request, deviceID, version string) (*fota.Session, *fota.Release, *fota.Device, error) {
+	ctx := r.Context()
+	d, err := s.store.Device(ctx, deviceID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sess, err := s.store.ActiveSession(ctx, deviceID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if sess.API != fota.APIEcoWatt {
+		return nil, nil, nil, fota.Errorf(fota.ENOTFOUND, "device %q has no open session on this API; call /ota/check first", deviceID)
+	}
+	if sess.ReleaseVersion != version {
+		return nil, nil, nil, fota.Errorf(fota.EINVALID, "the open session is for version %s, not %s; call /ota/check again", sess.ReleaseVersion, truncate(version, 40))
+	}
+	rel, err := s.releases.get(ctx, sess.ReleaseID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return sess, rel, d, nil
+}
+
+func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
+	var req legacyChunkRequest
+	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
+		return err
+	}
+	id, err := deviceIDField(req.DeviceID)
+	if err != nil {
+		return err
+	}
+	version, err := requireString("version", req.Version)
+	if err != nil {
+		return err
+	}
+	if req.ChunkNumber == nil {
+		return fota.Errorf(fota.EINVALID, "missing field %q", "chunk_number")
+	}
+	info(r).deviceID = id
+	sess, rel, d, err := s.legacySession(r, id, version)
+	if err != nil {
+		return err
+	}
+	total := rel.Chunks()
+	n := *req.ChunkNumber
+	if n < 0 || n >= int64(total) {
+		return fota.Errorf(fota.EINVALID, "chunk_number %d is out of range: release %s has chunks 0 to %d", n, rel.Version, total-1)
+	}
+	if n > int64(sess.NextChunk+outOfSequenceWindow(total)) {
+		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, sess.NextChunk)
+	}
+	blob, err := s.blobs.Open(rel.BlobKey)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", rel.Version, err)
+	}
+	idx := int(n)
+	size := chunkLen(rel, idx)
+	buf := make([]byte, size)
+	if _, err := blob.ReadAt(buf, int64(idx)*int64(rel.ChunkSize)); err != nil {
+		return fmt.Errorf("read chunk %d of %s: %w", idx, rel.Version, err)
+	}
+	mac := protocol.LegacyChunkMAC(d.PSK, idx, buf)
+	if err := s.served(r.Context(), sess, rel, idx+1); err != nil {
+		return err
+	}
+	received := idx + 1
+	return writeJSON(w, http.StatusOK, map[string]any{
+		"chunk": legacyChunk{ChunkNumber: idx, Data: base64.StdEncoding.EncodeToString(buf), Size: size,
+			HMAC: hex.EncodeToString(mac[:]), TotalChunks: total},
+		"progress": legacyProgress{ChunksReceived: received, TotalChunks: total,
+			Percentage: math.Round(float64(received)*10000/float64(total)) / 100},
+	})
+}
+
+// chunkLen is the size of chunk idx: ChunkSize, except for the last.
+func chunkLen(r *fota.Release, idx int) int {
+	start := int64(idx) * int64(r.ChunkSize)
+	return int(min(int64(r.ChunkSize), r.CiphertextSize-start))
+}
+
+type legacyVerifyRequest struct {
+	DeviceID *string `json:"device_id"`
+	Verified *bool   `json:"verified"`
+	Version  *string `json:"version"`
+}
+
+func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
+	var req legacyVerifyRequest
+	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
+		return err
+	}
+	id, err := deviceIDField(req.DeviceID)
+	if err != nil {
+		return err
+	}
+	version, err := requireString("version", req.Version)
+	if err != nil {
+		return err
+	}
+	if req.Verified == nil {
+		return fota.Errorf(fota.EINVALID, "missing field %q", "verified")
+	}
+	info(r).deviceID = id
+	sess, _, _, err := s.legacySession(r, id, version)
+	if err != nil {
+		return err
+	}
+	state, reason, msg := fota.SessionVerified, "", "verification recorded"
+	if !*req.Verified {
+		state, reason, msg = fota.SessionFailed, "device reported that verification failed", "verification failure recorded"
+	}
+	if err := s.store.SetSessionState(r.Context(), sess.ID, state, reason); err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": msg})
+}
+
+type legacyCompleteRequest struct {
+	DeviceID   *string `json:"device_id"`
+	Version    *string `json:"version"`
+	BootStatus *string `json:"boot_status"`
+}
+
+func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
+	var req legacyCompleteRequest
+	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
+		return err
+	}
+	id, err := deviceIDField(req.DeviceID)
+	if err != nil {
+		return err
+	}
+	version, err := requireString("version", req.Version)
+	if err != nil {
+		return err
+	}
+	status, err := requireString("boot_status", req.BootStatus)
+	if err != nil {
+		return err
+	}
+	info(r).deviceID = id
+	var state, reason string
+	switch strings.ToLower(status) {
+	case "success", "ok", "confirmed", "healthy":
+		state = fota.SessionConfirmed
+	case "failed", "failure", "rollback", "rolled_back", "rolled-back":
+		state, reason = fota.SessionRolledBack, "device reported boot_status "+strings.ToLower(status)
+	default:
+		return fota.Errorf(fota.EINVALID, "boot_status %q: want \"success\" or \"failed\"", truncate(status, 40))
+	}
+	sess, _, _, err := s.legacySession(r, id, version)
+	if err != nil {
+		return err
+	}
+	if err := s.store.SetSessionState(r.Context(), sess.ID, state, reason); err != nil {
+		return err
+	}
+	s.log.Info("update "+state, "device_id", id, "session_id", sess.ID, "release_version", version)
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": "update " + state + " recorded"})
+}
+
+func viewSession(s *fota.Session) protocol.Session {
+	return protocol.Session{SessionID: s.ID, DeviceID: s.DeviceID, Version: s.ReleaseVersion, API: s.API, State: s.State,
+		ChunksReceived: s.NextChunk, TotalChunks: s.TotalChunks, Percentage: math.Round(s.Percent()*100) / 100,
+		BytesServed: s.BytesServed, Started: s.Created.Format(timeFormat), Updated: s.Updated.Format(timeFormat)}
+}
+
+const timeFormat = "2006-01-02T15:04:05Z07:00"
+
+func (s *Server) legacyStatus(w http.ResponseWriter, r *http.Request) error {
+	sessions, err := s.store.ActiveSessions(r.Context())
+	if err != nil {
+		return err
+	}
+	views := make([]protocol.Session, 0, len(sessions))
+	for _, sess := range sessions {
+		views = append(views, viewSession(sess))
+	}
+	return writeJSON(w, http.StatusOK, protocol.Sessions{ActiveSessions: len(views), Sessions: views})
+}

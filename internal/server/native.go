@@ -1,0 +1,330 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
+	"github.com/ecowatt/fota/semver"
+)
+
+// maxChunksResponse bounds the data of one chunks request.
+const maxChunksResponse = 4 << 20
+
+type deviceKey struct{}
+
+func authedDevice(r *http.Request) *fota.Device { return r.Context().Value(deviceKey{}).(*fota.Device) }
+
+// device authenticates a native API request: the device's HMAC over
+// method, request URI, device id, timestamp, nonce and body hash; a
+// timestamp within protocol.MaxClockSkew; a nonce not seen before. The body
+// is read (bounded) before the check and handed on in full.
+func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []byte) error) func(w http.ResponseWriter, r *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id := r.Header.Get(protocol.HeaderDevice)
+		ts := r.Header.Get(protocol.HeaderTimestamp)
+		nonce := r.Header.Get(protocol.HeaderNonce)
+		sig := r.Header.Get(protocol.HeaderSignature)
+		if id == "" || ts == "" || nonce == "" || sig == "" {
+			return fota.Errorf(fota.EUNAUTHORIZED, "missing authentication headers (%s, %s, %s, %s); see docs/PROTOCOL.md",
+				protocol.HeaderDevice, protocol.HeaderTimestamp, protocol.HeaderNonce, protocol.HeaderSignature)
+		}
+		if !protocol.ValidDeviceID(id) {
+			return fota.Errorf(fota.EUNAUTHORIZED, "malformed %s header", protocol.HeaderDevice)
+		}
+		info(r).deviceID = id
+		if !protocol.ValidNonce(nonce) {
+			return fota.Errorf(fota.EUNAUTHORIZED, "malformed %s header: 16-64 characters of 0-9 A-Z a-z _ -", protocol.HeaderNonce)
+		}
+		unix, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil {
+			return fota.Errorf(fota.EUNAUTHORIZED, "malformed %s header: want Unix seconds", protocol.HeaderTimestamp)
+		}
+		now := s.now()
+		if skew := now.Sub(time.Unix(unix, 0)); skew > protocol.MaxClockSkew || skew < -protocol.MaxClockSkew {
+			return fota.Errorf(fota.EUNAUTHORIZED, "request timestamp is %s off the server clock (limit %s); check the device clock",
+				skew.Round(time.Second).Abs(), protocol.MaxClockSkew)
+		}
+		mac, err := hex.DecodeString(sig)
+		if err != nil || len(mac) != sha256.Size {
+			return fota.Errorf(fota.EUNAUTHORIZED, "malformed %s header: want 64 hex digits", protocol.HeaderSignature)
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDeviceBody))
+		if err != nil {
+			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", maxDeviceBody)
+		}
+		d, err := s.store.Device(r.Context(), id)
+		if fota.ErrorCode(err) == fota.ENOTFOUND {
+			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
+		}
+		if err != nil {
+			return err
+		}
+		want := protocol.RequestMAC(d.PSK, protocol.CanonicalRequest(r.Method, r.URL.RequestURI(), id, ts, nonce, sha256.Sum256(body)))
+		if !hmac.Equal(want[:], mac) {
+			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
+		}
+		// Nonces are kept a little longer than the skew window, so a replay
+		// inside the window is always recognised.
+		if err := s.store.UseNonce(r.Context(), id, nonce, now.Add(2*protocol.MaxClockSkew+time.Minute)); err != nil {
+			if fota.ErrorCode(err) == fota.ECONFLICT {
+				return fota.Errorf(fota.EUNAUTHORIZED, "replayed request: nonce already used")
+			}
+			return err
+		}
+		if err := s.store.DeviceSeen(r.Context(), id, "", now); err != nil {
+			return err
+		}
+		return h(w, r.WithContext(context.WithValue(r.Context(), deviceKey{}, d)), body)
+	}
+}
+
+func decodeBody(body []byte, v any) error {
+	r := &http.Request{Body: io.NopCloser(bytes.NewReader(body))}
+	return decodeJSON(discardWriter{}, r, maxDeviceBody, v)
+}
+
+// discardWriter satisfies MaxBytesReader, which only needs a ResponseWriter
+// to close the connection on overflow; the body was already bounded.
+type discardWriter struct{}
+
+func (discardWriter) Header() http.Header         { return http.Header{} }
+func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (discardWriter) WriteHeader(int)             {}
+
+func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte) error {
+	var req protocol.CheckRequest
+	if err := decodeBody(body, &req); err != nil {
+		return err
+	}
+	if _, err := semver.Parse(req.Version); err != nil {
+		return fota.Errorf(fota.EINVALID, "field \"version\": %q is not a semantic version like 1.0.4", truncate(req.Version, 40))
+	}
+	d := authedDevice(r)
+	if req.Hardware != "" && req.Hardware != d.Hardware {
+		return fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(req.Hardware, 32), d.Hardware)
+	}
+	ctx := r.Context()
+	if err := s.store.DeviceSeen(ctx, d.ID, req.Version, s.now()); err != nil {
+		return err
+	}
+	rel, why, err := s.decider.Decide(ctx, d, req.Version)
+	if err != nil {
+		return err
+	}
+	if rel == nil {
+		return writeJSON(w, http.StatusOK, protocol.CheckResponse{Message: "no update available: " + why})
+	}
+	if rel.SecurityCounter < req.SecurityCounter {
+		return writeJSON(w, http.StatusOK, protocol.CheckResponse{Message: fmt.Sprintf(
+			"release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
+			rel.Version, rel.SecurityCounter, req.SecurityCounter, req.SecurityCounter)})
+	}
+	sess, err := s.openOrResume(ctx, d, rel, fota.APINative)
+	if err != nil {
+		return err
+	}
+	base := "/v1/device/sessions/" + sess.ID
+	return writeJSON(w, http.StatusOK, protocol.CheckResponse{
+		Update: true, SessionID: sess.ID, Version: rel.Version,
+		Manifest: base64.StdEncoding.EncodeToString(rel.ManifestBytes), Signature: base64.StdEncoding.EncodeToString(rel.Signature),
+		ChunkSize: rel.ChunkSize, Chunks: rel.Chunks(), CiphertextSize: rel.CiphertextSize, NextChunk: sess.NextChunk,
+		ChunksURL: base + "/chunks", MACsURL: base + "/macs", ReportURL: base + "/report",
+		PayloadURL: "/v1/payload/" + rel.CiphertextSHA256,
+	})
+}
+
+// deviceSession loads the path's session, which must belong to the device.
+func (s *Server) deviceSession(r *http.Request) (*fota.Session, *fota.Release, error) {
+	d := authedDevice(r)
+	sess, err := s.store.Session(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return nil, nil, err
+	}
+	if sess.DeviceID != d.ID {
+		// Not "forbidden": whether another device's session exists is not this device's business.
+		return nil, nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", r.PathValue("id"))
+	}
+	if !fota.SessionActive(sess.State) {
+		return nil, nil, fota.Errorf(fota.EGONE, "update session %s has ended (%s); check for updates again", sess.ID, sess.State)
+	}
+	rel, err := s.releases.get(r.Context(), sess.ReleaseID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sess, rel, nil
+}
+
+// chunkRange reads ?from=N&count=M, bounded by the release and by the
+// response size limit.
+func chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, count int, err error) {
+	q := r.URL.Query()
+	from, err = strconv.Atoi(q.Get("from"))
+	if err != nil || from < 0 {
+		return 0, 0, fota.Errorf(fota.EINVALID, "query parameter from=%q: want a chunk index from 0", truncate(q.Get("from"), 20))
+	}
+	count = 1
+	if c := q.Get("count"); c != "" {
+		if count, err = strconv.Atoi(c); err != nil || count < 1 {
+			return 0, 0, fota.Errorf(fota.EINVALID, "query parameter count=%q: want a positive number", truncate(c, 20))
+		}
+	}
+	total := rel.Chunks()
+	if from >= total {
+		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is past the end: release %s has chunks 0 to %d", from, rel.Version, total-1)
+	}
+	if from > sess.NextChunk+outOfSequenceWindow(total) {
+		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is too far ahead of the download (at chunk %d); fetch chunks in order", from, sess.NextChunk)
+	}
+	count = min(count, total-from, max(1, maxChunksResponse/rel.ChunkSize))
+	return from, count, nil
+}
+
+// bufPool holds read buffers for chunk responses.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) error {
+	sess, rel, err := s.deviceSession(r)
+	if err != nil {
+		return err
+	}
+	from, count, err := chunkRange(r, rel, sess)
+	if err != nil {
+		return err
+	}
+	blob, err := s.blobs.Open(rel.BlobKey)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", rel.Version, err)
+	}
+	start := int64(from) * int64(rel.ChunkSize)
+	end := min(int64(from+count)*int64(rel.ChunkSize), rel.CiphertextSize)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(end-start+int64(count*protocol.FrameHeaderSize), 10))
+	w.Header().Set("Cache-Control", "no-store") // HMACs are per session
+	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	if need := protocol.FrameHeaderSize + rel.ChunkSize; cap(*bp) < need {
+		*bp = make([]byte, need)
+	}
+	buf := (*bp)[:cap(*bp)]
+	var mac [32]byte
+	for i := from; i < from+count; i++ {
+		n := chunkLen(rel, i)
+		data := buf[protocol.FrameHeaderSize : protocol.FrameHeaderSize+n]
+		if _, err := blob.ReadAt(data, int64(i)*int64(rel.ChunkSize)); err != nil {
+			return fmt.Errorf("read chunk %d of %s: %w", i, rel.Version, err)
+		}
+		macer.MAC(i, data, &mac)
+		protocol.AppendFrameHeader(buf[:0], i, n, &mac)
+		if _, err := w.Write(buf[:protocol.FrameHeaderSize+n]); err != nil {
+			return nil // the client went away; nothing to answer
+		}
+	}
+	return s.served(r.Context(), sess, rel, from+count)
+}
+
+func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) error {
+	sess, rel, err := s.deviceSession(r)
+	if err != nil {
+		return err
+	}
+	from, count, err := chunkRange(r, rel, sess)
+	if err != nil {
+		return err
+	}
+	// MACs are small: allow a whole release in one request.
+	if c, _ := strconv.Atoi(r.URL.Query().Get("count")); c > count {
+		count = min(c, rel.Chunks()-from)
+	}
+	blob, err := s.blobs.Open(rel.BlobKey)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", rel.Version, err)
+	}
+	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
+	out := make([]byte, 0, count*32)
+	data := make([]byte, rel.ChunkSize)
+	var mac [32]byte
+	for i := from; i < from+count; i++ {
+		d := data[:chunkLen(rel, i)]
+		if _, err := blob.ReadAt(d, int64(i)*int64(rel.ChunkSize)); err != nil {
+			return fmt.Errorf("read chunk %d of %s: %w", i, rel.Version, err)
+		}
+		macer.MAC(i, d, &mac)
+		out = append(out, mac[:]...)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	_, err = w.Write(out)
+	return err
+}
+
+var reportStates = map[string]string{
+	"downloaded": fota.SessionDownloaded, "verified": fota.SessionVerified, "applied": fota.SessionApplied,
+	"confirmed": fota.SessionConfirmed, "rolled-back": fota.SessionRolledBack, "failed": fota.SessionFailed,
+}
+
+func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byte) error {
+	var rep protocol.Report
+	if err := decodeBody(body, &rep); err != nil {
+		return err
+	}
+	state, ok := reportStates[rep.Status]
+	if !ok {
+		return fota.Errorf(fota.EINVALID, "status %q: want downloaded, verified, applied, confirmed, rolled-back or failed", truncate(rep.Status, 40))
+	}
+	if len(rep.Reason) > 500 {
+		return fota.Errorf(fota.EINVALID, "reason is longer than 500 characters")
+	}
+	sess, _, err := s.deviceSession(r)
+	if err != nil {
+		return err
+	}
+	if err := s.store.SetSessionState(r.Context(), sess.ID, state, rep.Reason); err != nil {
+		return err
+	}
+	s.log.Info("device report", "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "status", rep.Status)
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "state": state})
+}
+
+// payload serves a release's ciphertext by its SHA-256: public, immutable
+// and cacheable (ETag, Range), so a CDN can carry a large rollout. It is
+// encrypted, and devices check every chunk against their session's HMACs.
+func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
+	key := r.PathValue("sha256")
+	if !validKey(key) {
+		return fota.Errorf(fota.EINVALID, "want a 64-digit hex SHA-256")
+	}
+	inUse, err := s.store.BlobInUse(r.Context(), key)
+	if err != nil {
+		return err
+	}
+	if !inUse {
+		return fota.Errorf(fota.ENOTFOUND, "no release payload %s", key)
+	}
+	blob, err := s.blobs.Open(key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fota.Errorf(fota.ENOTFOUND, "no release payload %s", key)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("ETag", `"`+key+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(blob, 0, blob.Size()))
+	return nil
+}

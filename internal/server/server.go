@@ -1,0 +1,298 @@
+// Package server is the fota update server: the admin API, the
+// EcoWatt-compatible device API and the native device API, over a
+// fota.Store and a BlobStore. Handlers never see a database detail, never
+// return an internal error's text to a client, and never log a secret.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// Limits on request bodies.
+const (
+	maxDeviceBody = 16 << 10
+	maxAdminBody  = 64 << 10
+)
+
+// Config configures a Server.
+type Config struct {
+	Store   fota.Store
+	Blobs   BlobStore
+	Trusted []*keys.PublicKey // keys a published bundle must be signed by
+	Logger  *slog.Logger
+	// Decider picks the release a device gets; NewestRelease by default.
+	Decider Decider
+	// MaxSessions caps concurrently active update sessions (0: no cap).
+	MaxSessions int
+	// Now is the clock; time.Now by default.
+	Now func() time.Time
+}
+
+// Server serves the fota APIs.
+type Server struct {
+	store       fota.Store
+	blobs       BlobStore
+	trusted     []*keys.PublicKey
+	log         *slog.Logger
+	decider     Decider
+	maxSessions int
+	now         func() time.Time
+	handler     http.Handler
+	requestSeq  atomic.Uint64
+	releases    *releaseCache
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Blobs == nil {
+		return nil, errors.New("server: store and blobs are required")
+	}
+	if len(cfg.Trusted) == 0 {
+		return nil, errors.New("server: no trusted public key; pass --trust keys/signing.pub")
+	}
+	s := &Server{
+		store: cfg.Store, blobs: cfg.Blobs, trusted: cfg.Trusted, log: cfg.Logger,
+		decider: cfg.Decider, maxSessions: cfg.MaxSessions, now: cfg.Now,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.decider == nil {
+		s.decider = NewestRelease{Store: cfg.Store}
+	}
+	s.releases = newReleaseCache(cfg.Store)
+	s.handler = s.routes()
+	return s, nil
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, quiet bool, h func(w http.ResponseWriter, r *http.Request) error) {
+		mux.Handle(pattern, s.wrap(pattern, quiet, h))
+	}
+	handle("GET /healthz", true, s.healthz)
+
+	// EcoWatt-compatible API: the original Flask server's endpoints and fields.
+	handle("POST /ota/check", false, s.legacyCheck)
+	handle("POST /ota/chunk", true, s.legacyChunk)
+	handle("POST /ota/verify", false, s.legacyVerify)
+	handle("POST /ota/complete", false, s.legacyComplete)
+	handle("GET /ota/status", false, s.admin(s.legacyStatus))
+
+	// Native device API.
+	handle("POST /v1/device/check", false, s.device(s.nativeCheck))
+	handle("GET /v1/device/sessions/{id}/chunks", true, s.device(s.nativeChunks))
+	handle("GET /v1/device/sessions/{id}/macs", true, s.device(s.nativeMACs))
+	handle("POST /v1/device/sessions/{id}/report", false, s.device(s.nativeReport))
+	handle("GET /v1/payload/{sha256}", true, s.payload)
+
+	// Admin API.
+	handle("POST /v1/admin/releases", false, s.admin(s.publish))
+	handle("GET /v1/admin/releases", false, s.admin(s.listReleases))
+	handle("DELETE /v1/admin/releases/{hardware}/{version}", false, s.admin(s.deleteRelease))
+	handle("POST /v1/admin/devices", false, s.admin(s.addDevice))
+	handle("GET /v1/admin/devices", false, s.admin(s.listDevices))
+	handle("GET /v1/admin/devices/{id}", false, s.admin(s.getDevice))
+	handle("PUT /v1/admin/devices/{id}/pin", false, s.admin(s.pinDevice))
+	handle("DELETE /v1/admin/devices/{id}/pin", false, s.admin(s.unpinDevice))
+	handle("GET /v1/admin/sessions", false, s.admin(s.listSessions))
+	handle("GET /v1/admin/events", false, s.admin(s.listEvents))
+
+	mux.Handle("/", s.wrap("unmatched", false, func(w http.ResponseWriter, r *http.Request) error {
+		return fota.Errorf(fota.ENOTFOUND, "no endpoint %s %s; see docs/PROTOCOL.md", r.Method, r.URL.Path)
+	}))
+	return mux
+}
+
+// requestInfo is filled in by handlers for the request log line.
+type requestInfo struct {
+	deviceID string
+	status   int
+	bytes    int64
+}
+
+type infoKey struct{}
+
+func info(r *http.Request) *requestInfo {
+	if ri, ok := r.Context().Value(infoKey{}).(*requestInfo); ok {
+		return ri
+	}
+	return &requestInfo{}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	ri *requestInfo
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.ri.status == 0 {
+		w.ri.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.ri.status == 0 {
+		w.ri.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.ri.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// wrap turns an error-returning handler into an http.Handler: request id,
+// panic recovery, error mapping and one log line per request (debug level
+// for the per-chunk routes, so info logs do not grow with every chunk).
+func (s *Server) wrap(route string, quiet bool, h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ri := &requestInfo{}
+		reqID := fmt.Sprintf("%x", s.requestSeq.Add(1))
+		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, ri))
+		sw := &statusWriter{ResponseWriter: w, ri: ri}
+		err := func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("panic: %v", p)
+				}
+			}()
+			return h(sw, r)
+		}()
+		if err != nil {
+			s.writeError(sw, r, reqID, err)
+		}
+		level := slog.LevelInfo
+		if quiet && err == nil {
+			level = slog.LevelDebug
+		}
+		attrs := []slog.Attr{
+			slog.String("request_id", reqID), slog.String("method", r.Method), slog.String("route", route),
+			slog.Int("status", ri.status), slog.Int64("bytes", ri.bytes), slog.Duration("duration", time.Since(start)),
+		}
+		if ri.deviceID != "" {
+			attrs = append(attrs, slog.String("device_id", ri.deviceID))
+		}
+		if err != nil && fota.ErrorCode(err) != fota.EINTERNAL {
+			attrs = append(attrs, slog.String("error", fota.ErrorMessage(err)))
+		}
+		s.log.LogAttrs(r.Context(), level, "request", attrs...)
+	})
+}
+
+// statusOf maps error codes to HTTP statuses: the one table of it.
+var statusOf = map[string]int{
+	fota.ECONFLICT:     http.StatusConflict,
+	fota.EINTERNAL:     http.StatusInternalServerError,
+	fota.EINVALID:      http.StatusBadRequest,
+	fota.ENOTFOUND:     http.StatusNotFound,
+	fota.EUNAUTHORIZED: http.StatusUnauthorized,
+	fota.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	fota.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	fota.EGONE:         http.StatusGone,
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, reqID string, err error) {
+	code := fota.ErrorCode(err)
+	status := statusOf[code]
+	if code == fota.EINTERNAL {
+		// The cause goes to the log with the request id; the client gets neither.
+		s.log.Error("internal error", "request_id", reqID, "route", r.URL.Path, "error", err)
+	}
+	if info(r).status != 0 {
+		return // headers already sent: the connection carries a cut-off body
+	}
+	if code == fota.EUNAVAILABLE {
+		w.Header().Set("Retry-After", "60")
+	}
+	if code == fota.EUNAUTHORIZED && strings.HasPrefix(r.URL.Path, "/v1/admin") {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="fota"`)
+	}
+	msg := fota.ErrorMessage(err)
+	if code == fota.EINTERNAL {
+		msg = "internal error (request " + reqID + ")"
+	}
+	writeJSON(w, status, protocol.ErrorBody{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// decodeJSON reads one JSON object of at most limit bytes into v, refusing
+// unknown fields, wrong types and trailing data with a message that names
+// the problem.
+func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		var typeErr *json.UnmarshalTypeError
+		var syntaxErr *json.SyntaxError
+		switch {
+		case errors.As(err, &tooBig):
+			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", limit)
+		case errors.Is(err, io.EOF):
+			return fota.Errorf(fota.EINVALID, "request body is empty; send a JSON object")
+		case errors.As(err, &typeErr):
+			return fota.Errorf(fota.EINVALID, "field %q must be a %s, not a JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return fota.Errorf(fota.EINVALID, "request body is not valid JSON (it ends early)")
+		case errors.As(err, &syntaxErr):
+			return fota.Errorf(fota.EINVALID, "request body is not valid JSON (at byte %d)", syntaxErr.Offset)
+		case strings.HasPrefix(err.Error(), "json: unknown field"):
+			return fota.Errorf(fota.EINVALID, "request has an %s", strings.TrimPrefix(err.Error(), "json: "))
+		}
+		return fota.Errorf(fota.EINVALID, "request body is not a valid JSON object")
+	}
+	if dec.More() {
+		return fota.Errorf(fota.EINVALID, "request body holds more than one JSON value")
+	}
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.store.CountTokens(r.Context()); err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	_, err := io.WriteString(w, "ok\n")
+	return err
+}
+
+// newSessionID returns 128 random bits in hex.
+func newSessionID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("make session id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}

@@ -1,0 +1,499 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// env is a running server on real SQLite in a temp dir, with keys.
+type env struct {
+	t       *testing.T
+	dir     string
+	store   *sqlite.Store
+	blobs   *DirBlobs
+	srv     *Server
+	http    *httptest.Server
+	signer  *keys.SigningKey
+	fwKey   keys.FirmwareKey
+	token   string
+	admin   *client.Admin
+	logs    *syncBuffer
+	clock   time.Time
+	clockMu sync.Mutex
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, clock: time.Now()}
+	var err error
+	e.signer, err = keys.Generate(keys.AlgRSA, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.fwKey, _ = keys.NewFirmwareKey(rand.Reader)
+	e.start()
+	e.token = TokenPrefix + "test-token-0123456789"
+	if err := e.store.CreateToken(context.Background(), &fota.Token{Name: "test", Hash: HashToken(e.token)}); err != nil {
+		t.Fatal(err)
+	}
+	e.admin, _ = client.NewAdmin(e.http.URL, e.token)
+	return e
+}
+
+func (e *env) now() time.Time { e.clockMu.Lock(); defer e.clockMu.Unlock(); return e.clock }
+
+func (e *env) advance(d time.Duration) { e.clockMu.Lock(); e.clock = e.clock.Add(d); e.clockMu.Unlock() }
+
+// start opens the store and blobs in e.dir and serves them.
+func (e *env) start() {
+	t := e.t
+	var err error
+	e.store, err = sqlite.Open(context.Background(), filepath.Join(e.dir, "fota.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.blobs, err = NewDirBlobs(filepath.Join(e.dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv, err = New(Config{Store: e.store, Blobs: e.blobs, Trusted: []*keys.PublicKey{e.signer.Public()},
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxSessions: 1000, Now: e.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.http = httptest.NewServer(e.srv)
+	t.Cleanup(e.stop)
+}
+
+func (e *env) stop() {
+	if e.http == nil {
+		return
+	}
+	e.http.Close()
+	e.blobs.Close()
+	e.store.Close()
+	e.http = nil
+}
+
+// restart stops the server and starts a new one on the same data.
+func (e *env) restart() {
+	url := e.http.URL
+	e.stop()
+	e.start()
+	e.admin, _ = client.NewAdmin(e.http.URL, e.token)
+	_ = url
+}
+
+type built struct {
+	firmware []byte
+	bundle   []byte
+}
+
+func (e *env) build(version string, signer *keys.SigningKey, size int) built {
+	e.t.Helper()
+	fw, err := firmware.Sample(firmware.SampleOptions{Version: version, Size: size})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := bundle.Build(&out, bytes.NewReader(fw), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
+		Signer: signer, FirmwareKey: e.fwKey, TempDir: e.t.TempDir()}); err != nil {
+		e.t.Fatal(err)
+	}
+	return built{fw, out.Bytes()}
+}
+
+func (e *env) publish(version string, size int) built {
+	e.t.Helper()
+	b := e.build(version, e.signer, size)
+	if _, err := e.admin.Publish(context.Background(), bytes.NewReader(b.bundle)); err != nil {
+		e.t.Fatalf("publish %s: %v", version, err)
+	}
+	return b
+}
+
+func (e *env) addDevice(id, version string) protocol.PSK {
+	e.t.Helper()
+	d, err := e.admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	psk, err := protocol.ParsePSK(d.PSK)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return psk
+}
+
+// call makes a raw request and decodes the JSON answer into a map.
+func (e *env) call(method, path, body string, header map[string]string) (int, map[string]any) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.http.URL+path, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	json.Unmarshal(raw, &out)
+	if out == nil {
+		out = map[string]any{"raw": string(raw)}
+	}
+	return resp.StatusCode, out
+}
+
+func (e *env) adminHeader() map[string]string { return map[string]string{"Authorization": "Bearer " + e.token} }
+
+func wantStatus(t *testing.T, got int, body map[string]any, want int, msg string) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("status %d, want %d; body %v", got, want, body)
+	}
+	if msg != "" {
+		if s, _ := body["error"].(string); !strings.Contains(s, msg) {
+			t.Fatalf("error %q does not contain %q", body["error"], msg)
+		}
+	}
+}
+
+func TestPublish(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	good := e.build("1.0.4", e.signer, 10_000)
+	rel, err := e.admin.Publish(ctx, bytes.NewReader(good.bundle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rel.Version != "1.0.4" || !rel.LegacyAPI || rel.Chunks != 10 {
+		t.Fatalf("published %+v", rel)
+	}
+	_, err = e.admin.Publish(ctx, bytes.NewReader(good.bundle))
+	if ae, ok := err.(*client.APIError); !ok || ae.Status != 409 {
+		t.Fatalf("duplicate publish: %v", err)
+	}
+
+	other, _ := keys.Generate(keys.AlgRSA, rand.Reader)
+	untrusted := e.build("1.0.5", other, 10_000)
+	corrupt := e.build("1.0.6", e.signer, 10_000)
+	corrupt.bundle[len(corrupt.bundle)-3] ^= 1
+	truncated := e.build("1.0.7", e.signer, 10_000)
+	cases := []struct {
+		name   string
+		body   []byte
+		status int
+		msg    string
+	}{
+		{"untrusted key", untrusted.bundle, 400, "signed by an untrusted key"},
+		{"corrupt ciphertext", corrupt.bundle, 400, "ciphertext sha256 mismatch"},
+		{"truncated upload", truncated.bundle[:len(truncated.bundle)-500], 400, "truncated bundle"},
+		{"trailing data", append(bytes.Clone(truncated.bundle), 1, 2, 3), 400, "data after the end"},
+		{"not a bundle", []byte("hello"), 400, "truncated"},
+		{"empty", nil, 400, "truncated"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			status, body := e.call("POST", "/v1/admin/releases", string(c.body), e.adminHeader())
+			wantStatus(t, status, body, c.status, c.msg)
+		})
+	}
+	rels, _ := e.admin.Releases(ctx)
+	if len(rels) != 1 {
+		t.Fatalf("%d releases stored, want only the good one", len(rels))
+	}
+	keysLeft, _ := e.blobs.Keys()
+	tmpLeft, _ := os.ReadDir(filepath.Join(e.dir, "blobs", "tmp"))
+	if len(keysLeft) != 1 || len(tmpLeft) != 0 {
+		t.Fatalf("blobs: %d committed, %d temporary; want 1 and 0", len(keysLeft), len(tmpLeft))
+	}
+
+	// Admin authentication.
+	status, body := e.call("GET", "/v1/admin/releases", "", nil)
+	wantStatus(t, status, body, 401, "Authorization")
+	status, body = e.call("GET", "/v1/admin/releases", "", map[string]string{"Authorization": "Bearer fota_wrong"})
+	wantStatus(t, status, body, 401, "not valid")
+	status, body = e.call("POST", "/v1/admin/releases", string(good.bundle), map[string]string{"Authorization": "Basic abc"})
+	wantStatus(t, status, body, 401, "")
+}
+
+func TestAddDevice(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d, err := e.admin.AddDevice(ctx, protocol.AddDevice{ID: "ESP32_EcoWatt_Smart", Hardware: "esp32", Version: "1.0.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := protocol.ParsePSK(d.PSK); err != nil {
+		t.Fatalf("PSK %q: %v", d.PSK, err)
+	}
+	list, _ := e.admin.Devices(ctx)
+	if len(list) != 1 || list[0].PSK != "" {
+		t.Fatalf("device list shows %+v (the PSK must be shown once only)", list)
+	}
+	_, err = e.admin.AddDevice(ctx, protocol.AddDevice{ID: "ESP32_EcoWatt_Smart", Hardware: "esp32", Version: "1.0.3"})
+	if ae, ok := err.(*client.APIError); !ok || ae.Status != 409 {
+		t.Fatalf("duplicate device: %v", err)
+	}
+	for _, bad := range []string{
+		`{"id":"../../etc/passwd","hardware":"esp32","version":"1.0.0"}`,
+		`{"id":"x'; DROP TABLE devices;--","hardware":"esp32","version":"1.0.0"}`,
+		`{"id":"ok","hardware":"esp32/../x","version":"1.0.0"}`,
+		`{"id":"ok","hardware":"esp32","version":"one"}`,
+		`{"id":"ok","hardware":"esp32","version":"1.0.0","extra":1}`,
+		`{"id":5}`,
+		`not json`,
+	} {
+		status, body := e.call("POST", "/v1/admin/devices", bad, e.adminHeader())
+		wantStatus(t, status, body, 400, "")
+	}
+	if list, _ := e.admin.Devices(ctx); len(list) != 1 {
+		t.Fatalf("bad requests stored devices: %d", len(list))
+	}
+	status, body := e.call("POST", "/v1/admin/devices", `{"id":"`+strings.Repeat("a", 70000)+`"}`, e.adminHeader())
+	wantStatus(t, status, body, 413, "larger than")
+}
+
+func TestDecisionOrderPinAndRejection(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, v := range []string{"1.0.9", "1.0.10", "1.0.2"} {
+		e.publish(v, 2000)
+	}
+	psk := e.addDevice("d1", "1.0.3")
+	dev, _ := client.NewDevice(e.http.URL, "d1", psk)
+	dev.Now = e.now
+	check := func(running string) *protocol.CheckResponse {
+		t.Helper()
+		resp, err := dev.Check(ctx, protocol.CheckRequest{Version: running})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	if r := check("1.0.3"); r.Version != "1.0.10" {
+		t.Fatalf("offered %q, want 1.0.10 (semantic order, not string order)", r.Version)
+	}
+	if r := check("1.0.10"); r.Update {
+		t.Fatalf("offered %q to a device on the newest", r.Version)
+	}
+	if err := e.admin.Pin(ctx, "d1", "1.0.9"); err != nil {
+		t.Fatal(err)
+	}
+	if r := check("1.0.3"); r.Version != "1.0.9" {
+		t.Fatalf("pinned device offered %q", r.Version)
+	}
+	if err := e.admin.Pin(ctx, "d1", "9.9.9"); err == nil {
+		t.Fatal("pinning to an unpublished release was accepted")
+	}
+	if err := e.admin.Pin(ctx, "d1", ""); err != nil {
+		t.Fatal(err)
+	}
+	r := check("1.0.3")
+	if err := dev.Report(ctx, r.SessionID, "rolled-back", "self-test failed"); err != nil {
+		t.Fatal(err)
+	}
+	if r := check("1.0.3"); r.Version != "1.0.9" {
+		t.Fatalf("after rolling back 1.0.10 the device was offered %q, want 1.0.9", r.Version)
+	}
+}
+
+// decryptAll reassembles the ciphertext the way a device does and returns
+// the plaintext: AES-256-CBC stream, PKCS#7.
+func (e *env) decryptAll(t *testing.T, ct []byte, iv []byte) []byte {
+	var plain bytes.Buffer
+	d, err := bundle.NewDecrypter(&plain, e.fwKey, iv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Write(ct)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return plain.Bytes()
+}
+
+func TestLegacyAPIFullUpdate(t *testing.T) {
+	e := newEnv(t)
+	rel := e.publish("1.0.4", 5000)
+	psk := e.addDevice("ESP32_EcoWatt_Smart", "1.0.3")
+
+	status, check := e.call("POST", "/ota/check", `{"device_id":"ESP32_EcoWatt_Smart","current_version":"1.0.3"}`, nil)
+	wantStatus(t, status, check, 200, "")
+	if check["update_available"] != true || check["version"] != "1.0.4" || check["chunk_size"] != 1024.0 {
+		t.Fatalf("check: %v", check)
+	}
+	total := int(check["total_chunks"].(float64))
+	var ct []byte
+	for i := 0; i < total; i++ {
+		status, resp := e.call("POST", "/ota/chunk", fmt.Sprintf(`{"device_id":"ESP32_EcoWatt_Smart","version":"1.0.4","chunk_number":%d}`, i), nil)
+		wantStatus(t, status, resp, 200, "")
+		chunk := resp["chunk"].(map[string]any)
+		data, _ := base64.StdEncoding.DecodeString(chunk["data"].(string))
+		mac := protocol.LegacyChunkMAC(psk, i, data)
+		if chunk["hmac"] != hex.EncodeToString(mac[:]) || int(chunk["size"].(float64)) != len(data) {
+			t.Fatalf("chunk %d: bad hmac or size", i)
+		}
+		progress := resp["progress"].(map[string]any)
+		if int(progress["chunks_received"].(float64)) != i+1 {
+			t.Fatalf("progress %v", progress)
+		}
+		ct = append(ct, data...)
+	}
+	if int64(len(ct)) != int64(check["encrypted_size"].(float64)) {
+		t.Fatalf("got %d ciphertext bytes, check said %v", len(ct), check["encrypted_size"])
+	}
+	iv, _ := base64.StdEncoding.DecodeString(check["iv"].(string))
+	plain := e.decryptAll(t, ct, iv)
+	sum := sha256.Sum256(plain)
+	if !bytes.Equal(plain, rel.firmware) || hex.EncodeToString(sum[:]) != check["sha256_hash"] {
+		t.Fatal("decrypted firmware differs")
+	}
+	sig, _ := base64.StdEncoding.DecodeString(check["signature"].(string))
+	if err := e.signer.Public().VerifyDigest(sum, sig); err != nil {
+		t.Fatalf("legacy signature: %v", err)
+	}
+
+	status, resp := e.call("POST", "/ota/verify", `{"device_id":"ESP32_EcoWatt_Smart","verified":true,"version":"1.0.4"}`, nil)
+	wantStatus(t, status, resp, 200, "")
+	status, resp = e.call("POST", "/ota/complete", `{"device_id":"ESP32_EcoWatt_Smart","version":"1.0.4","boot_status":"success"}`, nil)
+	wantStatus(t, status, resp, 200, "")
+	d, _ := e.admin.Device(context.Background(), "ESP32_EcoWatt_Smart")
+	if d.Device.Version != "1.0.4" {
+		t.Fatalf("device version after confirm: %s", d.Device.Version)
+	}
+	kinds := map[string]bool{}
+	for _, ev := range d.History {
+		kinds[ev.Kind] = true
+	}
+	for _, k := range []string{fota.EventSessionOpened, fota.EventProgress, fota.EventVerified, fota.EventConfirmed} {
+		if !kinds[k] {
+			t.Errorf("history lacks %s: %+v", k, d.History)
+		}
+	}
+	// After completing, the session is closed: chunks are refused.
+	status, resp = e.call("POST", "/ota/chunk", `{"device_id":"ESP32_EcoWatt_Smart","version":"1.0.4","chunk_number":0}`, nil)
+	wantStatus(t, status, resp, 404, "no open update session")
+}
+
+func TestLegacyAPIBadInput(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 5000)
+	e.addDevice("dev1", "1.0.3")
+	status, body := e.call("POST", "/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":0}`, nil)
+	wantStatus(t, status, body, 404, "check for updates first")
+	e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+
+	cases := []struct {
+		path, body string
+		status     int
+		msg        string
+	}{
+		{"/ota/check", `{"device_id":"dev1"`, 400, "not valid JSON"},
+		{"/ota/check", ``, 400, "empty"},
+		{"/ota/check", `[1,2]`, 400, ""},
+		{"/ota/check", `{"device_id":"dev1"}`, 400, `missing field "current_version"`},
+		{"/ota/check", `{"current_version":"1.0.3"}`, 400, `missing field "device_id"`},
+		{"/ota/check", `{"device_id":7,"current_version":"1.0.3"}`, 400, `"device_id" must be a string`},
+		{"/ota/check", `{"device_id":"dev1","current_version":"v1"}`, 400, "not a semantic version"},
+		{"/ota/check", `{"device_id":"nobody","current_version":"1.0.3"}`, 404, "unknown device"},
+		{"/ota/check", `{"device_id":"../../etc","current_version":"1.0.3"}`, 400, "device_id must be"},
+		{"/ota/check", `{"device_id":"' OR 1=1 --","current_version":"1.0.3"}`, 400, "device_id must be"},
+		{"/ota/check", `{"device_id":"dev1","current_version":"1.0.3","x":1}`, 400, "unknown field"},
+		{"/ota/check", `{"device_id":"dev1","current_version":"1.0.3"} {}`, 400, "more than one"},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":"5"}`, 400, `"chunk_number" must be a int64, not a JSON string`},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":1.5}`, 400, "chunk_number"},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":-1}`, 400, "out of range"},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":5}`, 400, "out of range"},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":99999999999999}`, 400, "out of range"},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.4"}`, 400, `missing field "chunk_number"`},
+		{"/ota/chunk", `{"device_id":"dev1","version":"1.0.5","chunk_number":0}`, 400, "not 1.0.5"},
+		{"/ota/chunk", `{"device_id":"nobody","version":"1.0.4","chunk_number":0}`, 404, "unknown device"},
+		{"/ota/verify", `{"device_id":"dev1","version":"1.0.4"}`, 400, `missing field "verified"`},
+		{"/ota/verify", `{"device_id":"dev1","verified":"yes","version":"1.0.4"}`, 400, `"verified" must be a bool`},
+		{"/ota/complete", `{"device_id":"dev1","version":"1.0.4","boot_status":"meh"}`, 400, "boot_status"},
+		{"/ota/complete", `{"device_id":"dev1","version":"1.0.4"}`, 400, `missing field "boot_status"`},
+		{"/ota/check", `{"device_id":"` + strings.Repeat("x", 20000) + `","current_version":"1.0.3"}`, 413, "larger than"},
+	}
+	for _, c := range cases {
+		status, body := e.call("POST", c.path, c.body, nil)
+		if status != c.status || !strings.Contains(fmt.Sprint(body["error"]), c.msg) {
+			t.Errorf("POST %s %.60s: %d %v; want %d containing %q", c.path, c.body, status, body, c.status, c.msg)
+		}
+		if status >= 500 {
+			t.Errorf("client mistake answered with %d", status)
+		}
+	}
+	// Nothing above changed the session.
+	status, body = e.call("GET", "/ota/status", "", e.adminHeader())
+	wantStatus(t, status, body, 200, "")
+	if body["active_sessions"] != 1.0 {
+		t.Fatalf("status: %v", body)
+	}
+	status, body = e.call("GET", "/ota/status", "", nil)
+	wantStatus(t, status, body, 401, "")
+	// Chunk 4 is the last; asking far ahead of progress is refused on big releases (checked below).
+	status, body = e.call("POST", "/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":4}`, nil)
+	wantStatus(t, status, body, 200, "")
+}
+
+func TestLegacyFarOutOfSequence(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 200_000)
+	e.addDevice("dev1", "1.0.3")
+	e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+	status, body := e.call("POST", "/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":150}`, nil)
+	wantStatus(t, status, body, 400, "too far ahead")
+}
+
+func TestLegacyRefusesNonRSARelease(t *testing.T) {
+	e := newEnv(t)
+	ed, _ := keys.Generate(keys.AlgEd25519, rand.Reader)
+	e.srv.trusted = append(e.srv.trusted, ed.Public())
+	b := e.build("1.0.4", ed, 3000)
+	if _, err := e.admin.Publish(context.Background(), bytes.NewReader(b.bundle)); err != nil {
+		t.Fatal(err)
+	}
+	e.addDevice("dev1", "1.0.3")
+	status, body := e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+	wantStatus(t, status, body, 200, "")
+	if body["update_available"] != false || !strings.Contains(body["message"].(string), "only on the native API") {
+		t.Fatalf("check: %v", body)
+	}
+}
+
+func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }

@@ -1,0 +1,122 @@
+package protocol
+
+import "time"
+
+// JSON bodies of the native device API and the admin API, shared by the
+// server and the Go client. docs/PROTOCOL.md describes each field.
+
+// CheckRequest is the body of POST /v1/device/check.
+type CheckRequest struct {
+	Version         string `json:"version"`
+	Hardware        string `json:"hardware,omitempty"`
+	SecurityCounter uint32 `json:"security_counter,omitempty"`
+}
+
+// CheckResponse answers it.
+type CheckResponse struct {
+	Update         bool   `json:"update"`
+	Message        string `json:"message,omitempty"`
+	SessionID      string `json:"session_id,omitempty"`
+	Version        string `json:"version,omitempty"`
+	Manifest       string `json:"manifest,omitempty"`  // base64 of the exact signed manifest bytes
+	Signature      string `json:"signature,omitempty"` // base64
+	ChunkSize      int    `json:"chunk_size,omitempty"`
+	Chunks         int    `json:"chunks,omitempty"`
+	CiphertextSize int64  `json:"ciphertext_size,omitempty"`
+	NextChunk      int    `json:"next_chunk"`
+	ChunksURL      string `json:"chunks_url,omitempty"`
+	MACsURL        string `json:"macs_url,omitempty"`
+	PayloadURL     string `json:"payload_url,omitempty"`
+	ReportURL      string `json:"report_url,omitempty"`
+}
+
+// Report is the body of POST /v1/device/sessions/{id}/report.
+type Report struct {
+	Status string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed
+	Reason string `json:"reason,omitempty"`
+}
+
+// Release is a published release as the admin API shows it.
+type Release struct {
+	ID               int64     `json:"id"`
+	Product          string    `json:"product"`
+	Hardware         string    `json:"hardware"`
+	Version          string    `json:"version"`
+	SecurityCounter  uint32    `json:"security_counter"`
+	PlaintextSize    int64     `json:"plaintext_size"`
+	PlaintextSHA256  string    `json:"plaintext_sha256"`
+	CiphertextSize   int64     `json:"ciphertext_size"`
+	CiphertextSHA256 string    `json:"ciphertext_sha256"`
+	ChunkSize        int       `json:"chunk_size"`
+	Chunks           int       `json:"chunks"`
+	KeyID            string    `json:"key_id"`
+	SignatureAlg     string    `json:"signature_alg"`
+	LegacyAPI        bool      `json:"legacy_api"` // served on the EcoWatt-compatible API too
+	Notes            string    `json:"notes,omitempty"`
+	Created          time.Time `json:"created"`
+	Published        time.Time `json:"published"`
+}
+
+// AddDevice is the body of POST /v1/admin/devices.
+type AddDevice struct {
+	ID              string `json:"id"`
+	Hardware        string `json:"hardware"`
+	Version         string `json:"version"`
+	SecurityCounter uint32 `json:"security_counter"`
+}
+
+// Device is a device as the admin API shows it. PSK is set only in the
+// answer to adding it: the key is shown once.
+type Device struct {
+	ID              string    `json:"id"`
+	Hardware        string    `json:"hardware"`
+	Version         string    `json:"version"`
+	SecurityCounter uint32    `json:"security_counter"`
+	PinnedVersion   string    `json:"pinned_version,omitempty"`
+	Created         time.Time `json:"created"`
+	LastSeen        time.Time `json:"last_seen,omitzero"`
+	PSK             string    `json:"psk,omitempty"`
+}
+
+// DeviceDetail is GET /v1/admin/devices/{id}.
+type DeviceDetail struct {
+	Device  Device  `json:"device"`
+	History []Event `json:"history"`
+}
+
+// Session is an update session as the admin API (and /ota/status) shows it.
+type Session struct {
+	SessionID      string  `json:"session_id"`
+	DeviceID       string  `json:"device_id"`
+	Version        string  `json:"version"`
+	API            string  `json:"api"`
+	State          string  `json:"state"`
+	ChunksReceived int     `json:"chunks_received"`
+	TotalChunks    int     `json:"total_chunks"`
+	Percentage     float64 `json:"percentage"`
+	BytesServed    int64   `json:"bytes_served"`
+	Started        string  `json:"started"`
+	Updated        string  `json:"updated"`
+}
+
+// Sessions is GET /v1/admin/sessions and GET /ota/status.
+type Sessions struct {
+	ActiveSessions int       `json:"active_sessions"`
+	Sessions       []Session `json:"sessions"`
+}
+
+// Event is one recorded state change.
+type Event struct {
+	Time      time.Time `json:"time"`
+	Kind      string    `json:"kind"`
+	DeviceID  string    `json:"device_id,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	SessionID string    `json:"session_id,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+}
+
+// ErrorBody is every error answer: a message for people, a code for programs.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
