@@ -51,8 +51,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -74,7 +78,11 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) now() time.Time { e.clockMu.Lock(); defer e.clockMu.Unlock(); return e.clock }
 
-func (e *env) advance(d time.Duration) { e.clockMu.Lock(); e.clock = e.clock.Add(d); e.clockMu.Unlock() }
+func (e *env) advance(d time.Duration) {
+	e.clockMu.Lock()
+	e.clock = e.clock.Add(d)
+	e.clockMu.Unlock()
+}
 
 // start opens the store and blobs in e.dir and serves them.
 func (e *env) start() {
@@ -178,7 +186,9 @@ func (e *env) call(method, path, body string, header map[string]string) (int, ma
 	return resp.StatusCode, out
 }
 
-func (e *env) adminHeader() map[string]string { return map[string]string{"Authorization": "Bearer " + e.token} }
+func (e *env) adminHeader() map[string]string {
+	return map[string]string{"Authorization": "Bearer " + e.token}
+}
 
 func wantStatus(t *testing.T, got int, body map[string]any, want int, msg string) {
 	t.Helper()
