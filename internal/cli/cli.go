@@ -67,6 +67,10 @@ func commands() []command {
 		{"keys", "make signing and firmware keys and the keys.h device header", runKeys},
 		{"release", "build, verify and inspect release bundles", runRelease},
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
+		{"serve", "run the update server", runServe},
+		{"token", "make admin API tokens", runToken},
+		{"device", "register devices, list them, pin them to releases", runDevice},
+		{"status", "show update sessions in progress and recent events", runStatus},
 		{"version", "print the fota version", func(e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "fota", Version)
 			return nil
@@ -85,6 +89,8 @@ Examples:
   fota keys init --dir keys
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
   fota release verify --keys keys app-1.0.4.fota
+  fota serve --data ./fota-data --trust keys/signing.pub
+  fota release publish --server http://127.0.0.1:8080 --token $FOTA_TOKEN app-1.0.4.fota
 
 Run 'fota <command> --help' for a command's flags.
 `

@@ -20,6 +20,8 @@ const releaseUsage = `Usage:
   fota release build   [flags] -o OUT.fota FIRMWARE.bin
   fota release verify  [flags] BUNDLE.fota
   fota release inspect [--json] BUNDLE.fota
+  fota release publish --server URL --token T BUNDLE.fota
+  fota release list    --server URL --token T [--json]
 
 build turns a firmware image into a signed, encrypted release bundle. For an
 ESP32 application image the version, chip and project come from its app
@@ -27,6 +29,9 @@ descriptor; any other file needs --version and --hardware.
 verify checks a bundle's structure, signature and hashes and, given the
 firmware key, decrypts it and checks the firmware itself.
 inspect prints what a bundle says about itself, without checking it.
+publish uploads a bundle to the server, which verifies it before storing it;
+list shows the published releases. --server and --token default to
+FOTA_SERVER and FOTA_TOKEN.
 
 Examples:
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
@@ -40,6 +45,8 @@ func runRelease(e *env, args []string) error {
 		"build":   runReleaseBuild,
 		"verify":  runReleaseVerify,
 		"inspect": runReleaseInspect,
+		"publish": runReleasePublish,
+		"list":    runReleaseList,
 	}, releaseUsage)
 }
 

@@ -2,9 +2,13 @@ package server
 
 import (
 	"bufio"
+	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -301,4 +305,38 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, viewEvents(evs))
+}
+
+// NewToken makes an admin token: the prefix and 256 random bits. Only its
+// hash is ever stored.
+func NewToken() (string, [32]byte, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", [32]byte{}, fmt.Errorf("make token: %w", err)
+	}
+	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	return token, HashToken(token), nil
+}
+
+// SweepBlobs removes committed blobs no release refers to: what a crash
+// between storing a blob and recording its release leaves behind.
+func SweepBlobs(ctx context.Context, store fota.Store, blobs *DirBlobs) (int, error) {
+	keys, err := blobs.Keys()
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	for _, k := range keys {
+		inUse, err := store.BlobInUse(ctx, k)
+		if err != nil {
+			return removed, err
+		}
+		if !inUse {
+			if err := blobs.Remove(k); err != nil {
+				return removed, err
+			}
+			removed++
+		}
+	}
+	return removed, nil
 }

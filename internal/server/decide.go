@@ -141,8 +141,9 @@ func (s *Server) openOrResume(ctx context.Context, d *fota.Device, r *fota.Relea
 }
 
 // progressStep is how many chunks may be served between progress writes:
-// about 1% of the release, so a session costs ~100 writes whatever its size.
-func progressStep(total int) int { return max(1, total/100) }
+// about 1% of the release (at least 32 chunks), so a session costs at most
+// ~100 writes whatever its size.
+func progressStep(total int) int { return max(32, total/100) }
 
 // outOfSequenceWindow is how far ahead of the recorded progress a device may
 // ask; earlier chunks can always be fetched again.

@@ -85,9 +85,6 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 			}
 			return err
 		}
-		if err := s.store.DeviceSeen(r.Context(), id, "", now); err != nil {
-			return err
-		}
 		return h(w, r.WithContext(context.WithValue(r.Context(), deviceKey{}, d)), body)
 	}
 }
@@ -322,6 +319,8 @@ func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// A whole payload over a slow link can outlast the server's write timeout.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Minute))
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("ETag", `"`+key+`"`)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")

@@ -254,7 +254,7 @@ func mustPSK(t *testing.T, e *env, id string) protocol.PSK {
 func TestRestartMidSession(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	rel := e.publish("1.0.4", 50_000)
+	rel := e.publish("1.0.4", 100_000) // 98 chunks: half crosses a progress write
 	psk := e.addDevice("dev1", "1.0.3")
 	d := e.device("dev1", psk)
 	r, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})

@@ -31,7 +31,7 @@ import (
 
 // env is a running server on real SQLite in a temp dir, with keys.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	store   *sqlite.Store
 	blobs   *DirBlobs
@@ -58,7 +58,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, clock: time.Now()}
 	var err error

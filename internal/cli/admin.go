@@ -1,0 +1,367 @@
+package cli
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// serverFlags adds --server and --token, defaulting to FOTA_SERVER and FOTA_TOKEN.
+func serverFlags(fs *flag.FlagSet) (server, token *string) {
+	server = fs.String("server", os.Getenv("FOTA_SERVER"), "server URL (default $FOTA_SERVER)")
+	token = fs.String("token", os.Getenv("FOTA_TOKEN"), "admin token (default $FOTA_TOKEN)")
+	return server, token
+}
+
+func adminClient(server, token string) (*client.Admin, error) {
+	if server == "" {
+		return nil, &usageError{msg: "no server given", hint: "pass --server http://127.0.0.1:8080 or set FOTA_SERVER"}
+	}
+	if token == "" {
+		return nil, &usageError{msg: "no admin token given", hint: "pass --token or set FOTA_TOKEN ('fota token create --data DIR' makes one)"}
+	}
+	return client.NewAdmin(server, token)
+}
+
+func runReleasePublish(e *env, args []string) error {
+	fs := newFlags("release publish")
+	server, token := serverFlags(fs)
+	rest, err := parseFlags(e, fs, releaseUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 {
+		return &usageError{msg: "fota release publish needs exactly one bundle", hint: "fota release publish --server URL --token T app-1.0.4.fota"}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(rest[0])
+	if err != nil {
+		return fmt.Errorf("open bundle: %w", err)
+	}
+	defer f.Close()
+	r, err := a.Publish(e.ctx, f)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", rest[0], err)
+	}
+	api := "native and EcoWatt-compatible APIs"
+	if !r.LegacyAPI {
+		api = "native API only (no legacy RSA signature)"
+	}
+	fmt.Fprintf(e.stdout, "published %s %s for %s: %d bytes, %d chunks, signed by %s; served on the %s\n",
+		r.Product, r.Version, r.Hardware, r.PlaintextSize, r.Chunks, r.KeyID, api)
+	return nil
+}
+
+func runReleaseList(e *env, args []string) error {
+	fs := newFlags("release list")
+	server, token := serverFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseFlags(e, fs, releaseUsage, args); err != nil {
+		return err
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	rels, err := a.Releases(e.ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, rels)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tPUBLISHED")
+	for _, r := range rels {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\n", r.Version, r.Hardware, r.Product, r.PlaintextSize, r.Chunks,
+			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), r.Published.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+const deviceUsage = `Usage:
+  fota device add    --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
+                     [--keys-h dev_keys.h --keys keys] [--security-counter N] [--force]
+  fota device list   [--json]
+  fota device show   --id ID
+  fota device assign --id ID (--version V | --unpin)
+
+add registers a device with a new random key and writes it, once, to a
+credentials file (device id, key, server URL; mode 0600) and, with --keys-h,
+to a C header for the ESP32 build holding DEVICE_ID, HMAC_PSK,
+SERVER_PUBLIC_KEY and AES_FIRMWARE_KEY (from --keys; the server never has
+the firmware key). assign pins a device to a release; --unpin releases it.
+Every command takes --server and --token (or FOTA_SERVER and FOTA_TOKEN).
+
+Examples:
+  fota device add --id ESP32_EcoWatt_Smart --hardware esp32 --version 1.0.3 \
+                  --credentials dev.json --keys-h dev_keys.h --keys keys
+  fota device assign --id ESP32_EcoWatt_Smart --version 1.0.4
+`
+
+func runDevice(e *env, args []string) error {
+	return subcommand(e, "device", args, map[string]func(*env, []string) error{
+		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "assign": runDeviceAssign,
+	}, deviceUsage)
+}
+
+// Credentials is the file `fota device add` writes for a device.
+type Credentials struct {
+	DeviceID string `json:"device_id"`
+	PSK      string `json:"psk"`
+	Server   string `json:"server"`
+	Hardware string `json:"hardware"`
+}
+
+func runDeviceAdd(e *env, args []string) error {
+	fs := newFlags("device add")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id (1-64 of A-Z a-z 0-9 _ . -)")
+	hardware := fs.String("hardware", "", "hardware, e.g. esp32")
+	version := fs.String("version", "", "firmware version the device runs now")
+	counter := fs.Uint("security-counter", 0, "security counter the device stores now")
+	credPath := fs.String("credentials", "", "write the device's credentials JSON here (mode 0600)")
+	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
+	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h")
+	force := fs.Bool("force", false, "replace existing output files")
+	rest, err := parseFlags(e, fs, deviceUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("fota device add takes no arguments, got %q", rest)
+	}
+	if *id == "" || *hardware == "" || *version == "" {
+		return &usageError{msg: "--id, --hardware and --version are required", hint: "fota device add --id dev1 --hardware esp32 --version 1.0.3 --credentials dev1.json"}
+	}
+	if *credPath == "" && *headerPath == "" {
+		return &usageError{msg: "the device key is shown only once: give --credentials and/or --keys-h to keep it"}
+	}
+	if *headerPath != "" && *keyDir == "" {
+		return &usageError{msg: "--keys-h needs --keys DIR", hint: "the header embeds DIR/signing.pub and DIR/firmware.key"}
+	}
+	// Check every output before the device exists: its key cannot be shown again.
+	for _, p := range []string{*credPath, *headerPath} {
+		if p == "" || *force {
+			continue
+		}
+		if _, err := os.Lstat(p); err == nil {
+			return withHint(fmt.Errorf("%s already exists", p), "use --force to replace it, or another file name")
+		}
+		if _, err := os.Stat(filepath.Dir(p)); err != nil {
+			return fmt.Errorf("cannot write %s: %w", p, err)
+		}
+	}
+	var pub *keys.PublicKey
+	var fwKey keys.FirmwareKey
+	if *headerPath != "" {
+		if pub, err = keys.LoadPublicKey(filepath.Join(*keyDir, keys.PublicKeyFile)); err != nil {
+			return err
+		}
+		if fwKey, err = loadPrivate(e, filepath.Join(*keyDir, keys.FirmwareKeyFile), keys.LoadFirmwareKey); err != nil {
+			return err
+		}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	d, err := a.AddDevice(e.ctx, protocol.AddDevice{ID: *id, Hardware: *hardware, Version: *version, SecurityCounter: uint32(*counter)})
+	if err != nil {
+		return fmt.Errorf("add device %s: %w", *id, err)
+	}
+	if *credPath != "" {
+		b, _ := json.MarshalIndent(Credentials{DeviceID: d.ID, PSK: d.PSK, Server: *server, Hardware: d.Hardware}, "", "  ")
+		if err := keys.WriteFile(*credPath, append(b, '\n'), keys.PrivateMode, *force); err != nil {
+			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
+		}
+		fmt.Fprintf(e.stdout, "wrote %s\n", *credPath)
+	}
+	if *headerPath != "" {
+		header := keys.DeviceHeader(pub, fwKey, []keys.CDefinition{
+			{Name: "DEVICE_ID", Comment: "This device's id.", String: d.ID},
+			{Name: "HMAC_PSK", Comment: "This device's key: the EcoWatt client keys its chunk HMAC with strlen(HMAC_PSK) bytes of it.", String: d.PSK},
+			{Name: "OTA_SERVER_URL", Comment: "Update server.", String: *server},
+		})
+		if err := keys.WriteFile(*headerPath, header, keys.PrivateMode, *force); err != nil {
+			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
+		}
+		fmt.Fprintf(e.stdout, "wrote %s\n", *headerPath)
+	}
+	fmt.Fprintf(e.stdout, "added device %s (%s, running %s)\n", d.ID, d.Hardware, d.Version)
+	return nil
+}
+
+func runDeviceList(e *env, args []string) error {
+	fs := newFlags("device list")
+	server, token := serverFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	ds, err := a.Devices(e.ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, ds)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tHARDWARE\tVERSION\tCOUNTER\tPINNED\tLAST SEEN")
+	for _, d := range ds {
+		seen := "never"
+		if !d.LastSeen.IsZero() {
+			seen = d.LastSeen.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Hardware, d.Version, d.SecurityCounter, orDash(d.PinnedVersion), seen)
+	}
+	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func runDeviceShow(e *env, args []string) error {
+	fs := newFlags("device show")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	if *id == "" {
+		return usagef("--id is required")
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	d, err := a.Device(e.ctx, *id)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "device %s: %s, running %s, security counter %d, pinned %s\n", d.Device.ID, d.Device.Hardware,
+		d.Device.Version, d.Device.SecurityCounter, orDash(d.Device.PinnedVersion))
+	printEvents(e, d.History)
+	return nil
+}
+
+func printEvents(e *env, evs []protocol.Event) {
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tDETAIL")
+	for _, ev := range evs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), ev.Kind, orDash(ev.DeviceID), orDash(ev.Version), ev.Detail)
+	}
+	tw.Flush()
+}
+
+func runDeviceAssign(e *env, args []string) error {
+	fs := newFlags("device assign")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	version := fs.String("version", "", "release version to pin the device to")
+	unpin := fs.Bool("unpin", false, "remove the pin: the device gets the newest release again")
+	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	if *id == "" || (*version == "") == !*unpin {
+		return &usageError{msg: "give --id and exactly one of --version or --unpin", hint: "fota device assign --id dev1 --version 1.0.4"}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	if err := a.Pin(e.ctx, *id, *version); err != nil {
+		return err
+	}
+	if *unpin {
+		fmt.Fprintf(e.stdout, "device %s unpinned: it gets the newest release\n", *id)
+	} else {
+		fmt.Fprintf(e.stdout, "device %s pinned to %s\n", *id, *version)
+	}
+	return nil
+}
+
+const statusUsage = `Usage:
+  fota status [--events N] [--json]
+
+Shows the update sessions in progress with their percent, and recent events.
+Takes --server and --token (or FOTA_SERVER and FOTA_TOKEN).
+`
+
+func runStatus(e *env, args []string) error {
+	fs := newFlags("status")
+	server, token := serverFlags(fs)
+	n := fs.Int("events", 20, "how many recent events to show")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parseFlags(e, fs, statusUsage, args); err != nil {
+		return err
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	sessions, err := a.Sessions(e.ctx)
+	if err != nil {
+		return err
+	}
+	evs, err := a.Events(e.ctx, "", *n)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, map[string]any{"sessions": sessions.Sessions, "events": evs})
+	}
+	fmt.Fprintf(e.stdout, "%d update session(s) in progress\n", sessions.ActiveSessions)
+	if len(sessions.Sessions) > 0 {
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEVICE\tVERSION\tAPI\tSTATE\tPROGRESS\tCHUNKS\tUPDATED")
+		for _, s := range sessions.Sessions {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %5.1f%%\t%d/%d\t%s\n", s.DeviceID, s.Version, s.API, s.State,
+				bar(s.Percentage, 20), s.Percentage, s.ChunksReceived, s.TotalChunks, s.Updated)
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(e.stdout, "\nrecent events")
+	printEvents(e, evs)
+	return nil
+}
+
+// bar draws a progress bar of width characters.
+func bar(percent float64, width int) string {
+	filled := int(percent / 100 * float64(width))
+	filled = max(0, min(width, filled))
+	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}

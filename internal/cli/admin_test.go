@@ -1,0 +1,87 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota/keys"
+)
+
+// adminEnv serves a real server in-process and sets FOTA_SERVER/FOTA_TOKEN.
+func adminEnv(t *testing.T) (dir, keyDir string) {
+	dir, keyDir, _ = setup(t)
+	store, blobs, err := openData(context.Background(), filepath.Join(dir, "data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close(); blobs.Close() })
+	pub, _ := keys.LoadPublicKey(filepath.Join(keyDir, "signing.pub"))
+	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: []*keys.PublicKey{pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	token, err := createToken(context.Background(), store, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FOTA_SERVER", hs.URL)
+	t.Setenv("FOTA_TOKEN", token)
+	return dir, keyDir
+}
+
+func TestDeviceAddOutputs(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	cred := filepath.Join(dir, "dev.json")
+	header := filepath.Join(dir, "dev_keys.h")
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3").expect(t, 2, "", "shown only once")
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", header).expect(t, 2, "", "--keys-h needs --keys")
+	os.WriteFile(cred, []byte("keep me"), 0o600)
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", cred).expect(t, 1, "", "already exists")
+	// The refusal came before the server was asked: the id is still free.
+	os.Remove(cred)
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", cred,
+		"--keys-h", header, "--keys", keyDir).expect(t, 0, "added device d1", "")
+	var c Credentials
+	b, _ := os.ReadFile(cred)
+	if err := json.Unmarshal(b, &c); err != nil || c.DeviceID != "d1" || len(c.PSK) != 64 || c.Server != os.Getenv("FOTA_SERVER") {
+		t.Fatalf("credentials %s: %v", b, err)
+	}
+	for _, p := range []string{cred, header} {
+		if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s has mode %04o", p, st.Mode().Perm())
+		}
+	}
+	h, _ := os.ReadFile(header)
+	if !strings.Contains(string(h), `static const char HMAC_PSK[] =`+"\n    \""+c.PSK+`"`) {
+		t.Fatalf("keys.h does not hold the PSK as a C string:\n%s", h)
+	}
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", filepath.Join(dir, "x.json")).
+		expect(t, 1, "", "server answered 409: device d1 exists already")
+	run(t, "device", "list").expect(t, 0, "d1", "")
+	run(t, "device", "show", "--id", "d1").expect(t, 0, "device-added", "")
+	run(t, "device", "assign", "--id", "d1").expect(t, 2, "", "exactly one of --version or --unpin")
+	run(t, "device", "assign", "--id", "d1", "--version", "1.0.4").expect(t, 1, "", "no release 1.0.4 for esp32")
+}
+
+func TestPublishListStatus(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	fw := filepath.Join(dir, "app.bin")
+	b := filepath.Join(dir, "app.fota")
+	run(t, "release", "build", "--keys", keyDir, "-o", b, fw).expect(t, 0, "built", "")
+	run(t, "release", "publish", b).expect(t, 0, "published ecowatt 1.0.4 for esp32", "")
+	run(t, "release", "publish", b).expect(t, 1, "", "409")
+	run(t, "release", "list").expect(t, 0, "1.0.4", "")
+	run(t, "device", "assign", "--id", "nobody", "--version", "1.0.4").expect(t, 1, "", "unknown device")
+	run(t, "status").expect(t, 0, "0 update session(s) in progress", "")
+	run(t, "release", "publish", "--token", "fota_wrong", b).expect(t, 1, "", "admin token is not valid")
+	t.Setenv("FOTA_SERVER", "")
+	run(t, "release", "list").expect(t, 2, "", "no server given")
+}

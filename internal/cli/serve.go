@@ -1,0 +1,239 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/keys"
+)
+
+const serveUsage = `Usage:
+  fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
+             [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--log-level info] [--log-format text|json]
+
+Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
+and the native device API (/v1/device/*). The first start creates the data
+folder (SQLite database and blob folder) and prints an admin token once.
+Releases must be signed by a --trust key. SIGINT or SIGTERM stops it
+gracefully.
+
+Examples:
+  fota serve --data ./fota-data --trust keys/signing.pub
+  fota serve --addr :8443 --tls-cert cert.pem --tls-key key.pem --trust keys/signing.pub
+`
+
+func runServe(e *env, args []string) error {
+	fs := newFlags("serve")
+	data := fs.String("data", "./fota-data", "data folder: database and release blobs")
+	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
+	var trust stringList
+	fs.Var(&trust, "trust", "public key that releases must be signed by (repeatable)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM); serve HTTPS")
+	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
+	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
+	logFormat := fs.String("log-format", "text", "text or json")
+	rest, err := parseFlags(e, fs, serveUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("fota serve takes no arguments, got %q", rest)
+	}
+	if len(trust) == 0 {
+		return &usageError{msg: "no --trust key", hint: "fota serve --trust keys/signing.pub (made by 'fota keys init')"}
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
+	}
+	var handler slog.Handler
+	switch *logFormat {
+	case "text":
+		handler = slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level})
+	case "json":
+		handler = slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: level})
+	default:
+		return usagef("--log-format %q: want text or json", *logFormat)
+	}
+	logger := slog.New(handler)
+	var trusted []*keys.PublicKey
+	for _, p := range trust {
+		k, err := keys.LoadPublicKey(p)
+		if err != nil {
+			return err
+		}
+		trusted = append(trusted, k)
+	}
+
+	store, blobs, err := openData(e.ctx, *data)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	defer blobs.Close()
+	if n, err := server.SweepBlobs(e.ctx, store, blobs); err != nil {
+		return err
+	} else if n > 0 {
+		logger.Info("removed blobs no release refers to", "count", n)
+	}
+	if n, err := store.CountTokens(e.ctx); err != nil {
+		return err
+	} else if n == 0 {
+		token, err := createToken(e.ctx, store, "admin")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "admin token (shown once; keep it secret): %s\n", token)
+	}
+
+	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions})
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler: srv,
+		// Slow clients cannot hold a connection open forever; uploads and
+		// payload downloads extend their own deadlines.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      120 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return withHint(fmt.Errorf("listen on %s: %w", *addr, err), "choose another --addr, or stop what uses that port")
+	}
+	scheme := "http"
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, hs.TLSConfig)
+		scheme = "https"
+	}
+	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (data %s, %d trusted key(s))\n", scheme, ln.Addr(), *data, len(trusted))
+
+	go purgeNonces(e.ctx, store, logger)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-e.ctx.Done():
+	}
+	logger.Info("shutting down: finishing requests in flight")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	fmt.Fprintln(e.stdout, "fota serve: stopped")
+	return nil
+}
+
+// openData opens the database and blob folder in dir, creating them.
+func openData(ctx context.Context, dir string) (*sqlite.Store, *server.DirBlobs, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("create data folder: %w", err)
+	}
+	store, err := sqlite.Open(ctx, filepath.Join(dir, "fota.db"))
+	if err != nil {
+		return nil, nil, err
+	}
+	blobs, err := server.NewDirBlobs(filepath.Join(dir, "blobs"))
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return store, blobs, nil
+}
+
+func createToken(ctx context.Context, store fota.Store, name string) (string, error) {
+	token, hash, err := server.NewToken()
+	if err != nil {
+		return "", err
+	}
+	if err := store.CreateToken(ctx, &fota.Token{Name: name, Hash: hash}); err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+func purgeNonces(ctx context.Context, store fota.Store, logger *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if err := store.PurgeNonces(ctx, now); err != nil && ctx.Err() == nil {
+				logger.Warn("purge nonces", "error", err)
+			}
+		}
+	}
+}
+
+const tokenUsage = `Usage:
+  fota token create --data DIR [--name NAME]
+
+Makes an admin API token and prints it alone on stdout; only its hash is
+stored. Works while the server runs.
+
+Example:
+  export FOTA_TOKEN=$(fota token create --data ./fota-data --name ci)
+`
+
+func runToken(e *env, args []string) error {
+	return subcommand(e, "token", args, map[string]func(*env, []string) error{"create": runTokenCreate}, tokenUsage)
+}
+
+func runTokenCreate(e *env, args []string) error {
+	fs := newFlags("token create")
+	data := fs.String("data", "./fota-data", "the server's data folder")
+	name := fs.String("name", "admin", "a name to tell tokens apart")
+	rest, err := parseFlags(e, fs, tokenUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("fota token create takes no arguments, got %q", rest)
+	}
+	if _, err := os.Stat(filepath.Join(*data, "fota.db")); err != nil {
+		return withHint(fmt.Errorf("no fota database in %s", *data), "start 'fota serve --data "+*data+"' once, or pass the right --data")
+	}
+	store, err := sqlite.Open(e.ctx, filepath.Join(*data, "fota.db"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	token, err := createToken(e.ctx, store, *name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, token)
+	return nil
+}

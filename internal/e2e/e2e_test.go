@@ -1,0 +1,437 @@
+// Package e2e runs the real fota binary: server, CLI, and two device
+// clients written from docs/PROTOCOL.md and docs/FORMAT.md alone, using the
+// standard library only (no fota package), as another implementation would.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var fotaBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "fota-e2e")
+	if err != nil {
+		panic(err)
+	}
+	fotaBin = filepath.Join(dir, "fota")
+	if out, err := exec.Command("go", "build", "-o", fotaBin, "../../cmd/fota").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build fota: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// fota runs the CLI in dir and returns stdout; a failure fails the test.
+func fota(t *testing.T, dir string, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(fotaBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("fota %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+type serverProc struct {
+	cmd   *exec.Cmd
+	url   string
+	token string
+	done  chan error
+	out   *bytes.Buffer
+}
+
+var listenRE = regexp.MustCompile(`listening on (http://[0-9.:]+)`)
+var tokenRE = regexp.MustCompile(`admin token \(shown once; keep it secret\): (fota_\S+)`)
+
+// startServer runs fota serve on a free port and waits until it listens.
+func startServer(t *testing.T, dir string) *serverProc {
+	t.Helper()
+	cmd := exec.Command(fotaBin, "serve", "--data", "data", "--addr", "127.0.0.1:0", "--trust", "keys/signing.pub")
+	cmd.Dir = dir
+	stdout, _ := cmd.StdoutPipe()
+	p := &serverProc{cmd: cmd, done: make(chan error, 1), out: &bytes.Buffer{}}
+	cmd.Stderr = p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	deadline := time.After(20 * time.Second)
+	found := make(chan struct{})
+	go func() {
+		for lines.Scan() {
+			line := lines.Text()
+			if m := tokenRE.FindStringSubmatch(line); m != nil {
+				p.token = m[1]
+			}
+			if m := listenRE.FindStringSubmatch(line); m != nil {
+				p.url = m[1]
+				close(found)
+			}
+		}
+	}()
+	go func() { p.done <- cmd.Wait() }()
+	select {
+	case <-found:
+	case err := <-p.done:
+		t.Fatalf("fota serve exited: %v\n%s", err, p.out)
+	case <-deadline:
+		cmd.Process.Kill()
+		t.Fatalf("fota serve did not start\n%s", p.out)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	return p
+}
+
+func (p *serverProc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("fota serve exited with %v after SIGTERM\n%s", err, p.out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("fota serve did not stop after SIGTERM")
+	}
+}
+
+type credentials struct {
+	DeviceID string `json:"device_id"`
+	PSK      string `json:"psk"`
+	Server   string `json:"server"`
+}
+
+func readCredentials(t *testing.T, path string) credentials {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c credentials
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func loadRSAPub(t *testing.T, path string) *rsa.PublicKey {
+	b, _ := os.ReadFile(path)
+	block, _ := pem.Decode(b)
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.(*rsa.PublicKey)
+}
+
+// decrypt is AES-256-CBC with PKCS#7, as docs/FORMAT.md specifies.
+func decrypt(t *testing.T, key, iv, ct []byte) []byte {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ct) == 0 || len(ct)%16 != 0 {
+		t.Fatalf("ciphertext of %d bytes", len(ct))
+	}
+	pt := make([]byte, len(ct))
+	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, ct)
+	pad := int(pt[len(pt)-1])
+	if pad < 1 || pad > 16 {
+		t.Fatalf("bad padding %d", pad)
+	}
+	return pt[:len(pt)-pad]
+}
+
+func postJSON(t *testing.T, url string, body any, out any) int {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := http.Post(url, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("POST %s: %d %s", url, resp.StatusCode, raw)
+		}
+	}
+	return resp.StatusCode
+}
+
+// legacyUpdate is the original EcoWatt client's flow, from PROTOCOL.md.
+func legacyUpdate(t *testing.T, base string, cred credentials, pub *rsa.PublicKey, fwKey []byte) []byte {
+	var check struct {
+		UpdateAvailable bool   `json:"update_available"`
+		Version         string `json:"version"`
+		OriginalSize    int    `json:"original_size"`
+		EncryptedSize   int    `json:"encrypted_size"`
+		TotalChunks     int    `json:"total_chunks"`
+		ChunkSize       int    `json:"chunk_size"`
+		SHA256Hash      string `json:"sha256_hash"`
+		Signature       string `json:"signature"`
+		IV              string `json:"iv"`
+	}
+	if st := postJSON(t, base+"/ota/check", map[string]string{"device_id": cred.DeviceID, "current_version": "1.0.3"}, &check); st != 200 || !check.UpdateAvailable {
+		t.Fatalf("legacy check: %d %+v", st, check)
+	}
+	var ct []byte
+	for n := 0; n < check.TotalChunks; n++ {
+		var resp struct {
+			Chunk struct {
+				ChunkNumber int    `json:"chunk_number"`
+				Data        string `json:"data"`
+				Size        int    `json:"size"`
+				HMAC        string `json:"hmac"`
+				TotalChunks int    `json:"total_chunks"`
+			} `json:"chunk"`
+			Progress struct {
+				ChunksReceived int     `json:"chunks_received"`
+				Percentage     float64 `json:"percentage"`
+			} `json:"progress"`
+		}
+		if st := postJSON(t, base+"/ota/chunk", map[string]any{"device_id": cred.DeviceID, "version": check.Version, "chunk_number": n}, &resp); st != 200 {
+			t.Fatalf("legacy chunk %d: %d", n, st)
+		}
+		data, _ := base64.StdEncoding.DecodeString(resp.Chunk.Data)
+		// HMAC key: the ASCII hex text of the PSK; message: data then decimal chunk number.
+		m := hmac.New(sha256.New, []byte(cred.PSK))
+		m.Write(data)
+		m.Write([]byte(strconv.Itoa(n)))
+		if hex.EncodeToString(m.Sum(nil)) != resp.Chunk.HMAC || resp.Chunk.Size != len(data) || resp.Chunk.ChunkNumber != n {
+			t.Fatalf("legacy chunk %d fails its HMAC", n)
+		}
+		ct = append(ct, data...)
+	}
+	iv, _ := base64.StdEncoding.DecodeString(check.IV)
+	fw := decrypt(t, fwKey, iv, ct)
+	sum := sha256.Sum256(fw)
+	if len(fw) != check.OriginalSize || hex.EncodeToString(sum[:]) != check.SHA256Hash {
+		t.Fatal("legacy: firmware size or SHA-256 mismatch")
+	}
+	sig, _ := base64.StdEncoding.DecodeString(check.Signature)
+	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, sum[:], sig); err != nil {
+		t.Fatalf("legacy signature: %v", err)
+	}
+	postJSON(t, base+"/ota/verify", map[string]any{"device_id": cred.DeviceID, "verified": true, "version": check.Version}, nil)
+	if st := postJSON(t, base+"/ota/complete", map[string]any{"device_id": cred.DeviceID, "version": check.Version, "boot_status": "success"}, nil); st != 200 {
+		t.Fatalf("legacy complete: %d", st)
+	}
+	return fw
+}
+
+// nativeRequest signs and sends a native API request as PROTOCOL.md says.
+func nativeRequest(t *testing.T, base, method, uri string, cred credentials, body []byte) (*http.Response, error) {
+	psk, _ := hex.DecodeString(cred.PSK)
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	bodySum := sha256.Sum256(body)
+	canonical := strings.Join([]string{"fota-request-v1", method, uri, cred.DeviceID, ts, hex.EncodeToString(nonce), hex.EncodeToString(bodySum[:])}, "\n")
+	m := hmac.New(sha256.New, psk)
+	m.Write([]byte(canonical))
+	req, _ := http.NewRequest(method, base+uri, bytes.NewReader(body))
+	req.Header.Set("X-Fota-Device", cred.DeviceID)
+	req.Header.Set("X-Fota-Timestamp", ts)
+	req.Header.Set("X-Fota-Nonce", hex.EncodeToString(nonce))
+	req.Header.Set("X-Fota-Signature", hex.EncodeToString(m.Sum(nil)))
+	return http.DefaultClient.Do(req)
+}
+
+type nativeCheck struct {
+	Update    bool   `json:"update"`
+	SessionID string `json:"session_id"`
+	Manifest  string `json:"manifest"`
+	Signature string `json:"signature"`
+	ChunkSize int    `json:"chunk_size"`
+	Chunks    int    `json:"chunks"`
+	NextChunk int    `json:"next_chunk"`
+	ChunksURL string `json:"chunks_url"`
+	ReportURL string `json:"report_url"`
+}
+
+func nativeCheckIn(t *testing.T, base string, cred credentials) nativeCheck {
+	resp, err := nativeRequest(t, base, "POST", "/v1/device/check", cred, []byte(`{"version":"1.0.3","hardware":"esp32"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c nativeCheck
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || json.Unmarshal(raw, &c) != nil || !c.Update {
+		t.Fatalf("native check: %d %s", resp.StatusCode, raw)
+	}
+	return c
+}
+
+// nativeChunks fetches chunks [from, to) and checks every frame's HMAC.
+func nativeChunks(t *testing.T, base string, cred credentials, c nativeCheck, from, to int) []byte {
+	psk, _ := hex.DecodeString(cred.PSK)
+	var out []byte
+	for from < to {
+		uri := fmt.Sprintf("%s?from=%d&count=%d", c.ChunksURL, from, min(32, to-from))
+		resp, err := nativeRequest(t, base, "GET", uri, cred, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %s", uri, resp.StatusCode, body)
+		}
+		for len(body) > 0 {
+			index := int(binary.BigEndian.Uint32(body[0:4]))
+			n := int(binary.BigEndian.Uint32(body[4:8]))
+			mac, data := body[8:40], body[40:40+n]
+			m := hmac.New(sha256.New, psk)
+			m.Write([]byte("fota-chunk-v1\n" + c.SessionID + "\n"))
+			binary.Write(m, binary.BigEndian, uint32(index))
+			m.Write(data)
+			if index != from || !hmac.Equal(m.Sum(nil), mac) {
+				t.Fatalf("native chunk %d (expected %d) fails its HMAC", index, from)
+			}
+			out = append(out, data...)
+			body = body[40+n:]
+			from++
+		}
+	}
+	return out
+}
+
+func TestEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	fota(t, dir, nil, "firmware", "sample", "--version", "1.0.4", "--size", "200KiB", "-o", "app.bin")
+	fota(t, dir, nil, "release", "build", "--keys", "keys", "-o", "app-1.0.4.fota", "app.bin")
+	srv := startServer(t, dir)
+	if srv.token == "" {
+		t.Fatal("first start printed no admin token")
+	}
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	out := fota(t, dir, env, "release", "publish", "app-1.0.4.fota")
+	if !strings.Contains(out, "published ecowatt 1.0.4 for esp32") {
+		t.Fatalf("publish: %s", out)
+	}
+	fota(t, dir, env, "device", "add", "--id", "legacy-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "legacy.json", "--keys-h", "legacy_keys.h", "--keys", "keys")
+	fota(t, dir, env, "device", "add", "--id", "native-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "native.json")
+	// A second token made while the server runs works at once.
+	token2 := strings.TrimSpace(fota(t, dir, nil, "token", "create", "--data", "data", "--name", "ci"))
+	if !strings.HasPrefix(token2, "fota_") || strings.Contains(token2, "\n") {
+		t.Fatalf("token create printed %q", token2)
+	}
+
+	pub := loadRSAPub(t, filepath.Join(dir, "keys", "signing.pub"))
+	fwKey, _ := os.ReadFile(filepath.Join(dir, "keys", "firmware.key"))
+	firmware, _ := os.ReadFile(filepath.Join(dir, "app.bin"))
+
+	if fw := legacyUpdate(t, srv.url, readCredentials(t, filepath.Join(dir, "legacy.json")), pub, fwKey); !bytes.Equal(fw, firmware) {
+		t.Fatal("legacy client got different firmware")
+	}
+	header, _ := os.ReadFile(filepath.Join(dir, "legacy_keys.h"))
+	for _, sym := range []string{"DEVICE_ID", "HMAC_PSK", "SERVER_PUBLIC_KEY", "AES_FIRMWARE_KEY"} {
+		if !bytes.Contains(header, []byte(sym)) {
+			t.Errorf("device keys.h lacks %s", sym)
+		}
+	}
+
+	// Native client: verify the manifest first, download half, restart the server, resume.
+	cred := readCredentials(t, filepath.Join(dir, "native.json"))
+	c := nativeCheckIn(t, srv.url, cred)
+	manifest, _ := base64.StdEncoding.DecodeString(c.Manifest)
+	sig, _ := base64.StdEncoding.DecodeString(c.Signature)
+	mdigest := sha256.Sum256(manifest)
+	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, mdigest[:], sig); err != nil {
+		t.Fatalf("manifest signature: %v", err)
+	}
+	var m struct {
+		Version          string `json:"version"`
+		IV               string `json:"iv"`
+		PlaintextSHA256  string `json:"plaintext_sha256"`
+		CiphertextSHA256 string `json:"ciphertext_sha256"`
+	}
+	json.Unmarshal(manifest, &m)
+	half := c.Chunks / 2
+	ct := nativeChunks(t, srv.url, cred, c, 0, half)
+
+	srv.stop(t)
+	srv = startServer(t, dir)
+	if srv.token != "" {
+		t.Fatal("a restart printed a new admin token")
+	}
+	c2 := nativeCheckIn(t, srv.url, cred)
+	if c2.SessionID != c.SessionID {
+		t.Fatalf("after restart the session changed: %s -> %s", c.SessionID, c2.SessionID)
+	}
+	ct = append(ct, nativeChunks(t, srv.url, cred, c2, half, c2.Chunks)...)
+	ctSum := sha256.Sum256(ct)
+	iv, _ := hex.DecodeString(m.IV)
+	fw := decrypt(t, fwKey, iv, ct)
+	fwSum := sha256.Sum256(fw)
+	if hex.EncodeToString(ctSum[:]) != m.CiphertextSHA256 || hex.EncodeToString(fwSum[:]) != m.PlaintextSHA256 || !bytes.Equal(fw, firmware) {
+		t.Fatal("native client: hashes or firmware differ")
+	}
+	resp, err := nativeRequest(t, srv.url, "POST", c2.ReportURL, cred, []byte(`{"status":"confirmed"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("report: %v %v", err, resp.Status)
+	}
+	resp.Body.Close()
+
+	env = []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + token2}
+	list := fota(t, dir, env, "device", "list")
+	if strings.Count(list, "1.0.4") != 2 {
+		t.Fatalf("device list after both updates:\n%s", list)
+	}
+	status := fota(t, dir, env, "status")
+	if !strings.Contains(status, "0 update session(s) in progress") || !strings.Contains(status, "confirmed") {
+		t.Fatalf("status:\n%s", status)
+	}
+	srv.stop(t)
+}
+
+func TestServeRefusesBadStart(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	cmd := exec.Command(fotaBin, "serve", "--data", "data")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "no --trust key") {
+		t.Fatalf("serve without --trust: %v\n%s", err, out)
+	}
+	cmd = exec.Command(fotaBin, "serve", "--data", "data", "--trust", "keys/signing.key")
+	cmd.Dir = dir
+	out, err = cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "PUBLIC KEY") {
+		t.Fatalf("serve with a private key as trust: %v\n%s", err, out)
+	}
+}
