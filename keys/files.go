@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/ecowatt/fota/internal/atomicfile"
 )
 
 // File names inside a keys directory.
@@ -28,68 +30,20 @@ const (
 const maxKeyFile = 64 << 10
 
 // ErrExists is returned when a write would replace a file and force is off.
-var ErrExists = errors.New("file exists")
+var ErrExists = atomicfile.ErrExists
 
 // WriteFile writes data to path atomically with mode perm: a temporary file in
 // the same folder, synced, then linked into place. Without force an existing
 // path is left untouched and ErrExists returned, even if it appears meanwhile.
-func WriteFile(path string, data []byte, perm fs.FileMode, force bool) (err error) {
-	if !force {
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("%s: %w (use --force to replace it)", path, ErrExists)
-		}
+func WriteFile(path string, data []byte, perm fs.FileMode, force bool) error {
+	err := atomicfile.Write(path, perm, force, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+	if errors.Is(err, ErrExists) {
+		return fmt.Errorf("%w (use --force to replace it)", err)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	// CreateTemp makes the file 0600 already; Chmod sets public files wider.
-	if err = tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if force {
-		err = os.Rename(tmp.Name(), path)
-	} else {
-		// Link fails if path exists, so a file created after the check above survives.
-		if err = os.Link(tmp.Name(), path); err == nil {
-			os.Remove(tmp.Name())
-		} else if errors.Is(err, fs.ErrExist) {
-			err = fmt.Errorf("%s: %w (use --force to replace it)", path, ErrExists)
-			return err
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return err
 }
 
 // InitResult describes the files Init wrote.

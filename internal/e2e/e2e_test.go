@@ -31,6 +31,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	// The binary is built from these sources with go build; importing them
+	// (and reading main.go below) makes go test's cache notice their changes.
+	_ "github.com/ecowatt/fota/internal/cli"
 )
 
 var fotaBin string
@@ -41,6 +45,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	fotaBin = filepath.Join(dir, "fota")
+	if _, err := os.ReadFile("../../cmd/fota/main.go"); err != nil {
+		panic(err)
+	}
 	if out, err := exec.Command("go", "build", "-o", fotaBin, "../../cmd/fota").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build fota: %v\n%s", err, out)
 		os.Exit(1)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/ecowatt/fota/internal/atomicfile"
 )
 
 // BlobStore keeps release ciphertexts, named by their SHA-256. Blobs are
@@ -103,24 +105,12 @@ func (t *tempFile) Commit(key string) error {
 		os.Remove(t.f.Name())
 		return fmt.Errorf("commit blob: %w", err)
 	}
-	return syncDir(t.store.dir)
+	return atomicfile.SyncDir(t.store.dir)
 }
 
 func (t *tempFile) Abort() {
 	t.f.Close()
 	os.Remove(t.f.Name())
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 type fileBlob struct {
