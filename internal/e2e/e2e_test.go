@@ -9,11 +9,15 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -21,6 +25,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -79,13 +85,13 @@ type serverProc struct {
 	out   *bytes.Buffer
 }
 
-var listenRE = regexp.MustCompile(`listening on (http://[0-9.:]+)`)
+var listenRE = regexp.MustCompile(`listening on (https?://[0-9.:]+)`)
 var tokenRE = regexp.MustCompile(`admin token \(shown once; keep it secret\): (fota_\S+)`)
 
 // startServer runs fota serve on a free port and waits until it listens.
-func startServer(t *testing.T, dir string) *serverProc {
+func startServer(t *testing.T, dir string, extra ...string) *serverProc {
 	t.Helper()
-	cmd := exec.Command(fotaBin, "serve", "--data", "data", "--addr", "127.0.0.1:0", "--trust", "keys/signing.pub")
+	cmd := exec.Command(fotaBin, append([]string{"serve", "--data", "data", "--addr", "127.0.0.1:0", "--trust", "keys/signing.pub"}, extra...)...)
 	cmd.Dir = dir
 	stdout, _ := cmd.StdoutPipe()
 	p := &serverProc{cmd: cmd, done: make(chan error, 1), out: &bytes.Buffer{}}
@@ -441,4 +447,41 @@ func TestServeRefusesBadStart(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "PUBLIC KEY") {
 		t.Fatalf("serve with a private key as trust: %v\n%s", err, out)
 	}
+}
+
+// TestServeTLS serves HTTPS with a certificate made here and checks that a
+// client trusting it gets through, and a plain-HTTP client does not.
+func TestServeTLS(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fota test"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	os.WriteFile(filepath.Join(dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(filepath.Join(dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	srv := startServer(t, dir, "--tls-cert", "cert.pem", "--tls-key", "key.pem")
+	if !strings.HasPrefix(srv.url, "https://") {
+		t.Fatalf("serving %s, want https", srv.url)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Get(srv.url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz over TLS: %d", resp.StatusCode)
+	}
+	if resp, err := http.Get("http://" + strings.TrimPrefix(srv.url, "https://") + "/healthz"); err == nil && resp.StatusCode == 200 {
+		t.Fatal("plain HTTP was served on the TLS port")
+	}
+	srv.stop(t)
 }

@@ -124,10 +124,16 @@ func (s *Server) legacyCheck(w http.ResponseWriter, r *http.Request) error {
 	})
 }
 
+// legacyTarget is the device_id and version every request after the
+// check names; the handlers embed it.
+type legacyTarget struct {
+	DeviceID *string `json:"device_id"`
+	Version  *string `json:"version"`
+}
+
 type legacyChunkRequest struct {
-	DeviceID    *string `json:"device_id"`
-	Version     *string `json:"version"`
-	ChunkNumber *int64  `json:"chunk_number"`
+	legacyTarget
+	ChunkNumber *int64 `json:"chunk_number"`
 }
 
 type legacyChunk struct {
@@ -144,8 +150,18 @@ type legacyProgress struct {
 	Percentage     float64 `json:"percentage"`
 }
 
-// legacySession finds the device's open EcoWatt-API session for version.
-func (s *Server) legacySession(r *http.Request, deviceID, version string) (*fota.Session, *fota.Release, *fota.Device, error) {
+// legacySession checks the target's fields and finds the device's open
+// EcoWatt-API session for that version.
+func (s *Server) legacySession(r *http.Request, t legacyTarget) (*fota.Session, *fota.Release, *fota.Device, error) {
+	deviceID, err := deviceIDField(t.DeviceID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	version, err := requireString("version", t.Version)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	info(r).deviceID = deviceID
 	ctx := r.Context()
 	d, err := s.store.Device(ctx, deviceID)
 	if err != nil {
@@ -173,21 +189,12 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
 		return err
 	}
-	id, err := deviceIDField(req.DeviceID)
-	if err != nil {
-		return err
-	}
-	version, err := requireString("version", req.Version)
+	sess, rel, d, err := s.legacySession(r, req.legacyTarget)
 	if err != nil {
 		return err
 	}
 	if req.ChunkNumber == nil {
 		return fota.Errorf(fota.EINVALID, "missing field %q", "chunk_number")
-	}
-	info(r).deviceID = id
-	sess, rel, d, err := s.legacySession(r, id, version)
-	if err != nil {
-		return err
 	}
 	total := rel.Chunks()
 	n := *req.ChunkNumber
@@ -197,16 +204,12 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	if n > int64(sess.NextChunk+outOfSequenceWindow(total)) {
 		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, sess.NextChunk)
 	}
-	blob, err := s.blobs.Open(rel.BlobKey)
-	if err != nil {
-		return fmt.Errorf("release %s: %w", rel.Version, err)
-	}
 	idx := int(n)
-	size := chunkLen(rel, idx)
-	buf := make([]byte, size)
-	if _, err := blob.ReadAt(buf, int64(idx)*int64(rel.ChunkSize)); err != nil {
-		return fmt.Errorf("read chunk %d of %s: %w", idx, rel.Version, err)
+	buf := make([]byte, chunkLen(rel, idx))
+	if err := s.readChunk(rel, idx, buf); err != nil {
+		return err
 	}
+	size := len(buf)
 	mac := protocol.LegacyChunkMAC(d.PSK, idx, buf)
 	if err := s.served(r.Context(), sess, rel, idx+1); err != nil {
 		return err
@@ -226,10 +229,21 @@ func chunkLen(r *fota.Release, idx int) int {
 	return int(min(int64(r.ChunkSize), r.CiphertextSize-start))
 }
 
+// readChunk reads chunk idx of a release into buf, which is chunkLen long.
+func (s *Server) readChunk(rel *fota.Release, idx int, buf []byte) error {
+	blob, err := s.blobs.Open(rel.BlobKey)
+	if err != nil {
+		return fmt.Errorf("release %s: %w", rel.Version, err)
+	}
+	if _, err := blob.ReadAt(buf, int64(idx)*int64(rel.ChunkSize)); err != nil {
+		return fmt.Errorf("read chunk %d of %s: %w", idx, rel.Version, err)
+	}
+	return nil
+}
+
 type legacyVerifyRequest struct {
-	DeviceID *string `json:"device_id"`
-	Verified *bool   `json:"verified"`
-	Version  *string `json:"version"`
+	legacyTarget
+	Verified *bool `json:"verified"`
 }
 
 func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
@@ -237,21 +251,12 @@ func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
 		return err
 	}
-	id, err := deviceIDField(req.DeviceID)
-	if err != nil {
-		return err
-	}
-	version, err := requireString("version", req.Version)
+	sess, _, _, err := s.legacySession(r, req.legacyTarget)
 	if err != nil {
 		return err
 	}
 	if req.Verified == nil {
 		return fota.Errorf(fota.EINVALID, "missing field %q", "verified")
-	}
-	info(r).deviceID = id
-	sess, _, _, err := s.legacySession(r, id, version)
-	if err != nil {
-		return err
 	}
 	state, reason, msg := fota.SessionVerified, "", "verification recorded"
 	if !*req.Verified {
@@ -264,8 +269,7 @@ func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
 }
 
 type legacyCompleteRequest struct {
-	DeviceID   *string `json:"device_id"`
-	Version    *string `json:"version"`
+	legacyTarget
 	BootStatus *string `json:"boot_status"`
 }
 
@@ -274,19 +278,10 @@ func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
 		return err
 	}
-	id, err := deviceIDField(req.DeviceID)
-	if err != nil {
-		return err
-	}
-	version, err := requireString("version", req.Version)
-	if err != nil {
-		return err
-	}
 	status, err := requireString("boot_status", req.BootStatus)
 	if err != nil {
 		return err
 	}
-	info(r).deviceID = id
 	var state, reason string
 	switch strings.ToLower(status) {
 	case "success", "ok", "confirmed", "healthy":
@@ -296,14 +291,14 @@ func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return fota.Errorf(fota.EINVALID, "boot_status %q: want \"success\" or \"failed\"", truncate(status, 40))
 	}
-	sess, _, _, err := s.legacySession(r, id, version)
+	sess, _, _, err := s.legacySession(r, req.legacyTarget)
 	if err != nil {
 		return err
 	}
 	if err := s.store.SetSessionState(r.Context(), sess.ID, state, reason); err != nil {
 		return err
 	}
-	s.log.Info("update "+state, "device_id", id, "session_id", sess.ID, "release_version", version)
+	s.log.Info("update "+state, "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion)
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": "update " + state + " recorded"})
 }
 

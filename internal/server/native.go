@@ -202,10 +202,6 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	if err != nil {
 		return err
 	}
-	blob, err := s.blobs.Open(rel.BlobKey)
-	if err != nil {
-		return fmt.Errorf("release %s: %w", rel.Version, err)
-	}
 	start := int64(from) * int64(rel.ChunkSize)
 	end := min(int64(from+count)*int64(rel.ChunkSize), rel.CiphertextSize)
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -222,8 +218,8 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	for i := from; i < from+count; i++ {
 		n := chunkLen(rel, i)
 		data := buf[protocol.FrameHeaderSize : protocol.FrameHeaderSize+n]
-		if _, err := blob.ReadAt(data, int64(i)*int64(rel.ChunkSize)); err != nil {
-			return fmt.Errorf("read chunk %d of %s: %w", i, rel.Version, err)
+		if err := s.readChunk(rel, i, data); err != nil {
+			return err
 		}
 		macer.MAC(i, data, &mac)
 		protocol.AppendFrameHeader(buf[:0], i, n, &mac)
@@ -247,18 +243,14 @@ func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) er
 	if c, _ := strconv.Atoi(r.URL.Query().Get("count")); c > count {
 		count = min(c, rel.Chunks()-from)
 	}
-	blob, err := s.blobs.Open(rel.BlobKey)
-	if err != nil {
-		return fmt.Errorf("release %s: %w", rel.Version, err)
-	}
 	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
 	out := make([]byte, 0, count*32)
 	data := make([]byte, rel.ChunkSize)
 	var mac [32]byte
 	for i := from; i < from+count; i++ {
 		d := data[:chunkLen(rel, i)]
-		if _, err := blob.ReadAt(d, int64(i)*int64(rel.ChunkSize)); err != nil {
-			return fmt.Errorf("read chunk %d of %s: %w", i, rel.Version, err)
+		if err := s.readChunk(rel, i, d); err != nil {
+			return err
 		}
 		macer.MAC(i, d, &mac)
 		out = append(out, mac[:]...)
