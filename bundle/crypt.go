@@ -23,9 +23,19 @@ type Decrypter struct {
 	mode    cipher.BlockMode
 	dst     io.Writer
 	buf     []byte
-	pending int   // ciphertext bytes in buf not yet decrypted
-	written int64 // plaintext bytes written to dst
+	pending int                 // ciphertext bytes in buf not yet decrypted
+	written int64               // plaintext bytes written to dst
+	chain   [aes.BlockSize]byte // CBC chaining value for buf[0]: the ciphertext block before it
 	err     error
+}
+
+// DecrypterState is what a Decrypter needs to continue after a power cut:
+// the CBC chaining value, the ciphertext it holds back, and how much
+// plaintext it wrote. It is a few dozen bytes, whatever the image size.
+type DecrypterState struct {
+	IV      [aes.BlockSize]byte
+	Pending []byte // at most 31 bytes of ciphertext not yet decrypted
+	Written int64
 }
 
 // NewDecrypter returns a Decrypter for key and the 16-byte iv.
@@ -37,7 +47,31 @@ func NewDecrypter(dst io.Writer, key keys.FirmwareKey, iv []byte) (*Decrypter, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
 	}
-	return &Decrypter{mode: cipher.NewCBCDecrypter(block, iv), dst: dst, buf: make([]byte, streamBuffer)}, nil
+	d := &Decrypter{mode: cipher.NewCBCDecrypter(block, iv), dst: dst, buf: make([]byte, streamBuffer)}
+	copy(d.chain[:], iv)
+	return d, nil
+}
+
+// Checkpoint returns the state to persist so that ResumeDecrypter can go on
+// from exactly this point of the ciphertext stream.
+func (d *Decrypter) Checkpoint() DecrypterState {
+	return DecrypterState{IV: d.chain, Pending: append([]byte(nil), d.buf[:d.pending]...), Written: d.written}
+}
+
+// ResumeDecrypter continues a stream from a Checkpoint: the plaintext it
+// writes to dst follows the st.Written bytes written before.
+func ResumeDecrypter(dst io.Writer, key keys.FirmwareKey, st DecrypterState) (*Decrypter, error) {
+	if len(st.Pending) >= 2*aes.BlockSize || st.Written < 0 || st.Written%aes.BlockSize != 0 {
+		return nil, fmt.Errorf("%w: checkpoint is inconsistent (%d pending bytes, %d written)", ErrDecrypt, len(st.Pending), st.Written)
+	}
+	d, err := NewDecrypter(dst, key, st.IV[:])
+	if err != nil {
+		return nil, err
+	}
+	d.written = st.Written
+	// Fewer than two blocks never produce output, so this only refills the buffer.
+	d.pending = copy(d.buf, st.Pending)
+	return d, nil
 }
 
 // Write consumes ciphertext. It returns the first error of dst, and every
@@ -57,7 +91,10 @@ func (d *Decrypter) Write(p []byte) (int, error) {
 		if ready <= 0 {
 			continue
 		}
+		var next [aes.BlockSize]byte
+		copy(next[:], d.buf[ready-aes.BlockSize:ready]) // decryption overwrites it in place
 		d.mode.CryptBlocks(d.buf[:ready], d.buf[:ready])
+		d.chain = next
 		if _, err := d.dst.Write(d.buf[:ready]); err != nil {
 			d.err = fmt.Errorf("write plaintext: %w", err)
 			return consumed, d.err
