@@ -162,4 +162,3 @@ func replaceFile(d Disk, name string, data []byte) error {
 	}
 	return d.SyncDir()
 }
-
