@@ -1,0 +1,740 @@
+// Package agent is the device side of fota: it checks for updates, verifies
+// the signed manifest before downloading anything, downloads chunks whose
+// HMAC it checks before a byte reaches flash, decrypts as a stream into the
+// inactive slot, persists its progress so a power cut resumes instead of
+// restarting, checks the firmware's size and SHA-256, marks the slot to boot
+// on trial, and after the reboot confirms the image or rolls it back. It is
+// a library: the simulated EcoWatt device runs it, and so can any Go
+// program on a Linux gateway.
+//
+// What it defends against: a server or network that sends an unsigned,
+// altered, downgraded, lower-counter, wrong-hardware or oversized release
+// (refused before download); corrupted, forged or replayed chunks (HMAC,
+// re-fetched, then the session is abandoned); a decryption that does not
+// produce the signed firmware (refused before the slot is marked); an
+// image that fails its self-test or never confirms itself (rolled back);
+// power cuts at any moment (atomic records, resume, boot-time verification).
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+	"github.com/ecowatt/fota/semver"
+)
+
+// APIs the agent speaks.
+const (
+	APINative  = "native"
+	APIEcoWatt = "ecowatt"
+)
+
+// State is what the agent is doing.
+type State string
+
+const (
+	StateIdle        State = "idle"
+	StateChecking    State = "checking"
+	StateDownloading State = "downloading"
+	StateVerifying   State = "verifying"
+	StateApplying    State = "applying"
+	StateCompleted   State = "completed" // the new image is marked; reboot into it
+	StateError       State = "error"
+	StateRollback    State = "rollback"
+)
+
+// Progress is the agent's state as its callback receives it.
+type Progress struct {
+	State      State
+	Version    string // the release being installed
+	Chunk      int    // chunks done
+	Chunks     int
+	Bytes      int64 // ciphertext bytes done
+	TotalBytes int64
+	Percent    float64
+	Err        error
+}
+
+// RetryPolicy is exponential backoff with jitter for transient failures.
+type RetryPolicy struct {
+	Attempts int           // tries per operation; default 5
+	Base     time.Duration // first delay; default 1s
+	Max      time.Duration // delay cap; default 1m
+}
+
+// Config configures an Agent.
+type Config struct {
+	Server         string
+	DeviceID       string
+	PSK            protocol.PSK
+	Hardware       string
+	TrustedKey     *keys.PublicKey
+	FirmwareKey    keys.FirmwareKey
+	API            string        // APINative (default) or APIEcoWatt
+	CheckInterval  time.Duration // default 6h
+	RequestTimeout time.Duration // per HTTP request; default 30s
+	UpdateTimeout  time.Duration // a whole download; default 1h
+	Retry          RetryPolicy
+	// ChunkRetries is how often a chunk failing its HMAC is fetched again
+	// before the session is abandoned; default 3.
+	ChunkRetries int
+	// ChunksPerRequest on the native API; default 16.
+	ChunksPerRequest int
+	// CheckpointEvery is how many chunks may pass between persisted
+	// progress records; default 8. It bounds what a power cut re-downloads.
+	CheckpointEvery int
+	// HTTPClient carries every request; its Timeout is set from RequestTimeout.
+	HTTPClient *http.Client
+	OnProgress func(Progress)
+	// PauseWork and ResumeWork bracket a download and install, so the device
+	// can stop its normal work; ResumeWork is called on every outcome.
+	PauseWork, ResumeWork func()
+	Logger                *slog.Logger
+	// Sleep waits between retries; tests replace it.
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+func (c *Config) defaults() {
+	if c.API == "" {
+		c.API = APINative
+	}
+	if c.CheckInterval <= 0 {
+		c.CheckInterval = 6 * time.Hour
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 30 * time.Second
+	}
+	if c.UpdateTimeout <= 0 {
+		c.UpdateTimeout = time.Hour
+	}
+	if c.Retry.Attempts <= 0 {
+		c.Retry.Attempts = 5
+	}
+	if c.Retry.Base <= 0 {
+		c.Retry.Base = time.Second
+	}
+	if c.Retry.Max <= 0 {
+		c.Retry.Max = time.Minute
+	}
+	if c.ChunkRetries <= 0 {
+		c.ChunkRetries = 3
+	}
+	if c.ChunksPerRequest <= 0 {
+		c.ChunksPerRequest = 16
+	}
+	if c.CheckpointEvery <= 0 {
+		c.CheckpointEvery = 8
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Sleep == nil {
+		c.Sleep = sleep
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Agent updates one device.
+type Agent struct {
+	cfg   Config
+	slots Slots
+	boot  BootInfo
+	src   source
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	progress Progress
+}
+
+// New returns an agent for a device whose boot step returned boot.
+func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
+	cfg.defaults()
+	if cfg.TrustedKey == nil {
+		return nil, errors.New("agent: no trusted public key")
+	}
+	if !protocol.ValidDeviceID(cfg.DeviceID) {
+		return nil, fmt.Errorf("agent: device id %q is not valid", cfg.DeviceID)
+	}
+	if cfg.Hardware == "" {
+		return nil, errors.New("agent: no hardware name")
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = &http.Client{}
+	}
+	hcCopy := *hc
+	hcCopy.Timeout = cfg.RequestTimeout
+	a := &Agent{cfg: cfg, slots: slots, boot: boot, log: cfg.Logger.With("device_id", cfg.DeviceID),
+		progress: Progress{State: StateIdle}}
+	switch cfg.API {
+	case APINative:
+		dev, err := client.NewDevice(cfg.Server, cfg.DeviceID, cfg.PSK)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		dev.HTTP = &hcCopy
+		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey}
+	case APIEcoWatt:
+		if cfg.TrustedKey.Alg() != keys.AlgRSA {
+			return nil, errors.New("agent: the EcoWatt-compatible API needs an RSA release key")
+		}
+		if _, err := client.NewDevice(cfg.Server, cfg.DeviceID, cfg.PSK); err != nil { // validates the URL
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.src = &legacySource{base: trimURL(cfg.Server), deviceID: cfg.DeviceID, psk: cfg.PSK, trusted: cfg.TrustedKey, http: &hcCopy}
+	default:
+		return nil, fmt.Errorf("agent: API %q (want %s or %s)", cfg.API, APINative, APIEcoWatt)
+	}
+	return a, nil
+}
+
+func trimURL(s string) string {
+	for len(s) > 0 && s[len(s)-1] == '/' {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// Running returns the image the device runs.
+func (a *Agent) Running() Image { return a.boot.Image }
+
+// Progress returns the latest progress.
+func (a *Agent) Progress() Progress {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.progress
+}
+
+func (a *Agent) setProgress(p Progress) {
+	if p.TotalBytes > 0 {
+		p.Percent = float64(p.Bytes) * 100 / float64(p.TotalBytes)
+	}
+	a.mu.Lock()
+	a.progress = p
+	a.mu.Unlock()
+	if a.cfg.OnProgress != nil {
+		a.cfg.OnProgress(p)
+	}
+}
+
+// fatalError is a failure that retrying cannot fix (a bad signature, a
+// refused request); anything else is transient.
+type fatalError struct{ err error }
+
+func (f *fatalError) Error() string { return f.err.Error() }
+func (f *fatalError) Unwrap() error { return f.err }
+
+func fatalf(format string, args ...any) error { return &fatalError{fmt.Errorf(format, args...)} }
+
+// IsFatal reports whether err is a failure retrying will not fix.
+func IsFatal(err error) bool {
+	var f *fatalError
+	if errors.As(err, &f) {
+		return true
+	}
+	var ae *client.APIError
+	return errors.As(err, &ae) && !ae.Temporary()
+}
+
+// retry runs op until it succeeds, fails fatally, or the attempts run out,
+// sleeping with exponential backoff and jitter between tries.
+func (a *Agent) retry(ctx context.Context, what string, op func() error) error {
+	var err error
+	for attempt := 0; attempt < a.cfg.Retry.Attempts; attempt++ {
+		if err = op(); err == nil || IsFatal(err) || ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, ErrChunkMAC) {
+			return err // counted per chunk by the caller
+		}
+		delay := min(a.cfg.Retry.Base<<attempt, a.cfg.Retry.Max)
+		delay = delay/2 + rand.N(delay/2+1)
+		a.log.Warn("transient failure, retrying", "operation", what, "attempt", attempt+1, "delay", delay, "error", err)
+		if serr := a.cfg.Sleep(ctx, delay); serr != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s: gave up after %d attempts: %w", what, a.cfg.Retry.Attempts, err)
+}
+
+// NVS keys of the agent's persisted records. Each record is versioned JSON.
+const (
+	keyDownload = "download"
+	keyInstall  = "install"
+	keyOutbox   = "outbox"
+)
+
+const recordVersion = 1
+
+// downloadRecord is the resume point of a download in progress.
+type downloadRecord struct {
+	V           int                   `json:"v"`
+	Fingerprint string                `json:"fingerprint"`
+	SessionID   string                `json:"session_id,omitempty"`
+	Slot        int                   `json:"slot"`
+	NextChunk   int                   `json:"next_chunk"`
+	Bytes       int64                 `json:"bytes"`
+	Decrypter   bundle.DecrypterState `json:"decrypter"`
+	PlainHash   []byte                `json:"plain_hash"`
+	CipherHash  []byte                `json:"cipher_hash"`
+}
+
+// installRecord says which session installed the image on trial, for its report.
+type installRecord struct {
+	V         int    `json:"v"`
+	API       string `json:"api"`
+	SessionID string `json:"session_id,omitempty"`
+	Version   string `json:"version"`
+}
+
+func (a *Agent) load(key string, v any) bool {
+	data, err := a.slots.LoadNVS(key)
+	if err != nil {
+		if !errors.Is(err, ErrNoValue) {
+			a.log.Warn("cannot read saved state", "key", key, "error", err)
+		}
+		return false
+	}
+	if json.Unmarshal(data, v) != nil {
+		a.log.Warn("saved state unreadable; ignoring it", "key", key)
+		return false
+	}
+	return true
+}
+
+func (a *Agent) save(key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := a.slots.SaveNVS(key, data); err != nil {
+		return fmt.Errorf("save %s: %w", key, err)
+	}
+	return nil
+}
+
+// queue adds a report to the persisted outbox.
+func (a *Agent) queue(r report) error {
+	var box []report
+	a.load(keyOutbox, &box)
+	box = append(box, r)
+	if len(box) > 32 { // a device offline for long keeps the latest
+		box = box[len(box)-32:]
+	}
+	return a.save(keyOutbox, box)
+}
+
+// Flush sends queued reports; those the server will never accept (the
+// session ended) are dropped, transient failures stay queued.
+func (a *Agent) Flush(ctx context.Context) error {
+	var box []report
+	if !a.load(keyOutbox, &box) || len(box) == 0 {
+		return nil
+	}
+	var firstErr error
+	kept := box[:0]
+	for _, r := range box {
+		err := a.src.send(ctx, r)
+		switch {
+		case err == nil:
+			a.log.Info("reported", "status", r.Status, "release_version", r.Version, "session_id", r.SessionID)
+		case IsFatal(err):
+			a.log.Warn("report refused; dropping it", "status", r.Status, "release_version", r.Version, "error", err)
+		default:
+			kept = append(kept, r)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if err := a.save(keyOutbox, kept); err != nil {
+		return err
+	}
+	if len(kept) == 0 {
+		a.slots.DeleteNVS(keyOutbox)
+	}
+	return firstErr
+}
+
+// Startup runs once after the boot step: it queues the report of a
+// rollback the boot performed, drops a download the boot made impossible,
+// and sends what is queued (best effort: the device works offline too).
+func (a *Agent) Startup(ctx context.Context) error {
+	var inst installRecord
+	haveInstall := a.load(keyInstall, &inst)
+	if rb := a.boot.Rollback; rb != nil {
+		a.setProgress(Progress{State: StateRollback, Version: rb.Version, Err: errors.New(rb.Reason)})
+		r := report{API: a.cfg.API, Version: rb.Version, Status: "rolled-back", Reason: rb.Reason}
+		if haveInstall && inst.Version == rb.Version {
+			r.API, r.SessionID = inst.API, inst.SessionID
+		}
+		if err := a.queue(r); err != nil {
+			return err
+		}
+		if err := a.slots.AckRollback(); err != nil {
+			return err
+		}
+		if haveInstall && inst.Version == rb.Version {
+			a.slots.DeleteNVS(keyInstall)
+		}
+		a.log.Warn("rolled back", "release_version", rb.Version, "reason", rb.Reason, "running", a.boot.Image.Version)
+	}
+	var dl downloadRecord
+	if a.load(keyDownload, &dl) && dl.Slot == a.boot.Slot {
+		a.slots.DeleteNVS(keyDownload) // its slot now runs: nothing to resume
+	}
+	if a.boot.Trial {
+		a.setProgress(Progress{State: StateApplying, Version: a.boot.Image.Version})
+	} else {
+		a.setProgress(Progress{State: StateIdle})
+	}
+	if err := a.Flush(ctx); err != nil {
+		a.log.Info("reports stay queued", "error", err)
+	}
+	return nil
+}
+
+// Confirm is called by the running image once its self-test passed: the
+// image becomes valid, the stored security counter rises, and the server
+// hears of it.
+func (a *Agent) Confirm(ctx context.Context) error {
+	if !a.boot.Trial {
+		return ErrNotOnTrial
+	}
+	var inst installRecord
+	if a.load(keyInstall, &inst) && inst.Version == a.boot.Image.Version {
+		// Queued before confirming: a cut in between repeats the report, never loses it.
+		if err := a.queue(report{API: inst.API, SessionID: inst.SessionID, Version: inst.Version, Status: "confirmed"}); err != nil {
+			return err
+		}
+	}
+	if err := a.slots.Confirm(); err != nil {
+		return fmt.Errorf("confirm image: %w", err)
+	}
+	a.boot.Trial = false
+	a.slots.DeleteNVS(keyInstall)
+	a.log.Info("update confirmed", "release_version", a.boot.Image.Version)
+	a.setProgress(Progress{State: StateIdle, Version: a.boot.Image.Version})
+	if err := a.Flush(ctx); err != nil {
+		a.log.Info("reports stay queued", "error", err)
+	}
+	return nil
+}
+
+// Reject is called by the running image when its self-test failed: the
+// next boot runs the previous image, which reports the rollback.
+func (a *Agent) Reject(reason string) error {
+	if !a.boot.Trial {
+		return ErrNotOnTrial
+	}
+	if err := a.slots.Reject(reason); err != nil {
+		return fmt.Errorf("reject image: %w", err)
+	}
+	a.log.Warn("self-test failed; rolling back at the next boot", "release_version", a.boot.Image.Version, "reason", reason)
+	a.setProgress(Progress{State: StateRollback, Version: a.boot.Image.Version, Err: errors.New(reason)})
+	return nil
+}
+
+// Result is what one check did.
+type Result struct {
+	Updated bool   // a new image is marked to boot: reboot now
+	Version string // its version
+	Message string // the server's word when there was no update
+}
+
+// CheckOnce checks for an update and, if one is offered and verifies,
+// downloads and installs it. On success with Updated the device must
+// reboot. The device's running image is never touched.
+func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
+	if a.boot.Trial {
+		return Result{}, errors.New("the running image is on trial: confirm or reject it before updating")
+	}
+	a.setProgress(Progress{State: StateChecking})
+	st, err := a.slots.Status()
+	if err != nil {
+		return Result{}, err
+	}
+	var o *offer
+	var msg string
+	err = a.retry(ctx, "check", func() error {
+		var err error
+		o, msg, err = a.src.check(ctx, a.boot.Image, st.SecurityCounter)
+		return err
+	})
+	if err == nil && o != nil {
+		err = a.vet(o, st)
+	}
+	if err != nil {
+		a.fail(ctx, o, err)
+		return Result{}, err
+	}
+	if o == nil {
+		a.setProgress(Progress{State: StateIdle})
+		a.Flush(ctx)
+		return Result{Message: msg}, nil
+	}
+	if a.cfg.PauseWork != nil {
+		a.cfg.PauseWork()
+	}
+	if a.cfg.ResumeWork != nil {
+		defer a.cfg.ResumeWork()
+	}
+	uctx, cancel := context.WithTimeout(ctx, a.cfg.UpdateTimeout)
+	defer cancel()
+	if err := a.install(uctx, o); err != nil {
+		if uctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
+			err = fmt.Errorf("update %s did not finish within %s: %w", o.version, a.cfg.UpdateTimeout, err)
+		}
+		a.fail(ctx, o, err)
+		return Result{}, err
+	}
+	a.setProgress(Progress{State: StateCompleted, Version: o.version, Chunk: o.chunks, Chunks: o.chunks,
+		Bytes: o.ciphertextSize, TotalBytes: o.ciphertextSize})
+	a.Flush(ctx)
+	return Result{Updated: true, Version: o.version}, nil
+}
+
+// vet applies the device's own rules to a verified offer.
+func (a *Agent) vet(o *offer, st Status) error {
+	running, err := semver.Parse(a.boot.Image.Version)
+	if err != nil {
+		return fatalf("running version %q is not a semantic version", a.boot.Image.Version)
+	}
+	v, err := semver.Parse(o.version)
+	if err != nil {
+		return fatalf("refusing update: version %q is not a semantic version", o.version)
+	}
+	switch {
+	case semver.Compare(v, running) <= 0:
+		return fatalf("refusing update %s: not newer than the running %s (downgrade)", o.version, a.boot.Image.Version)
+	case o.securityCounter < st.SecurityCounter:
+		return fatalf("refusing update %s: security counter %d is below the device's %d", o.version, o.securityCounter, st.SecurityCounter)
+	case o.plaintextSize > a.slots.SlotSize():
+		return fatalf("refusing update %s: %d bytes do not fit the %d-byte slot", o.version, o.plaintextSize, a.slots.SlotSize())
+	}
+	for _, r := range st.Rejected {
+		if r == o.version {
+			return fatalf("refusing update %s: this device rolled back from it; waiting for a newer release", o.version)
+		}
+	}
+	return nil
+}
+
+// fail records a failed attempt: fatal failures are reported to the server
+// (ending the session), transient ones are only logged and retried at the
+// next check.
+func (a *Agent) fail(ctx context.Context, o *offer, err error) {
+	a.log.Error("update failed", "error", err)
+	p := Progress{State: StateError, Err: err}
+	if o != nil {
+		p.Version = o.version
+	}
+	a.setProgress(p)
+	if o != nil && (IsFatal(err) || errors.Is(err, ErrChunkMAC) || errors.Is(err, errVerify)) {
+		a.slots.DeleteNVS(keyDownload)
+		if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr == nil {
+			a.Flush(ctx)
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// errVerify marks a downloaded image that did not check out.
+var errVerify = errors.New("downloaded image failed verification")
+
+// slotWriter writes plaintext into the slot and hashes it.
+type slotWriter struct {
+	slots Slots
+	slot  int
+	off   int64
+	hash  hash.Hash
+}
+
+func (w *slotWriter) Write(p []byte) (int, error) {
+	if err := w.slots.WriteAt(w.slot, p, w.off); err != nil {
+		return 0, err
+	}
+	w.off += int64(len(p))
+	w.hash.Write(p)
+	return len(p), nil
+}
+
+func marshalHash(h hash.Hash) []byte {
+	b, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+	return b
+}
+
+func unmarshalHash(b []byte) (hash.Hash, bool) {
+	h := sha256.New()
+	return h, h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b) == nil
+}
+
+// install downloads, verifies and marks the image, resuming a saved download.
+func (a *Agent) install(ctx context.Context, o *offer) error {
+	slot := Other(a.boot.Slot)
+	st, err := a.slots.Status()
+	if err != nil {
+		return err
+	}
+	var dl downloadRecord
+	resumed := a.load(keyDownload, &dl) && dl.V == recordVersion && dl.Fingerprint == o.fingerprint() &&
+		dl.Slot == slot && st.Slots[slot].State == ImageEmpty && dl.NextChunk > 0 && dl.NextChunk <= o.chunks
+	w := &slotWriter{slots: a.slots, slot: slot}
+	var ctHash hash.Hash
+	var dec *bundle.Decrypter
+	if resumed {
+		var ok1, ok2 bool
+		w.hash, ok1 = unmarshalHash(dl.PlainHash)
+		ctHash, ok2 = unmarshalHash(dl.CipherHash)
+		w.off = dl.Decrypter.Written
+		dec, err = bundle.ResumeDecrypter(w, a.cfg.FirmwareKey, dl.Decrypter)
+		resumed = ok1 && ok2 && err == nil
+	}
+	if resumed {
+		a.log.Info("resuming download", "release_version", o.version, "chunk_index", dl.NextChunk, "chunks", o.chunks)
+	} else {
+		if err := a.slots.Erase(slot); err != nil {
+			return fmt.Errorf("erase slot %d: %w", slot, err)
+		}
+		dl = downloadRecord{V: recordVersion, Fingerprint: o.fingerprint(), Slot: slot}
+		w.off, w.hash, ctHash = 0, sha256.New(), sha256.New()
+		if dec, err = bundle.NewDecrypter(w, a.cfg.FirmwareKey, o.iv); err != nil {
+			return fatalf("%v", err)
+		}
+		a.log.Info("downloading", "release_version", o.version, "chunks", o.chunks, "slot", slot)
+	}
+	dl.SessionID = o.sessionID
+
+	checkpoint := func() error {
+		if err := a.slots.Sync(slot); err != nil {
+			return err
+		}
+		dl.Decrypter = dec.Checkpoint()
+		dl.PlainHash, dl.CipherHash = marshalHash(w.hash), marshalHash(ctHash)
+		return a.save(keyDownload, dl)
+	}
+	progress := func() {
+		a.setProgress(Progress{State: StateDownloading, Version: o.version, Chunk: dl.NextChunk, Chunks: o.chunks,
+			Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
+	}
+	progress()
+	macFailures := map[int]int{}
+	for dl.NextChunk < o.chunks {
+		count := min(a.cfg.ChunksPerRequest, o.chunks-dl.NextChunk)
+		err := a.retry(ctx, "download", func() error {
+			return a.src.fetch(ctx, o, dl.NextChunk, count, func(index int, data []byte) error {
+				if index != dl.NextChunk {
+					return fmt.Errorf("chunk %d arrived, expected %d", index, dl.NextChunk)
+				}
+				if dl.Bytes+int64(len(data)) > o.ciphertextSize {
+					return fatalf("server sent more than the %d bytes the release has", o.ciphertextSize)
+				}
+				ctHash.Write(data)
+				if _, err := dec.Write(data); err != nil {
+					return fatalf("write slot: %v", err)
+				}
+				dl.NextChunk++
+				dl.Bytes += int64(len(data))
+				if dl.NextChunk%a.cfg.CheckpointEvery == 0 {
+					if err := checkpoint(); err != nil {
+						return fatalf("save progress: %v", err)
+					}
+				}
+				progress()
+				return nil
+			})
+		})
+		if errors.Is(err, ErrChunkMAC) {
+			macFailures[dl.NextChunk]++
+			if macFailures[dl.NextChunk] > a.cfg.ChunkRetries {
+				return fmt.Errorf("chunk %d failed its HMAC %d times; abandoning the session: %w", dl.NextChunk, macFailures[dl.NextChunk], err)
+			}
+			a.log.Warn("chunk failed its HMAC; fetching it again", "chunk_index", dl.NextChunk, "error", err)
+			continue
+		}
+		if err != nil {
+			// Keep what is on flash: the next check resumes from the last checkpoint.
+			return fmt.Errorf("download %s at chunk %d of %d: %w", o.version, dl.NextChunk, o.chunks, err)
+		}
+	}
+
+	a.setProgress(Progress{State: StateVerifying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
+	if err := dec.Close(); err != nil {
+		return fmt.Errorf("%w: %v", errVerify, err)
+	}
+	if o.ciphertextSHA != nil && [32]byte(ctHash.Sum(nil)) != *o.ciphertextSHA {
+		return fmt.Errorf("%w: ciphertext sha256 mismatch", errVerify)
+	}
+	if w.off != o.plaintextSize {
+		return fmt.Errorf("%w: %d bytes decrypted, the release has %d", errVerify, w.off, o.plaintextSize)
+	}
+	if [32]byte(w.hash.Sum(nil)) != o.plaintextSHA256 {
+		return fmt.Errorf("%w: firmware sha256 mismatch", errVerify)
+	}
+	if err := a.slots.Sync(slot); err != nil {
+		return err
+	}
+	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "downloaded"})
+	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "verified"})
+
+	a.setProgress(Progress{State: StateApplying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
+	// The install record comes first, so the new image can name its session
+	// when it reports; then the slot is marked; then the download forgotten.
+	if err := a.save(keyInstall, installRecord{V: recordVersion, API: o.api, SessionID: o.sessionID, Version: o.version}); err != nil {
+		return err
+	}
+	img := Image{Version: o.version, SecurityCounter: o.securityCounter, Size: o.plaintextSize, SHA256: o.plaintextSHA256}
+	if err := a.slots.SetPending(slot, img); err != nil {
+		return fmt.Errorf("mark slot %d: %w", slot, err)
+	}
+	a.slots.DeleteNVS(keyDownload)
+	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "applied"})
+	a.log.Info("update installed; reboot to run it", "release_version", o.version, "slot", slot)
+	return nil
+}
+
+// Run checks for updates every CheckInterval (and once at start) until ctx
+// ends. After an install it calls reboot, which should restart the device;
+// Run returns then.
+func (a *Agent) Run(ctx context.Context, reboot func()) error {
+	for {
+		res, err := a.CheckOnce(ctx)
+		if err == nil && res.Updated {
+			reboot()
+			return nil
+		}
+		if err := a.cfg.Sleep(ctx, a.cfg.CheckInterval); err != nil {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,245 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// offer is an update the server proposes, already verified: for the native
+// API its signed manifest, for the EcoWatt API the legacy signature over the
+// firmware digest (all that API signs).
+type offer struct {
+	api             string
+	sessionID       string // native only
+	version         string
+	securityCounter uint32
+	plaintextSize   int64
+	plaintextSHA256 [32]byte
+	ciphertextSize  int64
+	ciphertextSHA   *[32]byte // native only: the legacy API does not send it
+	iv              []byte
+	chunkSize       int
+	chunks          int
+}
+
+// fingerprint identifies the release an offer is for, to match a saved
+// download with a new check.
+func (o *offer) fingerprint() string {
+	return o.api + "/" + o.version + "/" + hex.EncodeToString(o.plaintextSHA256[:])
+}
+
+// report is a result the server must hear, kept in the outbox until it did.
+type report struct {
+	API       string `json:"api"`
+	SessionID string `json:"session_id,omitempty"`
+	Version   string `json:"version"`
+	Status    string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed
+	Reason    string `json:"reason,omitempty"`
+}
+
+// source is one device API as the agent uses it.
+type source interface {
+	// check asks for an update; nil offer with a message when there is none.
+	check(ctx context.Context, running Image, counter uint32) (*offer, string, error)
+	// fetch calls fn for chunks from..from+count-1 in order, each HMAC-checked
+	// before fn sees it; a chunk failing its HMAC ends fetch with ErrChunkMAC.
+	fetch(ctx context.Context, o *offer, from, count int, fn func(index int, data []byte) error) error
+	send(ctx context.Context, r report) error
+}
+
+// ErrChunkMAC means a chunk failed its HMAC: corrupted on the way, or forged.
+var ErrChunkMAC = client.ErrChunkMAC
+
+// nativeSource speaks the native API through client.Device.
+type nativeSource struct {
+	dev      *client.Device
+	hardware string
+	trusted  *keys.PublicKey
+}
+
+func (n *nativeSource) check(ctx context.Context, running Image, counter uint32) (*offer, string, error) {
+	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter})
+	if err != nil {
+		return nil, "", err
+	}
+	if !resp.Update {
+		return nil, resp.Message, nil
+	}
+	manifest, err1 := base64.StdEncoding.DecodeString(resp.Manifest)
+	sig, err2 := base64.StdEncoding.DecodeString(resp.Signature)
+	if err1 != nil || err2 != nil {
+		return nil, "", fatalf("check answer carries a malformed manifest or signature")
+	}
+	// Verify before trusting a byte: the signature over the exact manifest bytes first.
+	env := bundle.Envelope{ManifestBytes: manifest, Signature: sig}
+	m, err := env.Verify(n.trusted)
+	if err != nil {
+		return nil, "", fatalf("refusing update %s: %v", resp.Version, err)
+	}
+	if m.Version != resp.Version || m.ChunkSize != resp.ChunkSize || m.Chunks() != resp.Chunks || m.CiphertextSize != resp.CiphertextSize {
+		return nil, "", fatalf("refusing update: the check answer (%s, %d chunks of %d) disagrees with the signed manifest (%s, %d chunks of %d)",
+			resp.Version, resp.Chunks, resp.ChunkSize, m.Version, m.Chunks(), m.ChunkSize)
+	}
+	if m.Hardware != n.hardware {
+		return nil, "", fatalf("refusing update %s: built for %s, this device is %s", m.Version, m.Hardware, n.hardware)
+	}
+	ct := m.CiphertextDigest()
+	return &offer{api: APINative, sessionID: resp.SessionID, version: m.Version, securityCounter: m.SecurityCounter,
+		plaintextSize: m.PlaintextSize, plaintextSHA256: m.PlaintextDigest(), ciphertextSize: m.CiphertextSize,
+		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks()}, "", nil
+}
+
+func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn func(int, []byte) error) error {
+	return n.dev.Chunks(ctx, o.sessionID, from, count, o.chunkSize, func(f protocol.Frame) error { return fn(f.Index, f.Data) })
+}
+
+func (n *nativeSource) send(ctx context.Context, r report) error {
+	return n.dev.Report(ctx, r.SessionID, r.Status, r.Reason)
+}
+
+// legacySource speaks the EcoWatt-compatible API exactly as the original
+// ESP32 OTAManager does: JSON requests, base64 chunks, an HMAC keyed with
+// the PSK's hex text over the chunk and its decimal number. It is written
+// from docs/PROTOCOL.md, independently of the server.
+type legacySource struct {
+	base     string
+	deviceID string
+	psk      protocol.PSK
+	trusted  *keys.PublicKey
+	http     *http.Client
+}
+
+func (l *legacySource) post(ctx context.Context, path string, body, out any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", l.base+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := l.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var eb protocol.ErrorBody
+		json.Unmarshal(raw, &eb)
+		if eb.Error == "" {
+			eb.Error = strings.TrimSpace(string(raw))
+		}
+		return &client.APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("POST %s: bad answer: %w", path, err)
+	}
+	return nil
+}
+
+func (l *legacySource) check(ctx context.Context, running Image, _ uint32) (*offer, string, error) {
+	var resp struct {
+		UpdateAvailable bool   `json:"update_available"`
+		Version         string `json:"version"`
+		OriginalSize    int64  `json:"original_size"`
+		EncryptedSize   int64  `json:"encrypted_size"`
+		TotalChunks     int    `json:"total_chunks"`
+		ChunkSize       int    `json:"chunk_size"`
+		SHA256Hash      string `json:"sha256_hash"`
+		Signature       string `json:"signature"`
+		IV              string `json:"iv"`
+		Message         string `json:"message"`
+	}
+	if err := l.post(ctx, "/ota/check", map[string]string{"device_id": l.deviceID, "current_version": running.Version}, &resp); err != nil {
+		return nil, "", err
+	}
+	if !resp.UpdateAvailable {
+		return nil, resp.Message, nil
+	}
+	o := &offer{api: APIEcoWatt, version: resp.Version, plaintextSize: resp.OriginalSize, ciphertextSize: resp.EncryptedSize,
+		chunkSize: resp.ChunkSize, chunks: resp.TotalChunks}
+	digest, err := hex.DecodeString(resp.SHA256Hash)
+	if err != nil || len(digest) != 32 {
+		return nil, "", fatalf("refusing update %s: sha256_hash is not a SHA-256", resp.Version)
+	}
+	copy(o.plaintextSHA256[:], digest)
+	sig, err := base64.StdEncoding.DecodeString(resp.Signature)
+	if err != nil {
+		return nil, "", fatalf("refusing update %s: signature is not base64", resp.Version)
+	}
+	// All the legacy API signs is the firmware digest; check it before downloading.
+	if err := l.trusted.VerifyDigest(o.plaintextSHA256, sig); err != nil {
+		return nil, "", fatalf("refusing update %s: %v", resp.Version, err)
+	}
+	if o.iv, err = base64.StdEncoding.DecodeString(resp.IV); err != nil || len(o.iv) != 16 {
+		return nil, "", fatalf("refusing update %s: iv is not 16 bytes of base64", resp.Version)
+	}
+	if o.chunkSize <= 0 || o.chunkSize%16 != 0 || o.plaintextSize <= 0 || o.ciphertextSize != (o.plaintextSize/16+1)*16 ||
+		int64(o.chunks) != (o.ciphertextSize+int64(o.chunkSize)-1)/int64(o.chunkSize) {
+		return nil, "", fatalf("refusing update %s: inconsistent sizes (%d bytes, %d encrypted, %d chunks of %d)",
+			resp.Version, o.plaintextSize, o.ciphertextSize, o.chunks, o.chunkSize)
+	}
+	return o, "", nil
+}
+
+func (l *legacySource) fetch(ctx context.Context, o *offer, from, count int, fn func(int, []byte) error) error {
+	for i := from; i < from+count; i++ {
+		var resp struct {
+			Chunk struct {
+				ChunkNumber int    `json:"chunk_number"`
+				Data        string `json:"data"`
+				Size        int    `json:"size"`
+				HMAC        string `json:"hmac"`
+			} `json:"chunk"`
+		}
+		if err := l.post(ctx, "/ota/chunk", map[string]any{"device_id": l.deviceID, "version": o.version, "chunk_number": i}, &resp); err != nil {
+			return err
+		}
+		data, err := base64.StdEncoding.DecodeString(resp.Chunk.Data)
+		if err != nil || resp.Chunk.ChunkNumber != i || len(data) != resp.Chunk.Size || len(data) > o.chunkSize {
+			return fmt.Errorf("chunk %d: %w", i, ErrChunkMAC)
+		}
+		want := protocol.LegacyChunkMAC(l.psk, i, data)
+		got, err := hex.DecodeString(resp.Chunk.HMAC)
+		if err != nil || !hmac.Equal(got, want[:]) {
+			return fmt.Errorf("chunk %d: %w", i, ErrChunkMAC)
+		}
+		if err := fn(i, data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send maps reports onto the two legacy endpoints; the others have no
+// legacy counterpart and are dropped.
+func (l *legacySource) send(ctx context.Context, r report) error {
+	var out map[string]string
+	switch r.Status {
+	case "verified", "failed":
+		return l.post(ctx, "/ota/verify", map[string]any{"device_id": l.deviceID, "verified": r.Status == "verified", "version": r.Version}, &out)
+	case "confirmed":
+		return l.post(ctx, "/ota/complete", map[string]any{"device_id": l.deviceID, "version": r.Version, "boot_status": "success"}, &out)
+	case "rolled-back":
+		return l.post(ctx, "/ota/complete", map[string]any{"device_id": l.deviceID, "version": r.Version, "boot_status": "failed"}, &out)
+	}
+	return nil
+}
