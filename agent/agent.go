@@ -271,6 +271,9 @@ func (a *Agent) retry(ctx context.Context, what string, op func() error) error {
 		if errors.Is(err, ErrChunkMAC) {
 			return err // counted per chunk by the caller
 		}
+		if attempt == a.cfg.Retry.Attempts-1 {
+			break
+		}
 		delay := min(a.cfg.Retry.Base<<attempt, a.cfg.Retry.Max)
 		delay = delay/2 + rand.N(delay/2+1)
 		a.log.Warn("transient failure, retrying", "operation", what, "attempt", attempt+1, "delay", delay, "error", err)
@@ -652,7 +655,8 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	for dl.NextChunk < o.chunks {
 		count := min(a.cfg.ChunksPerRequest, o.chunks-dl.NextChunk)
 		err := a.retry(ctx, "download", func() error {
-			return a.src.fetch(ctx, o, dl.NextChunk, count, func(index int, data []byte) error {
+			start := dl.NextChunk
+			err := a.src.fetch(ctx, o, dl.NextChunk, count, func(index int, data []byte) error {
 				if index != dl.NextChunk {
 					return fmt.Errorf("chunk %d arrived, expected %d", index, dl.NextChunk)
 				}
@@ -673,6 +677,12 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 				progress()
 				return nil
 			})
+			if err != nil && dl.NextChunk > start && !IsFatal(err) && !errors.Is(err, ErrChunkMAC) {
+				// Chunks arrived before the failure: go on from there with fresh retries.
+				a.log.Info("download interrupted; continuing", "chunk_index", dl.NextChunk, "error", err)
+				return nil
+			}
+			return err
 		})
 		if errors.Is(err, ErrChunkMAC) {
 			macFailures[dl.NextChunk]++

@@ -28,12 +28,13 @@ const slotSize = 1 << 20
 
 // harness is a real server on SQLite with a release key and firmware key.
 type harness struct {
-	t      testing.TB
-	store  *sqlite.Store
-	http   *httptest.Server
-	admin  *client.Admin
-	signer *keys.SigningKey
-	fwKey  keys.FirmwareKey
+	t         testing.TB
+	serverURL string
+	store     *sqlite.Store
+	http      *httptest.Server
+	admin     *client.Admin
+	signer    *keys.SigningKey
+	fwKey     keys.FirmwareKey
 }
 
 func newHarness(t testing.TB) *harness {
@@ -54,6 +55,7 @@ func newHarness(t testing.TB) *harness {
 		t.Fatal(err)
 	}
 	h.http = httptest.NewServer(srv)
+	h.serverURL = h.http.URL
 	t.Cleanup(func() { h.http.Close(); blobs.Close(); h.store.Close() })
 	token, hash, _ := server.NewToken()
 	h.store.CreateToken(context.Background(), &fota.Token{Name: "t", Hash: hash})
@@ -103,6 +105,7 @@ type device struct {
 	id       string
 	api      string
 	psk      protocol.PSK
+	size     int64 // slot size
 	disk     *slotfile.OSDisk
 	fault    *slotfile.FaultDisk // set for the next powerOn only
 	slots    *slotfile.Slots
@@ -110,13 +113,25 @@ type device struct {
 	boot     agent.BootInfo
 	progress []agent.Progress
 	mu       sync.Mutex
-	// progressHook sees every progress update, and "applying-boot" marks.
+	// progressHook sees every progress update.
 	progressHook func(agent.Progress)
+	// configHook adjusts the agent configuration of every boot.
+	configHook func(*agent.Config)
 }
 
 var t_ctx = context.Background()
 
-func (h *harness) newDevice(id, api string) *device {
+func (h *harness) newDevice(id, api string) *device { return h.newDeviceSized(id, api, slotSize) }
+
+// publishBig publishes an image of size bytes (too large for the default slot).
+func (h *harness) publishBig(version string, size int) {
+	h.t.Helper()
+	if _, err := h.admin.Publish(context.Background(), bytes.NewReader(h.bundleFor(version, firmware.Healthy, size, 0))); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	h.t.Helper()
 	d, err := h.admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3"})
 	if err != nil {
@@ -129,14 +144,22 @@ func (h *harness) newDevice(id, api string) *device {
 	}
 	h.t.Cleanup(func() { disk.Close() })
 	img, _ := firmware.Sample(firmware.SampleOptions{Version: "1.0.3"})
-	if err := slotfile.Format(disk, slotSize, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
+	if err := slotfile.Format(disk, size, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
 		h.t.Fatal(err)
 	}
-	return &device{h: h, id: id, api: api, psk: psk, disk: disk}
+	return &device{h: h, id: id, api: api, psk: psk, disk: disk, size: size}
 }
 
 func (d *device) config() agent.Config {
-	return agent.Config{Server: d.h.http.URL, DeviceID: d.id, PSK: d.psk, Hardware: "esp32", TrustedKey: d.h.signer.Public(),
+	c := d.baseConfig()
+	if d.configHook != nil {
+		d.configHook(&c)
+	}
+	return c
+}
+
+func (d *device) baseConfig() agent.Config {
+	return agent.Config{Server: d.h.serverURL, DeviceID: d.id, PSK: d.psk, Hardware: "esp32", TrustedKey: d.h.signer.Public(),
 		FirmwareKey: d.h.fwKey, API: d.api, Retry: agent.RetryPolicy{Attempts: 3, Base: time.Millisecond, Max: time.Millisecond},
 		OnProgress: func(p agent.Progress) {
 			d.mu.Lock()
@@ -156,7 +179,7 @@ func (d *device) powerOn() error {
 	if d.fault != nil {
 		disk = d.fault
 	}
-	s, err := slotfile.Open(disk, slotSize, 3)
+	s, err := slotfile.Open(disk, d.size, 3)
 	if err != nil {
 		return err
 	}
