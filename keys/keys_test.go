@@ -269,3 +269,35 @@ func requireTool(t *testing.T, name string) string {
 	t.Skipf("%s is not installed; install it to run this check", name)
 	return ""
 }
+
+func TestParseDeviceHeaderRoundTrip(t *testing.T) {
+	k, _ := Generate(AlgRSA, rand.Reader)
+	var fw FirmwareKey
+	rand.Read(fw[:])
+	h := DeviceHeader(k.Public(), fw, []CDefinition{
+		{Name: "DEVICE_ID", String: "ESP32_EcoWatt_Smart"},
+		{Name: "HMAC_PSK", String: strings.Repeat("ab", 32)},
+		{Name: "OTA_SERVER_URL", String: "http://127.0.0.1:8080"},
+	})
+	got, err := ParseDeviceHeader(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.DeviceID != "ESP32_EcoWatt_Smart" || got.HMACPSK != strings.Repeat("ab", 32) || got.ServerURL != "http://127.0.0.1:8080" ||
+		got.FirmwareKey != fw || got.PublicKey.ID() != k.Public().ID() {
+		t.Fatalf("parsed %+v", got)
+	}
+	for name, bad := range map[string][]byte{
+		"no public key":   bytes.Replace(h, []byte("SERVER_PUBLIC_KEY"), []byte("OTHER_KEY"), 1),
+		"no firmware key": bytes.Replace(h, []byte("AES_FIRMWARE_KEY"), []byte("OTHER_BYTES"), 1),
+		"short key":       bytes.Replace(h, []byte("[32]"), []byte("[31]"), 1),
+		"empty":           nil,
+	} {
+		if _, err := ParseDeviceHeader(bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if s, err := cUnquote(`a\"b\\c\?\001\nX`); err != nil || s != "a\"b\\c?\x01\nX" {
+		t.Errorf("cUnquote: %q %v", s, err)
+	}
+}

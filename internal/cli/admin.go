@@ -110,13 +110,15 @@ const deviceUsage = `Usage:
   fota device list   [--json]
   fota device show   --id ID
   fota device assign --id ID (--version V | --unpin)
+  fota device run    --credentials dev.json --keys-h dev_keys.h --state DIR --version 1.0.3 [...]
 
 add registers a device with a new random key and writes it, once, to a
 credentials file (device id, key, server URL; mode 0600) and, with --keys-h,
 to a C header for the ESP32 build holding DEVICE_ID, HMAC_PSK,
 SERVER_PUBLIC_KEY and AES_FIRMWARE_KEY (from --keys; the server never has
 the firmware key). assign pins a device to a release; --unpin releases it.
-Every command takes --server and --token (or FOTA_SERVER and FOTA_TOKEN).
+These take --server and --token (or FOTA_SERVER and FOTA_TOKEN).
+run runs a simulated EcoWatt device ('fota device run --help').
 
 Examples:
   fota device add --id ESP32_EcoWatt_Smart --hardware esp32 --version 1.0.3 \
@@ -126,7 +128,7 @@ Examples:
 
 func runDevice(e *env, args []string) error {
 	return subcommand(e, "device", args, map[string]func(*env, []string) error{
-		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "assign": runDeviceAssign,
+		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "assign": runDeviceAssign, "run": runDeviceRun,
 	}, deviceUsage)
 }
 

@@ -64,6 +64,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"demo", "run the whole system on this machine: server, devices, an update and a rollback", runDemo},
 		{"keys", "make signing and firmware keys and the keys.h device header", runKeys},
 		{"release", "build, verify and inspect release bundles", runRelease},
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
@@ -86,6 +87,7 @@ Usage:
 Commands:
 %s
 Examples:
+  fota demo
   fota keys init --dir keys
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
   fota release verify --keys keys app-1.0.4.fota

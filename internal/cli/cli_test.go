@@ -268,3 +268,18 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("missing bundle: %v\n%s", err, out)
 	}
 }
+
+func TestDemo(t *testing.T) {
+	dir := t.TempDir()
+	r := run(t, "demo", "--devices", "3", "--size", "32KiB", "--dir", dir)
+	r.expect(t, 0, "fota demo: every device did what was expected", "")
+	for _, want := range []string{"updated, confirmed", "rolled back 1.0.5 (self-test failed)", "ecowatt-03"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Count(r.stdout, "1.0.3  1.0.4  updated, confirmed") != 3 {
+		t.Fatalf("not every device updated from 1.0.3:\n%s", r.stdout)
+	}
+	run(t, "demo", "--devices", "0").expect(t, 2, "", "--devices 0")
+}

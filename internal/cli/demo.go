@@ -1,0 +1,462 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota/internal/simulator"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+const demoUsage = `Usage:
+  fota demo [--devices 5] [--api mixed|native|ecowatt] [--size 128KiB] [--dir DIR] [--timeout 60s]
+
+Runs the whole system on this machine: makes keys, builds firmware 1.0.3
+(installed on the devices), 1.0.4 (good) and 1.0.5 (fails its self-test),
+starts the server on a free loopback port, registers the devices, publishes
+1.0.4 and lets every device update at once with live progress, then
+publishes 1.0.5 and shows every device rolling back to 1.0.4. It ends with
+a summary and exits 0 only if every device did what was expected.
+With --api mixed, odd devices use the native API and even ones the
+EcoWatt-compatible API. Everything is removed afterwards unless --dir is given.
+`
+
+// demoDevice is one simulated device as the demo tracks it.
+type demoDevice struct {
+	id    string
+	api   string
+	sim   *simulator.Device
+	bytes atomic.Int64 // TCP bytes both ways
+
+	mu       sync.Mutex
+	state    string
+	version  string // the release in progress
+	percent  float64
+	events   []string
+	rollback string
+}
+
+func (d *demoDevice) onEvent(ev simulator.Event) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch ev.Kind {
+	case "progress":
+		d.state, d.version, d.percent = string(ev.Progress.State), ev.Progress.Version, ev.Progress.Percent
+	case "rolled-back":
+		d.rollback = ev.Detail
+		d.events = append(d.events, ev.Kind)
+	default:
+		d.events = append(d.events, ev.Kind)
+	}
+}
+
+func (d *demoDevice) status() (state, version string, percent float64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.state, d.version, d.percent
+}
+
+// countingConn counts the bytes a connection carries.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func countingClient(n *atomic.Int64) *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countingConn{Conn: c, n: n}, nil
+		},
+		MaxIdleConnsPerHost: 2,
+	}}
+}
+
+type demoRow struct {
+	device, api, from, to, result string
+	took                          time.Duration
+	bytes                         int64
+	ok                            bool
+}
+
+func runDemo(e *env, args []string) error {
+	fs := newFlags("demo")
+	n := fs.Int("devices", 5, "how many simulated devices")
+	api := fs.String("api", "mixed", "device API: mixed, native or ecowatt")
+	sizeFlag := fs.String("size", "128KiB", "firmware image size")
+	dirFlag := fs.String("dir", "", "keep everything in this folder (default: a temporary one, removed afterwards)")
+	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
+	rest, err := parseFlags(e, fs, demoUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("fota demo takes no arguments, got %q", rest)
+	}
+	if *n < 1 || *n > 200 {
+		return usagef("--devices %d: want 1 to 200", *n)
+	}
+	if *api != "mixed" && *api != agent.APINative && *api != agent.APIEcoWatt {
+		return usagef("--api %q: want mixed, native or ecowatt", *api)
+	}
+	size, err := parseSize(*sizeFlag)
+	if err != nil || size > 16<<20 {
+		return usagef("--size %q: want a size up to 16MiB", *sizeFlag)
+	}
+	dir := *dirFlag
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "fota-demo-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, *timeout)
+	defer cancel()
+	out := e.stdout
+	started := time.Now()
+
+	// Keys and firmware, as a release engineer makes them.
+	keyDir := filepath.Join(dir, "keys")
+	ki, err := keys.Init(keyDir, keys.AlgRSA, true, nil)
+	if err != nil {
+		return err
+	}
+	signer, err := keys.LoadSigningKey(filepath.Join(keyDir, keys.SigningKeyFile))
+	if err != nil {
+		return err
+	}
+	fwKey, err := keys.LoadFirmwareKey(filepath.Join(keyDir, keys.FirmwareKeyFile))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "fota demo: keys made (signing key %s); building firmware 1.0.4 (good) and 1.0.5 (fails its self-test), %d bytes each\n", ki.Public.ID(), size)
+	bundles := map[string][]byte{}
+	for v, b := range map[string]firmware.Behaviour{"1.0.4": firmware.Healthy, "1.0.5": firmware.FailSelfTest} {
+		img, err := firmware.Sample(firmware.SampleOptions{Version: v, Behaviour: b, Size: size})
+		if err != nil {
+			return err
+		}
+		var buf bytes.Buffer
+		if _, err := bundle.Build(&buf, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: v,
+			Signer: signer, FirmwareKey: fwKey, TempDir: dir}); err != nil {
+			return err
+		}
+		bundles[v] = buf.Bytes()
+	}
+
+	// The server, on a free loopback port.
+	store, blobs, err := openData(ctx, filepath.Join(dir, "data"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	defer blobs.Close()
+	logFile, err := os.Create(filepath.Join(dir, "server.log"))
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: []*keys.PublicKey{signer.Public()},
+		Logger: slog.New(slog.NewTextHandler(logFile, nil))})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(ln)
+	defer hs.Close()
+	url := "http://" + ln.Addr().String()
+	token, err := createToken(ctx, store, "demo")
+	if err != nil {
+		return err
+	}
+	admin, err := client.NewAdmin(url, token)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "fota demo: server listening on %s (data in %s)\n", url, dir)
+
+	// The devices, each with its own flash, running factory firmware 1.0.3.
+	devCtx, stopDevices := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopDevices(); wg.Wait() }()
+	devices := make([]*demoDevice, *n)
+	for i := range devices {
+		id := fmt.Sprintf("ecowatt-%02d", i+1)
+		a := *api
+		if a == "mixed" {
+			a = agent.APINative
+			if i%2 == 1 {
+				a = agent.APIEcoWatt
+			}
+		}
+		added, err := admin.AddDevice(ctx, protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3"})
+		if err != nil {
+			return err
+		}
+		psk, _ := protocol.ParsePSK(added.PSK)
+		d := &demoDevice{id: id, api: a, state: "idle"}
+		d.sim, err = simulator.New(simulator.Config{
+			Agent: agent.Config{Server: url, DeviceID: id, PSK: psk, Hardware: "esp32", TrustedKey: signer.Public(), FirmwareKey: fwKey,
+				API: a, CheckInterval: 200 * time.Millisecond, HTTPClient: countingClient(&d.bytes),
+				Retry: agent.RetryPolicy{Attempts: 5, Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}},
+			StateDir: filepath.Join(dir, "devices", id), FactoryVersion: "1.0.3",
+			PollInterval: 50 * time.Millisecond, UploadInterval: 500 * time.Millisecond, OnEvent: d.onEvent,
+		})
+		if err != nil {
+			return err
+		}
+		devices[i] = d
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.sim.Run(devCtx); err != nil {
+				d.onEvent(simulator.Event{Kind: "error: " + err.Error()})
+			}
+		}()
+	}
+	for booted := false; !booted && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {
+		booted = true
+		for _, d := range devices {
+			booted = booted && d.sim.Running() != ""
+		}
+	}
+	fmt.Fprintf(out, "fota demo: %d devices booted 1.0.3 (%s API)\n\n", *n, *api)
+
+	live := newLiveView(out, devices)
+	var rows []demoRow
+	phases := []struct {
+		version, title string
+		done           func(d *demoDevice) bool
+		expect         string
+	}{
+		{"1.0.4", "publishing 1.0.4: every device should update and confirm it", func(d *demoDevice) bool {
+			return d.sim.Running() == "1.0.4" && d.has("confirmed")
+		}, "updated"},
+		{"1.0.5", "publishing 1.0.5: it fails its self-test, so every device should roll back to 1.0.4", func(d *demoDevice) bool {
+			return d.sim.Running() == "1.0.4" && d.rolledBackFrom("1.0.5")
+		}, "rolled back"},
+	}
+	for _, ph := range phases {
+		fmt.Fprintf(out, "fota demo: %s\n", ph.title)
+		before := make([]int64, len(devices))
+		from := make([]string, len(devices))
+		for i, d := range devices {
+			before[i] = d.bytes.Load()
+			from[i] = d.sim.Running()
+			d.clearEvents()
+		}
+		t0 := time.Now()
+		if _, err := admin.Publish(ctx, bytes.NewReader(bundles[ph.version])); err != nil {
+			return err
+		}
+		doneAt := make([]time.Duration, len(devices))
+		for {
+			all := true
+			for i, d := range devices {
+				if doneAt[i] == 0 && ph.done(d) {
+					doneAt[i] = time.Since(t0)
+				}
+				all = all && doneAt[i] != 0
+			}
+			live.draw(false)
+			if all || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		live.draw(true)
+		for i, d := range devices {
+			row := demoRow{device: d.id, api: d.api, from: from[i], to: d.sim.Running(), took: doneAt[i], bytes: d.bytes.Load() - before[i]}
+			row.ok = doneAt[i] != 0
+			switch {
+			case !row.ok:
+				row.result = "NOT DONE: " + d.lastState()
+			case ph.expect == "rolled back":
+				row.result = "rolled back 1.0.5 (" + d.rollbackReason() + ")"
+			default:
+				row.result = "updated, confirmed"
+			}
+			rows = append(rows, row)
+		}
+		fmt.Fprintln(out)
+	}
+
+	// The server's record must agree with the devices.
+	serverOK := true
+	for _, d := range devices {
+		detail, err := admin.Device(ctx, d.id)
+		if err != nil {
+			return err
+		}
+		kinds := map[string]bool{}
+		for _, ev := range detail.History {
+			kinds[ev.Kind+" "+ev.Version] = true
+		}
+		if detail.Device.Version != "1.0.4" || !kinds["confirmed 1.0.4"] || !kinds["rolled-back 1.0.5"] {
+			serverOK = false
+			fmt.Fprintf(out, "fota demo: the server's record of %s is wrong: version %s, events %v\n", d.id, detail.Device.Version, kinds)
+		}
+	}
+
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tAPI\tFROM\tTO\tRESULT\tTIME\tBYTES OVER THE WIRE")
+	failed := 0
+	for _, r := range rows {
+		took := "-"
+		if r.ok {
+			took = r.took.Round(10 * time.Millisecond).String()
+		} else {
+			failed++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.device, r.api, r.from, r.to, r.result, took, r.bytes)
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "\nfota demo: %d devices, 2 releases, %s in all\n", len(devices), time.Since(started).Round(100*time.Millisecond))
+	switch {
+	case ctx.Err() != nil && e.ctx.Err() == nil:
+		return withHint(fmt.Errorf("demo did not finish within %s: %d device step(s) not done", *timeout, failed), "see the server log with --dir DIR, or raise --timeout")
+	case e.ctx.Err() != nil:
+		return errors.New("demo interrupted")
+	case failed > 0 || !serverOK:
+		return fmt.Errorf("demo failed: %d device step(s) did not end as expected", failed)
+	}
+	fmt.Fprintln(out, "fota demo: every device did what was expected")
+	return nil
+}
+
+func (d *demoDevice) has(kind string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, k := range d.events {
+		if k == kind {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *demoDevice) rolledBackFrom(v string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return strings.HasPrefix(d.rollback, v+":")
+}
+
+func (d *demoDevice) rollbackReason() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, reason, _ := strings.Cut(d.rollback, ": ")
+	return reason
+}
+
+func (d *demoDevice) lastState() string {
+	s, v, p := d.status()
+	return fmt.Sprintf("%s %s %.0f%%", s, v, p)
+}
+
+func (d *demoDevice) clearEvents() {
+	d.mu.Lock()
+	d.events, d.rollback = nil, ""
+	d.mu.Unlock()
+}
+
+// liveView draws one progress line per device: redrawn in place on a
+// terminal, printed only on change otherwise.
+type liveView struct {
+	w       io.Writer
+	devices []*demoDevice
+	tty     bool
+	drawn   int
+	last    []string
+}
+
+func newLiveView(w io.Writer, devices []*demoDevice) *liveView {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return &liveView{w: w, devices: devices, tty: tty, last: make([]string, len(devices))}
+}
+
+func (l *liveView) line(d *demoDevice) string {
+	state, version, pct := d.status()
+	running := d.sim.Running()
+	switch state {
+	case string(agent.StateDownloading), string(agent.StateVerifying), string(agent.StateApplying), string(agent.StateCompleted):
+		return fmt.Sprintf("  %-11s %-8s running %-6s %-11s %-6s %s %3.0f%%", d.id, d.api, running, state, version, bar(pct, 24), pct)
+	case string(agent.StateRollback):
+		return fmt.Sprintf("  %-11s %-8s running %-6s rolled back %s", d.id, d.api, running, version)
+	}
+	return fmt.Sprintf("  %-11s %-8s running %-6s %s", d.id, d.api, running, state)
+}
+
+func (l *liveView) draw(final bool) {
+	if l.tty {
+		if l.drawn > 0 {
+			fmt.Fprintf(l.w, "\033[%dA", l.drawn)
+		}
+		for _, d := range l.devices {
+			fmt.Fprintf(l.w, "\033[2K%s\n", l.line(d))
+		}
+		l.drawn = len(l.devices)
+		if final {
+			l.drawn = 0
+		}
+		return
+	}
+	// Not a terminal: print a device's line when its state changes, and
+	// download progress in quarters, so logs stay short.
+	for i, d := range l.devices {
+		state, version, pct := d.status()
+		key := state + version
+		if state == string(agent.StateDownloading) {
+			key += fmt.Sprint(int(pct) / 25)
+		}
+		if key != l.last[i] {
+			l.last[i] = key
+			fmt.Fprintln(l.w, l.line(d))
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/internal/simulator"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+const deviceRunUsage = `Usage:
+  fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3
+                  [--check-interval 6h] [--poll-interval 5s] [--upload-interval 30s]
+                  [--api native|ecowatt] [--slot-size 4MiB] [--server URL]
+
+Runs a simulated EcoWatt device: its flash, counters and logs live in
+--state, so killing and restarting the process is a power cut. --version
+names the factory image written to slot 0 when --state is empty; after that
+the device runs whatever its boot step picks. It polls a simulated inverter,
+uploads readings in batches to --state/uploads.jsonl, and checks for updates
+on its timer, pausing its work while one downloads and installs.
+
+Example:
+  fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3 --check-interval 30s
+`
+
+func loadCredentials(path string) (*Credentials, protocol.PSK, error) {
+	var c Credentials
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, protocol.PSK{}, fmt.Errorf("read credentials: %w", err)
+	}
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, protocol.PSK{}, fmt.Errorf("credentials %s: not valid JSON: %w", path, err)
+	}
+	psk, err := protocol.ParsePSK(c.PSK)
+	if err != nil {
+		return nil, psk, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	if !protocol.ValidDeviceID(c.DeviceID) {
+		return nil, psk, fmt.Errorf("credentials %s: device_id %q is not valid", path, c.DeviceID)
+	}
+	return &c, psk, nil
+}
+
+func runDeviceRun(e *env, args []string) error {
+	fs := newFlags("device run")
+	credPath := fs.String("credentials", "", "credentials file from 'fota device add'")
+	headerPath := fs.String("keys-h", "", "the device's keys.h (SERVER_PUBLIC_KEY, AES_FIRMWARE_KEY)")
+	state := fs.String("state", "", "folder for the device's flash, counters and logs")
+	version := fs.String("version", "", "factory firmware version, used when --state is empty")
+	server := fs.String("server", "", "server URL (default: the one in the credentials)")
+	api := fs.String("api", agent.APINative, "device API: native or ecowatt")
+	checkEvery := fs.Duration("check-interval", 6*time.Hour, "how often to check for updates")
+	pollEvery := fs.Duration("poll-interval", 5*time.Second, "how often to poll the inverter")
+	uploadEvery := fs.Duration("upload-interval", 30*time.Second, "how often to upload readings")
+	slotSize := fs.String("slot-size", "4MiB", "size of each OTA slot")
+	rest, err := parseFlags(e, fs, deviceRunUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("fota device run takes no arguments, got %q", rest)
+	}
+	if *credPath == "" || *headerPath == "" || *state == "" {
+		return &usageError{msg: "--credentials, --keys-h and --state are required", hint: "fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3"}
+	}
+	if *api != agent.APINative && *api != agent.APIEcoWatt {
+		return usagef("--api %q: want native or ecowatt", *api)
+	}
+	size, err := parseSize(*slotSize)
+	if err != nil || size <= 0 {
+		return usagef("--slot-size %q is not a size", *slotSize)
+	}
+	cred, psk, err := loadCredentials(*credPath)
+	if err != nil {
+		return err
+	}
+	headerData, err := os.ReadFile(*headerPath)
+	if err != nil {
+		return fmt.Errorf("read keys.h: %w", err)
+	}
+	dk, err := keys.ParseDeviceHeader(headerData)
+	if err != nil {
+		return err
+	}
+	if dk.DeviceID != "" && dk.DeviceID != cred.DeviceID {
+		return fmt.Errorf("%s is for device %s but %s is for %s", *headerPath, dk.DeviceID, *credPath, cred.DeviceID)
+	}
+	if *server == "" {
+		*server = cred.Server
+	}
+	if *server == "" {
+		return &usageError{msg: "no server URL in the credentials", hint: "pass --server http://127.0.0.1:8080"}
+	}
+	if err := os.MkdirAll(*state, 0o700); err != nil {
+		return fmt.Errorf("state folder: %w", err)
+	}
+	logFile, err := os.OpenFile(filepath.Join(*state, "device.log"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("device log: %w", err)
+	}
+	defer logFile.Close()
+	hardware := cred.Hardware
+	if hardware == "" {
+		hardware = "esp32"
+	}
+	printer := newEventPrinter(e.stdout, cred.DeviceID)
+	dev, err := simulator.New(simulator.Config{
+		Agent: agent.Config{Server: *server, DeviceID: cred.DeviceID, PSK: psk, Hardware: hardware, TrustedKey: dk.PublicKey,
+			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery},
+		StateDir: *state, FactoryVersion: *version, SlotSize: int64(size), PollInterval: *pollEvery, UploadInterval: *uploadEvery,
+		Logger:  slog.New(slog.NewTextHandler(logFile, nil)),
+		OnEvent: printer.print,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s: checking %s every %s over the %s API; state in %s\n", cred.DeviceID, *server, *checkEvery, *api, *state)
+	if err := dev.Run(e.ctx); err != nil {
+		return fmt.Errorf("device %s: %w", cred.DeviceID, err)
+	}
+	fmt.Fprintf(e.stdout, "%s: powered off, running %s\n", cred.DeviceID, dev.Running())
+	return nil
+}
+
+// eventPrinter prints device events as lines, progress every 10%.
+type eventPrinter struct {
+	w       io.Writer
+	id      string
+	mu      sync.Mutex
+	lastPct int
+	last    agent.State
+}
+
+func newEventPrinter(w io.Writer, id string) *eventPrinter {
+	return &eventPrinter{w: w, id: id, lastPct: -1}
+}
+
+func (p *eventPrinter) print(ev simulator.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch ev.Kind {
+	case "progress":
+		pr := ev.Progress
+		pct := int(pr.Percent) / 10 * 10
+		if pr.State == p.last && (pr.State != agent.StateDownloading || pct == p.lastPct) {
+			return
+		}
+		p.last, p.lastPct = pr.State, pct
+		switch pr.State {
+		case agent.StateDownloading:
+			fmt.Fprintf(p.w, "%s: downloading %s %s %3.0f%% (%d/%d chunks)\n", p.id, pr.Version, bar(pr.Percent, 20), pr.Percent, pr.Chunk, pr.Chunks)
+		case agent.StateError:
+			fmt.Fprintf(p.w, "%s: update failed: %v\n", p.id, pr.Err)
+		case agent.StateIdle, agent.StateChecking:
+			// quiet: these happen at every check
+		default:
+			fmt.Fprintf(p.w, "%s: %s %s\n", p.id, pr.State, pr.Version)
+		}
+	default:
+		fmt.Fprintf(p.w, "%s: %s (running %s) %s\n", p.id, ev.Kind, ev.Version, ev.Detail)
+	}
+}
