@@ -1,103 +1,48 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/agent/slotfile"
-	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/firmware"
-	"github.com/ecowatt/fota/internal/server"
-	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 )
 
 const slotSize = 1 << 20
 
-// harness is a real server on SQLite with a release key and firmware key.
+// harness is the test server plus the helpers these tests use.
 type harness struct {
+	*testserver.Server
 	t         testing.TB
 	serverURL string
-	store     *sqlite.Store
-	http      *httptest.Server
-	admin     *client.Admin
 	signer    *keys.SigningKey
 	fwKey     keys.FirmwareKey
+	admin     *client.Admin
 }
 
 func newHarness(t testing.TB) *harness {
-	h := &harness{t: t}
-	dir := t.TempDir()
-	var err error
-	if h.store, err = sqlite.Open(context.Background(), filepath.Join(dir, "fota.db")); err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := server.NewDirBlobs(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.signer, _ = keys.Generate(keys.AlgRSA, rand.Reader)
-	h.fwKey, _ = keys.NewFirmwareKey(rand.Reader)
-	srv, err := server.New(server.Config{Store: h.store, Blobs: blobs, Trusted: []*keys.PublicKey{h.signer.Public()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.http = httptest.NewServer(srv)
-	h.serverURL = h.http.URL
-	t.Cleanup(func() { h.http.Close(); blobs.Close(); h.store.Close() })
-	token, hash, _ := server.NewToken()
-	h.store.CreateToken(context.Background(), &fota.Token{Name: "t", Hash: hash})
-	h.admin, _ = client.NewAdmin(h.http.URL, token)
-	return h
+	s := testserver.New(t)
+	return &harness{Server: s, t: t, serverURL: s.URL, signer: s.Signer, fwKey: s.FWKey, admin: s.Admin}
 }
 
 func (h *harness) bundleFor(version string, b firmware.Behaviour, size int, counter uint32) []byte {
-	h.t.Helper()
-	img, err := firmware.Sample(firmware.SampleOptions{Version: version, Behaviour: b, Size: size, SecureVersion: counter})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if _, err := bundle.Build(&out, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
-		SecurityCounter: counter, Signer: h.signer, FirmwareKey: h.fwKey, TempDir: h.t.TempDir()}); err != nil {
-		h.t.Fatal(err)
-	}
-	return out.Bytes()
+	return h.Bundle(version, h.Sample(version, b, size, counter), 0, counter)
 }
 
 func (h *harness) publish(version string, b firmware.Behaviour, size int) {
-	h.t.Helper()
-	if _, err := h.admin.Publish(context.Background(), bytes.NewReader(h.bundleFor(version, b, size, 0))); err != nil {
-		h.t.Fatal(err)
-	}
+	h.PublishSample(version, b, size)
 }
 
-// events lists the server's event kinds for a device, oldest first.
-func (h *harness) events(id string) []string {
-	evs, err := h.admin.Events(context.Background(), id, 1000)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	var kinds []string
-	for i := len(evs) - 1; i >= 0; i-- {
-		if evs[i].Kind != fota.EventProgress {
-			kinds = append(kinds, evs[i].Kind+" "+evs[i].Version)
-		}
-	}
-	return kinds
-}
+func (h *harness) events(id string) []string { return h.Events(id) }
 
 // device is a device on a folder; each powerOn is a boot.
 type device struct {
@@ -123,21 +68,9 @@ var t_ctx = context.Background()
 
 func (h *harness) newDevice(id, api string) *device { return h.newDeviceSized(id, api, slotSize) }
 
-// publishBig publishes an image of size bytes (too large for the default slot).
-func (h *harness) publishBig(version string, size int) {
-	h.t.Helper()
-	if _, err := h.admin.Publish(context.Background(), bytes.NewReader(h.bundleFor(version, firmware.Healthy, size, 0))); err != nil {
-		h.t.Fatal(err)
-	}
-}
-
 func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	h.t.Helper()
-	d, err := h.admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3"})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	psk, _ := protocol.ParsePSK(d.PSK)
+	psk := h.AddDevice(id, "1.0.3")
 	disk, err := slotfile.NewOSDisk(h.t.TempDir())
 	if err != nil {
 		h.t.Fatal(err)

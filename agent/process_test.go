@@ -101,8 +101,7 @@ func (s *serverProcess) newDevice(tb testing.TB, id string, size int64) *device 
 	if err := slotfile.Format(disk, size, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
 		tb.Fatal(err)
 	}
-	h := &harness{t: tb, signer: s.signer, fwKey: s.fwKey, admin: s.admin}
-	h.serverURL = s.url
+	h := &harness{t: tb, signer: s.signer, fwKey: s.fwKey, admin: s.admin, serverURL: s.url}
 	os.MkdirAll(dir, 0o700)
 	return &device{h: h, id: id, api: agent.APINative, psk: psk, disk: disk, size: size}
 }

@@ -8,20 +8,11 @@ import (
 	"testing"
 
 	"github.com/ecowatt/fota/agent"
-	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/internal/firmware"
 )
 
 func (h *harness) publishChunked(version string, img []byte, chunkSize int) {
-	h.t.Helper()
-	var out bytes.Buffer
-	if _, err := bundle.Build(&out, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
-		ChunkSize: chunkSize, Signer: h.signer, FirmwareKey: h.fwKey, TempDir: h.t.TempDir()}); err != nil {
-		h.t.Fatal(err)
-	}
-	if _, err := h.admin.Publish(context.Background(), &out); err != nil {
-		h.t.Fatal(err)
-	}
+	h.Publish(h.Bundle(version, img, chunkSize, 0))
 }
 
 // The slot holds exactly the firmware whatever sizes its ciphertext came

@@ -1,0 +1,171 @@
+package simulator
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/testserver"
+	"github.com/ecowatt/fota/keys"
+)
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (l *eventLog) add(e Event) { l.mu.Lock(); l.events = append(l.events, e); l.mu.Unlock() }
+
+func (l *eventLog) has(kind, version string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		if e.Kind == kind && (version == "" || e.Version == version) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *eventLog) count(kind string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, e := range l.events {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+func newSim(t *testing.T, s *testserver.Server, id string, fw keys.FirmwareKey, log *eventLog) (*Device, string) {
+	psk := s.AddDevice(id, "1.0.3")
+	dir := t.TempDir()
+	d, err := New(Config{
+		Agent: agent.Config{Server: s.URL, DeviceID: id, PSK: psk, Hardware: "esp32", TrustedKey: s.Signer.Public(), FirmwareKey: fw,
+			CheckInterval: 50 * time.Millisecond, Retry: agent.RetryPolicy{Attempts: 2, Base: time.Millisecond, Max: time.Millisecond}},
+		StateDir: dir, FactoryVersion: "1.0.3", PollInterval: 10 * time.Millisecond, UploadInterval: 40 * time.Millisecond,
+		OnEvent: log.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, dir
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func uploadedFirmware(t *testing.T, dir string) map[string]int {
+	f, err := os.Open(filepath.Join(dir, "uploads.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var batch struct {
+			Firmware string    `json:"firmware"`
+			Readings []Reading `json:"readings"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &batch); err != nil {
+			t.Fatalf("upload batch: %v", err)
+		}
+		seen[batch.Firmware] += len(batch.Readings)
+		for _, r := range batch.Readings {
+			if r.Voltage < 200 || r.Voltage > 260 || r.Power < 0 {
+				t.Fatalf("implausible reading %+v", r)
+			}
+		}
+	}
+	return seen
+}
+
+// The device keeps working around an update: it pauses collection while the
+// update downloads and installs, resumes after, and uploads readings from
+// both firmware versions.
+func TestDeviceWorksAroundAnUpdate(t *testing.T) {
+	s := testserver.New(t)
+	log := &eventLog{}
+	d, dir := newSim(t, s, "sim1", s.FWKey, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	waitFor(t, "first boot", func() bool { return d.Running() == "1.0.3" })
+	time.Sleep(200 * time.Millisecond) // some normal work first
+	s.PublishSample("1.0.4", firmware.Healthy, 256<<10)
+	waitFor(t, "update to 1.0.4", func() bool { return log.has("confirmed", "1.0.4") })
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if log.count("paused") != 1 || log.count("resumed") != 1 {
+		t.Fatalf("%d pauses and %d resumes, want 1 each", log.count("paused"), log.count("resumed"))
+	}
+	if d.LongestPause() <= 0 || d.LongestPause() > 10*time.Second {
+		t.Fatalf("longest pause %v", d.LongestPause())
+	}
+	if gap := d.MaxPollGap(); gap > 500*time.Millisecond {
+		t.Fatalf("polling stopped for %v outside the update", gap)
+	}
+	seen := uploadedFirmware(t, dir)
+	if seen["1.0.3"] == 0 || seen["1.0.4"] == 0 {
+		t.Fatalf("readings uploaded per firmware: %v", seen)
+	}
+	if d.Boots() != 2 {
+		t.Fatalf("%d boots, want 2 (factory, new image)", d.Boots())
+	}
+}
+
+// A failed update (the device holds another firmware key, so the image
+// does not decrypt to what was signed) still resumes the device's work,
+// and the device keeps running its image.
+func TestDeviceResumesWorkAfterFailedUpdate(t *testing.T) {
+	s := testserver.New(t)
+	var otherKey keys.FirmwareKey
+	rand.Read(otherKey[:])
+	log := &eventLog{}
+	d, _ := newSim(t, s, "sim2", otherKey, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	waitFor(t, "first boot", func() bool { return d.Running() == "1.0.3" })
+	s.PublishSample("1.0.4", firmware.Healthy, 64<<10)
+	waitFor(t, "the failure", func() bool { return log.count("resumed") > 0 })
+	time.Sleep(150 * time.Millisecond)
+	cancel()
+	<-done
+	if d.Running() != "1.0.3" {
+		t.Fatalf("running %s", d.Running())
+	}
+	if log.count("paused") != log.count("resumed") {
+		t.Fatalf("%d pauses but %d resumes", log.count("paused"), log.count("resumed"))
+	}
+	if evs := strings.Join(s.Events("sim2"), ", "); !strings.Contains(evs, "failed 1.0.4") {
+		t.Fatalf("failure not reported: %s", evs)
+	}
+	if gap := d.MaxPollGap(); gap > 500*time.Millisecond {
+		t.Fatalf("polling stopped for %v outside update attempts", gap)
+	}
+}

@@ -1,0 +1,135 @@
+// Package testserver starts a real fota server (SQLite in a temporary
+// folder, real HTTP on loopback) with a release key and firmware key, for
+// the tests of the agent, the simulator and anything else that needs one.
+package testserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// Server is a running test server.
+type Server struct {
+	TB     testing.TB
+	URL    string
+	Store  *sqlite.Store
+	HTTP   *httptest.Server
+	Admin  *client.Admin
+	Signer *keys.SigningKey
+	FWKey  keys.FirmwareKey
+}
+
+// New starts a server trusting a fresh RSA release key; it stops with the test.
+func New(tb testing.TB) *Server {
+	tb.Helper()
+	s := &Server{TB: tb}
+	dir := tb.TempDir()
+	var err error
+	if s.Store, err = sqlite.Open(context.Background(), filepath.Join(dir, "fota.db")); err != nil {
+		tb.Fatal(err)
+	}
+	blobs, err := server.NewDirBlobs(filepath.Join(dir, "blobs"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if s.Signer, err = keys.Generate(keys.AlgRSA, rand.Reader); err != nil {
+		tb.Fatal(err)
+	}
+	s.FWKey, _ = keys.NewFirmwareKey(rand.Reader)
+	srv, err := server.New(server.Config{Store: s.Store, Blobs: blobs, Trusted: []*keys.PublicKey{s.Signer.Public()}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.HTTP = httptest.NewServer(srv)
+	s.URL = s.HTTP.URL
+	tb.Cleanup(func() { s.HTTP.Close(); blobs.Close(); s.Store.Close() })
+	token, hash, err := server.NewToken()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Store.CreateToken(context.Background(), &fota.Token{Name: "test", Hash: hash}); err != nil {
+		tb.Fatal(err)
+	}
+	s.Admin, _ = client.NewAdmin(s.URL, token)
+	return s
+}
+
+// Bundle builds a signed bundle of img, encrypted with the server's
+// firmware key and signed with its release key.
+func (s *Server) Bundle(version string, img []byte, chunkSize int, counter uint32) []byte {
+	s.TB.Helper()
+	var out bytes.Buffer
+	if _, err := bundle.Build(&out, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
+		SecurityCounter: counter, ChunkSize: chunkSize, Signer: s.Signer, FirmwareKey: s.FWKey, TempDir: s.TB.TempDir()}); err != nil {
+		s.TB.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// Sample builds a simulated image.
+func (s *Server) Sample(version string, b firmware.Behaviour, size int, counter uint32) []byte {
+	s.TB.Helper()
+	img, err := firmware.Sample(firmware.SampleOptions{Version: version, Behaviour: b, Size: size, SecureVersion: counter})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	return img
+}
+
+// Publish uploads a bundle.
+func (s *Server) Publish(b []byte) {
+	s.TB.Helper()
+	if _, err := s.Admin.Publish(context.Background(), bytes.NewReader(b)); err != nil {
+		s.TB.Fatal(err)
+	}
+}
+
+// PublishSample builds and publishes a simulated image.
+func (s *Server) PublishSample(version string, b firmware.Behaviour, size int) {
+	s.TB.Helper()
+	s.Publish(s.Bundle(version, s.Sample(version, b, size, 0), 0, 0))
+}
+
+// AddDevice registers an esp32 device running version and returns its key.
+func (s *Server) AddDevice(id, version string) protocol.PSK {
+	s.TB.Helper()
+	d, err := s.Admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	psk, err := protocol.ParsePSK(d.PSK)
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	return psk
+}
+
+// Events lists a device's event kinds with versions, oldest first,
+// leaving out progress events.
+func (s *Server) Events(id string) []string {
+	s.TB.Helper()
+	evs, err := s.Admin.Events(context.Background(), id, 1000)
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	var out []string
+	for i := len(evs) - 1; i >= 0; i-- {
+		if evs[i].Kind != fota.EventProgress {
+			out = append(out, evs[i].Kind+" "+evs[i].Version)
+		}
+	}
+	return out
+}
