@@ -12,7 +12,7 @@ import (
 
 const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, created_ms, last_seen_ms`
 
-func scanDevice(row interface{ Scan(...any) error }) (*fota.Device, error) {
+func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
 	var created, seen int64
@@ -58,20 +58,7 @@ func (s *Store) Device(ctx context.Context, id string) (*fota.Device, error) {
 
 // Devices lists devices by id.
 func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
-	}
-	defer rows.Close()
-	var out []*fota.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list devices: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices ORDER BY id`)
 }
 
 // DeviceSeen records a device request.
@@ -107,19 +94,6 @@ func (s *Store) PinDevice(ctx context.Context, id, version string) error {
 
 // RejectedReleases lists releases the device rolled back from.
 func (s *Store) RejectedReleases(ctx context.Context, deviceID string) ([]int64, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT release_id FROM sessions WHERE device_id = ? AND state = ? AND release_id IS NOT NULL`,
-		deviceID, fota.SessionRolledBack)
-	if err != nil {
-		return nil, fmt.Errorf("list rejected releases: %w", err)
-	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("list rejected releases: %w", err)
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, "rejected releases", func(row rowScanner) (id int64, err error) { return id, row.Scan(&id) },
+		`SELECT DISTINCT release_id FROM sessions WHERE device_id = ? AND state = ? AND release_id IS NOT NULL`, deviceID, fota.SessionRolledBack)
 }

@@ -13,7 +13,7 @@ const releaseColumns = `id, product, hardware, version, security_counter, plaint
 	ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms,
 	manifest, signature, legacy_signature, blob_key`
 
-func scanRelease(row interface{ Scan(...any) error }) (*fota.Release, error) {
+func scanRelease(row rowScanner) (*fota.Release, error) {
 	r := &fota.Release{}
 	var created, published int64
 	err := row.Scan(&r.ID, &r.Product, &r.Hardware, &r.Version, &r.SecurityCounter, &r.PlaintextSize, &r.PlaintextSHA256,
@@ -82,20 +82,7 @@ func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release,
 		q += ` WHERE hardware = ?`
 		args = append(args, hardware)
 	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list releases: %w", err)
-	}
-	defer rows.Close()
-	var out []*fota.Release
-	for rows.Next() {
-		r, err := scanRelease(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list releases: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, "releases", scanRelease, q+` ORDER BY id`, args...)
 }
 
 // DeleteRelease removes a release unless an active session uses it.

@@ -20,7 +20,7 @@ const StaleAfter = 24 * time.Hour
 const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
 	bytes_served, created_ms, updated_ms`
 
-func scanSession(row interface{ Scan(...any) error }) (*fota.Session, error) {
+func scanSession(row rowScanner) (*fota.Session, error) {
 	s := &fota.Session{}
 	var created, updated int64
 	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
@@ -116,20 +116,8 @@ func (s *Store) ActiveSession(ctx context.Context, deviceID string) (*fota.Sessi
 
 // ActiveSessions lists active sessions, newest first.
 func (s *Store) ActiveSessions(ctx context.Context) ([]*fota.Session, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE state IN `+activeStates+` ORDER BY created_ms DESC, id`)
-	if err != nil {
-		return nil, fmt.Errorf("list sessions: %w", err)
-	}
-	defer rows.Close()
-	var out []*fota.Session
-	for rows.Next() {
-		sess, err := scanSession(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sessions: %w", err)
-		}
-		out = append(out, sess)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, "sessions", scanSession,
+		`SELECT `+sessionColumns+` FROM sessions WHERE state IN `+activeStates+` ORDER BY created_ms DESC, id`)
 }
 
 func (s *Store) activeForUpdate(ctx context.Context, tx *sql.Tx, id string) (*fota.Session, error) {

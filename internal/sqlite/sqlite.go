@@ -125,6 +125,31 @@ func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return nil
 }
 
+// rowScanner is what *sql.Row and *sql.Rows share.
+type rowScanner interface{ Scan(...any) error }
+
+// queryAll runs a query and scans every row with scan; what names the
+// list in errors.
+func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	return out, nil
+}
+
 func ms(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
@@ -180,20 +205,11 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	}
 	q += ` ORDER BY id DESC LIMIT ?`
 	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list events: %w", err)
-	}
-	defer rows.Close()
-	var out []*fota.Event
-	for rows.Next() {
+	return queryAll(ctx, s.db, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		if err := rows.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail); err != nil {
-			return nil, fmt.Errorf("list events: %w", err)
-		}
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail)
 		e.Time = fromMS(t)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, err
+	}, q, args...)
 }
