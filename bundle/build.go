@@ -213,7 +213,7 @@ func VerifyPayload(r io.Reader, m *Manifest, key *keys.FirmwareKey, dst io.Write
 		if dec, err = NewDecrypter(out, *key, m.IVBytes()); err != nil {
 			return err
 		}
-		sink = io.MultiWriter(ctHash, dec)
+		sink = io.MultiWriter(ctSink, dec)
 	}
 	n, err := io.Copy(sink, io.LimitReader(r, m.CiphertextSize))
 	if err != nil {
