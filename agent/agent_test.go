@@ -50,7 +50,8 @@ type device struct {
 	id       string
 	api      string
 	psk      protocol.PSK
-	size     int64 // slot size
+	size     int64  // slot size
+	dir      string // its flash folder
 	disk     *slotfile.OSDisk
 	fault    *slotfile.FaultDisk // set for the next powerOn only
 	slots    *slotfile.Slots
@@ -71,7 +72,8 @@ func (h *harness) newDevice(id, api string) *device { return h.newDeviceSized(id
 func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	h.t.Helper()
 	psk := h.AddDevice(id, "1.0.3")
-	disk, err := slotfile.NewOSDisk(h.t.TempDir())
+	dir := h.t.TempDir()
+	disk, err := slotfile.NewOSDisk(dir)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	if err := slotfile.Format(disk, size, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
 		h.t.Fatal(err)
 	}
-	return &device{h: h, id: id, api: api, psk: psk, disk: disk, size: size}
+	return &device{h: h, id: id, api: api, psk: psk, disk: disk, size: size, dir: dir}
 }
 
 func (d *device) config() agent.Config {

@@ -101,7 +101,7 @@ func TestUpdateThroughFaultyNetwork(t *testing.T) {
 				t.Fatalf("update did not complete through a 30%% faulty network: %v (faults %v)", err, ft.kinds)
 			}
 			ft.rate = 0
-			d.settle(t)
+			d.settle(t, nil)
 			if d.running() != "1.0.4" {
 				t.Fatalf("running %s", d.running())
 			}

@@ -1,32 +1,76 @@
 package agent_test
 
 import (
+	"crypto/sha256"
 	"errors"
+	"flag"
 	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/agent/slotfile"
 	"github.com/ecowatt/fota/internal/firmware"
 )
 
-// settle runs boot cycles, as a device power-cycled without further cuts,
-// until it runs a valid image and has nothing to install. Every boot must
-// succeed: a failing boot is a brick.
-func (d *device) settle(t *testing.T) (first agent.BootInfo) {
+// -sweep=full runs the power-cut sweep on a 256 KiB image (every one of
+// its ~500 persistent operations, every mode) and 200 chained-cut runs; the
+// default is a 12 KiB image and 20 runs, which finishes in seconds.
+var sweepMode = flag.String("sweep", "quick", "power-cut sweep size: quick or full")
+
+func sweepSize() (imageSize, chainedRuns int) {
+	if *sweepMode == "full" {
+		return 256 << 10, 200
+	}
+	return 12 << 10, 20
+}
+
+// sweepStats collects the figures docs/RELIABILITY.md reports.
+type sweepStats struct {
+	cuts, bricks, worstRedownload int
+}
+
+// known is the set of image digests a boot may run: the factory image and
+// the published one. Anything else booting would be a brick in disguise.
+type known map[[32]byte]string
+
+// settle runs boot cycles without further cuts until the device runs a
+// valid image and has nothing to install, checking at every boot that it
+// booted a known image, and that the security counter never went down and
+// never rose before a confirm.
+func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 	t.Helper()
 	d.fault = nil
+	lastCounter := uint32(0)
 	for i := 0; i < 10; i++ {
 		res, err := d.cycle()
-		if i == 0 {
-			first = d.boot
-		}
 		if errors.Is(err, agent.ErrNoBootable) {
 			t.Fatalf("bricked: %v", err)
 		}
 		if err != nil {
 			t.Fatalf("cycle %d: %v", i, err)
+		}
+		if i == 0 {
+			first = d.boot
+		}
+		img := make([]byte, d.boot.Image.Size)
+		d.slots.ReadAt(d.boot.Slot, img, 0)
+		if v, ok := images[sha256.Sum256(img)]; images != nil && (!ok || v != d.boot.Image.Version) {
+			t.Fatalf("boot %d ran an image that is not a signed release (%s)", i, d.boot.Image.Version)
+		}
+		st, _ := d.slots.Status()
+		if st.SecurityCounter < lastCounter {
+			t.Fatalf("security counter went down: %d -> %d", lastCounter, st.SecurityCounter)
+		}
+		lastCounter = st.SecurityCounter
+		confirmed := st.Slots[0].State == agent.ImageValid && st.Slots[0].Image.Version == "1.0.4" ||
+			st.Slots[1].State == agent.ImageValid && st.Slots[1].Image.Version == "1.0.4"
+		if st.SecurityCounter > 0 && !confirmed {
+			t.Fatalf("security counter rose to %d before a confirm", st.SecurityCounter)
 		}
 		if !d.boot.Trial && !res.Updated {
 			return first
@@ -81,9 +125,42 @@ func countOps(t *testing.T, h *harness, behaviour firmware.Behaviour) ([]int, ma
 	return counts, marks
 }
 
+// cutCorrupt is a sweep mode beyond FaultDisk's: the operation completes,
+// then the newest boot-state copy's content is damaged in place while its
+// stored checksum stays the old one, as failing flash would do.
+const cutCorrupt = slotfile.CutMode(99)
+
+func modeName(m slotfile.CutMode) string {
+	if m == cutCorrupt {
+		return "corrupt-state"
+	}
+	return m.String()
+}
+
+// corruptNewestState flips a byte inside the body of the boot-state copy
+// with the highest sequence number.
+func corruptNewestState(t *testing.T, dir string) {
+	best, bestSeq := "", -1
+	for i := range 2 {
+		p := filepath.Join(dir, fmt.Sprintf("otadata.%d", i))
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var seq int
+		fmt.Sscanf(string(data), `{"seq":%d`, &seq)
+		if seq > bestSeq {
+			best, bestSeq = p, seq
+		}
+	}
+	data, _ := os.ReadFile(best)
+	data[len(`{"seq":`)+3] ^= 0x01 // inside the record, before the checksum line
+	os.WriteFile(best, data, 0o600)
+}
+
 // cutRun runs phase p of a fresh update with power cut at op cut, then
 // settles the device and checks the outcome.
-func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.CutMode, want string) agent.BootInfo {
+func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.CutMode, want string, images known, stats *sweepStats) agent.BootInfo {
 	d := newDev(h, fmt.Sprintf("d%d", n), agent.APINative)
 	phases := []phase{phaseInstall, phaseFirstBoot}
 	for i := 0; i < phaseIndex; i++ {
@@ -91,7 +168,11 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 			t.Fatalf("phase %d before the cut: %v", i, err)
 		}
 	}
-	d.fault = &slotfile.FaultDisk{Inner: d.disk, CutAt: cut, Mode: mode}
+	faultMode := mode
+	if mode == cutCorrupt {
+		faultMode = slotfile.CutAfter
+	}
+	d.fault = &slotfile.FaultDisk{Inner: d.disk, CutAt: cut, Mode: faultMode}
 	fd := d.fault
 	lastChunk := -1
 	d.progressHook = func(p agent.Progress) {
@@ -99,14 +180,13 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 			lastChunk = p.Chunk
 		}
 	}
-	err := phases[phaseIndex](d)
-	if fd.Dead() && err == nil {
-		// The cut hit a best-effort write (a report queue); the device goes on.
-		err = slotfile.ErrPowerCut
-	}
-	where := fmt.Sprintf("cut %d %s", cut, mode)
+	phases[phaseIndex](d)
+	where := fmt.Sprintf("cut %d %s", cut, modeName(mode))
 	if len(fd.Log) > 0 {
 		where += " at " + fd.Log[len(fd.Log)-1]
+	}
+	if mode == cutCorrupt {
+		corruptNewestState(t, d.dir)
 	}
 	// Power comes back: the first download progress shows where it resumed.
 	resumedAt := -1
@@ -115,17 +195,24 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 			resumedAt = p.Chunk
 		}
 	}
-	first := d.settle(t)
+	first := d.settle(t, images)
 	d.progressHook = nil
+	if stats != nil {
+		stats.cuts++
+	}
 	if d.running() != want {
 		t.Fatalf("%s: ended on %s, want %s", where, d.running(), want)
 	}
-	if lastChunk > 0 && resumedAt >= 0 && lastChunk-resumedAt > 8 {
-		t.Fatalf("%s: re-downloaded %d chunks (from %d, had %d); at most 8 allowed", where, lastChunk-resumedAt, resumedAt, lastChunk)
-	}
-	st, _ := d.slots.Status()
-	if st.SecurityCounter > 0 && want == "1.0.3" {
-		t.Fatalf("%s: security counter rose to %d without a confirm", where, st.SecurityCounter)
+	if lastChunk > 0 && resumedAt >= 0 {
+		redownload := lastChunk - resumedAt
+		// A corrupted state loses its checkpoint legitimately; otherwise at
+		// most the chunks since the last checkpoint come again.
+		if mode != cutCorrupt && redownload > 8 {
+			t.Fatalf("%s: re-downloaded %d chunks (from %d, had %d); at most 8 allowed", where, redownload, resumedAt, lastChunk)
+		}
+		if stats != nil && mode != cutCorrupt && redownload > stats.worstRedownload {
+			stats.worstRedownload = redownload
+		}
 	}
 	evs := strings.Join(h.events(d.id), ", ")
 	switch want {
@@ -141,10 +228,21 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 	return first
 }
 
+// imagesOf returns the digests a device may legitimately boot.
+func imagesOf(h *harness, size int, b firmware.Behaviour) known {
+	factory, _ := firmware.Sample(firmware.SampleOptions{Version: "1.0.3"})
+	return known{sha256.Sum256(factory): "1.0.3", sha256.Sum256(h.Sample("1.0.4", b, size, 1)): "1.0.4"}
+}
+
+func publishCounted(h *harness, b firmware.Behaviour, size int) {
+	h.Publish(h.Bundle("1.0.4", h.Sample("1.0.4", b, size, 1), 0, 1))
+}
+
 // TestNamedPowerCutPoints: the state chain after a cut at each named point.
 func TestNamedPowerCutPoints(t *testing.T) {
 	h := newHarness(t)
-	h.publish("1.0.4", firmware.Healthy, 64<<10)
+	publishCounted(h, firmware.Healthy, 64<<10)
+	images := imagesOf(h, 64<<10, firmware.Healthy)
 	counts, marks := countOps(t, h, firmware.Healthy)
 	// Each row: where power goes, and what the next boot must run (the
 	// state chain then continues to a confirmed 1.0.4, checked by cutRun).
@@ -168,7 +266,7 @@ func TestNamedPowerCutPoints(t *testing.T) {
 			if p.cut <= 0 {
 				t.Fatalf("no operation found for %q", p.name)
 			}
-			first := cutRun(t, h, i, p.phase, p.cut, p.mode, "1.0.4")
+			first := cutRun(t, h, i, p.phase, p.cut, p.mode, "1.0.4", images, nil)
 			if first.Image.Version != p.nextBoot || first.Trial != p.nextTrial {
 				t.Fatalf("boot after the cut ran %s (trial %v), want %s (trial %v)", first.Image.Version, first.Trial, p.nextBoot, p.nextTrial)
 			}
@@ -176,32 +274,86 @@ func TestNamedPowerCutPoints(t *testing.T) {
 	}
 }
 
+var sweepModes = []slotfile.CutMode{slotfile.CutBefore, slotfile.CutAfter, slotfile.CutTorn, cutCorrupt}
+
 // TestPowerCutSweep cuts at every persistent operation of both phases, in
 // every mode, for a healthy image and one that fails its self-test.
 func TestPowerCutSweep(t *testing.T) {
-	h := newHarness(t)
-	h.publish("1.0.4", firmware.Healthy, 12<<10)
-	counts, _ := countOps(t, h, firmware.Healthy)
-	n := 0
-	for phaseIndex, total := range counts {
-		for _, mode := range []slotfile.CutMode{slotfile.CutBefore, slotfile.CutAfter, slotfile.CutTorn} {
-			for cut := 1; cut <= total; cut++ {
-				n++
-				cutRun(t, h, 1000+n, phaseIndex, cut, mode, "1.0.4")
+	size, _ := sweepSize()
+	start := time.Now()
+	for _, b := range []firmware.Behaviour{firmware.Healthy, firmware.FailSelfTest} {
+		h := newHarness(t)
+		publishCounted(h, b, size)
+		images := imagesOf(h, size, b)
+		counts, _ := countOps(t, h, b)
+		want := "1.0.4"
+		if b == firmware.FailSelfTest {
+			want = "1.0.3"
+		}
+		stats := &sweepStats{}
+		n := 0
+		for phaseIndex, total := range counts {
+			if *sweepMode != "full" && b == firmware.FailSelfTest && phaseIndex == 0 {
+				continue // the install phase is the healthy image's; quick runs sweep it once
+			}
+			for _, mode := range sweepModes {
+				for cut := 1; cut <= total; cut++ {
+					n++
+					cutRun(t, h, n, phaseIndex, cut, mode, want, images, stats)
+				}
 			}
 		}
+		t.Logf("%s image of %d KiB: %d cut points (%d install + %d first-boot operations x %d modes), %d bricks, worst re-download %d chunks",
+			b, size>>10, stats.cuts, counts[0], counts[1], len(sweepModes), stats.bricks, stats.worstRedownload)
 	}
-	t.Logf("healthy image: %d cut points tried (%d + %d operations, 3 modes), 0 bricks", n, counts[0], counts[1])
+	t.Logf("sweep took %s", time.Since(start).Round(time.Second))
+}
 
-	hf := newHarness(t)
-	hf.publish("1.0.4", firmware.FailSelfTest, 12<<10)
-	fcounts, _ := countOps(t, hf, firmware.FailSelfTest)
-	m := 0
-	for _, mode := range []slotfile.CutMode{slotfile.CutBefore, slotfile.CutAfter, slotfile.CutTorn} {
-		for cut := 1; cut <= fcounts[1]; cut++ {
-			m++
-			cutRun(t, hf, 5000+m, 1, cut, mode, "1.0.3")
-		}
+// TestChainedPowerCuts cuts power three times at random operations of one
+// update (seed logged), then lets it finish.
+func TestChainedPowerCuts(t *testing.T) {
+	size, runs := sweepSize()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d (rerun with FOTA_CUT_SEED=%d)", seed, seed)
+	if s := os.Getenv("FOTA_CUT_SEED"); s != "" {
+		fmt.Sscan(s, &seed)
 	}
-	t.Logf("failing image: %d cut points tried in its first boot, 0 bricks", m)
+	rng := rand.New(rand.NewPCG(seed, 3))
+	for _, b := range []firmware.Behaviour{firmware.Healthy, firmware.FailSelfTest} {
+		h := newHarness(t)
+		publishCounted(h, b, size)
+		images := imagesOf(h, size, b)
+		counts, _ := countOps(t, h, b)
+		total := counts[0] + counts[1]
+		want := map[firmware.Behaviour]string{firmware.Healthy: "1.0.4", firmware.FailSelfTest: "1.0.3"}[b]
+		for run := 0; run < runs; run++ {
+			d := newDev(h, fmt.Sprintf("chain-%d", run), agent.APINative)
+			var cuts []string
+			for c := 0; c < 3; c++ {
+				mode := sweepModes[rng.IntN(len(sweepModes))]
+				at := 1 + rng.IntN(total)
+				fm := mode
+				if mode == cutCorrupt {
+					fm = slotfile.CutAfter
+				}
+				d.fault = &slotfile.FaultDisk{Inner: d.disk, CutAt: at, Mode: fm}
+				// Run boots until this cut fires (or the update is over).
+				for i := 0; i < 8 && !d.fault.Dead(); i++ {
+					res, err := d.cycle()
+					if err == nil && !d.boot.Trial && !res.Updated {
+						break
+					}
+				}
+				if mode == cutCorrupt && d.fault.Dead() {
+					corruptNewestState(t, d.dir)
+				}
+				cuts = append(cuts, fmt.Sprintf("%s@%d", modeName(mode), at))
+			}
+			d.settle(t, images)
+			if d.running() != want {
+				t.Fatalf("%s run %d (cuts %v): ended on %s, want %s", b, run, cuts, d.running(), want)
+			}
+		}
+		t.Logf("%s: %d runs of 3 chained cuts, 0 bricks", b, runs)
+	}
 }

@@ -77,10 +77,18 @@ func Format(disk Disk, slotSize int64, factory []byte, img agent.Image) error {
 	if err := disk.Sync(slotFile(0)); err != nil {
 		return err
 	}
-	rec := record{Seq: 1, Next: 0, SecurityCounter: img.SecurityCounter}
+	rec := record{Seq: 0, Next: 0, SecurityCounter: img.SecurityCounter}
 	rec.Slots[0] = agent.SlotStatus{State: agent.ImageValid, Image: img}
 	rec.Slots[1] = agent.SlotStatus{State: agent.ImageEmpty}
-	return saveRecord(disk, &rec)
+	// Both copies from the start: damage to either one is survivable even
+	// before the first update writes the second.
+	for seq := range uint64(2) {
+		rec.Seq = seq
+		if err := saveRecord(disk, &rec); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Formatted reports whether the disk holds boot state.
