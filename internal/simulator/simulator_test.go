@@ -169,3 +169,53 @@ func TestDeviceResumesWorkAfterFailedUpdate(t *testing.T) {
 		t.Fatalf("polling stopped for %v outside update attempts", gap)
 	}
 }
+
+// The server disappears for good in the middle of a download: the agent
+// gives up within its update deadline, the device keeps its image, and data
+// collection resumes, never paused longer than that deadline.
+func TestServerGoneMidDownload(t *testing.T) {
+	s := testserver.New(t)
+	log := &eventLog{}
+	psk := s.AddDevice("sim3", "1.0.3")
+	var mu sync.Mutex
+	progressed := false
+	d, err := New(Config{
+		Agent: agent.Config{Server: s.URL, DeviceID: "sim3", PSK: psk, Hardware: "esp32", TrustedKey: s.Signer.Public(), FirmwareKey: s.FWKey,
+			CheckInterval: 50 * time.Millisecond, UpdateTimeout: 2 * time.Second, RequestTimeout: 200 * time.Millisecond,
+			ChunksPerRequest: 1, Retry: agent.RetryPolicy{Attempts: 4, Base: 20 * time.Millisecond, Max: 100 * time.Millisecond}},
+		StateDir: t.TempDir(), FactoryVersion: "1.0.3", PollInterval: 10 * time.Millisecond, UploadInterval: 40 * time.Millisecond,
+		OnEvent: func(e Event) {
+			log.add(e)
+			if e.Progress != nil && e.Progress.State == agent.StateDownloading && e.Progress.Percent > 10 {
+				mu.Lock()
+				progressed = true
+				mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	waitFor(t, "first boot", func() bool { return d.Running() == "1.0.3" })
+	s.PublishSample("1.0.4", firmware.Healthy, 1<<20)
+	waitFor(t, "download under way", func() bool { mu.Lock(); defer mu.Unlock(); return progressed })
+	s.HTTP.CloseClientConnections()
+	s.HTTP.Close() // gone for good
+	waitFor(t, "the agent to give up", func() bool { return log.count("resumed") > 0 })
+	time.Sleep(300 * time.Millisecond) // later checks fail quietly; work goes on
+	cancel()
+	<-done
+	if d.Running() != "1.0.3" {
+		t.Fatalf("running %s", d.Running())
+	}
+	if p := d.LongestPause(); p > 2500*time.Millisecond {
+		t.Fatalf("data collection paused for %v, the update deadline is 2s", p)
+	}
+	if gap := d.MaxPollGap(); gap > 500*time.Millisecond {
+		t.Fatalf("polling stopped for %v outside the update", gap)
+	}
+	t.Logf("longest pause %v, longest gap between polls outside it %v", d.LongestPause().Round(time.Millisecond), d.MaxPollGap().Round(time.Millisecond))
+}
