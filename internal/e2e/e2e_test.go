@@ -485,3 +485,79 @@ func TestServeTLS(t *testing.T) {
 	}
 	srv.stop(t)
 }
+
+// TestServerCrashConsistency kills the server with SIGKILL in the middle of
+// a bundle upload and in the middle of a download: after a restart there is
+// no half release, no leftover blob, and the device finishes its download.
+func TestServerCrashConsistency(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	fota(t, dir, nil, "firmware", "sample", "--version", "1.0.4", "--size", "2MiB", "-o", "app.bin")
+	fota(t, dir, nil, "release", "build", "--keys", "keys", "-o", "app.fota", "app.bin")
+	bundleBytes, _ := os.ReadFile(filepath.Join(dir, "app.fota"))
+	srv := startServer(t, dir)
+	token := srv.token
+
+	// Upload half the bundle slowly, then kill the server.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(bundleBytes[:len(bundleBytes)/2])
+		time.Sleep(2 * time.Second)
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+	}()
+	req, _ := http.NewRequest("POST", srv.url+"/v1/admin/releases", pr)
+	req.Header.Set("Authorization", "Bearer "+token)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	srv.cmd.Process.Signal(syscall.SIGKILL)
+	<-srv.done
+	<-errc
+	tmp, _ := os.ReadDir(filepath.Join(dir, "data", "blobs", "tmp"))
+	t.Logf("after SIGKILL mid-upload: %d temporary blob(s) on disk", len(tmp))
+
+	srv = startServer(t, dir)
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + token}
+	if list := fota(t, dir, env, "release", "list"); strings.Contains(list, "1.0.4") {
+		t.Fatalf("a half-uploaded release is listed:\n%s", list)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "data", "blobs", "tmp")); len(tmp) != 0 {
+		t.Fatalf("%d temporary blobs survived the restart", len(tmp))
+	}
+	if blobs, _ := filepath.Glob(filepath.Join(dir, "data", "blobs", "[0-9a-f]*")); len(blobs) != 0 {
+		t.Fatalf("blobs without a release: %v", blobs)
+	}
+	fota(t, dir, env, "release", "publish", "app.fota")
+	fota(t, dir, env, "device", "add", "--id", "crash-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "crash.json")
+
+	// Download half, kill the server, restart, finish.
+	cred := readCredentials(t, filepath.Join(dir, "crash.json"))
+	c := nativeCheckIn(t, srv.url, cred)
+	ct := nativeChunks(t, srv.url, cred, c, 0, c.Chunks/2)
+	srv.cmd.Process.Signal(syscall.SIGKILL)
+	<-srv.done
+	srv = startServer(t, dir)
+	c2 := nativeCheckIn(t, srv.url, cred)
+	if c2.SessionID != c.SessionID {
+		t.Fatalf("the session did not survive SIGKILL: %s -> %s", c.SessionID, c2.SessionID)
+	}
+	ct = append(ct, nativeChunks(t, srv.url, cred, c2, c.Chunks/2, c2.Chunks)...)
+	fwKey, _ := os.ReadFile(filepath.Join(dir, "keys", "firmware.key"))
+	var m struct {
+		IV string `json:"iv"`
+	}
+	manifest, _ := base64.StdEncoding.DecodeString(c2.Manifest)
+	json.Unmarshal(manifest, &m)
+	iv, _ := hex.DecodeString(m.IV)
+	firmware, _ := os.ReadFile(filepath.Join(dir, "app.bin"))
+	if fw := decrypt(t, fwKey, iv, ct); !bytes.Equal(fw, firmware) {
+		t.Fatal("firmware differs after a server SIGKILL mid-download")
+	}
+	srv.stop(t)
+}

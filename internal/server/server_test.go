@@ -507,3 +507,27 @@ func TestLegacyRefusesNonRSARelease(t *testing.T) {
 }
 
 func jsonDecode(r io.Reader, v any) error { return json.NewDecoder(r).Decode(v) }
+
+// A crash between committing a blob and recording its release leaves a
+// blob no release refers to; the sweep at start removes it, and only it.
+func TestSweepBlobsRemovesOrphans(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 3000)
+	tmp, err := e.blobs.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp.Write([]byte("orphan"))
+	orphan := strings.Repeat("ab", 32)
+	if err := tmp.Commit(orphan); err != nil {
+		t.Fatal(err)
+	}
+	n, err := SweepBlobs(context.Background(), e.store, e.blobs)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep removed %d, %v; want 1", n, err)
+	}
+	left, _ := e.blobs.Keys()
+	if len(left) != 1 || left[0] == orphan {
+		t.Fatalf("blobs left: %v", left)
+	}
+}
