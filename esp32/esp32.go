@@ -41,6 +41,10 @@ const (
 // application descriptor; the caller must be told the version explicitly.
 var ErrNotESP32 = errors.New("not an ESP32 application image")
 
+// ErrBadDescriptor means the image has an app descriptor that breaks
+// ESP-IDF's rules (a string field without its terminating NUL).
+var ErrBadDescriptor = errors.New("malformed ESP32 app descriptor")
+
 // chips maps esp_chip_id_t values to the names used as hardware identifiers.
 var chips = map[uint16]string{
 	0x0000: "esp32",
@@ -91,11 +95,21 @@ func Parse(head []byte) (AppInfo, error) {
 	info := AppInfo{
 		ChipID:        binary.LittleEndian.Uint16(head[12:14]),
 		SecureVersion: binary.LittleEndian.Uint32(desc[4:8]),
-		Version:       cString(desc[0x10:0x30]),
-		ProjectName:   cString(desc[0x30:0x50]),
-		Time:          cString(desc[0x50:0x60]),
-		Date:          cString(desc[0x60:0x70]),
-		IDFVersion:    cString(desc[0x70:0x90]),
+	}
+	for _, f := range []struct {
+		name string
+		dst  *string
+		raw  []byte
+	}{
+		{"version", &info.Version, desc[0x10:0x30]}, {"project_name", &info.ProjectName, desc[0x30:0x50]},
+		{"time", &info.Time, desc[0x50:0x60]}, {"date", &info.Date, desc[0x60:0x70]}, {"idf_ver", &info.IDFVersion, desc[0x70:0x90]},
+	} {
+		// ESP-IDF always NUL-terminates these; a full field is a damaged or forged descriptor.
+		i := bytes.IndexByte(f.raw, 0)
+		if i < 0 {
+			return AppInfo{}, fmt.Errorf("%w: %s field has no terminating NUL", ErrBadDescriptor, f.name)
+		}
+		*f.dst = string(f.raw[:i])
 	}
 	info.Chip = chips[info.ChipID]
 	if info.Chip == "" {
@@ -113,14 +127,6 @@ func ReadInfo(r io.Reader) (AppInfo, error) {
 		return AppInfo{}, fmt.Errorf("read image header: %w", err)
 	}
 	return Parse(head[:n])
-}
-
-// cString returns the bytes up to the first NUL, as ESP-IDF's char arrays hold them.
-func cString(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(b)
 }
 
 // BuildImage returns a well-formed single-segment ESP32 application image:

@@ -51,6 +51,14 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+func TestParseRejectsUnterminatedField(t *testing.T) {
+	img, _ := BuildImage(AppInfo{Version: "1.0.0"}, nil)
+	copy(img[DescriptorOffset+0x10:], bytes.Repeat([]byte("9"), 32)) // version fills its field
+	if _, err := Parse(img); !errors.Is(err, ErrBadDescriptor) {
+		t.Fatalf("version without NUL: %v", err)
+	}
+}
+
 func TestBuildImageRejectsLongFields(t *testing.T) {
 	if _, err := BuildImage(AppInfo{Version: string(bytes.Repeat([]byte("1"), 32))}, nil); err == nil {
 		t.Fatal("a 32-character version leaves no room for the NUL and must be refused")
@@ -83,6 +91,9 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		info, err := Parse(b)
 		if err != nil {
+			if !errors.Is(err, ErrNotESP32) && !errors.Is(err, ErrBadDescriptor) {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
 			return
 		}
 		if len(info.Version) >= 32 || len(info.ProjectName) >= 32 {
