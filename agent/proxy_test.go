@@ -55,8 +55,16 @@ type countingConn struct {
 	n *atomic.Int64
 }
 
-func (c countingConn) Read(b []byte) (int, error)  { n, err := c.Conn.Read(b); c.n.Add(int64(n)); return n, err }
-func (c countingConn) Write(b []byte) (int, error) { n, err := c.Conn.Write(b); c.n.Add(int64(n)); return n, err }
+func (c countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+func (c countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
 
 func (p *faultProxy) serve() {
 	transport := &http.Transport{MaxIdleConnsPerHost: 8}

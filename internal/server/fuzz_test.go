@@ -87,4 +87,3 @@ func FuzzNativeRequest(f *testing.F) {
 		}
 	})
 }
-
