@@ -38,10 +38,12 @@ type BuildOptions struct {
 	TempDir string
 }
 
-// Build reads firmware, encrypts it and writes a signed bundle to dst. It
-// reads the firmware once and keeps memory constant: the ciphertext is
-// spooled to a temporary file because the manifest, which precedes it,
-// holds its digest. The result's manifest is returned.
+// Build reads firmware, encrypts it and writes a signed bundle to dst,
+// keeping memory constant whatever the firmware's size, and returns the
+// manifest. When dst is a file (io.WriterAt and io.Seeker: the bundle is
+// written at its current offset), the firmware is seekable and the key's
+// signatures have a fixed size (RSA, Ed25519), the ciphertext goes straight
+// to its place; otherwise it is spooled to a temporary file in TempDir.
 func Build(dst io.Writer, firmware io.Reader, opts BuildOptions) (*Manifest, error) {
 	if opts.Signer == nil {
 		return nil, errors.New("build bundle: no signing key")
@@ -75,6 +77,20 @@ func Build(dst io.Writer, firmware io.Reader, opts BuildOptions) (*Manifest, err
 		return nil, fmt.Errorf("build bundle: %w", err)
 	}
 
+	if out, ok := dst.(seekWriterAt); ok {
+		if in, ok := firmware.(io.ReadSeeker); ok {
+			if _, fixed := opts.Signer.SignatureSize(); fixed {
+				return buildInPlace(out, in, m, iv, opts)
+			}
+		}
+	}
+	return buildSpooled(dst, firmware, m, iv, opts)
+}
+
+// buildSpooled reads the firmware once, spooling the ciphertext to a
+// temporary file because the manifest, which precedes it, holds its digest.
+func buildSpooled(dst io.Writer, firmware io.Reader, m *Manifest, iv []byte, opts BuildOptions) (*Manifest, error) {
+	dst = bufio.NewWriterSize(dst, 64<<10)
 	spool, err := os.CreateTemp(opts.TempDir, "fota-payload-*")
 	if err != nil {
 		return nil, fmt.Errorf("build bundle: spool ciphertext: %w", err)
@@ -127,22 +143,7 @@ func Build(dst io.Writer, firmware io.Reader, opts BuildOptions) (*Manifest, err
 	if err != nil {
 		return nil, fmt.Errorf("build bundle: encode manifest: %w", err)
 	}
-	// An RSA signature costs about a millisecond: make the two at once.
-	var legacy []byte
-	legacyErr := make(chan error, 1)
-	if opts.Signer.Alg() == keys.AlgRSA {
-		go func() {
-			var err error
-			legacy, err = opts.Signer.SignDigest(m.PlaintextDigest())
-			legacyErr <- err
-		}()
-	} else {
-		legacyErr <- nil
-	}
-	sig, err := opts.Signer.Sign(manifestBytes)
-	if lerr := <-legacyErr; err == nil {
-		err = lerr
-	}
+	sig, legacy, err := signBoth(opts.Signer, manifestBytes, m.PlaintextDigest())
 	if err != nil {
 		return nil, fmt.Errorf("build bundle: %w", err)
 	}
@@ -158,7 +159,141 @@ func Build(dst io.Writer, firmware io.Reader, opts BuildOptions) (*Manifest, err
 	if _, err := io.Copy(dst, spool); err != nil {
 		return nil, fmt.Errorf("build bundle: write ciphertext: %w", err)
 	}
+	if err := dst.(*bufio.Writer).Flush(); err != nil {
+		return nil, fmt.Errorf("build bundle: write: %w", err)
+	}
 	return m, nil
+}
+
+// seekWriterAt is an output a bundle can be written into out of order: a file.
+type seekWriterAt interface {
+	io.WriterAt
+	io.Seeker
+}
+
+// buildInPlace writes the ciphertext straight to its final place in dst,
+// with no spool: the firmware is seekable, so its size is known before
+// encrypting, and with fixed-size signatures so is the manifest's length
+// (its digests are fixed-width hex). The envelope is written last.
+func buildInPlace(dst seekWriterAt, firmware io.ReadSeeker, m *Manifest, iv []byte, opts BuildOptions) (*Manifest, error) {
+	base, err := dst.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	start, err := firmware.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: read firmware: %w", err)
+	}
+	end, err := firmware.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: read firmware: %w", err)
+	}
+	ptSize := end - start
+	switch {
+	case ptSize == 0:
+		return nil, fmt.Errorf("build bundle: %w: firmware is empty", ErrMalformed)
+	case ptSize > MaxFirmwareSize:
+		return nil, fmt.Errorf("build bundle: %w: firmware is larger than %d bytes", ErrTooLarge, MaxFirmwareSize)
+	}
+	if _, err := firmware.Seek(start, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("build bundle: read firmware: %w", err)
+	}
+	m.PlaintextSize, m.CiphertextSize = ptSize, paddedSize(ptSize)
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	sigLen, _ := opts.Signer.SignatureSize()
+	legacyLen := 0
+	if opts.Signer.Alg() == keys.AlgRSA {
+		legacyLen = sigLen
+	}
+	draft, err := jsonMarshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: encode manifest: %w", err)
+	}
+	payloadAt := base + int64(HeaderSize+len(draft)+sigLen+legacyLen)
+
+	// As in the spooled build: hashing and writing on other goroutines,
+	// encryption here. (Hashing the plaintext ahead on a second reader, to
+	// make the legacy signature during encryption, was tried: three busy
+	// goroutines on two cores made a 1 MiB build 10% slower.)
+	ptHash, ctHash := sha256.New(), sha256.New()
+	out := &offsetWriter{w: dst, off: payloadAt}
+	ptSink := newAsyncWriter(ptHash)
+	ctSink := newAsyncWriter(io.MultiWriter(ctHash, out))
+	enc, err := newEncrypter(ctSink, opts.FirmwareKey, iv)
+	if err != nil {
+		ptSink.Close()
+		ctSink.Close()
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(ptSink, enc), io.LimitReader(firmware, ptSize), make([]byte, streamBuffer))
+	if err == nil {
+		err = enc.Close()
+	}
+	if perr, cerr := ptSink.Close(), ctSink.Close(); err == nil {
+		err = errors.Join(perr, cerr)
+	}
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("build bundle: %w", err)
+	case n != ptSize:
+		return nil, fmt.Errorf("build bundle: firmware changed while it was read (%d bytes, then %d)", ptSize, n)
+	}
+	m.PlaintextSHA256 = hex.EncodeToString(ptHash.Sum(nil))
+	m.CiphertextSHA256 = hex.EncodeToString(ctHash.Sum(nil))
+	manifestBytes, err := jsonMarshal(m)
+	if err != nil || len(manifestBytes) != len(draft) {
+		return nil, fmt.Errorf("build bundle: manifest length changed (%d, then %d)", len(draft), len(manifestBytes))
+	}
+	sig, legacy, err := signBoth(opts.Signer, manifestBytes, m.PlaintextDigest())
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	if len(sig) != sigLen || len(legacy) != legacyLen {
+		return nil, fmt.Errorf("build bundle: signatures are %d and %d bytes, expected %d and %d", len(sig), len(legacy), sigLen, legacyLen)
+	}
+	hdr := header{manifestLen: uint32(len(manifestBytes)), signatureLen: uint16(len(sig)), legacyLen: uint16(len(legacy))}
+	if _, err := dst.WriteAt(bytes.Join([][]byte{hdr.marshal(), manifestBytes, sig, legacy}, nil), base); err != nil {
+		return nil, fmt.Errorf("build bundle: write: %w", err)
+	}
+	if _, err := dst.Seek(out.off, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	return m, nil
+}
+
+// signBoth makes the manifest signature and, for RSA keys, the legacy
+// signature over the plaintext digest. An RSA signature costs about a
+// millisecond: the two are made at once.
+func signBoth(signer *keys.SigningKey, manifest []byte, digest [32]byte) (sig, legacy []byte, err error) {
+	legacyErr := make(chan error, 1)
+	if signer.Alg() == keys.AlgRSA {
+		go func() {
+			var err error
+			legacy, err = signer.SignDigest(digest)
+			legacyErr <- err
+		}()
+	} else {
+		legacyErr <- nil
+	}
+	sig, err = signer.Sign(manifest)
+	if lerr := <-legacyErr; err == nil {
+		err = lerr
+	}
+	return sig, legacy, err
+}
+
+// offsetWriter writes sequentially through WriteAt from an offset.
+type offsetWriter struct {
+	w   io.WriterAt
+	off int64
+}
+
+func (o *offsetWriter) Write(p []byte) (int, error) {
+	n, err := o.w.WriteAt(p, o.off)
+	o.off += int64(n)
+	return n, err
 }
 
 // jsonMarshal encodes a manifest the one way fota writes it: indented, so

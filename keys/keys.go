@@ -122,6 +122,18 @@ func (k *SigningKey) Public() *PublicKey {
 	return pub
 }
 
+// SignatureSize returns the length of every signature this key makes, or
+// false when it varies (ECDSA's ASN.1 encoding).
+func (k *SigningKey) SignatureSize() (int, bool) {
+	switch p := k.signer.Public().(type) {
+	case *rsa.PublicKey:
+		return p.Size(), true
+	case ed25519.PublicKey:
+		return ed25519.SignatureSize, true
+	}
+	return 0, false
+}
+
 // Sign signs msg: RSA PKCS#1 v1.5 and ECDSA over its SHA-256, Ed25519 over msg itself.
 func (k *SigningKey) Sign(msg []byte) ([]byte, error) {
 	var sig []byte

@@ -119,12 +119,9 @@ func runReleaseBuild(e *env, args []string) error {
 	opts.TempDir = filepath.Dir(*out)
 	var m *bundle.Manifest
 	err = writeAtomic(*out, 0o644, *force, func(f *os.File) error {
-		w := bufio.NewWriterSize(f, 64<<10)
 		var err error
-		if m, err = bundle.Build(w, firmware, opts); err != nil {
-			return err
-		}
-		return w.Flush()
+		m, err = bundle.Build(f, firmware, opts)
+		return err
 	})
 	if err != nil {
 		return err
