@@ -340,10 +340,15 @@ func (a *Agent) save(key string, v any) error {
 	return nil
 }
 
-// queue adds a report to the persisted outbox.
+// queue adds a report to the persisted outbox, once.
 func (a *Agent) queue(r report) error {
 	var box []report
 	a.load(keyOutbox, &box)
+	for _, q := range box {
+		if q == r {
+			return nil
+		}
+	}
 	box = append(box, r)
 	if len(box) > 32 { // a device offline for long keeps the latest
 		box = box[len(box)-32:]
@@ -361,6 +366,16 @@ func (a *Agent) Flush(ctx context.Context) error {
 	var firstErr error
 	kept := box[:0]
 	for _, r := range box {
+		if r.Status == "confirmed" && r.Version != a.boot.Image.Version {
+			// Queued before a confirm that never completed (power went, and
+			// the image ran out of trial boots): it is not the truth anymore.
+			a.log.Warn("dropping the report of a confirm that did not complete", "release_version", r.Version)
+			continue
+		}
+		if r.Status == "confirmed" && a.boot.Trial {
+			kept = append(kept, r) // the image has not confirmed itself yet on this boot
+			continue
+		}
 		err := a.src.send(ctx, r)
 		switch {
 		case err == nil:

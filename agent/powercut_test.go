@@ -52,7 +52,7 @@ func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 			t.Fatalf("bricked: %v", err)
 		}
 		if err != nil {
-			t.Fatalf("cycle %d: %v", i, err)
+			t.Fatalf("cycle %d: %v (server events: %v)", i, err, d.h.events(d.id))
 		}
 		if i == 0 {
 			first = d.boot
@@ -314,10 +314,10 @@ func TestPowerCutSweep(t *testing.T) {
 func TestChainedPowerCuts(t *testing.T) {
 	size, runs := sweepSize()
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d (rerun with FOTA_CUT_SEED=%d)", seed, seed)
 	if s := os.Getenv("FOTA_CUT_SEED"); s != "" {
 		fmt.Sscan(s, &seed)
 	}
+	t.Logf("seed %d (rerun with FOTA_CUT_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 3))
 	for _, b := range []firmware.Behaviour{firmware.Healthy, firmware.FailSelfTest} {
 		h := newHarness(t)
@@ -326,6 +326,7 @@ func TestChainedPowerCuts(t *testing.T) {
 		counts, _ := countOps(t, h, b)
 		total := counts[0] + counts[1]
 		want := map[firmware.Behaviour]string{firmware.Healthy: "1.0.4", firmware.FailSelfTest: "1.0.3"}[b]
+		outOfBoots := 0
 		for run := 0; run < runs; run++ {
 			d := newDev(h, fmt.Sprintf("chain-%d", run), agent.APINative)
 			var cuts []string
@@ -351,9 +352,70 @@ func TestChainedPowerCuts(t *testing.T) {
 			}
 			d.settle(t, images)
 			if d.running() != want {
-				t.Fatalf("%s run %d (cuts %v): ended on %s, want %s", b, run, cuts, d.running(), want)
+				// Every trial boot of a healthy image can be cut before it
+				// confirms itself; the boot step then rolls back, as it must
+				// for an image that never confirms. That, and only that, may
+				// end a healthy run on the old version.
+				evs := strings.Join(h.events(d.id), ", ")
+				if b != firmware.Healthy || !strings.Contains(evs, "rolled-back 1.0.4") || !d.rolledBackUnconfirmed() {
+					t.Fatalf("%s run %d (cuts %v): ended on %s, want %s; server: %s", b, run, cuts, d.running(), want, evs)
+				}
+				outOfBoots++
+			}
+			if dv, err := h.admin.Device(t_ctx, d.id); err != nil || dv.Device.Version != d.running() {
+				t.Fatalf("%s run %d (cuts %v): the server thinks the device runs %s, it runs %s", b, run, cuts, dv.Device.Version, d.running())
 			}
 		}
-		t.Logf("%s: %d runs of 3 chained cuts, 0 bricks", b, runs)
+		t.Logf("%s: %d runs of 3 chained cuts, 0 bricks, %d healthy runs rolled back because every trial boot was cut", b, runs, outOfBoots)
+	}
+}
+
+// rolledBackUnconfirmed reports whether the device's boot state shows the
+// new image rejected for not confirming within its trial boots.
+func (d *device) rolledBackUnconfirmed() bool {
+	st, _ := d.slots.Status()
+	for _, sl := range st.Slots {
+		if sl.Image.Version == "1.0.4" && sl.State == agent.ImageInvalid {
+			return true
+		}
+	}
+	return false
+}
+
+// TestUnfinishedConfirmIsNotReported: the confirm report is queued before
+// the confirm, so a cut between them must not let the server believe a
+// confirm that never happened. Power is cut right after the queueing on
+// every trial boot until the boot step rolls back; the server must hear
+// the rollback, not a confirm.
+func TestUnfinishedConfirmIsNotReported(t *testing.T) {
+	h := newHarness(t)
+	publishCounted(h, firmware.Healthy, 12<<10)
+	d := newDev(h, "dev1", agent.APINative)
+	if err := phaseInstall(d); err != nil {
+		t.Fatal(err)
+	}
+	for boot := 1; boot <= 3; boot++ {
+		d.fault = &slotfile.FaultDisk{Inner: d.disk}
+		if err := d.powerOn(); err != nil {
+			t.Fatal(err)
+		}
+		if !d.boot.Trial {
+			t.Fatalf("boot %d is not a trial boot", boot)
+		}
+		// Confirm = queue the report (5 operations; none once it is queued),
+		// then mark the image valid: cut at the marking.
+		skip := 1
+		if boot == 1 {
+			skip = 6
+		}
+		d.fault.CutAt = d.fault.Ops() + skip
+		if err := d.selfTest(); !errors.Is(err, slotfile.ErrPowerCut) {
+			t.Fatalf("boot %d: confirm ended with %v, want the cut", boot, err)
+		}
+	}
+	d.settle(t, nil)
+	evs := strings.Join(h.events(d.id), ", ")
+	if d.running() != "1.0.3" || strings.Contains(evs, "confirmed") || !strings.Contains(evs, "rolled-back 1.0.4") {
+		t.Fatalf("running %s; server heard: %s", d.running(), evs)
 	}
 }
