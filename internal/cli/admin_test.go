@@ -27,7 +27,7 @@ func adminEnv(t *testing.T) (dir, keyDir string) {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv)
-	t.Cleanup(hs.Close)
+	t.Cleanup(func() { hs.Close(); srv.Close() })
 	token, err := createToken(context.Background(), store, "test")
 	if err != nil {
 		t.Fatal(err)

@@ -204,6 +204,7 @@ func runDemo(e *env, args []string) error {
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
+	defer srv.Close()
 	defer hs.Close()
 	url := "http://" + ln.Addr().String()
 	token, err := createToken(ctx, store, "demo")

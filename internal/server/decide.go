@@ -136,27 +136,30 @@ func (s *Server) openOrResume(ctx context.Context, d *fota.Device, r *fota.Relea
 	if err := s.store.OpenSession(ctx, sess, s.maxSessions); err != nil {
 		return nil, err
 	}
+	if active != nil {
+		s.progress.flush(ctx, active.ID)
+		s.hot.forgetSession(active)
+	}
+	s.hot.forgetSession(sess)
+	s.hot.opened(sess)
 	s.log.Info("session opened", "device_id", d.ID, "session_id", id, "release_version", r.Version, "api", api)
 	return sess, nil
 }
 
-// progressStep is how many chunks may be served between progress writes:
-// about 1% of the release (at least 32 chunks), so a session costs at most
-// ~100 writes whatever its size.
-func progressStep(total int) int { return max(32, total/100) }
-
 // outOfSequenceWindow is how far ahead of the recorded progress a device may
-// ask; earlier chunks can always be fetched again.
-func outOfSequenceWindow(total int) int { return progressStep(total) + 64 }
+// ask (recorded progress can lag what another replica served by a flush);
+// earlier chunks can always be fetched again.
+func outOfSequenceWindow(total int) int { return max(32, total/100) + 64 }
 
-// served records that chunks before next were served, writing only when
-// the recorded progress lags by a step or the last chunk went out.
-// BytesServed counts each ciphertext byte once, however often re-fetched.
+// served notes that chunks before next were served; the progress tracker
+// writes it within half a second. BytesServed counts each ciphertext byte
+// once, however often re-fetched.
 func (s *Server) served(ctx context.Context, sess *fota.Session, r *fota.Release, next int) error {
-	if next <= sess.NextChunk || next < sess.NextChunk+progressStep(sess.TotalChunks) && next < sess.TotalChunks {
+	prev := s.hot.advance(sess, next)
+	if next <= prev {
 		return nil
 	}
 	end := min(int64(next)*int64(r.ChunkSize), r.CiphertextSize)
-	start := int64(sess.NextChunk) * int64(r.ChunkSize)
-	return s.store.RecordProgress(ctx, sess.ID, next, end-start)
+	s.progress.note(sess.ID, next, end-int64(prev)*int64(r.ChunkSize))
+	return nil
 }

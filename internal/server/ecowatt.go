@@ -151,37 +151,44 @@ type legacyProgress struct {
 }
 
 // legacySession checks the target's fields and finds the device's open
-// EcoWatt-API session for that version.
-func (s *Server) legacySession(r *http.Request, t legacyTarget) (*fota.Session, *fota.Release, *fota.Device, error) {
+// EcoWatt-API session for that version, and the device's key: a session
+// snapshot for the chunk path, from the store when fresh is set.
+func (s *Server) legacySession(r *http.Request, t legacyTarget, fresh bool) (*fota.Session, *fota.Release, protocol.PSK, error) {
+	var psk protocol.PSK
 	deviceID, err := deviceIDField(t.DeviceID)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, psk, err
 	}
 	version, err := requireString("version", t.Version)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, psk, err
 	}
 	info(r).deviceID = deviceID
 	ctx := r.Context()
-	d, err := s.store.Device(ctx, deviceID)
+	psk, err = s.deviceKey(ctx, deviceID)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, psk, err
 	}
-	sess, err := s.store.ActiveSession(ctx, deviceID)
+	var sess *fota.Session
+	if fresh {
+		sess, err = s.store.ActiveSession(ctx, deviceID)
+	} else {
+		sess, err = s.activeSessionOf(ctx, deviceID)
+	}
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, psk, err
 	}
 	if sess.API != fota.APIEcoWatt {
-		return nil, nil, nil, fota.Errorf(fota.ENOTFOUND, "device %q has no open session on this API; call /ota/check first", deviceID)
+		return nil, nil, psk, fota.Errorf(fota.ENOTFOUND, "device %q has no open session on this API; call /ota/check first", deviceID)
 	}
 	if sess.ReleaseVersion != version {
-		return nil, nil, nil, fota.Errorf(fota.EINVALID, "the open session is for version %s, not %s; call /ota/check again", sess.ReleaseVersion, truncate(version, 40))
+		return nil, nil, psk, fota.Errorf(fota.EINVALID, "the open session is for version %s, not %s; call /ota/check again", sess.ReleaseVersion, truncate(version, 40))
 	}
 	rel, err := s.releases.get(ctx, sess.ReleaseID)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, psk, err
 	}
-	return sess, rel, d, nil
+	return sess, rel, psk, nil
 }
 
 func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
@@ -189,7 +196,7 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
 		return err
 	}
-	sess, rel, d, err := s.legacySession(r, req.legacyTarget)
+	sess, rel, psk, err := s.legacySession(r, req.legacyTarget, false)
 	if err != nil {
 		return err
 	}
@@ -201,8 +208,8 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	if n < 0 || n >= int64(total) {
 		return fota.Errorf(fota.EINVALID, "chunk_number %d is out of range: release %s has chunks 0 to %d", n, rel.Version, total-1)
 	}
-	if n > int64(sess.NextChunk+outOfSequenceWindow(total)) {
-		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, sess.NextChunk)
+	if far, next := s.hot.tooFarAhead(sess, int(n)); far {
+		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, next)
 	}
 	idx := int(n)
 	buf := make([]byte, chunkLen(rel, idx))
@@ -210,7 +217,7 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	size := len(buf)
-	mac := protocol.LegacyChunkMAC(d.PSK, idx, buf)
+	mac := protocol.LegacyChunkMAC(psk, idx, buf)
 	if err := s.served(r.Context(), sess, rel, idx+1); err != nil {
 		return err
 	}
@@ -251,7 +258,7 @@ func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxDeviceBody, &req); err != nil {
 		return err
 	}
-	sess, _, _, err := s.legacySession(r, req.legacyTarget)
+	sess, _, _, err := s.legacySession(r, req.legacyTarget, true)
 	if err != nil {
 		return err
 	}
@@ -262,7 +269,7 @@ func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
 	if !*req.Verified {
 		state, reason, msg = fota.SessionFailed, "device reported that verification failed", "verification failure recorded"
 	}
-	if err := s.store.SetSessionState(r.Context(), sess.ID, state, reason); err != nil {
+	if err := s.setState(r.Context(), sess, state, reason); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": msg})
@@ -291,11 +298,11 @@ func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return fota.Errorf(fota.EINVALID, "boot_status %q: want \"success\" or \"failed\"", truncate(status, 40))
 	}
-	sess, _, _, err := s.legacySession(r, req.legacyTarget)
+	sess, _, _, err := s.legacySession(r, req.legacyTarget, true)
 	if err != nil {
 		return err
 	}
-	if err := s.store.SetSessionState(r.Context(), sess.ID, state, reason); err != nil {
+	if err := s.setState(r.Context(), sess, state, reason); err != nil {
 		return err
 	}
 	s.log.Info("update "+state, "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion)

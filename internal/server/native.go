@@ -24,9 +24,15 @@ import (
 // maxChunksResponse bounds the data of one chunks request.
 const maxChunksResponse = 4 << 20
 
-type deviceKey struct{}
+type authedKey struct{}
 
-func authedDevice(r *http.Request) *fota.Device { return r.Context().Value(deviceKey{}).(*fota.Device) }
+// authed is the device a request was authenticated as.
+type authed struct {
+	ID  string
+	PSK protocol.PSK
+}
+
+func authedDevice(r *http.Request) *authed { return r.Context().Value(authedKey{}).(*authed) }
 
 // device authenticates a native API request: the device's HMAC over
 // method, request URI, device id, timestamp, nonce and body hash; a
@@ -66,14 +72,14 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 		if err != nil {
 			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", maxDeviceBody)
 		}
-		d, err := s.store.Device(r.Context(), id)
+		psk, err := s.deviceKey(r.Context(), id)
 		if fota.ErrorCode(err) == fota.ENOTFOUND {
 			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
 		}
 		if err != nil {
 			return err
 		}
-		want := protocol.RequestMAC(d.PSK, protocol.CanonicalRequest(r.Method, r.URL.RequestURI(), id, ts, nonce, sha256.Sum256(body)))
+		want := protocol.RequestMAC(psk, protocol.CanonicalRequest(r.Method, r.URL.RequestURI(), id, ts, nonce, sha256.Sum256(body)))
 		if !hmac.Equal(want[:], mac) {
 			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
 		}
@@ -85,7 +91,7 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 			}
 			return err
 		}
-		return h(w, r.WithContext(context.WithValue(r.Context(), deviceKey{}, d)), body)
+		return h(w, r.WithContext(context.WithValue(r.Context(), authedKey{}, &authed{ID: id, PSK: psk})), body)
 	}
 }
 
@@ -110,11 +116,14 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 	if _, err := semver.Parse(req.Version); err != nil {
 		return fota.Errorf(fota.EINVALID, "field \"version\": %q is not a semantic version like 1.0.4", truncate(req.Version, 40))
 	}
-	d := authedDevice(r)
+	ctx := r.Context()
+	d, err := s.store.Device(ctx, authedDevice(r).ID)
+	if err != nil {
+		return err
+	}
 	if req.Hardware != "" && req.Hardware != d.Hardware {
 		return fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(req.Hardware, 32), d.Hardware)
 	}
-	ctx := r.Context()
 	if err := s.store.DeviceSeen(ctx, d.ID, req.Version, s.now()); err != nil {
 		return err
 	}
@@ -144,10 +153,17 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 	})
 }
 
-// deviceSession loads the path's session, which must belong to the device.
-func (s *Server) deviceSession(r *http.Request) (*fota.Session, *fota.Release, error) {
+// deviceSession loads the path's session, which must belong to the device:
+// a snapshot for the chunk path, from the store when fresh is set.
+func (s *Server) deviceSession(r *http.Request, fresh bool) (*fota.Session, *fota.Release, error) {
 	d := authedDevice(r)
-	sess, err := s.store.Session(r.Context(), r.PathValue("id"))
+	var sess *fota.Session
+	var err error
+	if fresh {
+		sess, err = s.store.Session(r.Context(), r.PathValue("id"))
+	} else {
+		sess, err = s.sessionByID(r.Context(), r.PathValue("id"))
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -167,7 +183,7 @@ func (s *Server) deviceSession(r *http.Request) (*fota.Session, *fota.Release, e
 
 // chunkRange reads ?from=N&count=M, bounded by the release and by the
 // response size limit.
-func chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, count int, err error) {
+func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, count int, err error) {
 	q := r.URL.Query()
 	from, err = strconv.Atoi(q.Get("from"))
 	if err != nil || from < 0 {
@@ -183,8 +199,8 @@ func chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, c
 	if from >= total {
 		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is past the end: release %s has chunks 0 to %d", from, rel.Version, total-1)
 	}
-	if from > sess.NextChunk+outOfSequenceWindow(total) {
-		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is too far ahead of the download (at chunk %d); fetch chunks in order", from, sess.NextChunk)
+	if far, next := s.hot.tooFarAhead(sess, from); far {
+		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is too far ahead of the download (at chunk %d); fetch chunks in order", from, next)
 	}
 	count = min(count, total-from, max(1, maxChunksResponse/rel.ChunkSize))
 	return from, count, nil
@@ -194,11 +210,11 @@ func chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, c
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) error {
-	sess, rel, err := s.deviceSession(r)
+	sess, rel, err := s.deviceSession(r, false)
 	if err != nil {
 		return err
 	}
-	from, count, err := chunkRange(r, rel, sess)
+	from, count, err := s.chunkRange(r, rel, sess)
 	if err != nil {
 		return err
 	}
@@ -231,11 +247,11 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 }
 
 func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) error {
-	sess, rel, err := s.deviceSession(r)
+	sess, rel, err := s.deviceSession(r, false)
 	if err != nil {
 		return err
 	}
-	from, count, err := chunkRange(r, rel, sess)
+	from, count, err := s.chunkRange(r, rel, sess)
 	if err != nil {
 		return err
 	}
@@ -278,11 +294,11 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	if len(rep.Reason) > 500 {
 		return fota.Errorf(fota.EINVALID, "reason is longer than 500 characters")
 	}
-	sess, _, err := s.deviceSession(r)
+	sess, _, err := s.deviceSession(r, true)
 	if err != nil {
 		return err
 	}
-	if err := s.store.SetSessionState(r.Context(), sess.ID, state, rep.Reason); err != nil {
+	if err := s.setState(r.Context(), sess, state, rep.Reason); err != nil {
 		return err
 	}
 	s.log.Info("device report", "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "status", rep.Status)

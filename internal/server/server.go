@@ -55,6 +55,8 @@ type Server struct {
 	handler     http.Handler
 	requestSeq  atomic.Uint64
 	releases    *releaseCache
+	hot         *hotCache
+	progress    *progressTracker
 }
 
 // New returns a Server for cfg.
@@ -79,9 +81,15 @@ func New(cfg Config) (*Server, error) {
 		s.decider = NewestRelease{Store: cfg.Store}
 	}
 	s.releases = newReleaseCache(cfg.Store)
+	s.hot = newHotCache()
+	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.handler = s.routes()
 	return s, nil
 }
+
+// Close writes the progress still held in memory. Call it after the HTTP
+// server has stopped taking requests.
+func (s *Server) Close() { s.progress.close() }
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }

@@ -110,6 +110,7 @@ func (e *env) stop() {
 		return
 	}
 	e.http.Close()
+	e.srv.Close()
 	e.blobs.Close()
 	e.store.Close()
 	e.http = nil

@@ -63,7 +63,7 @@ func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
 
 // DeviceSeen records a device request.
 func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
+	res, err := s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
 		ms(at), version, version, id)
 	if err != nil {
 		return fmt.Errorf("record device seen: %w", err)

@@ -136,7 +136,7 @@ func (s *Store) activeForUpdate(ctx context.Context, tx *sql.Tx, id string) (*fo
 
 // RecordProgress raises a session's next chunk; it never lowers it.
 func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err

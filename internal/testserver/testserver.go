@@ -55,7 +55,7 @@ func New(tb testing.TB) *Server {
 	}
 	s.HTTP = httptest.NewServer(srv)
 	s.URL = s.HTTP.URL
-	tb.Cleanup(func() { s.HTTP.Close(); blobs.Close(); s.Store.Close() })
+	tb.Cleanup(func() { s.HTTP.Close(); srv.Close(); blobs.Close(); s.Store.Close() })
 	token, hash, err := server.NewToken()
 	if err != nil {
 		tb.Fatal(err)

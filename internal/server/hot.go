@@ -1,0 +1,247 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// The chunk path is the server's hot path: thousands of requests a second
+// that each need a device key and a session. This file keeps both in
+// memory, and turns per-chunk progress into a write twice a second.
+// Nothing here is state another replica needs: keys never change, session
+// snapshots live a second, and progress is advisory (devices keep their own).
+
+// sessionTTL is how long a session snapshot serves chunk requests. A
+// session ended on another replica is still served for at most this long,
+// which does no harm: its chunks are ciphertext bound to that session.
+const sessionTTL = time.Second
+
+// maxCached bounds each cache; past it the cache starts over.
+const maxCached = 200_000
+
+type cachedSession struct {
+	sess *fota.Session
+	at   time.Time
+}
+
+type hotCache struct {
+	mu       sync.Mutex
+	keys     map[string]protocol.PSK
+	byID     map[string]cachedSession
+	byDevice map[string]cachedSession // the device's active session
+	served   map[string]int           // session id: chunks served in order, ahead of the store
+}
+
+func newHotCache() *hotCache {
+	return &hotCache{keys: map[string]protocol.PSK{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
+		served: map[string]int{}}
+}
+
+// tooFarAhead reports whether chunk is more than the window ahead of what
+// this replica served of the session in order. A session this replica has
+// not served yet (after a restart, or served by another replica) may start
+// anywhere: progress in the store can lag what was served by a flush, and a
+// device resuming from its own checkpoint must not be refused.
+func (c *hotCache) tooFarAhead(sess *fota.Session, chunk int) (bool, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	served, ok := c.served[sess.ID]
+	next := max(sess.NextChunk, served)
+	return ok && chunk > next+outOfSequenceWindow(sess.TotalChunks), next
+}
+
+// opened starts the served mark of a session this replica just opened, so
+// the window applies from its first request.
+func (c *hotCache) opened(sess *fota.Session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.served[sess.ID] = 0
+}
+
+// advance raises a session's served mark and returns the previous one.
+func (c *hotCache) advance(sess *fota.Session, next int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.served) >= maxCached {
+		clear(c.served)
+	}
+	prev := max(sess.NextChunk, c.served[sess.ID])
+	if next > prev {
+		c.served[sess.ID] = next
+	}
+	return prev
+}
+
+// deviceKey returns a device's key, reading the store once per device.
+func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, error) {
+	c := s.hot
+	c.mu.Lock()
+	psk, ok := c.keys[id]
+	c.mu.Unlock()
+	if ok {
+		return psk, nil
+	}
+	d, err := s.store.Device(ctx, id)
+	if err != nil {
+		return psk, err
+	}
+	c.mu.Lock()
+	if len(c.keys) >= maxCached {
+		c.keys = map[string]protocol.PSK{}
+	}
+	c.keys[id] = d.PSK
+	c.mu.Unlock()
+	return d.PSK, nil
+}
+
+func (c *hotCache) get(m map[string]cachedSession, key string, now time.Time) *fota.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := m[key]; ok && now.Sub(e.at) < sessionTTL {
+		return e.sess
+	}
+	return nil
+}
+
+func (c *hotCache) put(m map[string]cachedSession, key string, sess *fota.Session, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(m) >= maxCached {
+		clear(m)
+	}
+	m[key] = cachedSession{sess: sess, at: now}
+}
+
+// forgetSession drops a session's snapshots after this replica changed it.
+func (c *hotCache) forgetSession(sess *fota.Session) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byID, sess.ID)
+	delete(c.byDevice, sess.DeviceID)
+	delete(c.served, sess.ID)
+}
+
+// sessionByID is a session snapshot for the chunk path.
+func (s *Server) sessionByID(ctx context.Context, id string) (*fota.Session, error) {
+	now := time.Now()
+	if sess := s.hot.get(s.hot.byID, id, now); sess != nil {
+		return sess, nil
+	}
+	sess, err := s.store.Session(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.hot.put(s.hot.byID, id, sess, now)
+	return sess, nil
+}
+
+// activeSessionOf is the device's active session snapshot, for the chunk path.
+func (s *Server) activeSessionOf(ctx context.Context, deviceID string) (*fota.Session, error) {
+	now := time.Now()
+	if sess := s.hot.get(s.hot.byDevice, deviceID, now); sess != nil {
+		return sess, nil
+	}
+	sess, err := s.store.ActiveSession(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	s.hot.put(s.hot.byDevice, deviceID, sess, now)
+	return sess, nil
+}
+
+// progressTracker collects chunk progress and writes it in batches.
+type progressTracker struct {
+	store fota.Store
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	pending map[string]progress
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+type progress struct {
+	next  int
+	bytes int64
+}
+
+// progressFlushInterval is how often collected progress is written.
+const progressFlushInterval = 500 * time.Millisecond
+
+func newProgressTracker(store fota.Store, log *slog.Logger) *progressTracker {
+	p := &progressTracker{store: store, log: log, pending: map[string]progress{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		t := time.NewTicker(progressFlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				p.flush(context.Background(), "")
+				return
+			case <-t.C:
+				p.flush(context.Background(), "")
+			}
+		}
+	}()
+	return p
+}
+
+// note records that a session's chunks before next were served, with the
+// number of new ciphertext bytes.
+func (p *progressTracker) note(id string, next int, bytes int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cur := p.pending[id]
+	if next > cur.next {
+		cur.next = next
+	}
+	cur.bytes += bytes
+	p.pending[id] = cur
+}
+
+// flush writes pending progress: of one session, or of all for "".
+func (p *progressTracker) flush(ctx context.Context, only string) {
+	p.mu.Lock()
+	batch := p.pending
+	if only != "" {
+		batch = nil
+		if pr, ok := p.pending[only]; ok {
+			batch = map[string]progress{only: pr}
+			delete(p.pending, only)
+		}
+	} else {
+		p.pending = map[string]progress{}
+	}
+	p.mu.Unlock()
+	for id, pr := range batch {
+		err := p.store.RecordProgress(ctx, id, pr.next, pr.bytes)
+		if err != nil && fota.ErrorCode(err) != fota.EGONE && fota.ErrorCode(err) != fota.ENOTFOUND {
+			p.log.Warn("record progress", "session_id", id, "error", err)
+		}
+	}
+}
+
+// close writes what is pending and stops the flusher.
+func (p *progressTracker) close() {
+	select {
+	case <-p.stop:
+	default:
+		close(p.stop)
+	}
+	<-p.done
+}
+
+// setState changes a session's state: its pending progress is written
+// first, so the history keeps its order, and its snapshots are dropped.
+func (s *Server) setState(ctx context.Context, sess *fota.Session, state, reason string) error {
+	s.progress.flush(ctx, sess.ID)
+	err := s.store.SetSessionState(ctx, sess.ID, state, reason)
+	s.hot.forgetSession(sess)
+	return err
+}
