@@ -479,9 +479,10 @@ func (a *Agent) Reject(reason string) error {
 
 // Result is what one check did.
 type Result struct {
-	Updated bool   // a new image is marked to boot: reboot now
-	Version string // its version
-	Message string // the server's word when there was no update
+	Updated   bool   // a new image is marked to boot: reboot now
+	Version   string // its version
+	SessionID string // the server's update session (native API)
+	Message   string // the server's word when there was no update
 }
 
 // CheckOnce checks for an update and, if one is offered and verifies,
@@ -533,7 +534,7 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	a.setProgress(Progress{State: StateCompleted, Version: o.version, Chunk: o.chunks, Chunks: o.chunks,
 		Bytes: o.ciphertextSize, TotalBytes: o.ciphertextSize})
 	a.Flush(ctx)
-	return Result{Updated: true, Version: o.version}, nil
+	return Result{Updated: true, Version: o.version, SessionID: o.sessionID}, nil
 }
 
 // vet applies the device's own rules to a verified offer.

@@ -72,6 +72,7 @@ func commands() []command {
 		{"token", "make admin API tokens", runToken},
 		{"device", "register devices, list them, pin them to releases", runDevice},
 		{"status", "show update sessions in progress and recent events", runStatus},
+		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},
 		{"version", "print the fota version", func(e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "fota", Version)
 			return nil

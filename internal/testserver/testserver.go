@@ -30,6 +30,7 @@ type Server struct {
 	Admin  *client.Admin
 	Signer *keys.SigningKey
 	FWKey  keys.FirmwareKey
+	Token  string // an admin token
 }
 
 // New starts a server trusting a fresh RSA release key; it stops with the test.
@@ -64,6 +65,7 @@ func New(tb testing.TB) *Server {
 		tb.Fatal(err)
 	}
 	s.Admin, _ = client.NewAdmin(s.URL, token)
+	s.Token = token
 	return s
 }
 

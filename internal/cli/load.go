@@ -1,0 +1,110 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/internal/loadgen"
+	"github.com/ecowatt/fota/keys"
+)
+
+const loadUsage = `Usage:
+  fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--json]
+
+Runs a simulated fleet against a server to size a deployment. It publishes a
+release for a hardware name of its own (the real fleet is never offered it),
+registers the devices, and runs them through complete updates with the real
+agent: HMAC checks, decryption, SHA-256 and signature checks, no flash
+writes. It prints updates completed and failed, chunks/s, MiB/s of firmware,
+check and chunk latency p50/p99/max, bytes on the wire and TCP connections
+per update, and errors by kind. --keys must hold the release key the server
+trusts (signing.key, firmware.key). Ctrl-C stops early and reports.
+
+Example:
+  fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 200 --api ecowatt --release-size 256KiB
+`
+
+func runLoad(e *env, args []string) error {
+	fs := newFlags("load")
+	server, token := serverFlags(fs)
+	keyDir := fs.String("keys", "", "key folder with signing.key and firmware.key")
+	devices := fs.Int("devices", 100, "simulated devices")
+	api := fs.String("api", agent.APINative, "native or ecowatt")
+	sizeFlag := fs.String("release-size", "1MiB", "firmware size of the test release")
+	rateFlag := fs.String("rate", "", "device starts per second, e.g. 200/s (default: all at once)")
+	duration := fs.Duration("duration", 0, "stop after this long (default: when every device is done)")
+	perRequest := fs.Int("chunks-per-request", 0, "chunks per native request (default: the agent's)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if _, err := parseFlags(e, fs, loadUsage, args); err != nil {
+		return err
+	}
+	if *keyDir == "" {
+		return &usageError{msg: "--keys is required", hint: "the folder from 'fota keys init' whose signing.pub the server trusts"}
+	}
+	if *api != agent.APINative && *api != agent.APIEcoWatt {
+		return usagef("--api %q: want native or ecowatt", *api)
+	}
+	size, err := parseSize(*sizeFlag)
+	if err != nil || size <= 0 {
+		return usagef("--release-size %q is not a size", *sizeFlag)
+	}
+	var rate float64
+	if *rateFlag != "" {
+		if rate, err = strconv.ParseFloat(strings.TrimSuffix(*rateFlag, "/s"), 64); err != nil || rate <= 0 {
+			return usagef("--rate %q: want a number per second, e.g. 200/s", *rateFlag)
+		}
+	}
+	if *server == "" || *token == "" {
+		return &usageError{msg: "--server and --token are required", hint: "or set FOTA_SERVER and FOTA_TOKEN"}
+	}
+	signer, err := loadPrivate(e, filepath.Join(*keyDir, keys.SigningKeyFile), keys.LoadSigningKey)
+	if err != nil {
+		return err
+	}
+	fwKey, err := loadPrivate(e, filepath.Join(*keyDir, keys.FirmwareKeyFile), keys.LoadFirmwareKey)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
+	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest,
+		OnProgress: func(s loadgen.Snapshot) {
+			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
+		}})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(e, rep)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	lat := func(l loadgen.Latency) string {
+		return fmt.Sprintf("p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d requests)", l.P50ms, l.P99ms, l.MaxMs, l.Count)
+	}
+	row("api", rep.API)
+	row("devices", strconv.Itoa(rep.Devices))
+	row("updates completed", strconv.Itoa(rep.Completed))
+	row("updates failed", strconv.Itoa(rep.Failed))
+	row("time", rep.Elapsed.Round(10*time.Millisecond).String())
+	row("chunks/s", fmt.Sprintf("%.0f", rep.ChunksPerSecond))
+	row("firmware MiB/s", fmt.Sprintf("%.2f", rep.MiBPerSecond))
+	row("check latency", lat(rep.Check))
+	row("chunk latency", lat(rep.Chunk))
+	row("bytes on the wire per update", fmt.Sprintf("%.0f (%.2fx the ciphertext)", rep.WireBytesPerUpdate, rep.WireBytesPerUpdate/float64(rep.CiphertextBytes)))
+	row("TCP connections per update", fmt.Sprintf("%.2f", rep.ConnsPerUpdate))
+	for k, n := range rep.Errors {
+		row("error: "+k, strconv.Itoa(n))
+	}
+	tw.Flush()
+	if rep.Failed > 0 {
+		return fmt.Errorf("%d of %d updates failed", rep.Failed, rep.Devices)
+	}
+	return nil
+}

@@ -1,0 +1,387 @@
+// Package loadgen runs a simulated fleet against a fota server for capacity
+// planning: it registers devices, publishes a release for a hardware name of
+// its own (so the real fleet is never offered it), and drives every device
+// through a complete update with the real agent, real HMAC checks, real
+// decryption, real SHA-256 and signature checks, and no flash writes. It
+// measures what an operator sizes a deployment by.
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/keys"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// Config describes a load run.
+type Config struct {
+	Server      string
+	Token       string
+	Devices     int
+	API         string        // agent.APINative or agent.APIEcoWatt
+	ReleaseSize int           // firmware bytes
+	Rate        float64       // device starts per second; 0 starts all at once
+	Duration    time.Duration // stop after this long; 0 runs until every device is done
+	Signer      *keys.SigningKey
+	FirmwareKey keys.FirmwareKey
+	// ChunksPerRequest on the native API (the agent's default when 0).
+	ChunksPerRequest int
+	// OnProgress receives a snapshot every second.
+	OnProgress func(Snapshot)
+}
+
+// Snapshot is the run so far.
+type Snapshot struct {
+	Elapsed              time.Duration
+	Started, Done, Fails int
+	Chunks               int64
+}
+
+// Latency summarises one kind of request.
+type Latency struct {
+	Count         int           `json:"count"`
+	P50, P99, Max time.Duration `json:"-"`
+	P50ms         float64       `json:"p50_ms"`
+	P99ms         float64       `json:"p99_ms"`
+	MaxMs         float64       `json:"max_ms"`
+}
+
+// Report is the result of a run.
+type Report struct {
+	API                string         `json:"api"`
+	Devices            int            `json:"devices"`
+	Completed          int            `json:"updates_completed"`
+	Failed             int            `json:"updates_failed"`
+	ReleaseBytes       int64          `json:"release_bytes"`
+	CiphertextBytes    int64          `json:"ciphertext_bytes"`
+	Elapsed            time.Duration  `json:"-"`
+	Seconds            float64        `json:"seconds"`
+	Chunks             int64          `json:"chunks"`
+	ChunksPerSecond    float64        `json:"chunks_per_second"`
+	MiBPerSecond       float64        `json:"firmware_mib_per_second"`
+	Check              Latency        `json:"check_latency"`
+	Chunk              Latency        `json:"chunk_latency"`
+	WireBytesPerUpdate float64        `json:"wire_bytes_per_update"`
+	ConnsPerUpdate     float64        `json:"tcp_connections_per_update"`
+	Errors             map[string]int `json:"errors"`
+}
+
+// stats is shared by every device of a run.
+type stats struct {
+	mu       sync.Mutex
+	check    []time.Duration
+	chunk    []time.Duration
+	errors   map[string]int
+	chunks   atomic.Int64
+	wire     atomic.Int64
+	conns    atomic.Int64
+	started  atomic.Int64
+	done     atomic.Int64
+	failed   atomic.Int64
+	lastErrs []string
+}
+
+func (s *stats) record(path string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case strings.HasSuffix(path, "/check"):
+		s.check = append(s.check, d)
+	case strings.HasSuffix(path, "/chunks") || strings.HasSuffix(path, "/ota/chunk"):
+		s.chunk = append(s.chunk, d)
+	}
+}
+
+func (s *stats) fail(err error) {
+	s.failed.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.errors[errorKind(err)]++
+}
+
+// errorKind groups errors for the report.
+func errorKind(err error) string {
+	var ae *client.APIError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ae):
+		return fmt.Sprintf("http %d: %s", ae.Status, ae.Code)
+	case errors.Is(err, agent.ErrChunkMAC):
+		return "chunk HMAC mismatch"
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.As(err, &ne):
+		return "connection"
+	case errors.Is(err, context.Canceled):
+		return "stopped"
+	}
+	msg := err.Error()
+	if len(msg) > 60 {
+		msg = msg[:60]
+	}
+	return msg
+}
+
+// transport times requests and counts connections and bytes.
+type transport struct {
+	inner *http.Transport
+	st    *stats
+}
+
+func newTransport(st *stats) *transport {
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	t := &transport{st: st}
+	t.inner = &http.Transport{
+		MaxIdleConnsPerHost: 2,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			st.conns.Add(1)
+			return &countingConn{Conn: c, n: &st.wire}, nil
+		},
+	}
+	return t
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.inner.RoundTrip(req)
+	if err == nil {
+		t.st.record(req.URL.Path, time.Since(start))
+	}
+	return resp, err
+}
+
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// Run performs a load run.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Devices < 1 {
+		return nil, errors.New("load: at least one device")
+	}
+	if cfg.API == "" {
+		cfg.API = agent.APINative
+	}
+	admin, err := client.NewAdmin(cfg.Server, cfg.Token)
+	if err != nil {
+		return nil, err
+	}
+	var idb [4]byte
+	rand.Read(idb[:])
+	run := hex.EncodeToString(idb[:])
+	hardware := "load-" + run
+
+	img, err := firmware.Sample(firmware.SampleOptions{Version: "2.0.0", Size: cfg.ReleaseSize})
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	m, err := bundle.Build(&b, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt-load", Hardware: hardware, Version: "2.0.0",
+		Signer: cfg.Signer, FirmwareKey: cfg.FirmwareKey})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := admin.Publish(ctx, &b); err != nil {
+		return nil, fmt.Errorf("load: publish the test release: %w", err)
+	}
+
+	// Register the fleet, a few at a time.
+	psks := make([]protocol.PSK, cfg.Devices)
+	ids := make([]string, cfg.Devices)
+	var regErr error
+	var regMu sync.Mutex
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				ids[i] = fmt.Sprintf("load-%s-%05d", run, i)
+				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: "1.0.0"})
+				if err == nil {
+					psks[i], err = protocol.ParsePSK(d.PSK)
+				}
+				if err != nil {
+					regMu.Lock()
+					regErr = err
+					regMu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range cfg.Devices {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if regErr != nil {
+		return nil, fmt.Errorf("load: register devices: %w", regErr)
+	}
+
+	runCtx := ctx
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	st := &stats{errors: map[string]int{}}
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				if cfg.OnProgress != nil {
+					cfg.OnProgress(Snapshot{Elapsed: time.Since(start), Started: int(st.started.Load()), Done: int(st.done.Load()),
+						Fails: int(st.failed.Load()), Chunks: st.chunks.Load()})
+				}
+			}
+		}
+	}()
+	for i := range cfg.Devices {
+		if cfg.Rate > 0 && i > 0 {
+			wait := time.Until(start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second))))
+			if wait > 0 {
+				select {
+				case <-runCtx.Done():
+				case <-time.After(wait):
+				}
+			}
+		}
+		if runCtx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		st.started.Add(1)
+		go func() {
+			defer wg.Done()
+			runDevice(runCtx, cfg, st, ids[i], psks[i], hardware)
+		}()
+	}
+	wg.Wait()
+	close(stopProgress)
+	<-progressDone
+	elapsed := time.Since(start)
+
+	rep := &Report{API: cfg.API, Devices: cfg.Devices, Completed: int(st.done.Load()), Failed: int(st.failed.Load()),
+		ReleaseBytes: m.PlaintextSize, CiphertextBytes: m.CiphertextSize, Elapsed: elapsed, Seconds: elapsed.Seconds(),
+		Chunks: st.chunks.Load(), Errors: st.errors}
+	rep.ChunksPerSecond = float64(rep.Chunks) / elapsed.Seconds()
+	rep.MiBPerSecond = float64(rep.Completed) * float64(m.PlaintextSize) / (1 << 20) / elapsed.Seconds()
+	rep.Check, rep.Chunk = summarise(st.check), summarise(st.chunk)
+	if n := float64(rep.Completed + rep.Failed); n > 0 {
+		rep.WireBytesPerUpdate = float64(st.wire.Load()) / n
+		rep.ConnsPerUpdate = float64(st.conns.Load()) / n
+	}
+	return rep, nil
+}
+
+func summarise(ds []time.Duration) Latency {
+	if len(ds) == 0 {
+		return Latency{}
+	}
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	l := Latency{Count: len(ds), P50: at(0.50), P99: at(0.99), Max: ds[len(ds)-1]}
+	l.P50ms, l.P99ms, l.MaxMs = ms(l.P50), ms(l.P99), ms(l.Max)
+	return l
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// runDevice takes one device through a whole update.
+func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
+	tr := newTransport(st)
+	defer tr.inner.CloseIdleConnections()
+	slots := newMemSlots("1.0.0")
+	boot, _ := slots.Boot()
+	a, err := agent.New(agent.Config{Server: cfg.Server, DeviceID: id, PSK: psk, Hardware: hardware, TrustedKey: cfg.Signer.Public(),
+		FirmwareKey: cfg.FirmwareKey, API: cfg.API, HTTPClient: &http.Client{Transport: tr}, ChunksPerRequest: cfg.ChunksPerRequest,
+		Retry: agent.RetryPolicy{Attempts: 5, Base: 100 * time.Millisecond, Max: 2 * time.Second},
+		OnProgress: func(p agent.Progress) {
+			if p.State == agent.StateDownloading && p.Chunk > 0 {
+				st.chunks.Add(1)
+			}
+		}}, slots, boot)
+	if err != nil {
+		st.fail(err)
+		return
+	}
+	res, err := a.CheckOnce(ctx)
+	if err == nil && !res.Updated {
+		err = fmt.Errorf("no update offered: %s", res.Message)
+	}
+	if err != nil {
+		st.fail(err)
+		return
+	}
+	// Close the session as the device's new image would: confirmed.
+	if err := confirm(ctx, cfg, tr, id, psk, res.SessionID); err != nil {
+		st.fail(err)
+		return
+	}
+	st.done.Add(1)
+}
+
+func confirm(ctx context.Context, cfg Config, tr *transport, id string, psk protocol.PSK, session string) error {
+	if cfg.API == agent.APIEcoWatt {
+		body := fmt.Sprintf(`{"device_id":%q,"version":"2.0.0","boot_status":"success"}`, id)
+		req, _ := http.NewRequestWithContext(ctx, "POST", strings.TrimRight(cfg.Server, "/")+"/ota/complete", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return &client.APIError{Status: resp.StatusCode, Message: "confirm refused"}
+		}
+		return nil
+	}
+	dev, err := client.NewDevice(cfg.Server, id, psk)
+	if err != nil {
+		return err
+	}
+	dev.HTTP = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return dev.Report(ctx, session, "confirmed", "")
+}
