@@ -36,8 +36,15 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive i
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		if err := s.abandon(ctx, tx, `(device_id = ? OR updated_ms < ?)`, "replaced by a new session or idle too long", sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
+		if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
+		}
+		// Idle sessions are swept here at most once a minute: the sweep scans
+		// every active session, and opening one must stay cheap.
+		if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
+			if err := s.abandon(ctx, tx, `updated_ms < ?`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
+				return err
+			}
 		}
 		if maxActive > 0 {
 			var n int

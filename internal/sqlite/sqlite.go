@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -36,6 +37,8 @@ type Store struct {
 	// a second. Everything else goes through db, which fsyncs every commit.
 	fast *sql.DB
 	now  func() time.Time
+	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
+	lastSweep atomic.Int64
 }
 
 var _ fota.Store = (*Store)(nil)
