@@ -15,7 +15,7 @@ import (
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
-            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--json]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--check-only] [--json]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
@@ -41,6 +41,7 @@ func runLoad(e *env, args []string) error {
 	duration := fs.Duration("duration", 0, "stop after this long (default: when every device is done)")
 	perRequest := fs.Int("chunks-per-request", 0, "chunks per native request (default: the agent's)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
 	if _, err := parseFlags(e, fs, loadUsage, args); err != nil {
 		return err
 	}
@@ -73,7 +74,7 @@ func runLoad(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
-		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly,
 		OnProgress: func(s loadgen.Snapshot) {
 			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
 		}})
@@ -90,15 +91,23 @@ func runLoad(e *env, args []string) error {
 	}
 	row("api", rep.API)
 	row("devices", strconv.Itoa(rep.Devices))
-	row("updates completed", strconv.Itoa(rep.Completed))
-	row("updates failed", strconv.Itoa(rep.Failed))
-	row("time", rep.Elapsed.Round(10*time.Millisecond).String())
-	row("chunks/s", fmt.Sprintf("%.0f", rep.ChunksPerSecond))
-	row("firmware MiB/s", fmt.Sprintf("%.2f", rep.MiBPerSecond))
-	row("check latency", lat(rep.Check))
-	row("chunk latency", lat(rep.Chunk))
-	row("bytes on the wire per update", fmt.Sprintf("%.0f (%.2fx the ciphertext)", rep.WireBytesPerUpdate, rep.WireBytesPerUpdate/float64(rep.CiphertextBytes)))
-	row("TCP connections per update", fmt.Sprintf("%.2f", rep.ConnsPerUpdate))
+	if *checkOnly {
+		row("check-ins completed", strconv.Itoa(rep.Completed))
+		row("check-ins failed", strconv.Itoa(rep.Failed))
+		row("time", rep.Elapsed.Round(10*time.Millisecond).String())
+		row("check-ins/s", fmt.Sprintf("%.0f", float64(rep.Completed)/rep.Seconds))
+		row("check latency", lat(rep.Check))
+	} else {
+		row("updates completed", strconv.Itoa(rep.Completed))
+		row("updates failed", strconv.Itoa(rep.Failed))
+		row("time", rep.Elapsed.Round(10*time.Millisecond).String())
+		row("chunks/s", fmt.Sprintf("%.0f", rep.ChunksPerSecond))
+		row("firmware MiB/s", fmt.Sprintf("%.2f", rep.MiBPerSecond))
+		row("check latency", lat(rep.Check))
+		row("chunk latency", lat(rep.Chunk))
+		row("bytes on the wire per update", fmt.Sprintf("%.0f (%.2fx the ciphertext)", rep.WireBytesPerUpdate, rep.WireBytesPerUpdate/float64(rep.CiphertextBytes)))
+		row("TCP connections per update", fmt.Sprintf("%.2f", rep.ConnsPerUpdate))
+	}
 	for k, n := range rep.Errors {
 		row("error: "+k, strconv.Itoa(n))
 	}

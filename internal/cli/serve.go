@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -21,6 +22,7 @@ import (
 const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--log-level info] [--log-format text|json]
+             [--pprof 127.0.0.1:6060]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
 and the native device API (/v1/device/*). The first start creates the data
@@ -44,6 +46,7 @@ func runServe(e *env, args []string) error {
 	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
+	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
 	rest, err := parseFlags(e, fs, serveUsage, args)
 	if err != nil {
 		return err
@@ -133,6 +136,20 @@ func runServe(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (data %s, %d trusted key(s))\n", scheme, ln.Addr(), *data, len(trusted))
 
+	if *pprofAddr != "" {
+		pl, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return fmt.Errorf("pprof listener: %w", err)
+		}
+		defer pl.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go http.Serve(pl, mux)
+		fmt.Fprintf(e.stdout, "fota serve: profiling on http://%s/debug/pprof/\n", pl.Addr())
+	}
 	go purgeNonces(e.ctx, store, logger)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

@@ -42,6 +42,9 @@ type Config struct {
 	FirmwareKey keys.FirmwareKey
 	// ChunksPerRequest on the native API (the agent's default when 0).
 	ChunksPerRequest int
+	// CheckOnly runs devices that already run the release: each makes one
+	// check-in and nothing else, to measure check-in capacity.
+	CheckOnly bool
 	// OnProgress receives a snapshot every second.
 	OnProgress func(Snapshot)
 }
@@ -231,7 +234,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			defer wg.Done()
 			for i := range work {
 				ids[i] = fmt.Sprintf("load-%s-%05d", run, i)
-				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: "1.0.0"})
+				running := "1.0.0"
+				if cfg.CheckOnly {
+					running = "2.0.0"
+				}
+				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: running})
 				if err == nil {
 					psks[i], err = protocol.ParsePSK(d.PSK)
 				}
@@ -333,7 +340,11 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
 	tr := newTransport(st)
 	defer tr.inner.CloseIdleConnections()
-	slots := newMemSlots("1.0.0")
+	running := "1.0.0"
+	if cfg.CheckOnly {
+		running = "2.0.0"
+	}
+	slots := newMemSlots(running)
 	boot, _ := slots.Boot()
 	a, err := agent.New(agent.Config{Server: cfg.Server, DeviceID: id, PSK: psk, Hardware: hardware, TrustedKey: cfg.Signer.Public(),
 		FirmwareKey: cfg.FirmwareKey, API: cfg.API, HTTPClient: &http.Client{Transport: tr}, ChunksPerRequest: cfg.ChunksPerRequest,
@@ -348,6 +359,14 @@ func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protoc
 		return
 	}
 	res, err := a.CheckOnce(ctx)
+	if cfg.CheckOnly {
+		if err != nil {
+			st.fail(err)
+		} else {
+			st.done.Add(1)
+		}
+		return
+	}
 	if err == nil && !res.Updated {
 		err = fmt.Errorf("no update offered: %s", res.Message)
 	}

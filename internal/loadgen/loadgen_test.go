@@ -42,3 +42,18 @@ func TestLoadRunCompletesUpdates(t *testing.T) {
 		})
 	}
 }
+
+func TestLoadCheckOnly(t *testing.T) {
+	s := testserver.New(t)
+	rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 20, ReleaseSize: 4 << 10,
+		Signer: s.Signer, FirmwareKey: s.FWKey, CheckOnly: true, Rate: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 20 || rep.Failed != 0 || rep.Check.Count != 20 || rep.Chunk.Count != 0 {
+		t.Fatalf("check-only run: %+v", rep)
+	}
+	if sessions, _ := s.Admin.Sessions(context.Background()); sessions.ActiveSessions != 0 {
+		t.Fatalf("check-ins opened %d sessions", sessions.ActiveSessions)
+	}
+}

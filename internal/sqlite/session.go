@@ -35,7 +35,7 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
 		if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
 		}
@@ -189,7 +189,7 @@ func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) e
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err

@@ -29,12 +29,15 @@ var migrations embed.FS
 // Store is a fota.Store on one SQLite database file.
 type Store struct {
 	db *sql.DB
-	// fast writes what may lose its last moments to an operating-system
-	// crash or power loss, never to a process crash: request nonces, device
-	// last-seen times and download progress (advisory: devices keep their
-	// own). It commits without waiting for fsync (synchronous=NORMAL in WAL
-	// mode), which is what lets the server take thousands of device requests
-	// a second. Everything else goes through db, which fsyncs every commit.
+	// fast writes what devices do: request nonces, last-seen times, sessions
+	// and their states and events, download progress. It commits without
+	// waiting for fsync (synchronous=NORMAL in WAL mode): nothing is lost to
+	// a process crash, and an operating-system crash or power loss can lose
+	// the last moments of it, which devices redo (they check again, resume
+	// from their own progress, and report the version they run). That is
+	// what lets the server take thousands of device requests a second. What
+	// operators do (releases, devices, tokens, pins) goes through db, which
+	// fsyncs every commit: it is never lost.
 	fast *sql.DB
 	now  func() time.Time
 	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
