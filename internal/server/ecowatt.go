@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/ecowatt/fota"
@@ -212,22 +213,53 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, next)
 	}
 	idx := int(n)
-	buf := make([]byte, chunkLen(rel, idx))
-	if err := s.readChunk(rel, idx, buf); err != nil {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	size := chunkLen(rel, idx)
+	if cap(*bp) < size+base64.StdEncoding.EncodedLen(size)+256 {
+		*bp = make([]byte, 0, size+base64.StdEncoding.EncodedLen(size)+256)
+	}
+	data := (*bp)[:size]
+	if err := s.readChunk(rel, idx, data); err != nil {
 		return err
 	}
-	size := len(buf)
-	mac := protocol.LegacyChunkMAC(psk, idx, buf)
+	mac := protocol.LegacyChunkMAC(psk, idx, data)
 	if err := s.served(r.Context(), sess, rel, idx+1); err != nil {
 		return err
 	}
+	// The answer is this route's whole output, so it is written by hand into
+	// the buffer after the chunk: same fields and order as encoding/json
+	// gives legacyChunkAnswer, without its reflection and allocations.
 	received := idx + 1
-	return writeJSON(w, http.StatusOK, map[string]any{
-		"chunk": legacyChunk{ChunkNumber: idx, Data: base64.StdEncoding.EncodeToString(buf), Size: size,
-			HMAC: hex.EncodeToString(mac[:]), TotalChunks: total},
-		"progress": legacyProgress{ChunksReceived: received, TotalChunks: total,
-			Percentage: math.Round(float64(received)*10000/float64(total)) / 100},
-	})
+	out := (*bp)[size:size]
+	out = append(out, `{"chunk":{"chunk_number":`...)
+	out = strconv.AppendInt(out, int64(idx), 10)
+	out = append(out, `,"data":"`...)
+	out = base64.StdEncoding.AppendEncode(out, data)
+	out = append(out, `","size":`...)
+	out = strconv.AppendInt(out, int64(size), 10)
+	out = append(out, `,"hmac":"`...)
+	out = hex.AppendEncode(out, mac[:])
+	out = append(out, `","total_chunks":`...)
+	out = strconv.AppendInt(out, int64(total), 10)
+	out = append(out, `},"progress":{"chunks_received":`...)
+	out = strconv.AppendInt(out, int64(received), 10)
+	out = append(out, `,"total_chunks":`...)
+	out = strconv.AppendInt(out, int64(total), 10)
+	out = append(out, `,"percentage":`...)
+	out = strconv.AppendFloat(out, math.Round(float64(received)*10000/float64(total))/100, 'f', -1, 64)
+	out = append(out, "}}\n"...)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+	_, err = w.Write(out)
+	return err
+}
+
+// legacyChunkAnswer is the /ota/chunk answer legacyChunk writes by hand;
+// a test checks the two agree.
+type legacyChunkAnswer struct {
+	Chunk    legacyChunk    `json:"chunk"`
+	Progress legacyProgress `json:"progress"`
 }
 
 // chunkLen is the size of chunk idx: ChunkSize, except for the last.

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -179,7 +180,7 @@ func (s *Server) wrap(route string, quiet bool, h func(w http.ResponseWriter, r 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ri := &requestInfo{}
-		reqID := fmt.Sprintf("%x", s.requestSeq.Add(1))
+		reqID := strconv.FormatUint(s.requestSeq.Add(1), 16)
 		r = r.WithContext(context.WithValue(r.Context(), infoKey{}, ri))
 		sw := &statusWriter{ResponseWriter: w, ri: ri}
 		err := func() (err error) {
@@ -196,6 +197,9 @@ func (s *Server) wrap(route string, quiet bool, h func(w http.ResponseWriter, r 
 		level := slog.LevelInfo
 		if quiet && err == nil {
 			level = slog.LevelDebug
+		}
+		if !s.log.Enabled(r.Context(), level) {
+			return // the per-chunk line at debug level costs nothing unless enabled
 		}
 		attrs := []slog.Attr{
 			slog.String("request_id", reqID), slog.String("method", r.Method), slog.String("route", route),

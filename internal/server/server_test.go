@@ -532,3 +532,29 @@ func TestSweepBlobsRemovesOrphans(t *testing.T) {
 		t.Fatalf("blobs left: %v", left)
 	}
 }
+
+// The hand-written /ota/chunk answer is exactly what encoding/json makes
+// of the same values.
+func TestLegacyChunkAnswerMatchesEncodingJSON(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 2500)
+	psk := e.addDevice("dev1", "1.0.3")
+	e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+	for i := 0; i < 3; i++ {
+		req := httptest.NewRequest("POST", "/ota/chunk", strings.NewReader(fmt.Sprintf(`{"device_id":"dev1","version":"1.0.4","chunk_number":%d}`, i)))
+		w := httptest.NewRecorder()
+		e.srv.ServeHTTP(w, req)
+		var got legacyChunkAnswer
+		if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+			t.Fatalf("chunk %d answer is not JSON: %v\n%s", i, err, w.Body)
+		}
+		want, _ := json.Marshal(got)
+		if strings.TrimSpace(w.Body.String()) != string(want) {
+			t.Fatalf("chunk %d:\n got %s\nwant %s", i, w.Body, want)
+		}
+		data, _ := base64.StdEncoding.DecodeString(got.Chunk.Data)
+		if mac := protocol.LegacyChunkMAC(psk, i, data); hex.EncodeToString(mac[:]) != got.Chunk.HMAC || got.Chunk.Size != len(data) {
+			t.Fatalf("chunk %d: HMAC or size wrong", i)
+		}
+	}
+}
