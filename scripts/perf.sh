@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Measures the server as docs/PERFORMANCE.md reports it, on this machine:
+#   1. EcoWatt-compatible API: chunk responses per second and latency, 16
+#      devices on keep-alive connections (wrk), server pinned to core 0,
+#      load to core 1;
+#   2. the anchor: nginx serving the same ciphertext as 1 KiB Range requests,
+#      pinned the same way;
+#   3. native API: one device, a 16 MiB release, against one static GET of
+#      the same ciphertext from nginx;
+#   4. native API: 64 devices updating a 1 MiB release (fota load);
+#   5. check-ins: 3,000 devices, 1,000 a second (fota load --check-only).
+# It installs wrk and nginx from Debian if missing, starts everything on
+# loopback, and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+duration=${DURATION:-10s}
+
+go build -o "$work/fota" ./cmd/fota
+fota="$work/fota"
+cd "$work"
+"$fota" keys init --dir keys >/dev/null
+"$fota" firmware sample --version 1.0.4 --size 1MiB -o app.bin >/dev/null
+"$fota" release build --keys keys -o app.fota app.bin >/dev/null
+port=$((20000 + RANDOM % 20000))
+taskset -c 0 "$fota" serve --data data --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
+pids+=($!)
+for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
+export FOTA_SERVER=http://127.0.0.1:$port FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out)
+"$fota" release publish app.fota >/dev/null
+for i in $(seq -w 1 16); do
+  "$fota" device add --id perf-$i --hardware esp32 --version 1.0.3 --credentials dev-$i.json >/dev/null
+  curl -s -o /dev/null -X POST "$FOTA_SERVER/ota/check" -d "{\"device_id\":\"perf-$i\",\"current_version\":\"1.0.3\"}"
+done
+chunks=$(( ($(stat -c %s app.bin) / 16 + 1) * 16 / 1024 + 1 ))
+cat > chunk.lua <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  local dev = string.format("perf-%02d", (n % 16) + 1)
+  local chunk = math.floor(n / 16) % $chunks
+  local body = string.format('{"device_id":"%s","version":"1.0.4","chunk_number":%d}', dev, chunk)
+  return wrk.format("POST", "/ota/chunk", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+echo "== 1. EcoWatt API: /ota/chunk, 16 devices, server on core 0, wrk on core 1"
+taskset -c 1 wrk -t1 -c16 -d"$duration" --latency -s chunk.lua "$FOTA_SERVER" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx|Socket errors' || true
+
+echo "== 2. Anchor: nginx, the same ciphertext as 1 KiB Range requests, nginx on core 0"
+offset=$("$fota" release inspect --json app.fota | sed -n 's/.*"payload_offset": \([0-9]*\).*/\1/p')
+tail -c +$((offset + 1)) app.fota > payload.bin
+mkdir -p nginx/logs
+chmod o+rx "$work"; chmod o+r payload.bin  # nginx workers run unprivileged
+nport=$((port + 1))
+cat > nginx/nginx.conf <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  server { listen 127.0.0.1:$nport; root $work; }
+}
+NGX
+taskset -c 0 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+sleep 0.5
+cat > range.lua <<LUA
+local n = 0
+request = function()
+  n = n + 1
+  local off = (n % $chunks) * 1024
+  return wrk.format("GET", "/payload.bin", {["Range"] = string.format("bytes=%d-%d", off, off + 1023)})
+end
+LUA
+taskset -c 1 wrk -t1 -c16 -d"$duration" --latency -s range.lua "http://127.0.0.1:$nport" | grep -E 'Requests/sec|Latency|50%|99%|Non-2xx' || true
+
+echo "== 3. Native API, one device, a 16 MiB release, against a static download of the same ciphertext"
+"$fota" firmware sample --version 1.0.5 --size 16MiB -o big.bin >/dev/null
+"$fota" release build --keys keys -o big.fota big.bin >/dev/null
+offset=$("$fota" release inspect --json big.fota | sed -n 's/.*"payload_offset": \([0-9]*\).*/\1/p')
+tail -c +$((offset + 1)) big.fota > big-payload.bin
+chmod o+r big-payload.bin
+echo "static (nginx, one GET of the ciphertext, curl on core 1):"
+taskset -c 1 curl -s -o /dev/null -w '  %{size_download} bytes in %{time_total} s = %{speed_download} bytes/s\n' "http://127.0.0.1:$nport/big-payload.bin"
+echo "fota native API (fota load, 1 device, chunk HMACs checked, decrypted, hashed; on core 1):"
+taskset -c 1 "$fota" load --keys keys --devices 1 --api native --release-size 16MiB --chunks-per-request 4096 2>/dev/null | grep -E 'time|MiB/s|wire'
+
+echo "== 4. Native API: 64 devices updating a 1 MiB release (fota load, on core 1)"
+taskset -c 1 "$fota" load --keys keys --devices 64 --api native --release-size 1MiB --chunks-per-request 256 2>/dev/null
+
+echo "== 5. Check-ins: 3,000 devices at 1,000 a second (fota load --check-only, on core 1)"
+taskset -c 1 "$fota" load --keys keys --devices 3000 --api native --release-size 16KiB --rate 1000/s --check-only 2>/dev/null
+echo "server RSS: $(ps -o rss= -p "${pids[0]}") KiB"
