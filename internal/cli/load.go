@@ -15,7 +15,7 @@ import (
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
-            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--check-only] [--json]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--check-only] [--json]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
@@ -41,6 +41,7 @@ func runLoad(e *env, args []string) error {
 	duration := fs.Duration("duration", 0, "stop after this long (default: when every device is done)")
 	perRequest := fs.Int("chunks-per-request", 0, "chunks per native request (default: the agent's)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	chunkDelay := fs.Duration("chunk-delay", 0, "wait this long before each chunk request: slow devices holding sessions open")
 	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
 	if _, err := parseFlags(e, fs, loadUsage, args); err != nil {
 		return err
@@ -74,7 +75,7 @@ func runLoad(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
-		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay,
 		OnProgress: func(s loadgen.Snapshot) {
 			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
 		}})

@@ -42,6 +42,9 @@ type Config struct {
 	FirmwareKey keys.FirmwareKey
 	// ChunksPerRequest on the native API (the agent's default when 0).
 	ChunksPerRequest int
+	// ChunkDelay is slept before every chunk request: slow devices, to hold
+	// many sessions open at once.
+	ChunkDelay time.Duration
 	// CheckOnly runs devices that already run the release: each makes one
 	// check-in and nothing else, to measure check-in capacity.
 	CheckOnly bool
@@ -145,6 +148,7 @@ func errorKind(err error) string {
 type transport struct {
 	inner *http.Transport
 	st    *stats
+	delay time.Duration // before chunk requests
 }
 
 func newTransport(st *stats) *transport {
@@ -165,6 +169,13 @@ func newTransport(st *stats) *transport {
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.delay > 0 && (strings.HasSuffix(req.URL.Path, "/chunks") || strings.HasSuffix(req.URL.Path, "/ota/chunk")) {
+		select {
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		case <-time.After(t.delay):
+		}
+	}
 	start := time.Now()
 	resp, err := t.inner.RoundTrip(req)
 	if err == nil {
@@ -339,6 +350,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // runDevice takes one device through a whole update.
 func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
 	tr := newTransport(st)
+	tr.delay = cfg.ChunkDelay
 	defer tr.inner.CloseIdleConnections()
 	running := "1.0.0"
 	if cfg.CheckOnly {

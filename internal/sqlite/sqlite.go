@@ -63,6 +63,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
+	limitPool(db)
 	s := &Store{db: db, now: time.Now}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -72,7 +73,20 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
+	limitPool(s.fast)
 	return s, nil
+}
+
+// maxConns bounds each handle's connections. Without a bound, ten thousand
+// devices waiting on the one SQLite writer each open a connection, with its
+// own page cache and three file descriptors, until the server runs out of
+// both; with it they queue for a connection. WAL readers still run
+// concurrently, and writers take turns anyway.
+const maxConns = 8
+
+func limitPool(db *sql.DB) {
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
 }
 
 // SetClock replaces the clock, for tests.
