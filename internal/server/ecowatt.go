@@ -270,12 +270,17 @@ func chunkLen(r *fota.Release, idx int) int {
 
 // readChunk reads chunk idx of a release into buf, which is chunkLen long.
 func (s *Server) readChunk(rel *fota.Release, idx int, buf []byte) error {
+	return s.readAt(rel, buf, int64(idx)*int64(rel.ChunkSize))
+}
+
+// readAt reads a release's ciphertext at off into buf.
+func (s *Server) readAt(rel *fota.Release, buf []byte, off int64) error {
 	blob, err := s.blobs.Open(rel.BlobKey)
 	if err != nil {
 		return fmt.Errorf("release %s: %w", rel.Version, err)
 	}
-	if _, err := blob.ReadAt(buf, int64(idx)*int64(rel.ChunkSize)); err != nil {
-		return fmt.Errorf("read chunk %d of %s: %w", idx, rel.Version, err)
+	if _, err := blob.ReadAt(buf, off); err != nil {
+		return fmt.Errorf("read %s at %d: %w", rel.Version, off, err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,12 @@ type Store struct {
 	now  func() time.Time
 	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
 	lastSweep atomic.Int64
+	// nonces feeds the group-committing nonce writer (nonce.go).
+	nonces     chan nonceReq
+	stop       chan struct{}
+	noncesDone chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 var _ fota.Store = (*Store)(nil)
@@ -74,6 +81,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
 	limitPool(s.fast)
+	s.startNonceWriter()
 	return s, nil
 }
 
@@ -92,8 +100,16 @@ func limitPool(db *sql.DB) {
 // SetClock replaces the clock, for tests.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
-// Close closes the database.
-func (s *Store) Close() error { return errors.Join(s.fast.Close(), s.db.Close()) }
+// Close stops the nonce writer and closes the database. Nothing may use the
+// store after Close.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.noncesDone
+		s.closeErr = errors.Join(s.fast.Close(), s.db.Close())
+	})
+	return s.closeErr
+}
 
 // SchemaVersion is the highest migration this binary has.
 func SchemaVersion() int {

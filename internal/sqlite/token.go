@@ -48,18 +48,6 @@ func (s *Store) CountTokens(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// UseNonce records a nonce; a second use is a replay.
-func (s *Store) UseNonce(ctx context.Context, deviceID, nonce string, expires time.Time) error {
-	_, err := s.fast.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES (?, ?, ?)`, deviceID, nonce, ms(expires))
-	if isUnique(err) {
-		return fota.Errorf(fota.ECONFLICT, "nonce already used")
-	}
-	if err != nil {
-		return fmt.Errorf("record nonce: %w", err)
-	}
-	return nil
-}
-
 // PurgeNonces deletes expired nonces.
 func (s *Store) PurgeNonces(ctx context.Context, t time.Time) error {
 	if _, err := s.fast.ExecContext(ctx, `DELETE FROM nonces WHERE expires_ms < ?`, ms(t)); err != nil {

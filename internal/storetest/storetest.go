@@ -343,6 +343,32 @@ func testTokensAndNonces(t *testing.T, s fota.Store, c *Clock) {
 	must(t, s.UseNonce(ctx, "d2", "n1", exp)) // nonces are per device
 	must(t, s.PurgeNonces(ctx, exp.Add(time.Second)))
 	must(t, s.UseNonce(ctx, "d1", "n1", exp.Add(time.Hour)))
+
+	// The same nonce from many requests at once: exactly one is new.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	accepted, replays := 0, 0
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.UseNonce(ctx, "d3", "race", exp)
+			mu.Lock()
+			defer mu.Unlock()
+			switch fota.ErrorCode(err) {
+			case "":
+				accepted++
+			case fota.ECONFLICT:
+				replays++
+			default:
+				t.Errorf("UseNonce: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if accepted != 1 || replays != 63 {
+		t.Fatalf("concurrent uses of one nonce: %d accepted, %d replays; want 1 and 63", accepted, replays)
+	}
 }
 
 func testEvents(t *testing.T, s fota.Store, _ *Clock) {
