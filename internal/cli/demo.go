@@ -21,6 +21,7 @@ import (
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/loadgen"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/simulator"
 	"github.com/ecowatt/fota/keys"
@@ -73,38 +74,6 @@ func (d *demoDevice) status() (state, version string, percent float64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.state, d.version, d.percent
-}
-
-// countingConn counts the bytes a connection carries.
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func countingClient(n *atomic.Int64) *http.Client {
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &countingConn{Conn: c, n: n}, nil
-		},
-		MaxIdleConnsPerHost: 2,
-	}}
 }
 
 type demoRow struct {
@@ -239,7 +208,7 @@ func runDemo(e *env, args []string) error {
 		d := &demoDevice{id: id, api: a, state: "idle"}
 		d.sim, err = simulator.New(simulator.Config{
 			Agent: agent.Config{Server: url, DeviceID: id, PSK: psk, Hardware: "esp32", TrustedKey: signer.Public(), FirmwareKey: fwKey,
-				API: a, CheckInterval: 200 * time.Millisecond, HTTPClient: countingClient(&d.bytes),
+				API: a, CheckInterval: 200 * time.Millisecond, HTTPClient: loadgen.CountingClient(&d.bytes),
 				Retry: agent.RetryPolicy{Attempts: 5, Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}},
 			StateDir: filepath.Join(dir, "devices", id), FactoryVersion: "1.0.3",
 			PollInterval: 50 * time.Millisecond, UploadInterval: 500 * time.Millisecond, OnEvent: d.onEvent,

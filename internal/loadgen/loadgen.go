@@ -184,6 +184,22 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// CountingClient is an HTTP client whose connections add every byte they
+// carry, both ways, to n: what a device moves over the wire.
+func CountingClient(n *atomic.Int64) *http.Client {
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: 2,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countingConn{Conn: c, n: n}, nil
+		},
+	}}
+}
+
 type countingConn struct {
 	net.Conn
 	n *atomic.Int64
