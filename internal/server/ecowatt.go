@@ -213,11 +213,16 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 		return fota.Errorf(fota.EINVALID, "chunk_number %d is too far ahead of the download (at chunk %d); fetch chunks in order", n, next)
 	}
 	idx := int(n)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
 	size := chunkLen(rel, idx)
-	if cap(*bp) < size+base64.StdEncoding.EncodedLen(size)+256 {
-		*bp = make([]byte, 0, size+base64.StdEncoding.EncodedLen(size)+256)
+	need := size + base64.StdEncoding.EncodedLen(size) + 256
+	pool := &bufPool
+	if need <= smallBuf {
+		pool = &smallBufPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	if cap(*bp) < need {
+		*bp = make([]byte, 0, need)
 	}
 	data := (*bp)[:size]
 	if err := s.readChunk(rel, idx, data); err != nil {

@@ -206,8 +206,14 @@ func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Sessi
 	return from, count, nil
 }
 
-// bufPool holds read buffers for chunk responses.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+// bufPool holds read buffers for chunk responses; smallBufPool the
+// buffers of one-chunk requests, the common case of slow devices.
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, 0, smallBuf); return &b }}
+)
+
+const smallBuf = 4 << 10
 
 func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) error {
 	sess, rel, err := s.deviceSession(r, false)
@@ -225,15 +231,22 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	w.Header().Set("Cache-Control", "no-store") // HMACs are per session
 	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
 	// Read the range in blocks of whole chunks, one pread each, rather than
-	// one pread per chunk.
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	perBlock := max(1, cap(*bp)/rel.ChunkSize)
-	if cap(*bp) < rel.ChunkSize {
-		*bp = make([]byte, rel.ChunkSize)
-		perBlock = 1
+	// one pread per chunk. Blocks are 64 KiB at most, and no larger than the
+	// range: ten thousand slow devices fetching one chunk each must not
+	// hold 64 KiB apiece.
+	blockSize := int(min(end-start, 64<<10))
+	blockSize = max(rel.ChunkSize, blockSize/rel.ChunkSize*rel.ChunkSize)
+	pool := &bufPool
+	if blockSize <= smallBuf {
+		pool = &smallBufPool
 	}
-	block := (*bp)[:cap(*bp)]
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	if cap(*bp) < blockSize {
+		*bp = make([]byte, blockSize)
+	}
+	block := (*bp)[:blockSize]
+	perBlock := blockSize / rel.ChunkSize
 	var hdr [protocol.FrameHeaderSize]byte
 	var mac [32]byte
 	for i := from; i < from+count; i += perBlock {
