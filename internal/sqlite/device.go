@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -47,13 +46,7 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 // Device returns a device.
 func (s *Store) Device(ctx context.Context, id string) (*fota.Device, error) {
 	d, err := scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read device: %w", err)
-	}
-	return d, nil
+	return one(d, err, fota.Errorf(fota.ENOTFOUND, "unknown device %q", id), "device")
 }
 
 // Devices lists devices by id.

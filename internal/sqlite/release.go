@@ -54,25 +54,13 @@ func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 // Release returns a release by id.
 func (s *Store) Release(ctx context.Context, id int64) (*fota.Release, error) {
 	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read release %d: %w", id, err)
-	}
-	return r, nil
+	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release")
 }
 
 // ReleaseByVersion returns a release by hardware and version.
 func (s *Store) ReleaseByVersion(ctx context.Context, hardware, version string) (*fota.Release, error) {
 	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE hardware = ? AND version = ?`, hardware, version))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read release %s: %w", version, err)
-	}
-	return r, nil
+	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release")
 }
 
 // Releases lists releases, oldest first.

@@ -99,26 +99,14 @@ func (s *Store) abandon(ctx context.Context, tx *sql.Tx, where, reason string, a
 // Session returns a session.
 func (s *Store) Session(ctx context.Context, id string) (*fota.Session, error) {
 	sess, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", id)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read session: %w", err)
-	}
-	return sess, nil
+	return one(sess, err, fota.Errorf(fota.ENOTFOUND, "no update session %q", id), "session")
 }
 
 // ActiveSession returns the device's active session.
 func (s *Store) ActiveSession(ctx context.Context, deviceID string) (*fota.Session, error) {
 	sess, err := scanSession(s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = ? AND state IN `+activeStates+
 		` ORDER BY created_ms DESC LIMIT 1`, deviceID))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fota.Errorf(fota.ENOTFOUND, "device %q has no open update session; check for updates first", deviceID)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read session: %w", err)
-	}
-	return sess, nil
+	return one(sess, err, fota.Errorf(fota.ENOTFOUND, "device %q has no open update session; check for updates first", deviceID), "session")
 }
 
 // ActiveSessions lists active sessions, newest first.

@@ -201,6 +201,19 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(row
 	return out, nil
 }
 
+// one finishes a single-row read: no row is the caller's not-found error,
+// any other error gets what was being read as context.
+func one[T any](v T, err error, notFound *fota.Error, what string) (T, error) {
+	var zero T
+	if errors.Is(err, sql.ErrNoRows) {
+		return zero, notFound
+	}
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", what, err)
+	}
+	return v, nil
+}
+
 func ms(t time.Time) int64 {
 	if t.IsZero() {
 		return 0
