@@ -1,0 +1,227 @@
+// Package postgres implements fota.Store on PostgreSQL (pgx), for fleets
+// that outgrow one machine: several stateless `fota serve` replicas share
+// one database. Migrations are numbered embedded SQL files, applied one
+// transaction each under an advisory lock, so replicas starting together do
+// not race; a replica refuses a database whose schema is newer than it knows.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/ecowatt/fota"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the advisory lock key replicas take while migrating.
+const migrationLock = 0x666f7461 // "fota"
+
+// Store is a fota.Store on a PostgreSQL database.
+type Store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+var _ fota.Store = (*Store)(nil)
+
+// Open connects to dsn and brings the schema up to date. The pool's size
+// and timeouts come from the DSN (pool_max_conns, pool_max_conn_lifetime, …).
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: bad DSN: %w", err)
+	}
+	return OpenConfig(ctx, cfg)
+}
+
+// OpenConfig is Open with a parsed pool configuration.
+func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	s := &Store{pool: pool, now: time.Now}
+	if err := s.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetClock replaces the clock, for tests.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
+
+// Pool exposes the connection pool, for metrics.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close closes the pool.
+func (s *Store) Close() error { s.pool.Close(); return nil }
+
+// SchemaVersion is the highest migration this binary has.
+func SchemaVersion() int {
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	return len(names)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrationLock); err != nil {
+		return fmt.Errorf("postgres: migration lock: %w", err)
+	}
+	defer conn.Exec(context.Background(), `SELECT pg_advisory_unlock($1)`, migrationLock)
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("postgres: migrate: %w", err)
+	}
+	var current int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("postgres: read schema version: %w", err)
+	}
+	if current > len(names) {
+		return fota.Errorf(fota.EINVALID, "database schema version %d is newer than this fota knows (%d); run a newer fota", current, len(names))
+	}
+	for i, name := range names {
+		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
+		if err != nil || n != i+1 {
+			return fmt.Errorf("migration %s is out of sequence", name)
+		}
+		if n <= current {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, string(body)); err != nil {
+				return fmt.Errorf("apply %s: %w", name, err)
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)`, n, time.Now().UnixMilli())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+type rowScanner interface{ Scan(...any) error }
+
+func queryAll[T any](ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	return out, nil
+}
+
+func one[T any](v T, err error, notFound *fota.Error, what string) (T, error) {
+	var zero T
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, notFound
+	}
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", what, err)
+	}
+	return v, nil
+}
+
+func isUnique(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+func addEvent(ctx context.Context, tx pgx.Tx, e *fota.Event) error {
+	err := tx.QueryRow(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail).Scan(&e.ID)
+	if err != nil {
+		return fmt.Errorf("add event: %w", err)
+	}
+	return nil
+}
+
+// AddEvent records an event.
+func (s *Store) AddEvent(ctx context.Context, e *fota.Event) error {
+	if e.Time.IsZero() {
+		e.Time = s.now()
+	}
+	return s.tx(ctx, func(tx pgx.Tx) error { return addEvent(ctx, tx, e) })
+}
+
+// Events lists events, newest first.
+func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail FROM events`
+	args := []any{}
+	if f.DeviceID != "" {
+		q += ` WHERE device_id = $1`
+		args = append(args, f.DeviceID)
+	}
+	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args)+1)
+	args = append(args, limit)
+	return queryAll(ctx, s.pool, "events", func(row rowScanner) (*fota.Event, error) {
+		e := &fota.Event{}
+		var t int64
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail)
+		e.Time = fromMS(t)
+		return e, err
+	}, q, args...)
+}

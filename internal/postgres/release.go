@@ -1,0 +1,104 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ecowatt/fota"
+)
+
+const releaseColumns = `id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256,
+	ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms,
+	manifest, signature, legacy_signature, blob_key`
+
+func scanRelease(row rowScanner) (*fota.Release, error) {
+	r := &fota.Release{}
+	var created, published, counter int64
+	err := row.Scan(&r.ID, &r.Product, &r.Hardware, &r.Version, &counter, &r.PlaintextSize, &r.PlaintextSHA256,
+		&r.CiphertextSize, &r.CiphertextSHA256, &r.ChunkSize, &r.IV, &r.KeyID, &r.SignatureAlg, &r.Notes, &created, &published,
+		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey)
+	if err != nil {
+		return nil, err
+	}
+	r.SecurityCounter = uint32(counter)
+	r.Created, r.Published = fromMS(created), fromMS(published)
+	if len(r.LegacySignature) == 0 {
+		r.LegacySignature = nil
+	}
+	return r, nil
+}
+
+// CreateRelease stores a release and its published event.
+func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
+	r.Published = s.now().UTC()
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO releases (product, hardware, version, security_counter, plaintext_size,
+			plaintext_sha256, ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms,
+			published_ms, manifest, signature, legacy_signature, blob_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id`,
+			r.Product, r.Hardware, r.Version, int64(r.SecurityCounter), r.PlaintextSize, r.PlaintextSHA256, r.CiphertextSize,
+			r.CiphertextSHA256, r.ChunkSize, r.IV, r.KeyID, r.SignatureAlg, r.Notes, ms(r.Created), ms(r.Published),
+			r.ManifestBytes, r.Signature, r.LegacySignature, r.BlobKey).Scan(&r.ID)
+		if isUnique(err) {
+			return fota.Errorf(fota.ECONFLICT, "release %s for %s exists already", r.Version, r.Hardware)
+		}
+		if err != nil {
+			return fmt.Errorf("create release: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: r.Published, Kind: fota.EventPublished, ReleaseVersion: r.Version,
+			Detail: fmt.Sprintf("%s %s for %s, %d bytes, signed by %s", r.Product, r.Version, r.Hardware, r.PlaintextSize, r.KeyID)})
+	})
+}
+
+// Release returns a release by id.
+func (s *Store) Release(ctx context.Context, id int64) (*fota.Release, error) {
+	r, err := scanRelease(s.pool.QueryRow(ctx, `SELECT `+releaseColumns+` FROM releases WHERE id = $1`, id))
+	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release")
+}
+
+// ReleaseByVersion returns a release by hardware and version.
+func (s *Store) ReleaseByVersion(ctx context.Context, hardware, version string) (*fota.Release, error) {
+	r, err := scanRelease(s.pool.QueryRow(ctx, `SELECT `+releaseColumns+` FROM releases WHERE hardware = $1 AND version = $2`, hardware, version))
+	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release")
+}
+
+// Releases lists releases, oldest first.
+func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release, error) {
+	if hardware != "" {
+		return queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases WHERE hardware = $1 ORDER BY id`, hardware)
+	}
+	return queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases ORDER BY id`)
+}
+
+// DeleteRelease removes a release unless an active session uses it.
+func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		var version string
+		err := tx.QueryRow(ctx, `SELECT version FROM releases WHERE id = $1 FOR UPDATE`, id).Scan(&version)
+		if _, err := one(version, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release"); err != nil {
+			return err
+		}
+		var active int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE release_id = $1 AND state = ANY($2)`, id, activeStates).Scan(&active); err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		if active > 0 {
+			return fota.Errorf(fota.ECONFLICT, "release %s is in use by %d update session(s); delete it when they end", version, active)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM releases WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: s.now(), Kind: fota.EventDeleted, ReleaseVersion: version})
+	})
+}
+
+// BlobInUse reports whether a release refers to the blob.
+func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM releases WHERE blob_key = $1`, key).Scan(&n); err != nil {
+		return false, fmt.Errorf("check blob %s: %w", key, err)
+	}
+	return n > 0, nil
+}

@@ -1,0 +1,190 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ecowatt/fota"
+)
+
+// activeStates are the states in which a session can progress.
+var activeStates = []string{fota.SessionOpen, fota.SessionDownloaded, fota.SessionVerified, fota.SessionApplied}
+
+// StaleAfter is how long an active session may go without a request before
+// it is abandoned.
+const StaleAfter = 24 * time.Hour
+
+const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
+	bytes_served, created_ms, updated_ms`
+
+func scanSession(row rowScanner) (*fota.Session, error) {
+	s := &fota.Session{}
+	var created, updated int64
+	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
+		&s.BytesServed, &created, &updated); err != nil {
+		return nil, err
+	}
+	s.Created, s.Updated = fromMS(created), fromMS(updated)
+	return s, nil
+}
+
+// OpenSession stores a new session, abandoning the device's other active
+// one and sessions idle past StaleAfter.
+func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
+	now := s.now().UTC()
+	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		if err := s.abandon(ctx, tx, `(device_id = $4 OR updated_ms < $5)`, "replaced by a new session or idle too long",
+			sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
+			return err
+		}
+		if maxActive > 0 {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE state = ANY($1)`, activeStates).Scan(&n); err != nil {
+				return fmt.Errorf("count sessions: %w", err)
+			}
+			if n >= maxActive {
+				return fota.Errorf(fota.EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", n)
+			}
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
+			sess.TotalChunks, ms(now), ms(now))
+		if err != nil {
+			return fmt.Errorf("open session: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+	})
+}
+
+// abandon ends the active sessions matching where, with an event each. In
+// where, $4 onwards are args ($1 to $3 are the states, reason and time).
+func (s *Store) abandon(ctx context.Context, tx pgx.Tx, where, reason string, args ...any) error {
+	now := s.now()
+	rows, err := tx.Query(ctx, `UPDATE sessions SET state = '`+fota.SessionAbandoned+`', reason = $2, updated_ms = $3
+		WHERE state = ANY($1) AND `+where+` RETURNING id, device_id, release_version`, append([]any{activeStates, reason, ms(now)}, args...)...)
+	if err != nil {
+		return fmt.Errorf("abandon sessions: %w", err)
+	}
+	var ended []*fota.Event
+	for rows.Next() {
+		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: now}
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion); err != nil {
+			rows.Close()
+			return fmt.Errorf("abandon sessions: %w", err)
+		}
+		ended = append(ended, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("abandon sessions: %w", err)
+	}
+	for _, e := range ended {
+		if err := addEvent(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Session returns a session.
+func (s *Store) Session(ctx context.Context, id string) (*fota.Session, error) {
+	sess, err := scanSession(s.pool.QueryRow(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1`, id))
+	return one(sess, err, fota.Errorf(fota.ENOTFOUND, "no update session %q", id), "session")
+}
+
+// ActiveSession returns the device's active session.
+func (s *Store) ActiveSession(ctx context.Context, deviceID string) (*fota.Session, error) {
+	sess, err := scanSession(s.pool.QueryRow(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = $1 AND state = ANY($2)
+		ORDER BY created_ms DESC LIMIT 1`, deviceID, activeStates))
+	return one(sess, err, fota.Errorf(fota.ENOTFOUND, "device %q has no open update session; check for updates first", deviceID), "session")
+}
+
+// ActiveSessions lists active sessions, newest first.
+func (s *Store) ActiveSessions(ctx context.Context) ([]*fota.Session, error) {
+	return queryAll(ctx, s.pool, "sessions", scanSession,
+		`SELECT `+sessionColumns+` FROM sessions WHERE state = ANY($1) ORDER BY created_ms DESC, id`, activeStates)
+}
+
+// activeForUpdate locks an active session's row for the transaction, so
+// replicas updating one session take turns.
+func (s *Store) activeForUpdate(ctx context.Context, tx pgx.Tx, id string) (*fota.Session, error) {
+	sess, err := scanSession(tx.QueryRow(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = $1 FOR UPDATE`, id))
+	if sess, err = one(sess, err, fota.Errorf(fota.ENOTFOUND, "no update session %q", id), "session"); err != nil {
+		return nil, err
+	}
+	if !fota.SessionActive(sess.State) {
+		return nil, fota.Errorf(fota.EGONE, "update session %s has ended (%s); check for updates again", id, sess.State)
+	}
+	return sess, nil
+}
+
+// RecordProgress raises a session's next chunk; it never lowers it.
+func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		sess, err := s.activeForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		newNext := max(sess.NextChunk, min(next, sess.TotalChunks))
+		if _, err := tx.Exec(ctx, `UPDATE sessions SET next_chunk = $1, bytes_served = bytes_served + $2, updated_ms = $3 WHERE id = $4`,
+			newNext, bytes, ms(now), id); err != nil {
+			return fmt.Errorf("record progress: %w", err)
+		}
+		for q := quarter(sess.NextChunk, sess.TotalChunks) + 1; q <= quarter(newNext, sess.TotalChunks); q++ {
+			if err := addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventProgress, DeviceID: sess.DeviceID,
+				ReleaseVersion: sess.ReleaseVersion, SessionID: id, Detail: fmt.Sprintf("%d%% of chunks served", q*25)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func quarter(n, total int) int {
+	if total == 0 {
+		return 0
+	}
+	return n * 4 / total
+}
+
+var stateEvents = map[string]string{
+	fota.SessionDownloaded: fota.EventDownloaded,
+	fota.SessionVerified:   fota.EventVerified,
+	fota.SessionApplied:    fota.EventApplied,
+	fota.SessionConfirmed:  fota.EventConfirmed,
+	fota.SessionRolledBack: fota.EventRolledBack,
+	fota.SessionFailed:     fota.EventFailed,
+	fota.SessionAbandoned:  fota.EventAbandoned,
+}
+
+// SetSessionState moves an active session to state, with its event.
+func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) error {
+	kind, ok := stateEvents[state]
+	if !ok {
+		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
+	}
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		sess, err := s.activeForUpdate(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		now := s.now()
+		if _, err := tx.Exec(ctx, `UPDATE sessions SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4`, state, reason, ms(now), id); err != nil {
+			return fmt.Errorf("set session state: %w", err)
+		}
+		if state == fota.SessionConfirmed {
+			if _, err := tx.Exec(ctx, `UPDATE devices SET version = r.version, security_counter = GREATEST(devices.security_counter, r.security_counter)
+				FROM releases r WHERE r.id = $1 AND devices.id = $2`, sess.ReleaseID, sess.DeviceID); err != nil {
+				return fmt.Errorf("record confirmed version: %w", err)
+			}
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
+			SessionID: id, Detail: reason})
+	})
+}
