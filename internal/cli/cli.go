@@ -70,6 +70,7 @@ func commands() []command {
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
 		{"serve", "run the update server", runServe},
 		{"token", "make admin API tokens", runToken},
+		{"migrate", "bring a PostgreSQL database's schema up to date", runMigrate},
 		{"device", "register devices, list them, pin them to releases", runDevice},
 		{"status", "show update sessions in progress and recent events", runStatus},
 		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},

@@ -11,9 +11,11 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/sqlite"
 	"github.com/ecowatt/fota/keys"
@@ -21,6 +23,7 @@ import (
 
 const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
+             [--db postgres://user:pass@host/db --blobs /shared/fota-blobs]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--log-level info] [--log-format text|json]
              [--pprof 127.0.0.1:6060]
 
@@ -30,14 +33,21 @@ folder (SQLite database and blob folder) and prints an admin token once.
 Releases must be signed by a --trust key. SIGINT or SIGTERM stops it
 gracefully.
 
+With --db the state lives in PostgreSQL and several replicas, sharing --blobs,
+serve the same fleet; migrations run at start under a lock (or use
+'fota migrate --db DSN').
+
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
+  fota serve --db postgres://fota@db/fota --blobs /mnt/shared/fota-blobs --addr :8080 --trust keys/signing.pub
   fota serve --addr :8443 --tls-cert cert.pem --tls-key key.pem --trust keys/signing.pub
 `
 
 func runServe(e *env, args []string) error {
 	fs := newFlags("serve")
-	data := fs.String("data", "./fota-data", "data folder: database and release blobs")
+	data := fs.String("data", "./fota-data", "data folder: the SQLite database and release blobs")
+	db := fs.String("db", "", "PostgreSQL DSN (postgres://user:pass@host/db) instead of SQLite in --data, for several replicas")
+	blobDir := fs.String("blobs", "", "release blob folder, shared by all replicas (default: DATA/blobs)")
 	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
 	var trust stringList
 	fs.Var(&trust, "trust", "public key that releases must be signed by (repeatable)")
@@ -83,7 +93,7 @@ func runServe(e *env, args []string) error {
 		trusted = append(trusted, k)
 	}
 
-	store, blobs, err := openData(e.ctx, *data)
+	store, blobs, err := openStore(e.ctx, *data, *db, *blobDir)
 	if err != nil {
 		return err
 	}
@@ -134,7 +144,11 @@ func runServe(e *env, args []string) error {
 		ln = tls.NewListener(ln, hs.TLSConfig)
 		scheme = "https"
 	}
-	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (data %s, %d trusted key(s))\n", scheme, ln.Addr(), *data, len(trusted))
+	where := "data " + *data
+	if *db != "" {
+		where = "PostgreSQL"
+	}
+	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (%s, %d trusted key(s))\n", scheme, ln.Addr(), where, len(trusted))
 
 	if *pprofAddr != "" {
 		pl, err := net.Listen("tcp", *pprofAddr)
@@ -172,7 +186,43 @@ func runServe(e *env, args []string) error {
 	return nil
 }
 
-// openData opens the database and blob folder in dir, creating them.
+// openStore opens the store: PostgreSQL when dsn is set, else SQLite in
+// dir; and the blob folder, blobDir or dir/blobs.
+func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, *server.DirBlobs, error) {
+	if dsn == "" {
+		store, blobs, err := openData(ctx, dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		if blobDir == "" {
+			return store, blobs, nil
+		}
+		blobs.Close()
+		if blobs, err = server.NewDirBlobs(blobDir); err != nil {
+			store.Close()
+			return nil, nil, err
+		}
+		return store, blobs, nil
+	}
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		return nil, nil, &usageError{msg: "--db wants a PostgreSQL URL", hint: "--db postgres://fota:secret@db.example:5432/fota"}
+	}
+	if blobDir == "" {
+		blobDir = filepath.Join(dir, "blobs")
+	}
+	store, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	blobs, err := server.NewDirBlobs(blobDir)
+	if err != nil {
+		store.Close()
+		return nil, nil, err
+	}
+	return store, blobs, nil
+}
+
+// openData opens the SQLite database and blob folder in dir, creating them.
 func openData(ctx context.Context, dir string) (*sqlite.Store, *server.DirBlobs, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data folder: %w", err)
@@ -216,7 +266,7 @@ func purgeNonces(ctx context.Context, store fota.Store, logger *slog.Logger) {
 }
 
 const tokenUsage = `Usage:
-  fota token create --data DIR [--name NAME]
+  fota token create (--data DIR | --db DSN) [--name NAME]
 
 Makes an admin API token and prints it alone on stdout; only its hash is
 stored. Works while the server runs.
@@ -232,6 +282,7 @@ func runToken(e *env, args []string) error {
 func runTokenCreate(e *env, args []string) error {
 	fs := newFlags("token create")
 	data := fs.String("data", "./fota-data", "the server's data folder")
+	db := fs.String("db", "", "the server's PostgreSQL DSN, when it uses one")
 	name := fs.String("name", "admin", "a name to tell tokens apart")
 	rest, err := parseFlags(e, fs, tokenUsage, args)
 	if err != nil {
@@ -240,12 +291,18 @@ func runTokenCreate(e *env, args []string) error {
 	if len(rest) > 0 {
 		return usagef("fota token create takes no arguments, got %q", rest)
 	}
-	if _, err := os.Stat(filepath.Join(*data, "fota.db")); err != nil {
-		return withHint(fmt.Errorf("no fota database in %s", *data), "start 'fota serve --data "+*data+"' once, or pass the right --data")
-	}
-	store, err := sqlite.Open(e.ctx, filepath.Join(*data, "fota.db"))
-	if err != nil {
-		return err
+	var store fota.Store
+	if *db != "" {
+		if store, err = postgres.Open(e.ctx, *db); err != nil {
+			return err
+		}
+	} else {
+		if _, err := os.Stat(filepath.Join(*data, "fota.db")); err != nil {
+			return withHint(fmt.Errorf("no fota database in %s", *data), "start 'fota serve --data "+*data+"' once, or pass the right --data")
+		}
+		if store, err = sqlite.Open(e.ctx, filepath.Join(*data, "fota.db")); err != nil {
+			return err
+		}
 	}
 	defer store.Close()
 	token, err := createToken(e.ctx, store, *name)
@@ -253,5 +310,31 @@ func runTokenCreate(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintln(e.stdout, token)
+	return nil
+}
+
+const migrateUsage = `Usage:
+  fota migrate --db postgres://user:pass@host/db
+
+Brings a PostgreSQL database's schema up to date, under the same lock the
+replicas take at start, and prints the version. fota serve also migrates at
+start, so this is for doing it ahead of a rollout.
+`
+
+func runMigrate(e *env, args []string) error {
+	fs := newFlags("migrate")
+	db := fs.String("db", "", "PostgreSQL DSN")
+	if _, err := parseFlags(e, fs, migrateUsage, args); err != nil {
+		return err
+	}
+	if *db == "" {
+		return &usageError{msg: "--db is required", hint: "fota migrate --db postgres://fota@db/fota"}
+	}
+	store, err := postgres.Open(e.ctx, *db)
+	if err != nil {
+		return err
+	}
+	store.Close()
+	fmt.Fprintf(e.stdout, "schema at version %d\n", postgres.SchemaVersion())
 	return nil
 }
