@@ -39,7 +39,10 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	if _, err := admin.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { admin.Exec(context.Background(), `DROP SCHEMA `+schema+` CASCADE`); admin.Close(context.Background()) })
+	t.Cleanup(func() {
+		admin.Exec(context.Background(), `DROP SCHEMA `+schema+` CASCADE`)
+		admin.Close(context.Background())
+	})
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
