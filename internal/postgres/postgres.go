@@ -68,6 +68,12 @@ func (s *Store) SetClock(now func() time.Time) { s.now = now }
 // Pool exposes the connection pool, for metrics.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
+// PoolStats reports the pool's connections, for /metrics.
+func (s *Store) PoolStats() (open, inUse, idle int) {
+	st := s.pool.Stat()
+	return int(st.TotalConns()), int(st.AcquiredConns()), int(st.IdleConns())
+}
+
 // Close closes the pool.
 func (s *Store) Close() error { s.pool.Close(); return nil }
 

@@ -256,7 +256,9 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	out = append(out, "}}\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
-	_, err = w.Write(out)
+	if _, err = w.Write(out); err == nil {
+		s.metrics.chunkBytes.WithLabelValues(fota.APIEcoWatt).Add(float64(size))
+	}
 	return err
 }
 

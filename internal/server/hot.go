@@ -243,5 +243,11 @@ func (s *Server) setState(ctx context.Context, sess *fota.Session, state, reason
 	s.progress.flush(ctx, sess.ID)
 	err := s.store.SetSessionState(ctx, sess.ID, state, reason)
 	s.hot.forgetSession(sess)
+	if err == nil {
+		switch state {
+		case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed:
+			s.metrics.updates.WithLabelValues(state).Inc()
+		}
+	}
 	return err
 }

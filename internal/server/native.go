@@ -268,6 +268,7 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 			}
 		}
 	}
+	s.metrics.chunkBytes.WithLabelValues(fota.APINative).Add(float64(end - start))
 	return s.served(r.Context(), sess, rel, from+count)
 }
 

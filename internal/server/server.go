@@ -58,6 +58,7 @@ type Server struct {
 	releases    *releaseCache
 	hot         *hotCache
 	progress    *progressTracker
+	metrics     *metrics
 }
 
 // New returns a Server for cfg.
@@ -83,6 +84,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.releases = newReleaseCache(cfg.Store)
 	s.hot = newHotCache()
+	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.handler = s.routes()
 	return s, nil
@@ -101,6 +103,11 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, s.wrap(pattern, quiet, h))
 	}
 	handle("GET /healthz", true, s.healthz)
+	// Prometheus scrapes with the admin token (authorization: credentials).
+	handle("GET /metrics", true, s.admin(func(w http.ResponseWriter, r *http.Request) error {
+		s.metrics.handler().ServeHTTP(w, r)
+		return nil
+	}))
 
 	// EcoWatt-compatible API: the original Flask server's endpoints and fields.
 	handle("POST /ota/check", false, s.legacyCheck)
@@ -194,6 +201,7 @@ func (s *Server) wrap(route string, quiet bool, h func(w http.ResponseWriter, r 
 		if err != nil {
 			s.writeError(sw, r, reqID, err)
 		}
+		s.metrics.observe(route, ri.status, time.Since(start))
 		level := slog.LevelInfo
 		if quiet && err == nil {
 			level = slog.LevelDebug

@@ -97,6 +97,12 @@ func limitPool(db *sql.DB) {
 	db.SetMaxIdleConns(maxConns)
 }
 
+// PoolStats reports the connections of both handles, for /metrics.
+func (s *Store) PoolStats() (open, inUse, idle int) {
+	a, b := s.db.Stats(), s.fast.Stats()
+	return a.OpenConnections + b.OpenConnections, a.InUse + b.InUse, a.Idle + b.Idle
+}
+
 // SetClock replaces the clock, for tests.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
 

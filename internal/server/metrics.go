@@ -1,0 +1,70 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ecowatt/fota"
+)
+
+// PoolStats is what a store with a connection pool reports for /metrics.
+type PoolStats interface {
+	PoolStats() (open, inUse, idle int)
+}
+
+// metrics are the server's Prometheus series, in a registry of its own so
+// that several servers in one process (tests) do not collide.
+type metrics struct {
+	registry   *prometheus.Registry
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	chunkBytes *prometheus.CounterVec
+	updates    *prometheus.CounterVec
+}
+
+func newMetrics(store fota.Store) *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_http_requests_total",
+		Help: "HTTP requests by route and status."}, []string{"route", "status"})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fota_http_request_duration_seconds",
+		Help:    "Time to answer, by route (the check routes are the check latency).",
+		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5}}, []string{"route"})
+	m.chunkBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_chunk_bytes_total",
+		Help: "Ciphertext bytes served in chunks, by API."}, []string{"api"})
+	m.updates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_updates_total",
+		Help: "Update sessions ended, by outcome (confirmed, rolled-back, failed, verified-failed)."}, []string{"outcome"})
+	m.registry.MustRegister(m.requests, m.duration, m.chunkBytes, m.updates,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_sessions_open", Help: "Active update sessions."}, func() float64 {
+			sessions, err := store.ActiveSessions(context.Background())
+			if err != nil {
+				return -1
+			}
+			return float64(len(sessions))
+		}))
+	if ps, ok := store.(PoolStats); ok {
+		for _, g := range []struct {
+			name string
+			pick func(o, u, i int) int
+		}{{"open", func(o, _, _ int) int { return o }}, {"in_use", func(_, u, _ int) int { return u }}, {"idle", func(_, _, i int) int { return i }}} {
+			m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_db_connections_" + g.name,
+				Help: "Database pool connections: " + g.name + "."}, func() float64 { return float64(g.pick(ps.PoolStats())) }))
+		}
+	}
+	return m
+}
+
+func (m *metrics) observe(route string, status int, took time.Duration) {
+	m.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(route).Observe(took.Seconds())
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
