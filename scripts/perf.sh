@@ -11,6 +11,10 @@
 #   5. check-ins: 3,000 devices, 1,000 a second (fota load --check-only).
 # It installs wrk and nginx from Debian if missing, starts everything on
 # loopback, and stops what it started.
+#
+# FOTA_PERF_DB=postgres://... runs the server on that PostgreSQL database,
+# release blobs included (--blobs db). The database must be empty: the run
+# needs the admin token a first start prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -32,7 +36,9 @@ cd "$work"
 "$fota" firmware sample --version 1.0.4 --size 1MiB -o app.bin >/dev/null
 "$fota" release build --keys keys -o app.fota app.bin >/dev/null
 port=$((20000 + RANDOM % 20000))
-taskset -c 0 "$fota" serve --data data --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
+store=()
+if [ -n "${FOTA_PERF_DB:-}" ]; then store=(--db "$FOTA_PERF_DB" --blobs db); fi
+taskset -c 0 "$fota" serve --data data "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
 export FOTA_SERVER=http://127.0.0.1:$port FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out)

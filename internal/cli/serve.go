@@ -23,7 +23,7 @@ import (
 
 const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
-             [--db postgres://user:pass@host/db --blobs /shared/fota-blobs]
+             [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--log-level info] [--log-format text|json]
              [--pprof 127.0.0.1:6060]
 
@@ -33,13 +33,15 @@ folder (SQLite database and blob folder) and prints an admin token once.
 Releases must be signed by a --trust key. SIGINT or SIGTERM stops it
 gracefully.
 
-With --db the state lives in PostgreSQL and several replicas, sharing --blobs,
-serve the same fleet; migrations run at start under a lock (or use
-'fota migrate --db DSN').
+With --db the state lives in PostgreSQL and several replicas serve the same
+fleet; migrations run at start under a lock (or use 'fota migrate --db DSN').
+Release blobs go in a folder all replicas share (--blobs DIR), or with
+--blobs db in PostgreSQL too, cached in each replica's memory (256 MiB).
 
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
   fota serve --db postgres://fota@db/fota --blobs /mnt/shared/fota-blobs --addr :8080 --trust keys/signing.pub
+  fota serve --db postgres://fota@db/fota --blobs db --addr :8080 --trust keys/signing.pub
   fota serve --addr :8443 --tls-cert cert.pem --tls-key key.pem --trust keys/signing.pub
 `
 
@@ -47,7 +49,7 @@ func runServe(e *env, args []string) error {
 	fs := newFlags("serve")
 	data := fs.String("data", "./fota-data", "data folder: the SQLite database and release blobs")
 	db := fs.String("db", "", "PostgreSQL DSN (postgres://user:pass@host/db) instead of SQLite in --data, for several replicas")
-	blobDir := fs.String("blobs", "", "release blob folder, shared by all replicas (default: DATA/blobs)")
+	blobDir := fs.String("blobs", "", "release blob folder, shared by all replicas (default: DATA/blobs); 'db' keeps them in PostgreSQL (needs --db)")
 	addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
 	var trust stringList
 	fs.Var(&trust, "trust", "public key that releases must be signed by (repeatable)")
@@ -186,9 +188,22 @@ func runServe(e *env, args []string) error {
 	return nil
 }
 
+// blobStore is where a server keeps release ciphertexts.
+type blobStore interface {
+	server.SweepableBlobs
+	Close() error
+}
+
+// blobsInDB is the --blobs value that keeps ciphertexts in PostgreSQL.
+const blobsInDB = "db"
+
 // openStore opens the store: PostgreSQL when dsn is set, else SQLite in
-// dir; and the blob folder, blobDir or dir/blobs.
-func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, *server.DirBlobs, error) {
+// dir; and the blobs: in PostgreSQL for --blobs db, else the folder
+// blobDir or dir/blobs.
+func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, blobStore, error) {
+	if dsn == "" && blobDir == blobsInDB {
+		return nil, nil, &usageError{msg: "--blobs db keeps release blobs in PostgreSQL, so it needs --db", hint: "--db postgres://fota:secret@db.example:5432/fota --blobs db"}
+	}
 	if dsn == "" {
 		store, blobs, err := openData(ctx, dir)
 		if err != nil {
@@ -213,6 +228,9 @@ func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, *serv
 	store, err := postgres.Open(ctx, dsn)
 	if err != nil {
 		return nil, nil, err
+	}
+	if blobDir == blobsInDB {
+		return store, store.Blobs(postgres.DefaultPieceCache), nil
 	}
 	blobs, err := server.NewDirBlobs(blobDir)
 	if err != nil {

@@ -17,10 +17,20 @@ import (
 )
 
 // TestTwoReplicasOnPostgres runs two fota serve processes on one PostgreSQL
-// database and one blob folder. A device alternates between them request
-// by request; one replica is killed half way and the device finishes on
-// the other.
+// database, with release blobs in a shared folder or in the database
+// (and then nothing on disk shared at all). A device alternates between
+// them request by request; one replica is killed half way and the device
+// finishes on the other.
 func TestTwoReplicasOnPostgres(t *testing.T) {
+	t.Run("blob-folder", func(t *testing.T) {
+		testTwoReplicas(t, []string{"--blobs", "shared-blobs"}, []string{"--blobs", "shared-blobs"})
+	})
+	t.Run("blobs-in-db", func(t *testing.T) {
+		testTwoReplicas(t, []string{"--blobs", "db", "--data", "data-a"}, []string{"--blobs", "db", "--data", "data-b"})
+	})
+}
+
+func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 	dsn := os.Getenv("FOTA_TEST_POSTGRES_DSN")
 	if dsn == "" {
 		if os.Getenv("CI") != "" {
@@ -53,8 +63,8 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 	fota(t, dir, nil, "keys", "init", "--dir", "keys")
 	fota(t, dir, nil, "firmware", "sample", "--version", "1.0.4", "--size", "512KiB", "-o", "app.bin")
 	fota(t, dir, nil, "release", "build", "--keys", "keys", "-o", "app.fota", "app.bin")
-	a := startServer(t, dir, "--db", db, "--blobs", "shared-blobs")
-	bsrv := startServer(t, dir, "--db", db, "--blobs", "shared-blobs")
+	a := startServer(t, dir, append([]string{"--db", db}, argsA...)...)
+	bsrv := startServer(t, dir, append([]string{"--db", db}, argsB...)...)
 	if a.token == "" || bsrv.token != "" {
 		t.Fatalf("the first replica must print the admin token and the second not (%q, %q)", a.token, bsrv.token)
 	}

@@ -58,7 +58,7 @@ func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
 
 // DeviceSeen records a device request.
 func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE devices SET last_seen_ms = $1, version = CASE WHEN $2 = '' THEN version ELSE $2 END WHERE id = $3`,
+	tag, err := s.fast.Exec(ctx, `UPDATE devices SET last_seen_ms = $1, version = CASE WHEN $2 = '' THEN version ELSE $2 END WHERE id = $3`,
 		ms(at), version, id)
 	if err != nil {
 		return fmt.Errorf("record device seen: %w", err)

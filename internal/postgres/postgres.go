@@ -33,8 +33,19 @@ const migrationLock = 0x666f7461 // "fota"
 // Store is a fota.Store on a PostgreSQL database.
 type Store struct {
 	pool *pgxpool.Pool
+	// fast runs what devices cause (nonces, last seen, sessions, progress,
+	// their events) with synchronous_commit off: a database crash can lose
+	// the last moments of those, never corrupt them, and devices retry,
+	// while the commit no longer waits for a WAL flush. Releases, devices
+	// and tokens, the operator's writes, wait for the flush.
+	fast *pgxpool.Pool
 	now  func() time.Time
 }
+
+// defaultMaxConns is each pool's size unless the DSN sets pool_max_conns:
+// pgx's default (the CPU count, at least 4) queues check-ins behind each
+// other on a small machine while the database has capacity to spare.
+const defaultMaxConns = 16
 
 var _ fota.Store = (*Store)(nil)
 
@@ -50,13 +61,23 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 
 // OpenConfig is Open with a parsed pool configuration.
 func OpenConfig(ctx context.Context, cfg *pgxpool.Config) (*Store, error) {
+	if !strings.Contains(cfg.ConnString(), "pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
+	}
+	fastCfg := cfg.Copy()
+	fastCfg.ConnConfig.RuntimeParams["synchronous_commit"] = "off"
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: connect: %w", err)
 	}
-	s := &Store{pool: pool, now: time.Now}
-	if err := s.migrate(ctx); err != nil {
+	fast, err := pgxpool.NewWithConfig(ctx, fastCfg)
+	if err != nil {
 		pool.Close()
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
+	s := &Store{pool: pool, fast: fast, now: time.Now}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -68,14 +89,19 @@ func (s *Store) SetClock(now func() time.Time) { s.now = now }
 // Pool exposes the connection pool, for metrics.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
-// PoolStats reports the pool's connections, for /metrics.
+// PoolStats reports both pools' connections, for /metrics.
 func (s *Store) PoolStats() (open, inUse, idle int) {
-	st := s.pool.Stat()
-	return int(st.TotalConns()), int(st.AcquiredConns()), int(st.IdleConns())
+	for _, p := range []*pgxpool.Pool{s.pool, s.fast} {
+		st := p.Stat()
+		open += int(st.TotalConns())
+		inUse += int(st.AcquiredConns())
+		idle += int(st.IdleConns())
+	}
+	return open, inUse, idle
 }
 
-// Close closes the pool.
-func (s *Store) Close() error { s.pool.Close(); return nil }
+// Close closes the pools.
+func (s *Store) Close() error { s.pool.Close(); s.fast.Close(); return nil }
 
 // SchemaVersion is the highest migration this binary has.
 func SchemaVersion() int {
@@ -136,6 +162,11 @@ func (s *Store) migrate(ctx context.Context) error {
 
 func (s *Store) tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+// fastTx is tx on the fast pool, for writes devices cause.
+func (s *Store) fastTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.fast, fn)
 }
 
 type rowScanner interface{ Scan(...any) error }
@@ -206,7 +237,7 @@ func (s *Store) AddEvent(ctx context.Context, e *fota.Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.now()
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error { return addEvent(ctx, tx, e) })
+	return s.fastTx(ctx, func(tx pgx.Tx) error { return addEvent(ctx, tx, e) })
 }
 
 // Events lists events, newest first.

@@ -36,7 +36,7 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
-	return s.tx(ctx, func(tx pgx.Tx) error {
+	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		if err := s.abandon(ctx, tx, `(device_id = $4 OR updated_ms < $5)`, "replaced by a new session or idle too long",
 			sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
 			return err
@@ -125,7 +125,7 @@ func (s *Store) activeForUpdate(ctx context.Context, tx pgx.Tx, id string) (*fot
 
 // RecordProgress raises a session's next chunk; it never lowers it.
 func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
-	return s.tx(ctx, func(tx pgx.Tx) error {
+	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
@@ -169,7 +169,7 @@ func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) e
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error {
+	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err

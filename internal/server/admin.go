@@ -318,10 +318,26 @@ func NewToken() (string, [32]byte, error) {
 	return token, HashToken(token), nil
 }
 
-// SweepBlobs removes committed blobs no release refers to: what a crash
-// between storing a blob and recording its release leaves behind.
-func SweepBlobs(ctx context.Context, store fota.Store, blobs *DirBlobs) (int, error) {
-	keys, err := blobs.Keys()
+// SweepableBlobs is a BlobStore that can list what it holds.
+type SweepableBlobs interface {
+	BlobStore
+	// Keys lists blobs committed before cutoff.
+	Keys(cutoff time.Time) ([]string, error)
+}
+
+// SweepGrace is how old an unreferenced blob must be before a sweep takes
+// it: replicas share blobs, and one may be between storing a blob and
+// recording its release while another starts and sweeps.
+const SweepGrace = 10 * time.Minute
+
+// SweepBlobs removes blobs older than SweepGrace that no release refers
+// to: what a crash between storing a blob and recording its release leaves.
+func SweepBlobs(ctx context.Context, store fota.Store, blobs SweepableBlobs) (int, error) {
+	return sweepBlobsBefore(ctx, store, blobs, time.Now().Add(-SweepGrace))
+}
+
+func sweepBlobsBefore(ctx context.Context, store fota.Store, blobs SweepableBlobs, cutoff time.Time) (int, error) {
+	keys, err := blobs.Keys(cutoff)
 	if err != nil {
 		return 0, err
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/ecowatt/fota/internal/atomicfile"
 )
@@ -172,15 +173,18 @@ func (d *DirBlobs) Close() error {
 	return nil
 }
 
-// Keys lists committed blobs, for sweeping orphans.
-func (d *DirBlobs) Keys() ([]string, error) {
+// Keys lists blobs committed before cutoff, for sweeping orphans.
+func (d *DirBlobs) Keys(cutoff time.Time) ([]string, error) {
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
 	}
 	var keys []string
 	for _, e := range entries {
-		if !e.IsDir() && validKey(e.Name()) {
+		if e.IsDir() || !validKey(e.Name()) {
+			continue
+		}
+		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
 			keys = append(keys, e.Name())
 		}
 	}

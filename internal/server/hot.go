@@ -35,11 +35,20 @@ type hotCache struct {
 	byID     map[string]cachedSession
 	byDevice map[string]cachedSession // the device's active session
 	served   map[string]int           // session id: chunks served in order, ahead of the store
+	loading  map[string]*sessionLoad  // snapshot reads in flight, shared by concurrent misses
+}
+
+// sessionLoad is one store read of a snapshot that expired; the requests
+// that find it expired meanwhile wait for it instead of each reading too.
+type sessionLoad struct {
+	done chan struct{}
+	sess *fota.Session
+	err  error
 }
 
 func newHotCache() *hotCache {
 	return &hotCache{keys: map[string]protocol.PSK{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
-		served: map[string]int{}}
+		served: map[string]int{}, loading: map[string]*sessionLoad{}}
 }
 
 // tooFarAhead reports whether chunk is more than the window ahead of what
@@ -99,24 +108,6 @@ func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, error)
 	return d.PSK, nil
 }
 
-func (c *hotCache) get(m map[string]cachedSession, key string, now time.Time) *fota.Session {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := m[key]; ok && now.Sub(e.at) < sessionTTL {
-		return e.sess
-	}
-	return nil
-}
-
-func (c *hotCache) put(m map[string]cachedSession, key string, sess *fota.Session, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(m) >= maxCached {
-		clear(m)
-	}
-	m[key] = cachedSession{sess: sess, at: now}
-}
-
 // forgetSession drops a session's snapshots after this replica changed it.
 func (c *hotCache) forgetSession(sess *fota.Session) {
 	c.mu.Lock()
@@ -128,30 +119,53 @@ func (c *hotCache) forgetSession(sess *fota.Session) {
 
 // sessionByID is a session snapshot for the chunk path.
 func (s *Server) sessionByID(ctx context.Context, id string) (*fota.Session, error) {
-	now := time.Now()
-	if sess := s.hot.get(s.hot.byID, id, now); sess != nil {
-		return sess, nil
-	}
-	sess, err := s.store.Session(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	s.hot.put(s.hot.byID, id, sess, now)
-	return sess, nil
+	return s.snapshot(ctx, s.hot.byID, "id:"+id, id, s.store.Session)
 }
 
 // activeSessionOf is the device's active session snapshot, for the chunk path.
 func (s *Server) activeSessionOf(ctx context.Context, deviceID string) (*fota.Session, error) {
+	return s.snapshot(ctx, s.hot.byDevice, "device:"+deviceID, deviceID, s.store.ActiveSession)
+}
+
+// snapshot returns m[key] while fresh, else reads it with read, one read
+// per key at a time: when a busy device's snapshot expires, its requests in
+// flight share one store query rather than queueing one each for the pool.
+func (s *Server) snapshot(ctx context.Context, m map[string]cachedSession, flight, key string,
+	read func(context.Context, string) (*fota.Session, error)) (*fota.Session, error) {
+	c := s.hot
 	now := time.Now()
-	if sess := s.hot.get(s.hot.byDevice, deviceID, now); sess != nil {
-		return sess, nil
+	c.mu.Lock()
+	if e, ok := m[key]; ok && now.Sub(e.at) < sessionTTL {
+		c.mu.Unlock()
+		return e.sess, nil
 	}
-	sess, err := s.store.ActiveSession(ctx, deviceID)
-	if err != nil {
-		return nil, err
+	if l, ok := c.loading[flight]; ok {
+		c.mu.Unlock()
+		select {
+		case <-l.done:
+			return l.sess, l.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	s.hot.put(s.hot.byDevice, deviceID, sess, now)
-	return sess, nil
+	l := &sessionLoad{done: make(chan struct{})}
+	c.loading[flight] = l
+	c.mu.Unlock()
+
+	// Not the caller's context: others wait on this read, and one client
+	// hanging up must not fail their requests.
+	l.sess, l.err = read(context.WithoutCancel(ctx), key)
+	c.mu.Lock()
+	delete(c.loading, flight)
+	if l.err == nil {
+		if len(m) >= maxCached {
+			clear(m)
+		}
+		m[key] = cachedSession{sess: l.sess, at: now}
+	}
+	c.mu.Unlock()
+	close(l.done)
+	return l.sess, l.err
 }
 
 // progressTracker collects chunk progress and writes it in batches.
