@@ -7,8 +7,10 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,9 +20,9 @@ import (
 
 // TestTwoReplicasOnPostgres runs two fota serve processes on one PostgreSQL
 // database, with release blobs in a shared folder or in the database
-// (and then nothing on disk shared at all). A device alternates between
-// them request by request; one replica is killed half way and the device
-// finishes on the other.
+// (and then nothing on disk shared at all). Four devices alternate between
+// them request by request; one replica is killed half way through the
+// rollout and every device finishes on the other.
 func TestTwoReplicasOnPostgres(t *testing.T) {
 	t.Run("blob-folder", func(t *testing.T) {
 		testTwoReplicas(t, []string{"--blobs", "shared-blobs"}, []string{"--blobs", "shared-blobs"})
@@ -69,43 +71,63 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 		t.Fatalf("the first replica must print the admin token and the second not (%q, %q)", a.token, bsrv.token)
 	}
 	// Published through A, registered through B: both see both.
-	fota(t, dir, []string{"FOTA_SERVER=" + a.url, "FOTA_TOKEN=" + a.token}, "release", "publish", "app.fota")
-	fota(t, dir, []string{"FOTA_SERVER=" + bsrv.url, "FOTA_TOKEN=" + a.token}, "device", "add", "--id", "rep-1", "--hardware", "esp32",
-		"--version", "1.0.3", "--credentials", "rep.json")
-	cred := readCredentials(t, filepath.Join(dir, "rep.json"))
-
-	c := nativeCheckIn(t, a.url, cred)
-	var ct []byte
-	servers := []string{a.url, bsrv.url}
-	for from, i := 0, 0; from < c.Chunks/2; from, i = from+32, i+1 {
-		ct = append(ct, nativeChunks(t, servers[i%2], cred, c, from, min(from+32, c.Chunks/2))...)
+	adminA := []string{"FOTA_SERVER=" + a.url, "FOTA_TOKEN=" + a.token}
+	adminB := []string{"FOTA_SERVER=" + bsrv.url, "FOTA_TOKEN=" + a.token}
+	fota(t, dir, adminA, "release", "publish", "app.fota")
+	const devices = 4
+	creds := make([]credentials, devices)
+	checks := make([]nativeCheck, devices)
+	cts := make([][]byte, devices)
+	for d := range devices {
+		id := fmt.Sprintf("rep-%d", d+1)
+		fota(t, dir, adminB, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3", "--credentials", id+".json")
+		creds[d] = readCredentials(t, filepath.Join(dir, id+".json"))
 	}
+
+	// Each device checks in on its own replica, then every device's
+	// requests alternate between the two, interleaved across devices.
+	servers := []string{a.url, bsrv.url}
+	for d := range devices {
+		checks[d] = nativeCheckIn(t, servers[d%2], creds[d])
+	}
+	half := checks[0].Chunks / 2
+	for from, i := 0, 0; from < half; from, i = from+32, i+1 {
+		for d := range devices {
+			cts[d] = append(cts[d], nativeChunks(t, servers[(i+d)%2], creds[d], checks[d], from, min(from+32, half))...)
+		}
+	}
+
+	// Replica A dies mid-rollout; every device finishes on B.
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.done
-	c2 := nativeCheckIn(t, bsrv.url, cred)
-	if c2.SessionID != c.SessionID {
-		t.Fatalf("replica B does not know replica A's session: %s vs %s", c2.SessionID, c.SessionID)
-	}
-	ct = append(ct, nativeChunks(t, bsrv.url, cred, c2, c.Chunks/2, c2.Chunks)...)
-	var m struct {
-		IV string `json:"iv"`
-	}
-	manifest, _ := base64.StdEncoding.DecodeString(c2.Manifest)
-	json.Unmarshal(manifest, &m)
-	iv, _ := hex.DecodeString(m.IV)
 	fwKey, _ := os.ReadFile(filepath.Join(dir, "keys", "firmware.key"))
 	firmware, _ := os.ReadFile(filepath.Join(dir, "app.bin"))
-	if fw := decrypt(t, fwKey, iv, ct); !bytes.Equal(fw, firmware) {
-		t.Fatal("firmware assembled from two replicas differs")
+	for d := range devices {
+		c2 := nativeCheckIn(t, bsrv.url, creds[d])
+		if c2.SessionID != checks[d].SessionID {
+			t.Fatalf("device %d: replica B does not know replica A's session: %s vs %s", d+1, c2.SessionID, checks[d].SessionID)
+		}
+		cts[d] = append(cts[d], nativeChunks(t, bsrv.url, creds[d], c2, half, c2.Chunks)...)
+		var m struct {
+			IV string `json:"iv"`
+		}
+		manifest, _ := base64.StdEncoding.DecodeString(c2.Manifest)
+		json.Unmarshal(manifest, &m)
+		iv, _ := hex.DecodeString(m.IV)
+		if fw := decrypt(t, fwKey, iv, cts[d]); !bytes.Equal(fw, firmware) {
+			t.Fatalf("device %d: firmware assembled from two replicas differs", d+1)
+		}
+		resp, err := nativeRequest(t, bsrv.url, "POST", c2.ReportURL, creds[d], []byte(`{"status":"confirmed"}`))
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("device %d: report on replica B: %v %v", d+1, err, resp.Status)
+		}
+		resp.Body.Close()
 	}
-	resp, err := nativeRequest(t, bsrv.url, "POST", c2.ReportURL, cred, []byte(`{"status":"confirmed"}`))
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("report on replica B: %v %v", err, resp.Status)
-	}
-	resp.Body.Close()
-	list := fota(t, dir, []string{"FOTA_SERVER=" + bsrv.url, "FOTA_TOKEN=" + a.token}, "device", "list")
-	if !strings.Contains(list, "rep-1") || !strings.Contains(list, "1.0.4") {
-		t.Fatalf("device list on B:\n%s", list)
+	list := fota(t, dir, adminB, "device", "list")
+	for d := range devices {
+		if !regexp.MustCompile(fmt.Sprintf(`rep-%d\s+esp32\s+1\.0\.4\s`, d+1)).MatchString(list) {
+			t.Fatalf("device rep-%d not on 1.0.4 in the device list on B:\n%s", d+1, list)
+		}
 	}
 	bsrv.stop(t)
 }
