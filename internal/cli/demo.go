@@ -292,21 +292,37 @@ func runDemo(e *env, args []string) error {
 		fmt.Fprintln(out)
 	}
 
-	// The server's record must agree with the devices.
-	serverOK := true
-	for _, d := range devices {
-		detail, err := admin.Device(ctx, d.id)
-		if err != nil {
-			return err
+	// The server's record must agree with the devices. A device counts its
+	// rollback done when it boots back, and its report reaches the server a
+	// moment later, so give the reports time to land.
+	serverOK := false
+	var wrong []string
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		wrong = wrong[:0]
+		for _, d := range devices {
+			detail, err := admin.Device(ctx, d.id)
+			if err != nil {
+				return err
+			}
+			kinds := map[string]bool{}
+			for _, ev := range detail.History {
+				kinds[ev.Kind+" "+ev.Version] = true
+			}
+			if detail.Device.Version != "1.0.4" || !kinds["confirmed 1.0.4"] || !kinds["rolled-back 1.0.5"] {
+				wrong = append(wrong, fmt.Sprintf("fota demo: the server's record of %s is wrong: version %s, events %v", d.id, detail.Device.Version, kinds))
+			}
 		}
-		kinds := map[string]bool{}
-		for _, ev := range detail.History {
-			kinds[ev.Kind+" "+ev.Version] = true
+		if len(wrong) == 0 {
+			serverOK = true
+			break
 		}
-		if detail.Device.Version != "1.0.4" || !kinds["confirmed 1.0.4"] || !kinds["rolled-back 1.0.5"] {
-			serverOK = false
-			fmt.Fprintf(out, "fota demo: the server's record of %s is wrong: version %s, events %v\n", d.id, detail.Device.Version, kinds)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			break
 		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, w := range wrong {
+		fmt.Fprintln(out, w)
 	}
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
