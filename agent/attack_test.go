@@ -125,6 +125,30 @@ func editManifest(re, repl string) func([]byte) []byte {
 	})
 }
 
+// flipManifestField changes the first hex digit of a manifest field to a
+// different one: a fixed replacement would be no change at all whenever
+// the random value already started with it.
+func flipManifestField(field string) func([]byte) []byte {
+	return editCheck(func(m map[string]any) {
+		raw, _ := base64.StdEncoding.DecodeString(m["manifest"].(string))
+		re := regexp.MustCompile(`"` + field + `": "[0-9a-f]`)
+		edited := re.ReplaceAllFunc(raw, func(match []byte) []byte {
+			out := bytes.Clone(match)
+			last := &out[len(out)-1]
+			if *last == '0' {
+				*last = '1'
+			} else {
+				*last = '0'
+			}
+			return out
+		})
+		if bytes.Equal(edited, raw) {
+			panic("manifest has no field " + field)
+		}
+		m["manifest"] = base64.StdEncoding.EncodeToString(edited)
+	})
+}
+
 // asDevice answers every check with what the server tells another device:
 // a validly signed offer that is wrong for this one.
 func asDevice(t *testing.T, h *harness, id, hardware, version string, counter uint32) func([]byte) []byte {
@@ -207,13 +231,13 @@ func TestAttackTable(t *testing.T) {
 			m.check = editManifest(`"plaintext_size": (\d+)`, `"plaintext_size": 1$1`)
 		}, "signature does not match key", nil, 0},
 		{"plaintext hash changed after signing", func(t *testing.T, h *harness, m *mitm) {
-			m.check = editManifest(`"plaintext_sha256": "[0-9a-f]`, `"plaintext_sha256": "f`)
+			m.check = flipManifestField("plaintext_sha256")
 		}, "signature does not match key", nil, 0},
 		{"ciphertext hash changed after signing", func(t *testing.T, h *harness, m *mitm) {
-			m.check = editManifest(`"ciphertext_sha256": "[0-9a-f]`, `"ciphertext_sha256": "e`)
+			m.check = flipManifestField("ciphertext_sha256")
 		}, "signature does not match key", nil, 0},
 		{"IV changed after signing", func(t *testing.T, h *harness, m *mitm) {
-			m.check = editManifest(`"iv": "[0-9a-f]`, `"iv": "a`)
+			m.check = flipManifestField("iv")
 		}, "signature does not match key", nil, 0},
 		{"chunk count beyond the signed size", func(t *testing.T, h *harness, m *mitm) {
 			m.check = editCheck(func(c map[string]any) { c["chunks"] = c["chunks"].(float64) + 100 })
