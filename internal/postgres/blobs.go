@@ -3,7 +3,6 @@ package postgres
 import (
 	"container/list"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,14 +59,6 @@ func (s *Store) Blobs(cacheBytes int64) *Blobs {
 		cacheBytes = PieceSize
 	}
 	return &Blobs{s: s, open: map[string]*dbBlob{}, cache: map[pieceKey]*list.Element{}, maxCache: cacheBytes}
-}
-
-func validKey(key string) bool {
-	if len(key) != 64 {
-		return false
-	}
-	_, err := hex.DecodeString(key)
-	return err == nil
 }
 
 // Create starts a blob. Its row exists from the start, keyless, so pieces
@@ -129,7 +120,7 @@ func (t *tempBlob) flush() error {
 // Commit names the blob. Blobs are named by their content's hash, so if
 // the name is taken the same bytes are already there: keep those.
 func (t *tempBlob) Commit(key string) error {
-	if !validKey(key) {
+	if !server.ValidBlobKey(key) {
 		t.Abort()
 		return fmt.Errorf("commit blob: bad key %q", key)
 	}
@@ -161,7 +152,7 @@ func (t *tempBlob) Abort() {
 
 // Open returns a committed blob. Errors wrap fs.ErrNotExist if absent.
 func (b *Blobs) Open(key string) (server.Blob, error) {
-	if !validKey(key) {
+	if !server.ValidBlobKey(key) {
 		return nil, fmt.Errorf("open blob %q: %w", key, fs.ErrNotExist)
 	}
 	b.mu.Lock()
@@ -259,7 +250,7 @@ func (b *Blobs) piece(blob int64, idx int) ([]byte, error) {
 
 // Remove deletes a committed blob; its pieces go with it.
 func (b *Blobs) Remove(key string) error {
-	if !validKey(key) {
+	if !server.ValidBlobKey(key) {
 		return fmt.Errorf("remove blob %q: bad key", key)
 	}
 	b.mu.Lock()

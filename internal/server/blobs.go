@@ -62,7 +62,8 @@ func NewDirBlobs(dir string) (*DirBlobs, error) {
 	return &DirBlobs{dir: dir, open: map[string]*fileBlob{}}, nil
 }
 
-func validKey(key string) bool {
+// ValidBlobKey reports whether key names a blob: a hex SHA-256.
+func ValidBlobKey(key string) bool {
 	if len(key) != 64 {
 		return false
 	}
@@ -89,7 +90,7 @@ func (d *DirBlobs) Create() (TempBlob, error) {
 func (t *tempFile) Write(p []byte) (int, error) { return t.f.Write(p) }
 
 func (t *tempFile) Commit(key string) error {
-	if !validKey(key) {
+	if !ValidBlobKey(key) {
 		t.Abort()
 		return fmt.Errorf("commit blob: bad key %q", key)
 	}
@@ -123,7 +124,7 @@ func (b *fileBlob) Size() int64 { return b.size }
 
 // Open returns a cached handle to a committed blob.
 func (d *DirBlobs) Open(key string) (Blob, error) {
-	if !validKey(key) {
+	if !ValidBlobKey(key) {
 		return nil, fmt.Errorf("open blob %q: %w", key, fs.ErrNotExist)
 	}
 	d.mu.Lock()
@@ -147,7 +148,7 @@ func (d *DirBlobs) Open(key string) (Blob, error) {
 
 // Remove deletes a blob and drops its cached handle.
 func (d *DirBlobs) Remove(key string) error {
-	if !validKey(key) {
+	if !ValidBlobKey(key) {
 		return fmt.Errorf("remove blob %q: bad key", key)
 	}
 	d.mu.Lock()
@@ -181,7 +182,7 @@ func (d *DirBlobs) Keys(cutoff time.Time) ([]string, error) {
 	}
 	var keys []string
 	for _, e := range entries {
-		if e.IsDir() || !validKey(e.Name()) {
+		if e.IsDir() || !ValidBlobKey(e.Name()) {
 			continue
 		}
 		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {

@@ -336,7 +336,7 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 // encrypted, and devices check every chunk against their session's HMACs.
 func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
 	key := r.PathValue("sha256")
-	if !validKey(key) {
+	if !ValidBlobKey(key) {
 		return fota.Errorf(fota.EINVALID, "want a 64-digit hex SHA-256")
 	}
 	inUse, err := s.store.BlobInUse(r.Context(), key)
