@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -11,11 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/ecowatt/fota/internal/pgtest"
 )
 
 // TestTwoReplicasOnPostgres runs two fota serve processes on one PostgreSQL
@@ -33,33 +30,7 @@ func TestTwoReplicasOnPostgres(t *testing.T) {
 }
 
 func testTwoReplicas(t *testing.T, argsA, argsB []string) {
-	dsn := os.Getenv("FOTA_TEST_POSTGRES_DSN")
-	if dsn == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("FOTA_TEST_POSTGRES_DSN is not set; .ci/run must start PostgreSQL and set it")
-		}
-		t.Skip("set FOTA_TEST_POSTGRES_DSN to run the PostgreSQL replica test")
-	}
-	ctx := context.Background()
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "fota_e2e_" + hex.EncodeToString(b[:])
-	admin, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		admin.Exec(context.Background(), `DROP SCHEMA `+schema+` CASCADE`)
-		admin.Close(context.Background())
-	})
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	db := dsn + sep + "search_path=" + schema
+	db := pgtest.Schema(t, "fota_e2e_")
 
 	dir := t.TempDir()
 	fota(t, dir, nil, "keys", "init", "--dir", "keys")

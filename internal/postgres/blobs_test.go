@@ -38,7 +38,7 @@ func putBlob(t *testing.T, b *Blobs, data []byte) string {
 // A blob spanning several pieces reads back exactly, at any offset,
 // including reads that cross a piece boundary and reads past the end.
 func TestBlobsRoundTrip(t *testing.T) {
-	s := freshStore(t, testDSN(t))
+	s := freshStore(t)
 	defer s.Close()
 	b := s.Blobs(PieceSize) // a one-piece cache: evictions happen
 	data := make([]byte, 2*PieceSize+12345)
@@ -84,7 +84,7 @@ func TestBlobsRoundTrip(t *testing.T) {
 // Committing the same content twice keeps one blob; an aborted or never
 // committed blob is invisible; a removed one is gone.
 func TestBlobsCommitAbortRemove(t *testing.T) {
-	s := freshStore(t, testDSN(t))
+	s := freshStore(t)
 	defer s.Close()
 	b := s.Blobs(DefaultPieceCache)
 	data := []byte("firmware ciphertext")
@@ -122,7 +122,7 @@ func TestBlobsCommitAbortRemove(t *testing.T) {
 // Keys lists only committed blobs older than the cutoff, and clears what a
 // writer that crashed long ago left uncommitted.
 func TestBlobsKeysAndAbandoned(t *testing.T) {
-	s := freshStore(t, testDSN(t))
+	s := freshStore(t)
 	defer s.Close()
 	now := time.Now()
 	s.SetClock(func() time.Time { return now })
@@ -152,7 +152,7 @@ func TestBlobsKeysAndAbandoned(t *testing.T) {
 
 // Writes devices cause skip the WAL flush; the operator's do not.
 func TestDeviceWritesSkipFlushOperatorWritesDoNot(t *testing.T) {
-	s := freshStore(t, testDSN(t))
+	s := freshStore(t)
 	defer s.Close()
 	var mainSetting, fastSetting string
 	s.pool.QueryRow(t.Context(), `SHOW synchronous_commit`).Scan(&mainSetting)
