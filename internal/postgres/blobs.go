@@ -169,7 +169,7 @@ func (b *Blobs) Open(key string) (server.Blob, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", key, err)
 	}
-	blob = &dbBlob{b: b, id: id, size: size}
+	blob = &dbBlob{b: b, key: key, id: id, size: size}
 	b.mu.Lock()
 	b.open[key] = blob
 	b.mu.Unlock()
@@ -178,6 +178,7 @@ func (b *Blobs) Open(key string) (server.Blob, error) {
 
 type dbBlob struct {
 	b    *Blobs
+	key  string
 	id   int64
 	size int64
 }
@@ -192,6 +193,15 @@ func (d *dbBlob) ReadAt(p []byte, off int64) (int, error) {
 	for n < len(p) && off < d.size {
 		idx := int(off / PieceSize)
 		piece, err := d.b.piece(d.id, idx)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Removed by another replica, perhaps published again since
+			// under a new id: the next Open looks the key up afresh.
+			d.b.mu.Lock()
+			if d.b.open[d.key] == d {
+				delete(d.b.open, d.key)
+			}
+			d.b.mu.Unlock()
+		}
 		if err != nil {
 			return n, err
 		}

@@ -166,3 +166,32 @@ func TestDeviceWritesSkipFlushOperatorWritesDoNot(t *testing.T) {
 		t.Fatalf("device pool lost the DSN's parameters: search_path %q", search)
 	}
 }
+
+// A blob removed and published again through another replica (a new row)
+// is found again by a replica that had the old one open.
+func TestBlobsRepublishedElsewhere(t *testing.T) {
+	s := freshStore(t)
+	defer s.Close()
+	replicaA, replicaB := s.Blobs(PieceSize), s.Blobs(PieceSize)
+	data := make([]byte, PieceSize+100)
+	rand.Read(data)
+	key := putBlob(t, replicaA, data)
+	if _, err := replicaB.Open(key); err != nil {
+		t.Fatal(err)
+	}
+	replicaA.Remove(key)
+	putBlob(t, replicaA, data)
+
+	buf := make([]byte, 100)
+	blob, _ := replicaB.Open(key)
+	if _, err := blob.ReadAt(buf, PieceSize); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("read through the stale handle: %v, want fs.ErrNotExist", err)
+	}
+	blob, err := replicaB.Open(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blob.ReadAt(buf, PieceSize); err != nil || !bytes.Equal(buf, data[PieceSize:]) {
+		t.Fatalf("read after reopening: %v", err)
+	}
+}
