@@ -185,6 +185,42 @@ const (
 	EventAssigned      = "assigned"
 )
 
+// stateEvents is the event each session state change records.
+var stateEvents = map[string]string{
+	SessionDownloaded: EventDownloaded,
+	SessionVerified:   EventVerified,
+	SessionApplied:    EventApplied,
+	SessionConfirmed:  EventConfirmed,
+	SessionRolledBack: EventRolledBack,
+	SessionFailed:     EventFailed,
+	SessionAbandoned:  EventAbandoned,
+}
+
+// StateEvent is the event kind a move to state records; false for a
+// state a session cannot be moved to.
+func StateEvent(state string) (string, bool) {
+	kind, ok := stateEvents[state]
+	return kind, ok
+}
+
+// ProgressEvents are the events a session's progress from its NextChunk to
+// next records: one per quarter crossed, so the history shows progress
+// without a row per chunk. Every store applies this same rule.
+func ProgressEvents(sess *Session, next int, now time.Time) []*Event {
+	quarter := func(n int) int {
+		if sess.TotalChunks == 0 {
+			return 0
+		}
+		return n * 4 / sess.TotalChunks
+	}
+	var events []*Event
+	for q := quarter(sess.NextChunk) + 1; q <= quarter(next); q++ {
+		events = append(events, &Event{Time: now, Kind: EventProgress, DeviceID: sess.DeviceID,
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
+	}
+	return events
+}
+
 // Event is one recorded state change.
 type Event struct {
 	ID             int64

@@ -136,9 +136,8 @@ func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes i
 			newNext, bytes, ms(now), id); err != nil {
 			return fmt.Errorf("record progress: %w", err)
 		}
-		for q := quarter(sess.NextChunk, sess.TotalChunks) + 1; q <= quarter(newNext, sess.TotalChunks); q++ {
-			if err := addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventProgress, DeviceID: sess.DeviceID,
-				ReleaseVersion: sess.ReleaseVersion, SessionID: id, Detail: fmt.Sprintf("%d%% of chunks served", q*25)}); err != nil {
+		for _, e := range fota.ProgressEvents(sess, newNext, now) {
+			if err := addEvent(ctx, tx, e); err != nil {
 				return err
 			}
 		}
@@ -146,26 +145,9 @@ func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes i
 	})
 }
 
-func quarter(n, total int) int {
-	if total == 0 {
-		return 0
-	}
-	return n * 4 / total
-}
-
-var stateEvents = map[string]string{
-	fota.SessionDownloaded: fota.EventDownloaded,
-	fota.SessionVerified:   fota.EventVerified,
-	fota.SessionApplied:    fota.EventApplied,
-	fota.SessionConfirmed:  fota.EventConfirmed,
-	fota.SessionRolledBack: fota.EventRolledBack,
-	fota.SessionFailed:     fota.EventFailed,
-	fota.SessionAbandoned:  fota.EventAbandoned,
-}
-
 // SetSessionState moves an active session to state, with its event.
 func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) error {
-	kind, ok := stateEvents[state]
+	kind, ok := fota.StateEvent(state)
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
 	}
