@@ -209,7 +209,7 @@ func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Sessi
 // bufPool holds read buffers for chunk responses; smallBufPool the
 // buffers of one-chunk requests, the common case of slow devices.
 var (
-	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10+64*protocol.FrameHeaderSize); return &b }}
 	smallBufPool = sync.Pool{New: func() any { b := make([]byte, 0, smallBuf); return &b }}
 )
 
@@ -230,42 +230,44 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	w.Header().Set("Content-Length", strconv.FormatInt(end-start+int64(count*protocol.FrameHeaderSize), 10))
 	w.Header().Set("Cache-Control", "no-store") // HMACs are per session
 	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
-	// Read the range in blocks of whole chunks, one pread each, rather than
-	// one pread per chunk. Blocks are 64 KiB at most, and no larger than the
-	// range: ten thousand slow devices fetching one chunk each must not
-	// hold 64 KiB apiece.
-	blockSize := int(min(end-start, 64<<10))
-	blockSize = max(rel.ChunkSize, blockSize/rel.ChunkSize*rel.ChunkSize)
+	// Answer in blocks of whole chunks: one pread and one write per block
+	// rather than per chunk. Blocks hold 64 KiB of data at most, and no more
+	// chunks than asked for: ten thousand slow devices fetching one chunk
+	// each must not hold 64 KiB apiece.
+	frameSize := protocol.FrameHeaderSize + rel.ChunkSize
+	perBlock := min(count, max(1, (64<<10)/rel.ChunkSize))
 	pool := &bufPool
-	if blockSize <= smallBuf {
+	if perBlock*frameSize <= smallBuf {
 		pool = &smallBufPool
 	}
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
-	if cap(*bp) < blockSize {
-		*bp = make([]byte, blockSize)
+	if cap(*bp) < perBlock*frameSize {
+		*bp = make([]byte, perBlock*frameSize)
 	}
-	block := (*bp)[:blockSize]
-	perBlock := blockSize / rel.ChunkSize
-	var hdr [protocol.FrameHeaderSize]byte
 	var mac [32]byte
 	for i := from; i < from+count; i += perBlock {
 		n := min(perBlock, from+count-i)
 		off := int64(i) * int64(rel.ChunkSize)
 		size := int(min(int64(n)*int64(rel.ChunkSize), rel.CiphertextSize-off))
-		if err := s.readAt(rel, block[:size], off); err != nil {
+		// Read the chunks to the end of the buffer, then move each down to
+		// its frame, first to last: a frame never reaches past the data of
+		// the chunks still to move, so nothing is overwritten unread.
+		framed := (*bp)[:n*protocol.FrameHeaderSize+size]
+		staged := framed[n*protocol.FrameHeaderSize:]
+		if err := s.readAt(rel, staged, off); err != nil {
 			return err
 		}
-		for j := 0; j < n; j++ {
-			data := block[j*rel.ChunkSize : min((j+1)*rel.ChunkSize, size)]
+		at := 0
+		for j := range n {
+			data := staged[j*rel.ChunkSize : min((j+1)*rel.ChunkSize, size)]
 			macer.MAC(i+j, data, &mac)
-			protocol.AppendFrameHeader(hdr[:0], i+j, len(data), &mac)
-			if _, err := w.Write(hdr[:]); err != nil {
-				return nil // the client went away; nothing to answer
-			}
-			if _, err := w.Write(data); err != nil {
-				return nil
-			}
+			protocol.AppendFrameHeader(framed[at:at], i+j, len(data), &mac)
+			at += protocol.FrameHeaderSize
+			at += copy(framed[at:], data)
+		}
+		if _, err := w.Write(framed); err != nil {
+			return nil // the client went away; nothing to answer
 		}
 	}
 	s.metrics.chunkBytes.WithLabelValues(fota.APINative).Add(float64(end - start))
