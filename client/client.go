@@ -274,12 +274,13 @@ func (d *Device) Chunks(ctx context.Context, sessionID string, from, count, chun
 	}
 	defer resp.Body.Close()
 	macer := protocol.NewChunkMACer(d.psk, sessionID)
-	var buf []byte
+	// One buffer of up to 64 KiB for the answer: a few reads of the body
+	// instead of two a chunk.
+	frames := protocol.NewFrameReader(resp.Body, chunkSize, min(64<<10, count*(protocol.FrameHeaderSize+chunkSize)))
 	var want [32]byte
 	next := from
 	for {
-		var f protocol.Frame
-		f, buf, err = protocol.ReadFrame(resp.Body, buf, chunkSize)
+		f, err := frames.Next()
 		if err == io.EOF {
 			if next == from {
 				return fmt.Errorf("GET %s: %w: empty answer", path, protocol.ErrFrame)

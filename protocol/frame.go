@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -31,29 +32,54 @@ func AppendFrameHeader(b []byte, index int, dataLen int, mac *[32]byte) []byte {
 // ErrFrame is returned for a malformed frame stream.
 var ErrFrame = errors.New("malformed chunk frame")
 
-// ReadFrame reads one frame from r into buf (grown as needed, up to
-// maxData bytes of data). It returns io.EOF at a clean end of stream.
-func ReadFrame(r io.Reader, buf []byte, maxData int) (Frame, []byte, error) {
-	var hdr [FrameHeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Frame{}, buf, io.EOF
+// FrameReader reads a chunks response frame by frame through one buffer,
+// without copying: a frame's Data is a view of the buffer, valid until the
+// next call to Next. It reads the stream below in blocks of up to the buffer's
+// size, not twice a frame: an HTTP body is several layers deep.
+type FrameReader struct {
+	br      *bufio.Reader
+	maxData int
+	pending int // bytes of the last frame returned, still in the buffer
+}
+
+// NewFrameReader reads frames of at most maxData bytes of data from r
+// through a buffer of bufSize bytes (at least one whole frame).
+func NewFrameReader(r io.Reader, maxData, bufSize int) *FrameReader {
+	return &FrameReader{br: bufio.NewReaderSize(r, max(bufSize, FrameHeaderSize+maxData)), maxData: maxData}
+}
+
+// Next returns the next frame, or io.EOF at a clean end of stream.
+func (fr *FrameReader) Next() (Frame, error) {
+	if fr.pending > 0 {
+		fr.br.Discard(fr.pending) // peeked before: cannot fail
+		fr.pending = 0
+	}
+	hdr, err := fr.br.Peek(FrameHeaderSize)
+	if err != nil {
+		if errors.Is(err, io.EOF) && len(hdr) == 0 {
+			return Frame{}, io.EOF
 		}
-		return Frame{}, buf, fmt.Errorf("%w: header: %v", ErrFrame, err)
+		return Frame{}, fmt.Errorf("%w: header: %v", ErrFrame, unexpected(err))
 	}
 	f := Frame{Index: int(binary.BigEndian.Uint32(hdr[0:4]))}
 	n := int(binary.BigEndian.Uint32(hdr[4:8]))
 	copy(f.MAC[:], hdr[8:])
-	if n <= 0 || n > maxData {
-		return Frame{}, buf, fmt.Errorf("%w: chunk %d claims %d bytes (limit %d)", ErrFrame, f.Index, n, maxData)
+	if n <= 0 || n > fr.maxData {
+		return Frame{}, fmt.Errorf("%w: chunk %d claims %d bytes (limit %d)", ErrFrame, f.Index, n, fr.maxData)
 	}
-	if cap(buf) < n {
-		buf = make([]byte, n)
+	whole, err := fr.br.Peek(FrameHeaderSize + n)
+	if err != nil {
+		return Frame{}, fmt.Errorf("%w: chunk %d data: %v", ErrFrame, f.Index, unexpected(err))
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return Frame{}, buf, fmt.Errorf("%w: chunk %d data: %v", ErrFrame, f.Index, err)
+	f.Data = whole[FrameHeaderSize:]
+	fr.pending = len(whole)
+	return f, nil
+}
+
+// unexpected turns io.EOF inside a frame into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
 	}
-	f.Data = buf
-	return f, buf, nil
+	return err
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -109,26 +110,49 @@ func TestFrames(t *testing.T) {
 	b = append(b, "hello"...)
 	b = AppendFrameHeader(b, 8, 2, &mac)
 	b = append(b, "hi"...)
-	r := bytes.NewReader(b)
-	var buf []byte
-	f, buf, err := ReadFrame(r, buf, 1024)
-	if err != nil || f.Index != 7 || string(f.Data) != "hello" || f.MAC != mac {
-		t.Fatalf("frame 1: %+v %v", f, err)
+	for name, r := range map[string]io.Reader{"whole": bytes.NewReader(b), "a byte a read": iotest.OneByteReader(bytes.NewReader(b))} {
+		fr := NewFrameReader(r, 1024, 0)
+		f, err := fr.Next()
+		if err != nil || f.Index != 7 || string(f.Data) != "hello" || f.MAC != mac {
+			t.Fatalf("%s: frame 1: %+v %v", name, f, err)
+		}
+		f, err = fr.Next()
+		if err != nil || f.Index != 8 || string(f.Data) != "hi" {
+			t.Fatalf("%s: frame 2: %+v %v", name, f, err)
+		}
+		if _, err = fr.Next(); err != io.EOF {
+			t.Fatalf("%s: end: %v", name, err)
+		}
 	}
-	f, buf, err = ReadFrame(r, buf, 1024)
-	if err != nil || f.Index != 8 || string(f.Data) != "hi" {
-		t.Fatalf("frame 2: %+v %v", f, err)
+	for name, tc := range map[string]struct {
+		stream  []byte
+		maxData int
+	}{"cut header": {b[:10], 1024}, "cut data": {b[:43], 1024}, "oversized": {b, 4}, "zero length": {AppendFrameHeader(nil, 1, 0, &mac), 1024}} {
+		_, err := NewFrameReader(bytes.NewReader(tc.stream), tc.maxData, 0).Next()
+		if !errors.Is(err, ErrFrame) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
-	if _, _, err = ReadFrame(r, buf, 1024); err != io.EOF {
+}
+
+// A long stream through a small buffer: frames straddle every refill.
+func TestFrameReaderRefills(t *testing.T) {
+	var b []byte
+	var mac [32]byte
+	for i := range 300 {
+		data := bytes.Repeat([]byte{byte(i)}, 1000+i%24)
+		mac[0] = byte(i)
+		b = AppendFrameHeader(b, i, len(data), &mac)
+		b = append(b, data...)
+	}
+	fr := NewFrameReader(bytes.NewReader(b), 1024, 4096)
+	for i := range 300 {
+		f, err := fr.Next()
+		if err != nil || f.Index != i || f.MAC[0] != byte(i) || len(f.Data) != 1000+i%24 || !bytes.Equal(f.Data, bytes.Repeat([]byte{byte(i)}, len(f.Data))) {
+			t.Fatalf("frame %d: index %d, %d bytes, %v", i, f.Index, len(f.Data), err)
+		}
+	}
+	if _, err := fr.Next(); err != io.EOF {
 		t.Fatalf("end: %v", err)
-	}
-	if _, _, err := ReadFrame(bytes.NewReader(b[:10]), nil, 1024); !errors.Is(err, ErrFrame) {
-		t.Fatalf("cut header: %v", err)
-	}
-	if _, _, err := ReadFrame(bytes.NewReader(b[:43]), nil, 1024); !errors.Is(err, ErrFrame) {
-		t.Fatalf("cut data: %v", err)
-	}
-	if _, _, err := ReadFrame(bytes.NewReader(b), nil, 4); !errors.Is(err, ErrFrame) {
-		t.Fatalf("oversized: %v", err)
 	}
 }
