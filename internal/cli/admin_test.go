@@ -85,3 +85,16 @@ func TestPublishListStatus(t *testing.T) {
 	t.Setenv("FOTA_SERVER", "")
 	run(t, "release", "list").expect(t, 2, "", "no server given")
 }
+
+func TestLoad(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	prof := filepath.Join(dir, "load.prof")
+	run(t, "load", "--keys", keyDir, "--devices", "3", "--release-size", "16KiB", "--verify", "hmac", "--cpuprofile", prof).
+		expect(t, 0, "updates completed             3\n", "")
+	if st, err := os.Stat(prof); err != nil || st.Size() == 0 {
+		t.Fatalf("no CPU profile written: %v", err)
+	}
+	run(t, "load", "--keys", keyDir, "--devices", "2", "--release-size", "8KiB", "--api", "ecowatt").expect(t, 0, "updates completed             2\nupdates failed                0\n", "")
+	run(t, "load", "--keys", keyDir, "--verify", "hmac", "--api", "ecowatt").expect(t, 2, "", "--verify hmac needs --api native")
+	run(t, "load", "--keys", keyDir, "--verify", "some").expect(t, 2, "", `--verify "some": want full or hmac`)
+}

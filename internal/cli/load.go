@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -15,13 +17,15 @@ import (
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
-            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--check-only] [--json]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--check-only] [--verify full|hmac] [--json] [--cpuprofile FILE]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
 registers the devices, and runs them through complete updates with the real
 agent: HMAC checks, decryption, SHA-256 and signature checks, no flash
-writes. It prints updates completed and failed, chunks/s, MiB/s of firmware,
+writes (--verify hmac: the devices check the manifest signature and every
+chunk's HMAC but do not decrypt, so that one load machine can keep up with
+a server feeding many devices). It prints updates completed and failed, chunks/s, MiB/s of firmware,
 check and chunk latency p50/p99/max, bytes on the wire and TCP connections
 per update, and errors by kind. --keys must hold the release key the server
 trusts (signing.key, firmware.key). Ctrl-C stops early and reports.
@@ -43,6 +47,8 @@ func runLoad(e *env, args []string) error {
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	chunkDelay := fs.Duration("chunk-delay", 0, "wait this long before each chunk request: slow devices holding sessions open")
 	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
+	verify := fs.String("verify", loadgen.VerifyFull, "what devices check: full (the real agent) or hmac (signature and chunk HMACs, no decryption: measures the server, not this machine's CPU; native API)")
+	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file (go tool pprof FILE)")
 	if _, err := parseFlags(e, fs, loadUsage, args); err != nil {
 		return err
 	}
@@ -51,6 +57,12 @@ func runLoad(e *env, args []string) error {
 	}
 	if *api != agent.APINative && *api != agent.APIEcoWatt {
 		return usagef("--api %q: want native or ecowatt", *api)
+	}
+	if *verify != loadgen.VerifyFull && *verify != loadgen.VerifyHMAC {
+		return usagef("--verify %q: want full or hmac", *verify)
+	}
+	if *verify == loadgen.VerifyHMAC && (*api != agent.APINative || *checkOnly) {
+		return &usageError{msg: "--verify hmac needs --api native and a download", hint: "the EcoWatt API and --check-only always run the real agent"}
 	}
 	size, err := parseSize(*sizeFlag)
 	if err != nil || size <= 0 {
@@ -73,9 +85,20 @@ func runLoad(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile %s: %w", *cpuProfile, err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
-		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay, Verify: *verify,
 		OnProgress: func(s loadgen.Snapshot) {
 			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
 		}})

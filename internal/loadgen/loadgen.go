@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -48,9 +49,20 @@ type Config struct {
 	// CheckOnly runs devices that already run the release: each makes one
 	// check-in and nothing else, to measure check-in capacity.
 	CheckOnly bool
+	// Verify is what each device checks: VerifyFull (the default) runs the
+	// real agent; VerifyHMAC checks the manifest signature and every
+	// chunk's HMAC and skips decryption and hashing, so that one load
+	// core can keep up with a server feeding many devices (native API).
+	Verify string
 	// OnProgress receives a snapshot every second.
 	OnProgress func(Snapshot)
 }
+
+// What a simulated device checks of an update.
+const (
+	VerifyFull = "full"
+	VerifyHMAC = "hmac"
+)
 
 // Snapshot is the run so far.
 type Snapshot struct {
@@ -225,6 +237,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.API == "" {
 		cfg.API = agent.APINative
 	}
+	switch cfg.Verify {
+	case "":
+		cfg.Verify = VerifyFull
+	case VerifyFull:
+	case VerifyHMAC:
+		if cfg.API != agent.APINative || cfg.CheckOnly {
+			return nil, errors.New("load: HMAC-only devices need the native API and a download")
+		}
+	default:
+		return nil, fmt.Errorf("load: verify %q: want %s or %s", cfg.Verify, VerifyFull, VerifyHMAC)
+	}
 	admin, err := client.NewAdmin(cfg.Server, cfg.Token)
 	if err != nil {
 		return nil, err
@@ -329,7 +352,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		st.started.Add(1)
 		go func() {
 			defer wg.Done()
-			runDevice(runCtx, cfg, st, ids[i], psks[i], hardware)
+			if cfg.Verify == VerifyHMAC {
+				runHMACDevice(runCtx, cfg, st, ids[i], psks[i], hardware)
+			} else {
+				runDevice(runCtx, cfg, st, ids[i], psks[i], hardware)
+			}
 		}()
 	}
 	wg.Wait()
@@ -431,4 +458,63 @@ func confirm(ctx context.Context, cfg Config, tr *transport, id string, psk prot
 	}
 	dev.HTTP = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	return dev.Report(ctx, session, "confirmed", "")
+}
+
+// runHMACDevice takes one device through an update checking what the
+// server vouches for (the manifest signature, every chunk's HMAC, the
+// byte count) without decrypting: the server's capacity, not the load
+// generator's, is then what limits the run.
+func runHMACDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
+	tr := newTransport(st)
+	tr.delay = cfg.ChunkDelay
+	defer tr.inner.CloseIdleConnections()
+	if err := hmacUpdate(ctx, cfg, st, tr, id, psk, hardware); err != nil {
+		st.fail(err)
+		return
+	}
+	st.done.Add(1)
+}
+
+func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id string, psk protocol.PSK, hardware string) error {
+	dev, err := client.NewDevice(cfg.Server, id, psk)
+	if err != nil {
+		return err
+	}
+	dev.HTTP = &http.Client{Transport: tr, Timeout: 5 * time.Minute}
+	offer, err := dev.Check(ctx, protocol.CheckRequest{Version: "1.0.0", Hardware: hardware})
+	if err != nil {
+		return err
+	}
+	if !offer.Update {
+		return fmt.Errorf("no update offered: %s", offer.Message)
+	}
+	manifest, err1 := base64.StdEncoding.DecodeString(offer.Manifest)
+	sig, err2 := base64.StdEncoding.DecodeString(offer.Signature)
+	if err1 != nil || err2 != nil {
+		return errors.New("check answer carries a malformed manifest or signature")
+	}
+	m, err := (&bundle.Envelope{ManifestBytes: manifest, Signature: sig}).Verify(cfg.Signer.Public())
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	perRequest := cfg.ChunksPerRequest
+	if perRequest <= 0 {
+		perRequest = 16
+	}
+	var got int64
+	for next := offer.NextChunk; next < m.Chunks(); {
+		err := dev.Chunks(ctx, offer.SessionID, next, min(perRequest, m.Chunks()-next), m.ChunkSize, func(f protocol.Frame) error {
+			got += int64(len(f.Data))
+			next++
+			st.chunks.Add(1)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if want := m.CiphertextSize - int64(offer.NextChunk)*int64(m.ChunkSize); got != want {
+		return fmt.Errorf("downloaded %d bytes of ciphertext, the manifest says %d", got, want)
+	}
+	return dev.Report(ctx, offer.SessionID, "confirmed", "")
 }

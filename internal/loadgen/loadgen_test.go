@@ -1,7 +1,14 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/ecowatt/fota/agent"
@@ -9,11 +16,12 @@ import (
 )
 
 func TestLoadRunCompletesUpdates(t *testing.T) {
-	for _, api := range []string{agent.APINative, agent.APIEcoWatt} {
-		t.Run(api, func(t *testing.T) {
+	for _, mode := range []struct{ api, verify string }{{agent.APINative, VerifyFull}, {agent.APIEcoWatt, VerifyFull}, {agent.APINative, VerifyHMAC}} {
+		api := mode.api
+		t.Run(api+"-"+mode.verify, func(t *testing.T) {
 			s := testserver.New(t)
-			rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 6, API: api,
-				ReleaseSize: 32 << 10, Signer: s.Signer, FirmwareKey: s.FWKey})
+			rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 6, API: api, Verify: mode.verify,
+				ReleaseSize: 32 << 10, Signer: s.Signer, FirmwareKey: s.FWKey, ChunksPerRequest: 5})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -55,5 +63,50 @@ func TestLoadCheckOnly(t *testing.T) {
 	}
 	if sessions, _ := s.Admin.Sessions(context.Background()); sessions.ActiveSessions != 0 {
 		t.Fatalf("check-ins opened %d sessions", sessions.ActiveSessions)
+	}
+}
+
+func TestLoadRefusesBadModes(t *testing.T) {
+	s := testserver.New(t)
+	for _, cfg := range []Config{
+		{API: agent.APIEcoWatt, Verify: VerifyHMAC},
+		{API: agent.APINative, Verify: VerifyHMAC, CheckOnly: true},
+		{API: agent.APINative, Verify: "none"},
+	} {
+		cfg.Server, cfg.Token, cfg.Devices, cfg.ReleaseSize, cfg.Signer, cfg.FirmwareKey = s.URL, s.Token, 1, 4<<10, s.Signer, s.FWKey
+		if _, err := Run(context.Background(), cfg); err == nil {
+			t.Errorf("%s/%s check-only=%v accepted", cfg.API, cfg.Verify, cfg.CheckOnly)
+		}
+	}
+}
+
+// Chunks altered on the way fail their HMAC check, in HMAC-only mode too,
+// and the run says so.
+func TestLoadHMACModeCatchesAlteredChunks(t *testing.T) {
+	s := testserver.New(t)
+	target, _ := url.Parse(s.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if !strings.HasSuffix(resp.Request.URL.Path, "/chunks") {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		body[len(body)-1] ^= 1 // the last chunk's last byte
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		return nil
+	}
+	altering := httptest.NewServer(proxy)
+	defer altering.Close()
+	rep, err := Run(context.Background(), Config{Server: altering.URL, Token: s.Token, Devices: 2, API: agent.APINative, Verify: VerifyHMAC,
+		ReleaseSize: 8 << 10, Signer: s.Signer, FirmwareKey: s.FWKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 0 || rep.Failed != 2 || rep.Errors["chunk HMAC mismatch"] != 2 {
+		t.Fatalf("altered chunks: completed %d, failed %d, errors %v", rep.Completed, rep.Failed, rep.Errors)
 	}
 }
