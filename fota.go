@@ -221,6 +221,13 @@ func ProgressEvents(sess *Session, next int, now time.Time) []*Event {
 	return events
 }
 
+// Progress is what a server served of one session since it last said so.
+type Progress struct {
+	SessionID string
+	Next      int   // the chunks before Next were served
+	Bytes     int64 // ciphertext bytes served
+}
+
 // Event is one recorded state change.
 type Event struct {
 	ID             int64
@@ -290,11 +297,12 @@ type Store interface {
 	ActiveSession(ctx context.Context, deviceID string) (*Session, error)
 	// ActiveSessions lists active sessions, newest first.
 	ActiveSessions(ctx context.Context) ([]*Session, error)
-	// RecordProgress raises a session's NextChunk to next and adds bytes;
-	// it never lowers it, so concurrent or repeated requests are safe.
-	// A progress event is recorded when a quarter mark is crossed.
-	// Errors: ENOTFOUND; EGONE if the session is not active.
-	RecordProgress(ctx context.Context, id string, next int, bytes int64) error
+	// RecordProgress applies a batch of progress in one transaction: each
+	// session's NextChunk is raised to Next (never lowered, so concurrent or
+	// repeated batches are safe; capped at the total) and Bytes added, with
+	// a progress event for each quarter mark crossed. Sessions that have
+	// ended or do not exist are skipped: progress is advisory.
+	RecordProgress(ctx context.Context, batch []Progress) error
 	// SetSessionState moves an active session to state, with the reason
 	// and the matching event. Confirmed also sets the device's version and
 	// security counter to the release's. Errors: ENOTFOUND; EGONE if the

@@ -123,20 +123,47 @@ func (s *Store) activeForUpdate(ctx context.Context, tx pgx.Tx, id string) (*fot
 	return sess, nil
 }
 
-// RecordProgress raises a session's next chunk; it never lowers it.
-func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
-	return s.fastTx(ctx, func(tx pgx.Tx) error {
-		sess, err := s.activeForUpdate(ctx, tx, id)
-		if err != nil {
-			return err
+// RecordProgress applies a batch of progress in one transaction: the
+// active sessions are locked in id order (two replicas flushing at once
+// cannot deadlock), raised in Go, written back in one statement.
+func (s *Store) RecordProgress(ctx context.Context, batch []fota.Progress) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	ids := make([]string, len(batch))
+	byID := make(map[string]fota.Progress, len(batch))
+	for i, p := range batch {
+		ids[i] = p.SessionID
+		if prev, ok := byID[p.SessionID]; ok {
+			p.Next, p.Bytes = max(p.Next, prev.Next), p.Bytes+prev.Bytes
 		}
-		now := s.now()
-		newNext := max(sess.NextChunk, min(next, sess.TotalChunks))
-		if _, err := tx.Exec(ctx, `UPDATE sessions SET next_chunk = $1, bytes_served = bytes_served + $2, updated_ms = $3 WHERE id = $4`,
-			newNext, bytes, ms(now), id); err != nil {
+		byID[p.SessionID] = p
+	}
+	return s.fastTx(ctx, func(tx pgx.Tx) error {
+		sessions, err := queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions
+			WHERE id = ANY($1) AND state = ANY($2) ORDER BY id FOR UPDATE`, ids, activeStates)
+		if err != nil {
 			return fmt.Errorf("record progress: %w", err)
 		}
-		for _, e := range fota.ProgressEvents(sess, newNext, now) {
+		now := s.now()
+		var upIDs []string
+		var upNext []int64
+		var upBytes []int64
+		var events []*fota.Event
+		for _, sess := range sessions {
+			p := byID[sess.ID]
+			next := max(sess.NextChunk, min(p.Next, sess.TotalChunks))
+			upIDs, upNext, upBytes = append(upIDs, sess.ID), append(upNext, int64(next)), append(upBytes, p.Bytes)
+			events = append(events, fota.ProgressEvents(sess, next, now)...)
+		}
+		if len(upIDs) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE sessions AS s SET next_chunk = u.next, bytes_served = s.bytes_served + u.bytes, updated_ms = $4
+				FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(id, next, bytes) WHERE s.id = u.id`,
+				upIDs, upNext, upBytes, ms(now)); err != nil {
+				return fmt.Errorf("record progress: %w", err)
+			}
+		}
+		for _, e := range events {
 			if err := addEvent(ctx, tx, e); err != nil {
 				return err
 			}

@@ -129,22 +129,42 @@ func (s *Store) activeForUpdate(ctx context.Context, tx *sql.Tx, id string) (*fo
 	return sess, nil
 }
 
-// RecordProgress raises a session's next chunk; it never lowers it.
-func (s *Store) RecordProgress(ctx context.Context, id string, next int, bytes int64) error {
+// RecordProgress applies a batch of progress in one transaction.
+func (s *Store) RecordProgress(ctx context.Context, batch []fota.Progress) error {
+	if len(batch) == 0 {
+		return nil
+	}
 	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
-		sess, err := s.activeForUpdate(ctx, tx, id)
+		read, err := tx.PrepareContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`)
 		if err != nil {
-			return err
-		}
-		now := s.now()
-		newNext := max(sess.NextChunk, min(next, sess.TotalChunks))
-		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET next_chunk = ?, bytes_served = bytes_served + ?, updated_ms = ? WHERE id = ?`,
-			newNext, bytes, ms(now), id); err != nil {
 			return fmt.Errorf("record progress: %w", err)
 		}
-		for _, e := range fota.ProgressEvents(sess, newNext, now) {
-			if err := addEvent(ctx, tx, e); err != nil {
-				return err
+		defer read.Close()
+		update, err := tx.PrepareContext(ctx, `UPDATE sessions SET next_chunk = ?, bytes_served = bytes_served + ?, updated_ms = ? WHERE id = ?`)
+		if err != nil {
+			return fmt.Errorf("record progress: %w", err)
+		}
+		defer update.Close()
+		now := s.now()
+		for _, p := range batch {
+			sess, err := scanSession(read.QueryRowContext(ctx, p.SessionID))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("record progress of %s: %w", p.SessionID, err)
+			}
+			if !fota.SessionActive(sess.State) {
+				continue
+			}
+			next := max(sess.NextChunk, min(p.Next, sess.TotalChunks))
+			if _, err := update.ExecContext(ctx, next, p.Bytes, ms(now), p.SessionID); err != nil {
+				return fmt.Errorf("record progress of %s: %w", p.SessionID, err)
+			}
+			for _, e := range fota.ProgressEvents(sess, next, now) {
+				if err := addEvent(ctx, tx, e); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

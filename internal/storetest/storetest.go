@@ -206,12 +206,15 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 	if old.State != fota.SessionAbandoned {
 		t.Fatalf("replaced session is %s", old.State)
 	}
-	wantCode(t, s.RecordProgress(ctx, "s1", 3, 100), fota.EGONE)
-	wantCode(t, s.RecordProgress(ctx, "nope", 3, 100), fota.ENOTFOUND)
-
-	must(t, s.RecordProgress(ctx, "s2", 4, 4096))
-	must(t, s.RecordProgress(ctx, "s2", 2, 1024)) // never lowers
-	must(t, s.RecordProgress(ctx, "s2", 99, 0))   // capped at total
+	// Ended and unknown sessions are skipped; the rest of the batch lands.
+	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "s1", Next: 3, Bytes: 100}, {SessionID: "nope", Next: 3, Bytes: 100},
+		{SessionID: "s2", Next: 4, Bytes: 4096}}))
+	if old, _ := s.Session(ctx, "s1"); old.NextChunk != 0 || old.BytesServed != 0 {
+		t.Fatalf("progress recorded on an ended session: %+v", old)
+	}
+	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "s2", Next: 2, Bytes: 1024}})) // never lowers
+	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "s2", Next: 99}}))             // capped at total
+	must(t, s.RecordProgress(ctx, nil))
 	got, _ := s.Session(ctx, "s2")
 	if got.NextChunk != 8 || got.BytesServed != 5120 || got.Percent() != 100 {
 		t.Fatalf("progress: %+v", got)
@@ -306,7 +309,7 @@ func testConcurrentProgress(t *testing.T, s fota.Store, _ *Clock) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s.RecordProgress(ctx, "s1", i*2, 10)
+			errs <- s.RecordProgress(ctx, []fota.Progress{{SessionID: "s1", Next: i * 2, Bytes: 10}})
 		}()
 	}
 	wg.Wait()
