@@ -95,6 +95,22 @@ func runServe(e *env, args []string) error {
 		trusted = append(trusted, k)
 	}
 
+	sessionTTL := server.DefaultSessionCacheTTL
+	if *db == "" {
+		if err := os.MkdirAll(*data, 0o700); err != nil {
+			return fmt.Errorf("create data folder: %w", err)
+		}
+		unlock, err := lockDataDir(*data)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if dataLockHeld {
+			// The only writer of its SQLite database: a session changes only
+			// through this process, which forgets the snapshot when it does.
+			sessionTTL = time.Minute
+		}
+	}
 	store, blobs, err := openStore(e.ctx, *data, *db, *blobDir)
 	if err != nil {
 		return err
@@ -116,7 +132,8 @@ func runServe(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "admin token (shown once; keep it secret): %s\n", token)
 	}
 
-	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions})
+	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
+		SessionCacheTTL: sessionTTL})
 	if err != nil {
 		return err
 	}

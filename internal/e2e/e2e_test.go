@@ -449,6 +449,22 @@ func TestServeRefusesBadStart(t *testing.T) {
 	}
 }
 
+// A second server on a data folder in use is refused, and says what to do;
+// once the first stops, the folder is free again.
+func TestServeRefusesSharedDataFolder(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	first := startServer(t, dir)
+	cmd := exec.Command(fotaBin, "serve", "--data", "data", "--addr", "127.0.0.1:0", "--trust", "keys/signing.pub")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "in use by another fota serve") {
+		t.Fatalf("second server on one data folder: %v\n%s", err, out)
+	}
+	first.stop(t)
+	startServer(t, dir).stop(t)
+}
+
 // TestServeTLS serves HTTPS with a certificate made here and checks that a
 // client trusting it gets through, and a plain-HTTP client does not.
 func TestServeTLS(t *testing.T) {

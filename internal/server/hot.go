@@ -16,10 +16,11 @@ import (
 // Nothing here is state another replica needs: keys never change, session
 // snapshots live a second, and progress is advisory (devices keep their own).
 
-// sessionTTL is how long a session snapshot serves chunk requests. A
-// session ended on another replica is still served for at most this long,
-// which does no harm: its chunks are ciphertext bound to that session.
-const sessionTTL = time.Second
+// DefaultSessionCacheTTL is how long a session snapshot serves chunk
+// requests unless Config says otherwise. A session ended on another replica
+// is still served for at most this long, which does no harm: its chunks are
+// ciphertext bound to that session.
+const DefaultSessionCacheTTL = time.Second
 
 // maxCached bounds each cache; past it the cache starts over.
 const maxCached = 200_000
@@ -30,6 +31,7 @@ type cachedSession struct {
 }
 
 type hotCache struct {
+	ttl      time.Duration // of session snapshots
 	mu       sync.Mutex
 	keys     map[string]protocol.PSK
 	byID     map[string]cachedSession
@@ -46,8 +48,8 @@ type sessionLoad struct {
 	err  error
 }
 
-func newHotCache() *hotCache {
-	return &hotCache{keys: map[string]protocol.PSK{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
+func newHotCache(ttl time.Duration) *hotCache {
+	return &hotCache{ttl: ttl, keys: map[string]protocol.PSK{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
 		served: map[string]int{}, loading: map[string]*sessionLoad{}}
 }
 
@@ -135,7 +137,7 @@ func (s *Server) snapshot(ctx context.Context, m map[string]cachedSession, fligh
 	c := s.hot
 	now := time.Now()
 	c.mu.Lock()
-	if e, ok := m[key]; ok && now.Sub(e.at) < sessionTTL {
+	if e, ok := m[key]; ok && now.Sub(e.at) < c.ttl {
 		c.mu.Unlock()
 		return e.sess, nil
 	}

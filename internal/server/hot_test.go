@@ -13,7 +13,7 @@ import (
 // When a snapshot expires under a busy device, its concurrent requests
 // share one store read; a failed read is not cached.
 func TestSnapshotMissesShareOneRead(t *testing.T) {
-	s := &Server{hot: newHotCache()}
+	s := &Server{hot: newHotCache(DefaultSessionCacheTTL)}
 	var reads atomic.Int32
 	release := make(chan struct{})
 	read := func(ctx context.Context, id string) (*fota.Session, error) {

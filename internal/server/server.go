@@ -42,6 +42,12 @@ type Config struct {
 	MaxSessions int
 	// Now is the clock; time.Now by default.
 	Now func() time.Time
+	// SessionCacheTTL is how long a session snapshot serves chunk requests
+	// before it is read again (DefaultSessionCacheTTL when 0). Replicas
+	// sharing a database need it short; a server that is its store's only
+	// writer can keep snapshots long, since it forgets one whenever it
+	// changes the session.
+	SessionCacheTTL time.Duration
 }
 
 // Server serves the fota APIs.
@@ -83,7 +89,11 @@ func New(cfg Config) (*Server, error) {
 		s.decider = NewestRelease{Store: cfg.Store}
 	}
 	s.releases = newReleaseCache(cfg.Store)
-	s.hot = newHotCache()
+	ttl := cfg.SessionCacheTTL
+	if ttl <= 0 {
+		ttl = DefaultSessionCacheTTL
+	}
+	s.hot = newHotCache(ttl)
 	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.handler = s.routes()

@@ -97,7 +97,9 @@ func (e *env) start() {
 		t.Fatal(err)
 	}
 	e.srv, err = New(Config{Store: e.store, Blobs: e.blobs, Trusted: []*keys.PublicKey{e.signer.Public()},
-		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxSessions: 1000, Now: e.now})
+		Logger: slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxSessions: 1000, Now: e.now,
+		// As fota serve runs on SQLite: the only writer, trusting its snapshots.
+		SessionCacheTTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
