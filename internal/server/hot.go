@@ -186,14 +186,20 @@ type progress struct {
 	bytes int64
 }
 
-// progressFlushInterval is how often collected progress is written.
-const progressFlushInterval = 500 * time.Millisecond
+// progressFlushInterval is how often collected progress is written, at
+// most; a flush that took long spaces the next one out to
+// progressFlushShare of the time, so that with many sessions in progress
+// the writes do not crowd out the requests.
+const (
+	progressFlushInterval = 500 * time.Millisecond
+	progressFlushShare    = 10
+)
 
 func newProgressTracker(store fota.Store, log *slog.Logger) *progressTracker {
 	p := &progressTracker{store: store, log: log, pending: map[string]progress{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		t := time.NewTicker(progressFlushInterval)
+		t := time.NewTimer(progressFlushInterval)
 		defer t.Stop()
 		for {
 			select {
@@ -201,7 +207,9 @@ func newProgressTracker(store fota.Store, log *slog.Logger) *progressTracker {
 				p.flush(context.Background(), "")
 				return
 			case <-t.C:
+				start := time.Now()
 				p.flush(context.Background(), "")
+				t.Reset(max(progressFlushInterval, progressFlushShare*time.Since(start)))
 			}
 		}
 	}()
