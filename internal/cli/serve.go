@@ -24,7 +24,7 @@ import (
 const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
-             [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--log-level info] [--log-format text|json]
+             [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--log-level info] [--log-format text|json]
              [--pprof 127.0.0.1:6060]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
@@ -37,6 +37,11 @@ With --db the state lives in PostgreSQL and several replicas serve the same
 fleet; migrations run at start under a lock (or use 'fota migrate --db DSN').
 Release blobs go in a folder all replicas share (--blobs DIR), or with
 --blobs db in PostgreSQL too, cached in each replica's memory (256 MiB).
+
+--max-conns bounds memory when many devices arrive at once: each open
+connection costs about 40 KB; devices beyond the limit wait to connect, and
+while three quarters of it are in use, every 16th answer on a connection
+closes it, so that waiting devices get their turn.
 
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
@@ -56,6 +61,7 @@ func runServe(e *env, args []string) error {
 	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM); serve HTTPS")
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
 	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit)")
+	maxConns := fs.Int("max-conns", 2048, "most connections open at once; more devices wait to connect")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
@@ -148,10 +154,16 @@ func runServe(e *env, args []string) error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
 	}
-	ln, err := net.Listen("tcp", *addr)
+	if *maxConns < 1 {
+		return usagef("--max-conns %d: want at least 1", *maxConns)
+	}
+	tcp, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return withHint(fmt.Errorf("listen on %s: %w", *addr, err), "choose another --addr, or stop what uses that port")
 	}
+	limited := server.LimitConns(tcp, *maxConns)
+	hs.Handler, hs.ConnContext = limited.Handler(srv), limited.ConnContext
+	var ln net.Listener = limited
 	scheme := "http"
 	if *tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
