@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -481,8 +482,13 @@ func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id st
 		return err
 	}
 	dev.HTTP = &http.Client{Transport: tr, Timeout: 5 * time.Minute}
-	offer, err := dev.Check(ctx, protocol.CheckRequest{Version: "1.0.0", Hardware: hardware})
-	if err != nil {
+	// Retried as the agent retries: a busy server may keep a device
+	// waiting to connect.
+	var offer *protocol.CheckResponse
+	if err := retry(ctx, func() (err error) {
+		offer, err = dev.Check(ctx, protocol.CheckRequest{Version: "1.0.0", Hardware: hardware})
+		return err
+	}); err != nil {
 		return err
 	}
 	if !offer.Update {
@@ -503,11 +509,13 @@ func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id st
 	}
 	var got int64
 	for next := offer.NextChunk; next < m.Chunks(); {
-		err := dev.Chunks(ctx, offer.SessionID, next, min(perRequest, m.Chunks()-next), m.ChunkSize, func(f protocol.Frame) error {
-			got += int64(len(f.Data))
-			next++
-			st.chunks.Add(1)
-			return nil
+		err := retry(ctx, func() error {
+			return dev.Chunks(ctx, offer.SessionID, next, min(perRequest, m.Chunks()-next), m.ChunkSize, func(f protocol.Frame) error {
+				got += int64(len(f.Data))
+				next++
+				st.chunks.Add(1)
+				return nil
+			})
 		})
 		if err != nil {
 			return err
@@ -516,5 +524,39 @@ func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id st
 	if want := m.CiphertextSize - int64(offer.NextChunk)*int64(m.ChunkSize); got != want {
 		return fmt.Errorf("downloaded %d bytes of ciphertext, the manifest says %d", got, want)
 	}
-	return dev.Report(ctx, offer.SessionID, "confirmed", "")
+	return retry(ctx, func() error { return dev.Report(ctx, offer.SessionID, "confirmed", "") })
+}
+
+// retry runs fn up to five times while it fails for a reason that may
+// pass (a connection refused or timed out, a 5xx), waiting 100 ms, then
+// twice as long each time, up to 2 s. A chunk stream cut short resumes
+// where it stopped: fn picks up its own progress.
+func retry(ctx context.Context, fn func() error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || attempt == 5 || !transient(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+func transient(err error) bool {
+	var ae *client.APIError
+	var ne net.Error
+	switch {
+	case errors.As(err, &ae):
+		return ae.Temporary()
+	case errors.Is(err, client.ErrChunkMAC), errors.Is(err, context.Canceled):
+		return false
+	case errors.As(err, &ne), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, protocol.ErrFrame):
+		return true
+	}
+	return false
 }
