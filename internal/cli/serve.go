@@ -78,6 +78,9 @@ func runServe(e *env, args []string) error {
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
 	}
+	if *maxConns < 1 {
+		return usagef("--max-conns %d: want at least 1", *maxConns)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
@@ -154,15 +157,13 @@ func runServe(e *env, args []string) error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
 	}
-	if *maxConns < 1 {
-		return usagef("--max-conns %d: want at least 1", *maxConns)
-	}
 	tcp, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return withHint(fmt.Errorf("listen on %s: %w", *addr, err), "choose another --addr, or stop what uses that port")
 	}
 	limited := server.LimitConns(tcp, *maxConns)
 	hs.Handler, hs.ConnContext = limited.Handler(srv), limited.ConnContext
+	srv.WatchConns(limited)
 	var ln net.Listener = limited
 	scheme := "http"
 	if *tlsCert != "" {

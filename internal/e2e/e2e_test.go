@@ -441,12 +441,35 @@ func TestServeRefusesBadStart(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "no --trust key") {
 		t.Fatalf("serve without --trust: %v\n%s", err, out)
 	}
+	cmd = exec.Command(fotaBin, "serve", "--data", "data", "--trust", "keys/signing.pub", "--max-conns", "0")
+	cmd.Dir = dir
+	out, err = cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "--max-conns 0: want at least 1") {
+		t.Fatalf("serve --max-conns 0: %v\n%s", err, out)
+	}
 	cmd = exec.Command(fotaBin, "serve", "--data", "data", "--trust", "keys/signing.key")
 	cmd.Dir = dir
 	out, err = cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "PUBLIC KEY") {
 		t.Fatalf("serve with a private key as trust: %v\n%s", err, out)
 	}
+}
+
+// Forty devices at once against a server that holds four connections:
+// the rest wait to connect, crowded connections are rotated, and every
+// update completes, for the real agent and for HMAC-only devices.
+func TestServeConnectionLimit(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	srv := startServer(t, dir, "--max-conns", "4")
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	for _, verify := range []string{"full", "hmac"} {
+		out := fota(t, dir, env, "load", "--keys", "keys", "--devices", "40", "--release-size", "48KiB", "--chunks-per-request", "8", "--verify", verify)
+		if !strings.Contains(out, "updates completed             40\n") || !strings.Contains(out, "updates failed                0\n") {
+			t.Fatalf("--verify %s through 4 connections:\n%s", verify, out)
+		}
+	}
+	srv.stop(t)
 }
 
 // A second server on a data folder in use is refused, and says what to do;

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ConnLimiter is a listener that holds at most a set number of connections open at
@@ -106,4 +108,17 @@ func (c *limitedConn) Close() error {
 		<-c.limiter.slots
 	})
 	return err
+}
+
+// Limit is the most connections l holds open at once.
+func (l *ConnLimiter) Limit() int { return cap(l.slots) }
+
+// WatchConns adds l's open connections and limit to /metrics: a server
+// that sits at its limit keeps devices waiting to connect.
+func (s *Server) WatchConns(l *ConnLimiter) {
+	s.metrics.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_http_connections_open", Help: "Open HTTP connections."},
+			func() float64 { return float64(l.Open()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_http_connections_limit", Help: "Most HTTP connections open at once (--max-conns)."},
+			func() float64 { return float64(l.Limit()) }))
 }

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -113,5 +114,28 @@ func TestConnLimiterKeepsAliveWhenQuiet(t *testing.T) {
 	}
 	if n := ln.Open(); n != 1 {
 		t.Fatalf("%d connections for three requests on keep-alive, want 1", n)
+	}
+}
+
+func TestConnMetrics(t *testing.T) {
+	e := newEnv(t)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	e.srv.WatchConns(LimitConns(raw, 7))
+	req, _ := http.NewRequest("GET", e.http.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw2, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"fota_http_connections_open 0\n", "fota_http_connections_limit 7\n"} {
+		if !strings.Contains(string(raw2), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
