@@ -76,6 +76,20 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
+// metricsText is /metrics as the admin sees it.
+func (e *env) metricsText() string {
+	e.t.Helper()
+	req, _ := http.NewRequest("GET", e.http.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return string(raw)
+}
+
 func (e *env) now() time.Time { e.clockMu.Lock(); defer e.clockMu.Unlock(); return e.clock }
 
 func (e *env) advance(d time.Duration) {
@@ -574,15 +588,7 @@ func TestMetrics(t *testing.T) {
 	e.call("POST", "/ota/complete", `{"device_id":"dev1","version":"1.0.4","boot_status":"success"}`, nil)
 	status, body := e.call("GET", "/metrics", "", nil)
 	wantStatus(t, status, body, 401, "")
-	req, _ := http.NewRequest("GET", e.http.URL+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+e.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(raw)
+	text := e.metricsText()
 	for _, want := range []string{
 		`fota_http_requests_total{route="POST /ota/chunk",status="200"} 1`,
 		`fota_chunk_bytes_total{api="ecowatt"} 1024`,
