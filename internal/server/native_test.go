@@ -71,6 +71,11 @@ func TestNativeFullUpdate(t *testing.T) {
 	if sum := sha256.Sum256(ct); hex.EncodeToString(sum[:]) != m.CiphertextSHA256 {
 		t.Fatal("ciphertext hash mismatch")
 	}
+	// All 98 chunks in one answer: two blocks of frames, the second ending
+	// in the short last chunk.
+	if whole := download(t, d, r, 0, r.Chunks, nil); !bytes.Equal(whole, ct) {
+		t.Fatal("the ciphertext in one answer differs from it in answers of 16 chunks")
+	}
 	if plain := e.decryptAll(t, ct, m.IVBytes()); !bytes.Equal(plain, rel.firmware) {
 		t.Fatal("firmware differs")
 	}
