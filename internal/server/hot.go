@@ -14,7 +14,8 @@ import (
 // that each need a device key and a session. This file keeps both in
 // memory, and turns per-chunk progress into a write twice a second.
 // Nothing here is state another replica needs: keys never change, session
-// snapshots live a second, and progress is advisory (devices keep their own).
+// snapshots live a second where replicas share the store, and progress is
+// advisory (devices keep their own).
 
 // DefaultSessionCacheTTL is how long a session snapshot serves chunk
 // requests unless Config says otherwise. A session ended on another replica
@@ -187,9 +188,9 @@ type progress struct {
 }
 
 // progressFlushInterval is how often collected progress is written, at
-// most; a flush that took long spaces the next one out to
-// progressFlushShare of the time, so that with many sessions in progress
-// the writes do not crowd out the requests.
+// most; after a flush that took d the next waits progressFlushShare × d,
+// so that with many sessions in progress flushing takes at most a tenth of
+// the time and does not crowd out the requests.
 const (
 	progressFlushInterval = 500 * time.Millisecond
 	progressFlushShare    = 10
