@@ -350,9 +350,9 @@ OPENSSL=${OPENSSL:-openssl}
 u16() { od -An -tu1 -j "$1" -N 2 "$B" | awk '{print $1*256+$2}'; }
 u32() { od -An -tu1 -j "$1" -N 4 "$B" | awk '{print (($1*256+$2)*256+$3)*256+$4}'; }
 M=$(u32 8) S=$(u16 12) L=$(u16 14)
-tail -c +17 "$B" | head -c "$M" > "$OUT/manifest.json"
-tail -c +$((17 + M)) "$B" | head -c "$S" > "$OUT/manifest.sig"
-tail -c +$((17 + M + S)) "$B" | head -c "$L" > "$OUT/legacy.sig"
+head -c $((16 + M)) "$B" | tail -c "$M" > "$OUT/manifest.json"
+head -c $((16 + M + S)) "$B" | tail -c "$S" > "$OUT/manifest.sig"
+head -c $((16 + M + S + L)) "$B" | tail -c "$L" > "$OUT/legacy.sig"
 tail -c +$((17 + M + S + L)) "$B" > "$OUT/payload.bin"
 field() { sed -n "s/^  \"$1\": \"\(.*\)\",\{0,1\}$/\1/p" "$OUT/manifest.json"; }
 "$OPENSSL" dgst -sha256 -verify "$PUB" -signature "$OUT/manifest.sig" "$OUT/manifest.json"
