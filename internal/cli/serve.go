@@ -61,7 +61,7 @@ func runServe(e *env, args []string) error {
 	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM); serve HTTPS")
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
 	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit)")
-	maxConns := fs.Int("max-conns", 2048, "most connections open at once; more devices wait to connect")
+	maxConns := fs.Int("max-conns", 1536, "most connections open at once; more devices wait to connect")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
