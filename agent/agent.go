@@ -76,6 +76,10 @@ type RetryPolicy struct {
 	Max      time.Duration // delay cap; default 1m
 }
 
+// DefaultChunksPerRequest is how many chunks a native request asks for
+// unless Config says otherwise.
+const DefaultChunksPerRequest = 16
+
 // Config configures an Agent.
 type Config struct {
 	Server         string
@@ -92,7 +96,7 @@ type Config struct {
 	// ChunkRetries is how often a chunk failing its HMAC is fetched again
 	// before the session is abandoned; default 3.
 	ChunkRetries int
-	// ChunksPerRequest on the native API; default 16.
+	// ChunksPerRequest on the native API; DefaultChunksPerRequest when 0.
 	ChunksPerRequest int
 	// CheckpointEvery is how many chunks may pass between persisted
 	// progress records; default 8. It bounds what a power cut re-downloads.
@@ -134,7 +138,7 @@ func (c *Config) defaults() {
 		c.ChunkRetries = 3
 	}
 	if c.ChunksPerRequest <= 0 {
-		c.ChunksPerRequest = 16
+		c.ChunksPerRequest = DefaultChunksPerRequest
 	}
 	if c.CheckpointEvery <= 0 {
 		c.CheckpointEvery = 8

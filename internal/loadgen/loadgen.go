@@ -505,7 +505,7 @@ func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id st
 	}
 	perRequest := cfg.ChunksPerRequest
 	if perRequest <= 0 {
-		perRequest = 16
+		perRequest = agent.DefaultChunksPerRequest
 	}
 	var got int64
 	for next := offer.NextChunk; next < m.Chunks(); {
