@@ -274,9 +274,9 @@ func (d *Device) Chunks(ctx context.Context, sessionID string, from, count, chun
 	}
 	defer resp.Body.Close()
 	macer := protocol.NewChunkMACer(d.psk, sessionID)
-	// One buffer of up to 64 KiB for the answer: a few reads of the body
-	// instead of two a chunk.
-	frames := protocol.NewFrameReader(resp.Body, chunkSize, min(64<<10, count*(protocol.FrameHeaderSize+chunkSize)))
+	// One buffer of up to 256 KiB for the answer (the server writes it in
+	// blocks that size): a few reads of the body instead of two a chunk.
+	frames := protocol.NewFrameReader(resp.Body, chunkSize, min(256<<10, count*(protocol.FrameHeaderSize+chunkSize)))
 	var want [32]byte
 	next := from
 	for {

@@ -87,14 +87,17 @@ func LegacyChunkMAC(psk PSK, chunkNumber int, data []byte) [32]byte {
 // HMAC state, so a server serving many chunks allocates nothing per chunk.
 // Not safe for concurrent use.
 type ChunkMACer struct {
-	mac       hash.Hash
-	sessionID string
-	hdr       [4]byte
+	mac hash.Hash
+	// head is "fota-chunk-v1\n" ‖ session id ‖ "\n" ‖ room for the index:
+	// one Write before the data, with nothing converted or allocated per chunk.
+	head []byte
 }
 
 // NewChunkMACer returns a ChunkMACer for the session.
 func NewChunkMACer(psk PSK, sessionID string) *ChunkMACer {
-	return &ChunkMACer{mac: hmac.New(sha256.New, psk[:]), sessionID: sessionID}
+	head := make([]byte, 0, len(chunkDomain)+len(sessionID)+1+4)
+	head = append(append(append(head, chunkDomain...), sessionID...), '\n')
+	return &ChunkMACer{mac: hmac.New(sha256.New, psk[:]), head: head}
 }
 
 // chunkDomain separates chunk HMACs from request HMACs made with the same key.
@@ -104,11 +107,7 @@ const chunkDomain = "fota-chunk-v1\n"
 // uint32 big-endian index ‖ data) into out.
 func (c *ChunkMACer) MAC(index int, data []byte, out *[32]byte) {
 	c.mac.Reset()
-	c.mac.Write([]byte(chunkDomain))
-	c.mac.Write([]byte(c.sessionID))
-	c.mac.Write([]byte{'\n'})
-	binary.BigEndian.PutUint32(c.hdr[:], uint32(index))
-	c.mac.Write(c.hdr[:])
+	c.mac.Write(binary.BigEndian.AppendUint32(c.head, uint32(index)))
 	c.mac.Write(data)
 	c.mac.Sum(out[:0])
 }

@@ -215,15 +215,8 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	idx := int(n)
 	size := chunkLen(rel, idx)
 	need := size + base64.StdEncoding.EncodedLen(size) + 256
-	pool := &bufPool
-	if need <= smallBuf {
-		pool = &smallBufPool
-	}
-	bp := pool.Get().(*[]byte)
+	bp, pool := getBlock(need)
 	defer pool.Put(bp)
-	if cap(*bp) < need {
-		*bp = make([]byte, 0, need)
-	}
 	data := (*bp)[:size]
 	if err := s.readChunk(rel, idx, data); err != nil {
 		return err

@@ -206,14 +206,39 @@ func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Sessi
 	return from, count, nil
 }
 
-// bufPool holds read buffers for chunk responses; smallBufPool the
-// buffers of one-chunk requests, the common case of slow devices.
-var (
-	bufPool      = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10+64*protocol.FrameHeaderSize); return &b }}
-	smallBufPool = sync.Pool{New: func() any { b := make([]byte, 0, smallBuf); return &b }}
-)
+// blockData is the most chunk data one write of a chunks answer carries.
+// 256 KiB rather than 64: a quarter of the write calls and of the times the
+// device is woken to read, which one device downloading alone notices
+// (16 MiB: 350-424 -> 453-521 MiB/s with the device's reads grown alike).
+const blockData = 256 << 10
 
-const smallBuf = 4 << 10
+// blockPools hold the buffers of chunks answers in three sizes, so that a
+// request takes no more memory than its block needs: a slow device fetching
+// one chunk holds 4 KiB, the agent's 16-chunk requests 64 KiB, and only
+// large requests a whole block, however many devices wait at once.
+var blockPools = [...]struct {
+	size int
+	pool sync.Pool
+}{
+	{size: 4 << 10},
+	{size: 64<<10 + 64*protocol.FrameHeaderSize},
+	{size: blockData + blockData/256*protocol.FrameHeaderSize},
+}
+
+// getBlock returns a buffer of at least n bytes and the pool to return it to.
+func getBlock(n int) (*[]byte, *sync.Pool) {
+	for i := range blockPools {
+		p := &blockPools[i]
+		if n <= p.size || i == len(blockPools)-1 {
+			if b, ok := p.pool.Get().(*[]byte); ok && cap(*b) >= n {
+				return b, &p.pool
+			}
+			b := make([]byte, max(n, p.size))
+			return &b, &p.pool
+		}
+	}
+	panic("unreachable")
+}
 
 func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) error {
 	sess, rel, err := s.deviceSession(r, false)
@@ -231,20 +256,13 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	w.Header().Set("Cache-Control", "no-store") // HMACs are per session
 	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
 	// Answer in blocks of whole chunks: one pread and one write per block
-	// rather than per chunk. Blocks hold 64 KiB of data at most, and no more
+	// rather than per chunk. Blocks hold blockData of data at most, and no more
 	// chunks than asked for: ten thousand slow devices fetching one chunk
-	// each must not hold 64 KiB apiece.
+	// each must not hold a block apiece.
 	frameSize := protocol.FrameHeaderSize + rel.ChunkSize
-	perBlock := min(count, max(1, (64<<10)/rel.ChunkSize))
-	pool := &bufPool
-	if perBlock*frameSize <= smallBuf {
-		pool = &smallBufPool
-	}
-	bp := pool.Get().(*[]byte)
+	perBlock := min(count, max(1, blockData/rel.ChunkSize))
+	bp, pool := getBlock(perBlock * frameSize)
 	defer pool.Put(bp)
-	if cap(*bp) < perBlock*frameSize {
-		*bp = make([]byte, perBlock*frameSize)
-	}
 	var mac [32]byte
 	for i := from; i < from+count; i += perBlock {
 		n := min(perBlock, from+count-i)
