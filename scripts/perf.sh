@@ -128,9 +128,13 @@ echo "server RSS: $(ps -o rss= -p "${pids[0]}") KiB"
 
 if [ -n "${SLOW:-}" ]; then
   echo "== 6. 10,000 slow devices: one chunk a request, 400 ms apart (fota load --verify hmac, on core 1)"
-  ( while kill -0 "${pids[0]}" 2>/dev/null; do ps -o rss= -p "${pids[0]}"; sleep 1; done ) > rss.txt &
+  # Each second: the server's RSS, and how many update sessions are open.
+  ( while kill -0 "${pids[0]}" 2>/dev/null; do
+      echo "$(ps -o rss= -p "${pids[0]}") $(curl -s -H "Authorization: Bearer $FOTA_TOKEN" "$FOTA_SERVER/metrics" | sed -n 's/^fota_sessions_open \([0-9]*\).*/\1/p')"
+      sleep 1
+    done ) > rss.txt &
   pids+=($!)
   taskset -c 1 "$fota" load --keys keys --devices 10000 --api native --release-size 16KiB --chunks-per-request 1 \
     --chunk-delay 400ms --verify hmac 2>/dev/null || true
-  echo "server peak RSS: $(sort -n rss.txt | tail -1) KiB"
+  echo "server peak RSS: $(awk '{print $1}' rss.txt | sort -n | tail -1) KiB; most sessions open at once: $(awk '{print $2}' rss.txt | sort -n | tail -1)"
 fi
