@@ -21,8 +21,17 @@ import (
 	"github.com/ecowatt/fota/semver"
 )
 
-// maxChunksResponse bounds the data of one chunks request.
-const maxChunksResponse = 4 << 20
+// maxChunksResponse bounds the data of one chunks request: 16 MiB, so a
+// device on a fast link can take a typical image in one answer rather than
+// paying a round trip every few MiB (one device, 16 MiB: 302-441 MiB/s in
+// 4 MiB answers, 383-504 in one).
+const maxChunksResponse = 16 << 20
+
+// blockWriteTimeout is how long one block of a chunks answer may take to
+// write. The deadline moves on with every block, so a slow device taking
+// a large answer is not cut off by the server's overall write timeout as
+// long as it keeps reading; one that stops reading is.
+var blockWriteTimeout = time.Minute
 
 type authedKey struct{}
 
@@ -263,8 +272,13 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	perBlock := min(count, max(1, blockData/rel.ChunkSize))
 	bp, pool := getBlock(perBlock * frameSize)
 	defer pool.Put(bp)
+	rc := http.NewResponseController(w)
 	var mac [32]byte
 	for i := from; i < from+count; i += perBlock {
+		if count > perBlock {
+			// Not every ResponseWriter can; the server's own timeout applies then.
+			_ = rc.SetWriteDeadline(time.Now().Add(blockWriteTimeout))
+		}
 		n := min(perBlock, from+count-i)
 		off := int64(i) * int64(rel.ChunkSize)
 		size := int(min(int64(n)*int64(rel.ChunkSize), rel.CiphertextSize-off))

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -459,5 +460,60 @@ func TestInternalErrorsHideCause(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "internal error") {
 		t.Fatal("internal error not logged")
+	}
+}
+
+// TestLargeAnswerToSlowDevice: a 16 MiB chunks answer outlasts the
+// server's overall write timeout while the device keeps reading (each block
+// gets its own deadline), and is cut off when the device stops reading.
+func TestLargeAnswerToSlowDevice(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 20<<20)
+	slow := httptest.NewUnstartedServer(e.srv)
+	slow.Config.WriteTimeout = 300 * time.Millisecond
+	slow.Start()
+	defer slow.Close()
+	fetch := func(id string, pause func(n int) time.Duration) (int, error) {
+		psk := e.addDevice(id, "1.0.3")
+		d, err := client.NewDevice(slow.URL, id, psk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Now = e.now
+		r, err := d.Check(context.Background(), protocol.CheckRequest{Version: "1.0.3", Hardware: "esp32"})
+		if err != nil || !r.Update {
+			t.Fatalf("check: %+v, %v", r, err)
+		}
+		got := 0
+		err = d.Chunks(context.Background(), r.SessionID, 0, 16<<10, r.ChunkSize, func(protocol.Frame) error {
+			got++
+			time.Sleep(pause(got))
+			return nil
+		})
+		return got, err
+	}
+
+	// 100 ms after every MiB: 1.6 s in all, well past the 300 ms timeout,
+	// and past what the sockets buffer between the two.
+	got, err := fetch("reader", func(n int) time.Duration {
+		if n%1024 == 0 {
+			return 100 * time.Millisecond
+		}
+		return 0
+	})
+	if err != nil || got != 16<<10 {
+		t.Fatalf("a device reading steadily got %d of %d chunks: %v", got, 16<<10, err)
+	}
+
+	defer func(old time.Duration) { blockWriteTimeout = old }(blockWriteTimeout)
+	blockWriteTimeout = 200 * time.Millisecond
+	got, err = fetch("staller", func(n int) time.Duration {
+		if n == 1024 {
+			return time.Second
+		}
+		return 0
+	})
+	if err == nil || got == 16<<10 {
+		t.Fatalf("a device that stopped reading for 1 s got %d chunks and %v; want the answer cut off", got, err)
 	}
 }
