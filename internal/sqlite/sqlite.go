@@ -47,8 +47,10 @@ type Store struct {
 	nonces     chan nonceReq
 	stop       chan struct{}
 	noncesDone chan struct{}
-	closeOnce  sync.Once
-	closeErr   error
+	// checkpointerDone is closed when the checkpointer has stopped.
+	checkpointerDone chan struct{}
+	closeOnce        sync.Once
+	closeErr         error
 }
 
 var _ fota.Store = (*Store)(nil)
@@ -64,8 +66,12 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	}
 	// _txlock=immediate takes the write lock at BEGIN, so concurrent writers
 	// wait on busy_timeout instead of failing when a read upgrades to a write.
+	// Checkpoints run in the background (checkpointer); the automatic one,
+	// which would otherwise stall whichever request commits past 1,000 pages
+	// of WAL for a copy and an fsync, stays only as a backstop at 64 MiB.
 	dsn := "file:" + file + "?_txlock=immediate" +
-		"&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=busy_timeout(10000)&_pragma=synchronous("
+		"&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=busy_timeout(10000)" +
+		"&_pragma=wal_autocheckpoint(16384)&_pragma=synchronous("
 	db, err := sql.Open("sqlite", dsn+"FULL)")
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
@@ -82,7 +88,36 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	}
 	limitPool(s.fast)
 	s.startNonceWriter()
+	s.checkpointerDone = make(chan struct{})
+	go s.checkpointer()
 	return s, nil
+}
+
+// checkpointEvery is how often the WAL is copied back into the database:
+// often enough that each copy is small (every second left p99 at 4-20 ms
+// in the run below).
+const checkpointEvery = 200 * time.Millisecond
+
+// checkpointer copies the WAL into the database every checkpointEvery, on
+// its own goroutine: a passive checkpoint waits for no reader or writer,
+// and no request waits for it. With SQLite's automatic checkpoint, the
+// request whose commit crossed the threshold did that work and its fsync
+// itself: 3,000 check-ins at 1,000/s, server on one core, had a p99 of
+// 8-19 ms with it and 3.3-9.3 ms with this (twelve runs each). A checkpoint
+// that fails (the disk, say) is tried again on the next tick, and the
+// automatic one still bounds the WAL.
+func (s *Store) checkpointer() {
+	defer close(s.checkpointerDone)
+	tick := time.NewTicker(checkpointEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+			s.fast.Exec("PRAGMA wal_checkpoint(PASSIVE)")
+		}
+	}
 }
 
 // maxConns bounds each handle's connections. Without a bound, ten thousand
@@ -106,12 +141,13 @@ func (s *Store) PoolStats() (open, inUse, idle int) {
 // SetClock replaces the clock, for tests.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
-// Close stops the nonce writer and closes the database. Nothing may use the
+// Close stops the nonce writer and the checkpointer and closes the database. Nothing may use the
 // store after Close.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.noncesDone
+		<-s.checkpointerDone
 		s.closeErr = errors.Join(s.fast.Close(), s.db.Close())
 	})
 	return s.closeErr

@@ -3,10 +3,12 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/internal/storetest"
@@ -63,5 +65,41 @@ func TestRefusesNewerSchema(t *testing.T) {
 	_, err = Open(ctx, file)
 	if err == nil || !strings.Contains(err.Error(), "newer than this fota knows") {
 		t.Fatalf("opening a newer schema: %v", err)
+	}
+}
+
+// TestCheckpointsRunInBackground: the WAL is copied back by the store's own
+// goroutine, not by whichever request commits past SQLite's threshold.
+// Once a checkpoint has copied everything, the next commit writes the WAL
+// from its start again, so the file stops growing; with no checkpoint
+// (this store's automatic backstop is at 64 MiB) it grows with every commit.
+func TestCheckpointsRunInBackground(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "fota.db")
+	s, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	next := 0
+	commits := func(n int) int64 {
+		t.Helper()
+		for range n {
+			if err := s.UseNonce(ctx, "dev", fmt.Sprintf("nonce-%d", next), time.Now().Add(time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			next++
+		}
+		fi, err := os.Stat(file + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	first := commits(300)
+	time.Sleep(2 * checkpointEvery)
+	second := commits(300)
+	if second > first*3/2 {
+		t.Fatalf("the WAL grew from %d to %d bytes over 300 more commits %v later: nothing checkpointed it in the background", first, second, 2*checkpointEvery)
 	}
 }
