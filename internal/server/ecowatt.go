@@ -166,7 +166,7 @@ func (s *Server) legacySession(r *http.Request, t legacyTarget, fresh bool) (*fo
 	}
 	info(r).deviceID = deviceID
 	ctx := r.Context()
-	psk, err = s.deviceKey(ctx, deviceID)
+	psk, _, err = s.deviceKey(ctx, deviceID)
 	if err != nil {
 		return nil, nil, psk, err
 	}

@@ -90,17 +90,19 @@ func (c *hotCache) advance(sess *fota.Session, next int) int {
 }
 
 // deviceKey returns a device's key, reading the store once per device.
-func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, error) {
+// When it had to read the store it also returns the device as read, so
+// that a check-in on the device's first request does not read it again.
+func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, *fota.Device, error) {
 	c := s.hot
 	c.mu.Lock()
 	psk, ok := c.keys[id]
 	c.mu.Unlock()
 	if ok {
-		return psk, nil
+		return psk, nil, nil
 	}
 	d, err := s.store.Device(ctx, id)
 	if err != nil {
-		return psk, err
+		return psk, nil, err
 	}
 	c.mu.Lock()
 	if len(c.keys) >= maxCached {
@@ -108,7 +110,7 @@ func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, error)
 	}
 	c.keys[id] = d.PSK
 	c.mu.Unlock()
-	return d.PSK, nil
+	return d.PSK, d, nil
 }
 
 // forgetSession drops a session's snapshots after this replica changed it.

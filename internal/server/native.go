@@ -39,6 +39,9 @@ type authedKey struct{}
 type authed struct {
 	ID  string
 	PSK protocol.PSK
+	// read is the device as authentication read it from the store, or nil
+	// when its key came from the cache.
+	read *fota.Device
 }
 
 func authedDevice(r *http.Request) *authed { return r.Context().Value(authedKey{}).(*authed) }
@@ -81,7 +84,7 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 		if err != nil {
 			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", maxDeviceBody)
 		}
-		psk, err := s.deviceKey(r.Context(), id)
+		psk, read, err := s.deviceKey(r.Context(), id)
 		if fota.ErrorCode(err) == fota.ENOTFOUND {
 			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
 		}
@@ -100,7 +103,7 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 			}
 			return err
 		}
-		return h(w, r.WithContext(context.WithValue(r.Context(), authedKey{}, &authed{ID: id, PSK: psk})), body)
+		return h(w, r.WithContext(context.WithValue(r.Context(), authedKey{}, &authed{ID: id, PSK: psk, read: read})), body)
 	}
 }
 
@@ -126,9 +129,12 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 		return fota.Errorf(fota.EINVALID, "field \"version\": %q is not a semantic version like 1.0.4", truncate(req.Version, 40))
 	}
 	ctx := r.Context()
-	d, err := s.store.Device(ctx, authedDevice(r).ID)
-	if err != nil {
-		return err
+	d := authedDevice(r).read
+	if d == nil {
+		var err error
+		if d, err = s.store.Device(ctx, authedDevice(r).ID); err != nil {
+			return err
+		}
 	}
 	if req.Hardware != "" && req.Hardware != d.Hardware {
 		return fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(req.Hardware, 32), d.Hardware)
