@@ -69,9 +69,13 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	// Checkpoints run in the background (checkpointer); the automatic one,
 	// which would otherwise stall whichever request commits past 1,000 pages
 	// of WAL for a copy and an fsync, stays only as a backstop at 64 MiB.
+	// Each connection caches 512 KiB of pages, not SQLite's 2 MiB: sixteen
+	// connections' caches were a fifth of the server's memory with 10,000
+	// devices updating (peak RSS 146-153 -> 135 MiB), and the operating
+	// system caches the file anyway (check-in latency did not change).
 	dsn := "file:" + file + "?_txlock=immediate" +
 		"&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=busy_timeout(10000)" +
-		"&_pragma=wal_autocheckpoint(16384)&_pragma=synchronous("
+		"&_pragma=wal_autocheckpoint(16384)&_pragma=cache_size(-512)&_pragma=synchronous("
 	db, err := sql.Open("sqlite", dsn+"FULL)")
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
