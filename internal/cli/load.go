@@ -17,7 +17,7 @@ import (
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
-            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--check-only] [--verify full|hmac] [--json] [--cpuprofile FILE]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--no-keepalive] [--check-only] [--verify full|hmac] [--json] [--cpuprofile FILE]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
@@ -46,6 +46,7 @@ func runLoad(e *env, args []string) error {
 	perRequest := fs.Int("chunks-per-request", 0, "chunks per native request (default: the agent's)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	chunkDelay := fs.Duration("chunk-delay", 0, "wait this long before each chunk request: slow devices holding sessions open")
+	noKeepAlive := fs.Bool("no-keepalive", false, "a new TCP connection for every request, as the original EcoWatt ESP32 client does")
 	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
 	verify := fs.String("verify", loadgen.VerifyFull, "what devices check: full (the real agent) or hmac (signature and chunk HMACs, no decryption: measures the server, not this machine's CPU; native API)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file (go tool pprof FILE)")
@@ -98,7 +99,7 @@ func runLoad(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
-		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay, Verify: *verify,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay, NoKeepAlive: *noKeepAlive, Verify: *verify,
 		OnProgress: func(s loadgen.Snapshot) {
 			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
 		}})

@@ -47,6 +47,10 @@ type Config struct {
 	// ChunkDelay is slept before every chunk request: slow devices, to hold
 	// many sessions open at once.
 	ChunkDelay time.Duration
+	// NoKeepAlive opens a new TCP connection for every request, as the
+	// original EcoWatt ESP32 client does: slow devices then hold sessions
+	// open without holding connections.
+	NoKeepAlive bool
 	// CheckOnly runs devices that already run the release: each makes one
 	// check-in and nothing else, to measure check-in capacity.
 	CheckOnly bool
@@ -164,11 +168,12 @@ type transport struct {
 	delay time.Duration // before chunk requests
 }
 
-func newTransport(st *stats) *transport {
+func newTransport(st *stats, noKeepAlive bool) *transport {
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	t := &transport{st: st}
 	t.inner = &http.Transport{
 		MaxIdleConnsPerHost: 2,
+		DisableKeepAlives:   noKeepAlive,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
@@ -393,7 +398,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // runDevice takes one device through a whole update.
 func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
-	tr := newTransport(st)
+	tr := newTransport(st, cfg.NoKeepAlive)
 	tr.delay = cfg.ChunkDelay
 	defer tr.inner.CloseIdleConnections()
 	running := "1.0.0"
@@ -466,7 +471,7 @@ func confirm(ctx context.Context, cfg Config, tr *transport, id string, psk prot
 // byte count) without decrypting: the server's capacity, not the load
 // generator's, is then what limits the run.
 func runHMACDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
-	tr := newTransport(st)
+	tr := newTransport(st, cfg.NoKeepAlive)
 	tr.delay = cfg.ChunkDelay
 	defer tr.inner.CloseIdleConnections()
 	if err := hmacUpdate(ctx, cfg, st, tr, id, psk, hardware); err != nil {

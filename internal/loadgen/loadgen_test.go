@@ -51,6 +51,24 @@ func TestLoadRunCompletesUpdates(t *testing.T) {
 	}
 }
 
+// With NoKeepAlive every request opens its own connection: check-in, each
+// chunks request and the report.
+func TestLoadNoKeepAlive(t *testing.T) {
+	s := testserver.New(t)
+	rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 3, API: agent.APINative, Verify: VerifyHMAC,
+		ReleaseSize: 8 << 10, Signer: s.Signer, FirmwareKey: s.FWKey, ChunksPerRequest: 2, NoKeepAlive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 3 || rep.Failed != 0 {
+		t.Fatalf("completed %d, failed %d, errors %v", rep.Completed, rep.Failed, rep.Errors)
+	}
+	// 8 KiB + padding is 9 chunks: 5 chunks requests, a check and a report.
+	if rep.ConnsPerUpdate != 7 {
+		t.Fatalf("%.2f TCP connections per update, want 7 (one per request)", rep.ConnsPerUpdate)
+	}
+}
+
 func TestLoadCheckOnly(t *testing.T) {
 	s := testserver.New(t)
 	rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 20, ReleaseSize: 4 << 10,
