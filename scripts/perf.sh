@@ -10,9 +10,10 @@
 #   4. native API: 64 devices updating a 16 MiB release at once, against 64
 #      concurrent GETs of the same ciphertext from nginx (wrk);
 #   5. check-ins: 3,000 devices, 1,000 a second (fota load --check-only);
-#   6. with SLOW=1 (another minute or so, and 20,000 open files): 10,000
-#      slow devices, one chunk a request every 400 ms, and the server's
-#      peak RSS.
+#   6. with SLOW=1 (another two and a half minutes, and 20,000 open files):
+#      10,000 slow devices, one chunk a request every 400 ms, first keeping
+#      their connections, then connecting afresh for every request; the
+#      server's peak RSS and the most update sessions open at once.
 # It installs wrk and nginx from Debian if missing, starts everything on
 # loopback, and stops what it started.
 #
@@ -135,14 +136,21 @@ taskset -c 1 "$fota" load --keys keys --devices 3000 --api native --release-size
 echo "server RSS: $(ps -o rss= -p "${pids[0]}") KiB"
 
 if [ -n "${SLOW:-}" ]; then
-  echo "== 6. 10,000 slow devices: one chunk a request, 400 ms apart (fota load --verify hmac, on core 1)"
   # Each second: the server's RSS, and how many update sessions are open.
   ( while kill -0 "${pids[0]}" 2>/dev/null; do
-      echo "$(ps -o rss= -p "${pids[0]}") $(curl -s -H "Authorization: Bearer $FOTA_TOKEN" "$FOTA_SERVER/metrics" | sed -n 's/^fota_sessions_open \([0-9]*\).*/\1/p')"
+      echo "$(ps -o rss= -p "${pids[0]}") $(curl -s -H "Authorization: Bearer $FOTA_TOKEN" "$FOTA_SERVER/metrics" | sed -n 's/^fota_sessions_open \([0-9]*\).*/\1/p')" >> rss.txt
       sleep 1
-    done ) > rss.txt &
+    done ) &
   pids+=($!)
-  taskset -c 1 "$fota" load --keys keys --devices 10000 --api native --release-size 16KiB --chunks-per-request 1 \
-    --chunk-delay 400ms --verify hmac 2>/dev/null || true
-  echo "server peak RSS: $(awk '{print $1}' rss.txt | sort -n | tail -1) KiB; most sessions open at once: $(awk '{print $2}' rss.txt | sort -n | tail -1)"
+  slow() {
+    : > rss.txt
+    taskset -c 1 "$fota" load --keys keys --devices 10000 --api native --release-size 16KiB --chunks-per-request 1 \
+      --chunk-delay 400ms --verify hmac "$@" 2>/dev/null || true
+    echo "server peak RSS: $(awk '{print $1}' rss.txt | sort -n | tail -1) KiB; most sessions open at once: $(awk '{print $2}' rss.txt | sort -n | tail -1)"
+  }
+  echo "== 6. 10,000 slow devices: one chunk a request, 400 ms apart (fota load --verify hmac, on core 1)"
+  echo "-- keep-alive devices (each holds a connection through its pauses)"
+  slow
+  echo "-- a new connection for every request, as the original EcoWatt ESP32 client (--no-keepalive)"
+  slow --no-keepalive
 fi
