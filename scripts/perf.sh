@@ -40,7 +40,12 @@ cd "$work"
 "$fota" keys init --dir keys >/dev/null
 "$fota" firmware sample --version 1.0.4 --size 1MiB -o app.bin >/dev/null
 "$fota" release build --keys keys -o app.fota app.bin >/dev/null
-port=$((20000 + RANDOM % 20000))
+# Two free ports below Linux's ephemeral range (32768 and up), where a
+# connection the loads open could already hold them.
+for _ in $(seq 20); do
+  port=$((20000 + RANDOM % 12000))
+  ss -ltn | grep -qE ":($port|$((port + 1))) " || break
+done
 store=()
 if [ -n "${FOTA_PERF_DB:-}" ]; then store=(--db "$FOTA_PERF_DB" --blobs db); fi
 taskset -c 0 "$fota" serve --data data "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
