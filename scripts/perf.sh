@@ -141,19 +141,29 @@ taskset -c 1 "$fota" load --keys keys --devices 3000 --api native --release-size
 echo "server RSS: $(ps -o rss= -p "${pids[0]}") KiB"
 
 if [ -n "${SLOW:-}" ]; then
-  # Each second: the server's RSS, and how many update sessions are open.
-  ( while kill -0 "${pids[0]}" 2>/dev/null; do
-      echo "$(ps -o rss= -p "${pids[0]}") $(curl -s -H "Authorization: Bearer $FOTA_TOKEN" "$FOTA_SERVER/metrics" | sed -n 's/^fota_sessions_open \([0-9]*\).*/\1/p')" >> rss.txt
-      sleep 1
-    done ) &
-  pids+=($!)
+  # Each scenario gets a server of its own, started on empty data, so that
+  # its peak memory is what that load costs and not what earlier ones left.
   slow() {
+    kill "${pids[0]}" 2>/dev/null || true
+    wait "${pids[0]}" 2>/dev/null || true
+    rm -rf data-slow
+    taskset -c 0 "$fota" serve --data data-slow "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
+    pids[0]=$!
+    for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
+    if [ -z "${FOTA_PERF_DB:-}" ]; then FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out); fi
+    # Each second: the server's RSS, and how many update sessions are open.
     : > rss.txt
+    ( while kill -0 "${pids[0]}" 2>/dev/null; do
+        echo "$(ps -o rss= -p "${pids[0]}") $(curl -s -H "Authorization: Bearer $FOTA_TOKEN" "$FOTA_SERVER/metrics" | sed -n 's/^fota_sessions_open \([0-9]*\).*/\1/p')" >> rss.txt
+        sleep 1
+      done ) &
+    local monitor=$!
     taskset -c 1 "$fota" load --keys keys --devices 10000 --api native --release-size 16KiB --chunks-per-request 1 \
       --chunk-delay 400ms --verify hmac "$@" 2>/dev/null || true
+    kill "$monitor" 2>/dev/null || true
     echo "server peak RSS: $(awk '{print $1}' rss.txt | sort -n | tail -1) KiB; most sessions open at once: $(awk '{print $2}' rss.txt | sort -n | tail -1)"
   }
-  echo "== 6. 10,000 slow devices: one chunk a request, 400 ms apart (fota load --verify hmac, on core 1)"
+  echo "== 6. 10,000 slow devices: one chunk a request, 400 ms apart (fota load --verify hmac, on core 1), each run on a fresh server"
   echo "-- keep-alive devices (each holds a connection through its pauses)"
   slow
   echo "-- a new connection for every request, as the original EcoWatt ESP32 client (--no-keepalive)"
