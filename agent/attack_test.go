@@ -387,7 +387,7 @@ func recordSession(t *testing.T, h *harness, id string) map[int]frame {
 		t.Fatalf("recording check: %+v %v", r, err)
 	}
 	frames := map[int]frame{}
-	dev.Chunks(ctx, r.SessionID, 0, r.Chunks, r.ChunkSize, func(f protocol.Frame) error {
+	dev.Chunks(ctx, r.SessionID, protocol.PreferredChunkMAC(r.ChunkMACs), 0, r.Chunks, r.ChunkSize, func(f protocol.Frame) error {
 		frames[f.Index] = frame{index: f.Index, mac: append([]byte(nil), f.MAC[:]...), data: append([]byte(nil), f.Data...)}
 		return nil
 	})

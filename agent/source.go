@@ -23,7 +23,8 @@ import (
 // firmware digest (all that API signs).
 type offer struct {
 	api             string
-	sessionID       string // native only
+	sessionID       string                  // native only
+	chunkMAC        protocol.ChunkMACScheme // native only
 	version         string
 	securityCounter uint32
 	plaintextSize   int64
@@ -97,13 +98,13 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 		return nil, "", fatalf("refusing update %s: built for %s, this device is %s", m.Version, m.Hardware, n.hardware)
 	}
 	ct := m.CiphertextDigest()
-	return &offer{api: APINative, sessionID: resp.SessionID, version: m.Version, securityCounter: m.SecurityCounter,
+	return &offer{api: APINative, sessionID: resp.SessionID, chunkMAC: protocol.PreferredChunkMAC(resp.ChunkMACs), version: m.Version, securityCounter: m.SecurityCounter,
 		plaintextSize: m.PlaintextSize, plaintextSHA256: m.PlaintextDigest(), ciphertextSize: m.CiphertextSize,
 		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks()}, "", nil
 }
 
 func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn func(int, []byte) error) error {
-	return n.dev.Chunks(ctx, o.sessionID, from, count, o.chunkSize, func(f protocol.Frame) error { return fn(f.Index, f.Data) })
+	return n.dev.Chunks(ctx, o.sessionID, o.chunkMAC, from, count, o.chunkSize, func(f protocol.Frame) error { return fn(f.Index, f.Data) })
 }
 
 func (n *nativeSource) send(ctx context.Context, r report) error {

@@ -263,17 +263,23 @@ func (d *Device) Check(ctx context.Context, req protocol.CheckRequest) (*protoco
 	return &out, nil
 }
 
-// Chunks fetches count chunks from index from, checks each chunk's HMAC and
-// calls fn with it in order. fn must not keep f.Data. A chunk that fails
-// its HMAC stops the stream with ErrChunkMAC before fn sees it.
-func (d *Device) Chunks(ctx context.Context, sessionID string, from, count, chunkSize int, fn func(f protocol.Frame) error) error {
+// Chunks fetches count chunks from index from, checks each chunk's HMAC
+// under scheme (protocol.PreferredChunkMAC of the check answer's
+// ChunkMACs) and calls fn with it in order. fn must not keep f.Data. A
+// chunk that fails its HMAC stops the stream with ErrChunkMAC before fn
+// sees it.
+func (d *Device) Chunks(ctx context.Context, sessionID string, scheme protocol.ChunkMACScheme, from, count, chunkSize int, fn func(f protocol.Frame) error) error {
 	path := "/v1/device/sessions/" + url.PathEscape(sessionID) + "/chunks?from=" + strconv.Itoa(from) + "&count=" + strconv.Itoa(count)
+	if scheme != protocol.ChunkMACv1 {
+		// v1 is asked for by saying nothing, as devices from before v2 do.
+		path += "&mac=" + url.QueryEscape(string(scheme))
+	}
 	resp, err := d.request(ctx, "GET", path, nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	macer := protocol.NewChunkMACer(d.psk, sessionID)
+	macer := protocol.NewChunkMACer(d.psk, sessionID, scheme)
 	// One buffer of up to 256 KiB for the answer (the server writes it in
 	// blocks that size): a few reads of the body instead of two a chunk.
 	frames := protocol.NewFrameReader(resp.Body, chunkSize, min(256<<10, count*(protocol.FrameHeaderSize+chunkSize)))

@@ -28,6 +28,9 @@ type CheckResponse struct {
 	MACsURL        string `json:"macs_url,omitempty"`
 	PayloadURL     string `json:"payload_url,omitempty"`
 	ReportURL      string `json:"report_url,omitempty"`
+	// ChunkMACs lists the chunk MAC schemes the server offers; servers from
+	// before v2 leave it out, which means v1 only.
+	ChunkMACs []ChunkMACScheme `json:"chunk_macs,omitempty"`
 }
 
 // Report is the body of POST /v1/device/sessions/{id}/report.

@@ -31,25 +31,79 @@ func TestLegacyChunkMACMatchesSpec(t *testing.T) {
 func TestChunkMACBindsEverything(t *testing.T) {
 	a, _ := NewPSK()
 	b, _ := NewPSK()
-	base := ChunkMAC(a, "s1", 3, []byte("data"))
-	for name, other := range map[string][32]byte{
-		"other device key": ChunkMAC(b, "s1", 3, []byte("data")),
-		"other session":    ChunkMAC(a, "s2", 3, []byte("data")),
-		"other index":      ChunkMAC(a, "s1", 4, []byte("data")),
-		"other bytes":      ChunkMAC(a, "s1", 3, []byte("datA")),
-	} {
-		if other == base {
-			t.Errorf("%s gives the same HMAC", name)
+	for _, scheme := range ChunkMACSchemes {
+		base := ChunkMAC(a, "s1", scheme, 3, []byte("data"))
+		for name, other := range map[string][32]byte{
+			"other device key": ChunkMAC(b, "s1", scheme, 3, []byte("data")),
+			"other session":    ChunkMAC(a, "s2", scheme, 3, []byte("data")),
+			"other index":      ChunkMAC(a, "s1", scheme, 4, []byte("data")),
+			"other bytes":      ChunkMAC(a, "s1", scheme, 3, []byte("datA")),
+		} {
+			if other == base {
+				t.Errorf("%s: %s gives the same HMAC", scheme, name)
+			}
+		}
+		// Reusing one ChunkMACer gives the same answers as one-off calls.
+		c := NewChunkMACer(a, "s1", scheme)
+		var out [32]byte
+		for i := 0; i < 3; i++ {
+			c.MAC(3, []byte("data"), &out)
+			if out != base {
+				t.Fatalf("%s: ChunkMACer state leaks between chunks", scheme)
+			}
 		}
 	}
-	// Reusing one ChunkMACer gives the same answers as one-off calls.
-	c := NewChunkMACer(a, "s1")
-	var out [32]byte
-	for i := 0; i < 3; i++ {
-		c.MAC(3, []byte("data"), &out)
-		if out != base {
-			t.Fatal("ChunkMACer state leaks between chunks")
+	if ChunkMAC(a, "s1", ChunkMACv1, 3, []byte("data")) == ChunkMAC(a, "s1", ChunkMACv2, 3, []byte("data")) {
+		t.Error("v1 and v2 give the same HMAC")
+	}
+}
+
+func TestChunkMACsMatchSpec(t *testing.T) {
+	psk, _ := ParsePSK(strings.Repeat("0f", 32))
+	data := []byte("chunk bytes")
+	// Spelled out from docs/PROTOCOL.md.
+	v1 := hmac.New(sha256.New, psk[:])
+	v1.Write([]byte("fota-chunk-v1\nsess-1\n\x00\x00\x01\x02chunk bytes"))
+	key := hmac.New(sha256.New, psk[:])
+	key.Write([]byte("fota-chunk-v2\nsess-1"))
+	digest := sha256.Sum256(data)
+	v2 := hmac.New(sha256.New, key.Sum(nil))
+	v2.Write(append([]byte{0, 0, 1, 2}, digest[:]...))
+	for scheme, want := range map[ChunkMACScheme][]byte{ChunkMACv1: v1.Sum(nil), ChunkMACv2: v2.Sum(nil)} {
+		if got := ChunkMAC(psk, "sess-1", scheme, 258, data); !bytes.Equal(got[:], want) {
+			t.Errorf("%s: HMAC %x, want %x", scheme, got, want)
 		}
+	}
+	// A server with the digest gets the same HMAC, allocating nothing.
+	c := NewChunkMACer(psk, "sess-1", ChunkMACv2)
+	var out [32]byte
+	if allocs := testing.AllocsPerRun(100, func() { c.MACDigest(258, &digest, &out) }); allocs != 0 {
+		t.Errorf("MACDigest allocates %v times", allocs)
+	}
+	if !bytes.Equal(out[:], v2.Sum(nil)) {
+		t.Errorf("MACDigest gives %x, want %x", out, v2.Sum(nil))
+	}
+}
+
+func TestChunkMACSchemeNegotiation(t *testing.T) {
+	for in, want := range map[string]ChunkMACScheme{"": ChunkMACv1, "v1": ChunkMACv1, "v2": ChunkMACv2} {
+		if got, err := ParseChunkMACScheme(in); err != nil || got != want {
+			t.Errorf("ParseChunkMACScheme(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"v3", "V2", "2", " v2"} {
+		if _, err := ParseChunkMACScheme(bad); err == nil || !strings.Contains(err.Error(), "want v1 or v2") {
+			t.Errorf("ParseChunkMACScheme(%q): error %v, want one naming the schemes", bad, err)
+		}
+	}
+	if got := PreferredChunkMAC(nil); got != ChunkMACv1 {
+		t.Errorf("a server offering nothing (from before v2) gets %q, want v1", got)
+	}
+	if got := PreferredChunkMAC([]ChunkMACScheme{"v1", "v9", "v2"}); got != ChunkMACv2 {
+		t.Errorf("a server offering v2 gets %q", got)
+	}
+	if got := PreferredChunkMAC([]ChunkMACScheme{"v9"}); got != ChunkMACv1 {
+		t.Errorf("a server offering only unknown schemes gets %q, want v1", got)
 	}
 }
 

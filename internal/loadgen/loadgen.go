@@ -515,7 +515,7 @@ func hmacUpdate(ctx context.Context, cfg Config, st *stats, tr *transport, id st
 	var got int64
 	for next := offer.NextChunk; next < m.Chunks(); {
 		err := retry(ctx, func() error {
-			return dev.Chunks(ctx, offer.SessionID, next, min(perRequest, m.Chunks()-next), m.ChunkSize, func(f protocol.Frame) error {
+			return dev.Chunks(ctx, offer.SessionID, protocol.PreferredChunkMAC(offer.ChunkMACs), next, min(perRequest, m.Chunks()-next), m.ChunkSize, func(f protocol.Frame) error {
 				got += int64(len(f.Data))
 				next++
 				st.chunks.Add(1)

@@ -93,7 +93,10 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 			tmp.Abort()
 		}
 	}()
-	if err := bundle.VerifyPayload(io.TeeReader(body, tmp), m, nil, nil); err != nil {
+	// The chunk digests v2 HMACs are made over, hashed on the way in: the
+	// first device to download a new release does not wait for them.
+	digests := newChunkHasher(m.ChunkSize, m.Chunks())
+	if err := bundle.VerifyPayload(io.TeeReader(body, io.MultiWriter(tmp, digests)), m, nil, nil); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
@@ -124,6 +127,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 		}
 		return err
 	}
+	s.digests.put(rel.ID, digests.digests())
 	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID)
 	return writeJSON(w, http.StatusCreated, viewRelease(rel))
 }
@@ -167,6 +171,7 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.releases.forget(rel.ID)
+	s.digests.forget(rel.ID)
 	if inUse, err := s.store.BlobInUse(r.Context(), rel.BlobKey); err == nil && !inUse {
 		if err := s.blobs.Remove(rel.BlobKey); err != nil {
 			s.log.Warn("release deleted, blob left behind", "release_version", rel.Version, "error", err)

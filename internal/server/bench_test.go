@@ -59,21 +59,25 @@ func BenchmarkLegacyChunkHandler(b *testing.B) {
 // BenchmarkNativeChunksHandler measures the server side of a native
 // chunks request of 16 chunks (no network); allocs are per request.
 func BenchmarkNativeChunksHandler(b *testing.B) {
-	e, psk, r := benchSession(b, 256<<10, "native")
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		from := (i * 16) % (r.Chunks - 16)
-		req := httptest.NewRequest("GET", fmt.Sprintf("%s?from=%d&count=16", r.ChunksURL, from), nil)
-		protocol.SignRequest(req, "bench", psk, nil, e.now())
-		w := httptest.NewRecorder()
-		e.srv.ServeHTTP(w, req)
-		if w.Code != 200 {
-			b.Fatalf("chunks: %d %s", w.Code, w.Body)
-		}
-		i++
+	for _, scheme := range protocol.ChunkMACSchemes {
+		b.Run(string(scheme), func(b *testing.B) {
+			e, psk, r := benchSession(b, 256<<10, "native")
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				from := (i * 16) % (r.Chunks - 16)
+				req := httptest.NewRequest("GET", fmt.Sprintf("%s?from=%d&count=16&mac=%s", r.ChunksURL, from, scheme), nil)
+				protocol.SignRequest(req, "bench", psk, nil, e.now())
+				w := httptest.NewRecorder()
+				e.srv.ServeHTTP(w, req)
+				if w.Code != 200 {
+					b.Fatalf("chunks: %d %s", w.Code, w.Body)
+				}
+				i++
+			}
+			b.ReportMetric(float64(b.N*16)/b.Elapsed().Seconds(), "chunks/s")
+		})
 	}
-	b.ReportMetric(float64(b.N*16)/b.Elapsed().Seconds(), "chunks/s")
 }
 
 // BenchmarkDownload1MiB downloads a whole 1 MiB release over loopback
@@ -108,23 +112,25 @@ func BenchmarkDownload1MiB(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*r.Chunks)/b.Elapsed().Seconds(), "chunks/s")
 	})
-	b.Run("native", func(b *testing.B) {
-		e, psk, r := benchSession(b, 1<<20, "native")
-		d, _ := client.NewDevice(e.http.URL, "bench", psk)
-		d.Now = e.now
-		b.SetBytes(1 << 20)
-		var sink bytes.Buffer
-		for b.Loop() {
-			for from := 0; from < r.Chunks; from += 256 {
-				if err := d.Chunks(context.Background(), r.SessionID, from, 256, r.ChunkSize, func(f protocol.Frame) error {
-					sink.Write(f.Data)
-					return nil
-				}); err != nil {
-					b.Fatal(err)
+	for _, scheme := range protocol.ChunkMACSchemes {
+		b.Run("native-"+string(scheme), func(b *testing.B) {
+			e, psk, r := benchSession(b, 1<<20, "native")
+			d, _ := client.NewDevice(e.http.URL, "bench", psk)
+			d.Now = e.now
+			b.SetBytes(1 << 20)
+			var sink bytes.Buffer
+			for b.Loop() {
+				for from := 0; from < r.Chunks; from += 256 {
+					if err := d.Chunks(context.Background(), r.SessionID, scheme, from, 256, r.ChunkSize, func(f protocol.Frame) error {
+						sink.Write(f.Data)
+						return nil
+					}); err != nil {
+						b.Fatal(err)
+					}
 				}
+				sink.Reset()
 			}
-			sink.Reset()
-		}
-		b.ReportMetric(float64(b.N*r.Chunks)/b.Elapsed().Seconds(), "chunks/s")
-	})
+			b.ReportMetric(float64(b.N*r.Chunks)/b.Elapsed().Seconds(), "chunks/s")
+		})
+	}
 }

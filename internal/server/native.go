@@ -164,7 +164,7 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 		Manifest: base64.StdEncoding.EncodeToString(rel.ManifestBytes), Signature: base64.StdEncoding.EncodeToString(rel.Signature),
 		ChunkSize: rel.ChunkSize, Chunks: rel.Chunks(), CiphertextSize: rel.CiphertextSize, NextChunk: sess.NextChunk,
 		ChunksURL: base + "/chunks", MACsURL: base + "/macs", ReportURL: base + "/report",
-		PayloadURL: "/v1/payload/" + rel.CiphertextSHA256,
+		PayloadURL: "/v1/payload/" + rel.CiphertextSHA256, ChunkMACs: protocol.ChunkMACSchemes,
 	})
 }
 
@@ -221,6 +221,20 @@ func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Sessi
 	return from, count, nil
 }
 
+// chunkMACScheme reads the scheme a device asks for; for v2 it returns the
+// release's chunk digests too.
+func (s *Server) chunkMACScheme(r *http.Request, rel *fota.Release) (protocol.ChunkMACScheme, [][32]byte, error) {
+	scheme, err := protocol.ParseChunkMACScheme(r.URL.Query().Get("mac"))
+	if err != nil {
+		return "", nil, fota.Errorf(fota.EINVALID, "query parameter mac: %v", err)
+	}
+	if scheme != protocol.ChunkMACv2 {
+		return scheme, nil, nil
+	}
+	sums, err := s.digests.get(r.Context(), rel, s.chunkDigests)
+	return scheme, sums, err
+}
+
 // blockData is the most chunk data one write of a chunks answer carries.
 // 256 KiB rather than 64: a quarter of the write calls and of the times the
 // device is woken to read, which one device downloading alone notices
@@ -265,12 +279,16 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	if err != nil {
 		return err
 	}
+	scheme, sums, err := s.chunkMACScheme(r, rel)
+	if err != nil {
+		return err
+	}
 	start := int64(from) * int64(rel.ChunkSize)
 	end := min(int64(from+count)*int64(rel.ChunkSize), rel.CiphertextSize)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(end-start+int64(count*protocol.FrameHeaderSize), 10))
 	w.Header().Set("Cache-Control", "no-store") // HMACs are per session
-	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
+	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID, scheme)
 	// Answer in blocks of whole chunks: one pread and one write per block
 	// rather than per chunk. Blocks hold blockData of data at most, and no more
 	// chunks than asked for: ten thousand slow devices fetching one chunk
@@ -300,7 +318,11 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 		at := 0
 		for j := range n {
 			data := staged[j*rel.ChunkSize : min((j+1)*rel.ChunkSize, size)]
-			macer.MAC(i+j, data, &mac)
+			if sums != nil {
+				macer.MACDigest(i+j, &sums[i+j], &mac)
+			} else {
+				macer.MAC(i+j, data, &mac)
+			}
 			protocol.AppendFrameHeader(framed[at:at], i+j, len(data), &mac)
 			at += protocol.FrameHeaderSize
 			at += copy(framed[at:], data)
@@ -326,16 +348,27 @@ func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) er
 	if c, _ := strconv.Atoi(r.URL.Query().Get("count")); c > count {
 		count = min(c, rel.Chunks()-from)
 	}
-	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID)
+	scheme, sums, err := s.chunkMACScheme(r, rel)
+	if err != nil {
+		return err
+	}
+	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID, scheme)
 	out := make([]byte, 0, count*32)
-	data := make([]byte, rel.ChunkSize)
+	var data []byte
+	if sums == nil {
+		data = make([]byte, rel.ChunkSize)
+	}
 	var mac [32]byte
 	for i := from; i < from+count; i++ {
-		d := data[:chunkLen(rel, i)]
-		if err := s.readChunk(rel, i, d); err != nil {
-			return err
+		if sums != nil {
+			macer.MACDigest(i, &sums[i], &mac)
+		} else {
+			d := data[:chunkLen(rel, i)]
+			if err := s.readChunk(rel, i, d); err != nil {
+				return err
+			}
+			macer.MAC(i, d, &mac)
 		}
-		macer.MAC(i, d, &mac)
 		out = append(out, mac[:]...)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

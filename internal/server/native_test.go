@@ -6,15 +6,21 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/protocol"
@@ -33,8 +39,14 @@ func (e *env) device(id string, psk protocol.PSK) *client.Device {
 // count chunks per request, resuming from `from`.
 func download(t *testing.T, d *client.Device, r *protocol.CheckResponse, from, count int, into []byte) []byte {
 	t.Helper()
+	return downloadWith(t, d, r, protocol.PreferredChunkMAC(r.ChunkMACs), from, count, into)
+}
+
+// downloadWith is download with the chunk MAC scheme given.
+func downloadWith(t *testing.T, d *client.Device, r *protocol.CheckResponse, scheme protocol.ChunkMACScheme, from, count int, into []byte) []byte {
+	t.Helper()
 	for i := from; i < r.Chunks; i += count {
-		err := d.Chunks(context.Background(), r.SessionID, i, count, r.ChunkSize, func(f protocol.Frame) error {
+		err := d.Chunks(context.Background(), r.SessionID, scheme, i, count, r.ChunkSize, func(f protocol.Frame) error {
 			into = append(into, f.Data...)
 			return nil
 		})
@@ -90,7 +102,7 @@ func TestNativeFullUpdate(t *testing.T) {
 		t.Fatalf("device version %s after confirm", info.Device.Version)
 	}
 	// The session is over.
-	err = d.Chunks(ctx, r.SessionID, 0, 1, r.ChunkSize, func(protocol.Frame) error { return nil })
+	err = d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, 0, 1, r.ChunkSize, func(protocol.Frame) error { return nil })
 	if ae, ok := err.(*client.APIError); !ok || ae.Status != 410 {
 		t.Fatalf("chunks after confirm: %v", err)
 	}
@@ -137,20 +149,23 @@ func TestNativeMACsAndPayload(t *testing.T) {
 		t.Fatalf("unknown payload: %d", resp.StatusCode)
 	}
 
-	// MACs for every chunk of the payload, bound to this session.
-	sreq, _ := http.NewRequest("GET", e.http.URL+r.MACsURL+"?from=0&count="+fmt.Sprint(r.Chunks), nil)
-	protocol.SignRequest(sreq, "dev1", psk, nil, e.now())
-	resp, _ = http.DefaultClient.Do(sreq)
-	macs, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if len(macs) != 32*r.Chunks {
-		t.Fatalf("macs: %d bytes for %d chunks (%s)", len(macs), r.Chunks, macs)
-	}
-	for i := 0; i < r.Chunks; i++ {
-		chunk := ct[i*r.ChunkSize : min((i+1)*r.ChunkSize, len(ct))]
-		want := protocol.ChunkMAC(psk, r.SessionID, i, chunk)
-		if !bytes.Equal(macs[i*32:(i+1)*32], want[:]) {
-			t.Fatalf("mac %d differs", i)
+	// MACs for every chunk of the payload, bound to this session, in each
+	// scheme; v1 when the device does not say.
+	for query, scheme := range map[string]protocol.ChunkMACScheme{"": protocol.ChunkMACv1, "&mac=v1": protocol.ChunkMACv1, "&mac=v2": protocol.ChunkMACv2} {
+		sreq, _ := http.NewRequest("GET", e.http.URL+r.MACsURL+"?from=0&count="+fmt.Sprint(r.Chunks)+query, nil)
+		protocol.SignRequest(sreq, "dev1", psk, nil, e.now())
+		resp, _ = http.DefaultClient.Do(sreq)
+		macs, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if len(macs) != 32*r.Chunks {
+			t.Fatalf("macs%s: %d bytes for %d chunks (%s)", query, len(macs), r.Chunks, macs)
+		}
+		for i := 0; i < r.Chunks; i++ {
+			chunk := ct[i*r.ChunkSize : min((i+1)*r.ChunkSize, len(ct))]
+			want := protocol.ChunkMAC(psk, r.SessionID, scheme, i, chunk)
+			if !bytes.Equal(macs[i*32:(i+1)*32], want[:]) {
+				t.Fatalf("macs%s: mac %d differs", query, i)
+			}
 		}
 	}
 }
@@ -218,7 +233,7 @@ func TestNativeSessionIsolation(t *testing.T) {
 	d1 := e.device("dev1", e.addDevice("dev1", "1.0.3"))
 	d2 := e.device("dev2", e.addDevice("dev2", "1.0.3"))
 	r1, _ := d1.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
-	err := d2.Chunks(ctx, r1.SessionID, 0, 1, 1024, func(protocol.Frame) error { return nil })
+	err := d2.Chunks(ctx, r1.SessionID, protocol.ChunkMACv2, 0, 1, 1024, func(protocol.Frame) error { return nil })
 	if ae, ok := err.(*client.APIError); !ok || ae.Status != 404 {
 		t.Fatalf("another device's session: %v", err)
 	}
@@ -267,7 +282,7 @@ func TestRestartMidSession(t *testing.T) {
 	half := r.Chunks / 2
 	var ct []byte
 	for i := 0; i < half; i++ {
-		d.Chunks(ctx, r.SessionID, i, 1, r.ChunkSize, func(f protocol.Frame) error { ct = append(ct, f.Data...); return nil })
+		d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, i, 1, r.ChunkSize, func(f protocol.Frame) error { ct = append(ct, f.Data...); return nil })
 	}
 	e.restart()
 	d = e.device("dev1", psk)
@@ -344,7 +359,7 @@ func (e *env) updateOne(id string, psk protocol.PSK, native bool, want []byte) e
 		}
 		iv = m.IVBytes()
 		for i := 0; i < r.Chunks; i += 4 {
-			if err := d.Chunks(ctx, r.SessionID, i, 4, r.ChunkSize, func(f protocol.Frame) error { ct = append(ct, f.Data...); return nil }); err != nil {
+			if err := d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, i, 4, r.ChunkSize, func(f protocol.Frame) error { ct = append(ct, f.Data...); return nil }); err != nil {
 				return fmt.Errorf("%s chunks: %w", id, err)
 			}
 		}
@@ -485,7 +500,7 @@ func TestLargeAnswerToSlowDevice(t *testing.T) {
 			t.Fatalf("check: %+v, %v", r, err)
 		}
 		got := 0
-		err = d.Chunks(context.Background(), r.SessionID, 0, 16<<10, r.ChunkSize, func(protocol.Frame) error {
+		err = d.Chunks(context.Background(), r.SessionID, protocol.ChunkMACv1, 0, 16<<10, r.ChunkSize, func(protocol.Frame) error {
 			got++
 			time.Sleep(pause(got))
 			return nil
@@ -515,5 +530,183 @@ func TestLargeAnswerToSlowDevice(t *testing.T) {
 	})
 	if err == nil || got == 16<<10 {
 		t.Fatalf("a device that stopped reading for 1 s got %d chunks and %v; want the answer cut off", got, err)
+	}
+}
+
+func TestNativeChunkMACSchemes(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.publish("1.0.4", 300_000)
+	psk := e.addDevice("dev1", "1.0.3")
+	d := e.device("dev1", psk)
+	r, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(r.ChunkMACs) != "[v1 v2]" {
+		t.Fatalf("check answer offers chunk MACs %v, want [v1 v2]", r.ChunkMACs)
+	}
+	// Both schemes give the same bytes, each chunk checked by the client,
+	// in answers of one block and of several.
+	v1 := downloadWith(t, d, r, protocol.ChunkMACv1, 0, r.Chunks, nil)
+	for _, per := range []int{1, 16, r.Chunks} {
+		if v2 := downloadWith(t, d, r, protocol.ChunkMACv2, 0, per, nil); !bytes.Equal(v1, v2) {
+			t.Fatalf("%d chunks per answer: v2 download differs from v1", per)
+		}
+	}
+	// The frames carry the scheme's HMAC: a v1 device is not handed v2 MACs.
+	for _, scheme := range protocol.ChunkMACSchemes {
+		req, _ := http.NewRequest("GET", e.http.URL+r.ChunksURL+"?from=5&count=1&mac="+string(scheme), nil)
+		protocol.SignRequest(req, "dev1", psk, nil, e.now())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := protocol.NewFrameReader(resp.Body, r.ChunkSize, 4096).Next()
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := protocol.ChunkMAC(psk, r.SessionID, scheme, 5, v1[5*1024:6*1024]); f.MAC != want {
+			t.Errorf("mac=%s: frame carries another HMAC", scheme)
+		}
+	}
+	// An unknown scheme is refused, saying which exist.
+	req, _ := http.NewRequest("GET", e.http.URL+r.ChunksURL+"?from=0&mac=v3", nil)
+	protocol.SignRequest(req, "dev1", psk, nil, e.now())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "want v1 or v2") {
+		t.Fatalf("mac=v3: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestChunkDigestsRefuseAlteredCiphertext(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.publish("1.0.4", 20_000)
+	psk := e.addDevice("dev1", "1.0.3")
+	d := e.device("dev1", psk)
+	r, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rels, _ := e.store.Releases(ctx, "")
+	path := filepath.Join(e.dir, "blobs", rels[0].BlobKey)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(good)
+	bad[3000] ^= 1 // in chunk 2
+	if err := os.WriteFile(path, bad, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The server that published the release hashed its chunks then: the
+	// altered chunk fails its HMAC on the device, the others still verify.
+	var got []byte
+	err = d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, 0, 2, r.ChunkSize, func(f protocol.Frame) error { got = append(got, f.Data...); return nil })
+	if err != nil || !bytes.Equal(got, good[:2048]) {
+		t.Fatalf("chunks 0-1 of the altered blob: %d bytes, %v", len(got), err)
+	}
+	err = d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, 2, 1, r.ChunkSize, func(protocol.Frame) error { return nil })
+	if !errors.Is(err, client.ErrChunkMAC) {
+		t.Fatalf("altered chunk 2: %v, want ErrChunkMAC", err)
+	}
+	// A server that must hash the stored file (restarted, or another
+	// replica) checks it against the release first: not served under v2
+	// HMACs, and the log says what to do.
+	e.restart()
+	d = e.device("dev1", psk)
+	err = d.Chunks(ctx, r.SessionID, protocol.ChunkMACv2, 0, 1, r.ChunkSize, func(protocol.Frame) error { return nil })
+	if ae, ok := err.(*client.APIError); !ok || ae.Status != 500 {
+		t.Fatalf("chunks of an altered blob: %v, want a 500", err)
+	}
+	if logs := e.logs.String(); !strings.Contains(logs, "does not match the release's SHA-256; delete the release and publish its bundle again") {
+		t.Fatalf("log does not explain the refusal:\n%s", logs)
+	}
+	// The failure is not kept: once the file is repaired, v2 serves again.
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := downloadWith(t, d, r, protocol.ChunkMACv2, 0, 16, nil); !bytes.Equal(got, good) {
+		t.Fatal("v2 download after the repair differs from the stored ciphertext")
+	}
+}
+
+func TestDigestCacheComputesOnceAndEvicts(t *testing.T) {
+	var calls sync.Map // release id -> *atomic.Int32
+	release := make(chan struct{})
+	compute := func(rel *fota.Release) ([][32]byte, error) {
+		n, _ := calls.LoadOrStore(rel.ID, new(atomic.Int32))
+		n.(*atomic.Int32).Add(1)
+		if rel.ID == 1 {
+			<-release
+		}
+		return make([][32]byte, rel.Chunks()), nil
+	}
+	count := func(id int64) int32 {
+		n, ok := calls.Load(id)
+		if !ok {
+			return 0
+		}
+		return n.(*atomic.Int32).Load()
+	}
+	// Room for one release of 100 chunks.
+	c := newDigestCache(100 * 32)
+	rel := func(id int64) *fota.Release {
+		return &fota.Release{ID: id, ChunkSize: 1024, CiphertextSize: 100 * 1024}
+	}
+
+	// Ten requests for one release at once: it is hashed once, all get it.
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if sums, err := c.get(context.Background(), rel(1), compute); err != nil || len(sums) != 100 {
+				t.Errorf("get: %d sums, %v", len(sums), err)
+			}
+		})
+	}
+	for count(1) == 0 {
+		runtime.Gosched()
+	}
+	// A request that gives up waiting says why.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.get(ctx, rel(1), compute); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled wait: %v", err)
+	}
+	close(release)
+	wg.Wait()
+	if count(1) != 1 {
+		t.Fatalf("release hashed %d times for 11 requests, want once", count(1))
+	}
+	// A second release pushes the first out; asking for the first again
+	// hashes it again; a deleted release is forgotten.
+	c.get(context.Background(), rel(2), compute)
+	c.get(context.Background(), rel(1), compute)
+	if count(1) != 2 || count(2) != 1 {
+		t.Fatalf("hashed release 1 %d times, release 2 %d; want 2 and 1", count(1), count(2))
+	}
+	c.get(context.Background(), rel(1), compute)
+	if count(1) != 2 {
+		t.Fatal("the release just hashed was pushed out")
+	}
+	c.forget(1)
+	c.get(context.Background(), rel(1), compute)
+	if count(1) != 3 || c.used != 100*32 {
+		t.Fatalf("after forget: hashed %d times, %d bytes accounted", count(1), c.used)
+	}
+	// A failure is not kept.
+	failing := func(*fota.Release) ([][32]byte, error) { return nil, errors.New("disk on fire") }
+	if _, err := c.get(context.Background(), rel(3), failing); err == nil {
+		t.Fatal("failure not returned")
+	}
+	if sums, err := c.get(context.Background(), rel(3), compute); err != nil || len(sums) != 100 {
+		t.Fatalf("after a failure: %d sums, %v", len(sums), err)
 	}
 }

@@ -62,6 +62,7 @@ type Server struct {
 	handler     http.Handler
 	requestSeq  atomic.Uint64
 	releases    *releaseCache
+	digests     *digestCache
 	hot         *hotCache
 	progress    *progressTracker
 	metrics     *metrics
@@ -89,6 +90,7 @@ func New(cfg Config) (*Server, error) {
 		s.decider = NewestRelease{Store: cfg.Store}
 	}
 	s.releases = newReleaseCache(cfg.Store)
+	s.digests = newDigestCache(digestLimit)
 	ttl := cfg.SessionCacheTTL
 	if ttl <= 0 {
 		ttl = DefaultSessionCacheTTL
