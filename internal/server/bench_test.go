@@ -134,3 +134,23 @@ func BenchmarkDownload1MiB(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkNativeCheck measures the server side of one check-in (no
+// network): a device already running the newest release, as most of a
+// fleet's check-ins are.
+func BenchmarkNativeCheck(b *testing.B) {
+	e := newEnv(b)
+	e.publish("1.0.4", 4096)
+	psk := e.addDevice("bench", "1.0.4")
+	body := []byte(`{"version":"1.0.4","hardware":"esp32"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest("POST", "/v1/device/check", bytes.NewReader(body))
+		protocol.SignRequest(req, "bench", psk, body, e.now())
+		w := httptest.NewRecorder()
+		e.srv.ServeHTTP(w, req)
+		if w.Code != 200 {
+			b.Fatalf("check: %d %s", w.Code, w.Body)
+		}
+	}
+}

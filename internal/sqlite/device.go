@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -29,7 +28,7 @@ func scanDevice(row rowScanner) (*fota.Device, error) {
 // CreateDevice stores a device and its device-added event.
 func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 	d.Created = s.now().UTC()
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, created_ms)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`, d.ID, d.Hardware, d.Version, d.SecurityCounter, d.PSK[:], d.PinnedVersion, ms(d.Created))
 		if isUnique(err) {
@@ -69,7 +68,7 @@ func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time
 
 // PinDevice pins a device to a version, or unpins it.
 func (s *Store) PinDevice(ctx context.Context, id, version string) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_version = ? WHERE id = ?`, version, id)
 		if err != nil {
 			return fmt.Errorf("pin device: %w", err)

@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"time"
@@ -66,8 +65,8 @@ func (s *Store) startNonceWriter() {
 
 func (s *Store) writeNonces(batch []nonceReq) {
 	results := make([]error, len(batch))
-	err := inTx(context.Background(), s.fast, func(tx *sql.Tx) error {
-		stmt, err := tx.Prepare(`INSERT INTO nonces (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`)
+	err := inTx(context.Background(), s.fast, func(tx *txn) error {
+		stmt, err := tx.PrepareContext(context.Background(), `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`)
 		if err != nil {
 			return err
 		}

@@ -32,7 +32,7 @@ func scanRelease(row rowScanner) (*fota.Release, error) {
 // CreateRelease stores a release and its published event.
 func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 	r.Published = s.now().UTC()
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO releases (product, hardware, version, security_counter, plaintext_size,
 			plaintext_sha256, ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms,
 			published_ms, manifest, signature, legacy_signature, blob_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -75,7 +75,7 @@ func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release,
 
 // DeleteRelease removes a release unless an active session uses it.
 func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		var version string
 		err := tx.QueryRowContext(ctx, `SELECT version FROM releases WHERE id = ?`, id).Scan(&version)
 		if errors.Is(err, sql.ErrNoRows) {

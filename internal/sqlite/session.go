@@ -35,7 +35,7 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
-	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *txn) error {
 		if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
 		}
@@ -67,7 +67,7 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive i
 }
 
 // abandon ends the active sessions matching where, with an event each.
-func (s *Store) abandon(ctx context.Context, tx *sql.Tx, where, reason string, args ...any) error {
+func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args ...any) error {
 	now := ms(s.now())
 	q := `SELECT id, device_id, release_version FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
 	rows, err := tx.QueryContext(ctx, q, args...)
@@ -115,7 +115,7 @@ func (s *Store) ActiveSessions(ctx context.Context) ([]*fota.Session, error) {
 		`SELECT `+sessionColumns+` FROM sessions WHERE state IN `+activeStates+` ORDER BY created_ms DESC, id`)
 }
 
-func (s *Store) activeForUpdate(ctx context.Context, tx *sql.Tx, id string) (*fota.Session, error) {
+func (s *Store) activeForUpdate(ctx context.Context, tx *txn, id string) (*fota.Session, error) {
 	sess, err := scanSession(tx.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", id)
@@ -134,7 +134,7 @@ func (s *Store) RecordProgress(ctx context.Context, batch []fota.Progress) error
 	if len(batch) == 0 {
 		return nil
 	}
-	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *txn) error {
 		read, err := tx.PrepareContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`)
 		if err != nil {
 			return fmt.Errorf("record progress: %w", err)
@@ -177,7 +177,7 @@ func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) e
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
 	}
-	return inTx(ctx, s.fast, func(tx *sql.Tx) error {
+	return inTx(ctx, s.fast, func(tx *txn) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err

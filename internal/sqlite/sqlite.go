@@ -29,7 +29,7 @@ var migrations embed.FS
 
 // Store is a fota.Store on one SQLite database file.
 type Store struct {
-	db *sql.DB
+	db *pool
 	// fast writes what devices do: request nonces, last-seen times, sessions
 	// and their states and events, download progress. It commits without
 	// waiting for fsync (synchronous=NORMAL in WAL mode): nothing is lost to
@@ -39,7 +39,7 @@ type Store struct {
 	// what lets the server take thousands of device requests a second. What
 	// operators do (releases, devices, tokens, pins) goes through db, which
 	// fsyncs every commit: it is never lost.
-	fast *sql.DB
+	fast *pool
 	now  func() time.Time
 	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
 	lastSweep atomic.Int64
@@ -81,16 +81,18 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
 	limitPool(db)
-	s := &Store{db: db, now: time.Now}
+	s := &Store{db: newPool(db), now: time.Now}
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		s.db.Close()
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
-	if s.fast, err = sql.Open("sqlite", dsn+"NORMAL)"); err != nil {
-		db.Close()
+	fast, err := sql.Open("sqlite", dsn+"NORMAL)")
+	if err != nil {
+		s.db.Close()
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
-	limitPool(s.fast)
+	limitPool(fast)
+	s.fast = newPool(fast)
 	s.startNonceWriter()
 	s.checkpointerDone = make(chan struct{})
 	go s.checkpointer()
@@ -188,7 +190,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		err = s.tx(ctx, func(tx *sql.Tx) error {
+		err = s.tx(ctx, func(tx *txn) error {
 			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 				return fmt.Errorf("apply %s: %w", name, err)
 			}
@@ -203,15 +205,16 @@ func (s *Store) migrate(ctx context.Context) error {
 	return nil
 }
 
-func (s *Store) tx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) tx(ctx context.Context, fn func(tx *txn) error) error {
 	return inTx(ctx, s.db, fn)
 }
 
-func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
-	tx, err := db.BeginTx(ctx, nil)
+func inTx(ctx context.Context, db *pool, fn func(tx *txn) error) error {
+	sqlTx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
+	tx := &txn{Tx: sqlTx, pool: db}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
 		return err
@@ -227,7 +230,7 @@ type rowScanner interface{ Scan(...any) error }
 
 // queryAll runs a query and scans every row with scan; what names the
 // list in errors.
-func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
+func queryAll[T any](ctx context.Context, db *pool, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", what, err)
@@ -283,7 +286,7 @@ func isUnique(err error) bool {
 	return false
 }
 
-func addEvent(ctx context.Context, tx *sql.Tx, e *fota.Event) error {
+func addEvent(ctx context.Context, tx *txn, e *fota.Event) error {
 	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail) VALUES (?, ?, ?, ?, ?, ?)`,
 		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail)
 	if err != nil {
@@ -298,7 +301,7 @@ func (s *Store) AddEvent(ctx context.Context, e *fota.Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.now()
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error { return addEvent(ctx, tx, e) })
+	return s.tx(ctx, func(tx *txn) error { return addEvent(ctx, tx, e) })
 }
 
 // Events lists events, newest first.
