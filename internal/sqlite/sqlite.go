@@ -191,11 +191,12 @@ func (s *Store) migrate(ctx context.Context) error {
 			return err
 		}
 		err = s.tx(ctx, func(tx *txn) error {
-			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+			// Not through the statement cache: each runs once.
+			if _, err := tx.Tx.ExecContext(ctx, string(body)); err != nil {
 				return fmt.Errorf("apply %s: %w", name, err)
 			}
 			// PRAGMA takes no parameters; n is a number we parsed.
-			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", n))
+			_, err := tx.Tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", n))
 			return err
 		})
 		if err != nil {
