@@ -309,11 +309,16 @@ func nativeCheckIn(t *testing.T, base string, cred credentials) nativeCheck {
 }
 
 // nativeChunks fetches chunks [from, to) and checks every frame's HMAC.
-func nativeChunks(t *testing.T, base string, cred credentials, c nativeCheck, from, to int) []byte {
+// nativeChunks fetches chunks [from, to) with the chunk MAC scheme given
+// ("v1" or "v2"), checking each HMAC as docs/PROTOCOL.md spells it.
+func nativeChunks(t *testing.T, base string, cred credentials, c nativeCheck, scheme string, from, to int) []byte {
 	psk, _ := hex.DecodeString(cred.PSK)
 	var out []byte
 	for from < to {
 		uri := fmt.Sprintf("%s?from=%d&count=%d", c.ChunksURL, from, min(32, to-from))
+		if scheme == "v2" {
+			uri += "&mac=v2"
+		}
 		resp, err := nativeRequest(t, base, "GET", uri, cred, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -327,12 +332,24 @@ func nativeChunks(t *testing.T, base string, cred credentials, c nativeCheck, fr
 			index := int(binary.BigEndian.Uint32(body[0:4]))
 			n := int(binary.BigEndian.Uint32(body[4:8]))
 			mac, data := body[8:40], body[40:40+n]
-			m := hmac.New(sha256.New, psk)
-			m.Write([]byte("fota-chunk-v1\n" + c.SessionID + "\n"))
-			binary.Write(m, binary.BigEndian, uint32(index))
-			m.Write(data)
-			if index != from || !hmac.Equal(m.Sum(nil), mac) {
-				t.Fatalf("native chunk %d (expected %d) fails its HMAC", index, from)
+			var want []byte
+			if scheme == "v2" {
+				k := hmac.New(sha256.New, psk)
+				k.Write([]byte("fota-chunk-v2\n" + c.SessionID))
+				m := hmac.New(sha256.New, k.Sum(nil))
+				digest := sha256.Sum256(data)
+				binary.Write(m, binary.BigEndian, uint32(index))
+				m.Write(digest[:])
+				want = m.Sum(nil)
+			} else {
+				m := hmac.New(sha256.New, psk)
+				m.Write([]byte("fota-chunk-v1\n" + c.SessionID + "\n"))
+				binary.Write(m, binary.BigEndian, uint32(index))
+				m.Write(data)
+				want = m.Sum(nil)
+			}
+			if index != from || !hmac.Equal(want, mac) {
+				t.Fatalf("native chunk %d (expected %d) fails its %s HMAC", index, from, scheme)
 			}
 			out = append(out, data...)
 			body = body[40+n:]
@@ -395,7 +412,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	json.Unmarshal(manifest, &m)
 	half := c.Chunks / 2
-	ct := nativeChunks(t, srv.url, cred, c, 0, half)
+	ct := nativeChunks(t, srv.url, cred, c, "v1", 0, half)
 
 	srv.stop(t)
 	srv = startServer(t, dir)
@@ -406,7 +423,7 @@ func TestEndToEnd(t *testing.T) {
 	if c2.SessionID != c.SessionID {
 		t.Fatalf("after restart the session changed: %s -> %s", c.SessionID, c2.SessionID)
 	}
-	ct = append(ct, nativeChunks(t, srv.url, cred, c2, half, c2.Chunks)...)
+	ct = append(ct, nativeChunks(t, srv.url, cred, c2, "v2", half, c2.Chunks)...)
 	ctSum := sha256.Sum256(ct)
 	iv, _ := hex.DecodeString(m.IV)
 	fw := decrypt(t, fwKey, iv, ct)
@@ -578,7 +595,7 @@ func TestServerCrashConsistency(t *testing.T) {
 	// Download half, kill the server, restart, finish.
 	cred := readCredentials(t, filepath.Join(dir, "crash.json"))
 	c := nativeCheckIn(t, srv.url, cred)
-	ct := nativeChunks(t, srv.url, cred, c, 0, c.Chunks/2)
+	ct := nativeChunks(t, srv.url, cred, c, "v1", 0, c.Chunks/2)
 	srv.cmd.Process.Signal(syscall.SIGKILL)
 	<-srv.done
 	srv = startServer(t, dir)
@@ -586,7 +603,7 @@ func TestServerCrashConsistency(t *testing.T) {
 	if c2.SessionID != c.SessionID {
 		t.Fatalf("the session did not survive SIGKILL: %s -> %s", c.SessionID, c2.SessionID)
 	}
-	ct = append(ct, nativeChunks(t, srv.url, cred, c2, c.Chunks/2, c2.Chunks)...)
+	ct = append(ct, nativeChunks(t, srv.url, cred, c2, "v2", c.Chunks/2, c2.Chunks)...)
 	fwKey, _ := os.ReadFile(filepath.Join(dir, "keys", "firmware.key"))
 	var m struct {
 		IV string `json:"iv"`

@@ -56,7 +56,9 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 	}
 
 	// Each device checks in on its own replica, then every device's
-	// requests alternate between the two, interleaved across devices.
+	// requests alternate between the two, interleaved across devices, with
+	// v2 chunk HMACs: B hashes the release's chunks on first use, as it did
+	// not publish it.
 	servers := []string{a.url, bsrv.url}
 	for d := range devices {
 		checks[d] = nativeCheckIn(t, servers[d%2], creds[d])
@@ -64,7 +66,7 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 	half := checks[0].Chunks / 2
 	for from, i := 0, 0; from < half; from, i = from+32, i+1 {
 		for d := range devices {
-			cts[d] = append(cts[d], nativeChunks(t, servers[(i+d)%2], creds[d], checks[d], from, min(from+32, half))...)
+			cts[d] = append(cts[d], nativeChunks(t, servers[(i+d)%2], creds[d], checks[d], "v2", from, min(from+32, half))...)
 		}
 	}
 
@@ -78,7 +80,7 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 		if c2.SessionID != checks[d].SessionID {
 			t.Fatalf("device %d: replica B does not know replica A's session: %s vs %s", d+1, c2.SessionID, checks[d].SessionID)
 		}
-		cts[d] = append(cts[d], nativeChunks(t, bsrv.url, creds[d], c2, half, c2.Chunks)...)
+		cts[d] = append(cts[d], nativeChunks(t, bsrv.url, creds[d], c2, "v2", half, c2.Chunks)...)
 		var m struct {
 			IV string `json:"iv"`
 		}
