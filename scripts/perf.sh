@@ -12,8 +12,9 @@
 #   5. check-ins: 3,000 devices, 1,000 a second (fota load --check-only);
 #   6. with SLOW=1 (another two and a half minutes, and 20,000 open files):
 #      10,000 slow devices, one chunk a request every 400 ms, first keeping
-#      their connections, then connecting afresh for every request; the
-#      server's peak RSS and the most update sessions open at once.
+#      their connections, then connecting afresh for every request, each on a
+#      fresh server with --memory-limit 112MiB; the server's peak RSS and the
+#      most update sessions open at once.
 # It installs wrk and nginx from Debian if missing, starts everything on
 # loopback, and stops what it started.
 #
@@ -147,7 +148,12 @@ if [ -n "${SLOW:-}" ]; then
     kill "${pids[0]}" 2>/dev/null || true
     wait "${pids[0]}" 2>/dev/null || true
     rm -rf data-slow
-    taskset -c 0 "$fota" serve --data data-slow "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
+    # --memory-limit 112MiB: three quarters of the 150 MiB the target
+    # allows, as docs/OPERATIONS.md advises. Without it the collector keeps
+    # the heap up to twice what is live and holds freed memory a while, and
+    # the peak RSS of the same run varied from 137 to 184 MiB.
+    taskset -c 0 "$fota" serve --data data-slow "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn \
+      --memory-limit 112MiB > serve.out 2> serve.err &
     pids[0]=$!
     for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
     if [ -z "${FOTA_PERF_DB:-}" ]; then FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out); fi

@@ -78,22 +78,28 @@ func runFirmwareSample(e *env, args []string) error {
 
 // parseSize reads "4096", "256KiB", "1MiB", "2GiB" (also KB/MB/K/M as powers of 1024).
 func parseSize(s string) (int, error) {
+	n, err := parseSizeUpTo(s, 1<<31)
+	return int(n), err
+}
+
+// parseSizeUpTo is parseSize for sizes up to max bytes.
+func parseSizeUpTo(s string, max int64) (int64, error) {
 	if s == "" {
 		return 0, nil
 	}
 	units := []struct {
 		suffix string
-		mult   int
+		mult   int64
 	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
-	mult := 1
+	digits, mult := s, int64(1)
 	for _, u := range units {
 		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			digits, mult = strings.TrimSuffix(s, u.suffix), u.mult
 			break
 		}
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || n <= 0 || n > (1<<31)/mult {
+	n, err := strconv.ParseInt(strings.TrimSpace(digits), 10, 64)
+	if err != nil || n <= 0 || n > max/mult {
 		return 0, fmt.Errorf("%q is not a size", s)
 	}
 	return n * mult, nil

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -25,7 +26,7 @@ const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--log-level info] [--log-format text|json]
-             [--pprof 127.0.0.1:6060]
+             [--memory-limit 112MiB] [--pprof 127.0.0.1:6060]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
 and the native device API (/v1/device/*). The first start creates the data
@@ -41,7 +42,11 @@ Release blobs go in a folder all replicas share (--blobs DIR), or with
 --max-conns bounds memory when many devices arrive at once: each open
 connection costs about 40 KB; devices beyond the limit wait to connect, and
 while three quarters of it are in use, every 16th answer on a connection
-closes it, so that waiting devices get their turn.
+closes it, so that waiting devices get their turn. --memory-limit caps the
+server's Go memory softly: without it, the collector lets the heap grow to
+twice what is live and keeps freed memory for a while, so peaks (many
+devices checking in at once) set the resident size; set it to about three
+quarters of the memory the server is given.
 
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
@@ -49,6 +54,11 @@ Examples:
   fota serve --db postgres://fota@db/fota --blobs db --addr :8080 --trust keys/signing.pub
   fota serve --addr :8443 --tls-cert cert.pem --tls-key key.pem --trust keys/signing.pub
 `
+
+// minMemoryLimit is the least --memory-limit fota serve accepts: an idle
+// server uses about 20 MiB, and a limit near that would keep the collector
+// running all the time.
+const minMemoryLimit = 64 << 20
 
 func runServe(e *env, args []string) error {
 	fs := newFlags("serve")
@@ -65,6 +75,7 @@ func runServe(e *env, args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
+	memoryLimit := fs.String("memory-limit", "", "soft limit on the server's Go memory, e.g. 112MiB: nearer it, memory is collected and returned sooner (default: GOMEMLIMIT, else none)")
 	rest, err := parseFlags(e, fs, serveUsage, args)
 	if err != nil {
 		return err
@@ -81,6 +92,20 @@ func runServe(e *env, args []string) error {
 	if *maxConns < 1 {
 		return usagef("--max-conns %d: want at least 1", *maxConns)
 	}
+	var limit int64
+	if *memoryLimit != "" {
+		limit, err = parseSizeUpTo(*memoryLimit, 1<<50)
+		if err != nil {
+			return usagef("--memory-limit: %v; want a size such as 112MiB or 2GiB", err)
+		}
+		if limit < minMemoryLimit {
+			return usagef("--memory-limit %s is below %d MiB, less than the server needs to run; give it at least that", *memoryLimit, minMemoryLimit>>20)
+		}
+		// A soft limit: past it the collector runs more often (at most
+		// half the CPU) rather than failing, and idle memory goes back to
+		// the system at once instead of being kept for the next peak.
+		debug.SetMemoryLimit(limit)
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usagef("--log-level %q: want debug, info, warn or error", *logLevel)
@@ -95,6 +120,9 @@ func runServe(e *env, args []string) error {
 		return usagef("--log-format %q: want text or json", *logFormat)
 	}
 	logger := slog.New(handler)
+	if limit > 0 {
+		logger.Info("memory limit set", "bytes", limit)
+	}
 	var trusted []*keys.PublicKey
 	for _, p := range trust {
 		k, err := keys.LoadPublicKey(p)

@@ -472,6 +472,44 @@ func TestServeRefusesBadStart(t *testing.T) {
 	}
 }
 
+// --memory-limit reaches the Go runtime (as /metrics shows), and a value
+// that is not a size, or too small to run on, is refused before starting.
+func TestServeMemoryLimit(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	for arg, msg := range map[string]string{"lots": `"lots" is not a size`, "16MiB": "below 64 MiB", "-5": "is not a size"} {
+		cmd := exec.Command(fotaBin, "serve", "--data", "data", "--trust", "keys/signing.pub", "--memory-limit", arg)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), msg) {
+			t.Fatalf("serve --memory-limit %s: %v\n%s", arg, err, out)
+		}
+	}
+	srv := startServer(t, dir, "--memory-limit", "96MiB")
+	req, _ := http.NewRequest("GET", srv.url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+srv.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "go_gc_gomemlimit_bytes 1.00663296e+08") {
+		t.Fatalf("/metrics does not show the 96 MiB limit:\n%s", grepLines(string(body), "gomemlimit"))
+	}
+	srv.stop(t)
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // Forty devices at once against a server that holds four connections:
 // the rest wait to connect, crowded connections are rotated, and every
 // update completes, for the real agent and for HMAC-only devices.
