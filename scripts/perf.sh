@@ -151,7 +151,7 @@ if [ -n "${SLOW:-}" ]; then
     # --memory-limit 112MiB: three quarters of the 150 MiB the target
     # allows, as docs/OPERATIONS.md advises. Without it the collector keeps
     # the heap up to twice what is live and holds freed memory a while, and
-    # the peak RSS of the same run varied from 137 to 184 MiB.
+    # the peak RSS of the same run varied from 134 to 179 MiB.
     taskset -c 0 "$fota" serve --data data-slow "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn \
       --memory-limit 112MiB > serve.out 2> serve.err &
     pids[0]=$!
