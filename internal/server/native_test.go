@@ -57,6 +57,19 @@ func downloadWith(t *testing.T, d *client.Device, r *protocol.CheckResponse, sch
 	return into
 }
 
+// offered registers device id on 1.0.3 and checks in, failing the test
+// unless an update is offered: the start of most native tests.
+func (e *env) offered(id string) (protocol.PSK, *client.Device, *protocol.CheckResponse) {
+	e.t.Helper()
+	psk := e.addDevice(id, "1.0.3")
+	d := e.device(id, psk)
+	r, err := d.Check(context.Background(), protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || !r.Update {
+		e.t.Fatalf("check of %s: %+v %v", id, r, err)
+	}
+	return psk, d, r
+}
+
 func TestNativeFullUpdate(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -113,11 +126,8 @@ func TestNativeFullUpdate(t *testing.T) {
 
 func TestNativeMACsAndPayload(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	e.publish("1.0.4", 10_000)
-	psk := e.addDevice("dev1", "1.0.3")
-	d := e.device("dev1", psk)
-	r, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	psk, _, r := e.offered("dev1")
 
 	// Payload: public, immutable, ETag, Range.
 	resp, err := http.Get(e.http.URL + r.PayloadURL)
@@ -276,9 +286,7 @@ func TestRestartMidSession(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	rel := e.publish("1.0.4", 100_000) // 98 chunks: half crosses a progress write
-	psk := e.addDevice("dev1", "1.0.3")
-	d := e.device("dev1", psk)
-	r, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	psk, d, r := e.offered("dev1")
 	half := r.Chunks / 2
 	var ct []byte
 	for i := 0; i < half; i++ {
@@ -424,8 +432,7 @@ func TestDeleteReleaseInUse(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.publish("1.0.4", 3000)
-	d := e.device("dev1", e.addDevice("dev1", "1.0.3"))
-	r, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	_, d, r := e.offered("dev1")
 	err := e.admin.DeleteRelease(ctx, "esp32", "1.0.4")
 	if ae, ok := err.(*client.APIError); !ok || ae.Status != 409 {
 		t.Fatalf("delete in use: %v", err)
@@ -441,11 +448,8 @@ func TestDeleteReleaseInUse(t *testing.T) {
 
 func TestLogsHoldNoSecrets(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	e.publish("1.0.4", 3000)
-	psk := e.addDevice("dev1", "1.0.3")
-	d := e.device("dev1", psk)
-	r, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	psk, d, r := e.offered("dev1")
 	download(t, d, r, 0, 2, nil)
 	e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
 	e.call("GET", "/v1/admin/releases", "", map[string]string{"Authorization": "Bearer fota_guess"})
@@ -535,14 +539,8 @@ func TestLargeAnswerToSlowDevice(t *testing.T) {
 
 func TestNativeChunkMACSchemes(t *testing.T) {
 	e := newEnv(t)
-	ctx := context.Background()
 	e.publish("1.0.4", 300_000)
-	psk := e.addDevice("dev1", "1.0.3")
-	d := e.device("dev1", psk)
-	r, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	psk, d, r := e.offered("dev1")
 	if fmt.Sprint(r.ChunkMACs) != "[v1 v2]" {
 		t.Fatalf("check answer offers chunk MACs %v, want [v1 v2]", r.ChunkMACs)
 	}
@@ -589,12 +587,7 @@ func TestChunkDigestsRefuseAlteredCiphertext(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.publish("1.0.4", 20_000)
-	psk := e.addDevice("dev1", "1.0.3")
-	d := e.device("dev1", psk)
-	r, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	psk, d, r := e.offered("dev1")
 	rels, _ := e.store.Releases(ctx, "")
 	path := filepath.Join(e.dir, "blobs", rels[0].BlobKey)
 	good, err := os.ReadFile(path)
