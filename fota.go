@@ -6,7 +6,6 @@
 package fota
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -24,6 +23,8 @@ const (
 	ETOOLARGE     = "too_large"      // a body over its limit
 	EUNAVAILABLE  = "unavailable"    // busy or shutting down: retry later
 	EGONE         = "session_closed" // the session ended
+	EFORBIDDEN    = "forbidden"      // authenticated or identified, but not allowed this
+	ETOOMANY      = "too_many"       // rate limited: retry after the time the answer gives
 )
 
 // Error is an error whose Message is safe to show to the client. The
@@ -32,6 +33,8 @@ type Error struct {
 	Code    string
 	Message string
 	Cause   error
+	// RetryAfter, for ETOOMANY and EUNAVAILABLE, is when to try again.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -109,18 +112,39 @@ type Device struct {
 	ID              string
 	Hardware        string
 	Version         string // what it last reported or confirmed
-	SecurityCounter uint32
+	SecurityCounter uint32 // raised only by authenticated confirmations
 	PSK             protocol.PSK
 	PinnedVersion   string // "" unless an admin pinned it
-	Created         time.Time
-	LastSeen        time.Time // zero until its first request
+	// API is the device's API policy: which device APIs may act for it
+	// (APINative, APIEcoWatt or APIBoth).
+	API      string
+	Created  time.Time
+	LastSeen time.Time // zero until its first request
 }
 
-// API names a device API.
+// API names a device API, and with APIBoth a device's API policy.
 const (
 	APINative  = "native"
 	APIEcoWatt = "ecowatt"
+	APIBoth    = "both"
 )
+
+// APIPolicies are the values of Device.API.
+var APIPolicies = []string{APINative, APIEcoWatt, APIBoth}
+
+// ValidAPIPolicy reports whether p is one of APIPolicies.
+func ValidAPIPolicy(p string) bool { return p == APINative || p == APIEcoWatt || p == APIBoth }
+
+// Allows reports whether the device's policy lets requests on api act for
+// it. A device stored before policies existed (API "") is native-only.
+func (d *Device) Allows(api string) bool {
+	return d.API == api || d.API == APIBoth
+}
+
+// NativeCapable reports whether the device can authenticate itself: its
+// policy includes the native API. Unauthenticated (EcoWatt-API) requests
+// never change such a device's recorded version or counter.
+func (d *Device) NativeCapable() bool { return d.API != APIEcoWatt }
 
 // Session states. open → downloaded → verified → applied → confirmed is the
 // good path; rolled-back, failed and abandoned end a session too.
@@ -133,6 +157,9 @@ const (
 	SessionRolledBack = "rolled-back"
 	SessionFailed     = "failed"
 	SessionAbandoned  = "abandoned"
+	// SessionNotApplied ends an EcoWatt-API session whose device, after
+	// every chunk was served, kept checking in with its old version.
+	SessionNotApplied = "not-applied"
 )
 
 // SessionActive reports whether a session in state s can still progress.
@@ -183,6 +210,9 @@ const (
 	EventAbandoned     = "abandoned"
 	EventDeleted       = "release-deleted"
 	EventAssigned      = "assigned"
+	EventNotApplied    = "not-applied"
+	EventAPIPolicy     = "api-policy"
+	EventBackoffClear  = "backoff-cleared"
 )
 
 // stateEvents is the event each session state change records.
@@ -194,6 +224,7 @@ var stateEvents = map[string]string{
 	SessionRolledBack: EventRolledBack,
 	SessionFailed:     EventFailed,
 	SessionAbandoned:  EventAbandoned,
+	SessionNotApplied: EventNotApplied,
 }
 
 // StateEvent is the event kind a move to state records; false for a
@@ -219,6 +250,32 @@ func ProgressEvents(sess *Session, next int, now time.Time) []*Event {
 			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
 	}
 	return events
+}
+
+// StateChange is a move of an active session to an end or a later state,
+// with what else it changes in the same transaction. The update service
+// decides each field; stores only apply them.
+type StateChange struct {
+	State  string
+	Reason string
+	// RecordVersion sets the device's version to the release's (with
+	// State confirmed); RecordCounter also raises its security counter to
+	// the release's. Both only where the report can be trusted.
+	RecordVersion bool
+	RecordCounter bool
+	// Backoff, if set, is stored (replacing the device's backoff for that
+	// release) with the change.
+	Backoff *Backoff
+}
+
+// Backoff holds a release back from a device until a time: what an
+// unauthenticated failure report earns instead of a permanent exclusion.
+type Backoff struct {
+	DeviceID       string
+	ReleaseID      int64
+	ReleaseVersion string // filled in by reads, for display
+	Failures       int    // reported failures in a row, for the doubling
+	Until          time.Time
 }
 
 // Progress is what a server served of one session since it last said so.
@@ -251,81 +308,4 @@ type Token struct {
 	Name    string
 	Hash    [32]byte
 	Created time.Time
-}
-
-// Store is everything the server keeps. Implementations make every method
-// atomic: a crash leaves either all of a method's writes or none.
-type Store interface {
-	// CreateRelease stores r (ID and Published are set) and its published
-	// event. Errors: ECONFLICT if r.Hardware and r.Version exist.
-	CreateRelease(ctx context.Context, r *Release) error
-	// Release returns a release by id. Errors: ENOTFOUND.
-	Release(ctx context.Context, id int64) (*Release, error)
-	// ReleaseByVersion returns a release. Errors: ENOTFOUND.
-	ReleaseByVersion(ctx context.Context, hardware, version string) (*Release, error)
-	// Releases lists releases, oldest first; hardware "" lists all.
-	Releases(ctx context.Context, hardware string) ([]*Release, error)
-	// DeleteRelease removes a release and records it. Errors: ENOTFOUND;
-	// ECONFLICT while an active session uses it.
-	DeleteRelease(ctx context.Context, id int64) error
-	// BlobInUse reports whether any release refers to the blob key.
-	BlobInUse(ctx context.Context, key string) (bool, error)
-
-	// CreateDevice stores d (Created is set) and its device-added event.
-	// Errors: ECONFLICT if the id exists.
-	CreateDevice(ctx context.Context, d *Device) error
-	// Device returns a device. Errors: ENOTFOUND.
-	Device(ctx context.Context, id string) (*Device, error)
-	// Devices lists devices by id.
-	Devices(ctx context.Context) ([]*Device, error)
-	// DeviceSeen records that a device made a request, reporting version
-	// ("" keeps the stored one). Errors: ENOTFOUND.
-	DeviceSeen(ctx context.Context, id, version string, at time.Time) error
-	// PinDevice pins a device to a release version ("" unpins) and records
-	// it. Errors: ENOTFOUND.
-	PinDevice(ctx context.Context, id, version string) error
-	// RejectedReleases lists release ids a device rolled back from.
-	RejectedReleases(ctx context.Context, deviceID string) ([]int64, error)
-
-	// OpenSession stores s (Created, Updated set) after ending any other
-	// active session of the device as abandoned, with events. Errors:
-	// EUNAVAILABLE if maxActive > 0 active sessions exist already.
-	OpenSession(ctx context.Context, s *Session, maxActive int) error
-	// Session returns a session. Errors: ENOTFOUND.
-	Session(ctx context.Context, id string) (*Session, error)
-	// ActiveSession returns the device's active session. Errors: ENOTFOUND.
-	ActiveSession(ctx context.Context, deviceID string) (*Session, error)
-	// ActiveSessions lists active sessions, newest first.
-	ActiveSessions(ctx context.Context) ([]*Session, error)
-	// RecordProgress applies a batch of progress in one transaction: each
-	// session's NextChunk is raised to Next (never lowered, so concurrent or
-	// repeated batches are safe; capped at the total) and Bytes added, with
-	// a progress event for each quarter mark crossed. Sessions that have
-	// ended or do not exist are skipped: progress is advisory.
-	RecordProgress(ctx context.Context, batch []Progress) error
-	// SetSessionState moves an active session to state, with the reason
-	// and the matching event. Confirmed also sets the device's version and
-	// security counter to the release's. Errors: ENOTFOUND; EGONE if the
-	// session is not active.
-	SetSessionState(ctx context.Context, id, state, reason string) error
-
-	// Events lists events, newest first.
-	Events(ctx context.Context, f EventFilter) ([]*Event, error)
-	// AddEvent records an event that has no other state change.
-	AddEvent(ctx context.Context, e *Event) error
-
-	// CreateToken stores a token hash. Errors: ECONFLICT on a duplicate hash.
-	CreateToken(ctx context.Context, t *Token) error
-	// TokenByHash finds a token. Errors: ENOTFOUND.
-	TokenByHash(ctx context.Context, hash [32]byte) (*Token, error)
-	// CountTokens returns how many tokens exist.
-	CountTokens(ctx context.Context) (int, error)
-
-	// UseNonce records a device request nonce until expires. Errors:
-	// ECONFLICT if the device used it already (a replay).
-	UseNonce(ctx context.Context, deviceID, nonce string, expires time.Time) error
-	// PurgeNonces deletes nonces that expired before t.
-	PurgeNonces(ctx context.Context, t time.Time) error
-
-	Close() error
 }

@@ -71,7 +71,11 @@ func (h *harness) newDevice(id, api string) *device { return h.newDeviceSized(id
 
 func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	h.t.Helper()
-	psk := h.AddDevice(id, "1.0.3")
+	policy := api
+	if policy == "" {
+		policy = agent.APINative
+	}
+	psk := h.AddDeviceAPI(id, "1.0.3", policy)
 	dir := h.t.TempDir()
 	disk, err := slotfile.NewOSDisk(dir)
 	if err != nil {

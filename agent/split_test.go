@@ -23,8 +23,11 @@ func TestSlotIdenticalForAnyChunking(t *testing.T) {
 	for _, chunkSize := range []int{256, 1024, 4096, 65536} {
 		for _, perRequest := range []int{1, 3, 16} {
 			for _, api := range []string{agent.APINative, agent.APIEcoWatt} {
-				if api == agent.APIEcoWatt && perRequest > 1 {
-					continue // the legacy API fetches one chunk a request
+				if api == agent.APIEcoWatt && (perRequest > 1 || chunkSize > 1024) {
+					// The legacy API fetches one chunk a request, and offers no
+					// release whose chunks the original firmware cannot take
+					// (internal/update tests that).
+					continue
 				}
 				t.Run(fmt.Sprintf("%s/chunk%d/per%d", api, chunkSize, perRequest), func(t *testing.T) {
 					h := newHarness(t)

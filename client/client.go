@@ -170,6 +170,26 @@ func (a *Admin) Pin(ctx context.Context, id, version string) error {
 	return a.doJSON(ctx, "PUT", path, map[string]string{"version": version}, nil)
 }
 
+// SetAPI sets a device's API policy: native, ecowatt or both.
+func (a *Admin) SetAPI(ctx context.Context, id, policy string) error {
+	return a.doJSON(ctx, "PUT", "/v1/admin/devices/"+url.PathEscape(id)+"/api", protocol.SetDeviceAPI{API: policy}, nil)
+}
+
+// Backoffs lists the releases held back from a device on the EcoWatt API.
+func (a *Admin) Backoffs(ctx context.Context, id string) ([]protocol.Backoff, error) {
+	var out []protocol.Backoff
+	return out, a.doJSON(ctx, "GET", "/v1/admin/devices/"+url.PathEscape(id)+"/backoffs", nil, &out)
+}
+
+// ClearBackoffs offers a device's held-back releases again; it returns how
+// many there were.
+func (a *Admin) ClearBackoffs(ctx context.Context, id string) (int, error) {
+	var out struct {
+		Cleared int `json:"cleared"`
+	}
+	return out.Cleared, a.doJSON(ctx, "DELETE", "/v1/admin/devices/"+url.PathEscape(id)+"/backoffs", nil, &out)
+}
+
 // Sessions lists active update sessions.
 func (a *Admin) Sessions(ctx context.Context) (*protocol.Sessions, error) {
 	var out protocol.Sessions

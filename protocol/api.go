@@ -41,20 +41,22 @@ type Report struct {
 
 // Release is a published release as the admin API shows it.
 type Release struct {
-	ID               int64     `json:"id"`
-	Product          string    `json:"product"`
-	Hardware         string    `json:"hardware"`
-	Version          string    `json:"version"`
-	SecurityCounter  uint32    `json:"security_counter"`
-	PlaintextSize    int64     `json:"plaintext_size"`
-	PlaintextSHA256  string    `json:"plaintext_sha256"`
-	CiphertextSize   int64     `json:"ciphertext_size"`
-	CiphertextSHA256 string    `json:"ciphertext_sha256"`
-	ChunkSize        int       `json:"chunk_size"`
-	Chunks           int       `json:"chunks"`
-	KeyID            string    `json:"key_id"`
-	SignatureAlg     string    `json:"signature_alg"`
-	LegacyAPI        bool      `json:"legacy_api"` // served on the EcoWatt-compatible API too
+	ID               int64  `json:"id"`
+	Product          string `json:"product"`
+	Hardware         string `json:"hardware"`
+	Version          string `json:"version"`
+	SecurityCounter  uint32 `json:"security_counter"`
+	PlaintextSize    int64  `json:"plaintext_size"`
+	PlaintextSHA256  string `json:"plaintext_sha256"`
+	CiphertextSize   int64  `json:"ciphertext_size"`
+	CiphertextSHA256 string `json:"ciphertext_sha256"`
+	ChunkSize        int    `json:"chunk_size"`
+	Chunks           int    `json:"chunks"`
+	KeyID            string `json:"key_id"`
+	SignatureAlg     string `json:"signature_alg"`
+	LegacyAPI        bool   `json:"legacy_api"` // served on the EcoWatt-compatible API too
+	// NativeOnlyReason says why a release is not served on the EcoWatt API.
+	NativeOnlyReason string    `json:"native_only_reason,omitempty"`
 	Notes            string    `json:"notes,omitempty"`
 	Created          time.Time `json:"created"`
 	Published        time.Time `json:"published"`
@@ -66,6 +68,22 @@ type AddDevice struct {
 	Hardware        string `json:"hardware"`
 	Version         string `json:"version"`
 	SecurityCounter uint32 `json:"security_counter"`
+	// API is the device's API policy: native (the default), ecowatt or both.
+	API string `json:"api,omitempty"`
+}
+
+// SetDeviceAPI is PUT /v1/admin/devices/{id}/api.
+type SetDeviceAPI struct {
+	API string `json:"api"`
+}
+
+// Backoff is a release held back from a device on the EcoWatt API after it
+// reported a failure (GET /v1/admin/devices/{id}/backoffs).
+type Backoff struct {
+	Version  string    `json:"version"`
+	Failures int       `json:"failures"`
+	Until    time.Time `json:"until"`
+	Active   bool      `json:"active"`
 }
 
 // Device is a device as the admin API shows it. PSK is set only in the
@@ -76,6 +94,7 @@ type Device struct {
 	Version         string    `json:"version"`
 	SecurityCounter uint32    `json:"security_counter"`
 	PinnedVersion   string    `json:"pinned_version,omitempty"`
+	API             string    `json:"api"`
 	Created         time.Time `json:"created"`
 	LastSeen        time.Time `json:"last_seen,omitzero"`
 	PSK             string    `json:"psk,omitempty"`

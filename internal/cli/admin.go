@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
@@ -57,7 +58,10 @@ func runReleasePublish(e *env, args []string) error {
 	}
 	api := "native and EcoWatt-compatible APIs"
 	if !r.LegacyAPI {
-		api = "native API only (no legacy RSA signature)"
+		api = "native API only"
+		if r.NativeOnlyReason != "" {
+			api += ": " + r.NativeOnlyReason
+		}
 	}
 	fmt.Fprintf(e.stdout, "published %s %s for %s: %d bytes, %d chunks, signed by %s; served on the %s\n",
 		r.Product, r.Version, r.Hardware, r.PlaintextSize, r.Chunks, r.KeyID, api)
@@ -105,30 +109,46 @@ func printJSON(e *env, v any) error {
 }
 
 const deviceUsage = `Usage:
-  fota device add    --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
-                     [--keys-h dev_keys.h --keys keys] [--security-counter N] [--force]
-  fota device list   [--json]
-  fota device show   --id ID
-  fota device assign --id ID (--version V | --unpin)
-  fota device run    --credentials dev.json --keys-h dev_keys.h --state DIR --version 1.0.3 [...]
+  fota device add     --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
+                      [--api native|ecowatt|both] [--keys-h dev_keys.h --keys keys]
+                      [--security-counter N] [--force]
+  fota device list    [--json]
+  fota device show    --id ID
+  fota device set     --id ID --api native|ecowatt|both
+  fota device assign  --id ID (--version V | --unpin)
+  fota device backoff --id ID [--clear]
+  fota device run     --credentials dev.json --keys-h dev_keys.h --state DIR --version 1.0.3 [...]
 
 add registers a device with a new random key and writes it, once, to a
 credentials file (device id, key, server URL; mode 0600) and, with --keys-h,
 to a C header for the ESP32 build holding DEVICE_ID, HMAC_PSK,
 SERVER_PUBLIC_KEY and AES_FIRMWARE_KEY (from --keys; the server never has
-the firmware key). assign pins a device to a release; --unpin releases it.
+the firmware key).
+
+--api is the device's API policy: which device APIs may act for it.
+native (the default) is the authenticated API; ecowatt is the original
+EcoWatt firmware's API, whose requests cannot be authenticated; both allows
+either. A device whose policy excludes ecowatt gets 403 on every /ota/*
+request. set changes the policy (sessions on an API it no longer allows end).
+
+assign pins a device to a release; --unpin releases it. backoff lists the
+releases held back from a device on the EcoWatt API after it reported a
+failure (1 h, doubling to 24 h); --clear offers them again at once.
 These take --server and --token (or FOTA_SERVER and FOTA_TOKEN).
 run runs a simulated EcoWatt device ('fota device run --help').
 
 Examples:
   fota device add --id ESP32_EcoWatt_Smart --hardware esp32 --version 1.0.3 \
                   --credentials dev.json --keys-h dev_keys.h --keys keys
+  fota device add --id legacy-1 --hardware esp32 --version 1.0.3 --api ecowatt --credentials legacy-1.json
+  fota device set --id legacy-1 --api both
   fota device assign --id ESP32_EcoWatt_Smart --version 1.0.4
 `
 
 func runDevice(e *env, args []string) error {
 	return subcommand(e, "device", args, map[string]func(*env, []string) error{
-		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "assign": runDeviceAssign, "run": runDeviceRun,
+		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "set": runDeviceSet, "assign": runDeviceAssign,
+		"backoff": runDeviceBackoff, "run": runDeviceRun,
 	}, deviceUsage)
 }
 
@@ -147,6 +167,7 @@ func runDeviceAdd(e *env, args []string) error {
 	hardware := fs.String("hardware", "", "hardware, e.g. esp32")
 	version := fs.String("version", "", "firmware version the device runs now")
 	counter := fs.Uint("security-counter", 0, "security counter the device stores now")
+	api := fs.String("api", "native", "API policy: native, ecowatt (the original EcoWatt firmware) or both")
 	credPath := fs.String("credentials", "", "write the device's credentials JSON here (mode 0600)")
 	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
 	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h")
@@ -160,6 +181,9 @@ func runDeviceAdd(e *env, args []string) error {
 	}
 	if *id == "" || *hardware == "" || *version == "" {
 		return &usageError{msg: "--id, --hardware and --version are required", hint: "fota device add --id dev1 --hardware esp32 --version 1.0.3 --credentials dev1.json"}
+	}
+	if !fota.ValidAPIPolicy(*api) {
+		return usagef("--api %q: want native, ecowatt or both", *api)
 	}
 	if *credPath == "" && *headerPath == "" {
 		return &usageError{msg: "the device key is shown only once: give --credentials and/or --keys-h to keep it"}
@@ -193,7 +217,8 @@ func runDeviceAdd(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	d, err := a.AddDevice(e.ctx, protocol.AddDevice{ID: *id, Hardware: *hardware, Version: *version, SecurityCounter: uint32(*counter)})
+	d, err := a.AddDevice(e.ctx, protocol.AddDevice{ID: *id, Hardware: *hardware, Version: *version, SecurityCounter: uint32(*counter),
+		API: *api})
 	if err != nil {
 		return fmt.Errorf("add device %s: %w", *id, err)
 	}
@@ -215,7 +240,7 @@ func runDeviceAdd(e *env, args []string) error {
 		}
 		fmt.Fprintf(e.stdout, "wrote %s\n", *headerPath)
 	}
-	fmt.Fprintf(e.stdout, "added device %s (%s, running %s)\n", d.ID, d.Hardware, d.Version)
+	fmt.Fprintf(e.stdout, "added device %s (%s, running %s, API %s)\n", d.ID, d.Hardware, d.Version, d.API)
 	return nil
 }
 
@@ -238,13 +263,13 @@ func runDeviceList(e *env, args []string) error {
 		return printJSON(e, ds)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHARDWARE\tVERSION\tCOUNTER\tPINNED\tLAST SEEN")
+	fmt.Fprintln(tw, "ID\tHARDWARE\tVERSION\tCOUNTER\tAPI\tPINNED\tLAST SEEN")
 	for _, d := range ds {
 		seen := "never"
 		if !d.LastSeen.IsZero() {
 			seen = d.LastSeen.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.Hardware, d.Version, d.SecurityCounter, orDash(d.PinnedVersion), seen)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.Hardware, d.Version, d.SecurityCounter, d.API, orDash(d.PinnedVersion), seen)
 	}
 	return tw.Flush()
 }
@@ -274,10 +299,80 @@ func runDeviceShow(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "device %s: %s, running %s, security counter %d, pinned %s\n", d.Device.ID, d.Device.Hardware,
-		d.Device.Version, d.Device.SecurityCounter, orDash(d.Device.PinnedVersion))
+	fmt.Fprintf(e.stdout, "device %s: %s, running %s, security counter %d, API %s, pinned %s\n", d.Device.ID, d.Device.Hardware,
+		d.Device.Version, d.Device.SecurityCounter, d.Device.API, orDash(d.Device.PinnedVersion))
+	bs, err := a.Backoffs(e.ctx, *id)
+	if err != nil {
+		return err
+	}
+	for _, b := range bs {
+		if b.Active {
+			fmt.Fprintf(e.stdout, "release %s held back on the EcoWatt API until %s after %d reported failure(s) (fota device backoff --id %s --clear)\n",
+				b.Version, b.Until.Local().Format(time.DateTime), b.Failures, *id)
+		}
+	}
 	printEvents(e, d.History)
 	return nil
+}
+
+func runDeviceSet(e *env, args []string) error {
+	fs := newFlags("device set")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	api := fs.String("api", "", "API policy: native, ecowatt or both")
+	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	if *id == "" || *api == "" {
+		return &usageError{msg: "--id and --api are required", hint: "fota device set --id legacy-1 --api ecowatt"}
+	}
+	if !fota.ValidAPIPolicy(*api) {
+		return usagef("--api %q: want native, ecowatt or both", *api)
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	if err := a.SetAPI(e.ctx, *id, *api); err != nil {
+		return fmt.Errorf("set API policy of %s: %w", *id, err)
+	}
+	fmt.Fprintf(e.stdout, "device %s: API policy %s\n", *id, *api)
+	return nil
+}
+
+func runDeviceBackoff(e *env, args []string) error {
+	fs := newFlags("device backoff")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	clear := fs.Bool("clear", false, "offer the held-back releases again at the device's next check")
+	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	if *id == "" {
+		return usagef("--id is required")
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	if *clear {
+		n, err := a.ClearBackoffs(e.ctx, *id)
+		if err != nil {
+			return fmt.Errorf("clear backoffs of %s: %w", *id, err)
+		}
+		fmt.Fprintf(e.stdout, "device %s: %d backoff(s) cleared\n", *id, n)
+		return nil
+	}
+	bs, err := a.Backoffs(e.ctx, *id)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tFAILURES\tHELD BACK UNTIL\tACTIVE")
+	for _, b := range bs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", b.Version, b.Failures, b.Until.Local().Format(time.DateTime), yesNo(b.Active))
+	}
+	return tw.Flush()
 }
 
 func printEvents(e *env, evs []protocol.Event) {

@@ -200,7 +200,7 @@ func runDemo(e *env, args []string) error {
 				a = agent.APIEcoWatt
 			}
 		}
-		added, err := admin.AddDevice(ctx, protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3"})
+		added, err := admin.AddDevice(ctx, protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3", API: a})
 		if err != nil {
 			return err
 		}

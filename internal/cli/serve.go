@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/blobdir"
 	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/sqlite"
@@ -154,7 +155,7 @@ func runServe(e *env, args []string) error {
 	}
 	defer store.Close()
 	defer blobs.Close()
-	if n, err := server.SweepBlobs(e.ctx, store, blobs); err != nil {
+	if n, err := fota.SweepBlobs(e.ctx, store, blobs); err != nil {
 		return err
 	} else if n > 0 {
 		logger.Info("removed blobs no release refers to", "count", n)
@@ -248,7 +249,7 @@ func runServe(e *env, args []string) error {
 
 // blobStore is where a server keeps release ciphertexts.
 type blobStore interface {
-	server.SweepableBlobs
+	fota.SweepableBlobs
 	Close() error
 }
 
@@ -271,7 +272,7 @@ func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, blobS
 			return store, blobs, nil
 		}
 		blobs.Close()
-		if blobs, err = server.NewDirBlobs(blobDir); err != nil {
+		if blobs, err = blobdir.New(blobDir); err != nil {
 			store.Close()
 			return nil, nil, err
 		}
@@ -290,7 +291,7 @@ func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, blobS
 	if blobDir == blobsInDB {
 		return store, store.Blobs(postgres.DefaultPieceCache), nil
 	}
-	blobs, err := server.NewDirBlobs(blobDir)
+	blobs, err := blobdir.New(blobDir)
 	if err != nil {
 		store.Close()
 		return nil, nil, err
@@ -299,7 +300,7 @@ func openStore(ctx context.Context, dir, dsn, blobDir string) (fota.Store, blobS
 }
 
 // openData opens the SQLite database and blob folder in dir, creating them.
-func openData(ctx context.Context, dir string) (*sqlite.Store, *server.DirBlobs, error) {
+func openData(ctx context.Context, dir string) (*sqlite.Store, *blobdir.Dir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create data folder: %w", err)
 	}
@@ -307,7 +308,7 @@ func openData(ctx context.Context, dir string) (*sqlite.Store, *server.DirBlobs,
 	if err != nil {
 		return nil, nil, err
 	}
-	blobs, err := server.NewDirBlobs(filepath.Join(dir, "blobs"))
+	blobs, err := blobdir.New(filepath.Join(dir, "blobs"))
 	if err != nil {
 		store.Close()
 		return nil, nil, err

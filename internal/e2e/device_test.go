@@ -66,8 +66,8 @@ func TestDevicesSurviveSIGKILL(t *testing.T) {
 	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
 	ids := []string{"kill-native", "kill-ecowatt", "kill-native-2"}
 	apis := []string{"native", "ecowatt", "native"}
-	for _, id := range ids {
-		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3",
+	for i, id := range ids {
+		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3", "--api", apis[i],
 			"--credentials", id+".json", "--keys-h", id+"_keys.h", "--keys", "keys")
 	}
 	fota(t, dir, env, "release", "publish", "app.fota")

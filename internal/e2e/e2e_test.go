@@ -373,7 +373,7 @@ func TestEndToEnd(t *testing.T) {
 	if !strings.Contains(out, "published ecowatt 1.0.4 for esp32") {
 		t.Fatalf("publish: %s", out)
 	}
-	fota(t, dir, env, "device", "add", "--id", "legacy-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "legacy.json", "--keys-h", "legacy_keys.h", "--keys", "keys")
+	fota(t, dir, env, "device", "add", "--id", "legacy-1", "--hardware", "esp32", "--version", "1.0.3", "--api", "ecowatt", "--credentials", "legacy.json", "--keys-h", "legacy_keys.h", "--keys", "keys")
 	fota(t, dir, env, "device", "add", "--id", "native-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "native.json")
 	// A second token made while the server runs works at once.
 	token2 := strings.TrimSpace(fota(t, dir, nil, "token", "create", "--data", "data", "--name", "ci"))

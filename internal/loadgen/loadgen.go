@@ -295,7 +295,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				if cfg.CheckOnly {
 					running = "2.0.0"
 				}
-				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: running})
+				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: running, API: cfg.API})
 				if err == nil {
 					psks[i], err = protocol.ParsePSK(d.PSK)
 				}

@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota"
 )
 
 // PieceSize is how much ciphertext one blob_pieces row holds: large enough
@@ -27,7 +27,7 @@ const DefaultPieceCache = 256 << 20
 // abandonedAfter is when a blob nobody committed counts as left by a crash.
 const abandonedAfter = time.Hour
 
-// Blobs is a server.BlobStore in PostgreSQL, so replicas need no shared
+// Blobs is a fota.BlobStore in PostgreSQL, so replicas need no shared
 // folder. Blobs never change once committed, so every replica caches the
 // pieces it reads, least recently used first out.
 type Blobs struct {
@@ -51,7 +51,7 @@ type cachedPiece struct {
 	data []byte
 }
 
-var _ server.BlobStore = (*Blobs)(nil)
+var _ fota.BlobStore = (*Blobs)(nil)
 
 // Blobs returns the store's blob store, caching up to cacheBytes of pieces.
 func (s *Store) Blobs(cacheBytes int64) *Blobs {
@@ -63,7 +63,7 @@ func (s *Store) Blobs(cacheBytes int64) *Blobs {
 
 // Create starts a blob. Its row exists from the start, keyless, so pieces
 // can be written as they fill rather than held in memory.
-func (b *Blobs) Create() (server.TempBlob, error) {
+func (b *Blobs) Create() (fota.TempBlob, error) {
 	var id int64
 	err := b.s.pool.QueryRow(context.Background(),
 		`INSERT INTO blobs (created_ms) VALUES ($1) RETURNING id`, b.s.now().UnixMilli()).Scan(&id)
@@ -120,7 +120,7 @@ func (t *tempBlob) flush() error {
 // Commit names the blob. Blobs are named by their content's hash, so if
 // the name is taken the same bytes are already there: keep those.
 func (t *tempBlob) Commit(key string) error {
-	if !server.ValidBlobKey(key) {
+	if !fota.ValidBlobKey(key) {
 		t.Abort()
 		return fmt.Errorf("commit blob: bad key %q", key)
 	}
@@ -151,8 +151,8 @@ func (t *tempBlob) Abort() {
 }
 
 // Open returns a committed blob. Errors wrap fs.ErrNotExist if absent.
-func (b *Blobs) Open(key string) (server.Blob, error) {
-	if !server.ValidBlobKey(key) {
+func (b *Blobs) Open(key string) (fota.Blob, error) {
+	if !fota.ValidBlobKey(key) {
 		return nil, fmt.Errorf("open blob %q: %w", key, fs.ErrNotExist)
 	}
 	b.mu.Lock()
@@ -260,7 +260,7 @@ func (b *Blobs) piece(blob int64, idx int) ([]byte, error) {
 
 // Remove deletes a committed blob; its pieces go with it.
 func (b *Blobs) Remove(key string) error {
-	if !server.ValidBlobKey(key) {
+	if !fota.ValidBlobKey(key) {
 		return fmt.Errorf("remove blob %q: bad key", key)
 	}
 	b.mu.Lock()

@@ -10,13 +10,13 @@ import (
 	"github.com/ecowatt/fota"
 )
 
-const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, created_ms, last_seen_ms`
+const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms`
 
 func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
 	var created, seen, counter int64
-	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &created, &seen); err != nil {
+	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &d.API, &created, &seen); err != nil {
 		return nil, err
 	}
 	if len(psk) != len(d.PSK) {
@@ -31,9 +31,15 @@ func scanDevice(row rowScanner) (*fota.Device, error) {
 // CreateDevice stores a device and its device-added event.
 func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 	d.Created = s.now().UTC()
+	if d.API == "" {
+		d.API = fota.APINative
+	}
+	if !fota.ValidAPIPolicy(d.API) {
+		return fota.Errorf(fota.EINVALID, "API policy %q: want native, ecowatt or both", d.API)
+	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, created_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`, d.ID, d.Hardware, d.Version, int64(d.SecurityCounter), d.PSK[:], d.PinnedVersion, ms(d.Created))
+		_, err := tx.Exec(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, d.ID, d.Hardware, d.Version, int64(d.SecurityCounter), d.PSK[:], d.PinnedVersion, d.API, ms(d.Created))
 		if isUnique(err) {
 			return fota.Errorf(fota.ECONFLICT, "device %s exists already", d.ID)
 		}
@@ -41,7 +47,7 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 			return fmt.Errorf("create device: %w", err)
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: d.Created, Kind: fota.EventDeviceAdded, DeviceID: d.ID, ReleaseVersion: d.Version,
-			Detail: "hardware " + d.Hardware})
+			Detail: "hardware " + d.Hardware + ", API " + d.API})
 	})
 }
 
@@ -87,8 +93,81 @@ func (s *Store) PinDevice(ctx context.Context, id, version string) error {
 	})
 }
 
-// RejectedReleases lists releases the device rolled back from.
+// SetDeviceAPI sets a device's API policy, abandoning its active
+// sessions on an API the policy no longer allows.
+func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Session, error) {
+	if !fota.ValidAPIPolicy(policy) {
+		return nil, fota.Errorf(fota.EINVALID, "API policy %q: want native, ecowatt or both", policy)
+	}
+	var ended []*fota.Session
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET api = $1 WHERE id = $2`, policy, id)
+		if err != nil {
+			return fmt.Errorf("set API policy: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
+		}
+		d := &fota.Device{API: policy}
+		active, err := queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = $1 AND state = ANY($2)`,
+			id, activeStates)
+		if err != nil {
+			return err
+		}
+		for _, sess := range active {
+			if !d.Allows(sess.API) {
+				ended = append(ended, sess)
+			}
+		}
+		if len(ended) > 0 {
+			if err := s.abandon(ctx, tx, `device_id = $4 AND api = $5`, "the device's API policy no longer allows the "+ended[0].API+" API",
+				id, ended[0].API); err != nil {
+				return err
+			}
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: s.now(), Kind: fota.EventAPIPolicy, DeviceID: id, Detail: "API policy " + policy})
+	})
+	return ended, err
+}
+
+// RejectedReleases lists releases the device rolled back from on the
+// native API.
 func (s *Store) RejectedReleases(ctx context.Context, deviceID string) ([]int64, error) {
 	return queryAll(ctx, s.pool, "rejected releases", func(row rowScanner) (id int64, err error) { return id, row.Scan(&id) },
-		`SELECT DISTINCT release_id FROM sessions WHERE device_id = $1 AND state = $2 AND release_id IS NOT NULL`, deviceID, fota.SessionRolledBack)
+		`SELECT DISTINCT release_id FROM sessions WHERE device_id = $1 AND state = $2 AND api = $3 AND release_id IS NOT NULL`,
+		deviceID, fota.SessionRolledBack, fota.APINative)
+}
+
+// Backoffs lists the device's backoffs.
+func (s *Store) Backoffs(ctx context.Context, deviceID string) ([]*fota.Backoff, error) {
+	return queryAll(ctx, s.pool, "backoffs", func(row rowScanner) (*fota.Backoff, error) {
+		b := &fota.Backoff{}
+		var until int64
+		err := row.Scan(&b.DeviceID, &b.ReleaseID, &b.ReleaseVersion, &b.Failures, &until)
+		b.Until = fromMS(until)
+		return b, err
+	}, `SELECT b.device_id, b.release_id, r.version, b.failures, b.until_ms FROM backoffs b JOIN releases r ON r.id = b.release_id
+		WHERE b.device_id = $1 ORDER BY b.release_id`, deviceID)
+}
+
+// ClearBackoffs deletes the device's backoffs.
+func (s *Store) ClearBackoffs(ctx context.Context, deviceID string) (int, error) {
+	var n int64
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)`, deviceID).Scan(&exists); err != nil {
+			return fmt.Errorf("clear backoffs: %w", err)
+		}
+		if !exists {
+			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", deviceID)
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM backoffs WHERE device_id = $1`, deviceID)
+		if err != nil {
+			return fmt.Errorf("clear backoffs: %w", err)
+		}
+		n = tag.RowsAffected()
+		return addEvent(ctx, tx, &fota.Event{Time: s.now(), Kind: fota.EventBackoffClear, DeviceID: deviceID,
+			Detail: fmt.Sprintf("%d held-back release(s) offered again", n)})
+	})
+	return int(n), err
 }

@@ -237,7 +237,7 @@ func (s *Store) AddEvent(ctx context.Context, e *fota.Event) error {
 	if e.Time.IsZero() {
 		e.Time = s.now()
 	}
-	return s.fastTx(ctx, func(tx pgx.Tx) error { return addEvent(ctx, tx, e) })
+	return s.tx(ctx, func(tx pgx.Tx) error { return addEvent(ctx, tx, e) })
 }
 
 // Events lists events, newest first.

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
@@ -52,10 +52,11 @@ func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) fun
 }
 
 func viewRelease(r *fota.Release) protocol.Release {
+	legacy, why := update.LegacyServable(r)
 	return protocol.Release{ID: r.ID, Product: r.Product, Hardware: r.Hardware, Version: r.Version, SecurityCounter: r.SecurityCounter,
 		PlaintextSize: r.PlaintextSize, PlaintextSHA256: r.PlaintextSHA256, CiphertextSize: r.CiphertextSize,
 		CiphertextSHA256: r.CiphertextSHA256, ChunkSize: r.ChunkSize, Chunks: r.Chunks(), KeyID: r.KeyID,
-		SignatureAlg: r.SignatureAlg, LegacyAPI: r.LegacySignature != nil, Notes: r.Notes, Created: r.Created, Published: r.Published}
+		SignatureAlg: r.SignatureAlg, LegacyAPI: legacy, NativeOnlyReason: why, Notes: r.Notes, Created: r.Created, Published: r.Published}
 }
 
 // maxBundle is the largest upload: an envelope at its limits plus the
@@ -184,7 +185,7 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 
 func viewDevice(d *fota.Device) protocol.Device {
 	return protocol.Device{ID: d.ID, Hardware: d.Hardware, Version: d.Version, SecurityCounter: d.SecurityCounter,
-		PinnedVersion: d.PinnedVersion, Created: d.Created, LastSeen: d.LastSeen}
+		PinnedVersion: d.PinnedVersion, API: d.API, Created: d.Created, LastSeen: d.LastSeen}
 }
 
 func validHardware(h string) bool {
@@ -217,11 +218,17 @@ func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk}
+	if req.API == "" {
+		req.API = fota.APINative
+	}
+	if !fota.ValidAPIPolicy(req.API) {
+		return fota.Errorf(fota.EINVALID, "api %q: want native, ecowatt or both", truncate(req.API, 20))
+	}
+	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk, API: req.API}
 	if err := s.store.CreateDevice(r.Context(), d); err != nil {
 		return err
 	}
-	s.log.Info("device added", "device_id", d.ID, "hardware", d.Hardware)
+	s.log.Info("device added", "device_id", d.ID, "hardware", d.Hardware, "api", d.API)
 	v := viewDevice(d)
 	v.PSK = psk.Hex()
 	w.Header().Set("Cache-Control", "no-store")
@@ -292,8 +299,51 @@ func (s *Server) unpinDevice(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (s *Server) setDeviceAPI(w http.ResponseWriter, r *http.Request) error {
+	var req protocol.SetDeviceAPI
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if !fota.ValidAPIPolicy(req.API) {
+		return fota.Errorf(fota.EINVALID, "api %q: want native, ecowatt or both", truncate(req.API, 20))
+	}
+	if err := s.updates.SetAPIPolicy(r.Context(), r.PathValue("id"), req.API); err != nil {
+		return err
+	}
+	d, err := s.store.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, viewDevice(d))
+}
+
+func (s *Server) listBackoffs(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.store.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	bs, err := s.store.Backoffs(r.Context(), d.ID)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	out := make([]protocol.Backoff, 0, len(bs))
+	for _, b := range bs {
+		out = append(out, protocol.Backoff{Version: b.ReleaseVersion, Failures: b.Failures, Until: b.Until, Active: b.Until.After(now)})
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) clearBackoffs(w http.ResponseWriter, r *http.Request) error {
+	n, err := s.updates.ClearBackoffs(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, map[string]int{"cleared": n})
+}
+
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
-	return s.legacyStatus(w, r)
+	return s.sessionsView(w, r)
 }
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {
@@ -321,43 +371,4 @@ func NewToken() (string, [32]byte, error) {
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 	return token, HashToken(token), nil
-}
-
-// SweepableBlobs is a BlobStore that can list what it holds.
-type SweepableBlobs interface {
-	BlobStore
-	// Keys lists blobs committed before cutoff.
-	Keys(cutoff time.Time) ([]string, error)
-}
-
-// SweepGrace is how old an unreferenced blob must be before a sweep takes
-// it: replicas share blobs, and one may be between storing a blob and
-// recording its release while another starts and sweeps.
-const SweepGrace = 10 * time.Minute
-
-// SweepBlobs removes blobs older than SweepGrace that no release refers
-// to: what a crash between storing a blob and recording its release leaves.
-func SweepBlobs(ctx context.Context, store fota.Store, blobs SweepableBlobs) (int, error) {
-	return sweepBlobsBefore(ctx, store, blobs, time.Now().Add(-SweepGrace))
-}
-
-func sweepBlobsBefore(ctx context.Context, store fota.Store, blobs SweepableBlobs, cutoff time.Time) (int, error) {
-	keys, err := blobs.Keys(cutoff)
-	if err != nil {
-		return 0, err
-	}
-	removed := 0
-	for _, k := range keys {
-		inUse, err := store.BlobInUse(ctx, k)
-		if err != nil {
-			return removed, err
-		}
-		if !inUse {
-			if err := blobs.Remove(k); err != nil {
-				return removed, err
-			}
-			removed++
-		}
-	}
-	return removed, nil
 }

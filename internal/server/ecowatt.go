@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
@@ -17,9 +18,13 @@ import (
 // The EcoWatt-compatible API speaks exactly the JSON of the original Flask
 // server, so ESP32 devices running its OTAManager update unchanged. It is
 // the weaker, legacy mode: requests are not authenticated and the chunk
-// HMAC binds neither session nor device (docs/PROTOCOL.md). Deviations from
-// the original: 400/404 for every client mistake instead of 500s, chunks
-// only inside an open session, /ota/status behind the admin token.
+// HMAC binds neither session nor device (docs/PROTOCOL.md). Since its
+// requests cannot be authenticated, the update service lets them act only
+// for devices whose API policy allows it, and nothing they cause is
+// permanent. Deviations from the original: 400/403/404/429 for client
+// mistakes and refusals instead of 500s, chunks only inside an open
+// session, /ota/status answers all with a body that names no device and
+// shows sessions only with an admin token.
 
 type legacyCheckRequest struct {
 	DeviceID       *string `json:"device_id"`
@@ -92,28 +97,14 @@ func (s *Server) legacyCheck(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	info(r).deviceID = id
-	ctx := r.Context()
-	d, err := s.store.Device(ctx, id)
+	offer, why, err := s.updates.Check(r.Context(), update.CheckIn{DeviceID: id, API: fota.APIEcoWatt, Running: running})
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeviceSeen(ctx, id, running, s.now()); err != nil {
-		return err
-	}
-	rel, why, err := s.decider.Decide(ctx, d, running)
-	if err != nil {
-		return err
-	}
-	if rel == nil {
+	if offer == nil {
 		return writeJSON(w, http.StatusOK, legacyCheckResponse{Message: "no update available: " + why})
 	}
-	if rel.LegacySignature == nil {
-		return writeJSON(w, http.StatusOK, legacyCheckResponse{Message: fmt.Sprintf(
-			"release %s is signed with %s and has no legacy RSA signature, so it is served only on the native API (/v1)", rel.Version, rel.SignatureAlg)})
-	}
-	if _, err := s.openOrResume(ctx, d, rel, fota.APIEcoWatt); err != nil {
-		return err
-	}
+	rel := offer.Release
 	iv, err := hex.DecodeString(rel.IV)
 	if err != nil {
 		return fmt.Errorf("release %d has a bad IV: %w", rel.ID, err)
@@ -166,10 +157,11 @@ func (s *Server) legacySession(r *http.Request, t legacyTarget, fresh bool) (*fo
 	}
 	info(r).deviceID = deviceID
 	ctx := r.Context()
-	psk, _, err = s.deviceKey(ctx, deviceID)
+	key, _, err := s.admittedKey(ctx, deviceID, fota.APIEcoWatt)
 	if err != nil {
 		return nil, nil, psk, err
 	}
+	psk = key.psk
 	var sess *fota.Session
 	if fresh {
 		sess, err = s.store.ActiveSession(ctx, deviceID)
@@ -306,7 +298,7 @@ func (s *Server) legacyVerify(w http.ResponseWriter, r *http.Request) error {
 	if !*req.Verified {
 		state, reason, msg = fota.SessionFailed, "device reported that verification failed", "verification failure recorded"
 	}
-	if err := s.setState(r.Context(), sess, state, reason); err != nil {
+	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APIEcoWatt, State: state, Reason: reason}); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": msg})
@@ -339,10 +331,9 @@ func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.setState(r.Context(), sess, state, reason); err != nil {
+	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APIEcoWatt, State: state, Reason: reason}); err != nil {
 		return err
 	}
-	s.log.Info("update "+state, "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion)
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "message": "update " + state + " recorded"})
 }
 
@@ -354,7 +345,18 @@ func viewSession(s *fota.Session) protocol.Session {
 
 const timeFormat = "2006-01-02T15:04:05Z07:00"
 
+// legacyStatus answers the original firmware's diagnostics, which call it
+// without a token and take anything but 200 for a server fault: 200 and a
+// body that says nothing of any device. With an admin token (the original
+// server's view) it lists the active sessions.
 func (s *Server) legacyStatus(w http.ResponseWriter, r *http.Request) error {
+	if r.Header.Get("Authorization") == "" {
+		return writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "message": "update server is up; sessions are listed only with an admin token"})
+	}
+	return s.admin(s.sessionsView)(w, r)
+}
+
+func (s *Server) sessionsView(w http.ResponseWriter, r *http.Request) error {
 	sessions, err := s.store.ActiveSessions(r.Context())
 	if err != nil {
 		return err

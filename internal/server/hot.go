@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/protocol"
 )
 
@@ -34,7 +35,7 @@ type cachedSession struct {
 type hotCache struct {
 	ttl      time.Duration // of session snapshots
 	mu       sync.Mutex
-	keys     map[string]protocol.PSK
+	keys     map[string]deviceKey
 	byID     map[string]cachedSession
 	byDevice map[string]cachedSession // the device's active session
 	served   map[string]int           // session id: chunks served in order, ahead of the store
@@ -50,7 +51,7 @@ type sessionLoad struct {
 }
 
 func newHotCache(ttl time.Duration) *hotCache {
-	return &hotCache{ttl: ttl, keys: map[string]protocol.PSK{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
+	return &hotCache{ttl: ttl, keys: map[string]deviceKey{}, byID: map[string]cachedSession{}, byDevice: map[string]cachedSession{},
 		served: map[string]int{}, loading: map[string]*sessionLoad{}}
 }
 
@@ -89,28 +90,63 @@ func (c *hotCache) advance(sess *fota.Session, next int) int {
 	return prev
 }
 
-// deviceKey returns a device's key, reading the store once per device.
-// When it had to read the store it also returns the device as read, so
-// that a check-in on the device's first request does not read it again.
-func (s *Server) deviceKey(ctx context.Context, id string) (protocol.PSK, *fota.Device, error) {
+// deviceKey is what the hot path needs of a device: its key, and its API
+// policy, which the update service tells this replica of when it changes
+// here; a change on another replica ends the sessions the policy no longer
+// allows, so their chunks stop within a session snapshot's life.
+type deviceKey struct {
+	psk protocol.PSK
+	api string
+}
+
+// deviceKey returns a device's key and API policy, reading the store once
+// per device. When it had to read the store it also returns the device as
+// read, so that a check-in on the device's first request does not read it
+// again.
+func (s *Server) deviceKey(ctx context.Context, id string) (deviceKey, *fota.Device, error) {
 	c := s.hot
 	c.mu.Lock()
-	psk, ok := c.keys[id]
+	k, ok := c.keys[id]
 	c.mu.Unlock()
 	if ok {
-		return psk, nil, nil
+		return k, nil, nil
 	}
 	d, err := s.store.Device(ctx, id)
 	if err != nil {
-		return psk, nil, err
+		return k, nil, err
 	}
+	k = deviceKey{psk: d.PSK, api: d.API}
 	c.mu.Lock()
 	if len(c.keys) >= maxCached {
-		c.keys = map[string]protocol.PSK{}
+		c.keys = map[string]deviceKey{}
 	}
-	c.keys[id] = d.PSK
+	c.keys[id] = k
 	c.mu.Unlock()
-	return d.PSK, d, nil
+	return k, d, nil
+}
+
+// admittedKey is deviceKey for a request on api, refused (EFORBIDDEN)
+// unless the device's API policy allows api. A refusal from the cache is
+// checked against the store first: the policy may have been widened on
+// another replica.
+func (s *Server) admittedKey(ctx context.Context, id, api string) (deviceKey, *fota.Device, error) {
+	k, read, err := s.deviceKey(ctx, id)
+	if err != nil {
+		return k, nil, err
+	}
+	if read == nil && !(&fota.Device{API: k.api}).Allows(api) {
+		s.hot.mu.Lock()
+		delete(s.hot.keys, id)
+		s.hot.mu.Unlock()
+		if k, read, err = s.deviceKey(ctx, id); err != nil {
+			return k, nil, err
+		}
+	}
+	if err := update.Admit(&fota.Device{ID: id, API: k.api}, api); err != nil {
+		s.log.Warn("request refused by the device's API policy", "device_id", id, "api", api, "policy", k.api)
+		return k, nil, err
+	}
+	return k, read, nil
 }
 
 // forgetSession drops a session's snapshots after this replica changed it.
@@ -270,17 +306,14 @@ func (p *progressTracker) close() {
 	<-p.done
 }
 
-// setState changes a session's state: its pending progress is written
-// first, so the history keeps its order, and its snapshots are dropped.
-func (s *Server) setState(ctx context.Context, sess *fota.Session, state, reason string) error {
-	s.progress.flush(ctx, sess.ID)
-	err := s.store.SetSessionState(ctx, sess.ID, state, reason)
-	s.hot.forgetSession(sess)
-	if err == nil {
-		switch state {
-		case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed:
-			s.metrics.updates.WithLabelValues(state).Inc()
-		}
-	}
-	return err
+// serverCache tells this server's caches of what the update service changed.
+type serverCache struct{ s *Server }
+
+func (c serverCache) Flush(ctx context.Context, id string) { c.s.progress.flush(ctx, id) }
+func (c serverCache) Forget(sess *fota.Session)            { c.s.hot.forgetSession(sess) }
+func (c serverCache) Opened(sess *fota.Session)            { c.s.hot.opened(sess) }
+func (c serverCache) ForgetDevice(id string) {
+	c.s.hot.mu.Lock()
+	delete(c.s.hot.keys, id)
+	c.s.hot.mu.Unlock()
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
@@ -84,13 +84,14 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 		if err != nil {
 			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", maxDeviceBody)
 		}
-		psk, read, err := s.deviceKey(r.Context(), id)
+		key, read, err := s.deviceKey(r.Context(), id)
 		if fota.ErrorCode(err) == fota.ENOTFOUND {
 			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
 		}
 		if err != nil {
 			return err
 		}
+		psk := key.psk
 		want := protocol.RequestMAC(psk, protocol.CanonicalRequest(r.Method, r.URL.RequestURI(), id, ts, nonce, sha256.Sum256(body)))
 		if !hmac.Equal(want[:], mac) {
 			return fota.Errorf(fota.EUNAUTHORIZED, "unknown device or wrong signature")
@@ -102,6 +103,15 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 				return fota.Errorf(fota.EUNAUTHORIZED, "replayed request: nonce already used")
 			}
 			return err
+		}
+		// The policy only once the request is proven the device's: nobody
+		// else learns it.
+		_, reread, err := s.admittedKey(r.Context(), id, fota.APINative)
+		if err != nil {
+			return err
+		}
+		if reread != nil {
+			read = reread
 		}
 		return h(w, r.WithContext(context.WithValue(r.Context(), authedKey{}, &authed{ID: id, PSK: psk, read: read})), body)
 	}
@@ -128,36 +138,16 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 	if _, err := semver.Parse(req.Version); err != nil {
 		return fota.Errorf(fota.EINVALID, "field \"version\": %q is not a semantic version like 1.0.4", truncate(req.Version, 40))
 	}
-	ctx := r.Context()
-	d := authedDevice(r).read
-	if d == nil {
-		var err error
-		if d, err = s.store.Device(ctx, authedDevice(r).ID); err != nil {
-			return err
-		}
-	}
-	if req.Hardware != "" && req.Hardware != d.Hardware {
-		return fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(req.Hardware, 32), d.Hardware)
-	}
-	if err := s.store.DeviceSeen(ctx, d.ID, req.Version, s.now()); err != nil {
-		return err
-	}
-	rel, why, err := s.decider.Decide(ctx, d, req.Version)
+	a := authedDevice(r)
+	offer, why, err := s.updates.Check(r.Context(), update.CheckIn{DeviceID: a.ID, Device: a.read, API: fota.APINative,
+		Running: req.Version, Hardware: req.Hardware, SecurityCounter: req.SecurityCounter})
 	if err != nil {
 		return err
 	}
-	if rel == nil {
+	if offer == nil {
 		return writeJSON(w, http.StatusOK, protocol.CheckResponse{Message: "no update available: " + why})
 	}
-	if rel.SecurityCounter < req.SecurityCounter {
-		return writeJSON(w, http.StatusOK, protocol.CheckResponse{Message: fmt.Sprintf(
-			"release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
-			rel.Version, rel.SecurityCounter, req.SecurityCounter, req.SecurityCounter)})
-	}
-	sess, err := s.openOrResume(ctx, d, rel, fota.APINative)
-	if err != nil {
-		return err
-	}
+	rel, sess := offer.Release, offer.Session
 	base := "/v1/device/sessions/" + sess.ID
 	return writeJSON(w, http.StatusOK, protocol.CheckResponse{
 		Update: true, SessionID: sess.ID, Version: rel.Version,
@@ -398,10 +388,9 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	if err != nil {
 		return err
 	}
-	if err := s.setState(r.Context(), sess, state, rep.Reason); err != nil {
+	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APINative, State: state, Reason: rep.Reason}); err != nil {
 		return err
 	}
-	s.log.Info("device report", "device_id", sess.DeviceID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "status", rep.Status)
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "state": state})
 }
 
@@ -410,7 +399,7 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 // encrypted, and devices check every chunk against their session's HMACs.
 func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
 	key := r.PathValue("sha256")
-	if !ValidBlobKey(key) {
+	if !fota.ValidBlobKey(key) {
 		return fota.Errorf(fota.EINVALID, "want a 64-digit hex SHA-256")
 	}
 	inUse, err := s.store.BlobInUse(r.Context(), key)

@@ -319,7 +319,11 @@ func TestManyDevicesAtOnce(t *testing.T) {
 	const n = 100
 	psks := make([]protocol.PSK, n)
 	for i := range n {
-		psks[i] = e.addDevice(fmt.Sprintf("dev%03d", i), "1.0.3")
+		api := fota.APINative
+		if i%2 == 1 {
+			api = fota.APIEcoWatt
+		}
+		psks[i] = e.addDeviceAPI(fmt.Sprintf("dev%03d", i), "1.0.3", api)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

@@ -1,13 +1,13 @@
-// Package server is the fota update server: the admin API, the
+// Package server is the fota update server's HTTP side: the admin API, the
 // EcoWatt-compatible device API and the native device API, over a
-// fota.Store and a BlobStore. Handlers never see a database detail, never
-// return an internal error's text to a client, and never log a secret.
+// fota.Store and a fota.BlobStore. The device APIs are adapters over the
+// update service (internal/update), where every rule of who gets what
+// lives. Handlers never see a database detail, never return an internal
+// error's text to a client, and never log a secret.
 package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 )
@@ -33,11 +34,14 @@ const (
 // Config configures a Server.
 type Config struct {
 	Store   fota.Store
-	Blobs   BlobStore
+	Blobs   fota.BlobStore
 	Trusted []*keys.PublicKey // keys a published bundle must be signed by
 	Logger  *slog.Logger
-	// Decider picks the release a device gets; NewestRelease by default.
-	Decider Decider
+	// Decider picks the release a device gets; update.NewestRelease by default.
+	Decider update.Decider
+	// LegacyPerDevice and LegacyOverall bound how fast EcoWatt-API
+	// check-ins open sessions (update's defaults when zero).
+	LegacyPerDevice, LegacyOverall update.Rate
 	// MaxSessions caps concurrently active update sessions (0: no cap).
 	MaxSessions int
 	// Now is the clock; time.Now by default.
@@ -52,20 +56,19 @@ type Config struct {
 
 // Server serves the fota APIs.
 type Server struct {
-	store       fota.Store
-	blobs       BlobStore
-	trusted     []*keys.PublicKey
-	log         *slog.Logger
-	decider     Decider
-	maxSessions int
-	now         func() time.Time
-	handler     http.Handler
-	requestSeq  atomic.Uint64
-	releases    *releaseCache
-	digests     *digestCache
-	hot         *hotCache
-	progress    *progressTracker
-	metrics     *metrics
+	store      fota.Store
+	blobs      fota.BlobStore
+	trusted    []*keys.PublicKey
+	log        *slog.Logger
+	updates    *update.Service
+	now        func() time.Time
+	handler    http.Handler
+	requestSeq atomic.Uint64
+	releases   *releaseCache
+	digests    *digestCache
+	hot        *hotCache
+	progress   *progressTracker
+	metrics    *metrics
 }
 
 // New returns a Server for cfg.
@@ -77,17 +80,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: no trusted public key; pass --trust keys/signing.pub")
 	}
 	s := &Server{
-		store: cfg.Store, blobs: cfg.Blobs, trusted: cfg.Trusted, log: cfg.Logger,
-		decider: cfg.Decider, maxSessions: cfg.MaxSessions, now: cfg.Now,
+		store: cfg.Store, blobs: cfg.Blobs, trusted: cfg.Trusted, log: cfg.Logger, now: cfg.Now,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.decider == nil {
-		s.decider = NewestRelease{Store: cfg.Store}
 	}
 	s.releases = newReleaseCache(cfg.Store)
 	s.digests = newDigestCache(digestLimit)
@@ -98,6 +97,14 @@ func New(cfg Config) (*Server, error) {
 	s.hot = newHotCache(ttl)
 	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
+	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Decider: cfg.Decider, MaxSessions: cfg.MaxSessions,
+		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall,
+		OnStateChange: func(state, api string) {
+			switch state {
+			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied:
+				s.metrics.updates.WithLabelValues(state).Inc()
+			}
+		}})
 	s.handler = s.routes()
 	return s, nil
 }
@@ -126,7 +133,7 @@ func (s *Server) routes() http.Handler {
 	handle("POST /ota/chunk", true, s.legacyChunk)
 	handle("POST /ota/verify", false, s.legacyVerify)
 	handle("POST /ota/complete", false, s.legacyComplete)
-	handle("GET /ota/status", false, s.admin(s.legacyStatus))
+	handle("GET /ota/status", false, s.legacyStatus)
 
 	// Native device API.
 	handle("POST /v1/device/check", false, s.device(s.nativeCheck))
@@ -143,6 +150,9 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/admin/devices", false, s.admin(s.listDevices))
 	handle("GET /v1/admin/devices/{id}", false, s.admin(s.getDevice))
 	handle("PUT /v1/admin/devices/{id}/pin", false, s.admin(s.pinDevice))
+	handle("PUT /v1/admin/devices/{id}/api", false, s.admin(s.setDeviceAPI))
+	handle("GET /v1/admin/devices/{id}/backoffs", false, s.admin(s.listBackoffs))
+	handle("DELETE /v1/admin/devices/{id}/backoffs", false, s.admin(s.clearBackoffs))
 	handle("DELETE /v1/admin/devices/{id}/pin", false, s.admin(s.unpinDevice))
 	handle("GET /v1/admin/sessions", false, s.admin(s.listSessions))
 	handle("GET /v1/admin/events", false, s.admin(s.listEvents))
@@ -245,6 +255,8 @@ var statusOf = map[string]int{
 	fota.ETOOLARGE:     http.StatusRequestEntityTooLarge,
 	fota.EUNAVAILABLE:  http.StatusServiceUnavailable,
 	fota.EGONE:         http.StatusGone,
+	fota.EFORBIDDEN:    http.StatusForbidden,
+	fota.ETOOMANY:      http.StatusTooManyRequests,
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, reqID string, err error) {
@@ -257,8 +269,13 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, reqID string
 	if info(r).status != 0 {
 		return // headers already sent: the connection carries a cut-off body
 	}
-	if code == fota.EUNAVAILABLE {
-		w.Header().Set("Retry-After", "60")
+	if code == fota.EUNAVAILABLE || code == fota.ETOOMANY {
+		retry := 60
+		var fe *fota.Error
+		if errors.As(err, &fe) && fe.RetryAfter > 0 {
+			retry = int((fe.RetryAfter + time.Second - 1) / time.Second)
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
 	}
 	if code == fota.EUNAUTHORIZED && strings.HasPrefix(r.URL.Path, "/v1/admin") {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="fota"`)
@@ -318,13 +335,4 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/plain")
 	_, err := io.WriteString(w, "ok\n")
 	return err
-}
-
-// newSessionID returns 128 random bits in hex.
-func newSessionID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("make session id: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
 }

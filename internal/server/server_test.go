@@ -23,6 +23,7 @@ import (
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/blobdir"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/sqlite"
 	"github.com/ecowatt/fota/keys"
@@ -34,7 +35,7 @@ type env struct {
 	t       testing.TB
 	dir     string
 	store   *sqlite.Store
-	blobs   *DirBlobs
+	blobs   *blobdir.Dir
 	srv     *Server
 	http    *httptest.Server
 	signer  *keys.SigningKey
@@ -106,7 +107,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.blobs, err = NewDirBlobs(filepath.Join(e.dir, "blobs"))
+	e.blobs, err = blobdir.New(filepath.Join(e.dir, "blobs"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,9 +170,15 @@ func (e *env) publish(version string, size int) built {
 	return b
 }
 
+// addDevice registers a device that may use both APIs.
 func (e *env) addDevice(id, version string) protocol.PSK {
 	e.t.Helper()
-	d, err := e.admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version})
+	return e.addDeviceAPI(id, version, fota.APIBoth)
+}
+
+func (e *env) addDeviceAPI(id, version, api string) protocol.PSK {
+	e.t.Helper()
+	d, err := e.admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version, API: api})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -281,7 +288,7 @@ func TestPublish(t *testing.T) {
 func TestAddDevice(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	d, err := e.admin.AddDevice(ctx, protocol.AddDevice{ID: "ESP32_EcoWatt_Smart", Hardware: "esp32", Version: "1.0.3"})
+	d, err := e.admin.AddDevice(ctx, protocol.AddDevice{ID: "ESP32_EcoWatt_Smart", Hardware: "esp32", Version: "1.0.3", API: fota.APIEcoWatt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +384,7 @@ func (e *env) decryptAll(t *testing.T, ct []byte, iv []byte) []byte {
 func TestLegacyAPIFullUpdate(t *testing.T) {
 	e := newEnv(t)
 	rel := e.publish("1.0.4", 5000)
-	psk := e.addDevice("ESP32_EcoWatt_Smart", "1.0.3")
+	psk := e.addDeviceAPI("ESP32_EcoWatt_Smart", "1.0.3", fota.APIEcoWatt)
 
 	status, check := e.call("POST", "/ota/check", `{"device_id":"ESP32_EcoWatt_Smart","current_version":"1.0.3"}`, nil)
 	wantStatus(t, status, check, 200, "")
@@ -491,7 +498,14 @@ func TestLegacyAPIBadInput(t *testing.T) {
 	if body["active_sessions"] != 1.0 {
 		t.Fatalf("status: %v", body)
 	}
+	// The original firmware's diagnostics call it without a token: 200, and
+	// nothing about any device.
 	status, body = e.call("GET", "/ota/status", "", nil)
+	wantStatus(t, status, body, 200, "")
+	if body["status"] != "ok" || body["sessions"] != nil || body["active_sessions"] != nil {
+		t.Fatalf("tokenless /ota/status says more than ok: %v", body)
+	}
+	status, body = e.call("GET", "/ota/status", "", map[string]string{"Authorization": "Bearer fota_wrong"})
 	wantStatus(t, status, body, 401, "")
 	// Chunk 4 is the last; asking far ahead of progress is refused on big releases (checked below).
 	status, body = e.call("POST", "/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":4}`, nil)
@@ -540,10 +554,10 @@ func TestSweepBlobsRemovesOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A fresh blob may be another replica's publish in flight: left alone.
-	if n, err := SweepBlobs(context.Background(), e.store, e.blobs); err != nil || n != 0 {
+	if n, err := fota.SweepBlobs(context.Background(), e.store, e.blobs); err != nil || n != 0 {
 		t.Fatalf("sweep removed %d fresh blobs, %v; want 0", n, err)
 	}
-	n, err := sweepBlobsBefore(context.Background(), e.store, e.blobs, time.Now().Add(time.Minute))
+	n, err := fota.SweepBlobsBefore(context.Background(), e.store, e.blobs, time.Now().Add(time.Minute))
 	if err != nil || n != 1 {
 		t.Fatalf("sweep removed %d, %v; want 1", n, err)
 	}

@@ -171,11 +171,11 @@ func (s *Store) RecordProgress(ctx context.Context, batch []fota.Progress) error
 	})
 }
 
-// SetSessionState moves an active session to state, with its event.
-func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) error {
-	kind, ok := fota.StateEvent(state)
+// SetSessionState applies a state change to an active session.
+func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateChange) error {
+	kind, ok := fota.StateEvent(ch.State)
 	if !ok {
-		return fota.Errorf(fota.EINVALID, "unknown session state %q", state)
+		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
 	return inTx(ctx, s.fast, func(tx *txn) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
@@ -183,16 +183,29 @@ func (s *Store) SetSessionState(ctx context.Context, id, state, reason string) e
 			return err
 		}
 		now := s.now()
-		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`, state, reason, ms(now), id); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`, ch.State, ch.Reason, ms(now), id); err != nil {
 			return fmt.Errorf("set session state: %w", err)
 		}
-		if state == fota.SessionConfirmed {
-			if _, err := tx.ExecContext(ctx, `UPDATE devices SET version = r.version, security_counter = max(devices.security_counter, r.security_counter)
-				FROM (SELECT version, security_counter FROM releases WHERE id = ?) AS r WHERE devices.id = ?`, sess.ReleaseID, sess.DeviceID); err != nil {
+		if ch.RecordVersion {
+			if _, err := tx.ExecContext(ctx, `UPDATE devices SET version = r.version FROM (SELECT version FROM releases WHERE id = ?) AS r
+				WHERE devices.id = ?`, sess.ReleaseID, sess.DeviceID); err != nil {
 				return fmt.Errorf("record confirmed version: %w", err)
 			}
 		}
+		if ch.RecordCounter {
+			if _, err := tx.ExecContext(ctx, `UPDATE devices SET security_counter = max(devices.security_counter, r.security_counter)
+				FROM (SELECT security_counter FROM releases WHERE id = ?) AS r WHERE devices.id = ?`, sess.ReleaseID, sess.DeviceID); err != nil {
+				return fmt.Errorf("record security counter: %w", err)
+			}
+		}
+		if b := ch.Backoff; b != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO backoffs (device_id, release_id, failures, until_ms) VALUES (?, ?, ?, ?)
+				ON CONFLICT (device_id, release_id) DO UPDATE SET failures = excluded.failures, until_ms = excluded.until_ms`,
+				b.DeviceID, b.ReleaseID, b.Failures, ms(b.Until)); err != nil {
+				return fmt.Errorf("record backoff: %w", err)
+			}
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: id, Detail: reason})
+			SessionID: id, Detail: ch.Reason})
 	})
 }

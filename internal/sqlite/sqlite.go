@@ -231,7 +231,9 @@ type rowScanner interface{ Scan(...any) error }
 
 // queryAll runs a query and scans every row with scan; what names the
 // list in errors.
-func queryAll[T any](ctx context.Context, db *pool, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
+func queryAll[T any](ctx context.Context, db interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, what string, scan func(rowScanner) (T, error), query string, args ...any) ([]T, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", what, err)

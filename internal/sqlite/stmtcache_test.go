@@ -88,7 +88,7 @@ func TestStatementCacheUnderConcurrentTransactions(t *testing.T) {
 				err = s.RecordProgress(ctx, []fota.Progress{{SessionID: sess.ID, Next: 3, Bytes: 3072}})
 			}
 			if err == nil {
-				err = s.SetSessionState(ctx, sess.ID, fota.SessionConfirmed, "")
+				err = s.SetSessionState(ctx, sess.ID, fota.StateChange{State: fota.SessionConfirmed, RecordVersion: true, RecordCounter: true})
 			}
 			errs <- err
 		})

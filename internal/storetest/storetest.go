@@ -20,6 +20,9 @@ type Clock struct {
 	t  time.Time
 }
 
+// NewClock returns a clock at t.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
 // Now returns the clock's time.
 func (c *Clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 
@@ -43,6 +46,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"StaleSessionsAbandoned", testStaleSessions},
 		{"ConfirmRaisesDevice", testConfirm},
 		{"ConcurrentProgress", testConcurrentProgress},
+		{"APIPolicy", testAPIPolicy},
+		{"Backoffs", testBackoffs},
 		{"TokensAndNonces", testTokensAndNonces},
 		{"Events", testEvents},
 	}
@@ -136,7 +141,7 @@ func testDeleteRelease(t *testing.T, s fota.Store, _ *Clock) {
 	sess := &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}
 	must(t, s.OpenSession(ctx, sess, 0))
 	wantCode(t, s.DeleteRelease(ctx, r.ID), fota.ECONFLICT)
-	must(t, s.SetSessionState(ctx, "s1", fota.SessionFailed, "test"))
+	must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionFailed, Reason: "test"}))
 	must(t, s.DeleteRelease(ctx, r.ID))
 	wantCode(t, s.DeleteRelease(ctx, r.ID), fota.ENOTFOUND)
 	// History survives the release.
@@ -219,13 +224,23 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 	if got.NextChunk != 8 || got.BytesServed != 5120 || got.Percent() != 100 {
 		t.Fatalf("progress: %+v", got)
 	}
-	must(t, s.SetSessionState(ctx, "s2", fota.SessionDownloaded, ""))
-	must(t, s.SetSessionState(ctx, "s2", fota.SessionRolledBack, "self-test failed"))
-	wantCode(t, s.SetSessionState(ctx, "s2", fota.SessionConfirmed, ""), fota.EGONE)
-	wantCode(t, s.SetSessionState(ctx, "s2", "exploded", ""), fota.EINVALID)
+	must(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: fota.SessionDownloaded, Reason: ""}))
+	must(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: fota.SessionRolledBack, Reason: "self-test failed"}))
+	wantCode(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: fota.SessionConfirmed, Reason: ""}), fota.EGONE)
+	wantCode(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: "exploded", Reason: ""}), fota.EINVALID)
 	_, err = s.ActiveSession(ctx, "d1")
 	wantCode(t, err, fota.ENOTFOUND)
+	// A rollback on the EcoWatt API, which cannot be authenticated,
+	// excludes nothing; one on the native API does.
 	rejected, err := s.RejectedReleases(ctx, "d1")
+	must(t, err)
+	if len(rejected) != 0 {
+		t.Fatalf("EcoWatt-API rollback rejected releases %v", rejected)
+	}
+	native := &fota.Session{ID: "s3", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 8}
+	must(t, s.OpenSession(ctx, native, 0))
+	must(t, s.SetSessionState(ctx, "s3", fota.StateChange{State: fota.SessionRolledBack, Reason: "self-test failed"}))
+	rejected, err = s.RejectedReleases(ctx, "d1")
 	must(t, err)
 	if len(rejected) != 1 || rejected[0] != r.ID {
 		t.Fatalf("rejected: %v", rejected)
@@ -288,12 +303,128 @@ func testConfirm(t *testing.T, s fota.Store, _ *Clock) {
 	must(t, s.CreateRelease(ctx, r))
 	must(t, s.CreateDevice(ctx, NewDevice("d1")))
 	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 0))
-	for _, st := range []string{fota.SessionDownloaded, fota.SessionVerified, fota.SessionApplied, fota.SessionConfirmed} {
-		must(t, s.SetSessionState(ctx, "s1", st, ""))
+	for _, st := range []string{fota.SessionDownloaded, fota.SessionVerified, fota.SessionApplied} {
+		must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: st}))
 	}
+	must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionConfirmed, RecordVersion: true, RecordCounter: true}))
 	d, _ := s.Device(ctx, "d1")
 	if d.Version != "1.0.4" || d.SecurityCounter != 5 {
 		t.Fatalf("confirmed device: %+v", d)
+	}
+	// A confirmation that records nothing (unauthenticated, for a
+	// native-capable device) leaves the device as it was.
+	must(t, s.CreateDevice(ctx, NewDevice("d2")))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s2", DeviceID: "d2", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	must(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: fota.SessionConfirmed}))
+	if d, _ := s.Device(ctx, "d2"); d.Version != "1.0.3" || d.SecurityCounter != 0 {
+		t.Fatalf("confirmation that records nothing changed the device: %+v", d)
+	}
+	// Version without counter: an ecowatt-only device's confirmation.
+	must(t, s.CreateDevice(ctx, NewDevice("d3")))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s3", DeviceID: "d3", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	must(t, s.SetSessionState(ctx, "s3", fota.StateChange{State: fota.SessionConfirmed, RecordVersion: true}))
+	if d, _ := s.Device(ctx, "d3"); d.Version != "1.0.4" || d.SecurityCounter != 0 {
+		t.Fatalf("version-only confirmation: %+v", d)
+	}
+}
+
+func testAPIPolicy(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	d := NewDevice("d1")
+	must(t, s.CreateDevice(ctx, d))
+	if got, _ := s.Device(ctx, "d1"); got.API != fota.APINative {
+		t.Fatalf("default API policy %q, want native", got.API)
+	}
+	legacy := NewDevice("legacy")
+	legacy.API = fota.APIEcoWatt
+	must(t, s.CreateDevice(ctx, legacy))
+	if got, _ := s.Device(ctx, "legacy"); got.API != fota.APIEcoWatt {
+		t.Fatalf("API policy %q, want ecowatt", got.API)
+	}
+	bad := NewDevice("bad")
+	bad.API = "smoke-signals"
+	wantCode(t, s.CreateDevice(ctx, bad), fota.EINVALID)
+
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	// Widening keeps the session; narrowing to native ends it.
+	ended, err := s.SetDeviceAPI(ctx, "legacy", fota.APIBoth)
+	must(t, err)
+	if len(ended) != 0 {
+		t.Fatalf("widening ended %d sessions", len(ended))
+	}
+	ended, err = s.SetDeviceAPI(ctx, "legacy", fota.APINative)
+	must(t, err)
+	if len(ended) != 1 || ended[0].ID != "s1" {
+		t.Fatalf("narrowing ended %+v, want s1", ended)
+	}
+	if sess, _ := s.Session(ctx, "s1"); sess.State != fota.SessionAbandoned {
+		t.Fatalf("session after narrowing: %s", sess.State)
+	}
+	if got, _ := s.Device(ctx, "legacy"); got.API != fota.APINative {
+		t.Fatalf("API policy %q after set", got.API)
+	}
+	_, err = s.SetDeviceAPI(ctx, "nobody", fota.APIBoth)
+	wantCode(t, err, fota.ENOTFOUND)
+	_, err = s.SetDeviceAPI(ctx, "legacy", "carrier-pigeon")
+	wantCode(t, err, fota.EINVALID)
+	evs, err := s.Events(ctx, fota.EventFilter{DeviceID: "legacy"})
+	must(t, err)
+	if evs[0].Kind != fota.EventAPIPolicy {
+		t.Fatalf("newest event %s, want %s", evs[0].Kind, fota.EventAPIPolicy)
+	}
+}
+
+func testBackoffs(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	d := NewDevice("legacy")
+	d.API = fota.APIEcoWatt
+	must(t, s.CreateDevice(ctx, d))
+	fail := func(id string, failures int, until time.Time) {
+		t.Helper()
+		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+		must(t, s.SetSessionState(ctx, id, fota.StateChange{State: fota.SessionRolledBack, Reason: "boot failed",
+			Backoff: &fota.Backoff{DeviceID: "legacy", ReleaseID: r.ID, Failures: failures, Until: until}}))
+	}
+	first := c.Now().Add(time.Hour)
+	fail("s1", 1, first)
+	bs, err := s.Backoffs(ctx, "legacy")
+	must(t, err)
+	if len(bs) != 1 || bs[0].Failures != 1 || !bs[0].Until.Equal(first) || bs[0].ReleaseVersion != "1.0.4" || bs[0].ReleaseID != r.ID {
+		t.Fatalf("backoffs: %+v", bs)
+	}
+	second := c.Now().Add(2 * time.Hour)
+	fail("s2", 2, second) // replaces, not adds
+	bs, err = s.Backoffs(ctx, "legacy")
+	must(t, err)
+	if len(bs) != 1 || bs[0].Failures != 2 || !bs[0].Until.Equal(second) {
+		t.Fatalf("backoffs after a second failure: %+v", bs)
+	}
+	if rejected, _ := s.RejectedReleases(ctx, "legacy"); len(rejected) != 0 {
+		t.Fatalf("backed-off release is rejected for good: %v", rejected)
+	}
+	n, err := s.ClearBackoffs(ctx, "legacy")
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("cleared %d, want 1", n)
+	}
+	if bs, _ := s.Backoffs(ctx, "legacy"); len(bs) != 0 {
+		t.Fatalf("backoffs after clear: %+v", bs)
+	}
+	_, err = s.ClearBackoffs(ctx, "nobody")
+	wantCode(t, err, fota.ENOTFOUND)
+	evs, _ := s.Events(ctx, fota.EventFilter{DeviceID: "legacy"})
+	if evs[0].Kind != fota.EventBackoffClear {
+		t.Fatalf("newest event %s, want %s", evs[0].Kind, fota.EventBackoffClear)
+	}
+	// Deleting the release takes its backoffs with it.
+	fail("s3", 1, c.Now().Add(time.Hour))
+	must(t, s.DeleteRelease(ctx, r.ID))
+	if bs, _ := s.Backoffs(ctx, "legacy"); len(bs) != 0 {
+		t.Fatalf("backoffs of a deleted release: %+v", bs)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/blobdir"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/sqlite"
@@ -42,7 +43,7 @@ func New(tb testing.TB) *Server {
 	if s.Store, err = sqlite.Open(context.Background(), filepath.Join(dir, "fota.db")); err != nil {
 		tb.Fatal(err)
 	}
-	blobs, err := server.NewDirBlobs(filepath.Join(dir, "blobs"))
+	blobs, err := blobdir.New(filepath.Join(dir, "blobs"))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -105,10 +106,18 @@ func (s *Server) PublishSample(version string, b firmware.Behaviour, size int) {
 	s.Publish(s.Bundle(version, s.Sample(version, b, size, 0), 0, 0))
 }
 
-// AddDevice registers an esp32 device running version and returns its key.
+// AddDevice registers an esp32 device running version that may use both
+// device APIs (tests switch between them), and returns its key.
 func (s *Server) AddDevice(id, version string) protocol.PSK {
 	s.TB.Helper()
-	d, err := s.Admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version})
+	return s.AddDeviceAPI(id, version, fota.APIBoth)
+}
+
+// AddDeviceAPI registers an esp32 device running version with an API
+// policy (native, ecowatt or both), and returns its key.
+func (s *Server) AddDeviceAPI(id, version, api string) protocol.PSK {
+	s.TB.Helper()
+	d, err := s.Admin.AddDevice(context.Background(), protocol.AddDevice{ID: id, Hardware: "esp32", Version: version, API: api})
 	if err != nil {
 		s.TB.Fatal(err)
 	}

@@ -1,57 +1,33 @@
-package server
+// Package blobdir is a fota.BlobStore in a folder: one file per release
+// ciphertext, named by its SHA-256, written to tmp/ and renamed when
+// complete, so a crash leaves nothing half-visible.
+package blobdir
 
 import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/internal/atomicfile"
 )
 
-// BlobStore keeps release ciphertexts, named by their SHA-256. Blobs are
-// immutable once committed, which is what lets readers cache open files.
-type BlobStore interface {
-	// Create returns a temporary blob to fill; Commit or Abort it.
-	Create() (TempBlob, error)
-	// Open returns the blob for reading. Errors wrap fs.ErrNotExist if absent.
-	Open(key string) (Blob, error)
-	// Remove deletes a committed blob.
-	Remove(key string) error
-}
-
-// TempBlob is a blob being written.
-type TempBlob interface {
-	io.Writer
-	// Commit makes the blob readable as key, durably.
-	Commit(key string) error
-	// Abort discards it.
-	Abort()
-}
-
-// Blob is a committed blob: random access, known size.
-type Blob interface {
-	io.ReaderAt
-	Size() int64
-}
-
-// DirBlobs is a BlobStore in a folder: one file per blob, temporary files
-// in tmp/ so a crash leaves nothing half-visible.
-type DirBlobs struct {
+// Dir is a fota.BlobStore in a folder.
+type Dir struct {
 	dir string
 
 	mu   sync.Mutex
 	open map[string]*fileBlob // cached read handles; blobs never change
 }
 
-// NewDirBlobs uses (and creates) dir, removing temporary files a crash left.
-func NewDirBlobs(dir string) (*DirBlobs, error) {
+// New uses (and creates) dir, removing temporary files a crash left.
+func New(dir string) (*Dir, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("blob folder: %w", err)
 	}
@@ -59,25 +35,16 @@ func NewDirBlobs(dir string) (*DirBlobs, error) {
 	for _, p := range stale {
 		os.Remove(p)
 	}
-	return &DirBlobs{dir: dir, open: map[string]*fileBlob{}}, nil
-}
-
-// ValidBlobKey reports whether key names a blob: a hex SHA-256.
-func ValidBlobKey(key string) bool {
-	if len(key) != 64 {
-		return false
-	}
-	_, err := hex.DecodeString(key)
-	return err == nil
+	return &Dir{dir: dir, open: map[string]*fileBlob{}}, nil
 }
 
 type tempFile struct {
 	f     *os.File
-	store *DirBlobs
+	store *Dir
 }
 
 // Create starts a temporary blob.
-func (d *DirBlobs) Create() (TempBlob, error) {
+func (d *Dir) Create() (fota.TempBlob, error) {
 	var name [8]byte
 	rand.Read(name[:])
 	f, err := os.OpenFile(filepath.Join(d.dir, "tmp", hex.EncodeToString(name[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -90,7 +57,7 @@ func (d *DirBlobs) Create() (TempBlob, error) {
 func (t *tempFile) Write(p []byte) (int, error) { return t.f.Write(p) }
 
 func (t *tempFile) Commit(key string) error {
-	if !ValidBlobKey(key) {
+	if !fota.ValidBlobKey(key) {
 		t.Abort()
 		return fmt.Errorf("commit blob: bad key %q", key)
 	}
@@ -123,8 +90,8 @@ type fileBlob struct {
 func (b *fileBlob) Size() int64 { return b.size }
 
 // Open returns a cached handle to a committed blob.
-func (d *DirBlobs) Open(key string) (Blob, error) {
-	if !ValidBlobKey(key) {
+func (d *Dir) Open(key string) (fota.Blob, error) {
+	if !fota.ValidBlobKey(key) {
 		return nil, fmt.Errorf("open blob %q: %w", key, fs.ErrNotExist)
 	}
 	d.mu.Lock()
@@ -147,8 +114,8 @@ func (d *DirBlobs) Open(key string) (Blob, error) {
 }
 
 // Remove deletes a blob and drops its cached handle.
-func (d *DirBlobs) Remove(key string) error {
-	if !ValidBlobKey(key) {
+func (d *Dir) Remove(key string) error {
+	if !fota.ValidBlobKey(key) {
 		return fmt.Errorf("remove blob %q: bad key", key)
 	}
 	d.mu.Lock()
@@ -164,7 +131,7 @@ func (d *DirBlobs) Remove(key string) error {
 }
 
 // Close releases cached handles.
-func (d *DirBlobs) Close() error {
+func (d *Dir) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for k, b := range d.open {
@@ -175,14 +142,14 @@ func (d *DirBlobs) Close() error {
 }
 
 // Keys lists blobs committed before cutoff, for sweeping orphans.
-func (d *DirBlobs) Keys(cutoff time.Time) ([]string, error) {
+func (d *Dir) Keys(cutoff time.Time) ([]string, error) {
 	entries, err := os.ReadDir(d.dir)
 	if err != nil {
 		return nil, fmt.Errorf("list blobs: %w", err)
 	}
 	var keys []string
 	for _, e := range entries {
-		if e.IsDir() || !ValidBlobKey(e.Name()) {
+		if e.IsDir() || !fota.ValidBlobKey(e.Name()) {
 			continue
 		}
 		if info, err := e.Info(); err == nil && info.ModTime().Before(cutoff) {
@@ -191,3 +158,5 @@ func (d *DirBlobs) Keys(cutoff time.Time) ([]string, error) {
 	}
 	return keys, nil
 }
+
+var _ fota.SweepableBlobs = (*Dir)(nil)

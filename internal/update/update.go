@@ -1,0 +1,471 @@
+// Package update is the update service: the one place where a device's
+// fate is decided and recorded. Both device APIs (internal/server's
+// ecowatt.go and native.go) are thin adapters over it; it knows nothing of
+// HTTP.
+//
+// Its rules, each here and nowhere else:
+//
+//   - API policy: a device is served only on the APIs its policy allows
+//     (native, ecowatt or both); anything else is EFORBIDDEN.
+//   - Trust: native requests are authenticated as the device; EcoWatt-API
+//     requests are not, so nothing they cause is permanent, and they never
+//     touch a native session or a native-capable device's recorded version
+//     or security counter. An authenticated rollback excludes a release
+//     for the device for good; an EcoWatt-API failure report backs it off
+//     for that device on that API (doubling from BackoffBase to BackoffMax).
+//   - Security counter: no release whose counter is below the device's
+//     (stored from authenticated confirmations, or reported by an
+//     authenticated check-in) is offered.
+//   - EcoWatt API: only releases the original firmware can take (a legacy
+//     RSA signature, chunks of at most MaxLegacyChunkSize); new sessions
+//     rate limited per device and overall; outcomes read from check-ins,
+//     since the original firmware reports none.
+package update
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/semver"
+)
+
+// MaxLegacyChunkSize is the largest chunk the original EcoWatt firmware can
+// take: it decodes a chunk into a buffer of 1,024 + 16 bytes.
+const MaxLegacyChunkSize = 1024
+
+// Defaults of Config.
+const (
+	DefaultBackoffBase = time.Hour
+	DefaultBackoffMax  = 24 * time.Hour
+	// DefaultNotAppliedGrace is how long after its last chunk an EcoWatt-API
+	// device may still check in with its old version before its session
+	// counts as not applied: time to verify, write and reboot.
+	DefaultNotAppliedGrace = 15 * time.Minute
+)
+
+// DefaultLegacyPerDevice lets one device open 3 EcoWatt-API sessions at
+// once and then one every 10 minutes: a device that really updates needs
+// one, and one that fails is backed off for an hour anyway.
+var DefaultLegacyPerDevice = Rate{Burst: 3, Every: 10 * time.Minute}
+
+// DefaultLegacyOverall lets a fleet of 2,000 start at once, then 20 new
+// EcoWatt-API sessions a second.
+var DefaultLegacyOverall = Rate{Burst: 2000, Every: 50 * time.Millisecond}
+
+// SessionCache is what a server keeps of sessions and devices in memory;
+// the service tells it when they change.
+type SessionCache interface {
+	// Flush writes what this replica holds of a session's progress, before
+	// its state changes, so history keeps its order.
+	Flush(ctx context.Context, sessionID string)
+	// Forget drops what is cached of a session after it changed.
+	Forget(sess *fota.Session)
+	// Opened notes a session this replica just opened.
+	Opened(sess *fota.Session)
+	// ForgetDevice drops what is cached of a device after it changed.
+	ForgetDevice(id string)
+}
+
+// Config configures a Service.
+type Config struct {
+	Store  fota.Store
+	Logger *slog.Logger
+	Now    func() time.Time // time.Now by default
+	// Decider picks the release; NewestRelease by default.
+	Decider Decider
+	// MaxSessions caps concurrently active update sessions (0: no cap).
+	MaxSessions int
+	// Cache is told of changes; none by default.
+	Cache SessionCache
+	// LegacyPerDevice and LegacyOverall bound how fast EcoWatt-API
+	// check-ins open sessions (DefaultLegacyPerDevice, DefaultLegacyOverall
+	// when zero).
+	LegacyPerDevice, LegacyOverall Rate
+	// BackoffBase and BackoffMax shape the backoff after an EcoWatt-API
+	// failure report (defaults above).
+	BackoffBase, BackoffMax time.Duration
+	// NotAppliedGrace: DefaultNotAppliedGrace when zero.
+	NotAppliedGrace time.Duration
+	// OnStateChange, if set, is called after each session state change
+	// (for metrics).
+	OnStateChange func(state, api string)
+}
+
+// Service is the update service.
+type Service struct {
+	store       fota.Store
+	log         *slog.Logger
+	now         func() time.Time
+	decider     Decider
+	maxSessions int
+	cache       SessionCache
+	limiter     *limiter
+	backoffBase time.Duration
+	backoffMax  time.Duration
+	grace       time.Duration
+	onChange    func(state, api string)
+}
+
+// New returns a Service for cfg.
+func New(cfg Config) *Service {
+	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, decider: cfg.Decider, maxSessions: cfg.MaxSessions, cache: cfg.Cache,
+		backoffBase: cfg.BackoffBase, backoffMax: cfg.BackoffMax, grace: cfg.NotAppliedGrace, onChange: cfg.OnStateChange}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.decider == nil {
+		s.decider = NewestRelease{Store: cfg.Store}
+	}
+	if s.cache == nil {
+		s.cache = noCache{}
+	}
+	if s.backoffBase <= 0 {
+		s.backoffBase = DefaultBackoffBase
+	}
+	if s.backoffMax <= 0 {
+		s.backoffMax = DefaultBackoffMax
+	}
+	if s.grace <= 0 {
+		s.grace = DefaultNotAppliedGrace
+	}
+	perDevice, overall := cfg.LegacyPerDevice, cfg.LegacyOverall
+	if perDevice.Burst <= 0 || perDevice.Every <= 0 {
+		perDevice = DefaultLegacyPerDevice
+	}
+	if overall.Burst <= 0 || overall.Every <= 0 {
+		overall = DefaultLegacyOverall
+	}
+	s.limiter = newLimiter(perDevice, overall)
+	return s
+}
+
+type noCache struct{}
+
+func (noCache) Flush(context.Context, string) {}
+func (noCache) Forget(*fota.Session)          {}
+func (noCache) Opened(*fota.Session)          {}
+func (noCache) ForgetDevice(string)           {}
+
+// Admit applies a device's API policy to a request on api: nil, or
+// EFORBIDDEN with what to do about it.
+func Admit(d *fota.Device, api string) error {
+	if d.Allows(api) {
+		return nil
+	}
+	if api == fota.APIEcoWatt {
+		return fota.Errorf(fota.EFORBIDDEN, "device %s is registered for the native API only, so the EcoWatt API (/ota/*) cannot act for it; "+
+			"if it runs the original EcoWatt firmware, an operator can allow it: fota device set --id %s --api ecowatt (or both)", d.ID, d.ID)
+	}
+	return fota.Errorf(fota.EFORBIDDEN, "device %s is registered for the EcoWatt API only; an operator can allow the native API: "+
+		"fota device set --id %s --api native (or both)", d.ID, d.ID)
+}
+
+// CheckIn is a device asking for an update.
+type CheckIn struct {
+	DeviceID string
+	// Device is the device as authentication just read it; nil to read it.
+	Device *fota.Device
+	// API is the API it came on. Native check-ins are authenticated.
+	API      string
+	Running  string // the version it runs
+	Hardware string // what it reports, "" if nothing
+	// SecurityCounter is what an authenticated device reports as its own.
+	SecurityCounter uint32
+}
+
+// Offer is an update a device should take, in a session.
+type Offer struct {
+	Release *fota.Release
+	Session *fota.Session
+}
+
+// Check decides whether the device gets an update: an Offer, or nil with
+// the reason it gets none.
+func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) {
+	if _, err := semver.Parse(c.Running); err != nil {
+		return nil, "", fota.Errorf(fota.EINVALID, "running version %q is not a semantic version like 1.0.4", truncate(c.Running, 40))
+	}
+	authenticated := c.API == fota.APINative
+	d := c.Device
+	if d == nil {
+		var err error
+		if d, err = s.store.Device(ctx, c.DeviceID); err != nil {
+			return nil, "", err
+		}
+	}
+	if err := s.admit(d, c.API); err != nil {
+		return nil, "", err
+	}
+	if c.Hardware != "" && c.Hardware != d.Hardware {
+		return nil, "", fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(c.Hardware, 32), d.Hardware)
+	}
+	now := s.now()
+	// A native-capable device's version is whatever it says when it
+	// proves who it is; an unauthenticated request only marks it seen.
+	seenVersion := c.Running
+	if !authenticated && d.NativeCapable() {
+		seenVersion = ""
+	}
+	if err := s.store.DeviceSeen(ctx, d.ID, seenVersion, now); err != nil {
+		return nil, "", err
+	}
+	active, err := s.store.ActiveSession(ctx, d.ID)
+	if err != nil && fota.ErrorCode(err) != fota.ENOTFOUND {
+		return nil, "", err
+	}
+	if !authenticated && active != nil && active.API == fota.APIEcoWatt {
+		// The original firmware reports no outcome: its check-ins tell it.
+		if active, err = s.legacyOutcome(ctx, d, active, c.Running, now); err != nil {
+			return nil, "", err
+		}
+	}
+	rel, why, err := s.decider.Decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
+	if err != nil || rel == nil {
+		return nil, why, err
+	}
+	floor := d.SecurityCounter
+	if authenticated {
+		floor = max(floor, c.SecurityCounter)
+	}
+	if rel.SecurityCounter < floor {
+		return nil, fmt.Sprintf("release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
+			rel.Version, rel.SecurityCounter, floor, floor), nil
+	}
+	if !authenticated {
+		if why := legacyServable(rel); why != "" {
+			return nil, why, nil
+		}
+	}
+	if active != nil && active.ReleaseID == rel.ID && active.API == c.API {
+		return &Offer{Release: rel, Session: active}, "", nil
+	}
+	if active != nil && !authenticated && active.API != fota.APIEcoWatt {
+		return nil, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it", active.ReleaseVersion), nil
+	}
+	if !authenticated {
+		if ok, wait := s.limiter.allow(d.ID, now); !ok {
+			s.log.Warn("EcoWatt-API session refused: rate limit", "device_id", d.ID, "retry_after", wait.Round(time.Second))
+			return nil, "", &fota.Error{Code: fota.ETOOMANY, RetryAfter: wait,
+				Message: fmt.Sprintf("too many update sessions opened for this device or server; check again in %s", wait.Round(time.Second)+time.Second)}
+		}
+	}
+	sess, err := s.open(ctx, d, rel, c.API, active)
+	if err != nil {
+		return nil, "", err
+	}
+	return &Offer{Release: rel, Session: sess}, "", nil
+}
+
+// legacyServable says why the original firmware cannot take rel, or "".
+func legacyServable(rel *fota.Release) string {
+	if rel.LegacySignature == nil {
+		return fmt.Sprintf("release %s is signed with %s and has no legacy RSA signature, so it is served only on the native API (/v1)",
+			rel.Version, rel.SignatureAlg)
+	}
+	if rel.ChunkSize > MaxLegacyChunkSize {
+		return fmt.Sprintf("release %s has %d-byte chunks and the original EcoWatt firmware takes at most %d, so it is served only on the native API (/v1)",
+			rel.Version, rel.ChunkSize, MaxLegacyChunkSize)
+	}
+	return ""
+}
+
+// LegacyServable reports whether the original EcoWatt firmware can take
+// rel, and if not, why.
+func LegacyServable(rel *fota.Release) (bool, string) {
+	why := legacyServable(rel)
+	return why == "", why
+}
+
+// legacyOutcome reads an outcome from an EcoWatt-API check-in: running the
+// session's target confirms it; still running something else once every
+// chunk was served and the grace has passed means it was not applied. It
+// returns the session if it is still active, else nil.
+func (s *Service) legacyOutcome(ctx context.Context, d *fota.Device, sess *fota.Session, running string, now time.Time) (*fota.Session, error) {
+	if running == sess.ReleaseVersion {
+		err := s.setState(ctx, d, sess, fota.StateChange{State: fota.SessionConfirmed, Reason: "device checked in running " + running,
+			RecordVersion: !d.NativeCapable()})
+		return nil, goneIsDone(err)
+	}
+	s.cache.Flush(ctx, sess.ID) // progress this replica holds
+	fresh, err := s.store.Session(ctx, sess.ID)
+	if err != nil {
+		return nil, err
+	}
+	if !fota.SessionActive(fresh.State) {
+		return nil, nil
+	}
+	if fresh.NextChunk < fresh.TotalChunks || now.Sub(fresh.Updated) < s.grace {
+		return fresh, nil
+	}
+	ch := fota.StateChange{State: fota.SessionNotApplied,
+		Reason: fmt.Sprintf("device still checks in running %s %s after the last chunk was served", truncate(running, 40), now.Sub(fresh.Updated).Round(time.Minute))}
+	if ch.Backoff, err = s.backoff(ctx, d, fresh, now); err != nil {
+		return nil, err
+	}
+	return nil, goneIsDone(s.setState(ctx, d, fresh, ch))
+}
+
+// goneIsDone treats a session that ended meanwhile (another replica, a
+// concurrent request) as done.
+func goneIsDone(err error) error {
+	if fota.ErrorCode(err) == fota.EGONE {
+		return nil
+	}
+	return err
+}
+
+// backoff is the backoff an unauthenticated failure of sess earns: the
+// previous one's duration doubled, from backoffBase up to backoffMax.
+// Backoffs bind only the EcoWatt API (NewestRelease), so a forged report
+// holds nothing back from a device's native updates.
+func (s *Service) backoff(ctx context.Context, d *fota.Device, sess *fota.Session, now time.Time) (*fota.Backoff, error) {
+	prev, err := s.store.Backoffs(ctx, d.ID)
+	if err != nil {
+		return nil, err
+	}
+	failures := 1
+	for _, b := range prev {
+		if b.ReleaseID == sess.ReleaseID {
+			failures = b.Failures + 1
+		}
+	}
+	wait := s.backoffBase
+	for i := 1; i < failures && wait < s.backoffMax; i++ {
+		wait *= 2
+	}
+	wait = min(wait, s.backoffMax)
+	return &fota.Backoff{DeviceID: d.ID, ReleaseID: sess.ReleaseID, ReleaseVersion: sess.ReleaseVersion, Failures: failures, Until: now.Add(wait)}, nil
+}
+
+// open opens a session for rel, ending the device's active one.
+func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, api string, active *fota.Session) (*fota.Session, error) {
+	id, err := newSessionID()
+	if err != nil {
+		return nil, err
+	}
+	sess := &fota.Session{ID: id, DeviceID: d.ID, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api, TotalChunks: rel.Chunks()}
+	if err := s.store.OpenSession(ctx, sess, s.maxSessions); err != nil {
+		return nil, err
+	}
+	if active != nil {
+		s.cache.Flush(ctx, active.ID)
+		s.cache.Forget(active)
+	}
+	s.cache.Forget(sess)
+	s.cache.Opened(sess)
+	s.log.Info("session opened", "device_id", d.ID, "session_id", id, "release_version", rel.Version, "api", api)
+	return sess, nil
+}
+
+// Report is a device's report of how its update went.
+type Report struct {
+	// Session is the session reported on; the adapter found it by the
+	// device it authenticated (native) or named (EcoWatt).
+	Session *fota.Session
+	// API is the API the report came on. Native reports are authenticated.
+	API    string
+	State  string // a session state
+	Reason string
+}
+
+// Report records a device's report.
+func (s *Service) Report(ctx context.Context, r Report) error {
+	sess := r.Session
+	authenticated := r.API == fota.APINative
+	if sess.API != r.API {
+		// Never reachable through the adapters, which look sessions up by
+		// API; kept here because it is the rule.
+		return fota.Errorf(fota.ENOTFOUND, "device %q has no open session on this API", sess.DeviceID)
+	}
+	d, err := s.store.Device(ctx, sess.DeviceID)
+	if err != nil {
+		return err
+	}
+	if err := s.admit(d, r.API); err != nil {
+		return err
+	}
+	ch := fota.StateChange{State: r.State, Reason: r.Reason}
+	switch {
+	case r.State == fota.SessionConfirmed && authenticated:
+		ch.RecordVersion, ch.RecordCounter = true, true
+	case r.State == fota.SessionConfirmed:
+		ch.RecordVersion = !d.NativeCapable()
+	case !authenticated && (r.State == fota.SessionRolledBack || r.State == fota.SessionFailed):
+		if ch.Backoff, err = s.backoff(ctx, d, sess, s.now()); err != nil {
+			return err
+		}
+		ch.Reason += fmt.Sprintf("; release held back from this device on the EcoWatt API until %s", ch.Backoff.Until.UTC().Format(time.RFC3339))
+	}
+	return s.setState(ctx, d, sess, ch)
+}
+
+// setState applies a state change, keeping the cache in step.
+func (s *Service) setState(ctx context.Context, d *fota.Device, sess *fota.Session, ch fota.StateChange) error {
+	s.cache.Flush(ctx, sess.ID)
+	err := s.store.SetSessionState(ctx, sess.ID, ch)
+	s.cache.Forget(sess)
+	if err == nil {
+		if s.onChange != nil {
+			s.onChange(ch.State, sess.API)
+		}
+		s.log.Info("update "+ch.State, "device_id", d.ID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "api", sess.API)
+	}
+	return err
+}
+
+// admit is Admit, logged when it refuses.
+func (s *Service) admit(d *fota.Device, api string) error {
+	err := Admit(d, api)
+	if err != nil {
+		s.log.Warn("request refused by the device's API policy", "device_id", d.ID, "api", api, "policy", d.API)
+	}
+	return err
+}
+
+// SetAPIPolicy changes a device's API policy; its sessions on an API the
+// policy no longer allows end at once.
+func (s *Service) SetAPIPolicy(ctx context.Context, id, policy string) error {
+	ended, err := s.store.SetDeviceAPI(ctx, id, policy)
+	if err != nil {
+		return err
+	}
+	for _, sess := range ended {
+		s.cache.Forget(sess)
+	}
+	s.cache.ForgetDevice(id)
+	s.log.Info("API policy changed", "device_id", id, "policy", policy, "sessions_ended", len(ended))
+	return nil
+}
+
+// ClearBackoffs offers a device's held-back releases again.
+func (s *Service) ClearBackoffs(ctx context.Context, id string) (int, error) {
+	n, err := s.store.ClearBackoffs(ctx, id)
+	if err == nil {
+		s.log.Info("backoffs cleared", "device_id", id, "count", n)
+	}
+	return n, err
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// newSessionID returns 128 random bits in hex.
+func newSessionID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("make session id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}

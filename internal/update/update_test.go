@@ -1,0 +1,371 @@
+package update_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/internal/storetest"
+	"github.com/ecowatt/fota/internal/update"
+)
+
+// harness is the update service on a real SQLite store with a clock the
+// test moves.
+type harness struct {
+	t     *testing.T
+	ctx   context.Context
+	store *sqlite.Store
+	clock *storetest.Clock
+	svc   *update.Service
+}
+
+func newHarness(t *testing.T, cfg update.Config) *harness {
+	t.Helper()
+	store, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "fota.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	clock := storetest.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	store.SetClock(clock.Now)
+	cfg.Store, cfg.Now = store, clock.Now
+	return &harness{t: t, ctx: context.Background(), store: store, clock: clock, svc: update.New(cfg)}
+}
+
+func (h *harness) release(version string, edit func(*fota.Release)) *fota.Release {
+	h.t.Helper()
+	r := storetest.NewRelease("esp32", version)
+	if edit != nil {
+		edit(r)
+	}
+	if err := h.store.CreateRelease(h.ctx, r); err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
+func (h *harness) device(id, api string) {
+	h.t.Helper()
+	d := storetest.NewDevice(id)
+	d.API = api
+	if err := h.store.CreateDevice(h.ctx, d); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// check checks in and wants no error.
+func (h *harness) check(id, api, running string) (*update.Offer, string) {
+	h.t.Helper()
+	offer, why, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: id, API: api, Running: running})
+	if err != nil {
+		h.t.Fatalf("%s checks in on %s running %s: %v", id, api, running, err)
+	}
+	return offer, why
+}
+
+func (h *harness) wantOffer(id, api, running, version string) *update.Offer {
+	h.t.Helper()
+	offer, why := h.check(id, api, running)
+	if offer == nil || offer.Release.Version != version {
+		h.t.Fatalf("%s on %s running %s: offered %v (%s), want %s", id, api, running, offer, why, version)
+	}
+	return offer
+}
+
+func (h *harness) wantNoOffer(id, api, running, because string) {
+	h.t.Helper()
+	offer, why := h.check(id, api, running)
+	if offer != nil {
+		h.t.Fatalf("%s on %s running %s: offered %s, want none", id, api, running, offer.Release.Version)
+	}
+	if !strings.Contains(why, because) {
+		h.t.Fatalf("%s on %s: no offer because %q, want it to say %q", id, api, why, because)
+	}
+}
+
+func (h *harness) report(sess *fota.Session, api, state string) error {
+	return h.svc.Report(h.ctx, update.Report{Session: sess, API: api, State: state, Reason: "test"})
+}
+
+func (h *harness) deviceNow(id string) *fota.Device {
+	h.t.Helper()
+	d, err := h.store.Device(h.ctx, id)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d
+}
+
+func wantCode(t *testing.T, err error, code string) {
+	t.Helper()
+	if got := fota.ErrorCode(err); got != code {
+		t.Fatalf("error %v has code %q, want %q", err, got, code)
+	}
+}
+
+// The attack reproduced against the old server: an unauthenticated
+// /ota/check then /ota/complete {"boot_status":"failed"} with only a
+// native device's id excluded the release from it for good.
+func TestForgedFailureAgainstNativeDevice(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APINative)
+
+	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "d1", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.EFORBIDDEN)
+	if !strings.Contains(fota.ErrorMessage(err), "fota device set --id d1 --api") {
+		t.Fatalf("refusal does not say what to do: %v", err)
+	}
+	// Its native session cannot be reported on over the EcoWatt API either.
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	wantCode(t, h.report(offer.Session, fota.APIEcoWatt, fota.SessionRolledBack), fota.ENOTFOUND)
+	if sess, _ := h.store.Session(h.ctx, offer.Session.ID); sess.State != fota.SessionOpen {
+		t.Fatalf("native session is %s after a forged report", sess.State)
+	}
+	if rejected, _ := h.store.RejectedReleases(h.ctx, "d1"); len(rejected) != 0 {
+		t.Fatalf("forged report rejected %v", rejected)
+	}
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+}
+
+// A device allowed both APIs: EcoWatt-API requests reach it, but cannot
+// end its native session, change its recorded version, or hold a native
+// update back.
+func TestEcoWattRequestsCannotTouchNativeSideOfBothDevice(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APIBoth)
+
+	native := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	// (a) An EcoWatt check-in does not replace the native session.
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "in progress on the native API")
+	if sess, _ := h.store.Session(h.ctx, native.Session.ID); sess.State != fota.SessionOpen {
+		t.Fatalf("native session is %s after an EcoWatt check-in", sess.State)
+	}
+	// (c) A relabelled check-in does not change the recorded version.
+	h.wantNoOffer("d1", fota.APIEcoWatt, "9.9.9", "")
+	if d := h.deviceNow("d1"); d.Version != "1.0.3" {
+		t.Fatalf("unauthenticated check-in recorded version %s", d.Version)
+	}
+	// The authenticated device ends its own session; then an EcoWatt
+	// session opens, fails by an unauthenticated report, and (b) holds the
+	// release back on the EcoWatt API only.
+	if err := h.report(native.Session, fota.APINative, fota.SessionFailed); err != nil {
+		t.Fatal(err)
+	}
+	legacy := h.wantOffer("d1", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	if err := h.report(legacy.Session, fota.APIEcoWatt, fota.SessionRolledBack); err != nil {
+		t.Fatal(err)
+	}
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "held back until")
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	if d := h.deviceNow("d1"); d.Version != "1.0.3" {
+		t.Fatalf("version %s", d.Version)
+	}
+}
+
+// An ecowatt device's reported failure backs the release off, doubling
+// from an hour to a day, never for good; an operator can clear it.
+func TestEcoWattFailureBacksOffNotForever(t *testing.T) {
+	h := newHarness(t, update.Config{LegacyPerDevice: update.Rate{Burst: 100, Every: time.Second}})
+	h.release("1.0.4", nil)
+	h.device("legacy", fota.APIEcoWatt)
+
+	wantWaits := []time.Duration{time.Hour, 2 * time.Hour, 4 * time.Hour, 8 * time.Hour, 16 * time.Hour, 24 * time.Hour, 24 * time.Hour}
+	for i, wait := range wantWaits {
+		offer := h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+		state := fota.SessionRolledBack
+		if i%2 == 1 {
+			state = fota.SessionFailed // /ota/verify {"verified": false}
+		}
+		if err := h.report(offer.Session, fota.APIEcoWatt, state); err != nil {
+			t.Fatal(err)
+		}
+		h.wantNoOffer("legacy", fota.APIEcoWatt, "1.0.3", "held back until")
+		h.clock.Advance(wait - time.Minute)
+		h.wantNoOffer("legacy", fota.APIEcoWatt, "1.0.3", "held back until")
+		h.clock.Advance(time.Minute)
+	}
+	if rejected, _ := h.store.RejectedReleases(h.ctx, "legacy"); len(rejected) != 0 {
+		t.Fatalf("unauthenticated failures rejected %v for good", rejected)
+	}
+	offer := h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionRolledBack); err != nil {
+		t.Fatal(err)
+	}
+	h.wantNoOffer("legacy", fota.APIEcoWatt, "1.0.3", "held back until")
+	if n, err := h.svc.ClearBackoffs(h.ctx, "legacy"); err != nil || n != 1 {
+		t.Fatalf("clear: %d, %v", n, err)
+	}
+	h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+}
+
+// Only an authenticated rollback excludes a release for good.
+func TestAuthenticatedRollbackExcludesForGood(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APINative)
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	if err := h.report(offer.Session, fota.APINative, fota.SessionRolledBack); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(30 * 24 * time.Hour)
+	h.wantNoOffer("d1", fota.APINative, "1.0.3", "rolled back from")
+	h.release("1.0.5", nil)
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.5")
+}
+
+// The original firmware reports no outcome: its check-ins do.
+func TestLegacyOutcomesFromCheckIns(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	r := h.release("1.0.4", nil)
+	h.device("good", fota.APIEcoWatt)
+	h.device("stuck", fota.APIEcoWatt)
+
+	// Checking in running the target confirms the session.
+	good := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "the newest release")
+	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionConfirmed {
+		t.Fatalf("session after checking in on the target: %s", sess.State)
+	}
+	if d := h.deviceNow("good"); d.Version != "1.0.4" || d.SecurityCounter != 0 {
+		t.Fatalf("confirmed ecowatt device: version %s counter %d; want 1.0.4 and the counter untouched", d.Version, d.SecurityCounter)
+	}
+
+	// Still on the old version: resumed while chunks remain, and within
+	// the grace after the last one; then not applied, and backed off.
+	stuck := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.clock.Advance(time.Hour)
+	if again := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != stuck.Session.ID {
+		t.Fatal("a device with chunks left did not resume its session")
+	}
+	if err := h.store.RecordProgress(h.ctx, []fota.Progress{{SessionID: stuck.Session.ID, Next: r.Chunks()}}); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(update.DefaultNotAppliedGrace - time.Minute)
+	if again := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != stuck.Session.ID {
+		t.Fatal("within the grace the session was not resumed")
+	}
+	h.clock.Advance(2 * time.Minute)
+	h.wantNoOffer("stuck", fota.APIEcoWatt, "1.0.3", "held back until")
+	sess, _ := h.store.Session(h.ctx, stuck.Session.ID)
+	if sess.State != fota.SessionNotApplied || !strings.Contains(sess.Reason, "still checks in running 1.0.3") {
+		t.Fatalf("session %s (%s), want %s", sess.State, sess.Reason, fota.SessionNotApplied)
+	}
+}
+
+// A loop of check/complete from one client cannot grow the database
+// without bound: new sessions are rate limited per device and overall.
+func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
+	h := newHarness(t, update.Config{LegacyPerDevice: update.Rate{Burst: 3, Every: 10 * time.Minute},
+		LegacyOverall: update.Rate{Burst: 5, Every: time.Second}})
+	h.release("1.0.4", nil)
+	for i := range 4 {
+		h.device(fmt.Sprintf("legacy%d", i), fota.APIEcoWatt)
+	}
+	opened := 0
+	var limited error
+	for range 50 {
+		// check, then "complete success" without ever running 1.0.4: the
+		// next check reports 1.0.3 again and wants a new session.
+		offer, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy0", API: fota.APIEcoWatt, Running: "1.0.3"})
+		if err != nil {
+			limited = err
+			break
+		}
+		opened++
+		if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionConfirmed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if opened != 3 {
+		t.Fatalf("one device opened %d sessions in a burst, want 3", opened)
+	}
+	wantCode(t, limited, fota.ETOOMANY)
+	var fe *fota.Error
+	if !errorsAs(limited, &fe) || fe.RetryAfter <= 0 || fe.RetryAfter > 10*time.Minute {
+		t.Fatalf("refusal %v has RetryAfter %v", limited, fe.RetryAfter)
+	}
+	// Resuming an open session is never limited.
+	first := h.wantOffer("legacy1", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	for range 10 {
+		if again := h.wantOffer("legacy1", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != first.Session.ID {
+			t.Fatal("resume opened a new session")
+		}
+	}
+	// The overall bucket (5) is now spent by legacy0's 3 and legacy1's 1.
+	h.wantOffer("legacy2", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy3", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.ETOOMANY)
+	// Time refills both.
+	h.clock.Advance(10 * time.Minute)
+	h.wantOffer("legacy3", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.wantOffer("legacy0", fota.APIEcoWatt, "1.0.3", "1.0.4")
+}
+
+func errorsAs(err error, target **fota.Error) bool {
+	e, ok := err.(*fota.Error)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+// The security-counter rule holds on both APIs: a release below the
+// counter an authenticated confirmation stored is never offered.
+func TestSecurityCounterOnBothAPIs(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("2.0.0", func(r *fota.Release) { r.SecurityCounter = 5 })
+	h.device("d1", fota.APIBoth)
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "2.0.0")
+	if err := h.report(offer.Session, fota.APINative, fota.SessionConfirmed); err != nil {
+		t.Fatal(err)
+	}
+	if d := h.deviceNow("d1"); d.SecurityCounter != 5 || d.Version != "2.0.0" {
+		t.Fatalf("after an authenticated confirmation: %+v", d)
+	}
+	h.release("2.1.0", func(r *fota.Release) { r.SecurityCounter = 3 })
+	h.wantNoOffer("d1", fota.APIEcoWatt, "2.0.0", "below the device's 5")
+	h.wantNoOffer("d1", fota.APINative, "2.0.0", "below the device's 5")
+	// A native check-in's own counter counts too.
+	h.device("d2", fota.APINative)
+	_, why, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "d2", API: fota.APINative, Running: "1.0.3", SecurityCounter: 7})
+	if err != nil || !strings.Contains(why, "below the device's 7") {
+		t.Fatalf("reported counter 7: %q, %v", why, err)
+	}
+}
+
+// The original firmware decodes chunks into 1,024 + 16 bytes and checks
+// only the legacy RSA signature: releases it cannot take stay native-only.
+func TestEcoWattOffersOnlyWhatTheOriginalFirmwareTakes(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", func(r *fota.Release) { r.ChunkSize, r.CiphertextSize = 4096, 8192 })
+	h.device("d1", fota.APIBoth)
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "4096-byte chunks")
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	h.release("1.0.5", func(r *fota.Release) { r.LegacySignature, r.SignatureAlg = nil, "ed25519" })
+	h.device("d2", fota.APIEcoWatt)
+	h.wantNoOffer("d2", fota.APIEcoWatt, "1.0.3", "no legacy RSA signature")
+}
+
+// Narrowing a device's policy ends its sessions on the API it loses.
+func TestNarrowingPolicyEndsSessions(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APIEcoWatt)
+	offer := h.wantOffer("d1", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	if err := h.svc.SetAPIPolicy(h.ctx, "d1", fota.APINative); err != nil {
+		t.Fatal(err)
+	}
+	if sess, _ := h.store.Session(h.ctx, offer.Session.ID); sess.State != fota.SessionAbandoned {
+		t.Fatalf("session %s after narrowing the policy", sess.State)
+	}
+	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "d1", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.EFORBIDDEN)
+	wantCode(t, h.svc.SetAPIPolicy(h.ctx, "d1", "both-and-more"), fota.EINVALID)
+}

@@ -1,0 +1,137 @@
+package fota
+
+import (
+	"context"
+	"time"
+)
+
+// Durability. Every store method is atomic: a crash leaves all of its
+// writes or none. Beyond that each method's doc says which of two promises
+// it keeps:
+//
+//   - Durable: the commit is on disk (fsynced; PostgreSQL: WAL flushed)
+//     before the method returns. An operating-system crash or power loss
+//     afterwards loses nothing. Everything an operator does is durable.
+//   - Fast: committed, so a crash of the server process loses nothing, but
+//     an operating-system crash or power loss may lose the last moments of
+//     it (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off);
+//     never a half write. What devices cause is fast: they redo it (check
+//     again, resume from their own progress, report again).
+
+// ReleaseStore keeps published releases.
+type ReleaseStore interface {
+	// CreateRelease stores r (ID and Published are set) and its published
+	// event. Durable. Errors: ECONFLICT if r.Hardware and r.Version exist.
+	CreateRelease(ctx context.Context, r *Release) error
+	// Release returns a release by id. Errors: ENOTFOUND.
+	Release(ctx context.Context, id int64) (*Release, error)
+	// ReleaseByVersion returns a release. Errors: ENOTFOUND.
+	ReleaseByVersion(ctx context.Context, hardware, version string) (*Release, error)
+	// Releases lists releases, oldest first; hardware "" lists all.
+	Releases(ctx context.Context, hardware string) ([]*Release, error)
+	// DeleteRelease removes a release and records it. Durable. Errors:
+	// ENOTFOUND; ECONFLICT while an active session uses it.
+	DeleteRelease(ctx context.Context, id int64) error
+	// BlobInUse reports whether any release refers to the blob key.
+	BlobInUse(ctx context.Context, key string) (bool, error)
+}
+
+// DeviceStore keeps registered devices and what holds releases back from
+// them.
+type DeviceStore interface {
+	// CreateDevice stores d (Created is set; API "" is stored as
+	// APINative) and its device-added event. Durable. Errors: ECONFLICT if
+	// the id exists.
+	CreateDevice(ctx context.Context, d *Device) error
+	// Device returns a device. Errors: ENOTFOUND.
+	Device(ctx context.Context, id string) (*Device, error)
+	// Devices lists devices by id.
+	Devices(ctx context.Context) ([]*Device, error)
+	// DeviceSeen records that a device made a request, reporting version
+	// ("" keeps the stored one). Fast. Errors: ENOTFOUND.
+	DeviceSeen(ctx context.Context, id, version string, at time.Time) error
+	// PinDevice pins a device to a release version ("" unpins) and records
+	// it. Durable. Errors: ENOTFOUND.
+	PinDevice(ctx context.Context, id, version string) error
+	// SetDeviceAPI sets a device's API policy and records it; its active
+	// sessions on an API the policy no longer allows are abandoned, and
+	// returned. Durable. Errors: ENOTFOUND; EINVALID for an unknown policy.
+	SetDeviceAPI(ctx context.Context, id, policy string) ([]*Session, error)
+	// RejectedReleases lists the ids of releases the device rolled back
+	// from in an authenticated (native API) session: those are never
+	// offered to it again. EcoWatt-API rollbacks earn a Backoff instead.
+	RejectedReleases(ctx context.Context, deviceID string) ([]int64, error)
+	// Backoffs lists the device's backoffs, expired ones included (their
+	// Failures count the doubling), by release id.
+	Backoffs(ctx context.Context, deviceID string) ([]*Backoff, error)
+	// ClearBackoffs deletes the device's backoffs and records it, so its
+	// held-back releases are offered at its next check. Durable. Returns
+	// how many there were. Errors: ENOTFOUND for an unknown device.
+	ClearBackoffs(ctx context.Context, deviceID string) (int, error)
+}
+
+// SessionStore keeps update sessions.
+type SessionStore interface {
+	// OpenSession stores s (Created, Updated set) after ending any other
+	// active session of the device as abandoned, with events. Fast.
+	// Errors: EUNAVAILABLE if maxActive > 0 active sessions exist already.
+	OpenSession(ctx context.Context, s *Session, maxActive int) error
+	// Session returns a session. Errors: ENOTFOUND.
+	Session(ctx context.Context, id string) (*Session, error)
+	// ActiveSession returns the device's active session. Errors: ENOTFOUND.
+	ActiveSession(ctx context.Context, deviceID string) (*Session, error)
+	// ActiveSessions lists active sessions, newest first.
+	ActiveSessions(ctx context.Context) ([]*Session, error)
+	// RecordProgress applies a batch of progress in one transaction: each
+	// session's NextChunk is raised to Next (never lowered, so concurrent or
+	// repeated batches are safe; capped at the total) and Bytes added, with
+	// a progress event for each quarter mark crossed. Sessions that have
+	// ended or do not exist are skipped: progress is advisory. Fast.
+	RecordProgress(ctx context.Context, batch []Progress) error
+	// SetSessionState applies ch to an active session: its state and
+	// reason, the matching event, and ch's device changes. Fast. Errors:
+	// ENOTFOUND; EGONE if the session is not active; EINVALID for a state
+	// no session can be moved to.
+	SetSessionState(ctx context.Context, id string, ch StateChange) error
+}
+
+// EventStore keeps the history.
+type EventStore interface {
+	// Events lists events, newest first.
+	Events(ctx context.Context, f EventFilter) ([]*Event, error)
+	// AddEvent records an event that has no other state change. Durable.
+	AddEvent(ctx context.Context, e *Event) error
+}
+
+// TokenStore keeps admin tokens, hashed.
+type TokenStore interface {
+	// CreateToken stores a token hash. Durable. Errors: ECONFLICT on a
+	// duplicate hash.
+	CreateToken(ctx context.Context, t *Token) error
+	// TokenByHash finds a token. Errors: ENOTFOUND.
+	TokenByHash(ctx context.Context, hash [32]byte) (*Token, error)
+	// CountTokens returns how many tokens exist.
+	CountTokens(ctx context.Context) (int, error)
+}
+
+// NonceStore remembers device request nonces, against replays.
+type NonceStore interface {
+	// UseNonce records a device request nonce until expires. Fast: a nonce
+	// lost to a power cut belongs to a request whose timestamp is refused
+	// anyway once the server is back, unless it restarts within the clock
+	// skew window. Errors: ECONFLICT if the device used it already.
+	UseNonce(ctx context.Context, deviceID, nonce string, expires time.Time) error
+	// PurgeNonces deletes nonces that expired before t. Fast.
+	PurgeNonces(ctx context.Context, t time.Time) error
+}
+
+// Store is everything the server keeps, one interface per entity.
+type Store interface {
+	ReleaseStore
+	DeviceStore
+	SessionStore
+	EventStore
+	TokenStore
+	NonceStore
+	Close() error
+}
