@@ -62,7 +62,7 @@ extern const char* HMAC_PSK;
 func CheckEcoWattKey(pub *PublicKey) error {
 	k, ok := pub.key.(*rsa.PublicKey)
 	if !ok {
-		return fmt.Errorf("%w: the original EcoWatt firmware verifies RSA-2048 signatures only, and signing key %s is %s (make an RSA key with: fota keys init --alg rsa-2048)", ErrUnsupportedKey, pub.ID(), pub.Alg())
+		return fmt.Errorf("%w: the original EcoWatt firmware verifies RSA-2048 signatures only, and signing key %s is %s", ErrUnsupportedKey, pub.ID(), pub.Alg())
 	}
 	if bits := k.N.BitLen(); bits != ecoWattRSABits {
 		return fmt.Errorf("%w: the original EcoWatt firmware verifies RSA-2048 signatures only, and signing key %s has %d bits", ErrUnsupportedKey, pub.ID(), bits)
