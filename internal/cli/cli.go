@@ -65,7 +65,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"demo", "run the whole system on this machine: server, devices, an update and a rollback", runDemo},
-		{"keys", "make signing and firmware keys and the keys.h device header", runKeys},
+		{"keys", "make signing and firmware keys, and key files for device builds", runKeys},
 		{"release", "build, verify and inspect release bundles", runRelease},
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
 		{"serve", "run the update server", runServe},
