@@ -111,7 +111,7 @@ func printJSON(e *env, v any) error {
 const deviceUsage = `Usage:
   fota device add     --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
                       [--api native|ecowatt|both] [--keys-h dev_keys.h --keys keys]
-                      [--security-counter N] [--force]
+                      [--ecowatt-keys PROJECT --keys keys] [--security-counter N] [--force]
   fota device list    [--json]
   fota device show    --id ID
   fota device set     --id ID --api native|ecowatt|both
@@ -123,7 +123,10 @@ add registers a device with a new random key and writes it, once, to a
 credentials file (device id, key, server URL; mode 0600) and, with --keys-h,
 to a C header for the ESP32 build holding DEVICE_ID, HMAC_PSK,
 SERVER_PUBLIC_KEY and AES_FIRMWARE_KEY (from --keys; the server never has
-the firmware key).
+the firmware key). With --ecowatt-keys PROJECT it writes the original EcoWatt
+firmware project's include/application/keys.h and src/application/keys.cpp
+(extern declarations and their definitions, as that project has them), so
+the firmware builds unchanged; such a device's --api defaults to ecowatt.
 
 --api is the device's API policy: which device APIs may act for it.
 native (the default) is the authenticated API; ecowatt is the original
@@ -140,7 +143,8 @@ run runs a simulated EcoWatt device ('fota device run --help').
 Examples:
   fota device add --id ESP32_EcoWatt_Smart --hardware esp32 --version 1.0.3 \
                   --credentials dev.json --keys-h dev_keys.h --keys keys
-  fota device add --id legacy-1 --hardware esp32 --version 1.0.3 --api ecowatt --credentials legacy-1.json
+  fota device add --id legacy-1 --hardware esp32 --version 1.0.3 --credentials legacy-1.json \
+                  --ecowatt-keys ../EcoWatt --keys keys
   fota device set --id legacy-1 --api both
   fota device assign --id ESP32_EcoWatt_Smart --version 1.0.4
 `
@@ -167,7 +171,9 @@ func runDeviceAdd(e *env, args []string) error {
 	hardware := fs.String("hardware", "", "hardware, e.g. esp32")
 	version := fs.String("version", "", "firmware version the device runs now")
 	counter := fs.Uint("security-counter", 0, "security counter the device stores now")
-	api := fs.String("api", "native", "API policy: native, ecowatt (the original EcoWatt firmware) or both")
+	api := fs.String("api", "native", "API policy: native, ecowatt (the original EcoWatt firmware; the default with --ecowatt-keys) or both")
+	ecowattDir := fs.String("ecowatt-keys", "", "write the device's keys into the original EcoWatt firmware project at DIR "+
+		"(include/application/keys.h, src/application/keys.cpp; needs --keys)")
 	credPath := fs.String("credentials", "", "write the device's credentials JSON here (mode 0600)")
 	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
 	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h")
@@ -182,14 +188,23 @@ func runDeviceAdd(e *env, args []string) error {
 	if *id == "" || *hardware == "" || *version == "" {
 		return &usageError{msg: "--id, --hardware and --version are required", hint: "fota device add --id dev1 --hardware esp32 --version 1.0.3 --credentials dev1.json"}
 	}
+	apiSet := false
+	fs.Visit(func(f *flag.Flag) { apiSet = apiSet || f.Name == "api" })
+	if *ecowattDir != "" && !apiSet {
+		*api = fota.APIEcoWatt // the original firmware speaks only the EcoWatt API
+	}
 	if !fota.ValidAPIPolicy(*api) {
 		return usagef("--api %q: want native, ecowatt or both", *api)
 	}
-	if *credPath == "" && *headerPath == "" {
-		return &usageError{msg: "the device key is shown only once: give --credentials and/or --keys-h to keep it"}
+	if *ecowattDir != "" && *api == fota.APINative {
+		return &usageError{msg: "--ecowatt-keys is for the original EcoWatt firmware, which speaks only the EcoWatt API; --api native would refuse it",
+			hint: "leave out --api, or give --api ecowatt or both"}
 	}
-	if *headerPath != "" && *keyDir == "" {
-		return &usageError{msg: "--keys-h needs --keys DIR", hint: "the header embeds DIR/signing.pub and DIR/firmware.key"}
+	if *credPath == "" && *headerPath == "" && *ecowattDir == "" {
+		return &usageError{msg: "the device key is shown only once: give --credentials, --keys-h and/or --ecowatt-keys to keep it"}
+	}
+	if (*headerPath != "" || *ecowattDir != "") && *keyDir == "" {
+		return &usageError{msg: "--keys-h and --ecowatt-keys need --keys DIR", hint: "the key files embed DIR/signing.pub and DIR/firmware.key"}
 	}
 	// Check every output before the device exists: its key cannot be shown again.
 	for _, p := range []string{*credPath, *headerPath} {
@@ -201,6 +216,12 @@ func runDeviceAdd(e *env, args []string) error {
 		}
 		if _, err := os.Stat(filepath.Dir(p)); err != nil {
 			return fmt.Errorf("cannot write %s: %w", p, err)
+		}
+	}
+	var ecowatt *ecoWattExport
+	if *ecowattDir != "" {
+		if ecowatt, err = prepareEcoWattKeys(e, *ecowattDir, *keyDir, *force); err != nil {
+			return err
 		}
 	}
 	var pub *keys.PublicKey
@@ -239,6 +260,21 @@ func runDeviceAdd(e *env, args []string) error {
 			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
 		}
 		fmt.Fprintf(e.stdout, "wrote %s\n", *headerPath)
+	}
+	if ecowatt != nil {
+		psk, err := protocol.ParsePSK(d.PSK)
+		if err != nil {
+			return fmt.Errorf("add device %s: the server answered a malformed key: %w", d.ID, err)
+		}
+		paths, err := ecowatt.write(psk)
+		for _, p := range paths {
+			fmt.Fprintf(e.stdout, "wrote %s\n", p)
+		}
+		if err != nil {
+			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
+		}
+		fmt.Fprintf(e.stdout, "set DEVICE_ID %q and FLASK_SERVER_URL %q in %s\n", d.ID, *server,
+			filepath.Join(*ecowattDir, "include", "application", "credentials.h"))
 	}
 	fmt.Fprintf(e.stdout, "added device %s (%s, running %s, API %s)\n", d.ID, d.Hardware, d.Version, d.API)
 	return nil

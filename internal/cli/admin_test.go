@@ -42,7 +42,7 @@ func TestDeviceAddOutputs(t *testing.T) {
 	cred := filepath.Join(dir, "dev.json")
 	header := filepath.Join(dir, "dev_keys.h")
 	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3").expect(t, 2, "", "shown only once")
-	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", header).expect(t, 2, "", "--keys-h needs --keys")
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", header).expect(t, 2, "", "--keys-h and --ecowatt-keys need --keys")
 	os.WriteFile(cred, []byte("keep me"), 0o600)
 	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", cred).expect(t, 1, "", "already exists")
 	// The refusal came before the server was asked: the id is still free.
@@ -97,4 +97,72 @@ func TestLoad(t *testing.T) {
 	run(t, "load", "--keys", keyDir, "--devices", "2", "--release-size", "8KiB", "--api", "ecowatt").expect(t, 0, "updates completed             2\nupdates failed                0\n", "")
 	run(t, "load", "--keys", keyDir, "--verify", "hmac", "--api", "ecowatt").expect(t, 2, "", "--verify hmac needs --api native")
 	run(t, "load", "--keys", keyDir, "--verify", "some").expect(t, 2, "", `--verify "some": want full or hmac`)
+}
+
+func TestDeviceAPIPolicy(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	cred := filepath.Join(dir, "dev.json")
+	run(t, "device", "add", "--id", "n1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", cred).
+		expect(t, 0, "API native", "")
+	run(t, "device", "add", "--id", "e1", "--hardware", "esp32", "--version", "1.0.3", "--api", "carrier-pigeon",
+		"--credentials", filepath.Join(dir, "e1.json")).expect(t, 2, "", "want native, ecowatt or both")
+	run(t, "device", "add", "--id", "e1", "--hardware", "esp32", "--version", "1.0.3", "--api", "ecowatt",
+		"--credentials", filepath.Join(dir, "e1.json")).expect(t, 0, "API ecowatt", "")
+	run(t, "device", "list").expect(t, 0, "API", "")
+	out := run(t, "device", "list")
+	for _, want := range []string{"n1", "native", "e1", "ecowatt"} {
+		if !strings.Contains(out.stdout, want) {
+			t.Fatalf("device list lacks %q:\n%s", want, out.stdout)
+		}
+	}
+	run(t, "device", "set", "--id", "n1", "--api", "both").expect(t, 0, "API policy both", "")
+	run(t, "device", "show", "--id", "n1").expect(t, 0, "API both", "")
+	run(t, "device", "show", "--id", "n1").expect(t, 0, "api-policy", "")
+	run(t, "device", "set", "--id", "n1").expect(t, 2, "", "--id and --api are required")
+	run(t, "device", "set", "--id", "nobody", "--api", "both").expect(t, 1, "", "unknown device")
+	run(t, "device", "backoff", "--id", "e1").expect(t, 0, "HELD BACK UNTIL", "")
+	run(t, "device", "backoff", "--id", "e1", "--clear").expect(t, 0, "0 backoff(s) cleared", "")
+
+	// --ecowatt-keys: the original firmware's key files, and the ecowatt
+	// policy unless --api says otherwise.
+	project := filepath.Join(dir, "EcoWatt")
+	run(t, "device", "add", "--id", "fw1", "--hardware", "esp32", "--version", "1.0.3", "--ecowatt-keys", project).
+		expect(t, 2, "", "--ecowatt-keys need --keys DIR")
+	run(t, "device", "add", "--id", "fw1", "--hardware", "esp32", "--version", "1.0.3", "--ecowatt-keys", project,
+		"--keys", keyDir, "--api", "native").expect(t, 2, "", "speaks only the EcoWatt API")
+	run(t, "device", "add", "--id", "fw1", "--hardware", "esp32", "--version", "1.0.3", "--ecowatt-keys", project,
+		"--keys", keyDir).expect(t, 0, "API ecowatt", "")
+	for _, p := range keys.EcoWattKeyPaths(project) {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	src, _ := os.ReadFile(keys.EcoWattKeyPaths(project)[1])
+	if !strings.Contains(string(src), "const char* HMAC_PSK") {
+		t.Fatalf("keys.cpp:\n%s", src)
+	}
+	// Existing key files are refused before the device is registered.
+	run(t, "device", "add", "--id", "fw2", "--hardware", "esp32", "--version", "1.0.3", "--ecowatt-keys", project,
+		"--keys", keyDir).expect(t, 1, "", "already exists")
+	run(t, "device", "show", "--id", "fw2").expect(t, 1, "", "unknown device")
+}
+
+// A chunk size the original EcoWatt firmware cannot take makes a release
+// native-only; build, inspect and publish each say so.
+func TestNativeOnlyChunkSize(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	fw := filepath.Join(dir, "app.bin")
+	b := filepath.Join(dir, "big-chunks.fota")
+	run(t, "release", "build", "--keys", keyDir, "--chunk-size", "4096", "-o", b, fw).
+		expect(t, 0, "built", "is native-only: its 4096-byte chunks are larger than the 1024 bytes")
+	run(t, "release", "inspect", b).expect(t, 0, "ecowatt api     no: release 1.0.4 has 4096-byte chunks", "")
+	run(t, "release", "publish", b).expect(t, 0, "served on the native API only: release 1.0.4 has 4096-byte chunks", "")
+
+	small := filepath.Join(dir, "small-chunks.fota")
+	r := run(t, "release", "build", "--keys", keyDir, "--chunk-size", "1024", "--version", "1.0.5", "--force", "-o", small, fw)
+	if r.code != 0 || strings.Contains(r.stderr, "native-only") {
+		t.Fatalf("1024-byte chunks: exit %d, stderr %s", r.code, r.stderr)
+	}
+	run(t, "release", "inspect", small).expect(t, 0, "ecowatt api     yes", "")
 }

@@ -11,8 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/esp32"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/keys"
 )
 
@@ -128,6 +130,11 @@ func runReleaseBuild(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "built %s: %s %s for %s, %d bytes firmware, %d chunks of %d, security counter %d, signed by %s (%s)\n",
 		*out, m.Product, m.Version, m.Hardware, m.PlaintextSize, m.Chunks(), m.ChunkSize, m.SecurityCounter, m.KeyID, m.SignatureAlg)
+	if m.ChunkSize > update.MaxLegacyChunkSize {
+		e.warn("%s is native-only: its %d-byte chunks are larger than the %d bytes the original EcoWatt firmware takes, "+
+			"so the server offers it only on the native API (/v1); build with --chunk-size %d for EcoWatt-API devices",
+			*out, m.ChunkSize, update.MaxLegacyChunkSize, update.MaxLegacyChunkSize)
+	}
 	return nil
 }
 
@@ -389,6 +396,12 @@ func runReleaseInspect(e *env, args []string) error {
 		legacy = fmt.Sprintf("RSA PKCS#1 v1.5 over the firmware sha256, %d bytes (EcoWatt-compatible API)", len(env.LegacySignature))
 	}
 	fmt.Fprintf(w, "legacy sig      %s\n", legacy)
+	ecowatt := "yes"
+	if ok, why := update.LegacyServable(&fota.Release{Version: m.Version, ChunkSize: m.ChunkSize, SignatureAlg: m.SignatureAlg,
+		LegacySignature: env.LegacySignature}); !ok {
+		ecowatt = "no: " + why
+	}
+	fmt.Fprintf(w, "ecowatt api     %s\n", ecowatt)
 	if m.Notes != "" {
 		fmt.Fprintf(w, "notes           %s\n", m.Notes)
 	}
