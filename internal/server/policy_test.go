@@ -1,0 +1,121 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
+)
+
+// The attack that worked on the old server: with only a native device's
+// id, an unauthenticated /ota/check then /ota/complete {"boot_status":
+// "failed"} marked its release rolled back for good. Now every /ota/*
+// request for it is refused with 403, logged, and it still updates.
+func TestForgedEcoWattFailureCannotReachNativeDevice(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 3000)
+	psk := e.addDeviceAPI("victim", "1.0.3", fota.APINative)
+
+	for _, req := range []struct{ path, body string }{
+		{"/ota/check", `{"device_id":"victim","current_version":"1.0.3"}`},
+		{"/ota/chunk", `{"device_id":"victim","version":"1.0.4","chunk_number":0}`},
+		{"/ota/verify", `{"device_id":"victim","version":"1.0.4","verified":false}`},
+		{"/ota/complete", `{"device_id":"victim","version":"1.0.4","boot_status":"failed"}`},
+	} {
+		status, body := e.call("POST", req.path, req.body, nil)
+		wantStatus(t, status, body, 403, "registered for the native API only")
+	}
+	if !strings.Contains(e.logs.String(), "request refused by the device's API policy") {
+		t.Fatal("refusals were not logged")
+	}
+	d := e.device("victim", psk)
+	resp, err := d.Check(context.Background(), protocol.CheckRequest{Version: "1.0.3", Hardware: "esp32"})
+	if err != nil || !resp.Update || resp.Version != "1.0.4" {
+		t.Fatalf("native check after the forged requests: %+v %v", resp, err)
+	}
+	// And with a native session open, still nothing on /ota/* reaches it.
+	status, body := e.call("POST", "/ota/complete", `{"device_id":"victim","version":"1.0.4","boot_status":"failed"}`, nil)
+	wantStatus(t, status, body, 403, "")
+	sess, err := e.store.Session(context.Background(), resp.SessionID)
+	if err != nil || sess.State != fota.SessionOpen {
+		t.Fatalf("native session after a forged report: %+v %v", sess, err)
+	}
+}
+
+// An ecowatt device's forged (or real) failure report holds the release
+// back for an hour, not for good; an admin can clear it at once.
+func TestEcoWattFailureIsABackoffNotAnExclusion(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 3000)
+	e.addDeviceAPI("legacy", "1.0.3", fota.APIEcoWatt)
+	check := func() map[string]any {
+		status, body := e.call("POST", "/ota/check", `{"device_id":"legacy","current_version":"1.0.3"}`, nil)
+		wantStatus(t, status, body, 200, "")
+		return body
+	}
+	if body := check(); body["update_available"] != true {
+		t.Fatalf("first check: %v", body)
+	}
+	status, body := e.call("POST", "/ota/complete", `{"device_id":"legacy","version":"1.0.4","boot_status":"failed"}`, nil)
+	wantStatus(t, status, body, 200, "")
+	if body := check(); body["update_available"] != false || !strings.Contains(fmt.Sprint(body["message"]), "held back until") {
+		t.Fatalf("check after a failure report: %v", body)
+	}
+	bs, err := e.admin.Backoffs(context.Background(), "legacy")
+	if err != nil || len(bs) != 1 || !bs[0].Active || bs[0].Version != "1.0.4" || bs[0].Failures != 1 {
+		t.Fatalf("backoffs: %+v %v", bs, err)
+	}
+	e.advance(61 * 60e9)
+	if body := check(); body["update_available"] != true {
+		t.Fatalf("check after the backoff: %v", body)
+	}
+	status, body = e.call("POST", "/ota/complete", `{"device_id":"legacy","version":"1.0.4","boot_status":"failed"}`, nil)
+	wantStatus(t, status, body, 200, "")
+	if n, err := e.admin.ClearBackoffs(context.Background(), "legacy"); err != nil || n != 1 {
+		t.Fatalf("clear: %d %v", n, err)
+	}
+	if body := check(); body["update_available"] != true {
+		t.Fatalf("check after clearing: %v", body)
+	}
+}
+
+// A loop of /ota/check and /ota/complete from one client made ~7,500
+// sessions and 15,000 events in 20 s; now it gets 429 with Retry-After.
+func TestEcoWattCheckFloodGets429(t *testing.T) {
+	e := newEnv(t)
+	e.publish("1.0.4", 3000)
+	e.addDeviceAPI("legacy", "1.0.3", fota.APIEcoWatt)
+	opened := 0
+	for i := range 100 {
+		resp, err := e.http.Client().Post(e.http.URL+"/ota/check", "application/json",
+			strings.NewReader(`{"device_id":"legacy","current_version":"1.0.3"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 429 {
+			retry, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+			if err != nil || retry < 1 || retry > 600 {
+				t.Fatalf("429 with Retry-After %q", resp.Header.Get("Retry-After"))
+			}
+			break
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("check %d: status %d", i, resp.StatusCode)
+		}
+		opened++
+		status, body := e.call("POST", "/ota/complete", `{"device_id":"legacy","version":"1.0.4","boot_status":"success"}`, nil)
+		wantStatus(t, status, body, 200, "")
+	}
+	if opened != 3 {
+		t.Fatalf("%d sessions opened before 429, want the per-device burst of 3", opened)
+	}
+	evs, _ := e.admin.Events(context.Background(), "legacy", 1000)
+	if len(evs) > 10 {
+		t.Fatalf("%d events from a flood", len(evs))
+	}
+}
