@@ -11,7 +11,11 @@
 // altered, downgraded, lower-counter, wrong-hardware or oversized release
 // (refused before download); corrupted, forged or replayed chunks (HMAC,
 // re-fetched, then the session is abandoned); a decryption that does not
-// produce the signed firmware (refused before the slot is marked); an
+// produce the signed firmware (refused before the slot is marked); on the
+// EcoWatt API, whose signature covers only the firmware digest, a signed
+// image relabelled with another version (its ESP32 app descriptor, inside
+// the signed bytes, must say a newer version, this device's chip and a
+// secure_version not below the stored one, before the slot is marked); an
 // image that fails its self-test or never confirms itself (rolled back);
 // power cuts at any moment (atomic records, resume, boot-time verification).
 package agent
@@ -32,6 +36,7 @@ import (
 
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/esp32"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
@@ -82,10 +87,13 @@ const DefaultChunksPerRequest = 16
 
 // Config configures an Agent.
 type Config struct {
-	Server         string
-	DeviceID       string
-	PSK            protocol.PSK
-	Hardware       string
+	Server   string
+	DeviceID string
+	PSK      protocol.PSK
+	Hardware string
+	// Chip is the ESP32 chip the device is ("esp32", "esp32s3", ...); on the
+	// EcoWatt API an image's header must name it. Default: Hardware.
+	Chip           string
 	TrustedKey     *keys.PublicKey
 	FirmwareKey    keys.FirmwareKey
 	API            string        // APINative (default) or APIEcoWatt
@@ -206,6 +214,13 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 		if cfg.TrustedKey.Alg() != keys.AlgRSA {
 			return nil, errors.New("agent: the EcoWatt-compatible API needs an RSA release key")
 		}
+		if a.cfg.Chip == "" {
+			a.cfg.Chip = cfg.Hardware
+		}
+		if _, ok := esp32.ChipID(a.cfg.Chip); !ok {
+			// Nothing signed on this API names the hardware: only the chip in the image can be checked.
+			return nil, fmt.Errorf("agent: the EcoWatt-compatible API checks the chip an image is built for, and %q is not an ESP32 chip name: set Config.Chip", a.cfg.Chip)
+		}
 		if _, err := client.NewDevice(cfg.Server, cfg.DeviceID, cfg.PSK); err != nil { // validates the URL
 			return nil, fmt.Errorf("agent: %w", err)
 		}
@@ -308,6 +323,9 @@ type downloadRecord struct {
 	Decrypter   bundle.DecrypterState `json:"decrypter"`
 	PlainHash   []byte                `json:"plain_hash"`
 	CipherHash  []byte                `json:"cipher_hash"`
+	// Head is the image's first bytes written so far (at most
+	// esp32.HeaderSize), kept on the EcoWatt API for the descriptor check.
+	Head []byte `json:"head,omitempty"`
 }
 
 // installRecord says which session installed the image on trial, for its report.
@@ -541,29 +559,66 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	return Result{Updated: true, Version: o.version, SessionID: o.sessionID}, nil
 }
 
-// vet applies the device's own rules to a verified offer.
+// vet applies the device's own rules to a verified offer. On the EcoWatt
+// API the version is the check answer's unsigned word and there is no
+// counter: vetDescriptor checks what the image says after the download.
 func (a *Agent) vet(o *offer, st Status) error {
-	running, err := semver.Parse(a.boot.Image.Version)
-	if err != nil {
-		return fatalf("running version %q is not a semantic version", a.boot.Image.Version)
-	}
-	v, err := semver.Parse(o.version)
-	if err != nil {
-		return fatalf("refusing update: version %q is not a semantic version", o.version)
+	if err := a.vetVersion(o.version, st); err != nil {
+		return err
 	}
 	switch {
-	case semver.Compare(v, running) <= 0:
-		return fatalf("refusing update %s: not newer than the running %s (downgrade)", o.version, a.boot.Image.Version)
-	case o.securityCounter < st.SecurityCounter:
+	case o.api == APINative && o.securityCounter < st.SecurityCounter:
 		return fatalf("refusing update %s: security counter %d is below the device's %d", o.version, o.securityCounter, st.SecurityCounter)
 	case o.plaintextSize > a.slots.SlotSize():
 		return fatalf("refusing update %s: %d bytes do not fit the %d-byte slot", o.version, o.plaintextSize, a.slots.SlotSize())
 	}
+	return nil
+}
+
+// vetVersion refuses a version that is not newer than the running one, or
+// that this device rolled back from.
+func (a *Agent) vetVersion(version string, st Status) error {
+	running, err := semver.Parse(a.boot.Image.Version)
+	if err != nil {
+		return fatalf("running version %q is not a semantic version", a.boot.Image.Version)
+	}
+	v, err := semver.Parse(version)
+	if err != nil {
+		return fatalf("refusing update: version %q is not a semantic version", version)
+	}
+	if semver.Compare(v, running) <= 0 {
+		return fatalf("refusing update %s: not newer than the running %s (downgrade)", version, a.boot.Image.Version)
+	}
 	for _, r := range st.Rejected {
-		if r == o.version {
-			return fatalf("refusing update %s: this device rolled back from it; waiting for a newer release", o.version)
+		if r == version {
+			return fatalf("refusing update %s: this device rolled back from it; waiting for a newer release", version)
 		}
 	}
+	return nil
+}
+
+// vetDescriptor checks, on the EcoWatt API, the ESP32 app descriptor of an
+// image whose SHA-256 already matched the signed one. That API signs only
+// the digest, so the descriptor is the one trustworthy word on the image's
+// version, chip and secure_version; the check answer's version is not.
+func (a *Agent) vetDescriptor(o *offer, head []byte, st Status) error {
+	info, err := esp32.Parse(head)
+	if err != nil {
+		return fatalf("refusing update %s: the image has no ESP32 app descriptor, the only signed word on its version and chip on the EcoWatt API: %w", o.version, err)
+	}
+	if err := a.vetVersion(info.Version, st); err != nil {
+		return fmt.Errorf("signed image offered as %s: %w", o.version, err)
+	}
+	switch {
+	case info.Chip != a.cfg.Chip:
+		return fatalf("refusing update %s: the image is built for %s, this device is %s", info.Version, info.Chip, a.cfg.Chip)
+	case info.SecureVersion < st.SecurityCounter:
+		return fatalf("refusing update %s: the image's secure_version %d is below the device's %d", info.Version, info.SecureVersion, st.SecurityCounter)
+	case info.Version != o.version:
+		// The server would keep offering a version the device never reports running.
+		return fatalf("refusing update: offered as %s, but the signed image's app descriptor says %s", o.version, info.Version)
+	}
+	o.securityCounter = info.SecureVersion
 	return nil
 }
 
@@ -595,17 +650,24 @@ func truncate(s string, n int) string {
 // errVerify marks a downloaded image that did not check out.
 var errVerify = errors.New("downloaded image failed verification")
 
-// slotWriter writes plaintext into the slot and hashes it.
+// slotWriter writes plaintext into the slot and hashes it. With head set
+// (non-nil) it also keeps the image's first esp32.HeaderSize bytes: the
+// bytes hashed, so once the digest matches they are the signed ones,
+// whatever Slots does with them.
 type slotWriter struct {
 	slots Slots
 	slot  int
 	off   int64
 	hash  hash.Hash
+	head  []byte
 }
 
 func (w *slotWriter) Write(p []byte) (int, error) {
 	if err := w.slots.WriteAt(w.slot, p, w.off); err != nil {
 		return 0, err
+	}
+	if w.head != nil && len(w.head) < esp32.HeaderSize {
+		w.head = append(w.head, p[:min(len(p), esp32.HeaderSize-len(w.head))]...)
 	}
 	w.off += int64(len(p))
 	w.hash.Write(p)
@@ -642,6 +704,11 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		w.off = dl.Decrypter.Written
 		dec, err = bundle.ResumeDecrypter(w, a.cfg.FirmwareKey, dl.Decrypter)
 		resumed = ok1 && ok2 && err == nil
+		if o.api == APIEcoWatt {
+			// A record without the head (or a damaged one) cannot be checked: start again.
+			w.head = append(make([]byte, 0, esp32.HeaderSize), dl.Head...)
+			resumed = resumed && int64(len(w.head)) == min(w.off, esp32.HeaderSize)
+		}
 	}
 	if resumed {
 		a.log.Info("resuming download", "release_version", o.version, "chunk_index", dl.NextChunk, "chunks", o.chunks)
@@ -651,6 +718,9 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		}
 		dl = downloadRecord{V: recordVersion, Fingerprint: o.fingerprint(), Slot: slot}
 		w.off, w.hash, ctHash = 0, sha256.New(), sha256.New()
+		if o.api == APIEcoWatt {
+			w.head = make([]byte, 0, esp32.HeaderSize)
+		}
 		if dec, err = bundle.NewDecrypter(w, a.cfg.FirmwareKey, o.iv); err != nil {
 			return fatalf("%v", err)
 		}
@@ -664,6 +734,7 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		}
 		dl.Decrypter = dec.Checkpoint()
 		dl.PlainHash, dl.CipherHash = marshalHash(w.hash), marshalHash(ctHash)
+		dl.Head = w.head
 		return a.save(keyDownload, dl)
 	}
 	progress := func() {
@@ -730,6 +801,12 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	}
 	if [32]byte(w.hash.Sum(nil)) != o.plaintextSHA256 {
 		return fmt.Errorf("%w: firmware sha256 mismatch", errVerify)
+	}
+	if o.api == APIEcoWatt {
+		// Before any "verified" report and before the slot is marked.
+		if err := a.vetDescriptor(o, w.head, st); err != nil {
+			return err
+		}
 	}
 	if err := a.slots.Sync(slot); err != nil {
 		return err

@@ -249,6 +249,19 @@ func TestAttackTable(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "not newer than the running 1.0.3 (downgrade)", nil, 0},
+		{"older signed release relabelled as 9.9.9", func(t *testing.T, h *harness, m *mitm) {
+			// The attack the EcoWatt API needs the app descriptor against;
+			// here the manifest carries the version under the signature.
+			h.publish("1.0.2", firmware.Healthy, 20<<10)
+			offer := asDevice(t, h, "attacker-relabel", "esp32", "1.0.1", 0)
+			if err := h.admin.Pin(context.Background(), "attacker-relabel", "1.0.2"); err != nil {
+				t.Fatal(err)
+			}
+			relabel := editManifest(`"version": "1.0.2"`, `"version": "9.9.9"`)
+			m.check = func(b []byte) []byte {
+				return editCheck(func(c map[string]any) { c["version"] = "9.9.9" })(relabel(offer(b)))
+			}
+		}, "signature does not match key", nil, 0},
 		{"lower security counter", func(t *testing.T, h *harness, m *mitm) {
 			h.Publish(h.Bundle("1.0.5", h.Sample("1.0.5", firmware.Healthy, 20<<10, 1), 0, 1))
 			m.check = asDevice(t, h, "attacker-counter", "esp32", "1.0.3", 0)

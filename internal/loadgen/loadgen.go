@@ -264,7 +264,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	run := hex.EncodeToString(idb[:])
 	hardware := "load-" + run
 
-	img, err := firmware.Sample(firmware.SampleOptions{Version: "2.0.0", Size: cfg.ReleaseSize})
+	img, err := firmware.Sample(firmware.SampleOptions{Version: "2.0.0", Chip: loadChip, Size: cfg.ReleaseSize})
 	if err != nil {
 		return nil, err
 	}
@@ -402,6 +402,11 @@ func summarise(ds []time.Duration) Latency {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// loadChip is the chip of the test image and of the load devices: their
+// hardware name is the run's, which no ESP32 image can carry, and the
+// EcoWatt API checks the chip in the image.
+const loadChip = "esp32"
+
 // runDevice takes one device through a whole update.
 func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protocol.PSK, hardware string) {
 	tr := newTransport(st, cfg.NoKeepAlive)
@@ -413,7 +418,7 @@ func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protoc
 	}
 	slots := newMemSlots(running)
 	boot, _ := slots.Boot()
-	a, err := agent.New(agent.Config{Server: cfg.Server, DeviceID: id, PSK: psk, Hardware: hardware, TrustedKey: cfg.Signer.Public(),
+	a, err := agent.New(agent.Config{Server: cfg.Server, DeviceID: id, PSK: psk, Hardware: hardware, Chip: loadChip, TrustedKey: cfg.Signer.Public(),
 		FirmwareKey: cfg.FirmwareKey, API: cfg.API, HTTPClient: &http.Client{Transport: tr}, ChunksPerRequest: cfg.ChunksPerRequest,
 		Retry: agent.RetryPolicy{Attempts: 5, Base: 100 * time.Millisecond, Max: 2 * time.Second},
 		OnProgress: func(p agent.Progress) {
