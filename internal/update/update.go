@@ -289,7 +289,7 @@ func LegacyServable(rel *fota.Release) (bool, string) {
 // chunk was served and the grace has passed means it was not applied. It
 // returns the session if it is still active, else nil.
 func (s *Service) legacyOutcome(ctx context.Context, d *fota.Device, sess *fota.Session, running string, now time.Time) (*fota.Session, error) {
-	if running == sess.ReleaseVersion {
+	if sameVersion(running, sess.ReleaseVersion) {
 		err := s.setState(ctx, d, sess, fota.StateChange{State: fota.SessionConfirmed, Reason: "device checked in running " + running,
 			RecordVersion: !d.NativeCapable()})
 		return nil, goneIsDone(err)
@@ -452,6 +452,14 @@ func (s *Service) ClearBackoffs(ctx context.Context, id string) (int, error) {
 		s.log.Info("backoffs cleared", "device_id", id, "count", n)
 	}
 	return n, err
+}
+
+// sameVersion reports whether a and b are the same version by SemVer
+// precedence (build metadata aside: 1.0.4+b7 runs 1.0.4).
+func sameVersion(a, b string) bool {
+	va, errA := semver.Parse(a)
+	vb, errB := semver.Parse(b)
+	return errA == nil && errB == nil && semver.Compare(va, vb) == 0
 }
 
 func truncate(s string, n int) string {

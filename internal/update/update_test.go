@@ -237,6 +237,14 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 		t.Fatalf("confirmed ecowatt device: version %s counter %d; want 1.0.4 and the counter untouched", d.Version, d.SecurityCounter)
 	}
 
+	// Build metadata is not part of the version: 1.0.4+b7 runs 1.0.4.
+	h.device("meta", fota.APIEcoWatt)
+	meta := h.wantOffer("meta", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.wantNoOffer("meta", fota.APIEcoWatt, "1.0.4+b7", "")
+	if sess, _ := h.store.Session(h.ctx, meta.Session.ID); sess.State != fota.SessionConfirmed {
+		t.Fatalf("session after checking in on 1.0.4+b7: %s", sess.State)
+	}
+
 	// Still on the old version: resumed while chunks remain, and within
 	// the grace after the last one; then not applied, and backed off.
 	stuck := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4")
