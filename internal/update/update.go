@@ -217,19 +217,30 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	if err := s.store.DeviceSeen(ctx, d.ID, seenVersion, now); err != nil {
 		return nil, "", err
 	}
-	active, err := s.store.ActiveSession(ctx, d.ID)
-	if err != nil && fota.ErrorCode(err) != fota.ENOTFOUND {
-		return nil, "", err
-	}
-	if !authenticated && active != nil && active.API == fota.APIEcoWatt {
+	var active *fota.Session
+	var err error
+	activeRead := false
+	if !authenticated {
 		// The original firmware reports no outcome: its check-ins tell it.
-		if active, err = s.legacyOutcome(ctx, d, active, c.Running, now); err != nil {
+		if active, err = s.activeSession(ctx, d.ID); err != nil {
 			return nil, "", err
+		}
+		activeRead = true
+		if active != nil && active.API == fota.APIEcoWatt {
+			if active, err = s.legacyOutcome(ctx, d, active, c.Running, now); err != nil {
+				return nil, "", err
+			}
 		}
 	}
 	rel, why, err := s.decider.Decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
 	if err != nil || rel == nil {
 		return nil, why, err
+	}
+	// Most check-ins get no update: the session is read only for those that do.
+	if !activeRead {
+		if active, err = s.activeSession(ctx, d.ID); err != nil {
+			return nil, "", err
+		}
 	}
 	floor := d.SecurityCounter
 	if authenticated {
@@ -262,6 +273,15 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		return nil, "", err
 	}
 	return &Offer{Release: rel, Session: sess}, "", nil
+}
+
+// activeSession is the device's active session, or nil.
+func (s *Service) activeSession(ctx context.Context, deviceID string) (*fota.Session, error) {
+	sess, err := s.store.ActiveSession(ctx, deviceID)
+	if fota.ErrorCode(err) == fota.ENOTFOUND {
+		return nil, nil
+	}
+	return sess, err
 }
 
 // legacyServable says why the original firmware cannot take rel, or "".
