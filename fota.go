@@ -171,6 +171,37 @@ func SessionActive(s string) bool {
 	return false
 }
 
+// stateRank orders the states a session passes through; every end ranks
+// above them all.
+var stateRank = map[string]int{SessionOpen: 0, SessionDownloaded: 1, SessionVerified: 2, SessionApplied: 3}
+
+// SessionAdvances reports whether moving a session from state from to state
+// to is progress. A repeated or out-of-order report ("verified" again, or
+// "downloaded" after "applied") is not: it changes nothing and records
+// nothing, so a device, or anyone on the EcoWatt API, repeating a report
+// cannot grow the history.
+func SessionAdvances(from, to string) bool {
+	rank := func(s string) int {
+		if r, ok := stateRank[s]; ok {
+			return r
+		}
+		return len(stateRank) // an end
+	}
+	return SessionActive(from) && rank(to) > rank(from)
+}
+
+// CheckSessionCaps applies caps to opening a session on api with total
+// sessions active, onAPI of them on api: EUNAVAILABLE past a cap.
+func CheckSessionCaps(caps SessionCaps, api string, total, onAPI int) error {
+	if caps.Total > 0 && total >= caps.Total {
+		return Errorf(EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", total)
+	}
+	if caps.OnAPI > 0 && onAPI >= caps.OnAPI {
+		return Errorf(EUNAVAILABLE, "the server has %d update sessions open on the %s API, its limit for that API; try again later", onAPI, api)
+	}
+	return nil
+}
+
 // Session is one device downloading one release.
 type Session struct {
 	ID             string

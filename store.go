@@ -70,12 +70,20 @@ type DeviceStore interface {
 	ClearBackoffs(ctx context.Context, deviceID string) (int, error)
 }
 
+// SessionCaps bound the active sessions an OpenSession may add to; zero
+// fields set no bound.
+type SessionCaps struct {
+	Total int // active sessions on any API
+	OnAPI int // active sessions on the new session's API
+}
+
 // SessionStore keeps update sessions.
 type SessionStore interface {
-	// OpenSession stores s (Created, Updated set) after ending any other
-	// active session of the device as abandoned, with events. Fast.
-	// Errors: EUNAVAILABLE if maxActive > 0 active sessions exist already.
-	OpenSession(ctx context.Context, s *Session, maxActive int) error
+	// OpenSession stores s (Created, Updated set) after ending the
+	// device's other active session as abandoned, with events; opens of
+	// one device are serialized. A session on the EcoWatt API never ends a
+	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps.
+	OpenSession(ctx context.Context, s *Session, caps SessionCaps) error
 	// Session returns a session. Errors: ENOTFOUND.
 	Session(ctx context.Context, id string) (*Session, error)
 	// ActiveSession returns the device's active session. Errors: ENOTFOUND.

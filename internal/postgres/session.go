@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,21 +34,41 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 
 // OpenSession stores a new session, abandoning the device's other active
 // one and sessions idle past StaleAfter.
-func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
+func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	return s.fastTx(ctx, func(tx pgx.Tx) error {
+		// The device's row lock serializes opens of one device across
+		// replicas: a native session opened meanwhile is seen below.
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT true FROM devices WHERE id = $1 FOR UPDATE`, sess.DeviceID).Scan(&exists); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
+			}
+			return fmt.Errorf("open session: %w", err)
+		}
+		if sess.API == fota.APIEcoWatt {
+			var native int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE device_id = $1 AND api = $2 AND state = ANY($3)`,
+				sess.DeviceID, fota.APINative, activeStates).Scan(&native); err != nil {
+				return fmt.Errorf("open session: %w", err)
+			}
+			if native > 0 {
+				return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
+			}
+		}
 		if err := s.abandon(ctx, tx, `(device_id = $4 OR updated_ms < $5)`, "replaced by a new session or idle too long",
 			sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
 			return err
 		}
-		if maxActive > 0 {
-			var n int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE state = ANY($1)`, activeStates).Scan(&n); err != nil {
+		if caps.Total > 0 || caps.OnAPI > 0 {
+			var total, onAPI int
+			if err := tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE api = $2) FROM sessions WHERE state = ANY($1)`,
+				activeStates, sess.API).Scan(&total, &onAPI); err != nil {
 				return fmt.Errorf("count sessions: %w", err)
 			}
-			if n >= maxActive {
-				return fota.Errorf(fota.EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", n)
+			if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
+				return err
 			}
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
@@ -182,6 +203,9 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
+		}
+		if !fota.SessionAdvances(sess.State, ch.State) {
+			return nil // a repeated or late report changes nothing
 		}
 		now := s.now()
 		if _, err := tx.Exec(ctx, `UPDATE sessions SET state = $1, reason = $2, updated_ms = $3 WHERE id = $4`, ch.State, ch.Reason, ms(now), id); err != nil {

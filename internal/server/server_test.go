@@ -597,15 +597,18 @@ func TestMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.publish("1.0.4", 3000)
 	e.addDevice("dev1", "1.0.3")
-	e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
-	e.call("POST", "/ota/chunk", `{"device_id":"dev1","version":"1.0.4","chunk_number":0}`, nil)
-	e.call("POST", "/ota/complete", `{"device_id":"dev1","version":"1.0.4","boot_status":"success"}`, nil)
-	status, body := e.call("GET", "/metrics", "", nil)
+	_, check := e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+	for i := range 3 {
+		e.call("POST", "/ota/chunk", fmt.Sprintf(`{"device_id":"dev1","version":"1.0.4","chunk_number":%d}`, i), nil)
+	}
+	status, body := e.call("POST", "/ota/complete", `{"device_id":"dev1","version":"1.0.4","boot_status":"success"}`, nil)
+	wantStatus(t, status, body, 200, "")
+	status, body = e.call("GET", "/metrics", "", nil)
 	wantStatus(t, status, body, 401, "")
 	text := e.metricsText()
 	for _, want := range []string{
-		`fota_http_requests_total{route="POST /ota/chunk",status="200"} 1`,
-		`fota_chunk_bytes_total{api="ecowatt"} 1024`,
+		`fota_http_requests_total{route="POST /ota/chunk",status="200"} 3`,
+		fmt.Sprintf(`fota_chunk_bytes_total{api="ecowatt"} %v`, check["encrypted_size"]),
 		`fota_updates_total{outcome="confirmed"} 1`,
 		`fota_sessions_open 0`,
 		`fota_http_request_duration_seconds_bucket{route="POST /ota/check"`,

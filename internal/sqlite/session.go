@@ -32,10 +32,22 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 }
 
 // OpenSession stores a new session, abandoning the device's other active one.
-func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive int) error {
+func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
+	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
+	// opens of one device cannot interleave.
 	return inTx(ctx, s.fast, func(tx *txn) error {
+		if sess.API == fota.APIEcoWatt {
+			var native int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE device_id = ? AND api = ? AND state IN `+activeStates,
+				sess.DeviceID, fota.APINative).Scan(&native); err != nil {
+				return fmt.Errorf("open session: %w", err)
+			}
+			if native > 0 {
+				return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
+			}
+		}
 		if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
 		}
@@ -46,13 +58,14 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, maxActive i
 				return err
 			}
 		}
-		if maxActive > 0 {
-			var n int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE state IN `+activeStates).Scan(&n); err != nil {
+		if caps.Total > 0 || caps.OnAPI > 0 {
+			var total, onAPI int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(CASE WHEN api = ? THEN 1 ELSE 0 END), 0) FROM sessions WHERE state IN `+activeStates,
+				sess.API).Scan(&total, &onAPI); err != nil {
 				return fmt.Errorf("count sessions: %w", err)
 			}
-			if n >= maxActive {
-				return fota.Errorf(fota.EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", n)
+			if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
+				return err
 			}
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
@@ -181,6 +194,9 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
+		}
+		if !fota.SessionAdvances(sess.State, ch.State) {
+			return nil // a repeated or late report changes nothing
 		}
 		now := s.now()
 		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`, ch.State, ch.Reason, ms(now), id); err != nil {

@@ -83,7 +83,7 @@ func TestStatementCacheUnderConcurrentTransactions(t *testing.T) {
 			id := fmt.Sprintf("d%03d", i)
 			sess := &fota.Session{ID: fmt.Sprintf("s%03d", i), DeviceID: id, ReleaseID: rel.ID, ReleaseVersion: rel.Version,
 				API: fota.APINative, TotalChunks: 3}
-			err := s.OpenSession(ctx, sess, 0)
+			err := s.OpenSession(ctx, sess, fota.SessionCaps{})
 			if err == nil {
 				err = s.RecordProgress(ctx, []fota.Progress{{SessionID: sess.ID, Next: 3, Bytes: 3072}})
 			}

@@ -139,7 +139,7 @@ func testDeleteRelease(t *testing.T, s fota.Store, _ *Clock) {
 	must(t, s.CreateRelease(ctx, r))
 	must(t, s.CreateDevice(ctx, NewDevice("d1")))
 	sess := &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}
-	must(t, s.OpenSession(ctx, sess, 0))
+	must(t, s.OpenSession(ctx, sess, fota.SessionCaps{}))
 	wantCode(t, s.DeleteRelease(ctx, r.ID), fota.ECONFLICT)
 	must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionFailed, Reason: "test"}))
 	must(t, s.DeleteRelease(ctx, r.ID))
@@ -196,7 +196,7 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 	must(t, s.CreateDevice(ctx, NewDevice("d1")))
 	open := func(id string) *fota.Session {
 		sess := &fota.Session{ID: id, DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 8}
-		must(t, s.OpenSession(ctx, sess, 0))
+		must(t, s.OpenSession(ctx, sess, fota.SessionCaps{}))
 		return sess
 	}
 	open("s1")
@@ -238,7 +238,7 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 		t.Fatalf("EcoWatt-API rollback rejected releases %v", rejected)
 	}
 	native := &fota.Session{ID: "s3", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 8}
-	must(t, s.OpenSession(ctx, native, 0))
+	must(t, s.OpenSession(ctx, native, fota.SessionCaps{}))
 	must(t, s.SetSessionState(ctx, "s3", fota.StateChange{State: fota.SessionRolledBack, Reason: "self-test failed"}))
 	rejected, err = s.RejectedReleases(ctx, "d1")
 	must(t, err)
@@ -270,7 +270,7 @@ func testSessionCap(t *testing.T, s fota.Store, _ *Clock) {
 	for i := range 3 {
 		id := fmt.Sprintf("d%d", i)
 		must(t, s.CreateDevice(ctx, NewDevice(id)))
-		err := s.OpenSession(ctx, &fota.Session{ID: "s" + id, DeviceID: id, ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 2)
+		err := s.OpenSession(ctx, &fota.Session{ID: "s" + id, DeviceID: id, ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{Total: 2})
 		if i < 2 {
 			must(t, err)
 		} else {
@@ -278,7 +278,7 @@ func testSessionCap(t *testing.T, s fota.Store, _ *Clock) {
 		}
 	}
 	// A device replacing its own session does not need a free place.
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s-d0-again", DeviceID: "d0", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 2))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s-d0-again", DeviceID: "d0", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{Total: 2}))
 }
 
 func testStaleSessions(t *testing.T, s fota.Store, c *Clock) {
@@ -287,9 +287,9 @@ func testStaleSessions(t *testing.T, s fota.Store, c *Clock) {
 	must(t, s.CreateRelease(ctx, r))
 	must(t, s.CreateDevice(ctx, NewDevice("idle")))
 	must(t, s.CreateDevice(ctx, NewDevice("busy")))
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "old", DeviceID: "idle", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 1))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "old", DeviceID: "idle", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{Total: 1}))
 	c.Advance(25 * time.Hour)
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "new", DeviceID: "busy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 1))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "new", DeviceID: "busy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{Total: 1}))
 	old, _ := s.Session(ctx, "old")
 	if old.State != fota.SessionAbandoned {
 		t.Fatalf("idle session is %s", old.State)
@@ -302,7 +302,7 @@ func testConfirm(t *testing.T, s fota.Store, _ *Clock) {
 	r.SecurityCounter = 5
 	must(t, s.CreateRelease(ctx, r))
 	must(t, s.CreateDevice(ctx, NewDevice("d1")))
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, 0))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{}))
 	for _, st := range []string{fota.SessionDownloaded, fota.SessionVerified, fota.SessionApplied} {
 		must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: st}))
 	}
@@ -314,14 +314,14 @@ func testConfirm(t *testing.T, s fota.Store, _ *Clock) {
 	// A confirmation that records nothing (unauthenticated, for a
 	// native-capable device) leaves the device as it was.
 	must(t, s.CreateDevice(ctx, NewDevice("d2")))
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s2", DeviceID: "d2", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s2", DeviceID: "d2", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, fota.SessionCaps{}))
 	must(t, s.SetSessionState(ctx, "s2", fota.StateChange{State: fota.SessionConfirmed}))
 	if d, _ := s.Device(ctx, "d2"); d.Version != "1.0.3" || d.SecurityCounter != 0 {
 		t.Fatalf("confirmation that records nothing changed the device: %+v", d)
 	}
 	// Version without counter: an ecowatt-only device's confirmation.
 	must(t, s.CreateDevice(ctx, NewDevice("d3")))
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s3", DeviceID: "d3", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s3", DeviceID: "d3", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, fota.SessionCaps{}))
 	must(t, s.SetSessionState(ctx, "s3", fota.StateChange{State: fota.SessionConfirmed, RecordVersion: true}))
 	if d, _ := s.Device(ctx, "d3"); d.Version != "1.0.4" || d.SecurityCounter != 0 {
 		t.Fatalf("version-only confirmation: %+v", d)
@@ -347,7 +347,7 @@ func testAPIPolicy(t *testing.T, s fota.Store, _ *Clock) {
 	bad.API = "smoke-signals"
 	wantCode(t, s.CreateDevice(ctx, bad), fota.EINVALID)
 
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, fota.SessionCaps{}))
 	// Widening keeps the session; narrowing to native ends it.
 	ended, err := s.SetDeviceAPI(ctx, "legacy", fota.APIBoth)
 	must(t, err)
@@ -385,7 +385,7 @@ func testBackoffs(t *testing.T, s fota.Store, c *Clock) {
 	must(t, s.CreateDevice(ctx, d))
 	fail := func(id string, failures int, until time.Time) {
 		t.Helper()
-		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, 0))
+		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: "legacy", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, fota.SessionCaps{}))
 		must(t, s.SetSessionState(ctx, id, fota.StateChange{State: fota.SessionRolledBack, Reason: "boot failed",
 			Backoff: &fota.Backoff{DeviceID: "legacy", ReleaseID: r.ID, Failures: failures, Until: until}}))
 	}
@@ -433,7 +433,7 @@ func testConcurrentProgress(t *testing.T, s fota.Store, _ *Clock) {
 	r := NewRelease("esp32", "1.0.4")
 	must(t, s.CreateRelease(ctx, r))
 	must(t, s.CreateDevice(ctx, NewDevice("d1")))
-	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 100}, 0))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 100}, fota.SessionCaps{}))
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)
 	for i := 1; i <= 50; i++ {

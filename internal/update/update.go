@@ -48,6 +48,10 @@ const (
 	DefaultNotAppliedGrace = 15 * time.Minute
 )
 
+// LegacyShareOfSessions is the percentage of Config.MaxSessions that
+// EcoWatt-API sessions may take.
+const LegacyShareOfSessions = 75
+
 // DefaultLegacyPerDevice lets one device open 3 EcoWatt-API sessions at
 // once and then one every 10 minutes: a device that really updates needs
 // one, and one that fails is backed off for an hour anyway.
@@ -234,6 +238,9 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	}
 	rel, why, err := s.decider.Decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
 	if err != nil || rel == nil {
+		if !authenticated {
+			why = s.public(d, why)
+		}
 		return nil, why, err
 	}
 	// Most check-ins get no update: the session is read only for those that do.
@@ -247,8 +254,12 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		floor = max(floor, c.SecurityCounter)
 	}
 	if rel.SecurityCounter < floor {
-		return nil, fmt.Sprintf("release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
-			rel.Version, rel.SecurityCounter, floor, floor), nil
+		why := fmt.Sprintf("release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
+			rel.Version, rel.SecurityCounter, floor, floor)
+		if !authenticated {
+			why = s.public(d, why)
+		}
+		return nil, why, nil
 	}
 	if !authenticated {
 		if why := legacyServable(rel); why != "" {
@@ -259,7 +270,8 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		return &Offer{Release: rel, Session: active}, "", nil
 	}
 	if active != nil && !authenticated && active.API != fota.APIEcoWatt {
-		return nil, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it", active.ReleaseVersion), nil
+		return nil, s.public(d, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it",
+			active.ReleaseVersion)), nil
 	}
 	if !authenticated {
 		if ok, wait := s.limiter.allow(d.ID, now); !ok {
@@ -269,6 +281,10 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		}
 	}
 	sess, err := s.open(ctx, d, rel, c.API, active)
+	if !authenticated && fota.ErrorCode(err) == fota.ECONFLICT {
+		// A native session opened meanwhile: it wins.
+		return nil, s.public(d, fota.ErrorMessage(err)), nil
+	}
 	if err != nil {
 		return nil, "", err
 	}
@@ -282,6 +298,18 @@ func (s *Service) activeSession(ctx context.Context, deviceID string) (*fota.Ses
 		return nil, nil
 	}
 	return sess, err
+}
+
+// public is why a device gets no update, as an unauthenticated request may
+// be told it. What the native side of a device allowed both APIs does (its
+// sessions, rollbacks, pin, counter) is not the business of anyone who
+// merely knows its id: they get a plain answer, and the log the reason.
+func (s *Service) public(d *fota.Device, why string) string {
+	if !d.NativeCapable() {
+		return why
+	}
+	s.log.Info("no update on the EcoWatt API", "device_id", d.ID, "reason", why)
+	return "nothing to install on this API now"
 }
 
 // legacyServable says why the original firmware cannot take rel, or "".
@@ -309,20 +337,22 @@ func LegacyServable(rel *fota.Release) (bool, string) {
 // chunk was served and the grace has passed means it was not applied. It
 // returns the session if it is still active, else nil.
 func (s *Service) legacyOutcome(ctx context.Context, d *fota.Device, sess *fota.Session, running string, now time.Time) (*fota.Session, error) {
-	if sameVersion(running, sess.ReleaseVersion) {
-		err := s.setState(ctx, d, sess, fota.StateChange{State: fota.SessionConfirmed, Reason: "device checked in running " + running,
+	fresh, err := s.served(ctx, sess)
+	if err != nil || !fota.SessionActive(fresh.State) {
+		return nil, err
+	}
+	// Only a device that was served every chunk can run the image: a claim
+	// before that ends nothing, so a forged one cannot make the device open
+	// (and pay for) a new session.
+	if fresh.NextChunk < fresh.TotalChunks {
+		return fresh, nil
+	}
+	if sameVersion(running, fresh.ReleaseVersion) {
+		err := s.setState(ctx, d, fresh, fota.StateChange{State: fota.SessionConfirmed, Reason: "device checked in running " + running,
 			RecordVersion: !d.NativeCapable()})
 		return nil, goneIsDone(err)
 	}
-	s.cache.Flush(ctx, sess.ID) // progress this replica holds
-	fresh, err := s.store.Session(ctx, sess.ID)
-	if err != nil {
-		return nil, err
-	}
-	if !fota.SessionActive(fresh.State) {
-		return nil, nil
-	}
-	if fresh.NextChunk < fresh.TotalChunks || now.Sub(fresh.Updated) < s.grace {
+	if now.Sub(fresh.Updated) < s.grace {
 		return fresh, nil
 	}
 	ch := fota.StateChange{State: fota.SessionNotApplied,
@@ -331,6 +361,12 @@ func (s *Service) legacyOutcome(ctx context.Context, d *fota.Device, sess *fota.
 		return nil, err
 	}
 	return nil, goneIsDone(s.setState(ctx, d, fresh, ch))
+}
+
+// served reads a session afresh, with what this replica served of it.
+func (s *Service) served(ctx context.Context, sess *fota.Session) (*fota.Session, error) {
+	s.cache.Flush(ctx, sess.ID)
+	return s.store.Session(ctx, sess.ID)
 }
 
 // goneIsDone treats a session that ended meanwhile (another replica, a
@@ -372,7 +408,13 @@ func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, a
 		return nil, err
 	}
 	sess := &fota.Session{ID: id, DeviceID: d.ID, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api, TotalChunks: rel.Chunks()}
-	if err := s.store.OpenSession(ctx, sess, s.maxSessions); err != nil {
+	caps := fota.SessionCaps{Total: s.maxSessions}
+	if api == fota.APIEcoWatt && s.maxSessions > 0 {
+		// Unauthenticated check-ins may fill only part of the cap, so that
+		// forged ones can never keep native devices from updating.
+		caps.OnAPI = max(1, s.maxSessions*LegacyShareOfSessions/100)
+	}
+	if err := s.store.OpenSession(ctx, sess, caps); err != nil {
 		return nil, err
 	}
 	if active != nil {
@@ -417,6 +459,14 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 	case r.State == fota.SessionConfirmed && authenticated:
 		ch.RecordVersion, ch.RecordCounter = true, true
 	case r.State == fota.SessionConfirmed:
+		fresh, err := s.served(ctx, sess)
+		if err != nil {
+			return err
+		}
+		if fresh.NextChunk < fresh.TotalChunks {
+			return fota.Errorf(fota.ECONFLICT, "device %s was served %d of the %d chunks of %s; report success after installing all of it",
+				d.ID, fresh.NextChunk, fresh.TotalChunks, fresh.ReleaseVersion)
+		}
 		ch.RecordVersion = !d.NativeCapable()
 	case !authenticated && (r.State == fota.SessionRolledBack || r.State == fota.SessionFailed):
 		if ch.Backoff, err = s.backoff(ctx, d, sess, s.now()); err != nil {

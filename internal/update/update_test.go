@@ -88,6 +88,14 @@ func (h *harness) wantNoOffer(id, api, running, because string) {
 	}
 }
 
+// served records that every chunk of the session was served.
+func (h *harness) served(sess *fota.Session, r *fota.Release) {
+	h.t.Helper()
+	if err := h.store.RecordProgress(h.ctx, []fota.Progress{{SessionID: sess.ID, Next: r.Chunks()}}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 func (h *harness) report(sess *fota.Session, api, state string) error {
 	return h.svc.Report(h.ctx, update.Report{Session: sess, API: api, State: state, Reason: "test"})
 }
@@ -143,7 +151,7 @@ func TestEcoWattRequestsCannotTouchNativeSideOfBothDevice(t *testing.T) {
 
 	native := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 	// (a) An EcoWatt check-in does not replace the native session.
-	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "in progress on the native API")
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "nothing to install on this API now")
 	if sess, _ := h.store.Session(h.ctx, native.Session.ID); sess.State != fota.SessionOpen {
 		t.Fatalf("native session is %s after an EcoWatt check-in", sess.State)
 	}
@@ -162,7 +170,10 @@ func TestEcoWattRequestsCannotTouchNativeSideOfBothDevice(t *testing.T) {
 	if err := h.report(legacy.Session, fota.APIEcoWatt, fota.SessionRolledBack); err != nil {
 		t.Fatal(err)
 	}
-	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "held back until")
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "nothing to install")
+	if bs, _ := h.store.Backoffs(h.ctx, "d1"); len(bs) != 1 {
+		t.Fatalf("backoffs %+v, want the EcoWatt-API one", bs)
+	}
 	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 	if d := h.deviceNow("d1"); d.Version != "1.0.3" {
 		t.Fatalf("version %s", d.Version)
@@ -227,8 +238,17 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	h.device("good", fota.APIEcoWatt)
 	h.device("stuck", fota.APIEcoWatt)
 
-	// Checking in running the target confirms the session.
+	// Checking in running the target confirms the session, once every
+	// chunk was served: before that the claim ends nothing.
 	good := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "the newest release")
+	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionOpen {
+		t.Fatalf("session after claiming the target with no chunk served: %s", sess.State)
+	}
+	if again := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != good.Session.ID {
+		t.Fatal("the device did not resume its session after a premature claim")
+	}
+	h.served(good.Session, r)
 	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "the newest release")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionConfirmed {
 		t.Fatalf("session after checking in on the target: %s", sess.State)
@@ -240,6 +260,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	// Build metadata is not part of the version: 1.0.4+b7 runs 1.0.4.
 	h.device("meta", fota.APIEcoWatt)
 	meta := h.wantOffer("meta", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	h.served(meta.Session, r)
 	h.wantNoOffer("meta", fota.APIEcoWatt, "1.0.4+b7", "")
 	if sess, _ := h.store.Session(h.ctx, meta.Session.ID); sess.State != fota.SessionConfirmed {
 		t.Fatalf("session after checking in on 1.0.4+b7: %s", sess.State)
@@ -252,9 +273,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	if again := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != stuck.Session.ID {
 		t.Fatal("a device with chunks left did not resume its session")
 	}
-	if err := h.store.RecordProgress(h.ctx, []fota.Progress{{SessionID: stuck.Session.ID, Next: r.Chunks()}}); err != nil {
-		t.Fatal(err)
-	}
+	h.served(stuck.Session, r)
 	h.clock.Advance(update.DefaultNotAppliedGrace - time.Minute)
 	if again := h.wantOffer("stuck", fota.APIEcoWatt, "1.0.3", "1.0.4"); again.Session.ID != stuck.Session.ID {
 		t.Fatal("within the grace the session was not resumed")
@@ -272,7 +291,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
 	h := newHarness(t, update.Config{LegacyPerDevice: update.Rate{Burst: 3, Every: 10 * time.Minute},
 		LegacyOverall: update.Rate{Burst: 5, Every: time.Second}})
-	h.release("1.0.4", nil)
+	r := h.release("1.0.4", nil)
 	for i := range 4 {
 		h.device(fmt.Sprintf("legacy%d", i), fota.APIEcoWatt)
 	}
@@ -287,6 +306,7 @@ func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
 			break
 		}
 		opened++
+		h.served(offer.Session, r)
 		if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionConfirmed); err != nil {
 			t.Fatal(err)
 		}
@@ -338,8 +358,15 @@ func TestSecurityCounterOnBothAPIs(t *testing.T) {
 		t.Fatalf("after an authenticated confirmation: %+v", d)
 	}
 	h.release("2.1.0", func(r *fota.Release) { r.SecurityCounter = 3 })
-	h.wantNoOffer("d1", fota.APIEcoWatt, "2.0.0", "below the device's 5")
+	h.wantNoOffer("d1", fota.APIEcoWatt, "2.0.0", "nothing to install") // the reason is its native side's
 	h.wantNoOffer("d1", fota.APINative, "2.0.0", "below the device's 5")
+	// An ecowatt device registered with a counter is held to it.
+	legacy := storetest.NewDevice("legacy")
+	legacy.API, legacy.SecurityCounter, legacy.Version = fota.APIEcoWatt, 5, "2.0.0"
+	if err := h.store.CreateDevice(h.ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	h.wantNoOffer("legacy", fota.APIEcoWatt, "2.0.0", "below the device's 5")
 	// A native check-in's own counter counts too.
 	h.device("d2", fota.APINative)
 	_, why, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "d2", API: fota.APINative, Running: "1.0.3", SecurityCounter: 7})
@@ -376,4 +403,92 @@ func TestNarrowingPolicyEndsSessions(t *testing.T) {
 	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "d1", API: fota.APIEcoWatt, Running: "1.0.3"})
 	wantCode(t, err, fota.EFORBIDDEN)
 	wantCode(t, h.svc.SetAPIPolicy(h.ctx, "d1", "both-and-more"), fota.EINVALID)
+}
+
+// An unauthenticated success report before every chunk was served is
+// refused: it would end the session and make the device open (and pay
+// for) a new one.
+func TestEcoWattSuccessBeforeDownloadIsRefused(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	r := h.release("1.0.4", nil)
+	h.device("legacy", fota.APIEcoWatt)
+	offer := h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	wantCode(t, h.report(offer.Session, fota.APIEcoWatt, fota.SessionConfirmed), fota.ECONFLICT)
+	if sess, _ := h.store.Session(h.ctx, offer.Session.ID); sess.State != fota.SessionOpen {
+		t.Fatalf("session %s after a premature success report", sess.State)
+	}
+	h.served(offer.Session, r)
+	if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionConfirmed); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Repeating a report records it once: a loop of /ota/verify cannot grow
+// the history.
+func TestRepeatedReportsRecordOnce(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("legacy", fota.APIEcoWatt)
+	offer := h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+	for range 50 {
+		if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionVerified); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Out of order changes nothing either.
+	if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionDownloaded); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := h.store.Events(h.ctx, fota.EventFilter{DeviceID: "legacy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verified := 0
+	for _, e := range evs {
+		if e.Kind == fota.EventVerified || e.Kind == fota.EventDownloaded {
+			verified++
+		}
+	}
+	if verified != 1 {
+		t.Fatalf("%d verified/downloaded events from 50 verified reports and one late downloaded, want 1", verified)
+	}
+	if sess, _ := h.store.Session(h.ctx, offer.Session.ID); sess.State != fota.SessionVerified {
+		t.Fatalf("session %s", sess.State)
+	}
+}
+
+// Forged check-ins can fill only part of the session cap: a native device
+// can always open one.
+func TestEcoWattSessionsLeaveRoomForNative(t *testing.T) {
+	h := newHarness(t, update.Config{MaxSessions: 4})
+	h.release("1.0.4", nil)
+	for i := range 4 {
+		h.device(fmt.Sprintf("legacy%d", i), fota.APIEcoWatt)
+	}
+	h.device("native", fota.APINative)
+	for i := range 3 {
+		h.wantOffer(fmt.Sprintf("legacy%d", i), fota.APIEcoWatt, "1.0.3", "1.0.4")
+	}
+	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy3", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.EUNAVAILABLE)
+	h.wantOffer("native", fota.APINative, "1.0.3", "1.0.4")
+}
+
+// A device allowed both APIs: an unauthenticated check-in is not told
+// what its native side does.
+func TestEcoWattAnswersSayNothingOfTheNativeSide(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APIBoth)
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	_, why := h.check("d1", fota.APIEcoWatt, "1.0.3")
+	if strings.Contains(why, "native") || strings.Contains(why, "1.0.4") {
+		t.Fatalf("an unauthenticated check-in was told %q", why)
+	}
+	if err := h.report(offer.Session, fota.APINative, fota.SessionRolledBack); err != nil {
+		t.Fatal(err)
+	}
+	if _, why := h.check("d1", fota.APIEcoWatt, "1.0.3"); strings.Contains(why, "rolled back") {
+		t.Fatalf("an unauthenticated check-in was told %q", why)
+	}
 }
