@@ -47,6 +47,9 @@ func Run(t *testing.T, newStore Factory) {
 		{"ConfirmRaisesDevice", testConfirm},
 		{"ConcurrentProgress", testConcurrentProgress},
 		{"APIPolicy", testAPIPolicy},
+		{"EcoWattNeverReplacesNative", testEcoWattNeverReplacesNative},
+		{"SessionCapPerAPI", testSessionCapPerAPI},
+		{"RepeatedStateChangesNothing", testRepeatedState},
 		{"Backoffs", testBackoffs},
 		{"TokensAndNonces", testTokensAndNonces},
 		{"Events", testEvents},
@@ -519,5 +522,79 @@ func testEvents(t *testing.T, s fota.Store, _ *Clock) {
 	dev, _ := s.Events(ctx, fota.EventFilter{DeviceID: "d1"})
 	if len(one) != 1 || len(dev) != 2 {
 		t.Fatalf("filters: %d, %d", len(one), len(dev))
+	}
+}
+
+func testEcoWattNeverReplacesNative(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	d := NewDevice("d1")
+	d.API = fota.APIBoth
+	must(t, s.CreateDevice(ctx, d))
+	open := func(id, api string) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: api, TotalChunks: 3}, fota.SessionCaps{})
+	}
+	must(t, open("native", fota.APINative))
+	wantCode(t, open("legacy", fota.APIEcoWatt), fota.ECONFLICT)
+	if sess, _ := s.Session(ctx, "native"); sess.State != fota.SessionOpen {
+		t.Fatalf("native session %s after a refused EcoWatt open", sess.State)
+	}
+	// The other way round is allowed: the native API is authenticated.
+	must(t, s.SetSessionState(ctx, "native", fota.StateChange{State: fota.SessionFailed}))
+	must(t, open("legacy", fota.APIEcoWatt))
+	must(t, open("native2", fota.APINative))
+	if sess, _ := s.Session(ctx, "legacy"); sess.State != fota.SessionAbandoned {
+		t.Fatalf("EcoWatt session %s after a native open", sess.State)
+	}
+}
+
+func testSessionCapPerAPI(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	caps := fota.SessionCaps{Total: 3, OnAPI: 2}
+	for i, api := range []string{fota.APIEcoWatt, fota.APIEcoWatt, fota.APIEcoWatt, fota.APINative, fota.APINative} {
+		id := fmt.Sprintf("d%d", i)
+		d := NewDevice(id)
+		d.API = fota.APIBoth
+		must(t, s.CreateDevice(ctx, d))
+		c := caps
+		if api == fota.APINative {
+			c.OnAPI = 0
+		}
+		err := s.OpenSession(ctx, &fota.Session{ID: "s" + id, DeviceID: id, ReleaseID: r.ID, ReleaseVersion: r.Version, API: api, TotalChunks: 3}, c)
+		switch i {
+		case 2, 4: // the third EcoWatt session passes OnAPI; the second native one the total
+			wantCode(t, err, fota.EUNAVAILABLE)
+		default:
+			must(t, err)
+		}
+	}
+}
+
+func testRepeatedState(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	must(t, s.CreateDevice(ctx, NewDevice("d1")))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{}))
+	for range 5 {
+		must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionVerified}))
+	}
+	must(t, s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionDownloaded}))
+	evs, err := s.Events(ctx, fota.EventFilter{DeviceID: "d1"})
+	must(t, err)
+	n := 0
+	for _, e := range evs {
+		if e.Kind == fota.EventVerified || e.Kind == fota.EventDownloaded {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d events for five verified reports and a late downloaded, want 1", n)
+	}
+	if sess, _ := s.Session(ctx, "s1"); sess.State != fota.SessionVerified {
+		t.Fatalf("state %s", sess.State)
 	}
 }
