@@ -166,3 +166,30 @@ func TestNativeOnlyChunkSize(t *testing.T) {
 	}
 	run(t, "release", "inspect", small).expect(t, 0, "ecowatt api     yes", "")
 }
+
+// release build says when EcoWatt-API devices cannot take what it built.
+func TestBuildSaysWhatEcoWattDevicesRefuse(t *testing.T) {
+	dir, keyDir, _ := setup(t)
+	fw := filepath.Join(dir, "app.bin")
+	ecKeys := filepath.Join(dir, "keys-ec")
+	run(t, "keys", "init", "--dir", ecKeys, "--alg", "ecdsa-p256").expect(t, 0, "", "")
+	run(t, "release", "build", "--keys", ecKeys, "-o", filepath.Join(dir, "ec.fota"), fw).
+		expect(t, 0, "built", "is native-only: release 1.0.4 is signed with ecdsa-p256 and has no legacy RSA signature")
+	out := run(t, "release", "inspect", "--json", filepath.Join(dir, "ec.fota"))
+	if !strings.Contains(out.stdout, `"legacy_api": false`) || !strings.Contains(out.stdout, `"native_only_reason": "release 1.0.4 is signed with ecdsa-p256`) {
+		t.Fatalf("inspect --json:\n%s", out.stdout)
+	}
+	raw := filepath.Join(dir, "raw.bin")
+	os.WriteFile(raw, make([]byte, 5000), 0o644)
+	run(t, "release", "build", "--keys", keyDir, "--version", "2.0.0", "--hardware", "esp32", "-o", filepath.Join(dir, "raw.fota"), raw).
+		expect(t, 0, "built", "not an ESP32 app image, so fota devices on the EcoWatt API")
+	run(t, "release", "build", "--keys", keyDir, "--version", "9.9.9", "--force", "-o", filepath.Join(dir, "relabel.fota"), fw).
+		expect(t, 0, "built", "--force overrode the app descriptor (1.0.4 for esp32)")
+	out = run(t, "release", "build", "--keys", keyDir, "-o", filepath.Join(dir, "plain.fota"), fw)
+	if out.code != 0 || strings.Contains(out.stderr, "warning") {
+		t.Fatalf("a plain ESP32 build warned: %d %s", out.code, out.stderr)
+	}
+	if out := run(t, "release", "inspect", "--json", filepath.Join(dir, "plain.fota")); !strings.Contains(out.stdout, `"legacy_api": true`) {
+		t.Fatalf("inspect --json:\n%s", out.stdout)
+	}
+}

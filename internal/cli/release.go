@@ -102,7 +102,8 @@ func runReleaseBuild(e *env, args []string) error {
 	}
 	defer firmware.Close()
 	opts := bundle.BuildOptions{Version: *version, Hardware: *hardware, Product: *product, ChunkSize: *chunkSize, Notes: *notes}
-	if err := fillFromDescriptor(firmware, fwPath, &opts, *counter, *force); err != nil {
+	ecowattCaveat, err := fillFromDescriptor(firmware, fwPath, &opts, *counter, *force)
+	if err != nil {
 		return err
 	}
 	if _, err := firmware.Seek(0, io.SeekStart); err != nil {
@@ -134,13 +135,29 @@ func runReleaseBuild(e *env, args []string) error {
 		e.warn("%s is native-only: its %d-byte chunks are larger than the %d bytes the original EcoWatt firmware takes, "+
 			"so the server offers it only on the native API (/v1); build with --chunk-size %d for EcoWatt-API devices",
 			*out, m.ChunkSize, update.MaxLegacyChunkSize, update.MaxLegacyChunkSize)
+	} else if ok, why := update.LegacyServable(&fota.Release{Version: m.Version, ChunkSize: m.ChunkSize, SignatureAlg: m.SignatureAlg,
+		LegacySignature: legacySignatureOf(m)}); !ok {
+		e.warn("%s is native-only: %s", *out, why)
+	} else if ecowattCaveat != "" {
+		e.warn("%s: %s", *out, ecowattCaveat)
+	}
+	return nil
+}
+
+// legacySignatureOf stands for whether a build has a legacy signature:
+// bundle.Build makes one exactly for RSA keys.
+func legacySignatureOf(m *bundle.Manifest) []byte {
+	if strings.HasPrefix(m.SignatureAlg, "rsa") {
+		return []byte{1}
 	}
 	return nil
 }
 
 // fillFromDescriptor takes version, hardware, product and security counter
-// from an ESP32 app descriptor, refusing flags that contradict it unless forced.
-func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counter int64, force bool) error {
+// from an ESP32 app descriptor, refusing flags that contradict it unless
+// forced. It returns why fota devices on the EcoWatt API, which trust only
+// the descriptor, will refuse the image, or "".
+func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counter int64, force bool) (string, error) {
 	info, err := esp32.ReadInfo(r)
 	if errors.Is(err, esp32.ErrNotESP32) {
 		var missing []string
@@ -151,7 +168,7 @@ func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counte
 			missing = append(missing, "--hardware")
 		}
 		if len(missing) > 0 {
-			return withHint(fmt.Errorf("%s is not an ESP32 app image (%v), so it does not say its version or hardware", path, err),
+			return "", withHint(fmt.Errorf("%s is not an ESP32 app image (%v), so it does not say its version or hardware", path, err),
 				"pass "+strings.Join(missing, " and ")+", e.g. --version 1.0.4 --hardware esp32")
 		}
 		if o.Product == "" {
@@ -160,10 +177,11 @@ func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counte
 		if counter >= 0 {
 			o.SecurityCounter = uint32(counter)
 		}
-		return nil
+		return "it is not an ESP32 app image, so fota devices on the EcoWatt API (which trust version and chip only from the " +
+			"image's app descriptor) will refuse it; native-API devices take it", nil
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	conflict := func(flag, given, image string) error {
 		if given == "" || given == image || force {
@@ -178,16 +196,21 @@ func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counte
 		{"--product", o.Product, info.ProjectName},
 	} {
 		if err := conflict(c.flag, c.given, c.image); err != nil {
-			return err
+			return "", err
 		}
 	}
 	if counter >= 0 {
 		if err := conflict("--security-counter", fmt.Sprint(counter), fmt.Sprint(info.SecureVersion)); err != nil {
-			return err
+			return "", err
 		}
 		o.SecurityCounter = uint32(counter)
 	} else {
 		o.SecurityCounter = info.SecureVersion
+	}
+	caveat := ""
+	if (o.Version != "" && o.Version != info.Version) || (o.Hardware != "" && o.Hardware != info.Chip) {
+		caveat = fmt.Sprintf("--force overrode the app descriptor (%s for %s), which fota devices on the EcoWatt API trust "+
+			"instead of the release's labels: they will refuse this release; native-API devices take it", info.Version, info.Chip)
 	}
 	if o.Version == "" {
 		o.Version = info.Version
@@ -201,7 +224,7 @@ func fillFromDescriptor(r io.Reader, path string, o *bundle.BuildOptions, counte
 			o.Product = productFromPath(path)
 		}
 	}
-	return nil
+	return caveat, nil
 }
 
 // productFromPath names a product after its file: "build/app.bin" is "app".
@@ -331,15 +354,19 @@ func fileExists(p string) bool {
 
 // inspection is the --json form of fota release inspect.
 type inspection struct {
-	File            string           `json:"file"`
-	FileSize        int64            `json:"file_size"`
-	PayloadOffset   int64            `json:"payload_offset"`
-	Complete        bool             `json:"complete"`
-	Verified        bool             `json:"verified"`
-	Chunks          int              `json:"chunks"`
-	Signature       string           `json:"signature"`
-	LegacySignature string           `json:"legacy_signature,omitempty"`
-	Manifest        *bundle.Manifest `json:"manifest"`
+	File            string `json:"file"`
+	FileSize        int64  `json:"file_size"`
+	PayloadOffset   int64  `json:"payload_offset"`
+	Complete        bool   `json:"complete"`
+	Verified        bool   `json:"verified"`
+	Chunks          int    `json:"chunks"`
+	Signature       string `json:"signature"`
+	LegacySignature string `json:"legacy_signature,omitempty"`
+	// LegacyAPI: the server can serve it on the EcoWatt API; if not,
+	// NativeOnlyReason says why.
+	LegacyAPI        bool             `json:"legacy_api"`
+	NativeOnlyReason string           `json:"native_only_reason,omitempty"`
+	Manifest         *bundle.Manifest `json:"manifest"`
 }
 
 func runReleaseInspect(e *env, args []string) error {
@@ -374,6 +401,8 @@ func runReleaseInspect(e *env, args []string) error {
 	if env.LegacySignature != nil {
 		in.LegacySignature = base64.StdEncoding.EncodeToString(env.LegacySignature)
 	}
+	in.LegacyAPI, in.NativeOnlyReason = update.LegacyServable(&fota.Release{Version: m.Version, ChunkSize: m.ChunkSize,
+		SignatureAlg: m.SignatureAlg, LegacySignature: env.LegacySignature})
 	if *asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
@@ -397,9 +426,8 @@ func runReleaseInspect(e *env, args []string) error {
 	}
 	fmt.Fprintf(w, "legacy sig      %s\n", legacy)
 	ecowatt := "yes"
-	if ok, why := update.LegacyServable(&fota.Release{Version: m.Version, ChunkSize: m.ChunkSize, SignatureAlg: m.SignatureAlg,
-		LegacySignature: env.LegacySignature}); !ok {
-		ecowatt = "no: " + why
+	if !in.LegacyAPI {
+		ecowatt = "no: " + in.NativeOnlyReason
 	}
 	fmt.Fprintf(w, "ecowatt api     %s\n", ecowatt)
 	if m.Notes != "" {
