@@ -270,6 +270,10 @@ func runDeviceAdd(e *env, args []string) error {
 		for _, p := range paths {
 			fmt.Fprintf(e.stdout, "wrote %s\n", p)
 		}
+		if err != nil && *credPath != "" {
+			return withHint(err, fmt.Sprintf("the device was registered and its key saved in %s; once the problem is fixed: "+
+				"fota keys export-ecowatt --credentials %s --keys %s %s", *credPath, *credPath, *keyDir, *ecowattDir))
+		}
 		if err != nil {
 			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
 		}

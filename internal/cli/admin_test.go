@@ -193,3 +193,23 @@ func TestBuildSaysWhatEcoWattDevicesRefuse(t *testing.T) {
 		t.Fatalf("inspect --json:\n%s", out.stdout)
 	}
 }
+
+// A project path that cannot take the key files is refused before the
+// device is registered.
+func TestEcoWattKeysBadProjectRefusedFirst(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	notAFolder := filepath.Join(dir, "platformio-file")
+	os.WriteFile(notAFolder, []byte("x"), 0o644)
+	run(t, "device", "add", "--id", "lost1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", filepath.Join(dir, "lost1.json"),
+		"--ecowatt-keys", notAFolder, "--keys", keyDir).expect(t, 1, "", "is not a folder")
+	run(t, "device", "show", "--id", "lost1").expect(t, 1, "", "unknown device")
+	if _, err := os.Stat(filepath.Join(dir, "lost1.json")); err == nil {
+		t.Fatal("credentials written for a device that was not registered")
+	}
+	project := filepath.Join(dir, "proj")
+	os.MkdirAll(filepath.Join(project, "include"), 0o755)
+	os.WriteFile(filepath.Join(project, "include", "application"), []byte("x"), 0o644)
+	run(t, "device", "add", "--id", "lost2", "--hardware", "esp32", "--version", "1.0.3", "--credentials", filepath.Join(dir, "lost2.json"),
+		"--ecowatt-keys", project, "--keys", keyDir).expect(t, 1, "", "application is not a folder")
+	run(t, "device", "show", "--id", "lost2").expect(t, 1, "", "unknown device")
+}

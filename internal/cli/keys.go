@@ -119,6 +119,8 @@ func runKeysExportEcoWatt(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, " and FLASK_SERVER_URL %q", cred.Server)
 	}
 	fmt.Fprintf(e.stdout, " in %s\n", filepath.Join(rest[0], "include", "application", "credentials.h"))
+	fmt.Fprintf(e.stdout, "the original firmware speaks only the EcoWatt API: register %s with --api ecowatt or both "+
+		"(fota device set --id %s --api ecowatt), or every request it makes is refused\n", cred.DeviceID, cred.DeviceID)
 	return nil
 }
 
@@ -149,6 +151,18 @@ func prepareEcoWattKeys(e *env, dir, keysDir string, force bool) (*ecoWattExport
 	fw, err := loadPrivate(e, filepath.Join(keysDir, keys.FirmwareKeyFile), keys.LoadFirmwareKey)
 	if err != nil {
 		return nil, err
+	}
+	// Where the files will go must be folders (or not exist yet), so that
+	// nothing fails after fota device add has registered the device.
+	folders := []string{dir}
+	for _, p := range keys.EcoWattKeyPaths(dir) {
+		folders = append(folders, filepath.Dir(filepath.Dir(p)), filepath.Dir(p))
+	}
+	for _, d := range folders {
+		if st, err := os.Stat(d); err == nil && !st.IsDir() {
+			return nil, withHint(fmt.Errorf("cannot write the EcoWatt key files: %s is not a folder", d),
+				"give the firmware project's folder, the one with platformio.ini")
+		}
 	}
 	if !force {
 		for _, p := range keys.EcoWattKeyPaths(dir) {

@@ -87,7 +87,7 @@ func (n NewestRelease) Decide(ctx context.Context, req Request) (*fota.Release, 
 		if skipped != "" {
 			return nil, fmt.Sprintf("running %s; %s", req.Running, skipped), nil
 		}
-		return nil, fmt.Sprintf("running %s, the newest release for %s", req.Running, d.Hardware), nil
+		return nil, fmt.Sprintf("running %s; nothing newer is published for %s", req.Running, d.Hardware), nil
 	}
 	return best, "", nil
 }

@@ -87,3 +87,10 @@ func (l *limiter) allow(deviceID string, now time.Time) (bool, time.Duration) {
 	}
 	return true, 0
 }
+
+// reset forgets a device's bucket: it may open a full burst again.
+func (l *limiter) reset(deviceID string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.devices, deviceID)
+}

@@ -52,13 +52,13 @@ const (
 // EcoWatt-API sessions may take.
 const LegacyShareOfSessions = 75
 
-// DefaultLegacyPerDevice lets one device open 3 EcoWatt-API sessions at
-// once and then one every 10 minutes: a device that really updates needs
+// DefaultLegacyPerDevice lets one device open 3 new EcoWatt-API sessions
+// in a row and then one every 10 minutes: a device that really updates needs
 // one, and one that fails is backed off for an hour anyway.
 var DefaultLegacyPerDevice = Rate{Burst: 3, Every: 10 * time.Minute}
 
-// DefaultLegacyOverall lets a fleet of 2,000 start at once, then 20 new
-// EcoWatt-API sessions a second.
+// DefaultLegacyOverall lets a fleet of 2,000 start in a burst, then 20
+// new EcoWatt-API sessions a second.
 var DefaultLegacyOverall = Rate{Burst: 2000, Every: 50 * time.Millisecond}
 
 // SessionCache is what a server keeps of sessions and devices in memory;
@@ -515,10 +515,13 @@ func (s *Service) SetAPIPolicy(ctx context.Context, id, policy string) error {
 	return nil
 }
 
-// ClearBackoffs offers a device's held-back releases again.
+// ClearBackoffs offers a device's held-back releases again, and lets it
+// open a full burst of EcoWatt-API sessions again (on this replica: the
+// limits are kept in memory), so an operator's retry is not refused.
 func (s *Service) ClearBackoffs(ctx context.Context, id string) (int, error) {
 	n, err := s.store.ClearBackoffs(ctx, id)
 	if err == nil {
+		s.limiter.reset(id)
 		s.log.Info("backoffs cleared", "device_id", id, "count", n)
 	}
 	return n, err

@@ -241,7 +241,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	// Checking in running the target confirms the session, once every
 	// chunk was served: before that the claim ends nothing.
 	good := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4")
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "the newest release")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing newer is published")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionOpen {
 		t.Fatalf("session after claiming the target with no chunk served: %s", sess.State)
 	}
@@ -249,7 +249,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 		t.Fatal("the device did not resume its session after a premature claim")
 	}
 	h.served(good.Session, r)
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "the newest release")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing newer is published")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionConfirmed {
 		t.Fatalf("session after checking in on the target: %s", sess.State)
 	}
@@ -330,6 +330,12 @@ func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
 	h.wantOffer("legacy2", fota.APIEcoWatt, "1.0.3", "1.0.4")
 	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy3", API: fota.APIEcoWatt, Running: "1.0.3"})
 	wantCode(t, err, fota.ETOOMANY)
+	// An operator clearing a device's backoffs lets it open sessions again.
+	if _, err := h.svc.ClearBackoffs(h.ctx, "legacy0"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy0", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.ETOOMANY) // the overall bucket is still spent
 	// Time refills both.
 	h.clock.Advance(10 * time.Minute)
 	h.wantOffer("legacy3", fota.APIEcoWatt, "1.0.3", "1.0.4")
@@ -491,4 +497,25 @@ func TestEcoWattAnswersSayNothingOfTheNativeSide(t *testing.T) {
 	if _, why := h.check("d1", fota.APIEcoWatt, "1.0.3"); strings.Contains(why, "rolled back") {
 		t.Fatalf("an unauthenticated check-in was told %q", why)
 	}
+}
+
+// An operator who clears a device's backoffs is not then refused by the
+// device's rate limit.
+func TestClearBackoffsResetsTheDeviceRateLimit(t *testing.T) {
+	h := newHarness(t, update.Config{LegacyPerDevice: update.Rate{Burst: 2, Every: time.Hour}})
+	r := h.release("1.0.4", nil)
+	h.device("legacy", fota.APIEcoWatt)
+	for range 2 {
+		offer := h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+		h.served(offer.Session, r)
+		if err := h.report(offer.Session, fota.APIEcoWatt, fota.SessionConfirmed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy", API: fota.APIEcoWatt, Running: "1.0.3"})
+	wantCode(t, err, fota.ETOOMANY)
+	if _, err := h.svc.ClearBackoffs(h.ctx, "legacy"); err != nil {
+		t.Fatal(err)
+	}
+	h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
 }
