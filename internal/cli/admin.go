@@ -136,7 +136,9 @@ request. set changes the policy (sessions on an API it no longer allows end).
 
 assign pins a device to a release; --unpin releases it. backoff lists the
 releases held back from a device on the EcoWatt API after it reported a
-failure (1 h, doubling to 24 h); --clear offers them again at once.
+failure (1 h, doubling to 24 h); --clear offers them again at its next check
+and resets its EcoWatt-API session rate limit (a fota agent still refuses a
+release it rolled back from itself).
 These take --server and --token (or FOTA_SERVER and FOTA_TOKEN).
 run runs a simulated EcoWatt device ('fota device run --help').
 
@@ -176,7 +178,7 @@ func runDeviceAdd(e *env, args []string) error {
 		"(include/application/keys.h, src/application/keys.cpp; needs --keys)")
 	credPath := fs.String("credentials", "", "write the device's credentials JSON here (mode 0600)")
 	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
-	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h")
+	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h and --ecowatt-keys")
 	force := fs.Bool("force", false, "replace existing output files")
 	rest, err := parseFlags(e, fs, deviceUsage, args)
 	if err != nil {
