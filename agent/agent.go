@@ -295,6 +295,16 @@ func (a *Agent) retry(ctx context.Context, what string, op func() error) error {
 		}
 		delay := min(a.cfg.Retry.Base<<attempt, a.cfg.Retry.Max)
 		delay = delay/2 + rand.N(delay/2+1)
+		// A server that says when to come back is obeyed: sooner only adds
+		// to its load. Longer than a retry may wait, the next timed check
+		// tries again.
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.RetryAfter > 0 {
+			if ae.RetryAfter > a.cfg.Retry.Max {
+				return fmt.Errorf("%s: the server asks to come back in %s: %w", what, ae.RetryAfter, err)
+			}
+			delay = max(delay, ae.RetryAfter)
+		}
 		a.log.Warn("transient failure, retrying", "operation", what, "attempt", attempt+1, "delay", delay, "error", err)
 		if serr := a.cfg.Sleep(ctx, delay); serr != nil {
 			return err

@@ -202,3 +202,57 @@ func (f *flipChunks) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	return resp, nil
 }
+
+// A device told to come back later (429 or 503 with Retry-After) does not
+// hammer the server: within a retry's reach it waits as long as told,
+// beyond it it leaves the check to its timer.
+func TestRetryAfterIsObeyed(t *testing.T) {
+	for _, api := range []string{agent.APINative, agent.APIEcoWatt} {
+		t.Run(api, func(t *testing.T) {
+			h := newHarness(t)
+			h.publish("1.0.4", firmware.Healthy, 16<<10)
+			d := newDev(h, "dev1", api)
+			var mu sync.Mutex
+			refusals, retryAfter := 0, "600"
+			tooMany := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if strings.HasSuffix(req.URL.Path, "/check") && refusals < 2 {
+					refusals++
+					return &http.Response{StatusCode: 429, Request: req, Header: http.Header{"Retry-After": {retryAfter}},
+						Body: io.NopCloser(strings.NewReader(`{"error":"too many update sessions","code":"too_many"}`))}, nil
+				}
+				return http.DefaultTransport.RoundTrip(req)
+			})
+			var sleeps []time.Duration
+			d.configHook = func(c *agent.Config) {
+				c.HTTPClient = &http.Client{Transport: tooMany}
+				c.Retry = agent.RetryPolicy{Attempts: 5, Base: time.Millisecond, Max: time.Minute}
+				c.Sleep = func(ctx context.Context, d time.Duration) error { sleeps = append(sleeps, d); return nil }
+			}
+			if err := d.powerOn(); err != nil {
+				t.Fatal(err)
+			}
+			// 600 s is past what a retry may wait: one request, no sleep.
+			_, err := d.agent.CheckOnce(context.Background())
+			if err == nil || !strings.Contains(err.Error(), "asks to come back in 10m0s") || refusals != 1 || len(sleeps) != 0 {
+				t.Fatalf("after a 429 with Retry-After 600: err %v, %d requests, sleeps %v", err, refusals, sleeps)
+			}
+			// 7 s is within reach: one sleep of at least 7 s, then the update.
+			mu.Lock()
+			retryAfter = "7"
+			mu.Unlock()
+			res, err := d.agent.CheckOnce(context.Background())
+			if err != nil || !res.Updated {
+				t.Fatalf("after a 429 with Retry-After 7: %+v %v", res, err)
+			}
+			if len(sleeps) != 1 || sleeps[0] < 7*time.Second {
+				t.Fatalf("slept %v, want once for at least 7s", sleeps)
+			}
+		})
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
@@ -143,12 +142,7 @@ func (l *legacySource) post(ctx context.Context, path string, body, out any) err
 		return fmt.Errorf("POST %s: %w", path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var eb protocol.ErrorBody
-		json.Unmarshal(raw, &eb)
-		if eb.Error == "" {
-			eb.Error = strings.TrimSpace(string(raw))
-		}
-		return &client.APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return client.ErrorFromAnswer(resp, raw)
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
 		return fmt.Errorf("POST %s: bad answer: %w", path, err)

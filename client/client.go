@@ -24,6 +24,8 @@ type APIError struct {
 	Status  int
 	Code    string
 	Message string
+	// RetryAfter is the server's Retry-After (429, 503), or 0.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -38,9 +40,15 @@ func (e *APIError) Temporary() bool {
 
 func decodeError(resp *http.Response) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return ErrorFromAnswer(resp, body)
+}
+
+// ErrorFromAnswer is the APIError of an error answer whose body was read.
+func ErrorFromAnswer(resp *http.Response, body []byte) *APIError {
+	retry := RetryAfter(resp.Header)
 	var eb protocol.ErrorBody
 	if json.Unmarshal(body, &eb) == nil && eb.Error != "" {
-		return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error}
+		return &APIError{Status: resp.StatusCode, Code: eb.Code, Message: eb.Error, RetryAfter: retry}
 	}
 	msg := strings.TrimSpace(string(body))
 	if len(msg) > 200 {
@@ -49,7 +57,18 @@ func decodeError(resp *http.Response) error {
 	if msg == "" {
 		msg = http.StatusText(resp.StatusCode)
 	}
-	return &APIError{Status: resp.StatusCode, Message: msg}
+	return &APIError{Status: resp.StatusCode, Message: msg, RetryAfter: retry}
+}
+
+// RetryAfter reads a Retry-After header in seconds (the form fota serve
+// sends); 0 if absent or in another form. Bounded to a day, so a broken or
+// hostile answer cannot silence a device for longer.
+func RetryAfter(h http.Header) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(h.Get("Retry-After")))
+	if err != nil || secs <= 0 {
+		return 0
+	}
+	return time.Duration(min(secs, 24*60*60)) * time.Second
 }
 
 func baseURL(server string) (string, error) {
