@@ -114,11 +114,12 @@ func runDeviceRun(e *env, args []string) error {
 		hardware = "esp32"
 	}
 	printer := newEventPrinter(e.stdout, cred.DeviceID)
+	logger := slog.New(slog.NewTextHandler(logFile, nil))
 	dev, err := simulator.New(simulator.Config{
 		Agent: agent.Config{Server: *server, DeviceID: cred.DeviceID, PSK: psk, Hardware: hardware, TrustedKey: dk.PublicKey,
-			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery},
+			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery, Logger: logger},
 		StateDir: *state, FactoryVersion: *version, SlotSize: int64(size), PollInterval: *pollEvery, UploadInterval: *uploadEvery,
-		Logger:  slog.New(slog.NewTextHandler(logFile, nil)),
+		Logger:  logger,
 		OnEvent: printer.print,
 	})
 	if err != nil {
