@@ -197,7 +197,7 @@ func CheckSessionCaps(caps SessionCaps, api string, total, onAPI int) error {
 		return Errorf(EUNAVAILABLE, "the server has %d update sessions open, its limit; try again later", total)
 	}
 	if caps.OnAPI > 0 && onAPI >= caps.OnAPI {
-		return Errorf(EUNAVAILABLE, "the server has %d update sessions open on the %s API, its limit for that API; try again later", onAPI, api)
+		return Errorf(EUNAVAILABLE, "too many update sessions are open on the %s API; try again later", api)
 	}
 	return nil
 }

@@ -82,7 +82,9 @@ type SessionStore interface {
 	// OpenSession stores s (Created, Updated set) after ending the
 	// device's other active session as abandoned, with events; opens of
 	// one device are serialized. A session on the EcoWatt API never ends a
-	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps.
+	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps;
+	// EFORBIDDEN if the device's API policy (read in the same transaction)
+	// does not allow s.API; ENOTFOUND for an unknown device.
 	OpenSession(ctx context.Context, s *Session, caps SessionCaps) error
 	// Session returns a session. Errors: ENOTFOUND.
 	Session(ctx context.Context, id string) (*Session, error)

@@ -71,7 +71,7 @@ func runServe(e *env, args []string) error {
 	fs.Var(&trust, "trust", "public key that releases must be signed by (repeatable)")
 	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM); serve HTTPS")
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
-	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit)")
+	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit); EcoWatt-API sessions may take three quarters")
 	maxConns := fs.Int("max-conns", 1536, "most connections open at once; more devices wait to connect")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -92,6 +92,11 @@ func runServe(e *env, args []string) error {
 	}
 	if *maxConns < 1 {
 		return usagef("--max-conns %d: want at least 1", *maxConns)
+	}
+	if *maxSessions < 0 || *maxSessions == 1 {
+		// EcoWatt-API sessions may take at most the places but one, so that
+		// forged check-ins never keep native devices from updating.
+		return usagef("--max-sessions %d: want 0 (no limit) or at least 2", *maxSessions)
 	}
 	var limit int64
 	if *memoryLimit != "" {

@@ -40,12 +40,16 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		// The device's row lock serializes opens of one device across
 		// replicas: a native session opened meanwhile is seen below.
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT true FROM devices WHERE id = $1 FOR UPDATE`, sess.DeviceID).Scan(&exists); err != nil {
+		// Its policy is read here too: one narrowed since the check-in read it wins.
+		var api string
+		if err := tx.QueryRow(ctx, `SELECT api FROM devices WHERE id = $1 FOR UPDATE`, sess.DeviceID).Scan(&api); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
 			}
 			return fmt.Errorf("open session: %w", err)
+		}
+		if !(&fota.Device{API: api}).Allows(sess.API) {
+			return fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)
 		}
 		if sess.API == fota.APIEcoWatt {
 			var native int

@@ -172,7 +172,9 @@ func (s *Server) legacySession(r *http.Request, t legacyTarget, fresh bool) (*fo
 		return nil, nil, psk, err
 	}
 	if sess.API != fota.APIEcoWatt {
-		return nil, nil, psk, fota.Errorf(fota.ENOTFOUND, "device %q has no open session on this API; call /ota/check first", deviceID)
+		// The same answer as for no session: whether the device is updating
+		// on the native API is not this caller's business.
+		return nil, nil, psk, fota.Errorf(fota.ENOTFOUND, "device %q has no open update session; check for updates first", deviceID)
 	}
 	if sess.ReleaseVersion != version {
 		return nil, nil, psk, fota.Errorf(fota.EINVALID, "the open session is for version %s, not %s; call /ota/check again", sess.ReleaseVersion, truncate(version, 40))
@@ -214,7 +216,7 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	mac := protocol.LegacyChunkMAC(psk, idx, data)
-	if err := s.served(r.Context(), sess, rel, idx+1); err != nil {
+	if err := s.servedFrom(r.Context(), sess, rel, idx, idx+1); err != nil {
 		return err
 	}
 	// The answer is this route's whole output, so it is written by hand into

@@ -76,18 +76,22 @@ func (c *hotCache) opened(sess *fota.Session) {
 	c.served[sess.ID] = 0
 }
 
-// advance raises a session's served mark and returns the previous one.
-func (c *hotCache) advance(sess *fota.Session, next int) int {
+// advance raises a session's served mark to next and returns the previous
+// one and whether it moved. With from >= 0 it moves only if from is at most
+// legacyProgressSlack past the mark: chunks fetched far ahead are served
+// but not counted.
+func (c *hotCache) advance(sess *fota.Session, from, next int) (int, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.served) >= maxCached {
 		clear(c.served)
 	}
 	prev := max(sess.NextChunk, c.served[sess.ID])
-	if next > prev {
-		c.served[sess.ID] = next
+	if next <= prev || (from >= 0 && from > prev+legacyProgressSlack) {
+		return prev, false
 	}
-	return prev
+	c.served[sess.ID] = next
+	return prev, true
 }
 
 // deviceKey is what the hot path needs of a device: its key, and its API

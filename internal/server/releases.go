@@ -51,8 +51,23 @@ func outOfSequenceWindow(total int) int { return max(32, total/100) + 64 }
 // writes it within half a second. BytesServed counts each ciphertext byte
 // once, however often re-fetched.
 func (s *Server) served(ctx context.Context, sess *fota.Session, r *fota.Release, next int) error {
-	prev := s.hot.advance(sess, next)
-	if next <= prev {
+	return s.servedFrom(ctx, sess, r, -1, next)
+}
+
+// legacyProgressSlack is how far past what this replica knows was served
+// an EcoWatt-API chunk may start and still count as progress. Progress
+// there is what lets an unauthenticated check-in confirm a session, so it
+// counts only chunks fetched (nearly) in order, as the original firmware
+// fetches them: one request for the last chunk must not make a session look
+// fully served. The slack covers what other replicas served but this one
+// has not yet read (about a second and a half of chunks).
+const legacyProgressSlack = 32
+
+// servedFrom is served for chunks from..next-1; from >= 0 counts them only
+// if from is within legacyProgressSlack of the session's served mark.
+func (s *Server) servedFrom(ctx context.Context, sess *fota.Session, r *fota.Release, from, next int) error {
+	prev, moved := s.hot.advance(sess, from, next)
+	if !moved {
 		return nil
 	}
 	end := min(int64(next)*int64(r.ChunkSize), r.CiphertextSize)

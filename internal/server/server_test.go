@@ -529,7 +529,7 @@ func TestLegacyRefusesNonRSARelease(t *testing.T) {
 	if _, err := e.admin.Publish(context.Background(), bytes.NewReader(b.bundle)); err != nil {
 		t.Fatal(err)
 	}
-	e.addDevice("dev1", "1.0.3")
+	e.addDeviceAPI("dev1", "1.0.3", fota.APIEcoWatt)
 	status, body := e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
 	wantStatus(t, status, body, 200, "")
 	if body["update_available"] != false || !strings.Contains(body["message"].(string), "only on the native API") {

@@ -38,6 +38,9 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
 	// opens of one device cannot interleave.
 	return inTx(ctx, s.fast, func(tx *txn) error {
+		if err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api FROM devices WHERE id = ?`, sess.DeviceID), sess); err != nil {
+			return err
+		}
 		if sess.API == fota.APIEcoWatt {
 			var native int
 			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE device_id = ? AND api = ? AND state IN `+activeStates,
@@ -77,6 +80,23 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
 			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
+}
+
+// allowsInTx reads the device's policy in the open's transaction: one
+// narrowed since the check-in read it wins.
+func allowsInTx(row *sql.Row, sess *fota.Session) error {
+	var api string
+	err := row.Scan(&api)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
+	}
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	if !(&fota.Device{API: api}).Allows(sess.API) {
+		return fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)
+	}
+	return nil
 }
 
 // abandon ends the active sessions matching where, with an event each.

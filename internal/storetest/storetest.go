@@ -49,6 +49,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"APIPolicy", testAPIPolicy},
 		{"EcoWattNeverReplacesNative", testEcoWattNeverReplacesNative},
 		{"SessionCapPerAPI", testSessionCapPerAPI},
+		{"OpenRespectsPolicy", testOpenRespectsPolicy},
 		{"RepeatedStateChangesNothing", testRepeatedState},
 		{"Backoffs", testBackoffs},
 		{"TokensAndNonces", testTokensAndNonces},
@@ -87,10 +88,10 @@ func NewRelease(hardware, version string) *fota.Release {
 		Signature: []byte("sig"), LegacySignature: []byte("legacy"), BlobKey: "blob-" + hardware + "-" + version}
 }
 
-// NewDevice returns a device that can be stored.
+// NewDevice returns a device that can be stored, allowed both APIs.
 func NewDevice(id string) *fota.Device {
 	psk, _ := protocol.NewPSK()
-	return &fota.Device{ID: id, Hardware: "esp32", Version: "1.0.3", PSK: psk}
+	return &fota.Device{ID: id, Hardware: "esp32", Version: "1.0.3", PSK: psk, API: fota.APIBoth}
 }
 
 func testReleases(t *testing.T, s fota.Store, _ *Clock) {
@@ -336,6 +337,7 @@ func testAPIPolicy(t *testing.T, s fota.Store, _ *Clock) {
 	r := NewRelease("esp32", "1.0.4")
 	must(t, s.CreateRelease(ctx, r))
 	d := NewDevice("d1")
+	d.API = ""
 	must(t, s.CreateDevice(ctx, d))
 	if got, _ := s.Device(ctx, "d1"); got.API != fota.APINative {
 		t.Fatalf("default API policy %q, want native", got.API)
@@ -547,6 +549,22 @@ func testEcoWattNeverReplacesNative(t *testing.T, s fota.Store, _ *Clock) {
 	if sess, _ := s.Session(ctx, "legacy"); sess.State != fota.SessionAbandoned {
 		t.Fatalf("EcoWatt session %s after a native open", sess.State)
 	}
+}
+
+func testOpenRespectsPolicy(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	d := NewDevice("d1")
+	d.API = fota.APINative
+	must(t, s.CreateDevice(ctx, d))
+	open := func(id, api string) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: api, TotalChunks: 3}, fota.SessionCaps{})
+	}
+	wantCode(t, open("legacy", fota.APIEcoWatt), fota.EFORBIDDEN)
+	must(t, open("native", fota.APINative))
+	wantCode(t, s.OpenSession(ctx, &fota.Session{ID: "x", DeviceID: "nobody", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative,
+		TotalChunks: 3}, fota.SessionCaps{}), fota.ENOTFOUND)
 }
 
 func testSessionCapPerAPI(t *testing.T, s fota.Store, _ *Clock) {

@@ -94,3 +94,14 @@ func (l *limiter) reset(deviceID string) {
 	defer l.mu.Unlock()
 	delete(l.devices, deviceID)
 }
+
+// refund gives back the tokens an allow took, when what they paid for
+// (opening a session) did not happen: a refused open must not count.
+func (l *limiter) refund(deviceID string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.devices[deviceID]; ok {
+		b.tokens = min(float64(l.perDevice.Burst), b.tokens+1)
+	}
+	l.all.tokens = min(float64(l.overall.Burst), l.all.tokens+1)
+}

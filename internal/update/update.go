@@ -52,6 +52,13 @@ const (
 // EcoWatt-API sessions may take.
 const LegacyShareOfSessions = 75
 
+// LegacyCap is how many of maxSessions EcoWatt-API sessions may take: the
+// share, and never the last place. maxSessions must be 0 (no cap) or at
+// least 2 for a place to be kept for native devices.
+func LegacyCap(maxSessions int) int {
+	return max(1, min(maxSessions-1, maxSessions*LegacyShareOfSessions/100))
+}
+
 // DefaultLegacyPerDevice lets one device open 3 new EcoWatt-API sessions
 // in a row and then one every 10 minutes: a device that really updates needs
 // one, and one that fails is backed off for an hour anyway.
@@ -212,14 +219,13 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		return nil, "", fota.Errorf(fota.EINVALID, "device reports hardware %q but is registered as %q", truncate(c.Hardware, 32), d.Hardware)
 	}
 	now := s.now()
-	// A native-capable device's version is whatever it says when it
-	// proves who it is; an unauthenticated request only marks it seen.
-	seenVersion := c.Running
-	if !authenticated && d.NativeCapable() {
-		seenVersion = ""
-	}
-	if err := s.store.DeviceSeen(ctx, d.ID, seenVersion, now); err != nil {
-		return nil, "", err
+	// A native-capable device's version and last-seen time are what it
+	// says when it proves who it is: an unauthenticated request changes
+	// neither.
+	if authenticated || !d.NativeCapable() {
+		if err := s.store.DeviceSeen(ctx, d.ID, c.Running, now); err != nil {
+			return nil, "", err
+		}
 	}
 	var active *fota.Session
 	var err error
@@ -263,7 +269,7 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	}
 	if !authenticated {
 		if why := legacyServable(rel); why != "" {
-			return nil, why, nil
+			return nil, s.public(d, why), nil
 		}
 	}
 	if active != nil && active.ReleaseID == rel.ID && active.API == c.API {
@@ -281,6 +287,9 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		}
 	}
 	sess, err := s.open(ctx, d, rel, c.API, active)
+	if err != nil && !authenticated {
+		s.limiter.refund(d.ID)
+	}
 	if !authenticated && fota.ErrorCode(err) == fota.ECONFLICT {
 		// A native session opened meanwhile: it wins.
 		return nil, s.public(d, fota.ErrorMessage(err)), nil
@@ -412,7 +421,7 @@ func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, a
 	if api == fota.APIEcoWatt && s.maxSessions > 0 {
 		// Unauthenticated check-ins may fill only part of the cap, so that
 		// forged ones can never keep native devices from updating.
-		caps.OnAPI = max(1, s.maxSessions*LegacyShareOfSessions/100)
+		caps.OnAPI = LegacyCap(s.maxSessions)
 	}
 	if err := s.store.OpenSession(ctx, sess, caps); err != nil {
 		return nil, err

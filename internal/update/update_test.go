@@ -387,7 +387,9 @@ func TestEcoWattOffersOnlyWhatTheOriginalFirmwareTakes(t *testing.T) {
 	h := newHarness(t, update.Config{})
 	h.release("1.0.4", func(r *fota.Release) { r.ChunkSize, r.CiphertextSize = 4096, 8192 })
 	h.device("d1", fota.APIBoth)
-	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "4096-byte chunks")
+	h.device("legacy", fota.APIEcoWatt)
+	h.wantNoOffer("legacy", fota.APIEcoWatt, "1.0.3", "4096-byte chunks")
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "nothing to install") // a both device is told nothing more
 	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 	h.release("1.0.5", func(r *fota.Release) { r.LegacySignature, r.SignatureAlg = nil, "ed25519" })
 	h.device("d2", fota.APIEcoWatt)
@@ -518,4 +520,44 @@ func TestClearBackoffsResetsTheDeviceRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.wantOffer("legacy", fota.APIEcoWatt, "1.0.3", "1.0.4")
+}
+
+// A refused open (the EcoWatt share of the session cap is full) costs the
+// device none of its rate limit: its polite retries are not turned into a
+// ten-minute lockout.
+func TestRefusedOpenCostsNoRateLimit(t *testing.T) {
+	h := newHarness(t, update.Config{MaxSessions: 2, LegacyPerDevice: update.Rate{Burst: 3, Every: 10 * time.Minute}})
+	h.release("1.0.4", nil)
+	h.device("legacy0", fota.APIEcoWatt)
+	h.device("legacy1", fota.APIEcoWatt)
+	h.device("native", fota.APINative)
+	h.wantOffer("legacy0", fota.APIEcoWatt, "1.0.3", "1.0.4") // takes the one EcoWatt place of two
+	for range 10 {
+		_, _, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "legacy1", API: fota.APIEcoWatt, Running: "1.0.3"})
+		wantCode(t, err, fota.EUNAVAILABLE)
+	}
+	h.wantOffer("native", fota.APINative, "1.0.3", "1.0.4") // the place kept for native devices
+	if got := update.LegacyCap(2); got != 1 {
+		t.Fatalf("LegacyCap(2) = %d, want 1", got)
+	}
+	for maxSessions, want := range map[int]int{3: 2, 4: 3, 8: 6, 20000: 15000} {
+		if got := update.LegacyCap(maxSessions); got != want {
+			t.Fatalf("LegacyCap(%d) = %d, want %d", maxSessions, got, want)
+		}
+	}
+}
+
+// An unauthenticated check-in does not mark a native-capable device seen.
+func TestEcoWattCheckInLeavesNativeDeviceUnseen(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APIBoth)
+	h.check("d1", fota.APIEcoWatt, "1.0.3")
+	if d := h.deviceNow("d1"); !d.LastSeen.IsZero() {
+		t.Fatalf("last seen %v after an unauthenticated check-in", d.LastSeen)
+	}
+	h.check("d1", fota.APINative, "1.0.3")
+	if d := h.deviceNow("d1"); d.LastSeen.IsZero() {
+		t.Fatal("an authenticated check-in did not mark the device seen")
+	}
 }
