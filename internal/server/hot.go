@@ -222,6 +222,11 @@ type progressTracker struct {
 	pending map[string]progress
 	stop    chan struct{}
 	done    chan struct{}
+	// writing is held for the whole of a flush, taking the batch and
+	// writing it: a flush of one session that finds nothing pending must
+	// not return while the batch that took its progress is still being
+	// written, since its caller reads the progress next.
+	writing sync.Mutex
 }
 
 type progress struct {
@@ -274,6 +279,8 @@ func (p *progressTracker) note(id string, next int, bytes int64) {
 
 // flush writes pending progress: of one session, or of all for "".
 func (p *progressTracker) flush(ctx context.Context, only string) {
+	p.writing.Lock()
+	defer p.writing.Unlock()
 	p.mu.Lock()
 	batch := p.pending
 	if only != "" {
