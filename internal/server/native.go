@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -117,18 +116,7 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 	}
 }
 
-func decodeBody(body []byte, v any) error {
-	r := &http.Request{Body: io.NopCloser(bytes.NewReader(body))}
-	return decodeJSON(discardWriter{}, r, maxDeviceBody, v)
-}
-
-// discardWriter satisfies MaxBytesReader, which only needs a ResponseWriter
-// to close the connection on overflow; the body was already bounded.
-type discardWriter struct{}
-
-func (discardWriter) Header() http.Header         { return http.Header{} }
-func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (discardWriter) WriteHeader(int)             {}
+func decodeBody(body []byte, v any) error { return decodeStrict(body, v) }
 
 func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte) error {
 	var req protocol.CheckRequest

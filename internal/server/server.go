@@ -7,6 +7,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,8 +15,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -296,19 +300,31 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 }
 
 // decodeJSON reads one JSON object of at most limit bytes into v, refusing
-// unknown fields, wrong types and trailing data with a message that names
-// the problem.
+// unknown fields, keys in another letter case, duplicate keys, wrong types
+// and trailing data with a message that names the problem. encoding/json
+// alone matches keys case-insensitively and lets the last of two keys win:
+// a proxy or firewall in front that reads the first would see another
+// request than the server.
 func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", limit)
+	}
+	if err != nil {
+		return fota.Errorf(fota.EINVALID, "request body could not be read")
+	}
+	return decodeStrict(body, v)
+}
+
+// decodeStrict is decodeJSON on a body already read.
+func decodeStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
 		var typeErr *json.UnmarshalTypeError
 		var syntaxErr *json.SyntaxError
 		switch {
-		case errors.As(err, &tooBig):
-			return fota.Errorf(fota.ETOOLARGE, "request body is larger than %d bytes", limit)
 		case errors.Is(err, io.EOF):
 			return fota.Errorf(fota.EINVALID, "request body is empty; send a JSON object")
 		case errors.As(err, &typeErr):
@@ -322,11 +338,116 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 		}
 		return fota.Errorf(fota.EINVALID, "request body is not a valid JSON object")
 	}
-	if dec.More() {
-		return fota.Errorf(fota.EINVALID, "request body holds more than one JSON value")
+	if rest := bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return fota.Errorf(fota.EINVALID, "request body has data after its JSON object (at byte %d)", len(body)-len(rest))
+	}
+	return checkKeys(body, jsonFields(reflect.TypeOf(v)))
+}
+
+// checkKeys refuses duplicate keys in any object of body, keys written
+// with escapes (which could spell a key two ways), and top-level keys that
+// are not exactly one of fields (encoding/json accepts them in another
+// letter case). body is valid JSON: Decode read it. It scans the bytes by
+// hand, allocating nothing for the small bodies devices send: it runs on
+// every EcoWatt-API chunk request.
+func checkKeys(body []byte, fields []string) error {
+	type frame struct {
+		object bool
+		keys   int // where this object's keys start in keys
+	}
+	var frameBuf [8]frame
+	var keyBuf [16][]byte
+	stack, keys := frameBuf[:0], keyBuf[:0]
+	wantKey := false
+	for i := 0; i < len(body); {
+		switch c := body[i]; c {
+		case ' ', '\t', '\r', '\n', ':':
+			i++
+		case '{':
+			stack = append(stack, frame{object: true, keys: len(keys)})
+			wantKey = true
+			i++
+		case '[':
+			stack = append(stack, frame{})
+			wantKey = false
+			i++
+		case '}', ']':
+			top := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if top.object {
+				keys = keys[:top.keys]
+			}
+			wantKey = false
+			i++
+		case ',':
+			wantKey = len(stack) > 0 && stack[len(stack)-1].object
+			i++
+		case '"':
+			end, escaped := i+1, false
+			for body[end] != '"' {
+				if body[end] == '\\' {
+					escaped = true
+					end++
+				}
+				end++
+			}
+			if wantKey {
+				key := body[i+1 : end]
+				top := stack[len(stack)-1]
+				if escaped {
+					return fota.Errorf(fota.EINVALID, "request has a key written with escapes; write keys plainly")
+				}
+				for _, k := range keys[top.keys:] {
+					if bytes.Equal(k, key) {
+						return fota.Errorf(fota.EINVALID, "request has the key %q twice", truncate(string(key), 40))
+					}
+				}
+				if len(stack) == 1 && !slices.Contains(fields, string(key)) {
+					return fota.Errorf(fota.EINVALID, "request has an unknown field %q (keys are case-sensitive)", truncate(string(key), 40))
+				}
+				keys = append(keys, key)
+				wantKey = false
+			}
+			i = end + 1
+		default: // a number, true, false or null
+			for i < len(body) && !strings.ContainsRune(",}] \t\r\n", rune(body[i])) {
+				i++
+			}
+		}
 	}
 	return nil
 }
+
+// jsonFields lists the JSON keys of a struct type (through pointers and
+// embedded structs), cached per type.
+func jsonFields(t reflect.Type) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if f, ok := fieldCache.Load(t); ok {
+		return f.([]string)
+	}
+	var out []string
+	if t.Kind() == reflect.Struct {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			switch {
+			case name == "-":
+			case f.Anonymous && name == "":
+				out = append(out, jsonFields(f.Type)...)
+			case name != "":
+				out = append(out, name)
+			case f.IsExported():
+				out = append(out, f.Name)
+			}
+		}
+	}
+	fieldCache.Store(t, out)
+	return out
+}
+
+var fieldCache sync.Map
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.store.CountTokens(r.Context()); err != nil {
