@@ -15,8 +15,9 @@ import (
 //   - Fast: committed, so a crash of the server process loses nothing, but
 //     an operating-system crash or power loss may lose the last moments of
 //     it (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off);
-//     never a half write. What devices cause is fast: they redo it (check
-//     again, resume from their own progress, report again).
+//     never a half write. What devices redo by themselves is fast: check-ins
+//     (last seen, sessions opened), download progress, the steps of a
+//     session before its outcome. Outcomes and nonces are durable.
 
 // ReleaseStore keeps published releases.
 type ReleaseStore interface {
@@ -99,7 +100,9 @@ type SessionStore interface {
 	// ended or do not exist are skipped: progress is advisory. Fast.
 	RecordProgress(ctx context.Context, batch []Progress) error
 	// SetSessionState applies ch to an active session: its state and
-	// reason, the matching event, and ch's device changes. Fast. Errors:
+	// reason, the matching event, and ch's device changes. Durable for a
+	// move to an end (an outcome: confirmed, rolled back, failed, ...), fast
+	// for the steps on the way. Errors:
 	// ENOTFOUND; EGONE if the session is not active; EINVALID for a state
 	// no session can be moved to.
 	SetSessionState(ctx context.Context, id string, ch StateChange) error
@@ -126,10 +129,10 @@ type TokenStore interface {
 
 // NonceStore remembers device request nonces, against replays.
 type NonceStore interface {
-	// UseNonce records a device request nonce until expires. Fast: a nonce
-	// lost to a power cut belongs to a request whose timestamp is refused
-	// anyway once the server is back, unless it restarts within the clock
-	// skew window. Errors: ECONFLICT if the device used it already.
+	// UseNonce records a device request nonce until expires. Durable: a
+	// nonce lost to a power cut could be replayed within the clock-skew
+	// window once the server is back. Errors: ECONFLICT if the device used
+	// it already.
 	UseNonce(ctx context.Context, deviceID, nonce string, expires time.Time) error
 	// PurgeNonces deletes nonces that expired before t. Fast.
 	PurgeNonces(ctx context.Context, t time.Time) error

@@ -203,7 +203,14 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
-	return s.fastTx(ctx, func(tx pgx.Tx) error {
+	// An outcome (a move to an end) waits for the WAL flush before the
+	// device hears it was recorded: the device will not say it again.
+	// Steps on the way are fast: a device that loses one repeats it.
+	inTx := s.fastTx
+	if !fota.SessionActive(ch.State) {
+		inTx = s.tx
+	}
+	return inTx(ctx, func(tx pgx.Tx) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err

@@ -42,7 +42,9 @@ func (s *Store) CountTokens(ctx context.Context) (int, error) {
 // UseNonce records a nonce; a second use is a replay. Every replica sees
 // every nonce, so a replay to another replica is refused too.
 func (s *Store) UseNonce(ctx context.Context, deviceID, nonce string, expires time.Time) error {
-	tag, err := s.fast.Exec(ctx, `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, deviceID, nonce, ms(expires))
+	// Waits for the WAL flush: a nonce lost to a database crash could be
+	// replayed once it is back.
+	tag, err := s.pool.Exec(ctx, `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, deviceID, nonce, ms(expires))
 	if err != nil {
 		return fmt.Errorf("record nonce: %w", err)
 	}

@@ -65,7 +65,10 @@ func (s *Store) startNonceWriter() {
 
 func (s *Store) writeNonces(batch []nonceReq) {
 	results := make([]error, len(batch))
-	err := inTx(context.Background(), s.fast, func(tx *txn) error {
+	// Durable (fsynced) before any caller of the batch hears back: a nonce
+	// lost to a power cut could be replayed once the server is back. The
+	// group commit shares one fsync among every nonce that waited for it.
+	err := inTx(context.Background(), s.db, func(tx *txn) error {
 		stmt, err := tx.PrepareContext(context.Background(), `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`)
 		if err != nil {
 			return err

@@ -210,7 +210,14 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
-	return inTx(ctx, s.fast, func(tx *txn) error {
+	// An outcome (a move to an end) is fsynced before the device hears it
+	// was recorded: the device will not say it again. Steps on the way are
+	// fast: a device that loses one repeats it.
+	pool := s.fast
+	if !fota.SessionActive(ch.State) {
+		pool = s.db
+	}
+	return inTx(ctx, pool, func(tx *txn) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
