@@ -412,7 +412,11 @@ func recordSession(t *testing.T, h *harness, id string) map[int]frame {
 
 func (h *harness) newDeviceWithCounter(id, api string, size int64, counter uint32) *device {
 	h.t.Helper()
-	psk := h.AddDevice(id, "1.0.3")
+	policy := api
+	if policy == "" {
+		policy = agent.APINative
+	}
+	psk := h.AddDeviceAPI(id, "1.0.3", policy)
 	disk, err := slotfile.NewOSDisk(h.t.TempDir())
 	if err != nil {
 		h.t.Fatal(err)

@@ -82,13 +82,13 @@ func newLegacyMITM(t *testing.T, target string) (*legacyMITM, string) {
 
 // recordLegacy downloads release version as device id on the EcoWatt API,
 // the device reporting that it runs running, and ends the session. A pin
-// makes the server offer exactly that release.
+// makes the server offer exactly that release; a first check-in reporting
+// running lets the pin be older than what the device really runs (the
+// server refuses pins that could never take effect). An admin clear then
+// drops the backoff and rate-limit use the recording left.
 func recordLegacy(t *testing.T, h *harness, id, running, version string) *legacyRecording {
 	t.Helper()
 	ctx := context.Background()
-	if err := h.admin.Pin(ctx, id, version); err != nil {
-		t.Fatal(err)
-	}
 	post := func(path string, body any) []byte {
 		b, _ := json.Marshal(body)
 		resp, err := http.Post(h.serverURL+path, "application/json", bytes.NewReader(b))
@@ -102,6 +102,10 @@ func recordLegacy(t *testing.T, h *harness, id, running, version string) *legacy
 		}
 		return raw
 	}
+	post("/ota/check", map[string]string{"device_id": id, "current_version": running})
+	if err := h.admin.Pin(ctx, id, version); err != nil {
+		t.Fatal(err)
+	}
 	rec := &legacyRecording{chunks: map[int][]byte{}}
 	json.Unmarshal(post("/ota/check", map[string]string{"device_id": id, "current_version": running}), &rec.check)
 	if rec.check["update_available"] != true || rec.check["version"] != version {
@@ -112,6 +116,9 @@ func recordLegacy(t *testing.T, h *harness, id, running, version string) *legacy
 	}
 	post("/ota/verify", map[string]any{"device_id": id, "version": version, "verified": false})
 	if err := h.admin.Pin(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.admin.ClearBackoffs(ctx, id); err != nil {
 		t.Fatal(err)
 	}
 	return rec

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
@@ -52,6 +54,16 @@ func runReleasePublish(e *env, args []string) error {
 		return fmt.Errorf("open bundle: %w", err)
 	}
 	defer f.Close()
+	// A firmware image instead of a bundle is the likeliest mistake: say so
+	// before uploading it.
+	magic := make([]byte, len(bundle.Magic))
+	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != bundle.Magic {
+		return withHint(fmt.Errorf("%s is not a fota bundle", rest[0]),
+			fmt.Sprintf("build one from the firmware first: fota release build --keys keys -o app.fota %s", rest[0]))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("read %s: %w", rest[0], err)
+	}
 	r, err := a.Publish(e.ctx, f)
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", rest[0], err)
@@ -72,7 +84,7 @@ func runReleaseList(e *env, args []string) error {
 	fs := newFlags("release list")
 	server, token := serverFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(e, fs, releaseUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, releaseUsage, args); err != nil {
 		return err
 	}
 	a, err := adminClient(*server, *token)
@@ -290,7 +302,7 @@ func runDeviceList(e *env, args []string) error {
 	fs := newFlags("device list")
 	server, token := serverFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
 		return err
 	}
 	a, err := adminClient(*server, *token)
@@ -327,7 +339,7 @@ func runDeviceShow(e *env, args []string) error {
 	fs := newFlags("device show")
 	server, token := serverFlags(fs)
 	id := fs.String("id", "", "device id")
-	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
 		return err
 	}
 	if *id == "" {
@@ -362,7 +374,7 @@ func runDeviceSet(e *env, args []string) error {
 	server, token := serverFlags(fs)
 	id := fs.String("id", "", "device id")
 	api := fs.String("api", "", "API policy: native, ecowatt or both")
-	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
 		return err
 	}
 	if *id == "" || *api == "" {
@@ -387,7 +399,7 @@ func runDeviceBackoff(e *env, args []string) error {
 	server, token := serverFlags(fs)
 	id := fs.String("id", "", "device id")
 	clear := fs.Bool("clear", false, "offer the held-back releases again at the device's next check")
-	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
 		return err
 	}
 	if *id == "" {
@@ -432,7 +444,7 @@ func runDeviceAssign(e *env, args []string) error {
 	id := fs.String("id", "", "device id")
 	version := fs.String("version", "", "release version to pin the device to")
 	unpin := fs.Bool("unpin", false, "remove the pin: the device gets the newest release again")
-	if _, err := parseFlags(e, fs, deviceUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
 		return err
 	}
 	if *id == "" || (*version == "") == !*unpin {
@@ -465,7 +477,7 @@ func runStatus(e *env, args []string) error {
 	server, token := serverFlags(fs)
 	n := fs.Int("events", 20, "how many recent events to show")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if _, err := parseFlags(e, fs, statusUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, statusUsage, args); err != nil {
 		return err
 	}
 	a, err := adminClient(*server, *token)

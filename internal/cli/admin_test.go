@@ -213,3 +213,10 @@ func TestEcoWattKeysBadProjectRefusedFirst(t *testing.T) {
 		"--ecowatt-keys", project, "--keys", keyDir).expect(t, 1, "", "application is not a folder")
 	run(t, "device", "show", "--id", "lost2").expect(t, 1, "", "unknown device")
 }
+
+// Publishing the firmware image instead of its bundle says what to do.
+func TestPublishRawImageSaysBuildFirst(t *testing.T) {
+	dir, _ := adminEnv(t)
+	run(t, "release", "publish", filepath.Join(dir, "app.bin")).
+		expect(t, 1, "", "is not a fota bundle\nfota: hint: build one from the firmware first: fota release build")
+}

@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"strings"
 )
 
@@ -145,8 +147,27 @@ func report(e *env, err error) int {
 		return exitUsage
 	case errors.As(err, &h):
 		fmt.Fprintf(e.stderr, "fota: hint: %s\n", h.hint)
+	default:
+		if hint := unreachableHint(err); hint != "" {
+			fmt.Fprintf(e.stderr, "fota: hint: %s\n", hint)
+		}
 	}
 	return exitFailure
+}
+
+// unreachableHint says what to do when nothing answered at the server's
+// address, naming the address tried.
+func unreachableHint(err error) string {
+	var ue *url.Error
+	var op *net.OpError
+	if !errors.As(err, &ue) || !errors.As(err, &op) || op.Op != "dial" {
+		return ""
+	}
+	server := ue.URL
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		server = u.Scheme + "://" + u.Host
+	}
+	return fmt.Sprintf("nothing answers at %s: start 'fota serve' there, or point --server (or FOTA_SERVER) at the server", server)
 }
 
 // newFlags makes a quiet flag set: parseFlags prints usage and errors in
@@ -182,6 +203,20 @@ func parseFlags(e *env, fs *flag.FlagSet, usage string, args []string) ([]string
 		positional = append(positional, rest[0])
 		args = rest[1:]
 	}
+}
+
+// parseNoArgs is parseFlags for a command that takes flags only: a stray
+// word (a misspelt flag's value, a file name) is a mistake, not ignored.
+func parseNoArgs(e *env, fs *flag.FlagSet, usage string, args []string) error {
+	rest, err := parseFlags(e, fs, usage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return &usageError{msg: fmt.Sprintf("fota %s takes no arguments, got %q", fs.Name(), rest),
+			hint: fmt.Sprintf("run 'fota %s --help' for usage", fs.Name())}
+	}
+	return nil
 }
 
 // stringList is a repeatable string flag.

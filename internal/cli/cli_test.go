@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +42,7 @@ func setup(t *testing.T) (dir, keyDir, fw string) {
 	keyDir = filepath.Join(dir, "keys")
 	fw = filepath.Join(dir, "app.bin")
 	run(t, "keys", "init", "--dir", keyDir).expect(t, 0, "key id", "")
-	run(t, "firmware", "sample", "--version", "1.0.4", "--secure-version", "3", "--size", "64KiB", "-o", fw).expect(t, 0, "wrote", "")
+	run(t, "firmware", "sample", "--version", "1.0.4", "--security-counter", "3", "--size", "64KiB", "-o", fw).expect(t, 0, "wrote", "")
 	return dir, keyDir, fw
 }
 
@@ -282,4 +283,39 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("not every device updated from 1.0.3:\n%s", r.stdout)
 	}
 	run(t, "demo", "--devices", "0").expect(t, 2, "", "--devices 0")
+}
+
+// Flags are named alike across commands; old spellings still work; stray
+// words are an error, not ignored.
+func TestFlagNamesAndStrayArguments(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.bin"), filepath.Join(dir, "b.bin")
+	run(t, "firmware", "sample", "--version", "1.0.4", "--hardware", "esp32s3", "--security-counter", "2", "-o", a).expect(t, 0, "for esp32s3", "")
+	run(t, "firmware", "sample", "--version", "1.0.4", "--chip", "esp32s3", "--secure-version", "2", "-o", b).expect(t, 0, "for esp32s3", "")
+	ab, _ := os.ReadFile(a)
+	bb, _ := os.ReadFile(b)
+	if !bytes.Equal(ab, bb) {
+		t.Fatal("the old flag names made another image")
+	}
+	for _, args := range [][]string{
+		{"device", "list", "extra"},
+		{"device", "show", "--id", "d1", "extra"},
+		{"status", "extra"},
+		{"release", "list", "extra"},
+	} {
+		run(t, args...).expect(t, 2, "", "takes no arguments, got [\"extra\"]")
+	}
+}
+
+// A server that is not there: the error names the address tried and says
+// how to set it.
+func TestConnectionRefusedSaysWhere(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	run(t, "device", "list", "--server", "http://"+addr, "--token", "fota_x").
+		expect(t, 1, "", "nothing answers at http://"+addr+": start 'fota serve' there, or point --server (or FOTA_SERVER)")
 }

@@ -11,11 +11,14 @@ import (
 
 const firmwareUsage = `Usage:
   fota firmware sample --version V [--size SIZE] [--fail-selftest | --crash]
-                       [--chip esp32] [--project ecowatt] [--secure-version N] [--force] -o FILE
+                       [--hardware esp32] [--project ecowatt] [--security-counter N] [--force] -o FILE
 
 Writes a simulated EcoWatt application image: a valid ESP32 image (header,
 app descriptor with version, project name and secure version, checksum and
 SHA-256) whose payload tells the simulated device how it behaves on boot.
+--hardware is the descriptor's chip and --security-counter its secure_version,
+named as in 'fota release build' and 'fota device add' (--chip and
+--secure-version, their old names, still work for now).
 
 Examples:
   fota firmware sample --version 1.0.4 -o app-1.0.4.bin
@@ -32,9 +35,11 @@ func runFirmwareSample(e *env, args []string) error {
 	size := fs.String("size", "", "image size, e.g. 256KiB or 1MiB (default: a small image)")
 	failSelfTest := fs.Bool("fail-selftest", false, "the image fails its self-test on boot")
 	crash := fs.Bool("crash", false, "the image resets before it can confirm itself")
-	chip := fs.String("chip", "esp32", "chip the image is built for")
+	chip := fs.String("hardware", "esp32", "chip the image is built for")
+	fs.StringVar(chip, "chip", "esp32", "old name of --hardware")
 	project := fs.String("project", "ecowatt", "project name in the app descriptor")
-	secureVersion := fs.Uint("secure-version", 0, "secure_version (anti-rollback counter) in the app descriptor")
+	secureVersion := fs.Uint("security-counter", 0, "secure_version (anti-rollback counter) in the app descriptor")
+	fs.UintVar(secureVersion, "secure-version", 0, "old name of --security-counter")
 	out := fs.String("o", "", "file to write")
 	force := fs.Bool("force", false, "replace an existing file")
 	rest, err := parseFlags(e, fs, firmwareUsage, args)

@@ -50,7 +50,7 @@ func runLoad(e *env, args []string) error {
 	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
 	verify := fs.String("verify", loadgen.VerifyFull, "what devices check: full (the real agent) or hmac (signature and chunk HMACs, no decryption: measures the server, not this machine's CPU; native API)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file (go tool pprof FILE)")
-	if _, err := parseFlags(e, fs, loadUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, loadUsage, args); err != nil {
 		return err
 	}
 	if *keyDir == "" {

@@ -406,7 +406,7 @@ start, so this is for doing it ahead of a rollout.
 func runMigrate(e *env, args []string) error {
 	fs := newFlags("migrate")
 	db := fs.String("db", "", "PostgreSQL DSN")
-	if _, err := parseFlags(e, fs, migrateUsage, args); err != nil {
+	if err := parseNoArgs(e, fs, migrateUsage, args); err != nil {
 		return err
 	}
 	if *db == "" {

@@ -274,20 +274,13 @@ func (s *Server) pinDevice(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
 	}
+	if err := s.updates.Pin(r.Context(), r.PathValue("id"), req.Version); err != nil {
+		return err
+	}
 	d, err := s.store.Device(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	if _, err := s.store.ReleaseByVersion(r.Context(), d.Hardware, req.Version); err != nil {
-		if fota.ErrorCode(err) == fota.ENOTFOUND {
-			return fota.Errorf(fota.EINVALID, "no release %s for %s to pin to; publish it first", truncate(req.Version, 40), d.Hardware)
-		}
-		return err
-	}
-	if err := s.store.PinDevice(r.Context(), d.ID, req.Version); err != nil {
-		return err
-	}
-	d.PinnedVersion = req.Version
 	return writeJSON(w, http.StatusOK, viewDevice(d))
 }
 

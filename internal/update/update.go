@@ -524,6 +524,47 @@ func (s *Service) SetAPIPolicy(ctx context.Context, id, policy string) error {
 	return nil
 }
 
+// Pin pins a device to a release version, refusing one that could never
+// take effect: not published for its hardware, not newer than what it
+// runs, below its security counter, or rolled back from on the native API.
+func (s *Service) Pin(ctx context.Context, id, version string) error {
+	d, err := s.store.Device(ctx, id)
+	if err != nil {
+		return err
+	}
+	rel, err := s.store.ReleaseByVersion(ctx, d.Hardware, version)
+	if fota.ErrorCode(err) == fota.ENOTFOUND {
+		return fota.Errorf(fota.EINVALID, "no release %s for %s to pin to; publish it first", truncate(version, 40), d.Hardware)
+	}
+	if err != nil {
+		return err
+	}
+	running, errR := semver.Parse(d.Version)
+	target, errT := semver.Parse(rel.Version)
+	if errR == nil && errT == nil && semver.Compare(target, running) <= 0 {
+		return fota.Errorf(fota.EINVALID, "device %s runs %s; a pin to %s, not newer, would never be offered (devices never downgrade)",
+			d.ID, d.Version, rel.Version)
+	}
+	if rel.SecurityCounter < d.SecurityCounter {
+		return fota.Errorf(fota.EINVALID, "release %s has security counter %d, below device %s's %d: it would never be offered",
+			rel.Version, rel.SecurityCounter, d.ID, d.SecurityCounter)
+	}
+	rejected, err := s.store.RejectedReleases(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	for _, r := range rejected {
+		if r == rel.ID {
+			return fota.Errorf(fota.EINVALID, "device %s rolled back from %s; it is never offered again: publish a fixed release", d.ID, rel.Version)
+		}
+	}
+	if err := s.store.PinDevice(ctx, d.ID, rel.Version); err != nil {
+		return err
+	}
+	s.log.Info("device pinned", "device_id", d.ID, "release_version", rel.Version)
+	return nil
+}
+
 // ClearBackoffs offers a device's held-back releases again, and lets it
 // open a full burst of EcoWatt-API sessions again (on this replica: the
 // limits are kept in memory), so an operator's retry is not refused.

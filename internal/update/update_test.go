@@ -561,3 +561,46 @@ func TestEcoWattCheckInLeavesNativeDeviceUnseen(t *testing.T) {
 		t.Fatal("an authenticated check-in did not mark the device seen")
 	}
 }
+
+// A pin that could never take effect is refused with the reason.
+func TestPinRefusesWhatCouldNeverTakeEffect(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.2", nil)
+	h.release("1.0.4", nil)
+	h.release("1.0.5", func(r *fota.Release) { r.SecurityCounter = 0 })
+	h.device("d1", fota.APINative)
+	for _, tc := range []struct{ version, want string }{
+		{"1.0.2", "not newer"},
+		{"1.0.3", "no release 1.0.3"},
+		{"9.9.9", "no release 9.9.9"},
+	} {
+		err := h.svc.Pin(h.ctx, "d1", tc.version)
+		wantCode(t, err, fota.EINVALID)
+		if !strings.Contains(fota.ErrorMessage(err), tc.want) {
+			t.Fatalf("pin %s: %v, want %q", tc.version, err, tc.want)
+		}
+	}
+	// Rolled back on the native API: never offered again, so no pin.
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.5")
+	if err := h.report(offer.Session, fota.APINative, fota.SessionRolledBack); err != nil {
+		t.Fatal(err)
+	}
+	err := h.svc.Pin(h.ctx, "d1", "1.0.5")
+	if fota.ErrorCode(err) != fota.EINVALID || !strings.Contains(fota.ErrorMessage(err), "rolled back") {
+		t.Fatalf("pin to a rolled-back release: %v", err)
+	}
+	// Below the device's counter.
+	d := storetest.NewDevice("d2")
+	d.API, d.SecurityCounter = fota.APINative, 3
+	if err := h.store.CreateDevice(h.ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	err = h.svc.Pin(h.ctx, "d2", "1.0.4")
+	if fota.ErrorCode(err) != fota.EINVALID || !strings.Contains(fota.ErrorMessage(err), "below device d2's 3") {
+		t.Fatalf("pin below the counter: %v", err)
+	}
+	if err := h.svc.Pin(h.ctx, "d1", "1.0.4"); err != nil {
+		t.Fatal(err)
+	}
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+}
