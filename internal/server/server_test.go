@@ -345,6 +345,11 @@ func TestDecisionOrderPinAndRejection(t *testing.T) {
 	if r := check("1.0.10"); r.Update {
 		t.Fatalf("offered %q to a device on the newest", r.Version)
 	}
+	// Running 1.0.10, a pin to 1.0.9 could never take effect.
+	if err := e.admin.Pin(ctx, "d1", "1.0.9"); err == nil || !strings.Contains(err.Error(), "not newer") {
+		t.Fatalf("pin below the running version: %v", err)
+	}
+	check("1.0.3")
 	if err := e.admin.Pin(ctx, "d1", "1.0.9"); err != nil {
 		t.Fatal(err)
 	}
