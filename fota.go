@@ -160,6 +160,9 @@ const (
 	// SessionNotApplied ends an EcoWatt-API session whose device, after
 	// every chunk was served, kept checking in with its old version.
 	SessionNotApplied = "not-applied"
+	// SessionRefused ends a session whose device would not take the
+	// release (it does not fit its slot, it rolled back from it, ...).
+	SessionRefused = "refused"
 )
 
 // SessionActive reports whether a session in state s can still progress.
@@ -242,6 +245,7 @@ const (
 	EventDeleted       = "release-deleted"
 	EventAssigned      = "assigned"
 	EventNotApplied    = "not-applied"
+	EventRefused       = "refused"
 	EventAPIPolicy     = "api-policy"
 	EventBackoffClear  = "backoff-cleared"
 )
@@ -256,6 +260,7 @@ var stateEvents = map[string]string{
 	SessionFailed:     EventFailed,
 	SessionAbandoned:  EventAbandoned,
 	SessionNotApplied: EventNotApplied,
+	SessionRefused:    EventRefused,
 }
 
 // StateEvent is the event kind a move to state records; false for a

@@ -59,8 +59,9 @@ type DeviceStore interface {
 	// returned. Durable. Errors: ENOTFOUND; EINVALID for an unknown policy.
 	SetDeviceAPI(ctx context.Context, id, policy string) ([]*Session, error)
 	// RejectedReleases lists the ids of releases the device rolled back
-	// from in an authenticated (native API) session: those are never
-	// offered to it again. EcoWatt-API rollbacks earn a Backoff instead.
+	// from or refused in an authenticated (native API) session: those are
+	// never offered to it again. EcoWatt-API failures earn a Backoff
+	// instead.
 	RejectedReleases(ctx context.Context, deviceID string) ([]int64, error)
 	// Backoffs lists the device's backoffs, expired ones included (their
 	// Failures count the doubling), by release id.

@@ -35,7 +35,7 @@ type CheckResponse struct {
 
 // Report is the body of POST /v1/device/sessions/{id}/report.
 type Report struct {
-	Status string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed
+	Status string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed, refused
 	Reason string `json:"reason,omitempty"`
 }
 

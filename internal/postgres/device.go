@@ -130,12 +130,12 @@ func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Se
 	return ended, err
 }
 
-// RejectedReleases lists releases the device rolled back from on the
-// native API.
+// RejectedReleases lists releases the device rolled back from or refused
+// on the native API.
 func (s *Store) RejectedReleases(ctx context.Context, deviceID string) ([]int64, error) {
 	return queryAll(ctx, s.pool, "rejected releases", func(row rowScanner) (id int64, err error) { return id, row.Scan(&id) },
-		`SELECT DISTINCT release_id FROM sessions WHERE device_id = $1 AND state = $2 AND api = $3 AND release_id IS NOT NULL`,
-		deviceID, fota.SessionRolledBack, fota.APINative)
+		`SELECT DISTINCT release_id FROM sessions WHERE device_id = $1 AND state IN ($2, $3) AND api = $4 AND release_id IS NOT NULL`,
+		deviceID, fota.SessionRolledBack, fota.SessionRefused, fota.APINative)
 }
 
 // Backoffs lists the device's backoffs.

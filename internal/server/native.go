@@ -357,7 +357,7 @@ func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) er
 
 var reportStates = map[string]string{
 	"downloaded": fota.SessionDownloaded, "verified": fota.SessionVerified, "applied": fota.SessionApplied,
-	"confirmed": fota.SessionConfirmed, "rolled-back": fota.SessionRolledBack, "failed": fota.SessionFailed,
+	"confirmed": fota.SessionConfirmed, "rolled-back": fota.SessionRolledBack, "failed": fota.SessionFailed, "refused": fota.SessionRefused,
 }
 
 func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byte) error {
@@ -367,7 +367,7 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	}
 	state, ok := reportStates[rep.Status]
 	if !ok {
-		return fota.Errorf(fota.EINVALID, "status %q: want downloaded, verified, applied, confirmed, rolled-back or failed", truncate(rep.Status, 40))
+		return fota.Errorf(fota.EINVALID, "status %q: want downloaded, verified, applied, confirmed, rolled-back, failed or refused", truncate(rep.Status, 40))
 	}
 	if len(rep.Reason) > 500 {
 		return fota.Errorf(fota.EINVALID, "reason is longer than 500 characters")

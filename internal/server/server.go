@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall,
 		OnStateChange: func(state, api string) {
 			switch state {
-			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied:
+			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied, fota.SessionRefused:
 				s.metrics.updates.WithLabelValues(state).Inc()
 			}
 		}})

@@ -100,7 +100,7 @@ func (n NewestRelease) heldBack(ctx context.Context, req Request) (map[int64]str
 		return nil, err
 	}
 	for _, id := range rejected {
-		held[id] = "this device rolled back from; it is not offered again"
+		held[id] = "this device rolled back from or refused; it is not offered again"
 	}
 	// Backoffs come from unauthenticated reports, so they bind only the
 	// API those came on: a forged report cannot hold back a native update.

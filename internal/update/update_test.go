@@ -604,3 +604,18 @@ func TestPinRefusesWhatCouldNeverTakeEffect(t *testing.T) {
 	}
 	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 }
+
+// A device that refuses an offer says so, and is not offered it again.
+func TestRefusedReleaseIsNotOfferedAgain(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	h.release("1.0.4", nil)
+	h.device("d1", fota.APINative)
+	offer := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
+	if err := h.svc.Report(h.ctx, update.Report{Session: offer.Session, API: fota.APINative, State: fota.SessionRefused,
+		Reason: "image of 5 MiB does not fit the 4 MiB slot"}); err != nil {
+		t.Fatal(err)
+	}
+	h.wantNoOffer("d1", fota.APINative, "1.0.3", "refused")
+	h.release("1.0.5", nil)
+	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.5")
+}
