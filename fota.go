@@ -6,6 +6,7 @@
 package fota
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -248,6 +249,8 @@ const (
 	EventRefused       = "refused"
 	EventAPIPolicy     = "api-policy"
 	EventBackoffClear  = "backoff-cleared"
+	EventTokenCreated  = "token-created"
+	EventTokenRevoked  = "token-revoked"
 )
 
 // stateEvents is the event each session state change records.
@@ -330,6 +333,9 @@ type Event struct {
 	ReleaseVersion string
 	SessionID      string
 	Detail         string
+	// Actor is who made the change, for changes an operator made
+	// ("token:ci", "token:admin"); "" for devices and the server itself.
+	Actor string
 }
 
 // EventFilter selects events; zero fields match everything.
@@ -338,10 +344,77 @@ type EventFilter struct {
 	Limit    int // newest first; 0 means 100
 }
 
+// Token scopes, each allowing what the ones below it allow.
+const (
+	ScopeAdmin   = "admin"   // every admin request: publish, devices, tokens, ...
+	ScopeRead    = "read"    // admin API reads (GET) and /metrics
+	ScopeMetrics = "metrics" // /metrics only
+)
+
+// Scopes are the token scopes, widest first.
+var Scopes = []string{ScopeAdmin, ScopeRead, ScopeMetrics}
+
+// ValidScope reports whether s is one of Scopes.
+func ValidScope(s string) bool { return s == ScopeAdmin || s == ScopeRead || s == ScopeMetrics }
+
 // Token is an admin API token; only its SHA-256 is stored.
 type Token struct {
 	ID      int64
-	Name    string
+	Name    string // unique
 	Hash    [32]byte
+	Scope   string // ScopeAdmin ("" is stored as it), ScopeRead or ScopeMetrics
 	Created time.Time
+	Expires time.Time // zero: never
+	Revoked time.Time // zero: in force
+}
+
+// Allows reports whether the token's scope covers scope.
+func (t *Token) Allows(scope string) bool {
+	rank := map[string]int{ScopeMetrics: 1, ScopeRead: 2, ScopeAdmin: 3}
+	return rank[t.Scope] >= rank[scope] && rank[scope] > 0
+}
+
+// InForce reports whether the token can be used at now: not revoked, not
+// expired.
+func (t *Token) InForce(now time.Time) bool {
+	return t.Revoked.IsZero() && (t.Expires.IsZero() || now.Before(t.Expires))
+}
+
+// PrepareToken checks a token before a store keeps it, defaulting its
+// scope to ScopeAdmin.
+func PrepareToken(t *Token) error {
+	if t.Scope == "" {
+		t.Scope = ScopeAdmin
+	}
+	if !ValidScope(t.Scope) {
+		return Errorf(EINVALID, "token scope %q: want admin, read or metrics", t.Scope)
+	}
+	if t.Name == "" || len(t.Name) > 64 {
+		return Errorf(EINVALID, "token name %q: want 1-64 characters", t.Name)
+	}
+	return nil
+}
+
+// TokenCreatedEvent is the event a new token records: never its text.
+func TokenCreatedEvent(t *Token) *Event {
+	detail := "token " + t.Name + ", scope " + t.Scope
+	if !t.Expires.IsZero() {
+		detail += ", expires " + t.Expires.UTC().Format(time.RFC3339)
+	}
+	return &Event{Time: t.Created, Kind: EventTokenCreated, Detail: detail}
+}
+
+// actorKey carries who makes a change through a context.
+type actorKey struct{}
+
+// WithActor returns ctx saying who makes the changes done with it (for an
+// admin request, "token:NAME"): stores record it on the events they add.
+func WithActor(ctx context.Context, actor string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor)
+}
+
+// ActorFrom is who WithActor said makes the changes, or "".
+func ActorFrom(ctx context.Context) string {
+	a, _ := ctx.Value(actorKey{}).(string)
+	return a
 }

@@ -119,12 +119,20 @@ type EventStore interface {
 
 // TokenStore keeps admin tokens, hashed.
 type TokenStore interface {
-	// CreateToken stores a token hash. Durable. Errors: ECONFLICT on a
-	// duplicate hash.
+	// CreateToken stores a token (ID and Created are set; Scope "" is
+	// stored as ScopeAdmin) and its token-created event. Durable. Errors:
+	// ECONFLICT on a duplicate name or hash; EINVALID for an unknown scope.
 	CreateToken(ctx context.Context, t *Token) error
-	// TokenByHash finds a token. Errors: ENOTFOUND.
+	// TokenByHash finds a token, revoked and expired ones too: the caller
+	// decides (Token.InForce). Errors: ENOTFOUND.
 	TokenByHash(ctx context.Context, hash [32]byte) (*Token, error)
-	// CountTokens returns how many tokens exist.
+	// Tokens lists tokens by name, revoked ones too; hashes are left out.
+	Tokens(ctx context.Context) ([]*Token, error)
+	// RevokeToken revokes the token named name (from its next request
+	// on, on every replica: tokens are read on every request) and records
+	// it. Durable. Errors: ENOTFOUND; ECONFLICT if revoked already.
+	RevokeToken(ctx context.Context, name string) error
+	// CountTokens returns how many tokens exist, revoked ones too.
 	CountTokens(ctx context.Context) (int, error)
 }
 

@@ -209,6 +209,28 @@ func (a *Admin) ClearBackoffs(ctx context.Context, id string) (int, error) {
 	return out.Cleared, a.doJSON(ctx, "DELETE", "/v1/admin/devices/"+url.PathEscape(id)+"/backoffs", nil, &out)
 }
 
+// CreateToken makes an admin API token; the answer holds its text, shown
+// only now. expires 0 is for ever.
+func (a *Admin) CreateToken(ctx context.Context, name, scope string, expires time.Duration) (*protocol.Token, error) {
+	var out protocol.Token
+	req := protocol.CreateToken{Name: name, Scope: scope, ExpiresIn: int64(expires / time.Second)}
+	if err := a.doJSON(ctx, "POST", "/v1/admin/tokens", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Tokens lists the admin tokens, without their text.
+func (a *Admin) Tokens(ctx context.Context) ([]protocol.Token, error) {
+	var out []protocol.Token
+	return out, a.doJSON(ctx, "GET", "/v1/admin/tokens", nil, &out)
+}
+
+// RevokeToken revokes the token named name.
+func (a *Admin) RevokeToken(ctx context.Context, name string) error {
+	return a.doJSON(ctx, "DELETE", "/v1/admin/tokens/"+url.PathEscape(name), nil, nil)
+}
+
 // Sessions lists active update sessions.
 func (a *Admin) Sessions(ctx context.Context) (*protocol.Sessions, error) {
 	var out protocol.Sessions

@@ -135,6 +135,26 @@ type Event struct {
 	Version   string    `json:"version,omitempty"`
 	SessionID string    `json:"session_id,omitempty"`
 	Detail    string    `json:"detail,omitempty"`
+	Actor     string    `json:"actor,omitempty"` // who made an operator's change: "token:NAME"
+}
+
+// CreateToken is POST /v1/admin/tokens.
+type CreateToken struct {
+	Name  string `json:"name"`
+	Scope string `json:"scope"` // admin (when left out), read or metrics
+	// ExpiresIn is how long the token lasts, in seconds; 0 for ever.
+	ExpiresIn int64 `json:"expires_in,omitempty"`
+}
+
+// Token is a token as the admin API shows it. Text is set only in the
+// answer to creating it: the token is shown once.
+type Token struct {
+	Name    string    `json:"name"`
+	Scope   string    `json:"scope"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+	Revoked time.Time `json:"revoked,omitzero"`
+	Text    string    `json:"token,omitempty"`
 }
 
 // ErrorBody is every error answer: a message for people, a code for programs.

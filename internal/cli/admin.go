@@ -20,10 +20,19 @@ import (
 
 // serverFlags adds --server and --token, defaulting to FOTA_SERVER and FOTA_TOKEN.
 func serverFlags(fs *flag.FlagSet) (server, token *string) {
-	server = fs.String("server", os.Getenv("FOTA_SERVER"), "server URL (default $FOTA_SERVER)")
-	token = fs.String("token", os.Getenv("FOTA_TOKEN"), "admin token (default $FOTA_TOKEN)")
+	server, token = new(string), new(string)
+	*server, *token = os.Getenv("FOTA_SERVER"), os.Getenv("FOTA_TOKEN")
+	fs.Var(envDefault{server}, "server", "server URL (default $FOTA_SERVER)")
+	fs.Var(envDefault{token}, "token", "admin token (default $FOTA_TOKEN)")
 	return server, token
 }
+
+// envDefault is a string flag whose default comes from the environment and
+// is never printed: --help must not show an admin token's value.
+type envDefault struct{ p *string }
+
+func (e envDefault) String() string     { return "" }
+func (e envDefault) Set(v string) error { *e.p = v; return nil }
 
 func adminClient(server, token string) (*client.Admin, error) {
 	if server == "" {
@@ -431,9 +440,10 @@ func runDeviceBackoff(e *env, args []string) error {
 
 func printEvents(e *env, evs []protocol.Event) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tDETAIL")
+	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tBY\tDETAIL")
 	for _, ev := range evs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), ev.Kind, orDash(ev.DeviceID), orDash(ev.Version), ev.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), ev.Kind, orDash(ev.DeviceID), orDash(ev.Version),
+			orDash(ev.Actor), ev.Detail)
 	}
 	tw.Flush()
 }

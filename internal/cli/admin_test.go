@@ -220,3 +220,56 @@ func TestPublishRawImageSaysBuildFirst(t *testing.T) {
 	run(t, "release", "publish", filepath.Join(dir, "app.bin")).
 		expect(t, 1, "", "is not a fota bundle\nfota: hint: build one from the firmware first: fota release build")
 }
+
+func TestTokenCommands(t *testing.T) {
+	dir, _ := adminEnv(t)
+	admin := os.Getenv("FOTA_TOKEN")
+	// --help never shows the token's value, only where it comes from.
+	out := run(t, "device", "list", "--help")
+	if strings.Contains(out.stdout, admin) || !strings.Contains(out.stdout, "$FOTA_TOKEN") {
+		t.Fatalf("--help with FOTA_TOKEN set:\n%s", out.stdout)
+	}
+	if strings.Count(out.stdout, "(default $FOTA_TOKEN)") != 1 || strings.Contains(out.stdout, `(default "`) {
+		t.Fatalf("--help shows a default twice or a value:\n%s", out.stdout)
+	}
+	// Over the admin API.
+	out = run(t, "token", "create", "--name", "prom", "--scope", "metrics", "--expires", "720h")
+	prom := strings.TrimSpace(out.stdout)
+	if out.code != 0 || !strings.HasPrefix(prom, "fota_") {
+		t.Fatalf("token create: %d %q %s", out.code, out.stdout, out.stderr)
+	}
+	run(t, "token", "create", "--name", "prom").expect(t, 1, "", "exists already")
+	run(t, "token", "create", "--name", "x", "--scope", "root").expect(t, 2, "", "want admin, read or metrics")
+	out = run(t, "token", "list")
+	for _, want := range []string{"prom", "metrics", "in force", "test"} {
+		if !strings.Contains(out.stdout, want) {
+			t.Fatalf("token list lacks %q:\n%s", want, out.stdout)
+		}
+	}
+	if strings.Contains(out.stdout, prom) || strings.Contains(out.stdout, admin) {
+		t.Fatalf("token list shows a token's text:\n%s", out.stdout)
+	}
+	// A metrics token cannot list devices.
+	t.Setenv("FOTA_TOKEN", prom)
+	run(t, "device", "list").expect(t, 1, "", "has scope metrics; this needs read")
+	t.Setenv("FOTA_TOKEN", admin)
+	run(t, "token", "revoke", "prom").expect(t, 0, "token prom revoked", "")
+	run(t, "token", "revoke", "prom").expect(t, 1, "", "revoked already")
+	run(t, "token", "revoke").expect(t, 2, "", "exactly one token name")
+	t.Setenv("FOTA_TOKEN", prom)
+	run(t, "device", "list").expect(t, 1, "", `token "prom" was revoked`)
+	t.Setenv("FOTA_TOKEN", admin)
+	// On the server's machine, with --data: how the first tokens are made.
+	data := filepath.Join(dir, "data")
+	out = run(t, "token", "create", "--data", data, "--name", "local-ci")
+	if out.code != 0 || !strings.HasPrefix(out.stdout, "fota_") {
+		t.Fatalf("token create --data: %d %s %s", out.code, out.stdout, out.stderr)
+	}
+	run(t, "token", "list", "--data", data).expect(t, 0, "local-ci", "")
+	run(t, "token", "revoke", "--data", data, "local-ci").expect(t, 0, "revoked", "")
+	run(t, "device", "show", "--id", "nobody").expect(t, 1, "", "unknown device")
+	out = run(t, "status", "--events", "50")
+	if !strings.Contains(out.stdout, "token-revoked") || !strings.Contains(out.stdout, "token:test") {
+		t.Fatalf("events do not show who revoked:\n%s", out.stdout)
+	}
+}

@@ -321,17 +321,6 @@ func openData(ctx context.Context, dir string) (*sqlite.Store, *blobdir.Dir, err
 	return store, blobs, nil
 }
 
-func createToken(ctx context.Context, store fota.Store, name string) (string, error) {
-	token, hash, err := server.NewToken()
-	if err != nil {
-		return "", err
-	}
-	if err := store.CreateToken(ctx, &fota.Token{Name: name, Hash: hash}); err != nil {
-		return "", err
-	}
-	return token, nil
-}
-
 func purgeNonces(ctx context.Context, store fota.Store, logger *slog.Logger) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
@@ -345,54 +334,6 @@ func purgeNonces(ctx context.Context, store fota.Store, logger *slog.Logger) {
 			}
 		}
 	}
-}
-
-const tokenUsage = `Usage:
-  fota token create (--data DIR | --db DSN) [--name NAME]
-
-Makes an admin API token and prints it alone on stdout; only its hash is
-stored. Works while the server runs.
-
-Example:
-  export FOTA_TOKEN=$(fota token create --data ./fota-data --name ci)
-`
-
-func runToken(e *env, args []string) error {
-	return subcommand(e, "token", args, map[string]func(*env, []string) error{"create": runTokenCreate}, tokenUsage)
-}
-
-func runTokenCreate(e *env, args []string) error {
-	fs := newFlags("token create")
-	data := fs.String("data", "./fota-data", "the server's data folder")
-	db := fs.String("db", "", "the server's PostgreSQL DSN, when it uses one")
-	name := fs.String("name", "admin", "a name to tell tokens apart")
-	rest, err := parseFlags(e, fs, tokenUsage, args)
-	if err != nil {
-		return err
-	}
-	if len(rest) > 0 {
-		return usagef("fota token create takes no arguments, got %q", rest)
-	}
-	var store fota.Store
-	if *db != "" {
-		if store, err = postgres.Open(e.ctx, *db); err != nil {
-			return err
-		}
-	} else {
-		if _, err := os.Stat(filepath.Join(*data, "fota.db")); err != nil {
-			return withHint(fmt.Errorf("no fota database in %s", *data), "start 'fota serve --data "+*data+"' once, or pass the right --data")
-		}
-		if store, err = sqlite.Open(e.ctx, filepath.Join(*data, "fota.db")); err != nil {
-			return err
-		}
-	}
-	defer store.Close()
-	token, err := createToken(e.ctx, store, *name)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(e.stdout, token)
-	return nil
 }
 
 const migrateUsage = `Usage:

@@ -224,8 +224,11 @@ func fromMS(v int64) time.Time {
 }
 
 func addEvent(ctx context.Context, tx pgx.Tx, e *fota.Event) error {
-	err := tx.QueryRow(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail).Scan(&e.ID)
+	if e.Actor == "" {
+		e.Actor = fota.ActorFrom(ctx)
+	}
+	err := tx.QueryRow(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor).Scan(&e.ID)
 	if err != nil {
 		return fmt.Errorf("add event: %w", err)
 	}
@@ -246,7 +249,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail FROM events`
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor FROM events`
 	args := []any{}
 	if f.DeviceID != "" {
 		q += ` WHERE device_id = $1`
@@ -257,7 +260,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	return queryAll(ctx, s.pool, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail)
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor)
 		e.Time = fromMS(t)
 		return e, err
 	}, q, args...)

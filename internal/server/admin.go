@@ -28,8 +28,23 @@ const TokenPrefix = "fota_"
 // bits, so a fast hash is enough; the text itself is never stored.
 func HashToken(token string) [32]byte { return sha256.Sum256([]byte(token)) }
 
-// admin requires a valid "Authorization: Bearer <token>".
+// admin requires a valid "Authorization: Bearer <token>" whose scope
+// covers the request: read for GET, admin for every change. The handler's
+// context says which token acts, so the events the change records name it.
 func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) func(w http.ResponseWriter, r *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		scope := fota.ScopeAdmin
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			scope = fota.ScopeRead
+		}
+		return s.withToken(scope, h)(w, r)
+	}
+}
+
+// withToken requires a token in force whose scope covers scope. Tokens are
+// read from the store on every request, so a revoked one fails at once on
+// every replica.
+func (s *Server) withToken(scope string, h func(w http.ResponseWriter, r *http.Request) error) func(w http.ResponseWriter, r *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		auth := r.Header.Get("Authorization")
 		token, ok := strings.CutPrefix(auth, "Bearer ")
@@ -47,7 +62,17 @@ func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) fun
 		if subtle.ConstantTimeCompare(t.Hash[:], hash[:]) != 1 {
 			return fota.Errorf(fota.EUNAUTHORIZED, "admin token is not valid")
 		}
-		return h(w, r)
+		now := s.now()
+		switch {
+		case !t.Revoked.IsZero():
+			return fota.Errorf(fota.EUNAUTHORIZED, "admin token %q was revoked; ask for a new one (fota token create)", t.Name)
+		case !t.InForce(now):
+			return fota.Errorf(fota.EUNAUTHORIZED, "admin token %q expired at %s; ask for a new one (fota token create)",
+				t.Name, t.Expires.UTC().Format(time.RFC3339))
+		case !t.Allows(scope):
+			return fota.Errorf(fota.EFORBIDDEN, "admin token %q has scope %s; this needs %s", t.Name, t.Scope, scope)
+		}
+		return h(w, r.WithContext(fota.WithActor(r.Context(), "token:"+t.Name)))
 	}
 }
 
@@ -250,7 +275,8 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) error {
 func viewEvents(evs []*fota.Event) []protocol.Event {
 	out := make([]protocol.Event, 0, len(evs))
 	for _, e := range evs {
-		out = append(out, protocol.Event{Time: e.Time, Kind: e.Kind, DeviceID: e.DeviceID, Version: e.ReleaseVersion, SessionID: e.SessionID, Detail: e.Detail})
+		out = append(out, protocol.Event{Time: e.Time, Kind: e.Kind, DeviceID: e.DeviceID, Version: e.ReleaseVersion, SessionID: e.SessionID,
+			Detail: e.Detail, Actor: e.Actor})
 	}
 	return out
 }
@@ -364,4 +390,59 @@ func NewToken() (string, [32]byte, error) {
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
 	return token, HashToken(token), nil
+}
+
+func viewToken(t *fota.Token) protocol.Token {
+	return protocol.Token{Name: t.Name, Scope: t.Scope, Created: t.Created, Expires: t.Expires, Revoked: t.Revoked}
+}
+
+// maxTokenLife bounds --expires: a year and a day is longer than anyone
+// should keep a token, and keeps the arithmetic far from overflow.
+const maxTokenLife = 366 * 24 * time.Hour
+
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+	var req protocol.CreateToken
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if req.ExpiresIn < 0 || time.Duration(req.ExpiresIn)*time.Second > maxTokenLife {
+		return fota.Errorf(fota.EINVALID, "expires_in %d: want 0 (never) up to %d seconds", req.ExpiresIn, int64(maxTokenLife/time.Second))
+	}
+	text, hash, err := NewToken()
+	if err != nil {
+		return err
+	}
+	t := &fota.Token{Name: req.Name, Scope: req.Scope, Hash: hash}
+	if req.ExpiresIn > 0 {
+		t.Expires = s.now().Add(time.Duration(req.ExpiresIn) * time.Second).UTC()
+	}
+	if err := s.store.CreateToken(r.Context(), t); err != nil {
+		return err
+	}
+	s.log.Info("token created", "token_name", t.Name, "scope", t.Scope, "by", fota.ActorFrom(r.Context()))
+	v := viewToken(t)
+	v.Text = text
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
+	ts, err := s.store.Tokens(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]protocol.Token, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, viewToken(t))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	if err := s.store.RevokeToken(r.Context(), r.PathValue("name")); err != nil {
+		return err
+	}
+	s.log.Info("token revoked", "token_name", r.PathValue("name"), "by", fota.ActorFrom(r.Context()))
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

@@ -127,7 +127,7 @@ func (s *Server) routes() http.Handler {
 	}
 	handle("GET /healthz", true, s.healthz)
 	// Prometheus scrapes with the admin token (authorization: credentials).
-	handle("GET /metrics", true, s.admin(func(w http.ResponseWriter, r *http.Request) error {
+	handle("GET /metrics", true, s.withToken(fota.ScopeMetrics, func(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.handler().ServeHTTP(w, r)
 		return nil
 	}))
@@ -160,6 +160,9 @@ func (s *Server) routes() http.Handler {
 	handle("DELETE /v1/admin/devices/{id}/pin", false, s.admin(s.unpinDevice))
 	handle("GET /v1/admin/sessions", false, s.admin(s.listSessions))
 	handle("GET /v1/admin/events", false, s.admin(s.listEvents))
+	handle("POST /v1/admin/tokens", false, s.admin(s.createToken))
+	handle("GET /v1/admin/tokens", false, s.withToken(fota.ScopeAdmin, s.listTokens))
+	handle("DELETE /v1/admin/tokens/{name}", false, s.admin(s.revokeToken))
 
 	mux.Handle("/", s.wrap("unmatched", false, func(w http.ResponseWriter, r *http.Request) error {
 		return fota.Errorf(fota.ENOTFOUND, "no endpoint %s %s; see docs/PROTOCOL.md", r.Method, r.URL.Path)

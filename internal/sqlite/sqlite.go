@@ -290,8 +290,11 @@ func isUnique(err error) bool {
 }
 
 func addEvent(ctx context.Context, tx *txn, e *fota.Event) error {
-	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail) VALUES (?, ?, ?, ?, ?, ?)`,
-		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail)
+	if e.Actor == "" {
+		e.Actor = fota.ActorFrom(ctx)
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor)
 	if err != nil {
 		return fmt.Errorf("add event: %w", err)
 	}
@@ -313,7 +316,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail FROM events`
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor FROM events`
 	var args []any
 	if f.DeviceID != "" {
 		q += ` WHERE device_id = ?`
@@ -324,7 +327,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	return queryAll(ctx, s.db, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail)
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor)
 		e.Time = fromMS(t)
 		return e, err
 	}, q, args...)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +52,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"SessionCapPerAPI", testSessionCapPerAPI},
 		{"OpenRespectsPolicy", testOpenRespectsPolicy},
 		{"RepeatedStateChangesNothing", testRepeatedState},
+		{"ScopedTokens", testScopedTokens},
 		{"Backoffs", testBackoffs},
 		{"TokensAndNonces", testTokensAndNonces},
 		{"Events", testEvents},
@@ -614,5 +616,47 @@ func testRepeatedState(t *testing.T, s fota.Store, _ *Clock) {
 	}
 	if sess, _ := s.Session(ctx, "s1"); sess.State != fota.SessionVerified {
 		t.Fatalf("state %s", sess.State)
+	}
+}
+
+func testScopedTokens(t *testing.T, s fota.Store, c *Clock) {
+	ctx := fota.WithActor(context.Background(), "token:root")
+	expires := c.Now().Add(time.Hour).Truncate(time.Millisecond)
+	prom := &fota.Token{Name: "prom", Hash: [32]byte{1}, Scope: fota.ScopeMetrics, Expires: expires}
+	must(t, s.CreateToken(ctx, prom))
+	must(t, s.CreateToken(ctx, &fota.Token{Name: "root", Hash: [32]byte{2}}))
+	wantCode(t, s.CreateToken(ctx, &fota.Token{Name: "prom", Hash: [32]byte{3}}), fota.ECONFLICT)
+	wantCode(t, s.CreateToken(ctx, &fota.Token{Name: "other", Hash: [32]byte{1}}), fota.ECONFLICT)
+	wantCode(t, s.CreateToken(ctx, &fota.Token{Name: "bad", Hash: [32]byte{4}, Scope: "superuser"}), fota.EINVALID)
+	got, err := s.TokenByHash(ctx, [32]byte{1})
+	must(t, err)
+	if got.Name != "prom" || got.Scope != fota.ScopeMetrics || !got.Expires.Equal(expires) || !got.Revoked.IsZero() {
+		t.Fatalf("token: %+v", got)
+	}
+	if root, _ := s.TokenByHash(ctx, [32]byte{2}); root.Scope != fota.ScopeAdmin {
+		t.Fatalf("default scope %q, want admin", root.Scope)
+	}
+	must(t, s.RevokeToken(ctx, "prom"))
+	wantCode(t, s.RevokeToken(ctx, "prom"), fota.ECONFLICT)
+	wantCode(t, s.RevokeToken(ctx, "nobody"), fota.ENOTFOUND)
+	if got, _ := s.TokenByHash(ctx, [32]byte{1}); got.Revoked.IsZero() || got.InForce(c.Now()) {
+		t.Fatalf("revoked token: %+v", got)
+	}
+	ts, err := s.Tokens(ctx)
+	must(t, err)
+	if len(ts) != 2 || ts[0].Name != "prom" || ts[1].Name != "root" {
+		t.Fatalf("tokens: %+v", ts)
+	}
+	evs, err := s.Events(ctx, fota.EventFilter{})
+	must(t, err)
+	kinds := map[string]string{}
+	for _, e := range evs {
+		kinds[e.Kind] = e.Actor
+		if strings.Contains(e.Detail, "fota_") {
+			t.Fatalf("an event holds a token's text: %+v", e)
+		}
+	}
+	if kinds[fota.EventTokenCreated] != "token:root" || kinds[fota.EventTokenRevoked] != "token:root" {
+		t.Fatalf("token events and their actors: %v", kinds)
 	}
 }

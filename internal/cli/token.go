@@ -1,0 +1,219 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/postgres"
+	"github.com/ecowatt/fota/internal/server"
+	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/protocol"
+)
+
+const tokenUsage = `Usage:
+  fota token create --name NAME [--scope admin|read|metrics] [--expires 720h]
+  fota token list
+  fota token revoke NAME
+
+Admin API tokens: each has a unique name, a scope and an optional expiry.
+admin may do everything; read may read the admin API (GET) and /metrics;
+metrics may only scrape /metrics. create prints the new token alone on
+stdout, once; only its hash is stored. revoke takes effect at the token's
+next request, on every replica. Events name the token behind each change.
+
+They work over the admin API (--server and --token, or FOTA_SERVER and
+FOTA_TOKEN; an admin token), or on the server's machine with --data DIR (or
+--db DSN), while it runs or not: that is how the first tokens are made.
+
+Examples:
+  export FOTA_TOKEN=$(fota token create --data ./fota-data --name ci)
+  fota token create --name prom --scope metrics --expires 720h
+  fota token list
+  fota token revoke ci
+`
+
+func runToken(e *env, args []string) error {
+	return subcommand(e, "token", args, map[string]func(*env, []string) error{
+		"create": runTokenCreate, "list": runTokenList, "revoke": runTokenRevoke}, tokenUsage)
+}
+
+// tokenTarget is where a token command acts: the store on this machine
+// (--data, --db) or the admin API.
+type tokenTarget struct {
+	data, db, server, token *string
+}
+
+func tokenFlags(fs *flag.FlagSet) *tokenTarget {
+	t := &tokenTarget{}
+	t.data = fs.String("data", "", "the server's data folder, to act on its database directly (default ./fota-data when no server is given)")
+	t.db = fs.String("db", "", "the server's PostgreSQL DSN, to act on it directly")
+	t.server, t.token = serverFlags(fs)
+	return t
+}
+
+// store opens the database to act on directly, or returns nil to use the
+// admin API: --data or --db win; else a server given; else ./fota-data.
+func (t *tokenTarget) store(e *env) (fota.Store, error) {
+	switch {
+	case *t.db != "":
+		return postgres.Open(e.ctx, *t.db)
+	case *t.data == "" && *t.server != "":
+		return nil, nil
+	}
+	data := *t.data
+	if data == "" {
+		data = "./fota-data"
+	}
+	if _, err := os.Stat(filepath.Join(data, "fota.db")); err != nil {
+		return nil, withHint(fmt.Errorf("no fota database in %s", data),
+			"start 'fota serve --data "+data+"' once, pass the right --data, or give --server and --token to use the admin API")
+	}
+	return sqlite.Open(e.ctx, filepath.Join(data, "fota.db"))
+}
+
+func runTokenCreate(e *env, args []string) error {
+	fs := newFlags("token create")
+	target := tokenFlags(fs)
+	name := fs.String("name", "admin", "a unique name to tell tokens apart")
+	scope := fs.String("scope", fota.ScopeAdmin, "what it may do: admin, read or metrics")
+	expires := fs.Duration("expires", 0, "how long it lasts, e.g. 720h (default: until revoked)")
+	if err := parseNoArgs(e, fs, tokenUsage, args); err != nil {
+		return err
+	}
+	if !fota.ValidScope(*scope) {
+		return usagef("--scope %q: want admin, read or metrics", *scope)
+	}
+	if *expires < 0 || *expires > 366*24*time.Hour {
+		return usagef("--expires %s: want up to 8784h (a year and a day), or leave it out", *expires)
+	}
+	store, err := target.store(e)
+	if err != nil {
+		return err
+	}
+	if store == nil {
+		a, err := adminClient(*target.server, *target.token)
+		if err != nil {
+			return err
+		}
+		t, err := a.CreateToken(e.ctx, *name, *scope, *expires)
+		if err != nil {
+			return fmt.Errorf("create token %s: %w", *name, err)
+		}
+		fmt.Fprintln(e.stdout, t.Text)
+		return nil
+	}
+	defer store.Close()
+	token, err := createScopedToken(e.ctx, store, *name, *scope, *expires)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, token)
+	return nil
+}
+
+func runTokenList(e *env, args []string) error {
+	fs := newFlags("token list")
+	target := tokenFlags(fs)
+	if err := parseNoArgs(e, fs, tokenUsage, args); err != nil {
+		return err
+	}
+	var ts []protocol.Token
+	store, err := target.store(e)
+	if err != nil {
+		return err
+	}
+	if store == nil {
+		a, err := adminClient(*target.server, *target.token)
+		if err != nil {
+			return err
+		}
+		if ts, err = a.Tokens(e.ctx); err != nil {
+			return err
+		}
+	} else {
+		defer store.Close()
+		all, err := store.Tokens(e.ctx)
+		if err != nil {
+			return err
+		}
+		for _, t := range all {
+			ts = append(ts, protocol.Token{Name: t.Name, Scope: t.Scope, Created: t.Created, Expires: t.Expires, Revoked: t.Revoked})
+		}
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tSTATE")
+	now := time.Now()
+	for _, t := range ts {
+		expires, state := "never", "in force"
+		if !t.Expires.IsZero() {
+			expires = t.Expires.Local().Format(time.DateTime)
+			if !now.Before(t.Expires) {
+				state = "expired"
+			}
+		}
+		if !t.Revoked.IsZero() {
+			state = "revoked " + t.Revoked.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.Scope, t.Created.Local().Format(time.DateTime), expires, state)
+	}
+	return tw.Flush()
+}
+
+func runTokenRevoke(e *env, args []string) error {
+	fs := newFlags("token revoke")
+	target := tokenFlags(fs)
+	rest, err := parseFlags(e, fs, tokenUsage, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 {
+		return &usageError{msg: "fota token revoke needs exactly one token name", hint: "fota token list shows them; fota token revoke ci"}
+	}
+	store, err := target.store(e)
+	if err != nil {
+		return err
+	}
+	if store == nil {
+		a, err := adminClient(*target.server, *target.token)
+		if err != nil {
+			return err
+		}
+		if err := a.RevokeToken(e.ctx, rest[0]); err != nil {
+			return fmt.Errorf("revoke token %s: %w", rest[0], err)
+		}
+	} else {
+		defer store.Close()
+		if err := store.RevokeToken(fota.WithActor(e.ctx, "local"), rest[0]); err != nil {
+			return fmt.Errorf("revoke token %s: %w", rest[0], err)
+		}
+	}
+	fmt.Fprintf(e.stdout, "token %s revoked\n", rest[0])
+	return nil
+}
+
+func createToken(ctx context.Context, store fota.Store, name string) (string, error) {
+	return createScopedToken(ctx, store, name, fota.ScopeAdmin, 0)
+}
+
+// createScopedToken makes a token on this machine's store and returns its
+// text; the event it records says it was made locally.
+func createScopedToken(ctx context.Context, store fota.Store, name, scope string, expires time.Duration) (string, error) {
+	token, hash, err := server.NewToken()
+	if err != nil {
+		return "", err
+	}
+	t := &fota.Token{Name: name, Hash: hash, Scope: scope}
+	if expires > 0 {
+		t.Expires = time.Now().Add(expires).UTC()
+	}
+	if err := store.CreateToken(fota.WithActor(ctx, "local"), t); err != nil {
+		return "", err
+	}
+	return token, nil
+}
