@@ -726,9 +726,15 @@ func (a *Agent) vetDescriptor(o *offer, head []byte, st Status) error {
 	return nil
 }
 
-// fail records a failed attempt: fatal failures are reported to the server
-// (ending the session), transient ones are only logged and retried at the
-// next check.
+// fail records a failed attempt. The download record is the resume point
+// of chunks already checked against their HMACs: it is dropped only when
+// the device itself found the offer or the image bad (a refused manifest,
+// a chunk that kept failing its HMAC, an image that did not verify), never
+// because the server or the network refused or failed a request. Those
+// leave it for the next check, which resumes from it, in a new session if
+// this one ended (the record names the release, not the session). Final
+// failures are reported to the server, ending the session, unless it has
+// ended already; anything else is only logged and retried at the next check.
 func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 	a.log.Error("update failed", "error", err)
 	p := Progress{State: StateError, Err: err}
@@ -736,11 +742,26 @@ func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 		p.Version = o.version
 	}
 	a.setProgress(p)
-	if o != nil && (IsFatal(err) || errors.Is(err, ErrChunkMAC) || errors.Is(err, errVerify)) {
-		a.slots.DeleteNVS(keyDownload)
-		if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr == nil {
-			a.Flush(ctx)
+	if o == nil {
+		return
+	}
+	var ae *client.APIError
+	refused := errors.As(err, &ae)
+	badImage := errors.Is(err, ErrChunkMAC) || errors.Is(err, errVerify)
+	if badImage || IsFatal(err) && !refused {
+		if derr := a.slots.DeleteNVS(keyDownload); derr != nil {
+			a.log.Warn("cannot forget the download", "error", derr)
 		}
+	}
+	if !(IsFatal(err) || badImage) || sessionGone(err) {
+		return
+	}
+	if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr != nil {
+		a.log.Warn("cannot queue the failure report", "error", qerr)
+		return
+	}
+	if ferr := a.Flush(ctx); ferr != nil {
+		a.log.Info("reports stay queued", "error", ferr)
 	}
 }
 
