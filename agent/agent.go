@@ -118,6 +118,10 @@ type Config struct {
 	Logger                *slog.Logger
 	// Sleep waits between retries; tests replace it.
 	Sleep func(ctx context.Context, d time.Duration) error
+	// Now is the device clock, which signs native requests; default
+	// time.Now. It need not be right: the agent corrects it by the
+	// server's clock when the server refuses a request as stale.
+	Now func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -156,6 +160,9 @@ func (c *Config) defaults() {
 	}
 	if c.Sleep == nil {
 		c.Sleep = sleep
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 
@@ -209,6 +216,11 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 		dev.HTTP = &hcCopy
+		dev.Now = cfg.Now
+		dev.OnClockCorrected = func(offset time.Duration) {
+			a.log.Warn("the device clock is off the server's; signing requests with the server's time",
+				"offset", offset.Round(time.Second))
+		}
 		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey}
 	case APIEcoWatt:
 		if cfg.TrustedKey.Alg() != keys.AlgRSA {
@@ -269,14 +281,64 @@ func (f *fatalError) Unwrap() error { return f.err }
 
 func fatalf(format string, args ...any) error { return &fatalError{fmt.Errorf(format, args...)} }
 
-// IsFatal reports whether err is a failure retrying will not fix.
-func IsFatal(err error) bool {
+// errorClass is what retrying can do about a failure.
+type errorClass int
+
+const (
+	// classTransient: a fault of the network or the server; retry now, with backoff.
+	classTransient errorClass = iota
+	// classLater: the server refused for a reason that can change without
+	// the device doing anything different (its clock, an operator's policy,
+	// the server's view of the session catching up): retrying at once only
+	// repeats the refusal, so keep everything and try at the next cycle.
+	classLater
+	// classFinal: retrying the same request can never succeed.
+	classFinal
+)
+
+// classify sorts a failure by the error code of the server's answer (see
+// docs/PROTOCOL.md, "Errors"), not by its HTTP status alone: a 401 for a
+// device clock that is off is fixed by the clock, a 410 for an ended
+// session by nothing.
+func classify(err error) errorClass {
 	var f *fatalError
 	if errors.As(err, &f) {
-		return true
+		return classFinal
 	}
 	var ae *client.APIError
-	return errors.As(err, &ae) && !ae.Temporary()
+	if !errors.As(err, &ae) {
+		return classTransient // the network, a timeout, a garbled answer
+	}
+	switch ae.Code {
+	case "too_many", "unavailable", "internal":
+		return classTransient
+	case "unauthorized", "forbidden", "conflict":
+		return classLater
+	case "invalid", "not_found", "session_closed", "too_large":
+		return classFinal
+	}
+	// No fota code: a proxy or load balancer answered, or a server from
+	// before codes. Judge by the status.
+	switch {
+	case ae.Temporary():
+		return classTransient
+	case ae.Status == http.StatusBadRequest || ae.Status == http.StatusNotFound ||
+		ae.Status == http.StatusGone || ae.Status == http.StatusRequestEntityTooLarge:
+		return classFinal
+	}
+	return classLater
+}
+
+// IsFatal reports whether err is a failure retrying will never fix.
+func IsFatal(err error) bool { return classify(err) == classFinal }
+
+// sessionGone reports whether the server no longer knows the session an
+// error answer was about: nothing sent on it can succeed, but what was
+// downloaded for its release still can be used by the next session.
+func sessionGone(err error) bool {
+	var ae *client.APIError
+	return errors.As(err, &ae) && (ae.Code == "session_closed" || ae.Code == "not_found" ||
+		ae.Code == "" && (ae.Status == http.StatusGone || ae.Status == http.StatusNotFound))
 }
 
 // retry runs op until it succeeds, fails fatally, or the attempts run out,
@@ -284,7 +346,7 @@ func IsFatal(err error) bool {
 func (a *Agent) retry(ctx context.Context, what string, op func() error) error {
 	var err error
 	for attempt := 0; attempt < a.cfg.Retry.Attempts; attempt++ {
-		if err = op(); err == nil || IsFatal(err) || ctx.Err() != nil {
+		if err = op(); err == nil || classify(err) != classTransient || ctx.Err() != nil {
 			return err
 		}
 		if errors.Is(err, ErrChunkMAC) {
@@ -388,16 +450,23 @@ func (a *Agent) queue(r report) error {
 	return a.save(keyOutbox, box)
 }
 
-// Flush sends queued reports; those the server will never accept (the
-// session ended) are dropped, transient failures stay queued.
+// Flush sends queued reports, oldest first, until the server has each one
+// or has refused it for a reason retrying cannot fix (the session ended or
+// is unknown, the report is malformed): those are dropped, with a log
+// line. A transient failure (the network, 429, 5xx) is retried with
+// backoff; if that does not get it through, it and every later report stay
+// queued, in order, for the next Flush: the next check on the timer, the
+// next boot. A refusal that may change by itself (401, 403, 409) keeps the
+// report queued and moves on to the next. The outbox is in NVS, so it
+// survives reboots. Flush returns the first failure that kept a report.
 func (a *Agent) Flush(ctx context.Context) error {
 	var box []report
 	if !a.load(keyOutbox, &box) || len(box) == 0 {
 		return nil
 	}
 	var firstErr error
-	kept := box[:0]
-	for _, r := range box {
+	kept := make([]report, 0, len(box))
+	for i, r := range box {
 		if r.Status == "confirmed" && r.Version != a.boot.Image.Version {
 			// Queued before a confirm that never completed (power went, and
 			// the image ran out of trial boots): it is not the truth anymore.
@@ -408,26 +477,45 @@ func (a *Agent) Flush(ctx context.Context) error {
 			kept = append(kept, r) // the image has not confirmed itself yet on this boot
 			continue
 		}
-		err := a.src.send(ctx, r)
-		switch {
-		case err == nil:
+		err := a.retry(ctx, "report "+r.Status, func() error { return a.src.send(ctx, r) })
+		if err == nil {
 			a.log.Info("reported", "status", r.Status, "release_version", r.Version, "session_id", r.SessionID)
-		case IsFatal(err):
-			a.log.Warn("report refused; dropping it", "status", r.Status, "release_version", r.Version, "error", err)
-		default:
+			continue
+		}
+		if firstErr == nil && classify(err) != classFinal {
+			firstErr = err
+		}
+		switch classify(err) {
+		case classFinal:
+			a.log.Warn("report refused for good; dropping it", "status", r.Status, "release_version", r.Version,
+				"session_id", r.SessionID, "error", err)
+		case classLater:
+			a.log.Warn("report refused for now; keeping it for the next try", "status", r.Status, "release_version", r.Version,
+				"session_id", r.SessionID, "error", err)
 			kept = append(kept, r)
-			if firstErr == nil {
-				firstErr = err
-			}
+		default:
+			// The server is unreachable or overloaded: the rest would only
+			// fail the same way, and sending them out of order helps nobody.
+			a.log.Info("reports stay queued", "status", r.Status, "release_version", r.Version, "queued", len(box)-i, "error", err)
+			kept = append(kept, box[i:]...)
+			return a.saveOutbox(kept, firstErr)
 		}
 	}
-	if err := a.save(keyOutbox, kept); err != nil {
+	return a.saveOutbox(kept, firstErr)
+}
+
+// saveOutbox stores what Flush kept and returns err, or the failure to store it.
+func (a *Agent) saveOutbox(kept []report, err error) error {
+	if len(kept) == 0 {
+		if derr := a.slots.DeleteNVS(keyOutbox); derr != nil {
+			return fmt.Errorf("empty the report outbox: %w", derr)
+		}
 		return err
 	}
-	if len(kept) == 0 {
-		a.slots.DeleteNVS(keyOutbox)
+	if serr := a.save(keyOutbox, kept); serr != nil {
+		return fmt.Errorf("keep %d queued reports: %w", len(kept), serr)
 	}
-	return firstErr
+	return err
 }
 
 // Startup runs once after the boot step: it queues the report of a
@@ -524,6 +612,11 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	if a.boot.Trial {
 		return Result{}, errors.New("the running image is on trial: confirm or reject it before updating")
 	}
+	// Every check first sends what is queued, so a report the server could
+	// not take before is retried on the timer's next cycle.
+	if err := a.Flush(ctx); err != nil {
+		a.log.Info("reports stay queued", "error", err)
+	}
 	a.setProgress(Progress{State: StateChecking})
 	st, err := a.slots.Status()
 	if err != nil {
@@ -545,7 +638,6 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	}
 	if o == nil {
 		a.setProgress(Progress{State: StateIdle})
-		a.Flush(ctx)
 		return Result{Message: msg}, nil
 	}
 	if a.cfg.PauseWork != nil {
@@ -565,7 +657,9 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	}
 	a.setProgress(Progress{State: StateCompleted, Version: o.version, Chunk: o.chunks, Chunks: o.chunks,
 		Bytes: o.ciphertextSize, TotalBytes: o.ciphertextSize})
-	a.Flush(ctx)
+	if err := a.Flush(ctx); err != nil {
+		a.log.Info("reports stay queued", "error", err)
+	}
 	return Result{Updated: true, Version: o.version, SessionID: o.sessionID}, nil
 }
 
@@ -632,9 +726,15 @@ func (a *Agent) vetDescriptor(o *offer, head []byte, st Status) error {
 	return nil
 }
 
-// fail records a failed attempt: fatal failures are reported to the server
-// (ending the session), transient ones are only logged and retried at the
-// next check.
+// fail records a failed attempt. The download record is the resume point
+// of chunks already checked against their HMACs: it is dropped only when
+// the device itself found the offer or the image bad (a refused manifest,
+// a chunk that kept failing its HMAC, an image that did not verify), never
+// because the server or the network refused or failed a request. Those
+// leave it for the next check, which resumes from it, in a new session if
+// this one ended (the record names the release, not the session). Final
+// failures are reported to the server, ending the session, unless it has
+// ended already; anything else is only logged and retried at the next check.
 func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 	a.log.Error("update failed", "error", err)
 	p := Progress{State: StateError, Err: err}
@@ -642,11 +742,26 @@ func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 		p.Version = o.version
 	}
 	a.setProgress(p)
-	if o != nil && (IsFatal(err) || errors.Is(err, ErrChunkMAC) || errors.Is(err, errVerify)) {
-		a.slots.DeleteNVS(keyDownload)
-		if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr == nil {
-			a.Flush(ctx)
+	if o == nil {
+		return
+	}
+	var ae *client.APIError
+	refused := errors.As(err, &ae)
+	badImage := errors.Is(err, ErrChunkMAC) || errors.Is(err, errVerify)
+	if badImage || IsFatal(err) && !refused {
+		if derr := a.slots.DeleteNVS(keyDownload); derr != nil {
+			a.log.Warn("cannot forget the download", "error", derr)
 		}
+	}
+	if !(IsFatal(err) || badImage) || sessionGone(err) {
+		return
+	}
+	if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr != nil {
+		a.log.Warn("cannot queue the failure report", "error", qerr)
+		return
+	}
+	if ferr := a.Flush(ctx); ferr != nil {
+		a.log.Info("reports stay queued", "error", ferr)
 	}
 }
 
@@ -821,8 +936,12 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	if err := a.slots.Sync(slot); err != nil {
 		return err
 	}
-	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "downloaded"})
-	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "verified"})
+	for _, status := range []string{"downloaded", "verified"} {
+		// Not fatal: the download record stays, so the next check verifies again and queues these.
+		if err := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: status}); err != nil {
+			return fmt.Errorf("queue the %s report: %w", status, err)
+		}
+	}
 
 	a.setProgress(Progress{State: StateApplying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
 	// The install record comes first, so the new image can name its session
@@ -834,8 +953,15 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	if err := a.slots.SetPending(slot, img); err != nil {
 		return fmt.Errorf("mark slot %d: %w", slot, err)
 	}
-	a.slots.DeleteNVS(keyDownload)
-	a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "applied"})
+	if err := a.slots.DeleteNVS(keyDownload); err != nil {
+		// Harmless: Startup drops a record for the slot that runs.
+		a.log.Warn("cannot forget the finished download", "error", err)
+	}
+	if err := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "applied"}); err != nil {
+		// The slot is marked: failing the install now would only hide that
+		// a reboot runs the new image; its confirm is the report that matters.
+		a.log.Warn("cannot queue the applied report", "error", err)
+	}
 	a.log.Info("update installed; reboot to run it", "release_version", o.version, "slot", slot)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ecowatt/fota/protocol"
@@ -262,7 +263,14 @@ type Device struct {
 	id   string
 	psk  protocol.PSK
 	HTTP *http.Client
-	Now  func() time.Time
+	// Now is the device clock. Requests are signed with Now plus the offset
+	// learnt from the server's Date header (see request).
+	Now func() time.Time
+	// OnClockCorrected, if set, is told each time the device clock is found
+	// off the server's and the offset now used to sign requests.
+	OnClockCorrected func(offset time.Duration)
+
+	offset atomic.Int64 // server clock minus device clock, in nanoseconds
 }
 
 // NewDevice returns a client for server as device id with its PSK.
@@ -277,26 +285,77 @@ func NewDevice(server, id string, psk protocol.PSK) (*Device, error) {
 	return &Device{base: base, id: id, psk: psk, HTTP: &http.Client{Timeout: 30 * time.Second}, Now: time.Now}, nil
 }
 
+// ClockOffset is what the device adds to its clock to sign requests: the
+// server's clock minus the device's, as last learnt from a refusal; 0 until then.
+func (d *Device) ClockOffset() time.Duration { return time.Duration(d.offset.Load()) }
+
+// clockCorrectionAt is how far the server's Date must be from the time a
+// refused request was signed with before the device takes the server's
+// clock: far beyond what latency and the header's one-second resolution
+// explain, and below protocol.MaxClockSkew, so a clock that drifted close
+// to the limit is corrected as well as one past it.
+const clockCorrectionAt = protocol.MaxClockSkew / 2
+
+// request signs and sends a native request. A device clock off by more than
+// protocol.MaxClockSkew makes the server refuse every request (401), and
+// nothing the device could queue or retry would ever get through: so when
+// a 401 comes with a Date header far from the time the request was signed
+// with, the device keeps the difference as its clock offset and sends the
+// request once more, freshly signed. The 401 does not say why (a stale
+// timestamp and a wrong key look alike to anyone else), so the Date decides;
+// a request refused for another reason is refused again, and the second
+// answer's Date then agrees with the corrected clock, so there is no third try.
 func (d *Device) request(ctx context.Context, method, pathAndQuery string, body []byte) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, d.base+pathAndQuery, bytes.NewReader(body))
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, method, d.base+pathAndQuery, bytes.NewReader(body))
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
+		}
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		signed := d.Now().Add(d.ClockOffset())
+		if err := protocol.SignRequest(req, d.id, d.psk, body, signed); err != nil {
+			return nil, fmt.Errorf("%s %s: sign: %w", method, pathAndQuery, err)
+		}
+		resp, err := d.HTTP.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
+		}
+		if resp.StatusCode < 300 {
+			return resp, nil
+		}
+		apiErr := decodeError(resp)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 && d.learnClock(resp.Header, signed) {
+			continue
+		}
+		return nil, apiErr
+	}
+}
+
+// learnClock takes the server's clock from the Date header of a refusal of
+// a request signed at signed, if it is far enough off to explain the
+// refusal, and reports whether it did. The header is as trustworthy as the
+// connection it came on (TLS in production): a forged one can only make
+// the device's requests fail or sign them for another time, which an
+// on-path attacker able to forge it could already delay or drop.
+func (d *Device) learnClock(h http.Header, signed time.Time) bool {
+	date, err := http.ParseTime(h.Get("Date"))
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
+		return false
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	// Both are whole seconds on the wire: compare them so.
+	skew := date.Sub(signed.Truncate(time.Second))
+	if skew.Abs() <= clockCorrectionAt {
+		return false
 	}
-	if err := protocol.SignRequest(req, d.id, d.psk, body, d.Now()); err != nil {
-		return nil, err
+	offset := date.Sub(d.Now())
+	d.offset.Store(int64(offset))
+	if d.OnClockCorrected != nil {
+		d.OnClockCorrected(offset)
 	}
-	resp, err := d.HTTP.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, pathAndQuery, err)
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		return nil, decodeError(resp)
-	}
-	return resp, nil
+	return true
 }
 
 func (d *Device) postJSON(ctx context.Context, path string, in, out any) error {
