@@ -32,7 +32,7 @@ func (e *env) getMACs(t *testing.T, id string, psk protocol.PSK, r *protocol.Che
 }
 
 // payloadOf fetches a session's whole ciphertext from its payload URL.
-func (e *env) payloadOf(t *testing.T, r *protocol.CheckResponse) []byte {
+func (e *env) payloadOf(t testing.TB, r *protocol.CheckResponse) []byte {
 	t.Helper()
 	resp, err := http.Get(e.http.URL + r.PayloadURL)
 	if err != nil {
