@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -174,9 +175,22 @@ func (s *Server) deviceSession(r *http.Request, fresh bool) (*fota.Session, *fot
 	return sess, rel, nil
 }
 
-// chunkRange reads ?from=N&count=M, bounded by the release and by the
-// response size limit.
+// chunkRange reads ?from=N&count=M of a chunks request, bounded by the
+// release, by the response size limit and by how far ahead of the
+// download a device may fetch.
 func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Session) (from, count int, err error) {
+	if from, count, err = parseRange(r, rel); err != nil {
+		return 0, 0, err
+	}
+	if far, next := s.hot.tooFarAhead(sess, from); far {
+		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is too far ahead of the download (at chunk %d); fetch chunks in order", from, next)
+	}
+	return from, min(count, max(1, maxChunksResponse/rel.ChunkSize)), nil
+}
+
+// parseRange reads ?from=N&count=M (count 1 when left out), bounded by the
+// release's last chunk.
+func parseRange(r *http.Request, rel *fota.Release) (from, count int, err error) {
 	q := r.URL.Query()
 	from, err = strconv.Atoi(q.Get("from"))
 	if err != nil || from < 0 {
@@ -192,11 +206,7 @@ func (s *Server) chunkRange(r *http.Request, rel *fota.Release, sess *fota.Sessi
 	if from >= total {
 		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is past the end: release %s has chunks 0 to %d", from, rel.Version, total-1)
 	}
-	if far, next := s.hot.tooFarAhead(sess, from); far {
-		return 0, 0, fota.Errorf(fota.EINVALID, "chunk %d is too far ahead of the download (at chunk %d); fetch chunks in order", from, next)
-	}
-	count = min(count, total-from, max(1, maxChunksResponse/rel.ChunkSize))
-	return from, count, nil
+	return from, min(count, total-from), nil
 }
 
 // chunkMACScheme reads the scheme a device asks for; for v2 it returns the
@@ -313,46 +323,81 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 	return s.served(r.Context(), sess, rel, from+count)
 }
 
+// maxMACsResponse bounds one macs answer: 1 MiB, 32,768 MACs. A whole
+// release's list in one answer grew with the release (8 MiB for 64 MiB in
+// 256-byte chunks) and 32 such requests at once took 500 MiB; a device
+// asks for the rest where a short answer ends.
+const maxMACsResponse = 1 << 20
+
+// macBlock is the most MACs one write of a macs answer carries: 64 KiB, so
+// an answer takes a buffer of the middle pool however large it is.
+const macBlock = 64 << 10 / sha256.Size
+
+// nativeMACs answers the chunk MACs of a range. v2 MACs come from the
+// release's cached chunk digests. v1 MACs cover the chunk bytes, which
+// differ per session and cannot be cached, so each answer reads and hashes
+// its chunks: those are bounded as a chunks answer's data is (16 MiB), and
+// read a block at a time, so one v1 answer costs no more than the chunks
+// it vouches for would.
+//
+// The range is not held to the download's position as a chunks request
+// is: MACs carry no firmware and move no progress, and a device fetching
+// the payload from a cache asks for them page after page before it has a
+// chunk.
 func (s *Server) nativeMACs(w http.ResponseWriter, r *http.Request, _ []byte) error {
 	sess, rel, err := s.deviceSession(r, false)
 	if err != nil {
 		return err
 	}
-	from, count, err := s.chunkRange(r, rel, sess)
+	from, count, err := parseRange(r, rel)
 	if err != nil {
 		return err
-	}
-	// MACs are small: allow a whole release in one request.
-	if c, _ := strconv.Atoi(r.URL.Query().Get("count")); c > count {
-		count = min(c, rel.Chunks()-from)
 	}
 	scheme, sums, err := s.chunkMACScheme(r, rel)
 	if err != nil {
 		return err
 	}
-	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID, scheme)
-	out := make([]byte, 0, count*32)
+	count = min(count, maxMACsResponse/sha256.Size)
+	perBlock := min(count, macBlock)
 	var data []byte
 	if sums == nil {
-		data = make([]byte, rel.ChunkSize)
+		count = min(count, max(1, maxChunksResponse/rel.ChunkSize))
+		perBlock = min(perBlock, max(1, blockData/rel.ChunkSize))
+		bp, pool := getBlock(perBlock * rel.ChunkSize)
+		defer pool.Put(bp)
+		data = *bp
 	}
-	var mac [32]byte
-	for i := from; i < from+count; i++ {
-		if sums != nil {
-			macer.MACDigest(i, &sums[i], &mac)
-		} else {
-			d := data[:chunkLen(rel, i)]
-			if err := s.readChunk(rel, i, d); err != nil {
-				return err
-			}
-			macer.MAC(i, d, &mac)
-		}
-		out = append(out, mac[:]...)
-	}
+	op, opool := getBlock(perBlock * sha256.Size)
+	defer opool.Put(op)
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	_, err = w.Write(out)
-	return err
+	w.Header().Set("Content-Length", strconv.Itoa(count*sha256.Size))
+	w.Header().Set("Cache-Control", "no-store") // MACs are per session
+	macer := protocol.NewChunkMACer(authedDevice(r).PSK, sess.ID, scheme)
+	var mac [32]byte
+	for i := from; i < from+count; i += perBlock {
+		n := min(perBlock, from+count-i)
+		out := (*op)[:0]
+		if sums != nil {
+			for j := i; j < i+n; j++ {
+				macer.MACDigest(j, &sums[j], &mac)
+				out = append(out, mac[:]...)
+			}
+		} else {
+			off := int64(i) * int64(rel.ChunkSize)
+			size := int(min(int64(n)*int64(rel.ChunkSize), rel.CiphertextSize-off))
+			if err := s.readAt(rel, data[:size], off); err != nil {
+				return fmt.Errorf("chunk macs from %d: %w", i, err)
+			}
+			for j := range n {
+				macer.MAC(i+j, data[j*rel.ChunkSize:min((j+1)*rel.ChunkSize, size)], &mac)
+				out = append(out, mac[:]...)
+			}
+		}
+		if _, err := w.Write(out); err != nil {
+			return nil // the client went away; nothing to answer
+		}
+	}
+	return nil
 }
 
 var reportStates = map[string]string{
