@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -454,6 +455,39 @@ func (s *Server) payload(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("ETag", `"`+key+`"`)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
-	http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(blob, 0, blob.Size()))
+	http.ServeContent(&jsonErrors{ResponseWriter: w}, r, "", time.Time{}, io.NewSectionReader(blob, 0, blob.Size()))
 	return nil
+}
+
+// jsonErrors turns the plain-text error answers of http.ServeContent (416
+// for a Range past the end, 412) into the JSON every fota answer is.
+type jsonErrors struct {
+	http.ResponseWriter
+	failed bool
+}
+
+func (j *jsonErrors) WriteHeader(status int) {
+	if status < 400 {
+		j.ResponseWriter.WriteHeader(status)
+		return
+	}
+	j.failed = true
+	h := j.ResponseWriter.Header()
+	h.Del("Content-Length")
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	j.ResponseWriter.WriteHeader(status)
+	msg := "the requested range is outside the payload; ask for bytes within its size"
+	if status != http.StatusRequestedRangeNotSatisfiable {
+		msg = http.StatusText(status)
+	}
+	enc := json.NewEncoder(j.ResponseWriter)
+	enc.Encode(protocol.ErrorBody{Error: msg, Code: fota.EINVALID})
+}
+
+func (j *jsonErrors) Write(p []byte) (int, error) {
+	if j.failed {
+		return len(p), nil // ServeContent's own text: already answered in JSON
+	}
+	return j.ResponseWriter.Write(p)
 }
