@@ -622,15 +622,20 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	counter, err := a.securityCounter()
+	if err != nil {
+		a.fail(ctx, nil, err)
+		return Result{}, err
+	}
 	var o *offer
 	var msg string
 	err = a.retry(ctx, "check", func() error {
 		var err error
-		o, msg, err = a.src.check(ctx, a.boot.Image, st.SecurityCounter)
+		o, msg, err = a.src.check(ctx, a.boot.Image, counter)
 		return err
 	})
 	if err == nil && o != nil {
-		err = a.vet(o, st)
+		err = a.vet(o, st, counter)
 	}
 	if err != nil {
 		a.fail(ctx, o, err)
@@ -663,16 +668,26 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	return Result{Updated: true, Version: o.version, SessionID: o.sessionID}, nil
 }
 
+// securityCounter reads the stored counter; without it no offer can be
+// judged, so an unreadable one refuses every update.
+func (a *Agent) securityCounter() (uint32, error) {
+	c, err := a.slots.SecurityCounter()
+	if err != nil {
+		return 0, fatalf("refusing updates until the device is serviced: %w", err)
+	}
+	return c, nil
+}
+
 // vet applies the device's own rules to a verified offer. On the EcoWatt
 // API the version is the check answer's unsigned word and there is no
 // counter: vetDescriptor checks what the image says after the download.
-func (a *Agent) vet(o *offer, st Status) error {
+func (a *Agent) vet(o *offer, st Status, counter uint32) error {
 	if err := a.vetVersion(o.version, st); err != nil {
 		return err
 	}
 	switch {
-	case o.api == APINative && o.securityCounter < st.SecurityCounter:
-		return fatalf("refusing update %s: security counter %d is below the device's %d", o.version, o.securityCounter, st.SecurityCounter)
+	case o.api == APINative && o.securityCounter < counter:
+		return fatalf("refusing update %s: security counter %d is below the device's %d", o.version, o.securityCounter, counter)
 	case o.plaintextSize > a.slots.SlotSize():
 		return fatalf("refusing update %s: %d bytes do not fit the %d-byte slot", o.version, o.plaintextSize, a.slots.SlotSize())
 	}
@@ -705,7 +720,7 @@ func (a *Agent) vetVersion(version string, st Status) error {
 // image whose SHA-256 already matched the signed one. That API signs only
 // the digest, so the descriptor is the one trustworthy word on the image's
 // version, chip and secure_version; the check answer's version is not.
-func (a *Agent) vetDescriptor(o *offer, head []byte, st Status) error {
+func (a *Agent) vetDescriptor(o *offer, head []byte, st Status, counter uint32) error {
 	info, err := esp32.Parse(head)
 	if err != nil {
 		return fatalf("refusing update %s: the image has no ESP32 app descriptor, the only signed word on its version and chip on the EcoWatt API: %w", o.version, err)
@@ -716,8 +731,8 @@ func (a *Agent) vetDescriptor(o *offer, head []byte, st Status) error {
 	switch {
 	case info.Chip != a.cfg.Chip:
 		return fatalf("refusing update %s: the image is built for %s, this device is %s", info.Version, info.Chip, a.cfg.Chip)
-	case info.SecureVersion < st.SecurityCounter:
-		return fatalf("refusing update %s: the image's secure_version %d is below the device's %d", info.Version, info.SecureVersion, st.SecurityCounter)
+	case info.SecureVersion < counter:
+		return fatalf("refusing update %s: the image's secure_version %d is below the device's %d", info.Version, info.SecureVersion, counter)
 	case info.Version != o.version:
 		// The server would keep offering a version the device never reports running.
 		return fatalf("refusing update: offered as %s, but the signed image's app descriptor says %s", o.version, info.Version)
@@ -929,7 +944,11 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	}
 	if o.api == APIEcoWatt {
 		// Before any "verified" report and before the slot is marked.
-		if err := a.vetDescriptor(o, w.head, st); err != nil {
+		counter, err := a.securityCounter()
+		if err != nil {
+			return err
+		}
+		if err := a.vetDescriptor(o, w.head, st, counter); err != nil {
 			return err
 		}
 	}

@@ -32,6 +32,7 @@ func sweepSize() (imageSize, chainedRuns int) {
 // sweepStats collects the figures docs/RELIABILITY.md reports.
 type sweepStats struct {
 	cuts, bricks, worstRedownload int
+	counterCuts                   int // cuts at an operation on the security counter's record
 }
 
 // known is the set of image digests a boot may run: the factory image and
@@ -40,12 +41,18 @@ type known map[[32]byte]string
 
 // settle runs boot cycles without further cuts until the device runs a
 // valid image and has nothing to install, checking at every boot that it
-// booted a known image, and that the security counter never went down and
-// never rose before a confirm.
+// booted a known image, and that the security counter is readable, never
+// went below what the device held before the cut, and never rose before a
+// confirm.
 func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 	t.Helper()
 	d.fault = nil
 	lastCounter := uint32(0)
+	if d.slots != nil {
+		// What the last powered-on session held: a raise the cut
+		// interrupted is not in it, a completed one is.
+		lastCounter, _ = d.slots.SecurityCounter()
+	}
 	for i := 0; i < 10; i++ {
 		res, err := d.cycle()
 		if errors.Is(err, agent.ErrNoBootable) {
@@ -63,14 +70,18 @@ func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 			t.Fatalf("boot %d ran an image that is not a signed release (%s)", i, d.boot.Image.Version)
 		}
 		st, _ := d.slots.Status()
-		if st.SecurityCounter < lastCounter {
-			t.Fatalf("security counter went down: %d -> %d", lastCounter, st.SecurityCounter)
+		counter, err := d.slots.SecurityCounter()
+		if err != nil {
+			t.Fatalf("boot %d: %v", i, err)
 		}
-		lastCounter = st.SecurityCounter
+		if counter < lastCounter {
+			t.Fatalf("security counter went down: %d -> %d", lastCounter, counter)
+		}
+		lastCounter = counter
 		confirmed := st.Slots[0].State == agent.ImageValid && st.Slots[0].Image.Version == "1.0.4" ||
 			st.Slots[1].State == agent.ImageValid && st.Slots[1].Image.Version == "1.0.4"
-		if st.SecurityCounter > 0 && !confirmed {
-			t.Fatalf("security counter rose to %d before a confirm", st.SecurityCounter)
+		if counter > 0 && !confirmed {
+			t.Fatalf("security counter rose to %d before a confirm", counter)
 		}
 		if !d.boot.Trial && !res.Updated {
 			return first
@@ -121,6 +132,21 @@ func countOps(t *testing.T, h *harness, behaviour firmware.Behaviour) ([]int, ma
 		}
 		d.progressHook = nil
 		counts = append(counts, fd.Ops())
+		// The first operation on each copy of the counter record (the
+		// truncate of its temporary file), numbered from 1 as CutAt is, and
+		// the end of the record's write (the directory sync after the
+		// last rename).
+		for j, op := range fd.Log {
+			for c := range 2 {
+				key := fmt.Sprintf("%d:counter.%d", i, c)
+				if _, ok := marks[key]; !ok && strings.Contains(op, fmt.Sprintf("security_counter.%d", c)) {
+					marks[key] = j + 1
+				}
+			}
+			if strings.Contains(op, "security_counter.1") {
+				marks[fmt.Sprintf("%d:counter.end", i)] = j + 2
+			}
+		}
 	}
 	return counts, marks
 }
@@ -203,6 +229,9 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 	if d.running() != want {
 		t.Fatalf("%s: ended on %s, want %s", where, d.running(), want)
 	}
+	if c := counterOf(t, d); c != wantCounter[want] {
+		t.Fatalf("%s: ended on %s with security counter %d, want %d", where, want, c, wantCounter[want])
+	}
 	if lastChunk > 0 && resumedAt >= 0 {
 		redownload := lastChunk - resumedAt
 		// A corrupted state loses its checkpoint legitimately; otherwise at
@@ -227,6 +256,10 @@ func cutRun(t *testing.T, h *harness, n int, phaseIndex, cut int, mode slotfile.
 	}
 	return first
 }
+
+// wantCounter is the security counter a device must end with: 1.0.4's
+// once it is confirmed, the factory image's when it rolled back.
+var wantCounter = map[string]uint32{"1.0.4": 1, "1.0.3": 0}
 
 // imagesOf returns the digests a device may legitimately boot.
 func imagesOf(h *harness, size int, b firmware.Behaviour) known {
@@ -259,6 +292,9 @@ func TestNamedPowerCutPoints(t *testing.T) {
 		{"after marking pending", 0, marks["0:completed"], slotfile.CutAfter, "1.0.4", true},
 		{"during the first boot", 1, 1, slotfile.CutTorn, "1.0.4", true},
 		{"during self-test", 1, marks["1:applying"] + 1, slotfile.CutBefore, "1.0.4", true},
+		{"after confirm, before the counter is stored", 1, marks["1:counter.0"], slotfile.CutBefore, "1.0.4", false},
+		{"during the counter write (torn)", 1, marks["1:counter.0"] + 1, slotfile.CutTorn, "1.0.4", false},
+		{"between the two counter copies", 1, marks["1:counter.1"], slotfile.CutBefore, "1.0.4", false},
 		{"after confirm", 1, counts[1], slotfile.CutAfter, "1.0.4", false},
 	}
 	for i, p := range points {
@@ -285,7 +321,7 @@ func TestPowerCutSweep(t *testing.T) {
 		h := newHarness(t)
 		publishCounted(h, b, size)
 		images := imagesOf(h, size, b)
-		counts, _ := countOps(t, h, b)
+		counts, marks := countOps(t, h, b)
 		want := "1.0.4"
 		if b == firmware.FailSelfTest {
 			want = "1.0.3"
@@ -300,11 +336,14 @@ func TestPowerCutSweep(t *testing.T) {
 				for cut := 1; cut <= total; cut++ {
 					n++
 					cutRun(t, h, n, phaseIndex, cut, mode, want, images, stats)
+					if from, ok := marks[fmt.Sprintf("%d:counter.0", phaseIndex)]; ok && cut >= from && cut <= marks[fmt.Sprintf("%d:counter.end", phaseIndex)] {
+						stats.counterCuts++
+					}
 				}
 			}
 		}
-		t.Logf("%s image of %d KiB: %d cut points (%d install + %d first-boot operations x %d modes), %d bricks, worst re-download %d chunks",
-			b, size>>10, stats.cuts, counts[0], counts[1], len(sweepModes), stats.bricks, stats.worstRedownload)
+		t.Logf("%s image of %d KiB: %d cut points (%d install + %d first-boot operations x %d modes, %d of them on the security counter's record), %d bricks, no counter lowered (checked at every boot), worst re-download %d chunks",
+			b, size>>10, stats.cuts, counts[0], counts[1], len(sweepModes), stats.counterCuts, stats.bricks, stats.worstRedownload)
 	}
 	t.Logf("sweep took %s", time.Since(start).Round(time.Second))
 }
@@ -351,6 +390,9 @@ func TestChainedPowerCuts(t *testing.T) {
 				cuts = append(cuts, fmt.Sprintf("%s@%d", modeName(mode), at))
 			}
 			d.settle(t, images)
+			if c := counterOf(t, d); c != wantCounter[d.running()] {
+				t.Fatalf("%s run %d (cuts %v): ended on %s with security counter %d, want %d", b, run, cuts, d.running(), c, wantCounter[d.running()])
+			}
 			if d.running() != want {
 				// Every trial boot of a healthy image can be cut before it
 				// confirms itself; the boot step then rolls back, as it must

@@ -48,13 +48,13 @@ type BootInfo struct {
 	Rollback *Rollback // a rollback not yet acknowledged
 }
 
-// Status is the whole boot state.
+// Status is the whole boot state. The security counter is not part of it:
+// it outlives the boot state (see Slots.SecurityCounter).
 type Status struct {
-	Slots           [2]SlotStatus
-	Running         int
-	Next            int    // the slot the next boot tries first
-	SecurityCounter uint32 // the anti-rollback counter the device stores
-	Rejected        []string
+	Slots    [2]SlotStatus
+	Running  int
+	Next     int // the slot the next boot tries first
+	Rejected []string
 }
 
 // Slots is a device's two app slots and their boot control, modelled on
@@ -86,6 +86,13 @@ type Slots interface {
 	// Confirm marks the running trial image valid and raises the stored
 	// security counter to its own.
 	Confirm() error
+	// SecurityCounter is the device's anti-rollback counter, kept apart
+	// from the boot state as an ESP32 keeps it in eFuses: it only rises
+	// (when an image is confirmed), and losing or reformatting the boot
+	// state does not lower it. An error (ErrCounterUnreadable) means it
+	// cannot be known; the agent then refuses every update rather than
+	// judge offers against a guess.
+	SecurityCounter() (uint32, error)
 	// Reject marks the running trial image invalid, so that the next boot
 	// runs the previous valid slot, and records the rollback for reporting.
 	Reject(reason string) error
@@ -107,6 +114,9 @@ var (
 	ErrNotOnTrial    = errors.New("the running image is not on trial")
 	ErrNoBootable    = errors.New("no bootable image")
 	ErrImageTooLarge = errors.New("image does not fit the slot")
+	// ErrCounterUnreadable: the stored security counter is damaged beyond
+	// what its redundancy recovers, so no value read from it is safe.
+	ErrCounterUnreadable = errors.New("security counter unreadable")
 )
 
 // Other returns the other slot.

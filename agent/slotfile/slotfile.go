@@ -1,6 +1,7 @@
 // Package slotfile implements agent.Slots on files: two slot files, two
 // copies of the boot state (otadata) written alternately, each replaced
-// atomically and carrying its SHA-256, and an NVS of small atomic records.
+// atomically and carrying its SHA-256, the security counter in a record of
+// its own that only rises (counter.go), and an NVS of small atomic records.
 // It simulates an ESP32's flash for the simulated device, and serves a
 // Linux gateway as its real A/B store. Wrapped in FaultDisk it cuts power
 // at any persistent operation, for tests.
@@ -27,13 +28,16 @@ const DefaultMaxBoots = 3
 
 // record is the boot state. Seq orders the two copies.
 type record struct {
-	Seq             uint64              `json:"seq"`
-	Slots           [2]agent.SlotStatus `json:"slots"`
-	Next            int                 `json:"next"`
-	Attempts        int                 `json:"attempts"`
-	SecurityCounter uint32              `json:"security_counter"`
-	Rollback        *agent.Rollback     `json:"rollback,omitempty"`
-	Rejected        []string            `json:"rejected,omitempty"`
+	Seq      uint64              `json:"seq"`
+	Slots    [2]agent.SlotStatus `json:"slots"`
+	Next     int                 `json:"next"`
+	Attempts int                 `json:"attempts"`
+	// LegacyCounter is where devices formatted before the counter had its
+	// own record kept it. Nothing sets it any more; the boot step moves it
+	// into the counter record.
+	LegacyCounter uint32          `json:"security_counter,omitempty"`
+	Rollback      *agent.Rollback `json:"rollback,omitempty"`
+	Rejected      []string        `json:"rejected,omitempty"`
 }
 
 // maxRejected bounds the list of versions a device refused.
@@ -47,6 +51,7 @@ type Slots struct {
 
 	mu      sync.Mutex
 	rec     record
+	counter counterState
 	running int // -1 until Boot
 }
 
@@ -55,7 +60,11 @@ var _ agent.Slots = (*Slots)(nil)
 func slotFile(slot int) string { return fmt.Sprintf("slot%d.bin", slot) }
 
 // Format prepares an empty device: slot 0 holds the factory image, valid.
-// It refuses a disk that has boot state already.
+// It refuses a disk that has boot state already. A security counter the
+// disk holds (a device whose boot state was lost) is kept: it rises to the
+// factory image's counter if that is higher, and is never lowered. A
+// counter that cannot be read stays unreadable, and the device refuses
+// updates, rather than restart from the factory image's counter.
 func Format(disk Disk, slotSize int64, factory []byte, img agent.Image) error {
 	if _, err := loadRecord(disk); err == nil {
 		return errors.New("device storage is formatted already")
@@ -77,7 +86,14 @@ func Format(disk Disk, slotSize int64, factory []byte, img agent.Image) error {
 	if err := disk.Sync(slotFile(0)); err != nil {
 		return err
 	}
-	rec := record{Seq: 0, Next: 0, SecurityCounter: img.SecurityCounter}
+	// Before the boot state: once that is written the device counts as
+	// formatted, and its counter must already cover the factory image.
+	if cur := readCounter(disk); cur.err == nil {
+		if _, err := raiseCounter(disk, cur, img.SecurityCounter); err != nil {
+			return err
+		}
+	}
+	rec := record{Seq: 0, Next: 0}
 	rec.Slots[0] = agent.SlotStatus{State: agent.ImageValid, Image: img}
 	rec.Slots[1] = agent.SlotStatus{State: agent.ImageEmpty}
 	// Both copies from the start: damage to either one is survivable even
@@ -106,24 +122,40 @@ func Open(disk Disk, slotSize int64, maxBoots int) (*Slots, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Slots{disk: disk, size: slotSize, maxBoots: maxBoots, rec: rec, running: -1}, nil
+	// An unreadable counter does not stop the device from booting its
+	// image: it only stops updates (SecurityCounter returns the error).
+	return &Slots{disk: disk, size: slotSize, maxBoots: maxBoots, rec: rec, counter: readCounter(disk), running: -1}, nil
 }
 
-func encodeRecord(rec *record) []byte {
-	body, _ := json.Marshal(rec)
+// seal appends a newline and the body's SHA-256 in hex.
+func seal(body []byte) []byte {
 	sum := sha256.Sum256(body)
 	return append(append(body, '\n'), hex.EncodeToString(sum[:])...)
 }
 
-func decodeRecord(data []byte) (record, error) {
+// unseal returns the body of a sealed record whose checksum matches.
+func unseal(data []byte) ([]byte, error) {
 	i := bytes.LastIndexByte(data, '\n')
 	if i < 0 {
-		return record{}, errors.New("no checksum")
+		return nil, errors.New("no checksum")
 	}
 	body, sum := data[:i], string(data[i+1:])
 	want := sha256.Sum256(body)
 	if sum != hex.EncodeToString(want[:]) {
-		return record{}, errors.New("checksum mismatch")
+		return nil, errors.New("checksum mismatch")
+	}
+	return body, nil
+}
+
+func encodeRecord(rec *record) []byte {
+	body, _ := json.Marshal(rec)
+	return seal(body)
+}
+
+func decodeRecord(data []byte) (record, error) {
+	body, err := unseal(data)
+	if err != nil {
+		return record{}, err
 	}
 	var rec record
 	if err := json.Unmarshal(body, &rec); err != nil {
@@ -234,6 +266,13 @@ func (s *Slots) Boot() (agent.BootInfo, error) {
 			if err := s.save(rec); err != nil {
 				return agent.BootInfo{}, err
 			}
+			// As ESP-IDF's bootloader burns the secure_version of a valid
+			// app it boots: this finishes a confirm that was cut between
+			// marking the image valid and raising the counter, repairs a
+			// damaged copy, and moves a legacy counter into the record.
+			if err := s.raise(max(st.Image.SecurityCounter, rec.LegacyCounter)); err != nil {
+				return agent.BootInfo{}, err
+			}
 			s.running = slot
 			return s.bootInfo(false), nil
 		case agent.ImageNew, agent.ImagePendingVerify:
@@ -293,8 +332,32 @@ func addRejected(list []string, v string) []string {
 func (s *Slots) Status() (agent.Status, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return agent.Status{Slots: s.rec.Slots, Running: s.running, Next: s.rec.Next, SecurityCounter: s.rec.SecurityCounter,
-		Rejected: slices.Clone(s.rec.Rejected)}, nil
+	return agent.Status{Slots: s.rec.Slots, Running: s.running, Next: s.rec.Next, Rejected: slices.Clone(s.rec.Rejected)}, nil
+}
+
+// SecurityCounter returns the stored anti-rollback counter, or
+// agent.ErrCounterUnreadable when no copy of its record is intact.
+func (s *Slots) SecurityCounter() (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.counter.err != nil {
+		return 0, s.counter.err
+	}
+	return s.counter.value, nil
+}
+
+// raise makes the stored counter at least v. Called locked. An unreadable
+// counter is left as it is: the device still boots, and refuses updates.
+func (s *Slots) raise(v uint32) error {
+	if s.counter.err != nil {
+		return nil
+	}
+	next, err := raiseCounter(s.disk, s.counter, v)
+	if err != nil {
+		return err
+	}
+	s.counter = next
+	return nil
 }
 
 func (s *Slots) writable(slot int) error {
@@ -390,9 +453,17 @@ func (s *Slots) Confirm() error {
 	rec := cloneRecord(s.rec)
 	st := &rec.Slots[s.running]
 	st.State = agent.ImageValid
-	rec.SecurityCounter = max(rec.SecurityCounter, st.Image.SecurityCounter)
 	rec.Attempts = 0
-	return s.save(rec)
+	// Valid first, counter second: a cut in between leaves a valid image
+	// whose counter the next boot raises, never a counter raised for an
+	// image that may still roll back.
+	if err := s.save(rec); err != nil {
+		return err
+	}
+	if err := s.raise(st.Image.SecurityCounter); err != nil {
+		return fmt.Errorf("image confirmed, but its security counter is not stored yet (the next boot stores it): %w", err)
+	}
+	return nil
 }
 
 // Reject marks the running trial image invalid; the next boot rolls back.

@@ -86,7 +86,7 @@ func TestUpdateConfirm(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := s.Status()
-	if st.SecurityCounter != 7 || st.Slots[1].State != agent.ImageValid || st.Slots[0].State != agent.ImageValid {
+	if c, err := s.SecurityCounter(); err != nil || c != 7 || st.Slots[1].State != agent.ImageValid || st.Slots[0].State != agent.ImageValid {
 		t.Fatalf("after confirm: %+v", st)
 	}
 	_, bi = d.boot()
@@ -112,7 +112,7 @@ func TestRejectRollsBack(t *testing.T) {
 		t.Fatalf("boot after reject: %+v", bi)
 	}
 	st, _ := s.Status()
-	if st.Slots[1].State != agent.ImageInvalid || len(st.Rejected) != 1 || st.SecurityCounter != 1 {
+	if c, err := s.SecurityCounter(); err != nil || c != 1 || st.Slots[1].State != agent.ImageInvalid || len(st.Rejected) != 1 {
 		t.Fatalf("status after rollback: %+v", st)
 	}
 	if err := s.AckRollback(); err != nil {

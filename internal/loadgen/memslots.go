@@ -69,6 +69,10 @@ func (m *memSlots) Confirm() error      { return nil }
 func (m *memSlots) Reject(string) error { return nil }
 func (m *memSlots) AckRollback() error  { return nil }
 
+// SecurityCounter is 0: a load device confirms nothing (Confirm above), so
+// its counter never rises.
+func (m *memSlots) SecurityCounter() (uint32, error) { return 0, nil }
+
 func (m *memSlots) LoadNVS(key string) ([]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

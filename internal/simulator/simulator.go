@@ -136,7 +136,10 @@ func (d *Device) diskForSlots() slotfile.Disk {
 	return d.disk
 }
 
-// format writes the factory image into an empty device.
+// format writes the factory image into a device whose flash holds no
+// readable boot state: an empty one, or one whose two boot-state copies
+// are both damaged. The security counter is not boot state: slotfile.Format
+// keeps it, so the device refuses what it had locked out before.
 func (d *Device) format() error {
 	if slotfile.Formatted(d.disk) {
 		return nil

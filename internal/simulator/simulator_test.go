@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/agent/slotfile"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/keys"
@@ -218,4 +221,65 @@ func TestServerGoneMidDownload(t *testing.T) {
 		t.Fatalf("polling stopped for %v outside the update", gap)
 	}
 	t.Logf("longest pause %v, longest gap between polls outside it %v", d.LongestPause().Round(time.Millisecond), d.MaxPollGap().Round(time.Millisecond))
+}
+
+// A device whose two boot-state copies are damaged formats itself from its
+// factory image (security counter 0) and must keep the counter 7 of the
+// image it had confirmed.
+func TestFormatFromFactoryKeepsSecurityCounter(t *testing.T) {
+	dir := t.TempDir()
+	d, err := New(Config{Agent: agent.Config{Hardware: "esp32"}, StateDir: dir, FactoryVersion: "1.0.3", SlotSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.disk.Close() })
+	if err := d.format(); err != nil {
+		t.Fatal(err)
+	}
+	boot := func() *slotfile.Slots {
+		t.Helper()
+		s, err := slotfile.Open(d.disk, d.cfg.SlotSize, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Boot(); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := boot()
+	fw, err := firmware.Sample(firmware.SampleOptions{Version: "1.0.4", SecureVersion: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Erase(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteAt(1, fw, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetPending(1, agent.Image{Version: "1.0.4", SecurityCounter: 7, Size: int64(len(fw)), SHA256: sha256.Sum256(fw)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := boot().Confirm(); err != nil {
+		t.Fatal(err)
+	}
+
+	for i := range 2 {
+		if err := os.WriteFile(filepath.Join(dir, "flash", fmt.Sprintf("otadata.%d", i)), []byte("worn-out flash"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.format(); err != nil {
+		t.Fatalf("format from factory: %v", err)
+	}
+	s = boot()
+	st, _ := s.Status()
+	c, err := s.SecurityCounter()
+	if st.Slots[st.Running].Image.Version != "1.0.3" || err != nil || c != 7 {
+		t.Fatalf("after the format: running %s, security counter %d (%v); want 1.0.3 and 7", st.Slots[st.Running].Image.Version, c, err)
+	}
 }
