@@ -635,7 +635,9 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 		return err
 	})
 	if err == nil && o != nil {
-		err = a.vet(o, st, counter)
+		if verr := a.vet(o, st, counter); verr != nil {
+			err = &refusal{verr}
+		}
 	}
 	if err != nil {
 		a.fail(ctx, o, err)
@@ -771,7 +773,15 @@ func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 	if !(IsFatal(err) || badImage) || sessionGone(err) {
 		return
 	}
-	if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: "failed", Reason: truncate(err.Error(), 400)}); qerr != nil {
+	// A refusal of the offer itself is said as such on the native API, so
+	// the server stops offering the release to this device; the EcoWatt API
+	// knows only failures (which back the release off there).
+	status := "failed"
+	var r *refusal
+	if errors.As(err, &r) && o.api == APINative {
+		status = "refused"
+	}
+	if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: status, Reason: truncate(err.Error(), 400)}); qerr != nil {
 		a.log.Warn("cannot queue the failure report", "error", qerr)
 		return
 	}
@@ -786,6 +796,14 @@ func truncate(s string, n int) string {
 	}
 	return s
 }
+
+// refusal is the device declining an offer before downloading it: not
+// newer, rolled back from, below its security counter, too big for its
+// slot. Retrying cannot change it.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
 
 // errVerify marks a downloaded image that did not check out.
 var errVerify = errors.New("downloaded image failed verification")
