@@ -44,7 +44,7 @@ Release blobs go in a folder all replicas share (--blobs DIR), or with
 connection costs about 40 KB; devices beyond the limit wait to connect, and
 while three quarters of it are in use, every 16th answer on a connection
 closes it, so that waiting devices get their turn. At the limit, a
-keep-alive connection idle for half a second or more is closed (the one
+keep-alive connection idle for 10 s or more is closed (the one
 idle longest first) to let a waiting device in. --max-conns-per-client caps
 the connections one address (IPv6: one /64) holds: beyond it, that
 address's longest-idle connection is closed, or if none is idle the new
