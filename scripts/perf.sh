@@ -49,7 +49,9 @@ for _ in $(seq 20); do
 done
 store=()
 if [ -n "${FOTA_PERF_DB:-}" ]; then store=(--db "$FOTA_PERF_DB" --blobs db); fi
-taskset -c 0 "$fota" serve --data data "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn > serve.out 2> serve.err &
+# --max-conns-per-client 0: every simulated device connects from 127.0.0.1.
+taskset -c 0 "$fota" serve --data data "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn \
+  --max-conns-per-client 0 > serve.out 2> serve.err &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
 export FOTA_SERVER=http://127.0.0.1:$port FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out)
@@ -153,7 +155,7 @@ if [ -n "${SLOW:-}" ]; then
     # the heap up to twice what is live and holds freed memory a while, and
     # the peak RSS of the same run varied from 134 to 179 MiB.
     taskset -c 0 "$fota" serve --data data-slow "${store[@]}" --trust keys/signing.pub --addr 127.0.0.1:$port --log-level warn \
-      --memory-limit 112MiB > serve.out 2> serve.err &
+      --memory-limit 112MiB --max-conns-per-client 0 > serve.out 2> serve.err &
     pids[0]=$!
     for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
     if [ -z "${FOTA_PERF_DB:-}" ]; then FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out); fi

@@ -26,7 +26,7 @@ import (
 const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
-             [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--log-level info] [--log-format text|json]
+             [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
              [--memory-limit 112MiB] [--pprof 127.0.0.1:6060]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
@@ -43,7 +43,14 @@ Release blobs go in a folder all replicas share (--blobs DIR), or with
 --max-conns bounds memory when many devices arrive at once: each open
 connection costs about 40 KB; devices beyond the limit wait to connect, and
 while three quarters of it are in use, every 16th answer on a connection
-closes it, so that waiting devices get their turn. --memory-limit caps the
+closes it, so that waiting devices get their turn. At the limit, a
+keep-alive connection idle for 10 s or more is closed (the one
+idle longest first) to let a waiting device in. --max-conns-per-client caps
+the connections one address (IPv6: one /64) holds: beyond it, that
+address's longest-idle connection is closed, or if none is idle the new
+connection is closed unanswered. Behind a reverse proxy or load balancer
+every device has the proxy's address: set it to 0 there (no cap) and cap
+clients at the proxy. --memory-limit caps the
 server's Go memory softly: without it, the collector lets the heap grow to
 twice what is live and keeps freed memory for a while, so peaks (many
 devices checking in at once) set the resident size; set it to about three
@@ -73,6 +80,7 @@ func runServe(e *env, args []string) error {
 	tlsKey := fs.String("tls-key", "", "TLS private key (PEM)")
 	maxSessions := fs.Int("max-sessions", 20000, "most update sessions open at once (0: no limit); EcoWatt-API sessions may take three quarters")
 	maxConns := fs.Int("max-conns", 1536, "most connections open at once; more devices wait to connect")
+	maxConnsPerClient := fs.Int("max-conns-per-client", server.DefaultMaxConnsPerClient, "most connections open at once from one client address, IPv6 /64 (0: no cap; use 0 behind a reverse proxy)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
@@ -92,6 +100,9 @@ func runServe(e *env, args []string) error {
 	}
 	if *maxConns < 1 {
 		return usagef("--max-conns %d: want at least 1", *maxConns)
+	}
+	if *maxConnsPerClient < 0 {
+		return usagef("--max-conns-per-client %d: want 0 (no cap) or more", *maxConnsPerClient)
 	}
 	if *maxSessions < 0 || *maxSessions == 1 {
 		// EcoWatt-API sessions may take at most the places but one, so that
@@ -183,11 +194,16 @@ func runServe(e *env, args []string) error {
 	hs := &http.Server{
 		Handler: srv,
 		// Slow clients cannot hold a connection open forever; uploads and
-		// payload downloads extend their own deadlines.
+		// payload downloads extend their own deadlines. The header time
+		// includes an ESP32's TLS handshake (1-3 s of RSA on the device,
+		// plus round trips on a slow link). Idle keep-alive connections are
+		// kept 30 s, long enough for the pauses inside an update; a device
+		// on a check-in timer reconnects anyway, and at --max-conns idle
+		// connections are closed sooner (LimitConns).
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		WriteTimeout:      120 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		IdleTimeout:       30 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
 	}
@@ -195,8 +211,8 @@ func runServe(e *env, args []string) error {
 	if err != nil {
 		return withHint(fmt.Errorf("listen on %s: %w", *addr, err), "choose another --addr, or stop what uses that port")
 	}
-	limited := server.LimitConns(tcp, *maxConns)
-	hs.Handler, hs.ConnContext = limited.Handler(srv), limited.ConnContext
+	limited := server.LimitConns(tcp, *maxConns, *maxConnsPerClient)
+	hs.Handler, hs.ConnContext, hs.ConnState = limited.Handler(srv), limited.ConnContext, limited.ConnState
 	srv.WatchConns(limited)
 	var ln net.Listener = limited
 	scheme := "http"
