@@ -176,16 +176,6 @@ func runServe(e *env, args []string) error {
 	} else if n > 0 {
 		logger.Info("removed blobs no release refers to", "count", n)
 	}
-	if n, err := store.CountTokens(e.ctx); err != nil {
-		return err
-	} else if n == 0 {
-		token, err := createToken(e.ctx, store, "admin")
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "admin token (shown once; keep it secret): %s\n", token)
-	}
-
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
 		SessionCacheTTL: sessionTTL})
 	if err != nil {
@@ -225,6 +215,20 @@ func runServe(e *env, args []string) error {
 		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 		ln = tls.NewListener(ln, hs.TLSConfig)
 		scheme = "https"
+	}
+	// The first admin token is made only now that the server can start:
+	// a start that fails (port taken, bad certificate) must not show a
+	// token that no later start shows again.
+	if n, err := store.CountTokens(e.ctx); err != nil {
+		ln.Close()
+		return err
+	} else if n == 0 {
+		token, err := createToken(e.ctx, store, "admin")
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		fmt.Fprintf(e.stdout, "admin token (shown once; keep it secret): %s\n", token)
 	}
 	where := "data " + *data
 	if *db != "" {
