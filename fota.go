@@ -101,6 +101,9 @@ type Release struct {
 	Signature        []byte
 	LegacySignature  []byte // nil for non-RSA releases
 	BlobKey          string
+	// Withdrawn is when an operator withdrew the release (zero while it is
+	// offered): it is never offered again, but its row stays for history.
+	Withdrawn time.Time
 }
 
 // Chunks is the number of ChunkSize chunks of the ciphertext.
@@ -121,6 +124,11 @@ type Device struct {
 	API      string
 	Created  time.Time
 	LastSeen time.Time // zero until its first request
+	// Removed is when an operator removed the device (zero while it is
+	// registered). A removed device is a tombstone: its key authenticates
+	// nothing, its id is not registered again, and its history stays until
+	// retention prunes it.
+	Removed time.Time
 }
 
 // API names a device API, and with APIBoth a device's API policy.
@@ -174,6 +182,35 @@ func SessionActive(s string) bool {
 	}
 	return false
 }
+
+// DeviceRemovedConflict is the error for registering an id that belongs
+// to a removed device, whose history is still kept under it.
+func DeviceRemovedConflict(id string, removed time.Time) *Error {
+	return Errorf(ECONFLICT, "device %s was removed at %s and its id is not reused while its history is kept; register the device under a new id",
+		id, removed.UTC().Format(time.RFC3339))
+}
+
+// WithdrawnReason is why a withdrawn release's sessions ended, as the
+// devices in them are told.
+func WithdrawnReason(version, reason string) string {
+	if reason == "" {
+		return "release " + version + " was withdrawn"
+	}
+	return "release " + version + " was withdrawn: " + reason
+}
+
+// SessionExcludes reports whether an ended session keeps its release from
+// its device for good: a rollback or refusal the device reported itself,
+// authenticated, on the native API (DeviceStore.RejectedReleases reads
+// these).
+func SessionExcludes(s *Session) bool {
+	return s.API == APINative && (s.State == SessionRolledBack || s.State == SessionRefused)
+}
+
+// SessionPrunable reports whether retention may delete a session: it has
+// ended, and it is not what keeps a release from its device. Every store's
+// PruneSessions applies this same rule.
+func SessionPrunable(s *Session) bool { return !SessionActive(s.State) && !SessionExcludes(s) }
 
 // stateRank orders the states a session passes through; every end ranks
 // above them all.
@@ -251,6 +288,8 @@ const (
 	EventBackoffClear  = "backoff-cleared"
 	EventTokenCreated  = "token-created"
 	EventTokenRevoked  = "token-revoked"
+	EventWithdrawn     = "release-withdrawn"
+	EventDeviceRemoved = "device-removed"
 )
 
 // stateEvents is the event each session state change records.

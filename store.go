@@ -35,6 +35,13 @@ type ReleaseStore interface {
 	DeleteRelease(ctx context.Context, id int64) error
 	// BlobInUse reports whether any release refers to the blob key.
 	BlobInUse(ctx context.Context, key string) (bool, error)
+	// WithdrawRelease marks a release withdrawn, so that it is never
+	// offered or opened again, and ends its active sessions as abandoned
+	// with reason, with an event each and a release-withdrawn event; it
+	// returns the sessions it ended. The row stays, for history and for
+	// the sessions that name it. Durable. Errors: ENOTFOUND; ECONFLICT if
+	// it is withdrawn already.
+	WithdrawRelease(ctx context.Context, id int64, reason string) ([]*Session, error)
 }
 
 // DeviceStore keeps registered devices and what holds releases back from
@@ -42,21 +49,31 @@ type ReleaseStore interface {
 type DeviceStore interface {
 	// CreateDevice stores d (Created is set; API "" is stored as
 	// APINative) and its device-added event. Durable. Errors: ECONFLICT if
-	// the id exists.
+	// the id exists, removed devices included: an id is never reused while
+	// its history is kept.
 	CreateDevice(ctx context.Context, d *Device) error
-	// Device returns a device. Errors: ENOTFOUND.
+	// Device returns a device, a removed one too (Removed is set: callers
+	// that act for the device refuse it). Errors: ENOTFOUND.
 	Device(ctx context.Context, id string) (*Device, error)
-	// Devices lists devices by id.
+	// Devices lists devices by id, removed ones left out.
 	Devices(ctx context.Context) ([]*Device, error)
+	// RemoveDevice marks a device removed, ends its active sessions as
+	// abandoned with an event each, deletes its backoffs, and
+	// records a device-removed event; it returns the sessions it ended.
+	// The row stays as a tombstone, so its history stays readable until
+	// PruneRemovedDevices. Durable. Errors: ENOTFOUND for an unknown or
+	// already removed device.
+	RemoveDevice(ctx context.Context, id string) ([]*Session, error)
 	// DeviceSeen records that a device made a request, reporting version
 	// ("" keeps the stored one). Fast. Errors: ENOTFOUND.
 	DeviceSeen(ctx context.Context, id, version string, at time.Time) error
 	// PinDevice pins a device to a release version ("" unpins) and records
-	// it. Durable. Errors: ENOTFOUND.
+	// it. Durable. Errors: ENOTFOUND (removed devices too).
 	PinDevice(ctx context.Context, id, version string) error
 	// SetDeviceAPI sets a device's API policy and records it; its active
 	// sessions on an API the policy no longer allows are abandoned, and
-	// returned. Durable. Errors: ENOTFOUND; EINVALID for an unknown policy.
+	// returned. Durable. Errors: ENOTFOUND (removed devices too); EINVALID
+	// for an unknown policy.
 	SetDeviceAPI(ctx context.Context, id, policy string) ([]*Session, error)
 	// RejectedReleases lists the ids of releases the device rolled back
 	// from or refused in an authenticated (native API) session: those are
@@ -86,7 +103,9 @@ type SessionStore interface {
 	// one device are serialized. A session on the EcoWatt API never ends a
 	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps;
 	// EFORBIDDEN if the device's API policy (read in the same transaction)
-	// does not allow s.API; ENOTFOUND for an unknown device.
+	// does not allow s.API; ENOTFOUND for an unknown or removed device;
+	// EGONE if the release was withdrawn (both read in the same
+	// transaction, so nothing opens on what an operator just took away).
 	OpenSession(ctx context.Context, s *Session, caps SessionCaps) error
 	// Session returns a session. Errors: ENOTFOUND.
 	Session(ctx context.Context, id string) (*Session, error)
@@ -147,6 +166,32 @@ type NonceStore interface {
 	PurgeNonces(ctx context.Context, t time.Time) error
 }
 
+// RetentionStore forgets old history, a small batch per call, so that
+// pruning never holds the database for long: the update service decides
+// what is due (internal/update's Retention) and calls these a bounded
+// number of times per tick. Each call is one transaction and returns how
+// many rows it deleted; fewer than batch means nothing more is due. All
+// are fast: a prune lost to a power cut is simply done again.
+type RetentionStore interface {
+	// PruneEvents deletes up to batch events, oldest first, that are
+	// older than before (zero time: no age limit) or not among the keep
+	// newest (0: no count limit). Events are numbered in the order they
+	// are recorded and "newest" goes by that number, so at most keep stay
+	// (fewer where the database skipped numbers).
+	PruneEvents(ctx context.Context, before time.Time, keep, batch int) (int, error)
+	// PruneSessions deletes up to batch prunable sessions (SessionPrunable:
+	// ended, and not a native rollback or refusal, which keeps its release
+	// from the device), least recently updated first, that were last
+	// updated before before (zero: no age limit) or are not among the keep
+	// most recently updated prunable ones (0: no count limit). An active
+	// session is never deleted.
+	PruneSessions(ctx context.Context, before time.Time, keep, batch int) (int, error)
+	// PruneRemovedDevices deletes up to batch devices removed before
+	// before, with all their sessions: the tombstone goes once its
+	// history has aged out. Their events are PruneEvents' business.
+	PruneRemovedDevices(ctx context.Context, before time.Time, batch int) (int, error)
+}
+
 // Store is everything the server keeps, one interface per entity.
 type Store interface {
 	ReleaseStore
@@ -155,5 +200,6 @@ type Store interface {
 	EventStore
 	TokenStore
 	NonceStore
+	RetentionStore
 	Close() error
 }

@@ -157,6 +157,29 @@ func (a *Admin) DeleteRelease(ctx context.Context, hardware, version string) err
 	return a.doJSON(ctx, "DELETE", "/v1/admin/releases/"+url.PathEscape(hardware)+"/"+url.PathEscape(version), nil, nil)
 }
 
+// WithdrawRelease stops offering a release at once and ends the update
+// sessions downloading it, telling their devices reason; the release stays
+// listed, withdrawn. It returns the release and how many sessions ended.
+func (a *Admin) WithdrawRelease(ctx context.Context, hardware, version, reason string) (*protocol.Withdrawn, error) {
+	var out protocol.Withdrawn
+	err := a.doJSON(ctx, "POST", "/v1/admin/releases/"+url.PathEscape(hardware)+"/"+url.PathEscape(version)+"/withdraw",
+		protocol.WithdrawRelease{Reason: reason}, &out)
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RemoveDevice removes a device: its sessions end and its key stops
+// working; its history stays. It returns how many sessions ended.
+func (a *Admin) RemoveDevice(ctx context.Context, id string) (int, error) {
+	var out protocol.RemovedDevice
+	if err := a.doJSON(ctx, "DELETE", "/v1/admin/devices/"+url.PathEscape(id), nil, &out); err != nil {
+		return 0, err
+	}
+	return out.SessionsEnded, nil
+}
+
 // AddDevice registers a device; the answer holds its PSK, shown only now.
 func (a *Admin) AddDevice(ctx context.Context, d protocol.AddDevice) (*protocol.Device, error) {
 	var out protocol.Device

@@ -60,6 +60,8 @@ type Release struct {
 	Notes            string    `json:"notes,omitempty"`
 	Created          time.Time `json:"created"`
 	Published        time.Time `json:"published"`
+	// Withdrawn is when an operator withdrew it; absent while offered.
+	Withdrawn time.Time `json:"withdrawn,omitzero"`
 }
 
 // AddDevice is the body of POST /v1/admin/devices.
@@ -75,6 +77,23 @@ type AddDevice struct {
 // SetDeviceAPI is PUT /v1/admin/devices/{id}/api.
 type SetDeviceAPI struct {
 	API string `json:"api"`
+}
+
+// WithdrawRelease is POST /v1/admin/releases/{hardware}/{version}/withdraw.
+type WithdrawRelease struct {
+	Reason string `json:"reason"` // told to devices whose sessions end, and recorded
+}
+
+// Withdrawn answers WithdrawRelease.
+type Withdrawn struct {
+	Release       Release `json:"release"`
+	SessionsEnded int     `json:"sessions_ended"`
+}
+
+// RemovedDevice answers DELETE /v1/admin/devices/{id}.
+type RemovedDevice struct {
+	ID            string `json:"id"`
+	SessionsEnded int    `json:"sessions_ended"`
 }
 
 // Backoff is a release held back from a device on the EcoWatt API after it
@@ -98,6 +117,8 @@ type Device struct {
 	Created         time.Time `json:"created"`
 	LastSeen        time.Time `json:"last_seen,omitzero"`
 	PSK             string    `json:"psk,omitempty"`
+	// Removed is when an operator removed it; absent while registered.
+	Removed time.Time `json:"removed,omitzero"`
 }
 
 // DeviceDetail is GET /v1/admin/devices/{id}.

@@ -108,10 +108,14 @@ func runReleaseList(e *env, args []string) error {
 		return printJSON(e, rels)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tPUBLISHED")
+	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tPUBLISHED\tSTATUS")
 	for _, r := range rels {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\n", r.Version, r.Hardware, r.Product, r.PlaintextSize, r.Chunks,
-			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), r.Published.Local().Format(time.DateTime))
+		status := "offered"
+		if !r.Withdrawn.IsZero() {
+			status = "withdrawn " + r.Withdrawn.Local().Format(time.DateTime)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\n", r.Version, r.Hardware, r.Product, r.PlaintextSize, r.Chunks,
+			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), r.Published.Local().Format(time.DateTime), status)
 	}
 	return tw.Flush()
 }
@@ -138,6 +142,7 @@ const deviceUsage = `Usage:
   fota device set     --id ID --api native|ecowatt|both
   fota device assign  --id ID (--version V | --unpin)
   fota device backoff --id ID [--clear]
+  fota device remove  --id ID
   fota device run     --credentials dev.json --keys-h dev_keys.h --state DIR --version 1.0.3 [...]
 
 add registers a device with a new random key and writes it, once, to a
@@ -160,6 +165,10 @@ releases held back from a device on the EcoWatt API after it reported a
 failure (1 h, doubling to 24 h); --clear offers them again at its next check
 and resets its EcoWatt-API session rate limit (a fota agent still refuses a
 release it rolled back from itself).
+remove removes a device for good: its update sessions end and its key stops
+working at once (within a second on other replicas); its history stays
+readable (fota device show) until retention prunes it, and its id is not
+registered again until then.
 These take --server and --token (or FOTA_SERVER and FOTA_TOKEN).
 run runs a simulated EcoWatt device ('fota device run --help').
 
@@ -175,7 +184,7 @@ Examples:
 func runDevice(e *env, args []string) error {
 	return subcommand(e, "device", args, map[string]func(*env, []string) error{
 		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "set": runDeviceSet, "assign": runDeviceAssign,
-		"backoff": runDeviceBackoff, "run": runDeviceRun,
+		"backoff": runDeviceBackoff, "remove": runDeviceRemove, "run": runDeviceRun,
 	}, deviceUsage)
 }
 
@@ -364,6 +373,12 @@ func runDeviceShow(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "device %s: %s, running %s, security counter %d, API %s, pinned %s\n", d.Device.ID, d.Device.Hardware,
 		d.Device.Version, d.Device.SecurityCounter, d.Device.API, orDash(d.Device.PinnedVersion))
+	if !d.Device.Removed.IsZero() {
+		// A tombstone: its history is all there is to show.
+		fmt.Fprintf(e.stdout, "removed %s: its key no longer works\n", d.Device.Removed.Local().Format(time.DateTime))
+		printEvents(e, d.History)
+		return nil
+	}
 	bs, err := a.Backoffs(e.ctx, *id)
 	if err != nil {
 		return err
@@ -436,6 +451,55 @@ func runDeviceBackoff(e *env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", b.Version, b.Failures, b.Until.Local().Format(time.DateTime), yesNo(b.Active))
 	}
 	return tw.Flush()
+}
+
+func runDeviceRemove(e *env, args []string) error {
+	fs := newFlags("device remove")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	if err := parseNoArgs(e, fs, deviceUsage, args); err != nil {
+		return err
+	}
+	if *id == "" {
+		return &usageError{msg: "--id is required", hint: "fota device remove --id ESP32_EcoWatt_Smart"}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	ended, err := a.RemoveDevice(e.ctx, *id)
+	if err != nil {
+		return fmt.Errorf("remove device %s: %w", *id, err)
+	}
+	fmt.Fprintf(e.stdout, "device %s removed: its key no longer works; %d update session(s) ended; its history stays (fota device show --id %s)\n",
+		*id, ended, *id)
+	return nil
+}
+
+// runReleaseWithdraw withdraws a published release.
+func runReleaseWithdraw(e *env, args []string) error {
+	fs := newFlags("release withdraw")
+	server, token := serverFlags(fs)
+	version := fs.String("version", "", "release version")
+	hardware := fs.String("hardware", "esp32", "hardware the release is for")
+	reason := fs.String("reason", "", "why, told to the devices whose downloads end and recorded (at most 200 bytes)")
+	if err := parseNoArgs(e, fs, releaseUsage, args); err != nil {
+		return err
+	}
+	if *version == "" {
+		return &usageError{msg: "--version is required", hint: "fota release withdraw --version 1.0.5 --reason \"drains the battery\""}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	w, err := a.WithdrawRelease(e.ctx, *hardware, *version, *reason)
+	if err != nil {
+		return fmt.Errorf("withdraw %s for %s: %w", *version, *hardware, err)
+	}
+	fmt.Fprintf(e.stdout, "release %s for %s withdrawn: offered to no device from now on; %d download(s) in progress ended\n",
+		w.Release.Version, w.Release.Hardware, w.SessionsEnded)
+	return nil
 }
 
 func printEvents(e *env, evs []protocol.Event) {

@@ -17,7 +17,7 @@ import (
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
-            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--no-keepalive] [--check-only] [--verify full|hmac] [--json] [--cpuprofile FILE]
+            [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--no-keepalive] [--check-only] [--verify full|hmac] [--keep] [--json] [--cpuprofile FILE]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
@@ -29,6 +29,11 @@ a server feeding many devices). It prints updates completed and failed, chunks/s
 check and chunk latency p50/p99/max, bytes on the wire and TCP connections
 per update, and errors by kind. --keys must hold the release key the server
 trusts (signing.key, firmware.key). Ctrl-C stops early and reports.
+
+Its data has one name: the release is for hardware load-RUN and the devices
+are load-RUN-00000 on. At the end (after Ctrl-C too) it removes the devices
+and deletes the release through the admin API, so a production server keeps
+only their history, which retention prunes; --keep leaves them.
 
 Example:
   fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 200 --api ecowatt --release-size 256KiB
@@ -50,6 +55,7 @@ func runLoad(e *env, args []string) error {
 	checkOnly := fs.Bool("check-only", false, "devices already run the release: one check-in each, to measure check-in capacity")
 	verify := fs.String("verify", loadgen.VerifyFull, "what devices check: full (the real agent) or hmac (signature and chunk HMACs, no decryption: measures the server, not this machine's CPU; native API)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file (go tool pprof FILE)")
+	keep := fs.Bool("keep", false, "leave the run's devices and release on the server (by default they are removed at the end)")
 	if err := parseNoArgs(e, fs, loadUsage, args); err != nil {
 		return err
 	}
@@ -99,7 +105,7 @@ func runLoad(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
-		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay, NoKeepAlive: *noKeepAlive, Verify: *verify,
+		Rate: rate, Duration: *duration, Signer: signer, FirmwareKey: fwKey, ChunksPerRequest: *perRequest, CheckOnly: *checkOnly, ChunkDelay: *chunkDelay, NoKeepAlive: *noKeepAlive, Verify: *verify, Keep: *keep,
 		OnProgress: func(s loadgen.Snapshot) {
 			fmt.Fprintf(e.stderr, "  %5.0fs  started %d  done %d  failed %d  chunks %d\n", s.Elapsed.Seconds(), s.Started, s.Done, s.Fails, s.Chunks)
 		}})
@@ -114,6 +120,11 @@ func runLoad(e *env, args []string) error {
 	lat := func(l loadgen.Latency) string {
 		return fmt.Sprintf("p50 %.2f ms  p99 %.2f ms  max %.2f ms  (%d requests)", l.P50ms, l.P99ms, l.MaxMs, l.Count)
 	}
+	data := "removed (devices removed, release deleted)"
+	if rep.Kept {
+		data = "kept on the server"
+	}
+	row("run", fmt.Sprintf("%s: devices load-%s-*, release for hardware load-%s; %s", rep.Run, rep.Run, rep.Run, data))
 	row("api", rep.API)
 	row("devices", strconv.Itoa(rep.Devices))
 	if *checkOnly {

@@ -24,6 +24,7 @@ const releaseUsage = `Usage:
   fota release inspect [--json] BUNDLE.fota
   fota release publish --server URL --token T BUNDLE.fota
   fota release list    --server URL --token T [--json]
+  fota release withdraw --server URL --token T --version V [--hardware esp32] [--reason TEXT]
 
 build turns a firmware image into a signed, encrypted release bundle. For an
 ESP32 application image the version, chip and project come from its app
@@ -32,8 +33,11 @@ verify checks a bundle's structure, signature and hashes and, given the
 firmware key, decrypts it and checks the firmware itself.
 inspect prints what a bundle says about itself, without checking it.
 publish uploads a bundle to the server, which verifies it before storing it;
-list shows the published releases. --server and --token default to
-FOTA_SERVER and FOTA_TOKEN.
+list shows the published releases. withdraw stops offering a release at once:
+downloads of it in progress end (the devices get 410 with --reason and keep
+running the image they run), pins to it say it was withdrawn, and it stays
+listed for history. --server and --token default to FOTA_SERVER and
+FOTA_TOKEN.
 
 Examples:
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
@@ -44,11 +48,12 @@ Examples:
 
 func runRelease(e *env, args []string) error {
 	return subcommand(e, "release", args, map[string]func(*env, []string) error{
-		"build":   runReleaseBuild,
-		"verify":  runReleaseVerify,
-		"inspect": runReleaseInspect,
-		"publish": runReleasePublish,
-		"list":    runReleaseList,
+		"build":    runReleaseBuild,
+		"verify":   runReleaseVerify,
+		"inspect":  runReleaseInspect,
+		"publish":  runReleasePublish,
+		"list":     runReleaseList,
+		"withdraw": runReleaseWithdraw,
 	}, releaseUsage)
 }
 

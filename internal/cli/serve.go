@@ -28,6 +28,7 @@ const serveUsage = `Usage:
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
              [--memory-limit 112MiB] [--pprof 127.0.0.1:6060]
+             [--retain-events 90d] [--retain-events-max 1000000] [--retain-sessions 90d] [--retain-sessions-max 100000]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
 and the native device API (/v1/device/*). The first start creates the data
@@ -55,6 +56,13 @@ server's Go memory softly: without it, the collector lets the heap grow to
 twice what is live and keeps freed memory for a while, so peaks (many
 devices checking in at once) set the resident size; set it to about three
 quarters of the memory the server is given.
+
+History is pruned in the background, a few small batches every 30 seconds:
+events older than --retain-events or beyond the newest --retain-events-max,
+ended update sessions likewise (never an active one, nor a native rollback
+or refusal, which keeps that release from the device), and removed devices
+once removed longer ago than --retain-sessions. Ages take d (days), w
+(weeks) or Go durations; 0 keeps for ever.
 
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
@@ -85,7 +93,12 @@ func runServe(e *env, args []string) error {
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
 	memoryLimit := fs.String("memory-limit", "", "soft limit on the server's Go memory, e.g. 112MiB: nearer it, memory is collected and returned sooner (default: GOMEMLIMIT, else none)")
+	retainFlags := addRetentionFlags(fs)
 	rest, err := parseFlags(e, fs, serveUsage, args)
+	if err != nil {
+		return err
+	}
+	retention, err := retainFlags.retention()
 	if err != nil {
 		return err
 	}
@@ -177,7 +190,7 @@ func runServe(e *env, args []string) error {
 		logger.Info("removed blobs no release refers to", "count", n)
 	}
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
-		SessionCacheTTL: sessionTTL})
+		SessionCacheTTL: sessionTTL, Retention: retention})
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ package loadgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -62,6 +63,11 @@ type Config struct {
 	Verify string
 	// OnProgress receives a snapshot every second.
 	OnProgress func(Snapshot)
+	// Keep leaves the run's devices and release on the server. By default
+	// Run removes them at the end (the devices removed, the release
+	// deleted), so a run against a production server leaves only history,
+	// which retention prunes.
+	Keep bool
 }
 
 // What a simulated device checks of an update.
@@ -88,6 +94,10 @@ type Latency struct {
 
 // Report is the result of a run.
 type Report struct {
+	// Run names the run's data: its release is for hardware "load-<run>"
+	// and its devices are "load-<run>-NNNNN".
+	Run                string         `json:"run"`
+	Kept               bool           `json:"kept"` // the devices and release were left on the server
 	API                string         `json:"api"`
 	Devices            int            `json:"devices"`
 	Completed          int            `json:"updates_completed"`
@@ -237,7 +247,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 }
 
 // Run performs a load run.
-func Run(ctx context.Context, cfg Config) (*Report, error) {
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if cfg.Devices < 1 {
 		return nil, errors.New("load: at least one device")
 	}
@@ -264,12 +274,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	run := hex.EncodeToString(idb[:])
 	hardware := "load-" + run
 
-	img, err := firmware.Sample(firmware.SampleOptions{Version: "2.0.0", Chip: loadChip, Size: cfg.ReleaseSize})
+	img, err := firmware.Sample(firmware.SampleOptions{Version: loadVersion, Chip: loadChip, Size: cfg.ReleaseSize})
 	if err != nil {
 		return nil, err
 	}
 	var b bytes.Buffer
-	m, err := bundle.Build(&b, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt-load", Hardware: hardware, Version: "2.0.0",
+	m, err := bundle.Build(&b, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt-load", Hardware: hardware, Version: loadVersion,
 		Signer: cfg.Signer, FirmwareKey: cfg.FirmwareKey})
 	if err != nil {
 		return nil, err
@@ -277,10 +287,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if _, err := admin.Publish(ctx, &b); err != nil {
 		return nil, fmt.Errorf("load: publish the test release: %w", err)
 	}
+	ids := make([]string, cfg.Devices)
+	if !cfg.Keep {
+		// However the run ends (Ctrl-C too: cleanup does not use ctx), its
+		// devices and release go.
+		defer func() {
+			if cerr := cleanup(admin, hardware, ids); cerr != nil && err == nil {
+				rep, err = nil, cerr
+			}
+		}()
+	}
 
 	// Register the fleet, a few at a time.
 	psks := make([]protocol.PSK, cfg.Devices)
-	ids := make([]string, cfg.Devices)
 	var regErr error
 	var regMu sync.Mutex
 	var wg sync.WaitGroup
@@ -293,7 +312,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				ids[i] = fmt.Sprintf("load-%s-%05d", run, i)
 				running := "1.0.0"
 				if cfg.CheckOnly {
-					running = "2.0.0"
+					running = loadVersion
 				}
 				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: running, API: cfg.API})
 				if err == nil {
@@ -376,7 +395,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	<-progressDone
 	elapsed := time.Since(start)
 
-	rep := &Report{API: cfg.API, Devices: cfg.Devices, Completed: int(st.done.Load()), Failed: int(st.failed.Load()),
+	rep = &Report{Run: run, Kept: cfg.Keep, API: cfg.API, Devices: cfg.Devices, Completed: int(st.done.Load()), Failed: int(st.failed.Load()),
 		ReleaseBytes: m.PlaintextSize, CiphertextBytes: m.CiphertextSize, Elapsed: elapsed, Seconds: elapsed.Seconds(),
 		Chunks: st.chunks.Load(), Errors: st.errors}
 	rep.ChunksPerSecond = float64(rep.Chunks) / elapsed.Seconds()
@@ -387,6 +406,51 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		rep.ConnsPerUpdate = float64(st.conns.Load()) / n
 	}
 	return rep, nil
+}
+
+// loadVersion is the run's release; its devices start on 1.0.0.
+const loadVersion = "2.0.0"
+
+// cleanupTimeout bounds the cleanup, which runs after Ctrl-C too.
+const cleanupTimeout = 2 * time.Minute
+
+// cleanup removes a run's devices ("" ids were never registered), a few
+// at a time, then deletes its release: their sessions ended with the
+// devices, so nothing holds it.
+func cleanup(admin *client.Admin, hardware string, ids []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	var mu sync.Mutex
+	var first error
+	var wg sync.WaitGroup
+	work := make(chan string)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				if _, err := admin.RemoveDevice(ctx, id); err != nil {
+					mu.Lock()
+					first = cmp.Or(first, fmt.Errorf("load: remove device %s: %w", id, err))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, id := range ids {
+		if id != "" {
+			work <- id
+		}
+	}
+	close(work)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	if err := admin.DeleteRelease(ctx, hardware, loadVersion); err != nil {
+		return fmt.Errorf("load: delete the test release: %w", err)
+	}
+	return nil
 }
 
 func summarise(ds []time.Duration) Latency {
@@ -414,7 +478,7 @@ func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protoc
 	defer tr.inner.CloseIdleConnections()
 	running := "1.0.0"
 	if cfg.CheckOnly {
-		running = "2.0.0"
+		running = loadVersion
 	}
 	slots := newMemSlots(running)
 	boot, _ := slots.Boot()
@@ -456,7 +520,7 @@ func runDevice(ctx context.Context, cfg Config, st *stats, id string, psk protoc
 
 func confirm(ctx context.Context, cfg Config, tr *transport, id string, psk protocol.PSK, session string) error {
 	if cfg.API == agent.APIEcoWatt {
-		body := fmt.Sprintf(`{"device_id":%q,"version":"2.0.0","boot_status":"success"}`, id)
+		body := fmt.Sprintf(`{"device_id":%q,"version":%q,"boot_status":"success"}`, id, loadVersion)
 		req, _ := http.NewRequestWithContext(ctx, "POST", strings.TrimRight(cfg.Server, "/")+"/ota/complete", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := (&http.Client{Transport: tr}).Do(req)

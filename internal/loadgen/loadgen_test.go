@@ -21,7 +21,7 @@ func TestLoadRunCompletesUpdates(t *testing.T) {
 		t.Run(api+"-"+mode.verify, func(t *testing.T) {
 			s := testserver.New(t)
 			rep, err := Run(context.Background(), Config{Server: s.URL, Token: s.Token, Devices: 6, API: api, Verify: mode.verify,
-				ReleaseSize: 32 << 10, Signer: s.Signer, FirmwareKey: s.FWKey, ChunksPerRequest: 5})
+				ReleaseSize: 32 << 10, Signer: s.Signer, FirmwareKey: s.FWKey, ChunksPerRequest: 5, Keep: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,8 +36,11 @@ func TestLoadRunCompletesUpdates(t *testing.T) {
 			if api == agent.APINative && (ratio < 1 || ratio > 1.3) || api == agent.APIEcoWatt && ratio < 1.3 {
 				t.Fatalf("%s: %.2fx the ciphertext on the wire", api, ratio)
 			}
-			// Every load device confirmed the release.
+			// Every load device confirmed the release, and was kept.
 			devs, _ := s.Admin.Devices(context.Background())
+			if len(devs) != 6 || !rep.Kept {
+				t.Fatalf("%d devices kept (report says kept: %v), want 6", len(devs), rep.Kept)
+			}
 			for _, d := range devs {
 				if d.Version != "2.0.0" {
 					t.Fatalf("load device %s ended on %s", d.ID, d.Version)
@@ -126,5 +129,30 @@ func TestLoadHMACModeCatchesAlteredChunks(t *testing.T) {
 	}
 	if rep.Completed != 0 || rep.Failed != 2 || rep.Errors["chunk HMAC mismatch"] != 2 {
 		t.Fatalf("altered chunks: completed %d, failed %d, errors %v", rep.Completed, rep.Failed, rep.Errors)
+	}
+}
+
+// Without Keep a run leaves nothing on the server but history: its devices
+// removed (unknown to the device APIs), its release deleted.
+func TestLoadRemovesItsData(t *testing.T) {
+	s := testserver.New(t)
+	ctx := context.Background()
+	rep, err := Run(ctx, Config{Server: s.URL, Token: s.Token, Devices: 3, API: agent.APINative, Verify: VerifyHMAC,
+		ReleaseSize: 8 << 10, Signer: s.Signer, FirmwareKey: s.FWKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 3 || rep.Kept || rep.Run == "" {
+		t.Fatalf("report %+v", rep)
+	}
+	if devs, _ := s.Admin.Devices(ctx); len(devs) != 0 {
+		t.Fatalf("%d load devices left registered", len(devs))
+	}
+	if rels, _ := s.Admin.Releases(ctx); len(rels) != 0 {
+		t.Fatalf("load release left: %+v", rels)
+	}
+	d, err := s.Admin.Device(ctx, "load-"+rep.Run+"-00000")
+	if err != nil || d.Device.Removed.IsZero() {
+		t.Fatalf("a load device after the run: %+v %v; want it removed, its history kept", d, err)
 	}
 }

@@ -10,13 +10,13 @@ import (
 	"github.com/ecowatt/fota"
 )
 
-const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms`
+const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms`
 
 func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
-	var created, seen, counter int64
-	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &d.API, &created, &seen); err != nil {
+	var created, seen, counter, removed int64
+	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed); err != nil {
 		return nil, err
 	}
 	if len(psk) != len(d.PSK) {
@@ -24,7 +24,7 @@ func scanDevice(row rowScanner) (*fota.Device, error) {
 	}
 	copy(d.PSK[:], psk)
 	d.SecurityCounter = uint32(counter)
-	d.Created, d.LastSeen = fromMS(created), fromMS(seen)
+	d.Created, d.LastSeen, d.Removed = fromMS(created), fromMS(seen), fromMS(removed)
 	return d, nil
 }
 
@@ -41,6 +41,11 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 		_, err := tx.Exec(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, d.ID, d.Hardware, d.Version, int64(d.SecurityCounter), d.PSK[:], d.PinnedVersion, d.API, ms(d.Created))
 		if isUnique(err) {
+			// The failed insert aborted this transaction: read outside it.
+			var removed int64
+			if s.pool.QueryRow(ctx, `SELECT removed_ms FROM devices WHERE id = $1`, d.ID).Scan(&removed) == nil && removed > 0 {
+				return fota.DeviceRemovedConflict(d.ID, fromMS(removed))
+			}
 			return fota.Errorf(fota.ECONFLICT, "device %s exists already", d.ID)
 		}
 		if err != nil {
@@ -59,7 +64,7 @@ func (s *Store) Device(ctx context.Context, id string) (*fota.Device, error) {
 
 // Devices lists devices by id.
 func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
-	return queryAll(ctx, s.pool, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices ORDER BY id COLLATE "C"`)
+	return queryAll(ctx, s.pool, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices WHERE removed_ms = 0 ORDER BY id COLLATE "C"`)
 }
 
 // DeviceSeen records a device request.
@@ -78,7 +83,7 @@ func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time
 // PinDevice pins a device to a version, or unpins it.
 func (s *Store) PinDevice(ctx context.Context, id, version string) error {
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE devices SET pinned_version = $1 WHERE id = $2`, version, id)
+		tag, err := tx.Exec(ctx, `UPDATE devices SET pinned_version = $1 WHERE id = $2 AND removed_ms = 0`, version, id)
 		if err != nil {
 			return fmt.Errorf("pin device: %w", err)
 		}
@@ -101,7 +106,7 @@ func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Se
 	}
 	var ended []*fota.Session
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE devices SET api = $1 WHERE id = $2`, policy, id)
+		tag, err := tx.Exec(ctx, `UPDATE devices SET api = $1 WHERE id = $2 AND removed_ms = 0`, policy, id)
 		if err != nil {
 			return fmt.Errorf("set API policy: %w", err)
 		}
@@ -170,4 +175,34 @@ func (s *Store) ClearBackoffs(ctx context.Context, deviceID string) (int, error)
 			Detail: fmt.Sprintf("%d held-back release(s) offered again", n)})
 	})
 	return int(n), err
+}
+
+// RemoveDevice marks a device removed and ends its active sessions.
+func (s *Store) RemoveDevice(ctx context.Context, id string) ([]*fota.Session, error) {
+	var ended []*fota.Session
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		now := s.now()
+		// The row lock serializes this with OpenSession, which reads the
+		// tombstone under the same lock: no session opens after it.
+		tag, err := tx.Exec(ctx, `UPDATE devices SET removed_ms = $1 WHERE id = $2 AND removed_ms = 0`, ms(now), id)
+		if err != nil {
+			return fmt.Errorf("remove device: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
+		}
+		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = $1 AND state = ANY($2)`,
+			id, activeStates); err != nil {
+			return err
+		}
+		if err := s.abandon(ctx, tx, `device_id = $4`, "the device was removed", id); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM backoffs WHERE device_id = $1`, id); err != nil {
+			return fmt.Errorf("remove device: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventDeviceRemoved, DeviceID: id,
+			Detail: fmt.Sprintf("removed; %d update session(s) ended", len(ended))})
+	})
+	return ended, err
 }

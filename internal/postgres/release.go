@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -11,19 +12,19 @@ import (
 
 const releaseColumns = `id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256,
 	ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms,
-	manifest, signature, legacy_signature, blob_key`
+	manifest, signature, legacy_signature, blob_key, withdrawn_ms`
 
 func scanRelease(row rowScanner) (*fota.Release, error) {
 	r := &fota.Release{}
-	var created, published, counter int64
+	var created, published, counter, withdrawn int64
 	err := row.Scan(&r.ID, &r.Product, &r.Hardware, &r.Version, &counter, &r.PlaintextSize, &r.PlaintextSHA256,
 		&r.CiphertextSize, &r.CiphertextSHA256, &r.ChunkSize, &r.IV, &r.KeyID, &r.SignatureAlg, &r.Notes, &created, &published,
-		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey)
+		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey, &withdrawn)
 	if err != nil {
 		return nil, err
 	}
 	r.SecurityCounter = uint32(counter)
-	r.Created, r.Published = fromMS(created), fromMS(published)
+	r.Created, r.Published, r.Withdrawn = fromMS(created), fromMS(published), fromMS(withdrawn)
 	if len(r.LegacySignature) == 0 {
 		r.LegacySignature = nil
 	}
@@ -101,4 +102,37 @@ func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
 		return false, fmt.Errorf("check blob %s: %w", key, err)
 	}
 	return n > 0, nil
+}
+
+// WithdrawRelease marks a release withdrawn and ends its active sessions.
+func (s *Store) WithdrawRelease(ctx context.Context, id int64, reason string) ([]*fota.Session, error) {
+	var ended []*fota.Session
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var version string
+		var withdrawn int64
+		// FOR UPDATE waits for opens holding the row FOR SHARE (OpenSession):
+		// their sessions are committed, and ended below, before this goes on.
+		err := tx.QueryRow(ctx, `SELECT version, withdrawn_ms FROM releases WHERE id = $1 FOR UPDATE`, id).Scan(&version, &withdrawn)
+		if _, err := one(version, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release"); err != nil {
+			return err
+		}
+		if withdrawn > 0 {
+			return fota.Errorf(fota.ECONFLICT, "release %s was withdrawn already, at %s", version, fromMS(withdrawn).Format(time.RFC3339))
+		}
+		now := s.now()
+		if _, err := tx.Exec(ctx, `UPDATE releases SET withdrawn_ms = $1 WHERE id = $2`, ms(now), id); err != nil {
+			return fmt.Errorf("withdraw release: %w", err)
+		}
+		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE release_id = $1 AND state = ANY($2)`,
+			id, activeStates); err != nil {
+			return err
+		}
+		why := fota.WithdrawnReason(version, reason)
+		if err := s.abandon(ctx, tx, `release_id = $4`, why, id); err != nil {
+			return err
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventWithdrawn, ReleaseVersion: version,
+			Detail: fmt.Sprintf("%s; %d update session(s) ended", why, len(ended))})
+	})
+	return ended, err
 }

@@ -42,11 +42,21 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		// replicas: a native session opened meanwhile is seen below.
 		// Its policy is read here too: one narrowed since the check-in read it wins.
 		var api string
-		if err := tx.QueryRow(ctx, `SELECT api FROM devices WHERE id = $1 FOR UPDATE`, sess.DeviceID).Scan(&api); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
+		var removed int64
+		if err := tx.QueryRow(ctx, `SELECT api, removed_ms FROM devices WHERE id = $1 FOR UPDATE`, sess.DeviceID).Scan(&api, &removed); err != nil || removed > 0 {
+			if err == nil || errors.Is(err, pgx.ErrNoRows) {
 				return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
 			}
 			return fmt.Errorf("open session: %w", err)
+		}
+		// FOR SHARE: a withdrawal waits for this open to commit and then
+		// ends the session, or this waits for the withdrawal and sees it.
+		var withdrawn int64
+		if err := tx.QueryRow(ctx, `SELECT withdrawn_ms FROM releases WHERE id = $1 FOR SHARE`, sess.ReleaseID).Scan(&withdrawn); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("open session: %w", err)
+		}
+		if withdrawn > 0 {
+			return fota.Errorf(fota.EGONE, "%s", fota.WithdrawnReason(sess.ReleaseVersion, ""))
 		}
 		if !(&fota.Device{API: api}).Allows(sess.API) {
 			return fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)

@@ -81,7 +81,8 @@ func viewRelease(r *fota.Release) protocol.Release {
 	return protocol.Release{ID: r.ID, Product: r.Product, Hardware: r.Hardware, Version: r.Version, SecurityCounter: r.SecurityCounter,
 		PlaintextSize: r.PlaintextSize, PlaintextSHA256: r.PlaintextSHA256, CiphertextSize: r.CiphertextSize,
 		CiphertextSHA256: r.CiphertextSHA256, ChunkSize: r.ChunkSize, Chunks: r.Chunks(), KeyID: r.KeyID,
-		SignatureAlg: r.SignatureAlg, LegacyAPI: legacy, NativeOnlyReason: why, Notes: r.Notes, Created: r.Created, Published: r.Published}
+		SignatureAlg: r.SignatureAlg, LegacyAPI: legacy, NativeOnlyReason: why, Notes: r.Notes, Created: r.Created, Published: r.Published,
+		Withdrawn: r.Withdrawn}
 }
 
 // maxBundle is the largest upload: an envelope at its limits plus the
@@ -208,9 +209,41 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// maxWithdrawReason bounds the reason, which every ended session and the
+// event carry.
+const maxWithdrawReason = 200
+
+// withdrawRelease stops offering a release and ends its sessions; the
+// row stays. Unlike delete it works while sessions use the release.
+func (s *Server) withdrawRelease(w http.ResponseWriter, r *http.Request) error {
+	var req protocol.WithdrawRelease
+	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
+		return err
+	}
+	if len(req.Reason) > maxWithdrawReason {
+		return fota.Errorf(fota.EINVALID, "reason is %d bytes; at most %d", len(req.Reason), maxWithdrawReason)
+	}
+	rel, ended, err := s.updates.WithdrawRelease(r.Context(), r.PathValue("hardware"), r.PathValue("version"), req.Reason)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, protocol.Withdrawn{Release: viewRelease(rel), SessionsEnded: ended})
+}
+
+// removeDevice removes a device: its sessions end, its key stops working,
+// its history stays.
+func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	ended, err := s.updates.RemoveDevice(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, protocol.RemovedDevice{ID: id, SessionsEnded: ended})
+}
+
 func viewDevice(d *fota.Device) protocol.Device {
 	return protocol.Device{ID: d.ID, Hardware: d.Hardware, Version: d.Version, SecurityCounter: d.SecurityCounter,
-		PinnedVersion: d.PinnedVersion, API: d.API, Created: d.Created, LastSeen: d.LastSeen}
+		PinnedVersion: d.PinnedVersion, API: d.API, Created: d.Created, LastSeen: d.LastSeen, Removed: d.Removed}
 }
 
 func validHardware(h string) bool {

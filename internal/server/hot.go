@@ -14,9 +14,10 @@ import (
 // The chunk path is the server's hot path: thousands of requests a second
 // that each need a device key and a session. This file keeps both in
 // memory, and turns per-chunk progress into a write twice a second.
-// Nothing here is state another replica needs: keys never change, session
-// snapshots live a second where replicas share the store, and progress is
-// advisory (devices keep their own).
+// Nothing here is state another replica needs: device keys and session
+// snapshots live a second where replicas share the store (a removed
+// device's key stops working within that on every replica, at once on the
+// one that removed it), and progress is advisory (devices keep their own).
 
 // DefaultSessionCacheTTL is how long a session snapshot serves chunk
 // requests unless Config says otherwise. A session ended on another replica
@@ -101,25 +102,37 @@ func (c *hotCache) advance(sess *fota.Session, from, next int) (int, bool) {
 type deviceKey struct {
 	psk protocol.PSK
 	api string
+	at  time.Time // when it was read: it serves for the cache's TTL
 }
 
 // deviceKey returns a device's key and API policy, reading the store once
-// per device. When it had to read the store it also returns the device as
-// read, so that a check-in on the device's first request does not read it
-// again.
+// per device and TTL (the session snapshots' TTL: a second where replicas
+// share the store), so that a device removed on another replica is
+// refused within it. When it had to read the store it also returns the
+// device as read, so that a check-in on the device's first request does
+// not read it again. A removed device is unknown (ENOTFOUND).
 func (s *Server) deviceKey(ctx context.Context, id string) (deviceKey, *fota.Device, error) {
 	c := s.hot
+	now := s.now()
 	c.mu.Lock()
 	k, ok := c.keys[id]
 	c.mu.Unlock()
-	if ok {
+	if ok && now.Sub(k.at) < c.ttl && !now.Before(k.at) {
 		return k, nil, nil
 	}
 	d, err := s.store.Device(ctx, id)
-	if err != nil {
-		return k, nil, err
+	if err == nil && !d.Removed.IsZero() {
+		err = fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
 	}
-	k = deviceKey{psk: d.PSK, api: d.API}
+	if err != nil {
+		if fota.ErrorCode(err) == fota.ENOTFOUND {
+			c.mu.Lock()
+			delete(c.keys, id)
+			c.mu.Unlock()
+		}
+		return deviceKey{}, nil, err
+	}
+	k = deviceKey{psk: d.PSK, api: d.API, at: now}
 	c.mu.Lock()
 	if len(c.keys) >= maxCached {
 		c.keys = map[string]deviceKey{}

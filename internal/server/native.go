@@ -167,13 +167,23 @@ func (s *Server) deviceSession(r *http.Request, fresh bool) (*fota.Session, *fot
 		return nil, nil, fota.Errorf(fota.ENOTFOUND, "no update session %q", r.PathValue("id"))
 	}
 	if !fota.SessionActive(sess.State) {
-		return nil, nil, fota.Errorf(fota.EGONE, "update session %s has ended (%s); check for updates again", sess.ID, sess.State)
+		return nil, nil, sessionEnded(sess)
 	}
 	rel, err := s.releases.get(r.Context(), sess.ReleaseID)
 	if err != nil {
 		return nil, nil, err
 	}
 	return sess, rel, nil
+}
+
+// sessionEnded is the 410 for a request on an ended session, with why it
+// ended where the server ended it (a withdrawn release, a removed device,
+// a narrowed policy), so the device's log says what happened.
+func sessionEnded(sess *fota.Session) error {
+	if sess.State == fota.SessionAbandoned && sess.Reason != "" {
+		return fota.Errorf(fota.EGONE, "update session %s has ended (%s: %s); check for updates again", sess.ID, sess.State, sess.Reason)
+	}
+	return fota.Errorf(fota.EGONE, "update session %s has ended (%s); check for updates again", sess.ID, sess.State)
 }
 
 // chunkRange reads ?from=N&count=M of a chunks request, bounded by the

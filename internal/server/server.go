@@ -56,6 +56,11 @@ type Config struct {
 	// writer can keep snapshots long, since it forgets one whenever it
 	// changes the session.
 	SessionCacheTTL time.Duration
+	// Retention is what history the server prunes in the background,
+	// every PruneEvery (update.DefaultPruneEvery when 0); the zero value
+	// prunes nothing.
+	Retention  update.Retention
+	PruneEvery time.Duration
 }
 
 // Server serves the fota APIs.
@@ -73,6 +78,8 @@ type Server struct {
 	hot        *hotCache
 	progress   *progressTracker
 	metrics    *metrics
+	// stopPruner stops the background pruner and waits for it.
+	stopPruner func()
 }
 
 // New returns a Server for cfg.
@@ -110,12 +117,23 @@ func New(cfg Config) (*Server, error) {
 			}
 		}})
 	s.handler = s.routes()
+	pruneCtx, cancel := context.WithCancel(context.Background())
+	pruned := make(chan struct{})
+	go func() {
+		defer close(pruned)
+		s.updates.RunPruner(pruneCtx, cfg.Retention, cfg.PruneEvery)
+	}()
+	s.stopPruner = sync.OnceFunc(func() { cancel(); <-pruned })
 	return s, nil
 }
 
-// Close writes the progress still held in memory. Call it after the HTTP
-// server has stopped taking requests.
-func (s *Server) Close() { s.progress.close() }
+// Close stops the pruner and writes the progress still held in memory.
+// Call it after the HTTP server has stopped taking requests, and before the
+// store closes.
+func (s *Server) Close() {
+	s.stopPruner()
+	s.progress.close()
+}
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
@@ -150,9 +168,11 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/admin/releases", false, s.admin(s.publish))
 	handle("GET /v1/admin/releases", false, s.admin(s.listReleases))
 	handle("DELETE /v1/admin/releases/{hardware}/{version}", false, s.admin(s.deleteRelease))
+	handle("POST /v1/admin/releases/{hardware}/{version}/withdraw", false, s.admin(s.withdrawRelease))
 	handle("POST /v1/admin/devices", false, s.admin(s.addDevice))
 	handle("GET /v1/admin/devices", false, s.admin(s.listDevices))
 	handle("GET /v1/admin/devices/{id}", false, s.admin(s.getDevice))
+	handle("DELETE /v1/admin/devices/{id}", false, s.admin(s.removeDevice))
 	handle("PUT /v1/admin/devices/{id}/pin", false, s.admin(s.pinDevice))
 	handle("PUT /v1/admin/devices/{id}/api", false, s.admin(s.setDeviceAPI))
 	handle("GET /v1/admin/devices/{id}/backoffs", false, s.admin(s.listBackoffs))

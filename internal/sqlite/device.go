@@ -8,20 +8,20 @@ import (
 	"github.com/ecowatt/fota"
 )
 
-const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms`
+const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms`
 
 func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
-	var created, seen int64
-	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &d.SecurityCounter, &psk, &d.PinnedVersion, &d.API, &created, &seen); err != nil {
+	var created, seen, removed int64
+	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &d.SecurityCounter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed); err != nil {
 		return nil, err
 	}
 	if len(psk) != len(d.PSK) {
 		return nil, fmt.Errorf("device %s has a %d-byte key", d.ID, len(psk))
 	}
 	copy(d.PSK[:], psk)
-	d.Created, d.LastSeen = fromMS(created), fromMS(seen)
+	d.Created, d.LastSeen, d.Removed = fromMS(created), fromMS(seen), fromMS(removed)
 	return d, nil
 }
 
@@ -38,6 +38,10 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, d.Hardware, d.Version, d.SecurityCounter, d.PSK[:], d.PinnedVersion, d.API, ms(d.Created))
 		if isUnique(err) {
+			var removed int64
+			if tx.QueryRowContext(ctx, `SELECT removed_ms FROM devices WHERE id = ?`, d.ID).Scan(&removed) == nil && removed > 0 {
+				return fota.DeviceRemovedConflict(d.ID, fromMS(removed))
+			}
 			return fota.Errorf(fota.ECONFLICT, "device %s exists already", d.ID)
 		}
 		if err != nil {
@@ -56,7 +60,7 @@ func (s *Store) Device(ctx context.Context, id string) (*fota.Device, error) {
 
 // Devices lists devices by id.
 func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
-	return queryAll(ctx, s.db, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices ORDER BY id`)
+	return queryAll(ctx, s.db, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices WHERE removed_ms = 0 ORDER BY id`)
 }
 
 // DeviceSeen records a device request.
@@ -75,7 +79,7 @@ func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time
 // PinDevice pins a device to a version, or unpins it.
 func (s *Store) PinDevice(ctx context.Context, id, version string) error {
 	return s.tx(ctx, func(tx *txn) error {
-		res, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_version = ? WHERE id = ?`, version, id)
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_version = ? WHERE id = ? AND removed_ms = 0`, version, id)
 		if err != nil {
 			return fmt.Errorf("pin device: %w", err)
 		}
@@ -98,7 +102,7 @@ func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Se
 	}
 	var ended []*fota.Session
 	err := s.tx(ctx, func(tx *txn) error {
-		res, err := tx.ExecContext(ctx, `UPDATE devices SET api = ? WHERE id = ?`, policy, id)
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET api = ? WHERE id = ? AND removed_ms = 0`, policy, id)
 		if err != nil {
 			return fmt.Errorf("set API policy: %w", err)
 		}
@@ -165,4 +169,31 @@ func (s *Store) ClearBackoffs(ctx context.Context, deviceID string) (int, error)
 			Detail: fmt.Sprintf("%d held-back release(s) offered again", n)})
 	})
 	return int(n), err
+}
+
+// RemoveDevice marks a device removed and ends its active sessions.
+func (s *Store) RemoveDevice(ctx context.Context, id string) ([]*fota.Session, error) {
+	var ended []*fota.Session
+	err := s.tx(ctx, func(tx *txn) error {
+		now := s.now()
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET removed_ms = ? WHERE id = ? AND removed_ms = 0`, ms(now), id)
+		if err != nil {
+			return fmt.Errorf("remove device: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
+		}
+		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = ? AND state IN `+activeStates, id); err != nil {
+			return err
+		}
+		if err := s.abandon(ctx, tx, `device_id = ?`, "the device was removed", id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM backoffs WHERE device_id = ?`, id); err != nil {
+			return fmt.Errorf("remove device: %w", err)
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventDeviceRemoved, DeviceID: id,
+			Detail: fmt.Sprintf("removed; %d update session(s) ended", len(ended))})
+	})
+	return ended, err
 }

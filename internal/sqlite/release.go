@@ -5,24 +5,25 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ecowatt/fota"
 )
 
 const releaseColumns = `id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256,
 	ciphertext_size, ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms,
-	manifest, signature, legacy_signature, blob_key`
+	manifest, signature, legacy_signature, blob_key, withdrawn_ms`
 
 func scanRelease(row rowScanner) (*fota.Release, error) {
 	r := &fota.Release{}
-	var created, published int64
+	var created, published, withdrawn int64
 	err := row.Scan(&r.ID, &r.Product, &r.Hardware, &r.Version, &r.SecurityCounter, &r.PlaintextSize, &r.PlaintextSHA256,
 		&r.CiphertextSize, &r.CiphertextSHA256, &r.ChunkSize, &r.IV, &r.KeyID, &r.SignatureAlg, &r.Notes, &created, &published,
-		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey)
+		&r.ManifestBytes, &r.Signature, &r.LegacySignature, &r.BlobKey, &withdrawn)
 	if err != nil {
 		return nil, err
 	}
-	r.Created, r.Published = fromMS(created), fromMS(published)
+	r.Created, r.Published, r.Withdrawn = fromMS(created), fromMS(published), fromMS(withdrawn)
 	if len(r.LegacySignature) == 0 {
 		r.LegacySignature = nil
 	}
@@ -105,4 +106,36 @@ func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
 		return false, fmt.Errorf("check blob %s: %w", key, err)
 	}
 	return n > 0, nil
+}
+
+// WithdrawRelease marks a release withdrawn and ends its active sessions.
+func (s *Store) WithdrawRelease(ctx context.Context, id int64, reason string) ([]*fota.Session, error) {
+	var ended []*fota.Session
+	err := s.tx(ctx, func(tx *txn) error {
+		var version string
+		var withdrawn int64
+		err := tx.QueryRowContext(ctx, `SELECT version, withdrawn_ms FROM releases WHERE id = ?`, id).Scan(&version, &withdrawn)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fota.Errorf(fota.ENOTFOUND, "no release with id %d", id)
+		}
+		if err != nil {
+			return fmt.Errorf("withdraw release: %w", err)
+		}
+		if withdrawn > 0 {
+			return fota.Errorf(fota.ECONFLICT, "release %s was withdrawn already, at %s", version, fromMS(withdrawn).Format(time.RFC3339))
+		}
+		now := s.now()
+		if _, err := tx.ExecContext(ctx, `UPDATE releases SET withdrawn_ms = ? WHERE id = ?`, ms(now), id); err != nil {
+			return fmt.Errorf("withdraw release: %w", err)
+		}
+		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE release_id = ? AND state IN `+activeStates, id); err != nil {
+			return err
+		}
+		if err := s.abandon(ctx, tx, `release_id = ?`, fota.WithdrawnReason(version, reason), id); err != nil {
+			return err
+		}
+		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventWithdrawn, ReleaseVersion: version,
+			Detail: fmt.Sprintf("%s; %d update session(s) ended", fota.WithdrawnReason(version, reason), len(ended))})
+	})
+	return ended, err
 }

@@ -38,8 +38,15 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
 	// opens of one device cannot interleave.
 	return inTx(ctx, s.fast, func(tx *txn) error {
-		if err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api FROM devices WHERE id = ?`, sess.DeviceID), sess); err != nil {
+		if err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api, removed_ms FROM devices WHERE id = ?`, sess.DeviceID), sess); err != nil {
 			return err
+		}
+		var withdrawn int64
+		if err := tx.QueryRowContext(ctx, `SELECT withdrawn_ms FROM releases WHERE id = ?`, sess.ReleaseID).Scan(&withdrawn); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("open session: %w", err)
+		}
+		if withdrawn > 0 {
+			return fota.Errorf(fota.EGONE, "%s", fota.WithdrawnReason(sess.ReleaseVersion, ""))
 		}
 		if sess.API == fota.APIEcoWatt {
 			var native int
@@ -82,12 +89,14 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	})
 }
 
-// allowsInTx reads the device's policy in the open's transaction: one
-// narrowed since the check-in read it wins.
+// allowsInTx reads the device's policy and tombstone in the open's
+// transaction: a policy narrowed or a removal since the check-in read it
+// wins.
 func allowsInTx(row *sql.Row, sess *fota.Session) error {
 	var api string
-	err := row.Scan(&api)
-	if errors.Is(err, sql.ErrNoRows) {
+	var removed int64
+	err := row.Scan(&api, &removed)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && removed > 0 {
 		return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
 	}
 	if err != nil {

@@ -56,6 +56,11 @@ func Run(t *testing.T, newStore Factory) {
 		{"Backoffs", testBackoffs},
 		{"TokensAndNonces", testTokensAndNonces},
 		{"Events", testEvents},
+		{"WithdrawRelease", testWithdrawRelease},
+		{"RemoveDevice", testRemoveDevice},
+		{"PruneEvents", testPruneEvents},
+		{"PruneSessions", testPruneSessions},
+		{"PruneRemovedDevices", testPruneRemovedDevices},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -659,4 +664,296 @@ func testScopedTokens(t *testing.T, s fota.Store, c *Clock) {
 	if kinds[fota.EventTokenCreated] != "token:root" || kinds[fota.EventTokenRevoked] != "token:root" {
 		t.Fatalf("token events and their actors: %v", kinds)
 	}
+}
+
+func testWithdrawRelease(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	other := NewRelease("esp32", "1.0.5")
+	must(t, s.CreateRelease(ctx, other))
+	must(t, s.CreateDevice(ctx, NewDevice("d1")))
+	must(t, s.CreateDevice(ctx, NewDevice("d2")))
+	open := func(id, dev string, rel *fota.Release) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{})
+	}
+	must(t, open("s1", "d1", r))
+	must(t, open("s2", "d2", other))
+
+	ended, err := s.WithdrawRelease(ctx, r.ID, "bricks the inverter link")
+	must(t, err)
+	if len(ended) != 1 || ended[0].ID != "s1" {
+		t.Fatalf("withdrawal ended %+v, want s1 only", ended)
+	}
+	got, _ := s.Session(ctx, "s1")
+	if got.State != fota.SessionAbandoned || !strings.Contains(got.Reason, "1.0.4 was withdrawn: bricks the inverter link") {
+		t.Fatalf("session of a withdrawn release: %s %q", got.State, got.Reason)
+	}
+	if got, _ := s.Session(ctx, "s2"); got.State != fota.SessionOpen {
+		t.Fatalf("another release's session: %s", got.State)
+	}
+	rel, err := s.Release(ctx, r.ID)
+	must(t, err)
+	if rel.Withdrawn.IsZero() {
+		t.Fatal("withdrawn release reads back without Withdrawn")
+	}
+	if rel, _ := s.Release(ctx, other.ID); !rel.Withdrawn.IsZero() {
+		t.Fatal("another release reads back withdrawn")
+	}
+	// Nothing opens on it any more, and withdrawing it again says so.
+	wantCode(t, open("s3", "d1", r), fota.EGONE)
+	_, err = s.WithdrawRelease(ctx, r.ID, "")
+	wantCode(t, err, fota.ECONFLICT)
+	_, err = s.WithdrawRelease(ctx, 999, "")
+	wantCode(t, err, fota.ENOTFOUND)
+	evs, _ := s.Events(ctx, fota.EventFilter{Limit: 1})
+	if evs[0].Kind != fota.EventWithdrawn || evs[0].ReleaseVersion != "1.0.4" {
+		t.Fatalf("newest event %+v, want %s of 1.0.4", evs[0], fota.EventWithdrawn)
+	}
+}
+
+func testRemoveDevice(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	must(t, s.CreateDevice(ctx, NewDevice("d1")))
+	must(t, s.CreateDevice(ctx, NewDevice("d2")))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s0", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIEcoWatt, TotalChunks: 3}, fota.SessionCaps{}))
+	must(t, s.SetSessionState(ctx, "s0", fota.StateChange{State: fota.SessionFailed,
+		Backoff: &fota.Backoff{DeviceID: "d1", ReleaseID: r.ID, Failures: 1, Until: c.Now().Add(time.Hour)}}))
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "s1", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{}))
+
+	c.Advance(time.Minute)
+	ended, err := s.RemoveDevice(ctx, "d1")
+	must(t, err)
+	if len(ended) != 1 || ended[0].ID != "s1" {
+		t.Fatalf("removal ended %+v, want s1", ended)
+	}
+	if got, _ := s.Session(ctx, "s1"); got.State != fota.SessionAbandoned || got.Reason != "the device was removed" {
+		t.Fatalf("session of a removed device: %s %q", got.State, got.Reason)
+	}
+	d, err := s.Device(ctx, "d1")
+	must(t, err)
+	if !d.Removed.Equal(c.Now().Truncate(time.Millisecond)) {
+		t.Fatalf("removed device reads back with Removed %v, want %v", d.Removed, c.Now())
+	}
+	if ds, _ := s.Devices(ctx); len(ds) != 1 || ds[0].ID != "d2" {
+		t.Fatalf("devices after a removal: %d, want d2 alone", len(ds))
+	}
+	if bs, _ := s.Backoffs(ctx, "d1"); len(bs) != 0 {
+		t.Fatalf("backoffs of a removed device: %+v", bs)
+	}
+	// The tombstone refuses everything that would act for the device.
+	err = s.OpenSession(ctx, &fota.Session{ID: "s2", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{})
+	wantCode(t, err, fota.ENOTFOUND)
+	wantCode(t, s.PinDevice(ctx, "d1", "1.0.4"), fota.ENOTFOUND)
+	_, err = s.SetDeviceAPI(ctx, "d1", fota.APINative)
+	wantCode(t, err, fota.ENOTFOUND)
+	_, err = s.RemoveDevice(ctx, "d1")
+	wantCode(t, err, fota.ENOTFOUND)
+	_, err = s.RemoveDevice(ctx, "nobody")
+	wantCode(t, err, fota.ENOTFOUND)
+	err = s.CreateDevice(ctx, NewDevice("d1"))
+	wantCode(t, err, fota.ECONFLICT)
+	if !strings.Contains(fota.ErrorMessage(err), "was removed") {
+		t.Fatalf("registering a removed id: %v", err)
+	}
+	// Its history stays, ending with the removal.
+	evs, _ := s.Events(ctx, fota.EventFilter{DeviceID: "d1"})
+	if len(evs) < 4 || evs[0].Kind != fota.EventDeviceRemoved || evs[len(evs)-1].Kind != fota.EventDeviceAdded {
+		t.Fatalf("history of a removed device: %+v", evs)
+	}
+}
+
+// addEvents records n events a minute apart, returning their ids oldest first.
+func addEvents(t *testing.T, s fota.Store, c *Clock, n int) []int64 {
+	t.Helper()
+	var ids []int64
+	for i := range n {
+		c.Advance(time.Minute)
+		e := &fota.Event{Kind: fota.EventFailed, DeviceID: "d", Detail: fmt.Sprint(i)}
+		must(t, s.AddEvent(context.Background(), e))
+		ids = append(ids, e.ID)
+	}
+	return ids
+}
+
+func eventDetails(t *testing.T, s fota.Store) []string {
+	t.Helper()
+	evs, err := s.Events(context.Background(), fota.EventFilter{Limit: 1000})
+	must(t, err)
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.Detail)
+	}
+	return out
+}
+
+func testPruneEvents(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	start := c.Now()
+	addEvents(t, s, c, 10) // details 0..9 at start+1m .. start+10m
+	// By age, in batches: the events before start+4m30s (0, 1, 2, 3).
+	before := start.Add(4*time.Minute + 30*time.Second)
+	n, err := s.PruneEvents(ctx, before, 0, 3)
+	must(t, err)
+	if n != 3 {
+		t.Fatalf("first batch pruned %d, want 3", n)
+	}
+	n, err = s.PruneEvents(ctx, before, 0, 3)
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("second batch pruned %d, want the 1 left", n)
+	}
+	if n, _ = s.PruneEvents(ctx, before, 0, 3); n != 0 {
+		t.Fatalf("a third batch pruned %d", n)
+	}
+	if got := fmt.Sprint(eventDetails(t, s)); got != "[9 8 7 6 5 4]" {
+		t.Fatalf("after pruning by age: %s", got)
+	}
+	// By count: keep the newest 2, in batches of 3.
+	n, _ = s.PruneEvents(ctx, time.Time{}, 2, 3)
+	if n != 3 {
+		t.Fatalf("count batch pruned %d, want 3", n)
+	}
+	n, _ = s.PruneEvents(ctx, time.Time{}, 2, 3)
+	if n != 1 {
+		t.Fatalf("second count batch pruned %d, want 1", n)
+	}
+	if got := fmt.Sprint(eventDetails(t, s)); got != "[9 8]" {
+		t.Fatalf("after pruning by count: %s", got)
+	}
+	// Both at once, one batch: age first, then count, never past batch.
+	addEvents(t, s, c, 4) // 0..3 again, newer than 9 and 8
+	n, _ = s.PruneEvents(ctx, c.Now().Add(-3*time.Minute-30*time.Second), 3, 10)
+	if got := fmt.Sprint(eventDetails(t, s)); n != 3 || got != "[3 2 1]" {
+		t.Fatalf("age and count pruned %d, left %s; want 3, [3 2 1]", n, got)
+	}
+	if n, _ := s.PruneEvents(ctx, time.Time{}, 0, 10); n != 0 {
+		t.Fatalf("no limits pruned %d", n)
+	}
+}
+
+func testPruneSessions(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	for _, id := range []string{"d1", "d2", "d3", "d4", "d5"} {
+		must(t, s.CreateDevice(ctx, NewDevice(id)))
+	}
+	end := func(id, dev, api, state string) {
+		t.Helper()
+		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: r.ID, ReleaseVersion: r.Version, API: api, TotalChunks: 3}, fota.SessionCaps{}))
+		if state != fota.SessionOpen {
+			must(t, s.SetSessionState(ctx, id, fota.StateChange{State: state}))
+		}
+		c.Advance(time.Minute)
+	}
+	start := c.Now()
+	end("rb", "d1", fota.APINative, fota.SessionRolledBack) // keeps 1.0.4 from d1: never pruned
+	end("old-active", "d2", fota.APINative, fota.SessionOpen)
+	end("a", "d3", fota.APINative, fota.SessionConfirmed)
+	end("b", "d4", fota.APIEcoWatt, fota.SessionRolledBack) // an EcoWatt rollback excludes nothing
+	end("c", "d5", fota.APINative, fota.SessionFailed)
+	end("d", "d3", fota.APINative, fota.SessionRefused) // excludes too
+	end("e", "d4", fota.APIEcoWatt, fota.SessionConfirmed)
+
+	left := func() string {
+		t.Helper()
+		var out []string
+		for _, id := range []string{"rb", "old-active", "a", "b", "c", "d", "e"} {
+			if _, err := s.Session(ctx, id); err == nil {
+				out = append(out, id)
+			} else {
+				wantCode(t, err, fota.ENOTFOUND)
+			}
+		}
+		return fmt.Sprint(out)
+	}
+	// Far past everything by age, one at a time: the active session and the
+	// two exclusions stay.
+	future := c.Now().Add(time.Hour)
+	n, err := s.PruneSessions(ctx, start.Add(3*time.Minute+30*time.Second), 0, 1)
+	must(t, err)
+	if n != 1 || left() != "[rb old-active b c d e]" {
+		t.Fatalf("pruned %d, left %s; want 1 (a)", n, left())
+	}
+	// By count: the newest 2 prunable (e and c) stay.
+	n, _ = s.PruneSessions(ctx, time.Time{}, 2, 10)
+	if n != 1 || left() != "[rb old-active c d e]" {
+		t.Fatalf("count pruned %d, left %s", n, left())
+	}
+	// The rollback's exclusion survived.
+	if rejected, _ := s.RejectedReleases(ctx, "d1"); len(rejected) != 1 {
+		t.Fatalf("rejected releases of d1 after pruning: %v", rejected)
+	}
+	n, _ = s.PruneSessions(ctx, future, 0, 10)
+	if n != 2 || left() != "[rb old-active d]" {
+		t.Fatalf("pruning everything due pruned %d, left %s", n, left())
+	}
+
+	// Sessions ended in one transaction share a time: the count still cuts
+	// exactly.
+	for _, id := range []string{"t1", "t2", "t3", "t4"} {
+		dev := NewDevice("dev-" + id)
+		must(t, s.CreateDevice(ctx, dev))
+		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev.ID, ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{}))
+	}
+	c.Advance(time.Minute)
+	_, err = s.WithdrawRelease(ctx, r.ID, "")
+	must(t, err)
+	// The withdrawal ended old-active too: five end at once, three stay.
+	n, _ = s.PruneSessions(ctx, time.Time{}, 3, 10)
+	if n != 2 {
+		t.Fatalf("keeping 3 of 5 sessions ended together pruned %d", n)
+	}
+	n, _ = s.PruneSessions(ctx, time.Time{}, 3, 10)
+	if n != 0 {
+		t.Fatalf("pruning again pruned %d", n)
+	}
+}
+
+func testPruneRemovedDevices(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	r := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, r))
+	for _, id := range []string{"gone1", "gone2", "recent", "live"} {
+		must(t, s.CreateDevice(ctx, NewDevice(id)))
+		must(t, s.OpenSession(ctx, &fota.Session{ID: "s-" + id, DeviceID: id, ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APINative, TotalChunks: 3}, fota.SessionCaps{}))
+		must(t, s.SetSessionState(ctx, "s-"+id, fota.StateChange{State: fota.SessionRolledBack}))
+	}
+	_, err := s.RemoveDevice(ctx, "gone1")
+	must(t, err)
+	_, err = s.RemoveDevice(ctx, "gone2")
+	must(t, err)
+	c.Advance(time.Hour)
+	cutoff := c.Now()
+	_, err = s.RemoveDevice(ctx, "recent")
+	must(t, err)
+
+	n, err := s.PruneRemovedDevices(ctx, cutoff, 1)
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("pruned %d devices, want 1 (the batch)", n)
+	}
+	n, _ = s.PruneRemovedDevices(ctx, cutoff, 10)
+	if n != 1 {
+		t.Fatalf("second batch pruned %d devices, want 1", n)
+	}
+	for _, id := range []string{"gone1", "gone2"} {
+		_, err := s.Device(ctx, id)
+		wantCode(t, err, fota.ENOTFOUND)
+		_, err = s.Session(ctx, "s-"+id)
+		wantCode(t, err, fota.ENOTFOUND)
+	}
+	for _, id := range []string{"recent", "live"} {
+		if _, err := s.Device(ctx, id); err != nil {
+			t.Fatalf("device %s: %v", id, err)
+		}
+		if _, err := s.Session(ctx, "s-"+id); err != nil {
+			t.Fatalf("session of %s: %v", id, err)
+		}
+	}
+	// Gone for good, the id may be registered again.
+	must(t, s.CreateDevice(ctx, NewDevice("gone1")))
 }

@@ -25,7 +25,8 @@ type Decider interface {
 
 // NewestRelease offers the device's pinned release if it has one, and
 // otherwise the newest release (semantic-version order) for its hardware
-// that is newer than what it runs and not held back from it: never one it
+// that is newer than what it runs, not withdrawn, and not held back from
+// it: never one it
 // rolled back from on the native API, and on the EcoWatt API not one
 // backed off after a reported failure.
 type NewestRelease struct {
@@ -55,6 +56,9 @@ func (n NewestRelease) Decide(ctx context.Context, req Request) (*fota.Release, 
 		if err != nil {
 			return nil, "", err
 		}
+		if !r.Withdrawn.IsZero() {
+			return nil, fmt.Sprintf("pinned to %s, which was withdrawn; an operator pins another release or unpins it", r.Version), nil
+		}
 		if why, ok := held[r.ID]; ok {
 			return nil, fmt.Sprintf("pinned to %s, which %s", r.Version, why), nil
 		}
@@ -74,6 +78,9 @@ func (n NewestRelease) Decide(ctx context.Context, req Request) (*fota.Release, 
 		v, err := semver.Parse(r.Version)
 		if err != nil || semver.Compare(v, runningV) <= 0 {
 			continue
+		}
+		if !r.Withdrawn.IsZero() {
+			continue // as if never published: nothing to tell the device
 		}
 		if why, ok := held[r.ID]; ok {
 			skipped = fmt.Sprintf("release %s %s", r.Version, why)

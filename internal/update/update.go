@@ -212,6 +212,9 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 			return nil, "", err
 		}
 	}
+	if !d.Removed.IsZero() {
+		return nil, "", removedError(d.ID)
+	}
 	if err := s.admit(d, c.API); err != nil {
 		return nil, "", err
 	}
@@ -293,6 +296,14 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	if !authenticated && fota.ErrorCode(err) == fota.ECONFLICT {
 		// A native session opened meanwhile: it wins.
 		return nil, s.public(d, fota.ErrorMessage(err)), nil
+	}
+	if fota.ErrorCode(err) == fota.EGONE {
+		// Withdrawn between the decision and the open: nothing to offer.
+		why := fota.ErrorMessage(err)
+		if !authenticated {
+			why = s.public(d, why)
+		}
+		return nil, why, nil
 	}
 	if err != nil {
 		return nil, "", err
@@ -460,6 +471,9 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 	if err != nil {
 		return err
 	}
+	if !d.Removed.IsZero() {
+		return removedError(d.ID)
+	}
 	if err := s.admit(d, r.API); err != nil {
 		return err
 	}
@@ -532,12 +546,19 @@ func (s *Service) Pin(ctx context.Context, id, version string) error {
 	if err != nil {
 		return err
 	}
+	if !d.Removed.IsZero() {
+		return removedError(d.ID)
+	}
 	rel, err := s.store.ReleaseByVersion(ctx, d.Hardware, version)
 	if fota.ErrorCode(err) == fota.ENOTFOUND {
 		return fota.Errorf(fota.EINVALID, "no release %s for %s to pin to; publish it first", truncate(version, 40), d.Hardware)
 	}
 	if err != nil {
 		return err
+	}
+	if !rel.Withdrawn.IsZero() {
+		return fota.Errorf(fota.EINVALID, "release %s for %s was withdrawn at %s and is never offered; pin another release",
+			rel.Version, rel.Hardware, rel.Withdrawn.UTC().Format(time.RFC3339))
 	}
 	running, errR := semver.Parse(d.Version)
 	target, errT := semver.Parse(rel.Version)
@@ -575,6 +596,53 @@ func (s *Service) ClearBackoffs(ctx context.Context, id string) (int, error) {
 		s.log.Info("backoffs cleared", "device_id", id, "count", n)
 	}
 	return n, err
+}
+
+// removedError is what a request for a removed device gets: the same as
+// for an unknown one, which it now is to everyone but its history.
+func removedError(id string) error {
+	return fota.Errorf(fota.ENOTFOUND, "unknown device %q", truncate(id, 70))
+}
+
+// RemoveDevice removes a device: its sessions end and its key stops
+// working at once (on other replicas within their device-key cache's
+// life); the row stays as a tombstone with its history. It returns how
+// many sessions ended.
+func (s *Service) RemoveDevice(ctx context.Context, id string) (int, error) {
+	ended, err := s.store.RemoveDevice(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	for _, sess := range ended {
+		s.cache.Forget(sess)
+	}
+	s.cache.ForgetDevice(id)
+	s.log.Info("device removed", "device_id", id, "sessions_ended", len(ended))
+	return len(ended), nil
+}
+
+// WithdrawRelease stops offering a release at once and ends the sessions
+// downloading it (their devices get 410 with the reason and keep running
+// the image they run); the row stays for history. It returns the release
+// as withdrawn and how many sessions ended.
+func (s *Service) WithdrawRelease(ctx context.Context, hardware, version, reason string) (*fota.Release, int, error) {
+	rel, err := s.store.ReleaseByVersion(ctx, hardware, version)
+	if err != nil {
+		return nil, 0, err
+	}
+	ended, err := s.store.WithdrawRelease(ctx, rel.ID, reason)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, sess := range ended {
+		s.cache.Flush(ctx, sess.ID)
+		s.cache.Forget(sess)
+	}
+	if rel, err = s.store.Release(ctx, rel.ID); err != nil {
+		return nil, 0, err
+	}
+	s.log.Info("release withdrawn", "release_version", rel.Version, "hardware", rel.Hardware, "sessions_ended", len(ended), "reason", reason)
+	return rel, len(ended), nil
 }
 
 // sameVersion reports whether a and b are the same version by SemVer
