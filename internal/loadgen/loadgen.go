@@ -129,6 +129,8 @@ type stats struct {
 	done     atomic.Int64
 	failed   atomic.Int64
 	lastErrs []string
+	// sources hands out loopback source addresses, one device after another.
+	sources atomic.Uint32
 }
 
 func (s *stats) record(path string, d time.Duration) {
@@ -179,13 +181,29 @@ type transport struct {
 	delay time.Duration // before chunk requests
 }
 
+// loopbackSources is how many 127.0.0.0/8 addresses devices are spread
+// over when the server is on loopback.
+const loopbackSources = 250
+
 func newTransport(st *stats, noKeepAlive bool) *transport {
-	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	// Each simulated device connects from its own loopback address when the
+	// server is on this machine, as real devices come from their own: the
+	// server caps connections per client address, and a fleet from one
+	// address would look like one client holding hundreds.
+	source := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(st.sources.Add(1)%loopbackSources+1))}
+	plain := &net.Dialer{Timeout: 10 * time.Second}
+	spread := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: source}
 	t := &transport{st: st}
 	t.inner = &http.Transport{
 		MaxIdleConnsPerHost: 2,
 		DisableKeepAlives:   noKeepAlive,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dialer := plain
+			if host, _, err := net.SplitHostPort(addr); err == nil {
+				if ip := net.ParseIP(host); ip != nil && ip.To4() != nil && ip.IsLoopback() {
+					dialer = spread
+				}
+			}
 			c, err := dialer.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err

@@ -3,13 +3,16 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"github.com/ecowatt/fota/internal/server"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/internal/testserver"
@@ -154,5 +157,28 @@ func TestLoadRemovesItsData(t *testing.T) {
 	d, err := s.Admin.Device(ctx, "load-"+rep.Run+"-00000")
 	if err != nil || d.Device.Removed.IsZero() {
 		t.Fatalf("a load device after the run: %+v %v; want it removed, its history kept", d, err)
+	}
+}
+
+// A server that caps connections per client address still serves a whole
+// simulated fleet on loopback: each device connects from its own address,
+// as real devices do, rather than the fleet looking like one client.
+func TestLoadSpreadsDevicesOverAddresses(t *testing.T) {
+	s := testserver.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := server.LimitConns(ln, 1000, 10)
+	hs := &http.Server{Handler: lim.Handler(s.HTTP.Config.Handler), ConnState: lim.ConnState, ConnContext: lim.ConnContext}
+	go hs.Serve(lim)
+	t.Cleanup(func() { hs.Close() })
+	rep, err := Run(context.Background(), Config{Server: "http://" + ln.Addr().String(), Token: s.Token, Devices: 60, API: agent.APINative, ChunkDelay: 100 * time.Millisecond,
+		ReleaseSize: 16 << 10, Signer: s.Signer, FirmwareKey: s.FWKey, ChunksPerRequest: 1, Keep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Completed != 60 || rep.Failed != 0 {
+		t.Fatalf("completed %d, failed %d, errors %v", rep.Completed, rep.Failed, rep.Errors)
 	}
 }
