@@ -67,8 +67,9 @@ func (s *Store) writeNonces(batch []nonceReq) {
 	results := make([]error, len(batch))
 	// Durable (fsynced) before any caller of the batch hears back: a nonce
 	// lost to a power cut could be replayed once the server is back. The
-	// group commit shares one fsync among every nonce that waited for it.
-	err := inTx(context.Background(), s.db, func(tx *txn) error {
+	// group commit shares one fsync among every nonce that waited for it,
+	// done after the commit (syncWAL).
+	err := inTx(context.Background(), s.fast, func(tx *txn) error {
 		stmt, err := tx.PrepareContext(context.Background(), `INSERT INTO nonces (device_id, nonce, expires_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`)
 		if err != nil {
 			return err
@@ -85,6 +86,9 @@ func (s *Store) writeNonces(batch []nonceReq) {
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.syncWAL()
+	}
 	for i, r := range batch {
 		if err != nil {
 			r.done <- fmt.Errorf("record nonce: %w", err)

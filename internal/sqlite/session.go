@@ -219,14 +219,10 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
-	// An outcome (a move to an end) is fsynced before the device hears it
-	// was recorded: the device will not say it again. Steps on the way are
-	// fast: a device that loses one repeats it.
-	pool := s.fast
-	if !fota.SessionActive(ch.State) {
-		pool = s.db
-	}
-	return inTx(ctx, pool, func(tx *txn) error {
+	// An outcome (a move to an end) is fsynced (syncWAL, below) before the
+	// device hears it was recorded: the device will not say it again.
+	// Steps on the way are fast: a device that loses one repeats it.
+	err := inTx(ctx, s.fast, func(tx *txn) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
@@ -260,4 +256,8 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
 			SessionID: id, Detail: ch.Reason})
 	})
+	if err == nil && !fota.SessionActive(ch.State) {
+		err = s.syncWAL()
+	}
+	return err
 }
