@@ -2,9 +2,11 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,7 +41,7 @@ func adminClient(server, token string) (*client.Admin, error) {
 		return nil, &usageError{msg: "no server given", hint: "pass --server http://127.0.0.1:8080 or set FOTA_SERVER"}
 	}
 	if token == "" {
-		return nil, &usageError{msg: "no admin token given", hint: "pass --token or set FOTA_TOKEN ('fota token create --data DIR' makes one)"}
+		return nil, &usageError{msg: "no admin token given", hint: "pass --token or set FOTA_TOKEN ('fota token create --data DIR --name NAME' makes one)"}
 	}
 	return client.NewAdmin(server, token)
 }
@@ -499,6 +501,33 @@ func runReleaseWithdraw(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "release %s for %s withdrawn: offered to no device from now on; %d download(s) in progress ended\n",
 		w.Release.Version, w.Release.Hardware, w.SessionsEnded)
+	return nil
+}
+
+func runReleaseDelete(e *env, args []string) error {
+	fs := newFlags("release delete")
+	server, token := serverFlags(fs)
+	version := fs.String("version", "", "release version")
+	hardware := fs.String("hardware", "esp32", "hardware the release is for")
+	if err := parseNoArgs(e, fs, releaseUsage, args); err != nil {
+		return err
+	}
+	if *version == "" {
+		return &usageError{msg: "--version is required", hint: "fota release delete --version 1.0.5 --hardware esp32"}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	if err := a.DeleteRelease(e.ctx, *hardware, *version); err != nil {
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
+			return withHint(fmt.Errorf("delete %s for %s: %w", *version, *hardware, err),
+				"withdraw it first to end its downloads: fota release withdraw --version "+*version+" --hardware "+*hardware)
+		}
+		return fmt.Errorf("delete %s for %s: %w", *version, *hardware, err)
+	}
+	fmt.Fprintf(e.stdout, "release %s for %s deleted\n", *version, *hardware)
 	return nil
 }
 

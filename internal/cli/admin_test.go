@@ -233,7 +233,10 @@ func TestTokenCommands(t *testing.T) {
 		t.Fatalf("--help shows a default twice or a value:\n%s", out.stdout)
 	}
 	// Over the admin API.
-	out = run(t, "token", "create", "--name", "prom", "--scope", "metrics", "--expires", "720h")
+	run(t, "token", "create").expect(t, 2, "", "--name is required")
+	run(t, "token", "create", "--name", "x", "--expires", "-1h").expect(t, 2, "", "longer than 0")
+	run(t, "token", "create", "--name", "x", "--expires", "400d").expect(t, 2, "", "at most 366d")
+	out = run(t, "token", "create", "--name", "prom", "--scope", "metrics", "--expires", "30d")
 	prom := strings.TrimSpace(out.stdout)
 	if out.code != 0 || !strings.HasPrefix(prom, "fota_") {
 		t.Fatalf("token create: %d %q %s", out.code, out.stdout, out.stderr)

@@ -25,6 +25,7 @@ const releaseUsage = `Usage:
   fota release publish --server URL --token T BUNDLE.fota
   fota release list    --server URL --token T [--json]
   fota release withdraw --server URL --token T --version V [--hardware esp32] [--reason TEXT]
+  fota release delete  --server URL --token T --version V [--hardware esp32]
 
 build turns a firmware image into a signed, encrypted release bundle. For an
 ESP32 application image the version, chip and project come from its app
@@ -36,8 +37,9 @@ publish uploads a bundle to the server, which verifies it before storing it;
 list shows the published releases. withdraw stops offering a release at once:
 downloads of it in progress end (the devices get 410 with --reason and keep
 running the image they run), pins to it say it was withdrawn, and it stays
-listed for history. --server and --token default to FOTA_SERVER and
-FOTA_TOKEN.
+listed for history. delete removes a release and its ciphertext for good;
+it is refused while a download of it is in progress (withdraw it first).
+--server and --token default to FOTA_SERVER and FOTA_TOKEN.
 
 Examples:
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
@@ -54,6 +56,7 @@ func runRelease(e *env, args []string) error {
 		"publish":  runReleasePublish,
 		"list":     runReleaseList,
 		"withdraw": runReleaseWithdraw,
+		"delete":   runReleaseDelete,
 	}, releaseUsage)
 }
 

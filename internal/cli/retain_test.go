@@ -66,6 +66,12 @@ func TestRemoveAndWithdraw(t *testing.T) {
 	run(t, "release", "withdraw", "--version", "9.9.9").expect(t, 1, "", "no release 9.9.9")
 	run(t, "release", "list").expect(t, 0, "withdrawn", "")
 	run(t, "device", "assign", "--id", "d1", "--version", "1.0.4").expect(t, 1, "", "was withdrawn")
+	run(t, "release", "delete").expect(t, 2, "", "--version is required")
+	run(t, "release", "delete", "--version", "1.0.4").expect(t, 0, "release 1.0.4 for esp32 deleted", "")
+	run(t, "release", "delete", "--version", "1.0.4").expect(t, 1, "", "404")
+	if out := run(t, "release", "list"); strings.Contains(out.stdout, "1.0.4") {
+		t.Fatalf("a deleted release is listed:\n%s", out.stdout)
+	}
 
 	run(t, "device", "remove").expect(t, 2, "", "--id is required")
 	run(t, "device", "remove", "--id", "d1").expect(t, 0, "device d1 removed: its key no longer works; 0 update session(s) ended", "")

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -17,13 +19,13 @@ import (
 )
 
 const tokenUsage = `Usage:
-  fota token create --name NAME [--scope admin|read|metrics] [--expires 720h]
+  fota token create --name NAME [--scope admin|read|metrics] [--expires 30d]
   fota token list
   fota token revoke NAME
 
 Admin API tokens: each has a unique name, a scope and an optional expiry.
-admin may do everything; read may read the admin API (GET) and /metrics;
-metrics may only scrape /metrics. create prints the new token alone on
+admin may do everything; read may read the admin API (GET; not the token
+list) and /metrics; metrics may only scrape /metrics. create prints the new token alone on
 stdout, once; only its hash is stored. revoke takes effect at the token's
 next request, on every replica. Events name the token behind each change.
 
@@ -33,7 +35,7 @@ FOTA_TOKEN; an admin token), or on the server's machine with --data DIR (or
 
 Examples:
   export FOTA_TOKEN=$(fota token create --data ./fota-data --name ci)
-  fota token create --name prom --scope metrics --expires 720h
+  fota token create --name prom --scope metrics --expires 30d
   fota token list
   fota token revoke ci
 `
@@ -80,17 +82,21 @@ func (t *tokenTarget) store(e *env) (fota.Store, error) {
 func runTokenCreate(e *env, args []string) error {
 	fs := newFlags("token create")
 	target := tokenFlags(fs)
-	name := fs.String("name", "admin", "a unique name to tell tokens apart")
+	name := fs.String("name", "", "a unique name to tell tokens apart, e.g. ci or prom (required)")
 	scope := fs.String("scope", fota.ScopeAdmin, "what it may do: admin, read or metrics")
-	expires := fs.Duration("expires", 0, "how long it lasts, e.g. 720h (default: until revoked)")
+	expiresFlag := fs.String("expires", "", "how long it lasts, e.g. 30d, 2w or 12h, at most 366d (default: until revoked)")
 	if err := parseNoArgs(e, fs, tokenUsage, args); err != nil {
 		return err
+	}
+	if *name == "" {
+		return &usageError{msg: "--name is required: tokens are told apart, listed and revoked by name", hint: "fota token create --name ci"}
 	}
 	if !fota.ValidScope(*scope) {
 		return usagef("--scope %q: want admin, read or metrics", *scope)
 	}
-	if *expires < 0 || *expires > 366*24*time.Hour {
-		return usagef("--expires %s: want up to 8784h (a year and a day), or leave it out", *expires)
+	expires, err := parseExpiry(*expiresFlag)
+	if err != nil {
+		return usagef("--expires %v", err)
 	}
 	store, err := target.store(e)
 	if err != nil {
@@ -101,7 +107,7 @@ func runTokenCreate(e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		t, err := a.CreateToken(e.ctx, *name, *scope, *expires)
+		t, err := a.CreateToken(e.ctx, *name, *scope, expires)
 		if err != nil {
 			return fmt.Errorf("create token %s: %w", *name, err)
 		}
@@ -109,7 +115,7 @@ func runTokenCreate(e *env, args []string) error {
 		return nil
 	}
 	defer store.Close()
-	token, err := createScopedToken(e.ctx, store, *name, *scope, *expires)
+	token, err := createScopedToken(e.ctx, store, *name, *scope, expires)
 	if err != nil {
 		return err
 	}
@@ -216,4 +222,29 @@ func createScopedToken(ctx context.Context, store fota.Store, name, scope string
 		return "", err
 	}
 	return token, nil
+}
+
+// parseExpiry reads a token's life: days, weeks or a Go duration, positive
+// and at most a year and a day; "" is for ever.
+func parseExpiry(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	var d time.Duration
+	if n, unit, ok := cutUnit(strings.TrimSpace(s)); ok {
+		v, err := strconv.ParseInt(n, 10, 64)
+		if err != nil || v > 366 {
+			return 0, fmt.Errorf("%q: want at most 366d", s)
+		}
+		d = time.Duration(v) * unit
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%q: want a life such as 30d, 2w or 12h", s)
+		}
+	}
+	if d <= 0 || d > 366*24*time.Hour {
+		return 0, fmt.Errorf("%q: want a life longer than 0 and at most 366d (leave --expires out for a token that lasts until revoked)", s)
+	}
+	return d, nil
 }

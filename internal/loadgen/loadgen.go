@@ -310,8 +310,11 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		// However the run ends (Ctrl-C too: cleanup does not use ctx), its
 		// devices and release go.
 		defer func() {
-			if cerr := cleanup(admin, hardware, ids); cerr != nil && err == nil {
-				rep, err = nil, cerr
+			if cerr := cleanup(admin, hardware, ids); cerr != nil {
+				// Say what is left even when the run failed for another
+				// reason first.
+				rep, err = nil, errors.Join(err, fmt.Errorf("load: run %s left data on the server (devices load-%s-*, release %s for %s): %w",
+					run, run, loadVersion, hardware, cerr))
 			}
 		}()
 	}

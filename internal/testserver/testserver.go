@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -38,8 +39,24 @@ type Server struct {
 func New(tb testing.TB) *Server {
 	tb.Helper()
 	s := &Server{TB: tb}
-	dir := tb.TempDir()
-	var err error
+	// Not tb.TempDir: its removal fails the test when a file appears in the
+	// folder while it is being removed, which SQLite's closing (its -wal
+	// and -shm files) has done under load (TestAttackTable, rarely). The
+	// folder is removed again until it is gone, and what was in the way is
+	// logged.
+	dir, err := os.MkdirTemp("", "fota-testserver-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		for range 5 {
+			if err = os.RemoveAll(dir); err == nil {
+				return
+			}
+		}
+		entries, _ := os.ReadDir(dir)
+		tb.Logf("test server data %s not removed (%v); left: %v", dir, err, entries)
+	})
 	if s.Store, err = sqlite.Open(context.Background(), filepath.Join(dir, "fota.db")); err != nil {
 		tb.Fatal(err)
 	}
