@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ecowatt/fota/protocol"
 )
@@ -428,8 +429,8 @@ func PrepareToken(t *Token) error {
 	if !ValidScope(t.Scope) {
 		return Errorf(EINVALID, "token scope %q: want admin, read or metrics", t.Scope)
 	}
-	if t.Name == "" || len(t.Name) > 64 {
-		return Errorf(EINVALID, "token name %q: want 1-64 characters", t.Name)
+	if !ValidTokenName(t.Name) {
+		return Errorf(EINVALID, "token name %q: want 1-64 characters of A-Z a-z 0-9 _ . - (not . or ..)", t.Name)
 	}
 	return nil
 }
@@ -456,4 +457,30 @@ func WithActor(ctx context.Context, actor string) context.Context {
 func ActorFrom(ctx context.Context) string {
 	a, _ := ctx.Value(actorKey{}).(string)
 	return a
+}
+
+// PlainText reports whether s is text a person can be shown as it is: no
+// control characters (line breaks, escape sequences) that would let one
+// record pass for several, or hide itself, in a terminal or a log.
+func PlainText(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTokenName reports whether name can name a token: 1-64 characters of
+// A-Z a-z 0-9 _ . -, as device ids, and not "." or ".." (a path segment).
+func ValidTokenName(name string) bool {
+	if name == "" || len(name) > 64 || name == "." || name == ".." {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

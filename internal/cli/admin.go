@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -116,7 +117,7 @@ func runReleaseList(e *env, args []string) error {
 		if !r.Withdrawn.IsZero() {
 			status = "withdrawn " + r.Withdrawn.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\n", r.Version, r.Hardware, r.Product, r.PlaintextSize, r.Chunks,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\n", shown(r.Version), shown(r.Hardware), shown(r.Product), r.PlaintextSize, r.Chunks,
 			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), r.Published.Local().Format(time.DateTime), status)
 	}
 	return tw.Flush()
@@ -535,8 +536,8 @@ func printEvents(e *env, evs []protocol.Event) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tBY\tDETAIL")
 	for _, ev := range evs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), ev.Kind, orDash(ev.DeviceID), orDash(ev.Version),
-			orDash(ev.Actor), ev.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), shown(ev.Kind), shown(orDash(ev.DeviceID)),
+			shown(orDash(ev.Version)), shown(orDash(ev.Actor)), shown(ev.Detail))
 	}
 	tw.Flush()
 }
@@ -618,4 +619,15 @@ func bar(percent float64, width int) string {
 	filled := int(percent / 100 * float64(width))
 	filled = max(0, min(width, filled))
 	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}
+
+// shown is text from the server as a terminal may print it: control
+// characters (a device's report reason can carry line breaks or escape
+// sequences to forge or hide lines) are written as Go escapes.
+func shown(s string) string {
+	if fota.PlainText(s) {
+		return s
+	}
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }

@@ -319,3 +319,16 @@ func TestConnectionRefusedSaysWhere(t *testing.T) {
 	run(t, "device", "list", "--server", "http://"+addr, "--token", "fota_x").
 		expect(t, 1, "", "nothing answers at http://"+addr+": start 'fota serve' there, or point --server (or FOTA_SERVER)")
 }
+
+func TestShownEscapesControlCharacters(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text, über": "plain text, über",
+		"a\nb":             `a\nb`,
+		"x\x1b[8mhidden":   `x\x1b[8mhidden`,
+		"cr\rlf":           `cr\rlf`,
+	} {
+		if got := shown(in); got != want {
+			t.Errorf("shown(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

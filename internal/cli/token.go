@@ -166,7 +166,7 @@ func runTokenList(e *env, args []string) error {
 		if !t.Revoked.IsZero() {
 			state = "revoked " + t.Revoked.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.Scope, t.Created.Local().Format(time.DateTime), expires, state)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shown(t.Name), shown(t.Scope), t.Created.Local().Format(time.DateTime), expires, state)
 	}
 	return tw.Flush()
 }

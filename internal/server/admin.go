@@ -220,6 +220,9 @@ func (s *Server) withdrawRelease(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
 	}
+	if !fota.PlainText(req.Reason) {
+		return fota.Errorf(fota.EINVALID, "reason must be plain text: no line breaks or other control characters")
+	}
 	if len(req.Reason) > maxWithdrawReason {
 		return fota.Errorf(fota.EINVALID, "reason is %d bytes; at most %d", len(req.Reason), maxWithdrawReason)
 	}
@@ -438,7 +441,9 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
 	}
-	if req.ExpiresIn < 0 || time.Duration(req.ExpiresIn)*time.Second > maxTokenLife {
+	// Compared in seconds: a huge expires_in must not wrap around in
+	// time.Duration's nanoseconds into a token expired on arrival.
+	if req.ExpiresIn < 0 || req.ExpiresIn > int64(maxTokenLife/time.Second) {
 		return fota.Errorf(fota.EINVALID, "expires_in %d: want 0 (never) up to %d seconds", req.ExpiresIn, int64(maxTokenLife/time.Second))
 	}
 	text, hash, err := NewToken()

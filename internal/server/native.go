@@ -425,6 +425,9 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "status %q: want downloaded, verified, applied, confirmed, rolled-back, failed or refused", truncate(rep.Status, 40))
 	}
+	if !fota.PlainText(rep.Reason) {
+		return fota.Errorf(fota.EINVALID, "reason must be plain text: no line breaks or other control characters")
+	}
 	if len(rep.Reason) > 500 {
 		return fota.Errorf(fota.EINVALID, "reason is longer than 500 characters")
 	}

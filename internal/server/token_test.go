@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/protocol"
 )
 
 // Tokens have scopes, expire, and are revoked at once; each admin change
@@ -104,4 +105,34 @@ func TestScopedTokens(t *testing.T) {
 	if _, err := e.admin.CreateToken(ctx, "prom", "metrics", 0); err == nil || !strings.Contains(err.Error(), "exists already") {
 		t.Fatalf("a second token named prom: %v", err)
 	}
+}
+
+// Text that reaches operators' terminals is plain: no line breaks or escape
+// sequences in report reasons or token names, and no wrapped expiry.
+func TestNoForgedLinesInTheAuditTrail(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, body := range []string{
+		`{"name":"x\ny","scope":"admin"}`,
+		`{"name":"..","scope":"admin"}`,
+		`{"name":"ok","expires_in":9223372036854775807}`,
+	} {
+		status, resp := e.call("POST", "/v1/admin/tokens", body, e.adminHeader())
+		wantStatus(t, status, resp, 400, "")
+	}
+	e.publish("1.0.4", 2000)
+	psk := e.addDeviceAPI("d1", "1.0.3", "native")
+	d := e.device("d1", psk)
+	r, err := d.Check(ctx, protocolCheck("1.0.3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.Report(ctx, r.SessionID, "failed", "x\r\n2026-12-02 07:20:00  confirmed  d1  1.0.4  token:admin  all good\u001b[8m")
+	if err == nil || !strings.Contains(err.Error(), "plain text") {
+		t.Fatalf("a reason with control characters: %v", err)
+	}
+}
+
+func protocolCheck(version string) protocol.CheckRequest {
+	return protocol.CheckRequest{Version: version, Hardware: "esp32"}
 }
