@@ -805,6 +805,14 @@ type refusal struct{ err error }
 func (r *refusal) Error() string { return r.err.Error() }
 func (r *refusal) Unwrap() error { return r.err }
 
+// IsRefusal reports whether err is the device declining an offer (it is
+// not newer, rolled back from, below the security counter, too big): the
+// device is fine and says so to the server, which stops offering it.
+func IsRefusal(err error) bool {
+	var r *refusal
+	return errors.As(err, &r)
+}
+
 // errVerify marks a downloaded image that did not check out.
 var errVerify = errors.New("downloaded image failed verification")
 

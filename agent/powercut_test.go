@@ -58,7 +58,11 @@ func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 		if errors.Is(err, agent.ErrNoBootable) {
 			t.Fatalf("bricked: %v", err)
 		}
-		if err != nil {
+		// A cut can lose the device's rollback report after the server heard
+		// its confirm: the server then offers the release again, and the
+		// device, which rolled back from it, refuses it (and says so, so it
+		// is not offered again). That is the device doing right.
+		if err != nil && !agent.IsRefusal(err) {
 			t.Fatalf("cycle %d: %v (server events: %v)", i, err, d.h.events(d.id))
 		}
 		if i == 0 {
@@ -80,8 +84,14 @@ func (d *device) settle(t *testing.T, images known) (first agent.BootInfo) {
 		lastCounter = counter
 		confirmed := st.Slots[0].State == agent.ImageValid && st.Slots[0].Image.Version == "1.0.4" ||
 			st.Slots[1].State == agent.ImageValid && st.Slots[1].Image.Version == "1.0.4"
-		if counter > 0 && !confirmed {
-			t.Fatalf("security counter rose to %d before a confirm", counter)
+		// The counter's record only rises, like an eFuse: a cut that
+		// corrupts the newest boot state after a confirm takes the device
+		// back to its old image (and may take the confirm report with it),
+		// and the counter stays raised. It may only have risen once 1.0.4,
+		// the one release with counter 1, was in a slot.
+		held := st.Slots[0].Image.Version == "1.0.4" || st.Slots[1].Image.Version == "1.0.4"
+		if counter > 0 && !confirmed && !held {
+			t.Fatalf("security counter rose to %d before a confirm (slots %+v, server %v)", counter, st.Slots, d.h.events(d.id))
 		}
 		if !d.boot.Trial && !res.Updated {
 			return first
@@ -390,7 +400,12 @@ func TestChainedPowerCuts(t *testing.T) {
 				cuts = append(cuts, fmt.Sprintf("%s@%d", modeName(mode), at))
 			}
 			d.settle(t, images)
-			if c := counterOf(t, d); c != wantCounter[d.running()] {
+			evs := strings.Join(h.events(d.id), ", ")
+			// A confirmed 1.0.4 whose boot state a corrupting cut took back
+			// leaves the device on 1.0.3 with the counter 1.0.4 raised: the
+			// record never goes down.
+			lostConfirm := d.running() == "1.0.3" && d.rolledBackUnconfirmed() && counterOf(t, d) == wantCounter["1.0.4"]
+			if c := counterOf(t, d); c != wantCounter[d.running()] && !lostConfirm {
 				t.Fatalf("%s run %d (cuts %v): ended on %s with security counter %d, want %d", b, run, cuts, d.running(), c, wantCounter[d.running()])
 			}
 			if d.running() != want {
@@ -398,8 +413,7 @@ func TestChainedPowerCuts(t *testing.T) {
 				// confirms itself; the boot step then rolls back, as it must
 				// for an image that never confirms. That, and only that, may
 				// end a healthy run on the old version.
-				evs := strings.Join(h.events(d.id), ", ")
-				if b != firmware.Healthy || !strings.Contains(evs, "rolled-back 1.0.4") || !d.rolledBackUnconfirmed() {
+				if b != firmware.Healthy || !(lostConfirm || strings.Contains(evs, "rolled-back 1.0.4")) || !d.rolledBackUnconfirmed() {
 					t.Fatalf("%s run %d (cuts %v): ended on %s, want %s; server: %s", b, run, cuts, d.running(), want, evs)
 				}
 				outOfBoots++
