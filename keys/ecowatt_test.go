@@ -263,12 +263,12 @@ static_assert(AES_KEY_SIZE / 8 == sizeof(AES_FIRMWARE_KEY), "AES_KEY_SIZE is the
 int main() {
 	uint8_t signature[RSA_KEY_SIZE / 8];
 	std::memset(signature, 0, sizeof(signature));
-	// mbedtls_pk_parse_public_key(&pk, SERVER_PUBLIC_KEY, strlen(SERVER_PUBLIC_KEY) + 1)
+	// The firmware parses the PEM with its terminating NUL: strlen + 1 bytes.
 	std::printf("%u\n", (unsigned)(std::strlen(SERVER_PUBLIC_KEY) + 1));
 	std::fputs(SERVER_PUBLIC_KEY, stdout);
-	// mbedtls_aes_setkey_dec(&aes_ctx, AES_FIRMWARE_KEY, 256)
+	// It sets the 32 key bytes (256 bits) as the AES decryption key.
 	for (int i = 0; i < 32; i++) std::printf("%02x", AES_FIRMWARE_KEY[i]);
-	// mbedtls_md_hmac_starts(&ctx, HMAC_PSK, strlen(HMAC_PSK))
+	// It keys the chunk HMAC with strlen(HMAC_PSK) bytes of the PSK text.
 	std::printf("\n%s\n%u %u %u\n", HMAC_PSK, (unsigned)std::strlen(HMAC_PSK), (unsigned)HMAC_PSK_SIZE, (unsigned)sizeof(signature));
 	return 0;
 }
