@@ -105,39 +105,16 @@ func (s *Store) Close() error { s.pool.Close(); s.fast.Close(); return nil }
 
 // SchemaVersion is the highest migration this binary has.
 func SchemaVersion() int {
-	_, nums, _ := migrationFiles()
-	if len(nums) == 0 {
-		return 0
-	}
-	return nums[len(nums)-1]
-}
-
-// migrationFiles lists the embedded migrations in order with their
-// numbers. Numbers must rise; a number may be missing (branches reserve
-// numbers for work merged later), never repeated.
-func migrationFiles() ([]string, []int, error) {
-	names, err := fs.Glob(migrations, "migrations/*.sql")
-	if err != nil {
-		return nil, nil, err
-	}
-	sort.Strings(names)
-	nums := make([]int, len(names))
-	for i, name := range names {
-		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
-		if err != nil || n < 1 || i > 0 && n <= nums[i-1] {
-			return nil, nil, fmt.Errorf("migration %s is out of sequence", name)
-		}
-		nums[i] = n
-	}
-	return names, nums, nil
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	return len(names)
 }
 
 func (s *Store) migrate(ctx context.Context) error {
-	names, nums, err := migrationFiles()
+	names, err := fs.Glob(migrations, "migrations/*.sql")
 	if err != nil {
 		return err
 	}
-	latest := SchemaVersion()
+	sort.Strings(names)
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres: migrate: %w", err)
@@ -154,11 +131,14 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
 		return fmt.Errorf("postgres: read schema version: %w", err)
 	}
-	if current > latest {
-		return fota.Errorf(fota.EINVALID, "database schema version %d is newer than this fota knows (%d); run a newer fota", current, latest)
+	if current > len(names) {
+		return fota.Errorf(fota.EINVALID, "database schema version %d is newer than this fota knows (%d); run a newer fota", current, len(names))
 	}
 	for i, name := range names {
-		n := nums[i]
+		n, err := strconv.Atoi(strings.SplitN(path.Base(name), "_", 2)[0])
+		if err != nil || n != i+1 {
+			return fmt.Errorf("migration %s is out of sequence", name)
+		}
 		if n <= current {
 			continue
 		}
