@@ -230,15 +230,24 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 			return nil, "", err
 		}
 	}
+	offer, why, err := s.offer(ctx, c, d, authenticated, now)
+	if offer == nil && err == nil && !authenticated {
+		why = s.public(d, why)
+	}
+	return offer, why, err
+}
+
+// offer is Check's decision for an admitted device: an Offer, or nil with
+// the reason (which Check passes through public for unauthenticated
+// callers, whatever the reason).
+func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenticated bool, now time.Time) (*Offer, string, error) {
 	var active *fota.Session
 	var err error
-	activeRead := false
 	if !authenticated {
 		// The original firmware reports no outcome: its check-ins tell it.
 		if active, err = s.activeSession(ctx, d.ID); err != nil {
 			return nil, "", err
 		}
-		activeRead = true
 		if active != nil && active.API == fota.APIEcoWatt {
 			if active, err = s.legacyOutcome(ctx, d, active, c.Running, now); err != nil {
 				return nil, "", err
@@ -247,13 +256,11 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	}
 	rel, why, err := s.decider.Decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
 	if err != nil || rel == nil {
-		if !authenticated {
-			why = s.public(d, why)
-		}
 		return nil, why, err
 	}
-	// Most check-ins get no update: the session is read only for those that do.
-	if !activeRead {
+	if authenticated {
+		// Most check-ins get no update: the session is read only for those
+		// that do.
 		if active, err = s.activeSession(ctx, d.ID); err != nil {
 			return nil, "", err
 		}
@@ -263,24 +270,19 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 		floor = max(floor, c.SecurityCounter)
 	}
 	if rel.SecurityCounter < floor {
-		why := fmt.Sprintf("release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
-			rel.Version, rel.SecurityCounter, floor, floor)
-		if !authenticated {
-			why = s.public(d, why)
-		}
-		return nil, why, nil
+		return nil, fmt.Sprintf("release %s has security counter %d, below the device's %d; publish a release with a counter of at least %d",
+			rel.Version, rel.SecurityCounter, floor, floor), nil
 	}
 	if !authenticated {
 		if why := legacyServable(rel); why != "" {
-			return nil, s.public(d, why), nil
+			return nil, why, nil
 		}
 	}
 	if active != nil && active.ReleaseID == rel.ID && active.API == c.API {
 		return &Offer{Release: rel, Session: active}, "", nil
 	}
 	if active != nil && !authenticated && active.API != fota.APIEcoWatt {
-		return nil, s.public(d, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it",
-			active.ReleaseVersion)), nil
+		return nil, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it", active.ReleaseVersion), nil
 	}
 	if !authenticated {
 		if ok, wait := s.limiter.allow(d.ID, now); !ok {
@@ -293,19 +295,14 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	if err != nil && !authenticated {
 		s.limiter.refund(d.ID)
 	}
-	if !authenticated && fota.ErrorCode(err) == fota.ECONFLICT {
+	switch code := fota.ErrorCode(err); {
+	case code == fota.ECONFLICT && !authenticated:
 		// A native session opened meanwhile: it wins.
-		return nil, s.public(d, fota.ErrorMessage(err)), nil
-	}
-	if fota.ErrorCode(err) == fota.EGONE {
+		return nil, fota.ErrorMessage(err), nil
+	case code == fota.EGONE:
 		// Withdrawn between the decision and the open: nothing to offer.
-		why := fota.ErrorMessage(err)
-		if !authenticated {
-			why = s.public(d, why)
-		}
-		return nil, why, nil
-	}
-	if err != nil {
+		return nil, fota.ErrorMessage(err), nil
+	case err != nil:
 		return nil, "", err
 	}
 	return &Offer{Release: rel, Session: sess}, "", nil

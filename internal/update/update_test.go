@@ -2,6 +2,7 @@ package update_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -316,7 +317,7 @@ func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
 	}
 	wantCode(t, limited, fota.ETOOMANY)
 	var fe *fota.Error
-	if !errorsAs(limited, &fe) || fe.RetryAfter <= 0 || fe.RetryAfter > 10*time.Minute {
+	if !errors.As(limited, &fe) || fe.RetryAfter <= 0 || fe.RetryAfter > 10*time.Minute {
 		t.Fatalf("refusal %v has RetryAfter %v", limited, fe.RetryAfter)
 	}
 	// Resuming an open session is never limited.
@@ -340,14 +341,6 @@ func TestLegacyCheckFloodIsRateLimited(t *testing.T) {
 	h.clock.Advance(10 * time.Minute)
 	h.wantOffer("legacy3", fota.APIEcoWatt, "1.0.3", "1.0.4")
 	h.wantOffer("legacy0", fota.APIEcoWatt, "1.0.3", "1.0.4")
-}
-
-func errorsAs(err error, target **fota.Error) bool {
-	e, ok := err.(*fota.Error)
-	if ok {
-		*target = e
-	}
-	return ok
 }
 
 // The security-counter rule holds on both APIs: a release below the
