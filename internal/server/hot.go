@@ -126,9 +126,7 @@ func (s *Server) deviceKey(ctx context.Context, id string) (deviceKey, *fota.Dev
 	}
 	if err != nil {
 		if fota.ErrorCode(err) == fota.ENOTFOUND {
-			c.mu.Lock()
-			delete(c.keys, id)
-			c.mu.Unlock()
+			c.forgetKey(id)
 		}
 		return deviceKey{}, nil, err
 	}
@@ -143,18 +141,23 @@ func (s *Server) deviceKey(ctx context.Context, id string) (deviceKey, *fota.Dev
 }
 
 // admittedKey is deviceKey for a request on api, refused (EFORBIDDEN)
-// unless the device's API policy allows api. A refusal from the cache is
-// checked against the store first: the policy may have been widened on
-// another replica.
+// unless the device's API policy allows api.
 func (s *Server) admittedKey(ctx context.Context, id, api string) (deviceKey, *fota.Device, error) {
 	k, read, err := s.deviceKey(ctx, id)
 	if err != nil {
 		return k, nil, err
 	}
+	return s.admitKey(ctx, id, api, k, read)
+}
+
+// admitKey applies the device's API policy to a key deviceKey returned
+// (and the device, if it read it). A refusal from the cache is checked
+// against the store first: the policy may have been widened on another
+// replica.
+func (s *Server) admitKey(ctx context.Context, id, api string, k deviceKey, read *fota.Device) (deviceKey, *fota.Device, error) {
 	if read == nil && !(&fota.Device{API: k.api}).Allows(api) {
-		s.hot.mu.Lock()
-		delete(s.hot.keys, id)
-		s.hot.mu.Unlock()
+		s.hot.forgetKey(id)
+		var err error
 		if k, read, err = s.deviceKey(ctx, id); err != nil {
 			return k, nil, err
 		}
@@ -164,6 +167,13 @@ func (s *Server) admittedKey(ctx context.Context, id, api string) (deviceKey, *f
 		return k, nil, err
 	}
 	return k, read, nil
+}
+
+// forgetKey drops a device's cached key and policy.
+func (c *hotCache) forgetKey(id string) {
+	c.mu.Lock()
+	delete(c.keys, id)
+	c.mu.Unlock()
 }
 
 // forgetSession drops a session's snapshots after this replica changed it.
@@ -336,8 +346,4 @@ type serverCache struct{ s *Server }
 func (c serverCache) Flush(ctx context.Context, id string) { c.s.progress.flush(ctx, id) }
 func (c serverCache) Forget(sess *fota.Session)            { c.s.hot.forgetSession(sess) }
 func (c serverCache) Opened(sess *fota.Session)            { c.s.hot.opened(sess) }
-func (c serverCache) ForgetDevice(id string) {
-	c.s.hot.mu.Lock()
-	delete(c.s.hot.keys, id)
-	c.s.hot.mu.Unlock()
-}
+func (c serverCache) ForgetDevice(id string)               { c.s.hot.forgetKey(id) }

@@ -107,12 +107,8 @@ func (s *Server) device(h func(w http.ResponseWriter, r *http.Request, body []by
 		}
 		// The policy only once the request is proven the device's: nobody
 		// else learns it.
-		_, reread, err := s.admittedKey(r.Context(), id, fota.APINative)
-		if err != nil {
+		if _, read, err = s.admitKey(r.Context(), id, fota.APINative, key, read); err != nil {
 			return err
-		}
-		if reread != nil {
-			read = reread
 		}
 		return h(w, r.WithContext(context.WithValue(r.Context(), authedKey{}, &authed{ID: id, PSK: psk, read: read})), body)
 	}
