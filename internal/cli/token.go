@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/sqlite"
@@ -59,14 +60,25 @@ func tokenFlags(fs *flag.FlagSet) *tokenTarget {
 	return t
 }
 
-// store opens the database to act on directly, or returns nil to use the
-// admin API: --data or --db win; else a server given; else ./fota-data.
-func (t *tokenTarget) store(e *env) (fota.Store, error) {
-	switch {
-	case *t.db != "":
-		return postgres.Open(e.ctx, *t.db)
-	case *t.data == "" && *t.server != "":
-		return nil, nil
+// tokenKeeper is where token commands act: the admin API, or the server's
+// store on this machine.
+type tokenKeeper interface {
+	create(ctx context.Context, name, scope string, expires time.Duration) (string, error)
+	list(ctx context.Context) ([]protocol.Token, error)
+	revoke(ctx context.Context, name string) error
+	Close() error
+}
+
+// open picks where to act: --data or --db win; else a server given; else
+// ./fota-data.
+func (t *tokenTarget) open(e *env) (tokenKeeper, error) {
+	if *t.db != "" {
+		store, err := postgres.Open(e.ctx, *t.db)
+		return localTokens{store}, err
+	}
+	if *t.data == "" && *t.server != "" {
+		a, err := adminClient(*t.server, *t.token)
+		return apiTokens{a}, err
 	}
 	data := *t.data
 	if data == "" {
@@ -76,8 +88,44 @@ func (t *tokenTarget) store(e *env) (fota.Store, error) {
 		return nil, withHint(fmt.Errorf("no fota database in %s", data),
 			"start 'fota serve --data "+data+"' once, pass the right --data, or give --server and --token to use the admin API")
 	}
-	return sqlite.Open(e.ctx, filepath.Join(data, "fota.db"))
+	store, err := sqlite.Open(e.ctx, filepath.Join(data, "fota.db"))
+	return localTokens{store}, err
 }
+
+type apiTokens struct{ a *client.Admin }
+
+func (t apiTokens) create(ctx context.Context, name, scope string, expires time.Duration) (string, error) {
+	tok, err := t.a.CreateToken(ctx, name, scope, expires)
+	if err != nil {
+		return "", err
+	}
+	return tok.Text, nil
+}
+func (t apiTokens) list(ctx context.Context) ([]protocol.Token, error) { return t.a.Tokens(ctx) }
+func (t apiTokens) revoke(ctx context.Context, name string) error      { return t.a.RevokeToken(ctx, name) }
+func (t apiTokens) Close() error                                       { return nil }
+
+// localTokens acts on the store directly; its events name "local".
+type localTokens struct{ store fota.Store }
+
+func (t localTokens) create(ctx context.Context, name, scope string, expires time.Duration) (string, error) {
+	return createScopedToken(ctx, t.store, name, scope, expires)
+}
+
+func (t localTokens) list(ctx context.Context) ([]protocol.Token, error) {
+	all, err := t.store.Tokens(ctx)
+	out := make([]protocol.Token, 0, len(all))
+	for _, tk := range all {
+		out = append(out, protocol.Token{Name: tk.Name, Scope: tk.Scope, Created: tk.Created, Expires: tk.Expires, Revoked: tk.Revoked})
+	}
+	return out, err
+}
+
+func (t localTokens) revoke(ctx context.Context, name string) error {
+	return t.store.RevokeToken(fota.WithActor(ctx, "local"), name)
+}
+
+func (t localTokens) Close() error { return t.store.Close() }
 
 func runTokenCreate(e *env, args []string) error {
 	fs := newFlags("token create")
@@ -98,28 +146,16 @@ func runTokenCreate(e *env, args []string) error {
 	if err != nil {
 		return usagef("--expires %v", err)
 	}
-	store, err := target.store(e)
+	k, err := target.open(e)
 	if err != nil {
 		return err
 	}
-	if store == nil {
-		a, err := adminClient(*target.server, *target.token)
-		if err != nil {
-			return err
-		}
-		t, err := a.CreateToken(e.ctx, *name, *scope, expires)
-		if err != nil {
-			return fmt.Errorf("create token %s: %w", *name, err)
-		}
-		fmt.Fprintln(e.stdout, t.Text)
-		return nil
-	}
-	defer store.Close()
-	token, err := createScopedToken(e.ctx, store, *name, *scope, expires)
+	defer k.Close()
+	text, err := k.create(e.ctx, *name, *scope, expires)
 	if err != nil {
-		return err
+		return fmt.Errorf("create token %s: %w", *name, err)
 	}
-	fmt.Fprintln(e.stdout, token)
+	fmt.Fprintln(e.stdout, text)
 	return nil
 }
 
@@ -129,28 +165,14 @@ func runTokenList(e *env, args []string) error {
 	if err := parseNoArgs(e, fs, tokenUsage, args); err != nil {
 		return err
 	}
-	var ts []protocol.Token
-	store, err := target.store(e)
+	k, err := target.open(e)
 	if err != nil {
 		return err
 	}
-	if store == nil {
-		a, err := adminClient(*target.server, *target.token)
-		if err != nil {
-			return err
-		}
-		if ts, err = a.Tokens(e.ctx); err != nil {
-			return err
-		}
-	} else {
-		defer store.Close()
-		all, err := store.Tokens(e.ctx)
-		if err != nil {
-			return err
-		}
-		for _, t := range all {
-			ts = append(ts, protocol.Token{Name: t.Name, Scope: t.Scope, Created: t.Created, Expires: t.Expires, Revoked: t.Revoked})
-		}
+	defer k.Close()
+	ts, err := k.list(e.ctx)
+	if err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tSCOPE\tCREATED\tEXPIRES\tSTATE")
@@ -181,23 +203,13 @@ func runTokenRevoke(e *env, args []string) error {
 	if len(rest) != 1 {
 		return &usageError{msg: "fota token revoke needs exactly one token name", hint: "fota token list shows them; fota token revoke ci"}
 	}
-	store, err := target.store(e)
+	k, err := target.open(e)
 	if err != nil {
 		return err
 	}
-	if store == nil {
-		a, err := adminClient(*target.server, *target.token)
-		if err != nil {
-			return err
-		}
-		if err := a.RevokeToken(e.ctx, rest[0]); err != nil {
-			return fmt.Errorf("revoke token %s: %w", rest[0], err)
-		}
-	} else {
-		defer store.Close()
-		if err := store.RevokeToken(fota.WithActor(e.ctx, "local"), rest[0]); err != nil {
-			return fmt.Errorf("revoke token %s: %w", rest[0], err)
-		}
+	defer k.Close()
+	if err := k.revoke(e.ctx, rest[0]); err != nil {
+		return fmt.Errorf("revoke token %s: %w", rest[0], err)
 	}
 	fmt.Fprintf(e.stdout, "token %s revoked\n", rest[0])
 	return nil

@@ -3,7 +3,6 @@ package loadgen
 import (
 	"bytes"
 	"context"
-	"github.com/ecowatt/fota/internal/server"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/testserver"
 )
 
