@@ -480,25 +480,42 @@ func runDeviceRemove(e *env, args []string) error {
 }
 
 // runReleaseWithdraw withdraws a published release.
+// releaseCommand is what release withdraw and delete share: a release
+// named by --version and --hardware on the server.
+type releaseCommand struct {
+	server, token, version, hardware *string
+}
+
+func newReleaseCommand(fs *flag.FlagSet) *releaseCommand {
+	c := &releaseCommand{}
+	c.server, c.token = serverFlags(fs)
+	c.version = fs.String("version", "", "release version")
+	c.hardware = fs.String("hardware", "esp32", "hardware the release is for")
+	return c
+}
+
+// client checks --version and returns the admin client.
+func (c *releaseCommand) client(hint string) (*client.Admin, error) {
+	if *c.version == "" {
+		return nil, &usageError{msg: "--version is required", hint: hint}
+	}
+	return adminClient(*c.server, *c.token)
+}
+
 func runReleaseWithdraw(e *env, args []string) error {
 	fs := newFlags("release withdraw")
-	server, token := serverFlags(fs)
-	version := fs.String("version", "", "release version")
-	hardware := fs.String("hardware", "esp32", "hardware the release is for")
+	rc := newReleaseCommand(fs)
 	reason := fs.String("reason", "", "why, told to the devices whose downloads end and recorded (at most 200 bytes)")
 	if err := parseNoArgs(e, fs, releaseUsage, args); err != nil {
 		return err
 	}
-	if *version == "" {
-		return &usageError{msg: "--version is required", hint: "fota release withdraw --version 1.0.5 --reason \"drains the battery\""}
-	}
-	a, err := adminClient(*server, *token)
+	a, err := rc.client("fota release withdraw --version 1.0.5 --reason \"drains the battery\"")
 	if err != nil {
 		return err
 	}
-	w, err := a.WithdrawRelease(e.ctx, *hardware, *version, *reason)
+	w, err := a.WithdrawRelease(e.ctx, *rc.hardware, *rc.version, *reason)
 	if err != nil {
-		return fmt.Errorf("withdraw %s for %s: %w", *version, *hardware, err)
+		return fmt.Errorf("withdraw %s for %s: %w", *rc.version, *rc.hardware, err)
 	}
 	fmt.Fprintf(e.stdout, "release %s for %s withdrawn: offered to no device from now on; %d download(s) in progress ended\n",
 		w.Release.Version, w.Release.Hardware, w.SessionsEnded)
@@ -507,28 +524,24 @@ func runReleaseWithdraw(e *env, args []string) error {
 
 func runReleaseDelete(e *env, args []string) error {
 	fs := newFlags("release delete")
-	server, token := serverFlags(fs)
-	version := fs.String("version", "", "release version")
-	hardware := fs.String("hardware", "esp32", "hardware the release is for")
+	rc := newReleaseCommand(fs)
 	if err := parseNoArgs(e, fs, releaseUsage, args); err != nil {
 		return err
 	}
-	if *version == "" {
-		return &usageError{msg: "--version is required", hint: "fota release delete --version 1.0.5 --hardware esp32"}
-	}
-	a, err := adminClient(*server, *token)
+	a, err := rc.client("fota release delete --version 1.0.5 --hardware esp32")
 	if err != nil {
 		return err
 	}
-	if err := a.DeleteRelease(e.ctx, *hardware, *version); err != nil {
+	version, hardware := *rc.version, *rc.hardware
+	if err := a.DeleteRelease(e.ctx, hardware, version); err != nil {
+		err = fmt.Errorf("delete %s for %s: %w", version, hardware, err)
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
-			return withHint(fmt.Errorf("delete %s for %s: %w", *version, *hardware, err),
-				"withdraw it first to end its downloads: fota release withdraw --version "+*version+" --hardware "+*hardware)
+			return withHint(err, "withdraw it first to end its downloads: fota release withdraw --version "+version+" --hardware "+hardware)
 		}
-		return fmt.Errorf("delete %s for %s: %w", *version, *hardware, err)
+		return err
 	}
-	fmt.Fprintf(e.stdout, "release %s for %s deleted\n", *version, *hardware)
+	fmt.Fprintf(e.stdout, "release %s for %s deleted\n", version, hardware)
 	return nil
 }
 
