@@ -395,7 +395,7 @@ const (
 var Scopes = []string{ScopeAdmin, ScopeRead, ScopeMetrics}
 
 // ValidScope reports whether s is one of Scopes.
-func ValidScope(s string) bool { return s == ScopeAdmin || s == ScopeRead || s == ScopeMetrics }
+func ValidScope(s string) bool { return scopeRank[s] > 0 }
 
 // Token is an admin API token; only its SHA-256 is stored.
 type Token struct {
@@ -408,10 +408,12 @@ type Token struct {
 	Revoked time.Time // zero: in force
 }
 
+// scopeRank orders the scopes: each allows what those below it do.
+var scopeRank = map[string]int{ScopeMetrics: 1, ScopeRead: 2, ScopeAdmin: 3}
+
 // Allows reports whether the token's scope covers scope.
 func (t *Token) Allows(scope string) bool {
-	rank := map[string]int{ScopeMetrics: 1, ScopeRead: 2, ScopeAdmin: 3}
-	return rank[t.Scope] >= rank[scope] && rank[scope] > 0
+	return scopeRank[t.Scope] >= scopeRank[scope] && scopeRank[scope] > 0
 }
 
 // InForce reports whether the token can be used at now: not revoked, not
