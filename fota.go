@@ -130,6 +130,10 @@ type Device struct {
 	// nothing, its id is not registered again, and its history stays until
 	// retention prunes it.
 	Removed time.Time
+	// Labels are the operator's key=value tags, which rollouts select on.
+	Labels map[string]string
+	// Inventory is what the device last reported about itself.
+	Inventory Inventory
 }
 
 // API names a device API, and with APIBoth a device's API policy.
@@ -256,8 +260,10 @@ type Session struct {
 	NextChunk      int    // lowest chunk index not yet served in order
 	TotalChunks    int
 	BytesServed    int64
-	Created        time.Time
-	Updated        time.Time
+	// RolloutID is the rollout the session was opened for; 0 for a pin.
+	RolloutID int64
+	Created   time.Time
+	Updated   time.Time
 }
 
 // Percent is the share of chunks served, 0 to 100.
@@ -345,6 +351,9 @@ type StateChange struct {
 	// Backoff, if set, is stored (replacing the device's backoff for that
 	// release) with the change.
 	Backoff *Backoff
+	// Member is the state the session's rollout member moves to; "" for
+	// MemberStateFor(State).
+	Member string
 }
 
 // Backoff holds a release back from a device until a time: what an
@@ -376,6 +385,8 @@ type Event struct {
 	// Actor is who made the change, for changes an operator made
 	// ("token:ci", "token:admin"); "" for devices and the server itself.
 	Actor string
+	// RolloutID names the rollout of a rollout event, or of the session.
+	RolloutID int64
 }
 
 // EventFilter selects events; zero fields match everything.
