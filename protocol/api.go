@@ -10,6 +10,17 @@ type CheckRequest struct {
 	Version         string `json:"version"`
 	Hardware        string `json:"hardware,omitempty"`
 	SecurityCounter uint32 `json:"security_counter,omitempty"`
+	// Inventory is what the device tells about itself; stored and shown
+	// to operators, never used to decide.
+	Inventory *Inventory `json:"inventory,omitempty"`
+}
+
+// Inventory is a device's description of itself.
+type Inventory struct {
+	Chip         string `json:"chip,omitempty"`
+	SlotSize     int64  `json:"slot_size,omitempty"`  // bytes an update slot holds
+	FreeFlash    int64  `json:"free_flash,omitempty"` // bytes of flash free for data
+	AgentVersion string `json:"agent_version,omitempty"`
 }
 
 // CheckResponse answers it.
@@ -31,6 +42,14 @@ type CheckResponse struct {
 	// ChunkMACs lists the chunk MAC schemes the server offers; servers from
 	// before v2 leave it out, which means v1 only.
 	ChunkMACs []ChunkMACScheme `json:"chunk_macs,omitempty"`
+	// InstallAfter and InstallUntil bound when the device may install
+	// (reboot into) the update, from its rollout's maintenance windows:
+	// download now, install within [InstallAfter, InstallUntil). Absent:
+	// no bound on that side. A device that cannot install in time keeps
+	// the verified download and checks again; the answer then has the
+	// next window.
+	InstallAfter time.Time `json:"install_after,omitzero"`
+	InstallUntil time.Time `json:"install_until,omitzero"`
 }
 
 // Report is the body of POST /v1/device/sessions/{id}/report.
