@@ -64,20 +64,20 @@ func Evaluate(r *fota.Rollout, tallies []fota.WaveTally, now time.Time) Verdict 
 	where := openWaves(r.Wave)
 	accepted := ""
 	if r.GateBase > 0 {
-		accepted = fmt.Sprintf("; %d earlier failures were accepted on resume", r.GateBase)
+		accepted = "; not counting " + plural(r.GateBase, "failure") + " accepted on resume"
 	}
 
 	pct := r.MaxFailuresPercent
 	switch {
 	case r.MaxFailures >= 0 && failed > r.MaxFailures:
 		return Verdict{GateHalt, fmt.Sprintf("%s in %s failed or went silent, over the limit of %d%s",
-			devices(failed), where, r.MaxFailures, accepted)}
+			plural(failed, "device"), where, r.MaxFailures, accepted)}
 	case pct >= 0 && outcomes >= max(1, r.MinOutcomes) && float64(failed)*100 > pct*float64(outcomes):
 		return Verdict{GateHalt, fmt.Sprintf("%d of %s with an outcome in %s failed or went silent (%.1f%%), over the %s%% limit%s",
-			failed, devices(outcomes), where, float64(failed)*100/float64(outcomes), formatPercent(pct), accepted)}
+			failed, plural(outcomes, "device"), where, float64(failed)*100/float64(outcomes), formatPercent(pct), accepted)}
 	case pct >= 0 && eligible > 0 && float64(failed)*100 > pct*float64(eligible):
 		return Verdict{GateHalt, fmt.Sprintf("%d of %s in %s failed or went silent: even if all the others confirm, %.1f%% stays over the %s%% limit%s",
-			failed, devices(eligible), where, float64(failed)*100/float64(eligible), formatPercent(pct), accepted)}
+			failed, plural(eligible, "device"), where, float64(failed)*100/float64(eligible), formatPercent(pct), accepted)}
 	}
 
 	if soaked := r.WaveOpened.Add(r.Soak); now.Before(soaked) {
@@ -109,12 +109,12 @@ func openWaves(wave int) string {
 	return fmt.Sprintf("waves 1-%d", wave)
 }
 
-// devices writes "1 device" or "n devices".
-func devices(n int) string {
+// plural writes "1 device", "2 devices".
+func plural(n int, noun string) string {
 	if n == 1 {
-		return "1 device"
+		return "1 " + noun
 	}
-	return fmt.Sprintf("%d devices", n)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func formatPercent(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) }

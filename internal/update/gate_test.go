@@ -254,14 +254,21 @@ func TestGateEvaluate(t *testing.T) {
 			rollout: running(func(r *fota.Rollout) { r.GateBase, r.MinOutcomes = 4, 10 }),
 			tallies: []fota.WaveTally{tally(1, 100, 20, 6, 0)},
 			now:     soaked,
-			want:    update.Verdict{update.GateHalt, "2 of 22 devices with an outcome in wave 1 failed or went silent (9.1%), over the 5% limit; 4 earlier failures were accepted on resume"},
+			want:    update.Verdict{update.GateHalt, "2 of 22 devices with an outcome in wave 1 failed or went silent (9.1%), over the 5% limit; not counting 4 failures accepted on resume"},
+		},
+		{
+			name:    "one accepted failure",
+			rollout: running(func(r *fota.Rollout) { r.MaxFailuresPercent, r.MaxFailures, r.GateBase = -1, 0, 1 }),
+			tallies: []fota.WaveTally{tally(1, 100, 20, 2, 0)},
+			now:     soaked,
+			want:    update.Verdict{update.GateHalt, "1 device in wave 1 failed or went silent, over the limit of 0; not counting 1 failure accepted on resume"},
 		},
 		{
 			name:    "count after a resume",
 			rollout: running(func(r *fota.Rollout) { r.MaxFailuresPercent, r.MaxFailures, r.GateBase = -1, 3, 4 }),
 			tallies: []fota.WaveTally{tally(1, 100, 20, 8, 0)},
 			now:     soaked,
-			want:    update.Verdict{update.GateHalt, "4 devices in wave 1 failed or went silent, over the limit of 3; 4 earlier failures were accepted on resume"},
+			want:    update.Verdict{update.GateHalt, "4 devices in wave 1 failed or went silent, over the limit of 3; not counting 4 failures accepted on resume"},
 		},
 		{
 			// The accepted failures cannot be outcomes again, so a wave of
