@@ -305,8 +305,8 @@ func wallInstant(day time.Time, minute int, loc *time.Location) time.Time {
 		at = periodEnd
 	}
 	// No reading and no jump over it within 15 hours: only a zone table
-	// that breaks the 14-hour bound could get here. time.Date still gives
-	// an instant with that reading.
+	// that breaks the 14-hour bound could get here, and time.Date's
+	// answer is as good as any.
 	return time.Date(y, m, d, 0, minute, 0, 0, loc)
 }
 
