@@ -42,6 +42,10 @@ import (
 	"github.com/ecowatt/fota/semver"
 )
 
+// Version is the agent's own version, told to the server in the inventory
+// of every native check-in, so operators see which agent a device runs.
+const Version = "0.14.0"
+
 // APIs the agent speaks.
 const (
 	APINative  = "native"
@@ -92,7 +96,8 @@ type Config struct {
 	PSK      protocol.PSK
 	Hardware string
 	// Chip is the ESP32 chip the device is ("esp32", "esp32s3", ...); on the
-	// EcoWatt API an image's header must name it. Default: Hardware.
+	// EcoWatt API an image's header must name it (default there: Hardware).
+	// On the native API it is told in the check-in's inventory, if set.
 	Chip           string
 	TrustedKey     *keys.PublicKey
 	FirmwareKey    keys.FirmwareKey
@@ -221,7 +226,7 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 			a.log.Warn("the device clock is off the server's; signing requests with the server's time",
 				"offset", offset.Round(time.Second))
 		}
-		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey}
+		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey, inventory: a.inventory}
 	case APIEcoWatt:
 		if cfg.TrustedKey.Alg() != keys.AlgRSA {
 			return nil, errors.New("agent: the EcoWatt-compatible API needs an RSA release key")
@@ -241,6 +246,27 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 		return nil, fmt.Errorf("agent: API %q (want %s or %s)", cfg.API, APINative, APIEcoWatt)
 	}
 	return a, nil
+}
+
+// FreeFlashReporter is an optional interface of Slots: one that knows how
+// much flash is free for data tells it in the native check-in's inventory.
+type FreeFlashReporter interface {
+	FreeFlash() (int64, error)
+}
+
+// inventory is what a native check-in tells about the device; fields the
+// device does not know are left out.
+func (a *Agent) inventory() *protocol.Inventory {
+	inv := &protocol.Inventory{Chip: a.cfg.Chip, SlotSize: a.slots.SlotSize(), AgentVersion: Version}
+	if r, ok := a.slots.(FreeFlashReporter); ok {
+		free, err := r.FreeFlash()
+		if err == nil && free > 0 {
+			inv.FreeFlash = free
+		} else if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			a.log.Debug("free flash unknown", "error", err)
+		}
+	}
+	return inv
 }
 
 func trimURL(s string) string {

@@ -65,13 +65,15 @@ var ErrChunkMAC = client.ErrChunkMAC
 
 // nativeSource speaks the native API through client.Device.
 type nativeSource struct {
-	dev      *client.Device
-	hardware string
-	trusted  *keys.PublicKey
+	dev       *client.Device
+	hardware  string
+	trusted   *keys.PublicKey
+	inventory func() *protocol.Inventory
 }
 
 func (n *nativeSource) check(ctx context.Context, running Image, counter uint32) (*offer, string, error) {
-	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter})
+	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter,
+		Inventory: n.inventory()})
 	if err != nil {
 		return nil, "", err
 	}

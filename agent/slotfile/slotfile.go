@@ -233,6 +233,8 @@ type freeSpacer interface {
 	Free() (int64, error)
 }
 
+var _ agent.FreeFlashReporter = (*Slots)(nil)
+
 // FreeFlash is the free space of the storage under the slots, where its
 // Disk can tell (errors.ErrUnsupported where not), for the inventory the
 // agent sends. Slot files grow as they are written, so space a slot will
