@@ -18,6 +18,11 @@
 // secure_version not below the stored one, before the slot is marked); an
 // image that fails its self-test or never confirms itself (rolled back);
 // power cuts at any moment (atomic records, resume, boot-time verification).
+//
+// On the native API the server may bound when an update is installed (its
+// rollout's maintenance windows): the agent then downloads and verifies at
+// once, keeps the verified image in the inactive slot, and marks it to boot
+// only inside the window (see DeferredError).
 package agent
 
 import (
@@ -28,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -41,6 +47,10 @@ import (
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
+
+// Version is the agent's own version, told to the server in the inventory
+// of every native check-in, so operators see which agent a device runs.
+const Version = "0.14.0"
 
 // APIs the agent speaks.
 const (
@@ -58,6 +68,7 @@ const (
 	StateVerifying   State = "verifying"
 	StateApplying    State = "applying"
 	StateCompleted   State = "completed" // the new image is marked; reboot into it
+	StateDeferred    State = "deferred"  // verified and kept; installed inside its window
 	StateError       State = "error"
 	StateRollback    State = "rollback"
 )
@@ -72,6 +83,8 @@ type Progress struct {
 	TotalBytes int64
 	Percent    float64
 	Err        error
+	// Deferred says why and until when, in StateDeferred.
+	Deferred *DeferredError
 }
 
 // RetryPolicy is exponential backoff with jitter for transient failures.
@@ -92,7 +105,8 @@ type Config struct {
 	PSK      protocol.PSK
 	Hardware string
 	// Chip is the ESP32 chip the device is ("esp32", "esp32s3", ...); on the
-	// EcoWatt API an image's header must name it. Default: Hardware.
+	// EcoWatt API an image's header must name it (default there: Hardware).
+	// On the native API it is told in the check-in's inventory, if set.
 	Chip           string
 	TrustedKey     *keys.PublicKey
 	FirmwareKey    keys.FirmwareKey
@@ -118,9 +132,10 @@ type Config struct {
 	Logger                *slog.Logger
 	// Sleep waits between retries; tests replace it.
 	Sleep func(ctx context.Context, d time.Duration) error
-	// Now is the device clock, which signs native requests; default
-	// time.Now. It need not be right: the agent corrects it by the
-	// server's clock when the server refuses a request as stale.
+	// Now is the device clock, which signs native requests and places them
+	// in an install window; default time.Now. It need not be right: the
+	// agent corrects it by the server's clock when the server refuses a
+	// request as stale.
 	Now func() time.Time
 }
 
@@ -184,6 +199,8 @@ type Agent struct {
 	boot  BootInfo
 	src   source
 	log   *slog.Logger
+	// now is the device clock as corrected by the server's (native API).
+	now func() time.Time
 
 	mu       sync.Mutex
 	progress Progress
@@ -208,7 +225,7 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 	hcCopy := *hc
 	hcCopy.Timeout = cfg.RequestTimeout
 	a := &Agent{cfg: cfg, slots: slots, boot: boot, log: cfg.Logger.With("device_id", cfg.DeviceID),
-		progress: Progress{State: StateIdle}}
+		progress: Progress{State: StateIdle}, now: cfg.Now}
 	switch cfg.API {
 	case APINative:
 		dev, err := client.NewDevice(cfg.Server, cfg.DeviceID, cfg.PSK)
@@ -221,7 +238,10 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 			a.log.Warn("the device clock is off the server's; signing requests with the server's time",
 				"offset", offset.Round(time.Second))
 		}
-		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey}
+		// Install windows are the server's times: judge them by the clock
+		// that signs requests, which the server's Date corrects.
+		a.now = func() time.Time { return cfg.Now().Add(dev.ClockOffset()) }
+		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey, inventory: a.inventory}
 	case APIEcoWatt:
 		if cfg.TrustedKey.Alg() != keys.AlgRSA {
 			return nil, errors.New("agent: the EcoWatt-compatible API needs an RSA release key")
@@ -241,6 +261,27 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 		return nil, fmt.Errorf("agent: API %q (want %s or %s)", cfg.API, APINative, APIEcoWatt)
 	}
 	return a, nil
+}
+
+// FreeFlashReporter is an optional interface of Slots: one that knows how
+// much flash is free for data tells it in the native check-in's inventory.
+type FreeFlashReporter interface {
+	FreeFlash() (int64, error)
+}
+
+// inventory is what a native check-in tells about the device; fields the
+// device does not know are left out.
+func (a *Agent) inventory() *protocol.Inventory {
+	inv := &protocol.Inventory{Chip: a.cfg.Chip, SlotSize: a.slots.SlotSize(), AgentVersion: Version}
+	if r, ok := a.slots.(FreeFlashReporter); ok {
+		free, err := r.FreeFlash()
+		if err == nil && free > 0 {
+			inv.FreeFlash = free
+		} else if err != nil && !errors.Is(err, errors.ErrUnsupported) {
+			a.log.Debug("free flash unknown", "error", err)
+		}
+	}
+	return inv
 }
 
 func trimURL(s string) string {
@@ -398,6 +439,11 @@ type downloadRecord struct {
 	// Head is the image's first bytes written so far (at most
 	// esp32.HeaderSize), kept on the EcoWatt API for the descriptor check.
 	Head []byte `json:"head,omitempty"`
+	// Verified: the whole image is in the slot and matched its signed
+	// SHA-256, and waits for its install window; the stream state above is
+	// then empty. Added to version 1: a reader that ignores it finds no
+	// stream state to resume and downloads again, which costs no more.
+	Verified bool `json:"verified,omitempty"`
 }
 
 // installRecord says which session installed the image on trial, for its report.
@@ -597,6 +643,54 @@ func (a *Agent) Reject(reason string) error {
 	return nil
 }
 
+// ErrInstallDeferred is what errors.Is finds in a *DeferredError.
+var ErrInstallDeferred = errors.New("install deferred to the maintenance window")
+
+// DeferredError is a check whose update downloaded and verified but was
+// not installed: the device's clock was outside the install window the
+// server gave ([InstallAfter, InstallUntil) of protocol.CheckResponse).
+// It is not a failure and the server was told nothing that ends the
+// session. The verified image stays in the inactive slot, recorded, so
+// neither the next check nor a reboot downloads it again; the next check
+// in the window installs it.
+type DeferredError struct {
+	Version   string
+	SessionID string
+	// Until is when the window opens (the answer's InstallAfter), so when
+	// to check again. Zero when the window has closed instead (at Closed):
+	// then the next check's answer names the next window.
+	Until  time.Time
+	Closed time.Time
+}
+
+func (e *DeferredError) Error() string {
+	return fmt.Sprintf("update %s downloaded and verified; %s", e.Version, e.why())
+}
+
+func (e *DeferredError) why() string {
+	if !e.Until.IsZero() {
+		return "install deferred until " + e.Until.UTC().Format(time.RFC3339) + " (maintenance window)"
+	}
+	return "install deferred: the maintenance window closed at " + e.Closed.UTC().Format(time.RFC3339) +
+		"; the next check learns the next one"
+}
+
+// Is makes errors.Is(err, ErrInstallDeferred) true.
+func (e *DeferredError) Is(target error) bool { return target == ErrInstallDeferred }
+
+// deferral is the DeferredError for installing o now, or nil inside its
+// window (or when the server gave none).
+func (a *Agent) deferral(o *offer) *DeferredError {
+	now := a.now()
+	switch {
+	case !o.installAfter.IsZero() && now.Before(o.installAfter):
+		return &DeferredError{Version: o.version, SessionID: o.sessionID, Until: o.installAfter}
+	case !o.installUntil.IsZero() && !now.Before(o.installUntil):
+		return &DeferredError{Version: o.version, SessionID: o.sessionID, Closed: o.installUntil}
+	}
+	return nil
+}
+
 // Result is what one check did.
 type Result struct {
 	Updated   bool   // a new image is marked to boot: reboot now
@@ -607,7 +701,9 @@ type Result struct {
 
 // CheckOnce checks for an update and, if one is offered and verifies,
 // downloads and installs it. On success with Updated the device must
-// reboot. The device's running image is never touched.
+// reboot. The device's running image is never touched. An update verified
+// outside its install window is kept, not installed: the error is then a
+// *DeferredError, and the Result names the version and session.
 func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	if a.boot.Trial {
 		return Result{}, errors.New("the running image is on trial: confirm or reject it before updating")
@@ -656,6 +752,17 @@ func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
 	uctx, cancel := context.WithTimeout(ctx, a.cfg.UpdateTimeout)
 	defer cancel()
 	if err := a.install(uctx, o); err != nil {
+		var de *DeferredError
+		if errors.As(err, &de) {
+			a.log.Info("download complete; "+de.why(), "release_version", o.version, "session_id", o.sessionID)
+			a.setProgress(Progress{State: StateDeferred, Version: o.version, Chunk: o.chunks, Chunks: o.chunks,
+				Bytes: o.ciphertextSize, TotalBytes: o.ciphertextSize, Deferred: de})
+			// The downloaded and verified reports, not held back by the window.
+			if err := a.Flush(ctx); err != nil {
+				a.log.Info("reports stay queued", "error", err)
+			}
+			return Result{Version: o.version, SessionID: o.sessionID}, de
+		}
 		if uctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 			err = fmt.Errorf("update %s did not finish within %s: %w", o.version, a.cfg.UpdateTimeout, err)
 		}
@@ -850,7 +957,8 @@ func unmarshalHash(b []byte) (hash.Hash, bool) {
 	return h, h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b) == nil
 }
 
-// install downloads, verifies and marks the image, resuming a saved download.
+// install downloads, verifies and marks the image, resuming a saved
+// download, or going straight to marking one verified before.
 func (a *Agent) install(ctx context.Context, o *offer) error {
 	slot := Other(a.boot.Slot)
 	st, err := a.slots.Status()
@@ -858,8 +966,12 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		return err
 	}
 	var dl downloadRecord
-	resumed := a.load(keyDownload, &dl) && dl.V == recordVersion && dl.Fingerprint == o.fingerprint() &&
-		dl.Slot == slot && st.Slots[slot].State == ImageEmpty && dl.NextChunk > 0 && dl.NextChunk <= o.chunks
+	saved := a.load(keyDownload, &dl) && dl.V == recordVersion && dl.Fingerprint == o.fingerprint() &&
+		dl.Slot == slot && st.Slots[slot].State == ImageEmpty
+	if saved && dl.Verified && dl.NextChunk == o.chunks {
+		return a.installVerified(o, slot, st, dl)
+	}
+	resumed := saved && !dl.Verified && dl.NextChunk > 0 && dl.NextChunk <= o.chunks
 	w := &slotWriter{slots: a.slots, slot: slot}
 	var ctHash hash.Hash
 	var dec *bundle.Decrypter
@@ -981,11 +1093,95 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	if err := a.slots.Sync(slot); err != nil {
 		return err
 	}
+	if err := a.queueVerified(o); err != nil {
+		return err
+	}
+	return a.apply(o, slot, dl)
+}
+
+// queueVerified queues the reports of a download that verified.
+func (a *Agent) queueVerified(o *offer) error {
 	for _, status := range []string{"downloaded", "verified"} {
 		// Not fatal: the download record stays, so the next check verifies again and queues these.
 		if err := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: status}); err != nil {
 			return fmt.Errorf("queue the %s report: %w", status, err)
 		}
+	}
+	return nil
+}
+
+// installVerified installs an image a check before downloaded and
+// verified, and kept for its install window (dl.Verified). It waited in
+// the slot, maybe for days and over reboots, so it is hashed again: a
+// slot that no longer holds the signed image is never marked to boot.
+func (a *Agent) installVerified(o *offer, slot int, st Status, dl downloadRecord) error {
+	a.setProgress(Progress{State: StateVerifying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
+	head, err := a.verifySlot(o, slot)
+	if err != nil {
+		return err
+	}
+	if o.api == APIEcoWatt {
+		counter, err := a.securityCounter()
+		if err != nil {
+			return err
+		}
+		if err := a.vetDescriptor(o, head, st, counter); err != nil {
+			return err
+		}
+	}
+	a.log.Info("image downloaded and verified before; not downloading it again", "release_version", o.version, "slot", slot)
+	if dl.SessionID != o.sessionID {
+		// A new session for the same release (the old one ended while the
+		// image waited): its record hears of the download too.
+		if err := a.queueVerified(o); err != nil {
+			return err
+		}
+	}
+	return a.apply(o, slot, dl)
+}
+
+// verifySlot hashes the first o.plaintextSize bytes of slot against the
+// signed SHA-256 and returns the image's first esp32.HeaderSize bytes.
+func (a *Agent) verifySlot(o *offer, slot int) ([]byte, error) {
+	h := sha256.New()
+	buf := make([]byte, 32<<10)
+	var head []byte
+	for off := int64(0); off < o.plaintextSize; {
+		n := int(min(int64(len(buf)), o.plaintextSize-off))
+		got, err := a.slots.ReadAt(slot, buf[:n], off)
+		if got < n {
+			if err == nil || errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("%w: slot %d holds %d bytes of the %d-byte image", errVerify, slot, off+int64(got), o.plaintextSize)
+			}
+			return nil, fmt.Errorf("read slot %d: %w", slot, err)
+		}
+		if len(head) < esp32.HeaderSize {
+			head = append(head, buf[:min(n, esp32.HeaderSize-len(head))]...)
+		}
+		h.Write(buf[:n])
+		off += int64(n)
+	}
+	if [32]byte(h.Sum(nil)) != o.plaintextSHA256 {
+		return nil, fmt.Errorf("%w: the image kept in slot %d no longer matches its sha256", errVerify, slot)
+	}
+	return head, nil
+}
+
+// apply marks the verified image in slot to boot next, if the device's
+// clock is inside the offer's install window. Outside it, it keeps the
+// download (dl) as verified and returns a *DeferredError.
+func (a *Agent) apply(o *offer, slot int, dl downloadRecord) error {
+	if de := a.deferral(o); de != nil {
+		if !dl.Verified || dl.SessionID != o.sessionID {
+			// The slot was synced before the reports; this record is what
+			// makes a reboot while waiting resume here, not re-download.
+			dl.Verified, dl.NextChunk, dl.SessionID = true, o.chunks, o.sessionID
+			dl.Decrypter, dl.PlainHash, dl.CipherHash = bundle.DecrypterState{}, nil, nil
+			if err := a.save(keyDownload, dl); err != nil {
+				return fmt.Errorf("keep the verified download: %w", err)
+			}
+		}
+		return de
 	}
 
 	a.setProgress(Progress{State: StateApplying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
@@ -1013,7 +1209,8 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 
 // Run checks for updates every CheckInterval (and once at start) until ctx
 // ends. After an install it calls reboot, which should restart the device;
-// Run returns then.
+// Run returns then. An install deferred to a window that opens sooner than
+// the next check is checked again when the window opens.
 func (a *Agent) Run(ctx context.Context, reboot func()) error {
 	for {
 		res, err := a.CheckOnce(ctx)
@@ -1021,8 +1218,23 @@ func (a *Agent) Run(ctx context.Context, reboot func()) error {
 			reboot()
 			return nil
 		}
-		if err := a.cfg.Sleep(ctx, a.cfg.CheckInterval); err != nil {
+		if err := a.cfg.Sleep(ctx, a.nextCheck(err)); err != nil {
 			return nil
 		}
 	}
+}
+
+// nextCheck is how long Run waits after a check that ended with err.
+func (a *Agent) nextCheck(err error) time.Duration {
+	var de *DeferredError
+	if !errors.As(err, &de) || de.Until.IsZero() {
+		return a.cfg.CheckInterval
+	}
+	wait := max(de.Until.Sub(a.now()), 0)
+	if wait >= a.cfg.CheckInterval {
+		return a.cfg.CheckInterval
+	}
+	// Up to a minute late (an eighth of the wait when shorter), so that a
+	// fleet given one window does not check in at its first second.
+	return wait + rand.N(min(wait/8, time.Minute)+1)
 }

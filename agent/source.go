@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
@@ -33,6 +34,9 @@ type offer struct {
 	iv              []byte
 	chunkSize       int
 	chunks          int
+	// installAfter and installUntil bound when it may be installed (native
+	// only; zero: no bound on that side).
+	installAfter, installUntil time.Time
 }
 
 // fingerprint identifies the release an offer is for, to match a saved
@@ -65,13 +69,15 @@ var ErrChunkMAC = client.ErrChunkMAC
 
 // nativeSource speaks the native API through client.Device.
 type nativeSource struct {
-	dev      *client.Device
-	hardware string
-	trusted  *keys.PublicKey
+	dev       *client.Device
+	hardware  string
+	trusted   *keys.PublicKey
+	inventory func() *protocol.Inventory
 }
 
 func (n *nativeSource) check(ctx context.Context, running Image, counter uint32) (*offer, string, error) {
-	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter})
+	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter,
+		Inventory: n.inventory()})
 	if err != nil {
 		return nil, "", err
 	}
@@ -99,7 +105,8 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 	ct := m.CiphertextDigest()
 	return &offer{api: APINative, sessionID: resp.SessionID, chunkMAC: protocol.PreferredChunkMAC(resp.ChunkMACs), version: m.Version, securityCounter: m.SecurityCounter,
 		plaintextSize: m.PlaintextSize, plaintextSHA256: m.PlaintextDigest(), ciphertextSize: m.CiphertextSize,
-		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks()}, "", nil
+		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks(),
+		installAfter: resp.InstallAfter, installUntil: resp.InstallUntil}, "", nil
 }
 
 func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn func(int, []byte) error) error {

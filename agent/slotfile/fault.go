@@ -144,3 +144,15 @@ func (f *FaultDisk) SyncDir() error {
 func (f *FaultDisk) Remove(name string) error {
 	return f.do("remove "+name, func() error { return f.Inner.Remove(name) })
 }
+
+// Free asks the inner Disk: reading the free space is no persistent
+// operation, and a dead device answers nothing.
+func (f *FaultDisk) Free() (int64, error) {
+	if err := f.alive(); err != nil {
+		return 0, err
+	}
+	if fs, ok := f.Inner.(freeSpacer); ok {
+		return fs.Free()
+	}
+	return 0, errors.ErrUnsupported
+}

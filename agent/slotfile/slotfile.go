@@ -228,6 +228,24 @@ func cloneRecord(r record) record {
 // SlotSize is each slot's capacity.
 func (s *Slots) SlotSize() int64 { return s.size }
 
+// freeSpacer is a Disk that knows how much room is left on it (OSDisk).
+type freeSpacer interface {
+	Free() (int64, error)
+}
+
+var _ agent.FreeFlashReporter = (*Slots)(nil)
+
+// FreeFlash is the free space of the storage under the slots, where its
+// Disk can tell (errors.ErrUnsupported where not), for the inventory the
+// agent sends. Slot files grow as they are written, so space a slot will
+// take counts as free until then.
+func (s *Slots) FreeFlash() (int64, error) {
+	if f, ok := s.disk.(freeSpacer); ok {
+		return f.Free()
+	}
+	return 0, errors.ErrUnsupported
+}
+
 // verify checks a slot's content against its image's size and SHA-256.
 func (s *Slots) verify(slot int, img agent.Image) bool {
 	if img.Size <= 0 || img.Size > s.size {

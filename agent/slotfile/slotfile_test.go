@@ -285,3 +285,42 @@ func TestEveryCutDuringInstall(t *testing.T) {
 		}
 	}
 }
+
+// noFree is a Disk that cannot tell its free space.
+type noFree struct{ Disk }
+
+// FreeFlash reports the free space of the folder's filesystem where the
+// system tells it, through a FaultDisk too (without counting an
+// operation, and not after the power is cut), and ErrUnsupported for a
+// Disk that cannot tell.
+func TestFreeFlash(t *testing.T) {
+	d := newDevice(t)
+	s, _ := d.boot()
+	free, err := s.FreeFlash()
+	if errors.Is(err, errors.ErrUnsupported) {
+		t.Skip("free space is not known on this system")
+	}
+	if err != nil || free <= 0 {
+		t.Fatalf("free flash %d, %v", free, err)
+	}
+	fd := &FaultDisk{Inner: d.disk}
+	fs, err := Open(fd, testSlotSize, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free, err := fs.FreeFlash(); err != nil || free <= 0 || fd.Ops() != 0 {
+		t.Fatalf("through a FaultDisk: %d, %v, %d operations", free, err, fd.Ops())
+	}
+	fd.CutAt = 1
+	fd.Truncate("x", 0)
+	if _, err := fs.FreeFlash(); !errors.Is(err, ErrPowerCut) {
+		t.Fatalf("after the cut: %v", err)
+	}
+	ns, err := Open(noFree{d.disk}, testSlotSize, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ns.FreeFlash(); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("a Disk without Free: %v", err)
+	}
+}

@@ -26,7 +26,10 @@ Runs a simulated EcoWatt device: its flash, counters and logs live in
 names the factory image written to slot 0 when --state is empty; after that
 the device runs whatever its boot step picks. It polls a simulated inverter,
 uploads readings in batches to --state/uploads.jsonl, and checks for updates
-on its timer, pausing its work while one downloads and installs.
+on its timer, pausing its work while one downloads and installs. An update
+the server offers with an install window (a rollout's maintenance window) is
+downloaded and verified at once, and installed at a check when the window is
+open: the device checks again when it opens.
 
 Example:
   fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3 --check-interval 30s
@@ -162,6 +165,14 @@ func (p *eventPrinter) print(ev simulator.Event) {
 			fmt.Fprintf(p.w, "%s: downloading %s %s %3.0f%% (%d/%d chunks)\n", p.id, pr.Version, bar(pr.Percent, 20), pr.Percent, pr.Chunk, pr.Chunks)
 		case agent.StateError:
 			fmt.Fprintf(p.w, "%s: update failed: %v\n", p.id, pr.Err)
+		case agent.StateDeferred:
+			why := "install deferred (maintenance window)"
+			if d := pr.Deferred; d != nil && !d.Until.IsZero() {
+				why = "install deferred until " + d.Until.Local().Format(time.DateTime) + " (maintenance window)"
+			} else if d != nil {
+				why = "install deferred: its maintenance window closed at " + d.Closed.Local().Format(time.DateTime) + "; checking again later"
+			}
+			fmt.Fprintf(p.w, "%s: %s download complete; %s\n", p.id, pr.Version, why)
 		case agent.StateIdle, agent.StateChecking:
 			// quiet: these happen at every check
 		default:

@@ -101,6 +101,10 @@ func New(cfg Config) (*Device, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Agent.Chip == "" {
+		// Its factory image is built for the chip its hardware name says.
+		cfg.Agent.Chip = cfg.Agent.Hardware
+	}
 	disk, err := slotfile.NewOSDisk(filepath.Join(cfg.StateDir, "flash"))
 	if err != nil {
 		return nil, err

@@ -51,15 +51,20 @@ func (l *eventLog) count(kind string) int {
 	return n
 }
 
-func newSim(t *testing.T, s *testserver.Server, id string, fw keys.FirmwareKey, log *eventLog) (*Device, string) {
+// newSim makes a device on s; adjust, if given, changes its configuration.
+func newSim(t *testing.T, s *testserver.Server, id string, fw keys.FirmwareKey, log *eventLog, adjust ...func(*Config)) (*Device, string) {
 	psk := s.AddDevice(id, "1.0.3")
 	dir := t.TempDir()
-	d, err := New(Config{
+	cfg := Config{
 		Agent: agent.Config{Server: s.URL, DeviceID: id, PSK: psk, Hardware: "esp32", TrustedKey: s.Signer.Public(), FirmwareKey: fw,
 			CheckInterval: 50 * time.Millisecond, Retry: agent.RetryPolicy{Attempts: 2, Base: time.Millisecond, Max: time.Millisecond}},
 		StateDir: dir, FactoryVersion: "1.0.3", PollInterval: 10 * time.Millisecond, UploadInterval: 40 * time.Millisecond,
 		OnEvent: log.add,
-	})
+	}
+	for _, f := range adjust {
+		f(&cfg)
+	}
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,6 +175,61 @@ func TestDeviceResumesWorkAfterFailedUpdate(t *testing.T) {
 	}
 	if gap := d.MaxPollGap(); gap > 500*time.Millisecond {
 		t.Fatalf("polling stopped for %v outside update attempts", gap)
+	}
+}
+
+// progressAt returns when the device first reported progress state st,
+// and the progress.
+func (l *eventLog) progressAt(st agent.State) (time.Time, *agent.Progress) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		if e.Progress != nil && e.Progress.State == st {
+			return e.Time, e.Progress
+		}
+	}
+	return time.Time{}, nil
+}
+
+// An update offered with an install window that opens in two seconds is
+// downloaded at once and installed when the window opens: the device's
+// timer checks again then, though its check interval is an hour, and does
+// not download it again. The server does not send windows yet; a Tap adds
+// one to its offers.
+func TestDeviceInstallsWhenTheWindowOpens(t *testing.T) {
+	s := testserver.New(t)
+	tap := s.Tap()
+	log := &eventLog{}
+	d, _ := newSim(t, s, "sim4", s.FWKey, log, func(c *Config) {
+		c.Agent.Server = tap.URL
+		c.Agent.CheckInterval = time.Hour
+	})
+	s.PublishSample("1.0.4", firmware.Healthy, 64<<10)
+	opens := time.Now().Add(2 * time.Second)
+	tap.SetWindow(opens, time.Time{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	waitFor(t, "the install deferred", func() bool { at, _ := log.progressAt(agent.StateDeferred); return !at.IsZero() })
+	chunks := tap.ChunkRequests()
+	waitFor(t, "update to 1.0.4", func() bool { return log.has("confirmed", "1.0.4") })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, deferred := log.progressAt(agent.StateDeferred)
+	if deferred.Deferred == nil || !deferred.Deferred.Until.Equal(opens) {
+		t.Fatalf("deferred %+v, want until %v", deferred.Deferred, opens)
+	}
+	if applied, _ := log.progressAt(agent.StateApplying); applied.Before(opens) {
+		t.Fatalf("installed at %v, before the window opened at %v", applied, opens)
+	}
+	if n := tap.ChunkRequests(); n != chunks {
+		t.Fatalf("%d chunk requests, %d of them after the download was verified", n, n-chunks)
+	}
+	checks, err := tap.Checks()
+	if err != nil || len(checks) == 0 || checks[0].Inventory == nil || checks[0].Inventory.Chip != "esp32" || checks[0].Inventory.SlotSize != DefaultSlotSize {
+		t.Fatalf("check-ins %+v (%v), want the simulated chip and slot size in the inventory", checks, err)
 	}
 }
 
