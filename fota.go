@@ -195,6 +195,15 @@ func DeviceRemovedConflict(id string, removed time.Time) *Error {
 		id, removed.UTC().Format(time.RFC3339))
 }
 
+// DeviceAddedDetail describes a new device for its device-added event.
+func DeviceAddedDetail(d *Device) string {
+	detail := "hardware " + d.Hardware + ", API " + d.API
+	if len(d.Labels) > 0 {
+		detail += ", labels " + FormatLabels(d.Labels)
+	}
+	return detail
+}
+
 // WithdrawnReason is why a withdrawn release's sessions ended, as the
 // devices in them are told.
 func WithdrawnReason(version, reason string) string {
@@ -331,8 +340,8 @@ func ProgressEvents(sess *Session, next int, now time.Time) []*Event {
 	}
 	var events []*Event
 	for q := quarter(sess.NextChunk) + 1; q <= quarter(next); q++ {
-		events = append(events, &Event{Time: now, Kind: EventProgress, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
+		events = append(events, &Event{Time: now, Kind: EventProgress, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
+			SessionID: sess.ID, RolloutID: sess.RolloutID, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
 	}
 	return events
 }

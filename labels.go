@@ -71,3 +71,63 @@ func FormatLabels(labels map[string]string) string {
 	}
 	return b.String()
 }
+
+// ValidLabels checks a device's labels: each ValidLabel, at most MaxLabels.
+func ValidLabels(labels map[string]string) error {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if err := ValidLabel(k, labels[k]); err != nil {
+			return err
+		}
+	}
+	if len(labels) > MaxLabels {
+		return Errorf(EINVALID, "%d labels; a device has at most %d", len(labels), MaxLabels)
+	}
+	return nil
+}
+
+// EditLabels applies set and remove to labels (which it leaves as they
+// are) and returns the result with a description of the change for the
+// labels event, such as "set ring=canary; removed site". Keys removed that
+// were not there, and labels set to the value they had, are no change. A
+// key both set and removed is EINVALID, as is a result ValidLabels refuses.
+func EditLabels(labels, set map[string]string, remove []string) (map[string]string, string, error) {
+	out := maps.Clone(labels)
+	if out == nil {
+		out = map[string]string{}
+	}
+	changed := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		if err := ValidLabel(k, set[k]); err != nil {
+			return nil, "", err
+		}
+		if old, ok := out[k]; !ok || old != set[k] {
+			changed[k] = set[k]
+		}
+		out[k] = set[k]
+	}
+	var removed []string
+	for _, k := range remove {
+		if _, ok := set[k]; ok {
+			return nil, "", Errorf(EINVALID, "label %s is both set and removed", k)
+		}
+		if _, ok := out[k]; ok {
+			delete(out, k)
+			removed = append(removed, k)
+		}
+	}
+	if len(out) > MaxLabels {
+		return nil, "", Errorf(EINVALID, "%d labels; a device has at most %d", len(out), MaxLabels)
+	}
+	var parts []string
+	if len(changed) > 0 {
+		parts = append(parts, "set "+FormatLabels(changed))
+	}
+	if len(removed) > 0 {
+		slices.Sort(removed)
+		parts = append(parts, "removed "+strings.Join(removed, ","))
+	}
+	if len(parts) == 0 {
+		return out, "labels unchanged", nil
+	}
+	return out, strings.Join(parts, "; "), nil
+}

@@ -2,6 +2,9 @@ package fota
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -96,6 +99,162 @@ func MemberStateFor(state string) string {
 	return ""
 }
 
+// MemberEnded reports whether a membership in state has ended for good:
+// sessions no longer move it, and it holds the device for nothing.
+func MemberEnded(state string) bool { return state == MemberSuperseded || state == MemberRemoved }
+
+// SessionMemberChange is what a session's move ch does to its rollout
+// member: the state (ch.Member if set, else MemberStateFor(ch.State); ""
+// leaves the member as it is) and the reason (ch.Reason for a failure,
+// "" otherwise). Both stores apply it in the move's transaction. A
+// ch.Member that sessions cannot set (the read-only downloading and silent,
+// or superseded and removed, which only rollouts and removals set) is
+// EINVALID.
+func SessionMemberChange(ch StateChange) (state, reason string, err error) {
+	state = ch.Member
+	switch state {
+	case "":
+		state = MemberStateFor(ch.State)
+	case MemberPending, MemberOffered, MemberConfirmed, MemberFailed:
+	default:
+		return "", "", Errorf(EINVALID, "a session cannot move its rollout member to %q", ch.Member)
+	}
+	if state == MemberFailed {
+		reason = ch.Reason
+	}
+	return state, reason, nil
+}
+
+// MemberReading is how a member stored in state reads: an offered one
+// offered before the silent timeout (silent) reads as silent, else one
+// whose session was served chunks (served) as downloading. Silent wins: a
+// device that stopped half way is what an operator must see.
+func MemberReading(state string, silent, served bool) string {
+	switch {
+	case state != MemberOffered:
+		return state
+	case silent:
+		return MemberSilent
+	case served:
+		return MemberDownloading
+	}
+	return MemberOffered
+}
+
+// Add counts n members that read as reading (MemberReading).
+func (t *WaveTally) Add(reading string, n int) {
+	t.Members += n
+	switch reading {
+	case MemberPending:
+		t.Pending += n
+	case MemberOffered:
+		t.Offered += n
+	case MemberDownloading:
+		t.Offered += n
+		t.Downloading += n
+	case MemberSilent:
+		t.Offered += n
+		t.Silent += n
+	case MemberConfirmed:
+		t.Confirmed += n
+	case MemberFailed:
+		t.Failed += n
+	case MemberSuperseded:
+		t.Superseded += n
+	case MemberRemoved:
+		t.Removed += n
+	}
+}
+
+// CheckNewRollout checks a rollout and its members before a store keeps
+// them, defaulting members' State to MemberPending: a known state, waves
+// within the rollout's, each device once.
+func CheckNewRollout(r *Rollout, members []*RolloutMember) error {
+	if !slices.Contains(RolloutStates, r.State) {
+		return Errorf(EINVALID, "rollout state %q: want one of %s", r.State, strings.Join(RolloutStates, ", "))
+	}
+	if len(r.WaveEnds) == 0 {
+		return Errorf(EINVALID, "a rollout needs at least one wave")
+	}
+	if r.Wave < 0 || r.Wave > len(r.WaveEnds) {
+		return Errorf(EINVALID, "rollout wave %d: it has waves 1 to %d", r.Wave, len(r.WaveEnds))
+	}
+	seen := make(map[string]bool, len(members))
+	for _, m := range members {
+		if err := checkMember(m, len(r.WaveEnds)); err != nil {
+			return err
+		}
+		if seen[m.DeviceID] {
+			return Errorf(EINVALID, "device %s is listed twice in the rollout", m.DeviceID)
+		}
+		seen[m.DeviceID] = true
+	}
+	return nil
+}
+
+// CheckJoin checks a member joining a rollout of waves waves, defaulting
+// its State to MemberPending.
+func CheckJoin(m *RolloutMember, waves int) error { return checkMember(m, waves) }
+
+func checkMember(m *RolloutMember, waves int) error {
+	if m.State == "" {
+		m.State = MemberPending
+	}
+	switch m.State {
+	case MemberPending, MemberOffered, MemberConfirmed, MemberFailed, MemberSuperseded, MemberRemoved:
+	default:
+		return Errorf(EINVALID, "device %s: member state %q cannot be stored", m.DeviceID, m.State)
+	}
+	if m.Wave < 1 || m.Wave > waves {
+		return Errorf(EINVALID, "device %s: wave %d, the rollout has waves 1 to %d", m.DeviceID, m.Wave, waves)
+	}
+	return nil
+}
+
+// RolloutOverlap is a rollout holding some of a new rollout's devices.
+type RolloutOverlap struct {
+	RolloutID      int64
+	ReleaseVersion string
+	State          string
+	Devices        int // how many of the new rollout's devices it holds
+}
+
+// RolloutOverlapConflict is the error for creating a rollout whose devices
+// rollouts in overlaps hold, without --supersede.
+func RolloutOverlapConflict(overlaps []RolloutOverlap) *Error {
+	parts := make([]string, len(overlaps))
+	for i, o := range overlaps {
+		parts[i] = fmt.Sprintf("rollout %d (release %s, %s) holds %d of its devices", o.RolloutID, o.ReleaseVersion, o.State, o.Devices)
+	}
+	return Errorf(ECONFLICT, "%s; add --supersede to take them over, or abort that rollout first", strings.Join(parts, "; "))
+}
+
+// CheckRolloutOffer is the rule OpenSession applies to a session of
+// release releaseID for rollout id on device deviceID. r is the rollout
+// (nil: there is none) and m the device's membership (nil: it has none).
+// The session may open only if r offers (RolloutOffers) that very release
+// and m is still in the rollout (not MemberEnded) in an open wave. The
+// error, EGONE, says which of these failed.
+func CheckRolloutOffer(id int64, r *Rollout, m *RolloutMember, deviceID string, releaseID int64) error {
+	switch {
+	case r == nil:
+		return Errorf(EGONE, "rollout %d does not exist", id)
+	case !RolloutOffers(r.State) && r.Reason != "":
+		return Errorf(EGONE, "rollout %d is %s: %s", id, r.State, r.Reason)
+	case !RolloutOffers(r.State):
+		return Errorf(EGONE, "rollout %d is %s", id, r.State)
+	case r.ReleaseID != releaseID:
+		return Errorf(EGONE, "rollout %d does not offer that release (its release %s was deleted, or is another)", id, r.ReleaseVersion)
+	case m == nil:
+		return Errorf(EGONE, "device %s is not in rollout %d", deviceID, id)
+	case MemberEnded(m.State):
+		return Errorf(EGONE, "device %s is no longer in rollout %d (%s)", deviceID, id, m.State)
+	case m.Wave > r.Wave:
+		return Errorf(EGONE, "device %s is not in an open wave of rollout %d: it is in wave %d, wave %d is the last open", deviceID, id, m.Wave, r.Wave)
+	}
+	return nil
+}
+
 // RolloutMember is one device of a rollout.
 type RolloutMember struct {
 	RolloutID int64
@@ -136,6 +295,60 @@ type RolloutTransition struct {
 	EndSessions bool
 }
 
+// Check checks a transition before a store applies it.
+func (t RolloutTransition) Check() error {
+	if !slices.Contains(RolloutStates, t.State) {
+		return Errorf(EINVALID, "rollout state %q: want one of %s", t.State, strings.Join(RolloutStates, ", "))
+	}
+	if t.Wave < 0 || t.FromWave < 0 {
+		return Errorf(EINVALID, "rollout wave %d: want 0 (none open yet) or a wave number", min(t.Wave, t.FromWave))
+	}
+	if t.Event == "" {
+		return Errorf(EINVALID, "a rollout transition records an event; none given")
+	}
+	return nil
+}
+
+// OpensWave reports whether t opens a wave, which sets WaveOpened: its wave
+// changes, or a scheduled rollout starts running its wave.
+func (t RolloutTransition) OpensWave() bool {
+	return t.Wave != t.FromWave || t.FromState == RolloutScheduled && t.State == RolloutRunning
+}
+
+// WithdrawnRolloutReason is why a rollout ended when its release was
+// withdrawn with reason.
+func WithdrawnRolloutReason(reason string) string {
+	if reason == "" {
+		return "release withdrawn"
+	}
+	return "release withdrawn: " + reason
+}
+
+// RolloutCreatedDetail describes a new rollout of members devices for its
+// created event, with the rollouts it took devices over from.
+func RolloutCreatedDetail(r *Rollout, members int, tookOver []RolloutOverlap) string {
+	d := fmt.Sprintf("release %s to %d %s device(s) in %d wave(s) (%s), %s", r.ReleaseVersion, members, r.Hardware, len(r.WaveEnds), r.Waves, r.State)
+	for _, o := range tookOver {
+		d += fmt.Sprintf("; took over %d device(s) from rollout %d", o.Devices, o.RolloutID)
+	}
+	return d
+}
+
+// ReleaseInRolloutConflict is the error for deleting a release that
+// rollouts still hold their devices for (RolloutHolds): aborted and
+// completed ones keep only its version, for history.
+func ReleaseInRolloutConflict(version string, rollouts []*Rollout) *Error {
+	parts := make([]string, len(rollouts))
+	for i, r := range rollouts {
+		parts[i] = fmt.Sprintf("rollout %d (%s)", r.ID, r.State)
+	}
+	return Errorf(ECONFLICT, "release %s is rolled out by %s; abort the rollout first, then delete the release", version, strings.Join(parts, ", "))
+}
+
+// SupersededReason is why a rollout whose every device a newer rollout
+// took over ended.
+func SupersededReason(by int64) string { return fmt.Sprintf("superseded by rollout %d", by) }
+
 // RolloutStore keeps rollouts and their members.
 type RolloutStore interface {
 	// CreateRollout stores r (ID, Created, Updated set; State as given)
@@ -147,7 +360,9 @@ type RolloutStore interface {
 	// with no member that is not superseded or removed ends as aborted,
 	// with a rollout-superseded event). Memberships in rollouts that no
 	// longer hold (completed, aborted) are superseded silently. Durable.
-	// Errors: ENOTFOUND if the release is gone; EGONE if it was withdrawn.
+	// Errors: ENOTFOUND if the release is gone; EGONE if it was withdrawn;
+	// EINVALID if CheckNewRollout refuses, or a member is not a registered
+	// device of the release's hardware.
 	CreateRollout(ctx context.Context, r *Rollout, members []*RolloutMember, supersede bool) error
 	// Rollout returns a rollout. Errors: ENOTFOUND.
 	Rollout(ctx context.Context, id int64) (*Rollout, error)
@@ -159,19 +374,25 @@ type RolloutStore interface {
 	DeviceRollout(ctx context.Context, deviceID string) (*Rollout, *RolloutMember, error)
 	// RolloutMembers lists a rollout's members by wave, then device id;
 	// offered members whose session was served chunks read as downloading,
-	// and those offered before silentBefore as silent.
+	// and those offered before silentBefore as silent (MemberReading).
+	// Errors: ENOTFOUND.
 	RolloutMembers(ctx context.Context, id int64, silentBefore time.Time) ([]*RolloutMember, error)
 	// RolloutTally counts a rollout's members per wave (all waves, in
-	// order), with the same reading of downloading and silent.
+	// order), with the same reading of downloading and silent. Errors:
+	// ENOTFOUND.
 	RolloutTally(ctx context.Context, id int64, silentBefore time.Time) ([]WaveTally, error)
 	// JoinRollout adds a device to a rollout after its creation (it was
 	// registered or labelled since), unless it is a member already or in
 	// another rollout of the hardware that holds it; it reports whether
-	// it joined. Durable.
+	// it joined. Its memberships in rollouts that no longer hold end as
+	// superseded, silently, as CreateRollout's do. Durable. Errors:
+	// ENOTFOUND for an unknown rollout or device (removed ones too);
+	// EINVALID for a device of other hardware or a wave the rollout lacks.
 	JoinRollout(ctx context.Context, m *RolloutMember) (bool, error)
 	// TransitionRollout applies t if the rollout is still at t.FromState
 	// and t.FromWave, with t's event; it returns the sessions it ended.
-	// Durable. Errors: ENOTFOUND; ECONFLICT if the rollout moved.
+	// Durable. Errors: ENOTFOUND; ECONFLICT if the rollout moved; EINVALID
+	// if t.Check refuses.
 	TransitionRollout(ctx context.Context, id int64, t RolloutTransition) ([]*Session, error)
 }
 

@@ -30,15 +30,19 @@ type ReleaseStore interface {
 	ReleaseByVersion(ctx context.Context, hardware, version string) (*Release, error)
 	// Releases lists releases, oldest first; hardware "" lists all.
 	Releases(ctx context.Context, hardware string) ([]*Release, error)
-	// DeleteRelease removes a release and records it. Durable. Errors:
-	// ENOTFOUND; ECONFLICT while an active session uses it.
+	// DeleteRelease removes a release and records it; its aborted and
+	// completed rollouts keep only its version. Durable. Errors:
+	// ENOTFOUND; ECONFLICT while an active session uses it or a rollout
+	// holds its devices for it (RolloutHolds).
 	DeleteRelease(ctx context.Context, id int64) error
 	// BlobInUse reports whether any release refers to the blob key.
 	BlobInUse(ctx context.Context, key string) (bool, error)
 	// WithdrawRelease marks a release withdrawn, so that it is never
 	// offered or opened again, and ends its active sessions as abandoned
 	// with reason, with an event each and a release-withdrawn event; it
-	// returns the sessions it ended. The row stays, for history and for
+	// returns the sessions it ended. Its rollouts that hold their devices
+	// end as aborted (WithdrawnRolloutReason), with a rollout-aborted event
+	// each. The row stays, for history and for
 	// the sessions that name it. Durable. Errors: ENOTFOUND; ECONFLICT if
 	// it is withdrawn already.
 	WithdrawRelease(ctx context.Context, id int64, reason string) ([]*Session, error)
@@ -48,18 +52,21 @@ type ReleaseStore interface {
 // them.
 type DeviceStore interface {
 	// CreateDevice stores d (Created is set; API "" is stored as
-	// APINative) and its device-added event. Durable. Errors: ECONFLICT if
-	// the id exists, removed devices included: an id is never reused while
-	// its history is kept.
+	// APINative; Labels, nil for none) and its device-added event.
+	// Durable. Errors: ECONFLICT if the id exists, removed devices
+	// included: an id is never reused while its history is kept; EINVALID
+	// for labels ValidLabels refuses.
 	CreateDevice(ctx context.Context, d *Device) error
 	// Device returns a device, a removed one too (Removed is set: callers
-	// that act for the device refuse it). Errors: ENOTFOUND.
+	// that act for the device refuse it), with its Labels (never nil) and
+	// Inventory. Errors: ENOTFOUND.
 	Device(ctx context.Context, id string) (*Device, error)
 	// Devices lists devices by id, removed ones left out.
 	Devices(ctx context.Context) ([]*Device, error)
 	// RemoveDevice marks a device removed, ends its active sessions as
-	// abandoned with an event each, deletes its backoffs, and
-	// records a device-removed event; it returns the sessions it ended.
+	// abandoned with an event each, deletes its backoffs, ends its rollout
+	// memberships as removed (superseded ones stay so), and records a
+	// device-removed event; it returns the sessions it ended.
 	// The row stays as a tombstone, so its history stays readable until
 	// PruneRemovedDevices. Durable. Errors: ENOTFOUND for an unknown or
 	// already removed device.
@@ -104,8 +111,12 @@ type SessionStore interface {
 	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps;
 	// EFORBIDDEN if the device's API policy (read in the same transaction)
 	// does not allow s.API; ENOTFOUND for an unknown or removed device;
-	// EGONE if the release was withdrawn (both read in the same
+	// EGONE if the release was withdrawn, or, for a session of a rollout
+	// (s.RolloutID), if CheckRolloutOffer refuses (all read in the same
 	// transaction, so nothing opens on what an operator just took away).
+	// A rollout's session makes its member offered. Every session a store
+	// ends as abandoned, here or elsewhere, puts its member (if the
+	// member's session still) back to pending.
 	OpenSession(ctx context.Context, s *Session, caps SessionCaps) error
 	// Session returns a session. Errors: ENOTFOUND.
 	Session(ctx context.Context, id string) (*Session, error)
@@ -120,11 +131,12 @@ type SessionStore interface {
 	// ended or do not exist are skipped: progress is advisory. Fast.
 	RecordProgress(ctx context.Context, batch []Progress) error
 	// SetSessionState applies ch to an active session: its state and
-	// reason, the matching event, and ch's device changes. Durable for a
-	// move to an end (an outcome: confirmed, rolled back, failed, ...), fast
-	// for the steps on the way. Errors:
-	// ENOTFOUND; EGONE if the session is not active; EINVALID for a state
-	// no session can be moved to.
+	// reason, the matching event, ch's device changes and, if the session
+	// is still its rollout member's, SessionMemberChange (a superseded or
+	// removed member stays so). Durable for a move to an end (an outcome:
+	// confirmed, rolled back, failed, ...), fast for the steps on the way.
+	// Errors: ENOTFOUND; EGONE if the session is not active; EINVALID for
+	// a state no session can be moved to, or a ch.Member no session sets.
 	SetSessionState(ctx context.Context, id string, ch StateChange) error
 }
 
@@ -187,8 +199,9 @@ type RetentionStore interface {
 	// session is never deleted.
 	PruneSessions(ctx context.Context, before time.Time, keep, batch int) (int, error)
 	// PruneRemovedDevices deletes up to batch devices removed before
-	// before, with all their sessions: the tombstone goes once its
-	// history has aged out. Their events are PruneEvents' business.
+	// before, with all their sessions and rollout memberships: the
+	// tombstone goes once its history has aged out. Their events are
+	// PruneEvents' business.
 	PruneRemovedDevices(ctx context.Context, before time.Time, batch int) (int, error)
 }
 
@@ -201,5 +214,7 @@ type Store interface {
 	TokenStore
 	NonceStore
 	RetentionStore
+	RolloutStore
+	LabelStore
 	Close() error
 }

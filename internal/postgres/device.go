@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -10,13 +11,17 @@ import (
 	"github.com/ecowatt/fota"
 )
 
-const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms`
+const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms,
+	labels, chip, slot_size, free_flash, agent_version, inventory_ms`
 
 func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
-	var created, seen, counter, removed int64
-	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed); err != nil {
+	var labels string
+	var created, seen, counter, removed, inventory int64
+	inv := &d.Inventory
+	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &counter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed,
+		&labels, &inv.Chip, &inv.SlotSize, &inv.FreeFlash, &inv.AgentVersion, &inventory); err != nil {
 		return nil, err
 	}
 	if len(psk) != len(d.PSK) {
@@ -24,8 +29,33 @@ func scanDevice(row rowScanner) (*fota.Device, error) {
 	}
 	copy(d.PSK[:], psk)
 	d.SecurityCounter = uint32(counter)
-	d.Created, d.LastSeen, d.Removed = fromMS(created), fromMS(seen), fromMS(removed)
+	d.Created, d.LastSeen, d.Removed, inv.Updated = fromMS(created), fromMS(seen), fromMS(removed), fromMS(inventory)
+	var err error
+	if d.Labels, err = decodeLabels(labels); err != nil {
+		return nil, fmt.Errorf("device %s: %w", d.ID, err)
+	}
 	return d, nil
+}
+
+// decodeLabels reads the labels column, never returning a nil map.
+func decodeLabels(text string) (map[string]string, error) {
+	labels := map[string]string{}
+	if text == "{}" {
+		return labels, nil // most devices: skip the decoder on every read
+	}
+	if err := json.Unmarshal([]byte(text), &labels); err != nil {
+		return nil, fmt.Errorf("read labels: %w", err)
+	}
+	return labels, nil
+}
+
+// encodeLabels writes the labels column: a JSON object, keys sorted.
+func encodeLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "{}"
+	}
+	b, _ := json.Marshal(labels) // strings only: cannot fail
+	return string(b)
 }
 
 // CreateDevice stores a device and its device-added event.
@@ -37,9 +67,16 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 	if !fota.ValidAPIPolicy(d.API) {
 		return fota.Errorf(fota.EINVALID, "API policy %q: want native, ecowatt or both", d.API)
 	}
+	if err := fota.ValidLabels(d.Labels); err != nil {
+		return err
+	}
+	if d.Labels == nil {
+		d.Labels = map[string]string{}
+	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, d.ID, d.Hardware, d.Version, int64(d.SecurityCounter), d.PSK[:], d.PinnedVersion, d.API, ms(d.Created))
+		_, err := tx.Exec(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms, labels)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, d.ID, d.Hardware, d.Version, int64(d.SecurityCounter), d.PSK[:], d.PinnedVersion, d.API,
+			ms(d.Created), encodeLabels(d.Labels))
 		if isUnique(err) {
 			// The failed insert aborted this transaction: read outside it.
 			var removed int64
@@ -52,7 +89,7 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 			return fmt.Errorf("create device: %w", err)
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: d.Created, Kind: fota.EventDeviceAdded, DeviceID: d.ID, ReleaseVersion: d.Version,
-			Detail: "hardware " + d.Hardware + ", API " + d.API})
+			Detail: fota.DeviceAddedDetail(d)})
 	})
 }
 
@@ -197,6 +234,11 @@ func (s *Store) RemoveDevice(ctx context.Context, id string) ([]*fota.Session, e
 		}
 		if err := s.abandon(ctx, tx, `device_id = $4`, "the device was removed", id); err != nil {
 			return err
+		}
+		// Memberships that ended before (superseded) keep saying so.
+		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE device_id = $3 AND NOT (state = ANY($4))`,
+			fota.MemberRemoved, ms(now), id, endedMembers); err != nil {
+			return fmt.Errorf("remove device from its rollouts: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM backoffs WHERE device_id = $1`, id); err != nil {
 			return fmt.Errorf("remove device: %w", err)

@@ -88,6 +88,16 @@ func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 		if active > 0 {
 			return fota.Errorf(fota.ECONFLICT, "release %s is in use by %d update session(s); delete it when they end", version, active)
 		}
+		// CreateRollout reads the release FOR SHARE: none is being created
+		// for it while this holds the row.
+		holding, err := queryAll(ctx, tx, "rollouts", scanRolloutRef,
+			`SELECT id, state FROM rollouts WHERE release_id = $1 AND state = ANY($2) ORDER BY id`, id, holdingStates)
+		if err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		if len(holding) > 0 {
+			return fota.ReleaseInRolloutConflict(version, holding)
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM releases WHERE id = $1`, id); err != nil {
 			return fmt.Errorf("delete release: %w", err)
 		}
@@ -122,6 +132,11 @@ func (s *Store) WithdrawRelease(ctx context.Context, id int64, reason string) ([
 		now := s.now()
 		if _, err := tx.Exec(ctx, `UPDATE releases SET withdrawn_ms = $1 WHERE id = $2`, ms(now), id); err != nil {
 			return fmt.Errorf("withdraw release: %w", err)
+		}
+		// Rollout rows before session rows, the order TransitionRollout
+		// locks them in: the two cannot deadlock.
+		if err := abortRolloutsOf(ctx, tx, id, version, fota.WithdrawnRolloutReason(reason), now); err != nil {
+			return err
 		}
 		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE release_id = $1 AND state = ANY($2)`,
 			id, activeStates); err != nil {

@@ -94,7 +94,7 @@ func (s *Store) PruneSessions(ctx context.Context, before time.Time, keep, batch
 }
 
 // PruneRemovedDevices deletes up to batch devices removed before before,
-// with their sessions and backoffs.
+// with their sessions, backoffs and rollout memberships.
 func (s *Store) PruneRemovedDevices(ctx context.Context, before time.Time, batch int) (int, error) {
 	if batch <= 0 {
 		return 0, nil
@@ -106,7 +106,7 @@ func (s *Store) PruneRemovedDevices(ctx context.Context, before time.Time, batch
 		if err != nil || len(ids) == 0 {
 			return err
 		}
-		for _, table := range []string{"backoffs", "sessions"} {
+		for _, table := range []string{"rollout_members", "backoffs", "sessions"} {
 			if _, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE device_id = ANY($1)`, ids); err != nil {
 				return fmt.Errorf("prune removed devices' %s: %w", table, err)
 			}

@@ -19,13 +19,13 @@ var activeStates = []string{fota.SessionOpen, fota.SessionDownloaded, fota.Sessi
 const StaleAfter = 24 * time.Hour
 
 const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
-	bytes_served, created_ms, updated_ms`
+	bytes_served, rollout_id, created_ms, updated_ms`
 
 func scanSession(row rowScanner) (*fota.Session, error) {
 	s := &fota.Session{}
 	var created, updated int64
 	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
-		&s.BytesServed, &created, &updated); err != nil {
+		&s.BytesServed, &s.RolloutID, &created, &updated); err != nil {
 		return nil, err
 	}
 	s.Created, s.Updated = fromMS(created), fromMS(updated)
@@ -61,6 +61,11 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		if !(&fota.Device{API: api}).Allows(sess.API) {
 			return fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)
 		}
+		if sess.RolloutID != 0 {
+			if err := checkRolloutOffer(ctx, tx, sess); err != nil {
+				return err
+			}
+		}
 		if sess.API == fota.APIEcoWatt {
 			var native int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE device_id = $1 AND api = $2 AND state = ANY($3)`,
@@ -85,30 +90,74 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
-			sess.TotalChunks, ms(now), ms(now))
+		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
+			sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
 		if err != nil {
 			return fmt.Errorf("open session: %w", err)
 		}
+		if sess.RolloutID != 0 {
+			if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, session_id = $2, offered_ms = $3, reason = '', updated_ms = $3
+				WHERE rollout_id = $4 AND device_id = $5`, fota.MemberOffered, sess.ID, ms(now), sess.RolloutID, sess.DeviceID); err != nil {
+				return fmt.Errorf("open session: offer to rollout member: %w", err)
+			}
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID,
+			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
 }
 
-// abandon ends the active sessions matching where, with an event each. In
-// where, $4 onwards are args ($1 to $3 are the states, reason and time).
+// checkRolloutOffer applies fota.CheckRolloutOffer to a session opened for
+// a rollout, reading the rollout and the membership in the open's
+// transaction. FOR SHARE: a transition (a pause, halt or abort) waits for
+// this open to commit and then ends the session, or this waits for the
+// transition and sees it.
+func checkRolloutOffer(ctx context.Context, tx pgx.Tx, sess *fota.Session) error {
+	r := &fota.Rollout{ID: sess.RolloutID}
+	var memberWave *int
+	var memberState *string
+	err := tx.QueryRow(ctx, `SELECT r.state, r.wave, r.reason, coalesce(r.release_id, 0), r.release_version, m.wave, m.state
+		FROM rollouts r LEFT JOIN rollout_members m ON m.rollout_id = r.id AND m.device_id = $1 WHERE r.id = $2 FOR SHARE OF r`,
+		sess.DeviceID, sess.RolloutID).Scan(&r.State, &r.Wave, &r.Reason, &r.ReleaseID, &r.ReleaseVersion, &memberWave, &memberState)
+	if errors.Is(err, pgx.ErrNoRows) {
+		r = nil
+	} else if err != nil {
+		return fmt.Errorf("open session: read rollout %d: %w", sess.RolloutID, err)
+	}
+	var m *fota.RolloutMember
+	if memberState != nil {
+		m = &fota.RolloutMember{RolloutID: sess.RolloutID, DeviceID: sess.DeviceID, Wave: *memberWave, State: *memberState}
+	}
+	return fota.CheckRolloutOffer(sess.RolloutID, r, m, sess.DeviceID, sess.ReleaseID)
+}
+
+// moveMember sets the rollout member of a session to state with reason,
+// if that session is still the member's and the membership has not ended
+// (a superseded or removed device's old session changes nothing).
+func moveMember(ctx context.Context, tx pgx.Tx, rolloutID int64, deviceID, sessionID, state, reason string, now int64) error {
+	if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, reason = $2, updated_ms = $3
+		WHERE rollout_id = $4 AND device_id = $5 AND session_id = $6 AND NOT (state = ANY($7))`,
+		state, reason, now, rolloutID, deviceID, sessionID, endedMembers); err != nil {
+		return fmt.Errorf("move member %s of rollout %d: %w", deviceID, rolloutID, err)
+	}
+	return nil
+}
+
+// abandon ends the active sessions matching where, with an event each,
+// and puts their rollout members back to pending. In where, $4 onwards are
+// args ($1 to $3 are the states, reason and time).
 func (s *Store) abandon(ctx context.Context, tx pgx.Tx, where, reason string, args ...any) error {
 	now := s.now()
 	rows, err := tx.Query(ctx, `UPDATE sessions SET state = '`+fota.SessionAbandoned+`', reason = $2, updated_ms = $3
-		WHERE state = ANY($1) AND `+where+` RETURNING id, device_id, release_version`, append([]any{activeStates, reason, ms(now)}, args...)...)
+		WHERE state = ANY($1) AND `+where+` RETURNING id, device_id, release_version, rollout_id`, append([]any{activeStates, reason, ms(now)}, args...)...)
 	if err != nil {
 		return fmt.Errorf("abandon sessions: %w", err)
 	}
 	var ended []*fota.Event
 	for rows.Next() {
 		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: now}
-		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion); err != nil {
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID); err != nil {
 			rows.Close()
 			return fmt.Errorf("abandon sessions: %w", err)
 		}
@@ -119,6 +168,11 @@ func (s *Store) abandon(ctx context.Context, tx pgx.Tx, where, reason string, ar
 		return fmt.Errorf("abandon sessions: %w", err)
 	}
 	for _, e := range ended {
+		if e.RolloutID != 0 {
+			if err := moveMember(ctx, tx, e.RolloutID, e.DeviceID, e.SessionID, fota.MemberStateFor(fota.SessionAbandoned), "", ms(now)); err != nil {
+				return err
+			}
+		}
 		if err := addEvent(ctx, tx, e); err != nil {
 			return err
 		}
@@ -213,6 +267,10 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
+	member, memberReason, err := fota.SessionMemberChange(ch)
+	if err != nil {
+		return err
+	}
 	// An outcome (a move to an end) waits for the WAL flush before the
 	// device hears it was recorded: the device will not say it again.
 	// Steps on the way are fast: a device that loses one repeats it.
@@ -251,7 +309,13 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 				return fmt.Errorf("record backoff: %w", err)
 			}
 		}
+		// The member rides in this transaction: durable with an outcome.
+		if sess.RolloutID != 0 && member != "" {
+			if err := moveMember(ctx, tx, sess.RolloutID, sess.DeviceID, id, member, memberReason, ms(now)); err != nil {
+				return err
+			}
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: id, Detail: ch.Reason})
+			SessionID: id, RolloutID: sess.RolloutID, Detail: ch.Reason})
 	})
 }

@@ -2,27 +2,57 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/ecowatt/fota"
 )
 
-const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms`
+const deviceColumns = `id, hardware, version, security_counter, psk, pinned_version, api, created_ms, last_seen_ms, removed_ms,
+	labels, chip, slot_size, free_flash, agent_version, inventory_ms`
 
 func scanDevice(row rowScanner) (*fota.Device, error) {
 	d := &fota.Device{}
 	var psk []byte
-	var created, seen, removed int64
-	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &d.SecurityCounter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed); err != nil {
+	var labels string
+	var created, seen, removed, inventory int64
+	inv := &d.Inventory
+	if err := row.Scan(&d.ID, &d.Hardware, &d.Version, &d.SecurityCounter, &psk, &d.PinnedVersion, &d.API, &created, &seen, &removed,
+		&labels, &inv.Chip, &inv.SlotSize, &inv.FreeFlash, &inv.AgentVersion, &inventory); err != nil {
 		return nil, err
 	}
 	if len(psk) != len(d.PSK) {
 		return nil, fmt.Errorf("device %s has a %d-byte key", d.ID, len(psk))
 	}
 	copy(d.PSK[:], psk)
-	d.Created, d.LastSeen, d.Removed = fromMS(created), fromMS(seen), fromMS(removed)
+	d.Created, d.LastSeen, d.Removed, inv.Updated = fromMS(created), fromMS(seen), fromMS(removed), fromMS(inventory)
+	var err error
+	if d.Labels, err = decodeLabels(labels); err != nil {
+		return nil, fmt.Errorf("device %s: %w", d.ID, err)
+	}
 	return d, nil
+}
+
+// decodeLabels reads the labels column, never returning a nil map.
+func decodeLabels(text string) (map[string]string, error) {
+	labels := map[string]string{}
+	if text == "{}" {
+		return labels, nil // most devices: skip the decoder on every read
+	}
+	if err := json.Unmarshal([]byte(text), &labels); err != nil {
+		return nil, fmt.Errorf("read labels: %w", err)
+	}
+	return labels, nil
+}
+
+// encodeLabels writes the labels column: a JSON object, keys sorted.
+func encodeLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "{}"
+	}
+	b, _ := json.Marshal(labels) // strings only: cannot fail
+	return string(b)
 }
 
 // CreateDevice stores a device and its device-added event.
@@ -34,9 +64,16 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 	if !fota.ValidAPIPolicy(d.API) {
 		return fota.Errorf(fota.EINVALID, "API policy %q: want native, ecowatt or both", d.API)
 	}
+	if err := fota.ValidLabels(d.Labels); err != nil {
+		return err
+	}
+	if d.Labels == nil {
+		d.Labels = map[string]string{}
+	}
 	return s.tx(ctx, func(tx *txn) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, d.Hardware, d.Version, d.SecurityCounter, d.PSK[:], d.PinnedVersion, d.API, ms(d.Created))
+		_, err := tx.ExecContext(ctx, `INSERT INTO devices (id, hardware, version, security_counter, psk, pinned_version, api, created_ms, labels)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, d.Hardware, d.Version, d.SecurityCounter, d.PSK[:], d.PinnedVersion, d.API, ms(d.Created),
+			encodeLabels(d.Labels))
 		if isUnique(err) {
 			var removed int64
 			if tx.QueryRowContext(ctx, `SELECT removed_ms FROM devices WHERE id = ?`, d.ID).Scan(&removed) == nil && removed > 0 {
@@ -48,7 +85,7 @@ func (s *Store) CreateDevice(ctx context.Context, d *fota.Device) error {
 			return fmt.Errorf("create device: %w", err)
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: d.Created, Kind: fota.EventDeviceAdded, DeviceID: d.ID, ReleaseVersion: d.Version,
-			Detail: "hardware " + d.Hardware + ", API " + d.API})
+			Detail: fota.DeviceAddedDetail(d)})
 	})
 }
 
@@ -188,6 +225,11 @@ func (s *Store) RemoveDevice(ctx context.Context, id string) ([]*fota.Session, e
 		}
 		if err := s.abandon(ctx, tx, `device_id = ?`, "the device was removed", id); err != nil {
 			return err
+		}
+		// Memberships that ended before (superseded) keep saying so.
+		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE device_id = ? AND state NOT IN `+endedMembers,
+			fota.MemberRemoved, ms(now), id); err != nil {
+			return fmt.Errorf("remove device from its rollouts: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM backoffs WHERE device_id = ?`, id); err != nil {
 			return fmt.Errorf("remove device: %w", err)

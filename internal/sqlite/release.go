@@ -92,6 +92,14 @@ func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 		if active > 0 {
 			return fota.Errorf(fota.ECONFLICT, "release %s is in use by %d update session(s); delete it when they end", version, active)
 		}
+		holding, err := queryAll(ctx, tx, "rollouts", scanRolloutRef,
+			`SELECT id, state FROM rollouts WHERE release_id = ? AND state IN `+holdingStates+` ORDER BY id`, id)
+		if err != nil {
+			return fmt.Errorf("delete release: %w", err)
+		}
+		if len(holding) > 0 {
+			return fota.ReleaseInRolloutConflict(version, holding)
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM releases WHERE id = ?`, id); err != nil {
 			return fmt.Errorf("delete release: %w", err)
 		}
@@ -127,6 +135,11 @@ func (s *Store) WithdrawRelease(ctx context.Context, id int64, reason string) ([
 		now := s.now()
 		if _, err := tx.ExecContext(ctx, `UPDATE releases SET withdrawn_ms = ? WHERE id = ?`, ms(now), id); err != nil {
 			return fmt.Errorf("withdraw release: %w", err)
+		}
+		// Its rollouts end before its sessions (the order PostgreSQL needs
+		// against a concurrent TransitionRollout, kept here alike).
+		if err := abortRolloutsOf(ctx, tx, id, version, fota.WithdrawnRolloutReason(reason), now); err != nil {
+			return err
 		}
 		if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE release_id = ? AND state IN `+activeStates, id); err != nil {
 			return err

@@ -94,7 +94,7 @@ func (s *Store) PruneSessions(ctx context.Context, before time.Time, keep, batch
 }
 
 // PruneRemovedDevices deletes up to batch devices removed before before,
-// with their sessions and backoffs.
+// with their sessions, backoffs and rollout memberships.
 func (s *Store) PruneRemovedDevices(ctx context.Context, before time.Time, batch int) (int, error) {
 	if batch <= 0 {
 		return 0, nil
@@ -109,7 +109,7 @@ func (s *Store) PruneRemovedDevices(ctx context.Context, before time.Time, batch
 			return err
 		}
 		in := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(ids)), ", ") + ")"
-		for _, table := range []string{"backoffs", "sessions"} {
+		for _, table := range []string{"rollout_members", "backoffs", "sessions"} {
 			if _, err := tx.Tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE device_id IN `+in, ids...); err != nil {
 				return fmt.Errorf("prune removed devices' %s: %w", table, err)
 			}

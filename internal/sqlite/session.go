@@ -18,13 +18,13 @@ var activeStates = fmt.Sprintf("('%s', '%s', '%s', '%s')", fota.SessionOpen, fot
 const StaleAfter = 24 * time.Hour
 
 const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
-	bytes_served, created_ms, updated_ms`
+	bytes_served, rollout_id, created_ms, updated_ms`
 
 func scanSession(row rowScanner) (*fota.Session, error) {
 	s := &fota.Session{}
 	var created, updated int64
 	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
-		&s.BytesServed, &created, &updated); err != nil {
+		&s.BytesServed, &s.RolloutID, &created, &updated); err != nil {
 		return nil, err
 	}
 	s.Created, s.Updated = fromMS(created), fromMS(updated)
@@ -47,6 +47,11 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		}
 		if withdrawn > 0 {
 			return fota.Errorf(fota.EGONE, "%s", fota.WithdrawnReason(sess.ReleaseVersion, ""))
+		}
+		if sess.RolloutID != 0 {
+			if err := checkRolloutOffer(ctx, tx, sess); err != nil {
+				return err
+			}
 		}
 		if sess.API == fota.APIEcoWatt {
 			var native int
@@ -78,14 +83,21 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
-			sess.TotalChunks, ms(now), ms(now))
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
+			sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
 		if err != nil {
 			return fmt.Errorf("open session: %w", err)
 		}
+		if sess.RolloutID != 0 {
+			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?
+				WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.RolloutID, sess.DeviceID); err != nil {
+				return fmt.Errorf("open session: offer to rollout member: %w", err)
+			}
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID,
+			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
 }
 
@@ -108,10 +120,45 @@ func allowsInTx(row *sql.Row, sess *fota.Session) error {
 	return nil
 }
 
-// abandon ends the active sessions matching where, with an event each.
+// checkRolloutOffer applies fota.CheckRolloutOffer to a session opened for
+// a rollout, reading the rollout and the membership in the open's
+// transaction: a pause, halt or abort since the check-in read them wins.
+func checkRolloutOffer(ctx context.Context, tx *txn, sess *fota.Session) error {
+	r := &fota.Rollout{ID: sess.RolloutID}
+	var memberWave sql.NullInt64
+	var memberState sql.NullString
+	err := tx.QueryRowContext(ctx, `SELECT r.state, r.wave, r.reason, coalesce(r.release_id, 0), r.release_version, m.wave, m.state
+		FROM rollouts r LEFT JOIN rollout_members m ON m.rollout_id = r.id AND m.device_id = ? WHERE r.id = ?`, sess.DeviceID, sess.RolloutID).
+		Scan(&r.State, &r.Wave, &r.Reason, &r.ReleaseID, &r.ReleaseVersion, &memberWave, &memberState)
+	if errors.Is(err, sql.ErrNoRows) {
+		r = nil
+	} else if err != nil {
+		return fmt.Errorf("open session: read rollout %d: %w", sess.RolloutID, err)
+	}
+	var m *fota.RolloutMember
+	if memberState.Valid {
+		m = &fota.RolloutMember{RolloutID: sess.RolloutID, DeviceID: sess.DeviceID, Wave: int(memberWave.Int64), State: memberState.String}
+	}
+	return fota.CheckRolloutOffer(sess.RolloutID, r, m, sess.DeviceID, sess.ReleaseID)
+}
+
+// moveMember sets the rollout member of a session to state with reason,
+// if that session is still the member's and the membership has not ended
+// (a superseded or removed device's old session changes nothing).
+func moveMember(ctx context.Context, tx *txn, rolloutID int64, deviceID, sessionID, state, reason string, now int64) error {
+	if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, reason = ?, updated_ms = ?
+		WHERE rollout_id = ? AND device_id = ? AND session_id = ? AND state NOT IN `+endedMembers,
+		state, reason, now, rolloutID, deviceID, sessionID); err != nil {
+		return fmt.Errorf("move member %s of rollout %d: %w", deviceID, rolloutID, err)
+	}
+	return nil
+}
+
+// abandon ends the active sessions matching where, with an event each,
+// and puts their rollout members back to pending.
 func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args ...any) error {
 	now := ms(s.now())
-	q := `SELECT id, device_id, release_version FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
+	q := `SELECT id, device_id, release_version, rollout_id FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("find sessions to abandon: %w", err)
@@ -119,7 +166,7 @@ func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args
 	var ended []*fota.Event
 	for rows.Next() {
 		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: fromMS(now)}
-		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion); err != nil {
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID); err != nil {
 			rows.Close()
 			return fmt.Errorf("find sessions to abandon: %w", err)
 		}
@@ -130,6 +177,11 @@ func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args
 		if _, err := tx.ExecContext(ctx, `UPDATE sessions SET state = ?, reason = ?, updated_ms = ? WHERE id = ?`,
 			fota.SessionAbandoned, reason, now, e.SessionID); err != nil {
 			return fmt.Errorf("abandon session: %w", err)
+		}
+		if e.RolloutID != 0 {
+			if err := moveMember(ctx, tx, e.RolloutID, e.DeviceID, e.SessionID, fota.MemberStateFor(fota.SessionAbandoned), "", now); err != nil {
+				return err
+			}
 		}
 		if err := addEvent(ctx, tx, e); err != nil {
 			return err
@@ -219,10 +271,14 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 	if !ok {
 		return fota.Errorf(fota.EINVALID, "unknown session state %q", ch.State)
 	}
+	member, memberReason, err := fota.SessionMemberChange(ch)
+	if err != nil {
+		return err
+	}
 	// An outcome (a move to an end) is fsynced (syncWAL, below) before the
 	// device hears it was recorded: the device will not say it again.
 	// Steps on the way are fast: a device that loses one repeats it.
-	err := inTx(ctx, s.fast, func(tx *txn) error {
+	err = inTx(ctx, s.fast, func(tx *txn) error {
 		sess, err := s.activeForUpdate(ctx, tx, id)
 		if err != nil {
 			return err
@@ -253,8 +309,14 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 				return fmt.Errorf("record backoff: %w", err)
 			}
 		}
+		// The member rides in this transaction: durable with an outcome.
+		if sess.RolloutID != 0 && member != "" {
+			if err := moveMember(ctx, tx, sess.RolloutID, sess.DeviceID, id, member, memberReason, ms(now)); err != nil {
+				return err
+			}
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: id, Detail: ch.Reason})
+			SessionID: id, RolloutID: sess.RolloutID, Detail: ch.Reason})
 	})
 	if err == nil && !fota.SessionActive(ch.State) {
 		err = s.syncWAL()

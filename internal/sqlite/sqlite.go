@@ -22,6 +22,7 @@ import (
 	"modernc.org/sqlite"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/listcache"
 )
 
 //go:embed migrations/*.sql
@@ -48,6 +49,8 @@ type Store struct {
 	now     func() time.Time
 	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
 	lastSweep atomic.Int64
+	// lists are rollouts' decoded lists, which every check-in reads.
+	lists listcache.Cache
 	// nonces feeds the group-committing nonce writer (nonce.go).
 	nonces     chan nonceReq
 	stop       chan struct{}
@@ -326,8 +329,8 @@ func addEvent(ctx context.Context, tx *txn, e *fota.Event) error {
 	if e.Actor == "" {
 		e.Actor = fota.ActorFrom(ctx)
 	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor)
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor, e.RolloutID)
 	if err != nil {
 		return fmt.Errorf("add event: %w", err)
 	}
@@ -349,7 +352,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor FROM events`
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id FROM events`
 	var args []any
 	if f.DeviceID != "" {
 		q += ` WHERE device_id = ?`
@@ -360,7 +363,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	return queryAll(ctx, s.db, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor)
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID)
 		e.Time = fromMS(t)
 		return e, err
 	}, q, args...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,5 +102,71 @@ func TestCheckpointsRunInBackground(t *testing.T) {
 	second := commits(300)
 	if second > first*3/2 {
 		t.Fatalf("the WAL grew from %d to %d bytes over 300 more commits %v later: nothing checkpointed it in the background", first, second, 2*checkpointEvery)
+	}
+}
+
+// TestUpgradeToRollouts: a database from before rollouts (schema 4), with
+// a device, a session and an event in it, opens with the device unlabelled,
+// no inventory, and everything in no rollout.
+func TestUpgradeToRollouts(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "fota.db")
+	db, err := sql.Open("sqlite", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 4; n++ {
+		names, _ := fs.Glob(migrations, fmt.Sprintf("migrations/%03d_*.sql", n))
+		body, err := migrations.ReadFile(names[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(string(body)); err != nil {
+			t.Fatalf("%s: %v", names[0], err)
+		}
+	}
+	for _, q := range []string{
+		`PRAGMA user_version = 4`,
+		`INSERT INTO releases (id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256, ciphertext_size,
+			ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms, manifest, signature, blob_key)
+			VALUES (1, 'ecowatt', 'esp32', '1.0.4', 1, 3000, 'x', 3008, 'y', 1024, 'iv', 'k', 'rsa-2048', '', 1, 1, x'00', x'00', 'b')`,
+		`INSERT INTO devices (id, hardware, version, security_counter, psk, created_ms) VALUES ('old', 'esp32', '1.0.3', 0, zeroblob(32), 1)`,
+		`INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
+			VALUES ('s1', 'old', 1, '1.0.4', 'native', 'open', 3, 1, 1)`,
+		`INSERT INTO events (time_ms, kind, device_id) VALUES (1, 'device-added', 'old')`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	s, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	d, err := s.Device(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Labels == nil || len(d.Labels) != 0 || d.Inventory != (fota.Inventory{}) {
+		t.Fatalf("upgraded device: labels %v, inventory %+v", d.Labels, d.Inventory)
+	}
+	if sess, err := s.Session(ctx, "s1"); err != nil || sess.RolloutID != 0 {
+		t.Fatalf("upgraded session: %+v, %v", sess, err)
+	}
+	if evs, err := s.Events(ctx, fota.EventFilter{}); err != nil || len(evs) != 1 || evs[0].RolloutID != 0 {
+		t.Fatalf("upgraded events: %+v, %v", evs, err)
+	}
+	if _, _, err := s.DeviceRollout(ctx, "old"); fota.ErrorCode(err) != fota.ENOTFOUND {
+		t.Fatalf("upgraded device's rollout: %v", err)
+	}
+	// The session ends as before; labels can be set.
+	if err := s.SetSessionState(ctx, "s1", fota.StateChange{State: fota.SessionConfirmed}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetDeviceLabels(ctx, "old", map[string]string{"ring": "canary"}, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -61,6 +61,22 @@ func Run(t *testing.T, newStore Factory) {
 		{"PruneEvents", testPruneEvents},
 		{"PruneSessions", testPruneSessions},
 		{"PruneRemovedDevices", testPruneRemovedDevices},
+		{"Labels", testLabels},
+		{"Inventory", testInventory},
+		{"CreateRollout", testCreateRollout},
+		{"RolloutOverlap", testRolloutOverlap},
+		{"OverlapEndedRollouts", testOverlapEndedRollouts},
+		{"ConcurrentOverlap", testConcurrentOverlap},
+		{"RolloutOpenSession", testRolloutOpenSession},
+		{"MemberFollowsSession", testMemberFollowsSession},
+		{"RolloutTally", testRolloutTally},
+		{"TransitionRollout", testTransitionRollout},
+		{"TransitionEndsSessions", testTransitionEndsSessions},
+		{"WithdrawAbortsRollouts", testWithdrawAbortsRollouts},
+		{"DeleteReleaseOfRollout", testDeleteReleaseOfRollout},
+		{"RemoveDeviceFromRollouts", testRemoveDeviceFromRollouts},
+		{"JoinRollout", testJoinRollout},
+		{"RolloutEvents", testRolloutEvents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
