@@ -3,6 +3,7 @@ package update
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ecowatt/fota"
@@ -17,112 +18,212 @@ type Request struct {
 	Now     time.Time
 }
 
-// Decider picks the release a device should install, or none with a reason
-// the device is told. Fleet rollouts replace this decision later.
-type Decider interface {
-	Decide(ctx context.Context, req Request) (*fota.Release, string, error)
+// Decision is what a device should install, or why nothing.
+type Decision struct {
+	Release *fota.Release // nil: nothing, for Reason
+	Reason  string
+	// RolloutID is the rollout the release comes from; 0 for a pin.
+	RolloutID int64
+	// ResumeOnly: outside its rollout's maintenance windows (or while the
+	// rollout is paused) a device may finish a download it started but
+	// is not offered a new one; Reason says why.
+	ResumeOnly bool
+	// InstallAfter and InstallUntil bound the installation (zero: no
+	// bound): the maintenance window that is open now, or the next.
+	InstallAfter, InstallUntil time.Time
 }
 
-// NewestRelease offers the device's pinned release if it has one, and
-// otherwise the newest release (semantic-version order) for its hardware
-// that is newer than what it runs, not withdrawn, and not held back from
-// it: never one it
-// rolled back from on the native API, and on the EcoWatt API not one
-// backed off after a reported failure.
-type NewestRelease struct {
-	Store fota.Store
-}
-
-// Decide implements Decider.
-func (n NewestRelease) Decide(ctx context.Context, req Request) (*fota.Release, string, error) {
+// decide picks the release a device should install. Precedence, the one
+// rule: a pin wins; else the device's rollout, if it offers now and the
+// device's wave is open; else nothing. Whatever the source, a release is
+// never offered when it is not newer than what the device runs, was
+// withdrawn, or is held back from the device: never one it rolled back
+// from on the native API, and on the EcoWatt API not one backed off after
+// a reported failure.
+func (s *Service) decide(ctx context.Context, req Request) (Decision, error) {
 	d := req.Device
 	runningV, err := semver.Parse(req.Running)
 	if err != nil {
-		return nil, "", fota.Errorf(fota.EINVALID, "running version %q: %v", req.Running, err)
-	}
-	held, err := n.heldBack(ctx, req)
-	if err != nil {
-		return nil, "", err
+		return Decision{}, fota.Errorf(fota.EINVALID, "running version %q: %v", req.Running, err)
 	}
 	newer := func(r *fota.Release) bool {
 		v, err := semver.Parse(r.Version)
 		return err == nil && semver.Compare(v, runningV) > 0
 	}
 	if d.PinnedVersion != "" {
-		r, err := n.Store.ReleaseByVersion(ctx, d.Hardware, d.PinnedVersion)
+		r, err := s.store.ReleaseByVersion(ctx, d.Hardware, d.PinnedVersion)
 		if fota.ErrorCode(err) == fota.ENOTFOUND {
-			return nil, fmt.Sprintf("pinned to %s, which is not published for %s", d.PinnedVersion, d.Hardware), nil
+			return Decision{Reason: fmt.Sprintf("pinned to %s, which is not published for %s", d.PinnedVersion, d.Hardware)}, nil
 		}
 		if err != nil {
-			return nil, "", err
+			return Decision{}, err
 		}
-		if !r.Withdrawn.IsZero() {
-			return nil, fmt.Sprintf("pinned to %s, which was withdrawn; an operator pins another release or unpins it", r.Version), nil
-		}
-		if why, ok := held[r.ID]; ok {
-			return nil, fmt.Sprintf("pinned to %s, which %s", r.Version, why), nil
+		if why, err := s.withheld(ctx, req, r); why != "" || err != nil {
+			return Decision{Reason: "pinned to " + r.Version + ", which " + why}, err
 		}
 		if !newer(r) {
-			return nil, fmt.Sprintf("pinned to %s; running %s", r.Version, req.Running), nil
+			return Decision{Reason: fmt.Sprintf("pinned to %s; running %s", r.Version, req.Running)}, nil
 		}
-		return r, "", nil
+		return Decision{Release: r}, nil
 	}
-	all, err := n.Store.Releases(ctx, d.Hardware)
+	ro, m, err := s.store.DeviceRollout(ctx, d.ID)
+	if fota.ErrorCode(err) == fota.ENOTFOUND {
+		return Decision{Reason: fmt.Sprintf("running %s; no rollout includes this device", req.Running)}, nil
+	}
 	if err != nil {
-		return nil, "", err
+		return Decision{}, err
 	}
-	var best *fota.Release
-	var bestV semver.Version
-	skipped := ""
-	for _, r := range all {
-		v, err := semver.Parse(r.Version)
-		if err != nil || semver.Compare(v, runningV) <= 0 {
-			continue
-		}
-		if !r.Withdrawn.IsZero() {
-			continue // as if never published: nothing to tell the device
-		}
-		if why, ok := held[r.ID]; ok {
-			skipped = fmt.Sprintf("release %s %s", r.Version, why)
-			continue
-		}
-		if best == nil || semver.Compare(v, bestV) > 0 {
-			best, bestV = r, v
+	r, err := s.releases.get(ctx, s.store, ro.ReleaseID)
+	if fota.ErrorCode(err) == fota.ENOTFOUND || ro.ReleaseID == 0 {
+		// A completed rollout does not keep its release from deletion.
+		return Decision{Reason: fmt.Sprintf("running %s; the release of rollout %d (%s) was deleted", req.Running, ro.ID, ro.ReleaseVersion)}, nil
+	}
+	if err != nil {
+		return Decision{}, err
+	}
+	name := fmt.Sprintf("rollout %d of %s", ro.ID, r.Version)
+	if !newer(r) {
+		return Decision{Reason: fmt.Sprintf("running %s; %s is not newer", req.Running, name)}, nil
+	}
+	dec := Decision{Release: r, RolloutID: ro.ID}
+	switch {
+	case ro.State == fota.RolloutPaused && m.Wave <= ro.Wave:
+		// A download under way may finish; nothing new starts.
+		dec.ResumeOnly, dec.Reason = true, name+" is paused"
+	case ro.State == fota.RolloutScheduled:
+		return Decision{Reason: fmt.Sprintf("%s starts at %s", name, ro.Start.UTC().Format(time.RFC3339))}, nil
+	case !fota.RolloutOffers(ro.State) && ro.Reason != "":
+		return Decision{Reason: fmt.Sprintf("%s is %s: %s", name, ro.State, ro.Reason)}, nil
+	case !fota.RolloutOffers(ro.State):
+		return Decision{Reason: fmt.Sprintf("%s is %s", name, ro.State)}, nil
+	case m.Wave > ro.Wave:
+		return Decision{Reason: fmt.Sprintf("this device is in wave %d of %s, which opens after wave %d passes", m.Wave, name, ro.Wave)}, nil
+	}
+	if why, err := s.withheld(ctx, req, r); why != "" || err != nil {
+		return Decision{Reason: "release " + r.Version + " " + why}, err
+	}
+	windows, err := s.windows.get(ro)
+	if err != nil {
+		return Decision{}, err
+	}
+	if len(windows) > 0 {
+		start, end := NextWindow(windows, req.Now)
+		dec.InstallUntil = end
+		if req.Now.Before(start) {
+			dec.InstallAfter = start
+			if !dec.ResumeOnly {
+				dec.ResumeOnly = true
+				dec.Reason = fmt.Sprintf("%s offers only in its maintenance windows; the next opens at %s", name, start.UTC().Format(time.RFC3339))
+			}
 		}
 	}
-	if best == nil {
-		if skipped != "" {
-			return nil, fmt.Sprintf("running %s; %s", req.Running, skipped), nil
-		}
-		return nil, fmt.Sprintf("running %s; nothing newer is published for %s", req.Running, d.Hardware), nil
-	}
-	return best, "", nil
+	return dec, nil
 }
 
-// heldBack maps the ids of releases not to offer to why not.
-func (n NewestRelease) heldBack(ctx context.Context, req Request) (map[int64]string, error) {
-	held := map[int64]string{}
-	rejected, err := n.Store.RejectedReleases(ctx, req.Device.ID)
+// withheld says why r is not offered to the device whatever its source,
+// or "".
+func (s *Service) withheld(ctx context.Context, req Request, r *fota.Release) (string, error) {
+	if !r.Withdrawn.IsZero() {
+		return "was withdrawn; an operator pins another release or starts another rollout", nil
+	}
+	rejected, err := s.store.RejectedReleases(ctx, req.Device.ID)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	for _, id := range rejected {
-		held[id] = "this device rolled back from or refused; it is not offered again"
+		if id == r.ID {
+			return "this device rolled back from or refused; it is not offered again", nil
+		}
 	}
 	// Backoffs come from unauthenticated reports, so they bind only the
 	// API those came on: a forged report cannot hold back a native update.
 	if req.API != fota.APIEcoWatt {
-		return held, nil
+		return "", nil
 	}
-	backoffs, err := n.Store.Backoffs(ctx, req.Device.ID)
+	backoffs, err := s.store.Backoffs(ctx, req.Device.ID)
+	if err != nil {
+		return "", err
+	}
+	for _, b := range backoffs {
+		if b.ReleaseID == r.ID && b.Until.After(req.Now) {
+			return fmt.Sprintf("failed on this device and is held back until %s (an operator can clear it: fota device backoff --id %s --clear)",
+				b.Until.UTC().Format(time.RFC3339), req.Device.ID), nil
+		}
+	}
+	return "", nil
+}
+
+// releaseCache keeps the releases rollouts name. A release never changes
+// but for its withdrawal, which also aborts its rollouts (so they offer
+// nothing) and is checked again when a session opens; entries live a
+// short while so a pin to it sees the withdrawal too.
+type releaseCache struct {
+	mu   sync.Mutex
+	byID map[int64]cachedRelease
+}
+
+type cachedRelease struct {
+	r    *fota.Release
+	read time.Time
+}
+
+const releaseCacheTTL = 5 * time.Second
+
+func (c *releaseCache) get(ctx context.Context, store fota.ReleaseStore, id int64) (*fota.Release, error) {
+	c.mu.Lock()
+	e, ok := c.byID[id]
+	c.mu.Unlock()
+	if ok && time.Since(e.read) < releaseCacheTTL {
+		return e.r, nil
+	}
+	r, err := store.Release(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range backoffs {
-		if _, ok := held[b.ReleaseID]; !ok && b.Until.After(req.Now) {
-			held[b.ReleaseID] = fmt.Sprintf("failed on this device and is held back until %s (an operator can clear it: fota device backoff --id %s --clear)",
-				b.Until.UTC().Format(time.RFC3339), req.Device.ID)
-		}
+	c.mu.Lock()
+	if c.byID == nil || len(c.byID) > 1024 {
+		c.byID = map[int64]cachedRelease{}
 	}
-	return held, nil
+	c.byID[id] = cachedRelease{r: r, read: time.Now()}
+	c.mu.Unlock()
+	return r, nil
+}
+
+// forget drops a release: a deleted release's id may be given to the next
+// one published (SQLite reuses the highest).
+func (c *releaseCache) forget(id int64) {
+	c.mu.Lock()
+	delete(c.byID, id)
+	c.mu.Unlock()
+}
+
+// windowCache keeps each rollout's maintenance windows parsed: they are
+// fixed when the rollout is created.
+type windowCache struct {
+	mu   sync.Mutex
+	byID map[int64][]Window
+}
+
+func (c *windowCache) get(r *fota.Rollout) ([]Window, error) {
+	if len(r.Windows) == 0 {
+		return nil, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ws, ok := c.byID[r.ID]; ok {
+		return ws, nil
+	}
+	ws := make([]Window, 0, len(r.Windows))
+	for _, spec := range r.Windows {
+		w, err := ParseWindow(spec)
+		if err != nil {
+			return nil, fmt.Errorf("rollout %d: window %q: %w", r.ID, spec, err)
+		}
+		ws = append(ws, w)
+	}
+	if c.byID == nil || len(c.byID) > 1024 {
+		c.byID = map[int64][]Window{}
+	}
+	c.byID[r.ID] = ws
+	return ws, nil
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // A withdrawn release is offered to nobody from that moment: the session
-// downloading it ends with the reason, devices get the newest release
-// still offered, and a pin to it says it was withdrawn.
+// downloading it ends with the reason, its rollouts end (the devices are
+// told why), and a pin to it says it was withdrawn.
 func TestWithdrawnReleaseIsNotOffered(t *testing.T) {
 	h := newHarness(t, update.Config{})
 	h.release("1.0.4", nil)
@@ -36,6 +36,11 @@ func TestWithdrawnReleaseIsNotOffered(t *testing.T) {
 	sess, _ := h.store.Session(h.ctx, offer.Session.ID)
 	if sess.State != fota.SessionAbandoned || !strings.Contains(sess.Reason, "drains the battery") {
 		t.Fatalf("session of the withdrawn release: %s %q", sess.State, sess.Reason)
+	}
+	// Its rollout ended with it; the operator rolls out what is left.
+	h.wantNoOffer("d1", fota.APINative, "1.0.3", "aborted: release withdrawn: drains the battery")
+	if _, _, err := h.svc.CreateRollout(h.ctx, update.RolloutSpec{Release: "1.0.4", MinOutcomes: -1}); err != nil {
+		t.Fatal(err)
 	}
 	h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 	h.wantNoOffer("pinned", fota.APINative, "1.0.3", "pinned to 1.0.5, which was withdrawn")

@@ -87,8 +87,6 @@ type Config struct {
 	Store  fota.Store
 	Logger *slog.Logger
 	Now    func() time.Time // time.Now by default
-	// Decider picks the release; NewestRelease by default.
-	Decider Decider
 	// MaxSessions caps concurrently active update sessions (0: no cap).
 	MaxSessions int
 	// Cache is told of changes; none by default.
@@ -112,7 +110,8 @@ type Service struct {
 	store       fota.Store
 	log         *slog.Logger
 	now         func() time.Time
-	decider     Decider
+	releases    releaseCache
+	windows     windowCache
 	maxSessions int
 	cache       SessionCache
 	limiter     *limiter
@@ -124,16 +123,13 @@ type Service struct {
 
 // New returns a Service for cfg.
 func New(cfg Config) *Service {
-	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, decider: cfg.Decider, maxSessions: cfg.MaxSessions, cache: cfg.Cache,
+	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, maxSessions: cfg.MaxSessions, cache: cfg.Cache,
 		backoffBase: cfg.BackoffBase, backoffMax: cfg.BackoffMax, grace: cfg.NotAppliedGrace, onChange: cfg.OnStateChange}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.now == nil {
 		s.now = time.Now
-	}
-	if s.decider == nil {
-		s.decider = NewestRelease{Store: cfg.Store}
 	}
 	if s.cache == nil {
 		s.cache = noCache{}
@@ -190,12 +186,18 @@ type CheckIn struct {
 	Hardware string // what it reports, "" if nothing
 	// SecurityCounter is what an authenticated device reports as its own.
 	SecurityCounter uint32
+	// Inventory is what an authenticated device tells about itself; nil
+	// if nothing.
+	Inventory *fota.Inventory
 }
 
 // Offer is an update a device should take, in a session.
 type Offer struct {
 	Release *fota.Release
 	Session *fota.Session
+	// InstallAfter and InstallUntil bound when the device may install it
+	// (zero: no bound), from its rollout's maintenance windows.
+	InstallAfter, InstallUntil time.Time
 }
 
 // Check decides whether the device gets an update: an Offer, or nil with
@@ -230,6 +232,14 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 			return nil, "", err
 		}
 	}
+	if authenticated && c.Inventory != nil && !sameInventory(*c.Inventory, d.Inventory) {
+		inv := *c.Inventory
+		inv.Updated = now
+		if err := s.store.SetInventory(ctx, d.ID, inv); err != nil {
+			return nil, "", err
+		}
+		s.cache.ForgetDevice(d.ID)
+	}
 	offer, why, err := s.offer(ctx, c, d, authenticated, now)
 	if offer == nil && err == nil && !authenticated {
 		why = s.public(d, why)
@@ -254,10 +264,11 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 			}
 		}
 	}
-	rel, why, err := s.decider.Decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
-	if err != nil || rel == nil {
-		return nil, why, err
+	dec, err := s.decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
+	if err != nil || dec.Release == nil {
+		return nil, dec.Reason, err
 	}
+	rel := dec.Release
 	if authenticated {
 		// Most check-ins get no update: the session is read only for those
 		// that do.
@@ -279,7 +290,10 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 		}
 	}
 	if active != nil && active.ReleaseID == rel.ID && active.API == c.API {
-		return &Offer{Release: rel, Session: active}, "", nil
+		return &Offer{Release: rel, Session: active, InstallAfter: dec.InstallAfter, InstallUntil: dec.InstallUntil}, "", nil
+	}
+	if dec.ResumeOnly {
+		return nil, dec.Reason, nil
 	}
 	if active != nil && !authenticated && active.API != fota.APIEcoWatt {
 		return nil, fmt.Sprintf("an update to %s is in progress on the native API; the EcoWatt API does not interrupt it", active.ReleaseVersion), nil
@@ -291,7 +305,7 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 				Message: fmt.Sprintf("too many update sessions opened for this device or server; check again in %s", wait.Round(time.Second)+time.Second)}
 		}
 	}
-	sess, err := s.open(ctx, d, rel, c.API, active)
+	sess, err := s.open(ctx, d, rel, dec.RolloutID, c.API, active)
 	if err != nil && !authenticated {
 		s.limiter.refund(d.ID)
 	}
@@ -305,7 +319,7 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 	case err != nil:
 		return nil, "", err
 	}
-	return &Offer{Release: rel, Session: sess}, "", nil
+	return &Offer{Release: rel, Session: sess, InstallAfter: dec.InstallAfter, InstallUntil: dec.InstallUntil}, "", nil
 }
 
 // activeSession is the device's active session, or nil.
@@ -315,6 +329,12 @@ func (s *Service) activeSession(ctx context.Context, deviceID string) (*fota.Ses
 		return nil, nil
 	}
 	return sess, err
+}
+
+// sameInventory compares what devices report, not when.
+func sameInventory(a, b fota.Inventory) bool {
+	a.Updated, b.Updated = time.Time{}, time.Time{}
+	return a == b
 }
 
 // public is why a device gets no update, as an unauthenticated request may
@@ -397,7 +417,7 @@ func goneIsDone(err error) error {
 
 // backoff is the backoff an unauthenticated failure of sess earns: the
 // previous one's duration doubled, from backoffBase up to backoffMax.
-// Backoffs bind only the EcoWatt API (NewestRelease), so a forged report
+// Backoffs bind only the EcoWatt API (withheld), so a forged report
 // holds nothing back from a device's native updates.
 func (s *Service) backoff(ctx context.Context, d *fota.Device, sess *fota.Session, now time.Time) (*fota.Backoff, error) {
 	prev, err := s.store.Backoffs(ctx, d.ID)
@@ -419,12 +439,12 @@ func (s *Service) backoff(ctx context.Context, d *fota.Device, sess *fota.Sessio
 }
 
 // open opens a session for rel, ending the device's active one.
-func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, api string, active *fota.Session) (*fota.Session, error) {
+func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, rolloutID int64, api string, active *fota.Session) (*fota.Session, error) {
 	id, err := newSessionID()
 	if err != nil {
 		return nil, err
 	}
-	sess := &fota.Session{ID: id, DeviceID: d.ID, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api, TotalChunks: rel.Chunks()}
+	sess := &fota.Session{ID: id, DeviceID: d.ID, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api, TotalChunks: rel.Chunks(), RolloutID: rolloutID}
 	caps := fota.SessionCaps{Total: s.maxSessions}
 	if api == fota.APIEcoWatt && s.maxSessions > 0 {
 		// Unauthenticated check-ins may fill only part of the cap, so that
@@ -492,6 +512,18 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 		if ch.Backoff, err = s.backoff(ctx, d, sess, s.now()); err != nil {
 			return err
 		}
+		if sess.RolloutID != 0 {
+			// Anyone who knows a device id can send this report: it counts
+			// against the rollout's gate only from a device that fetched the
+			// whole image, as one that really failed to install it did.
+			fresh, err := s.served(ctx, sess)
+			if err != nil {
+				return err
+			}
+			if fresh.NextChunk < fresh.TotalChunks {
+				ch.Member = fota.MemberPending
+			}
+		}
 		ch.Reason += fmt.Sprintf("; release held back from this device on the EcoWatt API until %s", ch.Backoff.Until.UTC().Format(time.RFC3339))
 	}
 	return s.setState(ctx, d, sess, ch)
@@ -507,6 +539,11 @@ func (s *Service) setState(ctx context.Context, d *fota.Device, sess *fota.Sessi
 			s.onChange(ch.State, sess.API)
 		}
 		s.log.Info("update "+ch.State, "device_id", d.ID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "api", sess.API)
+		if sess.RolloutID != 0 && !fota.SessionActive(ch.State) {
+			// An outcome may trip the rollout's gate: halt now, not at the
+			// next tick, so fewer devices start a bad release.
+			s.evaluateRolloutID(ctx, sess.RolloutID)
+		}
 	}
 	return err
 }
@@ -635,12 +672,16 @@ func (s *Service) WithdrawRelease(ctx context.Context, hardware, version, reason
 		s.cache.Flush(ctx, sess.ID)
 		s.cache.Forget(sess)
 	}
+	s.releases.forget(rel.ID)
 	if rel, err = s.store.Release(ctx, rel.ID); err != nil {
 		return nil, 0, err
 	}
 	s.log.Info("release withdrawn", "release_version", rel.Version, "hardware", rel.Hardware, "sessions_ended", len(ended), "reason", reason)
 	return rel, len(ended), nil
 }
+
+// ForgetRelease drops what the service caches of a deleted release.
+func (s *Service) ForgetRelease(id int64) { s.releases.forget(id) }
 
 // sameVersion reports whether a and b are the same version by SemVer
 // precedence (build metadata aside: 1.0.4+b7 runs 1.0.4).

@@ -47,6 +47,11 @@ func (h *harness) release(version string, edit func(*fota.Release)) *fota.Releas
 	if err := h.store.CreateRelease(h.ctx, r); err != nil {
 		h.t.Fatal(err)
 	}
+	// As publish --rollout all: every device at once, no gate.
+	if _, _, err := h.svc.CreateRollout(h.ctx, update.RolloutSpec{Release: r.Version, Hardware: r.Hardware, MaxFailures: "none",
+		MinOutcomes: -1, Supersede: true}); err != nil {
+		h.t.Fatal(err)
+	}
 	return r
 }
 
@@ -55,6 +60,9 @@ func (h *harness) device(id, api string) {
 	d := storetest.NewDevice(id)
 	d.API = api
 	if err := h.store.CreateDevice(h.ctx, d); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := h.svc.JoinRollouts(h.ctx, d); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -242,7 +250,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	// Checking in running the target confirms the session, once every
 	// chunk was served: before that the claim ends nothing.
 	good := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4")
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing newer is published")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "is not newer")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionOpen {
 		t.Fatalf("session after claiming the target with no chunk served: %s", sess.State)
 	}
@@ -250,7 +258,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 		t.Fatal("the device did not resume its session after a premature claim")
 	}
 	h.served(good.Session, r)
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing newer is published")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "is not newer")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionConfirmed {
 		t.Fatalf("session after checking in on the target: %s", sess.State)
 	}
@@ -363,6 +371,9 @@ func TestSecurityCounterOnBothAPIs(t *testing.T) {
 	legacy := storetest.NewDevice("legacy")
 	legacy.API, legacy.SecurityCounter, legacy.Version = fota.APIEcoWatt, 5, "2.0.0"
 	if err := h.store.CreateDevice(h.ctx, legacy); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.svc.JoinRollouts(h.ctx, legacy); err != nil {
 		t.Fatal(err)
 	}
 	h.wantNoOffer("legacy", fota.APIEcoWatt, "2.0.0", "below the device's 5")
