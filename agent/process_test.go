@@ -80,7 +80,7 @@ func (s *serverProcess) publish(version string, size int) {
 		Signer: s.signer, FirmwareKey: s.fwKey, TempDir: s.tb.TempDir()}); err != nil {
 		s.tb.Fatal(err)
 	}
-	if _, err := s.admin.Publish(context.Background(), &out); err != nil {
+	if _, err := s.admin.PublishRollout(context.Background(), &out, "all"); err != nil {
 		s.tb.Fatal(err)
 	}
 }

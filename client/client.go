@@ -137,10 +137,22 @@ func (a *Admin) doJSON(ctx context.Context, method, path string, in, out any) er
 	return a.do(ctx, method, path, body, "application/json", out)
 }
 
-// Publish uploads a bundle.
+// Publish uploads a bundle. A release reaches devices only through a
+// rollout or a pin: PublishRollout can make the rollout too.
 func (a *Admin) Publish(ctx context.Context, bundle io.Reader) (*protocol.Release, error) {
+	return a.PublishRollout(ctx, bundle, "")
+}
+
+// PublishRollout uploads a bundle and, with rollout "all", starts a
+// one-wave rollout of it to every device of its hardware, superseding the
+// rollouts that hold them.
+func (a *Admin) PublishRollout(ctx context.Context, bundle io.Reader, rollout string) (*protocol.Release, error) {
+	path := "/v1/admin/releases"
+	if rollout != "" {
+		path += "?rollout=" + url.QueryEscape(rollout)
+	}
 	var r protocol.Release
-	if err := a.do(ctx, "POST", "/v1/admin/releases", bundle, "application/octet-stream", &r); err != nil {
+	if err := a.do(ctx, "POST", path, bundle, "application/octet-stream", &r); err != nil {
 		return nil, err
 	}
 	return &r, nil

@@ -74,6 +74,8 @@ type Release struct {
 	KeyID            string `json:"key_id"`
 	SignatureAlg     string `json:"signature_alg"`
 	LegacyAPI        bool   `json:"legacy_api"` // served on the EcoWatt-compatible API too
+	// RolloutID is the rollout a publish with ?rollout=all made.
+	RolloutID int64 `json:"rollout_id,omitempty"`
 	// NativeOnlyReason says why a release is not served on the EcoWatt API.
 	NativeOnlyReason string    `json:"native_only_reason,omitempty"`
 	Notes            string    `json:"notes,omitempty"`
@@ -91,6 +93,8 @@ type AddDevice struct {
 	SecurityCounter uint32 `json:"security_counter"`
 	// API is the device's API policy: native (the default), ecowatt or both.
 	API string `json:"api,omitempty"`
+	// Labels tag the device for rollout selectors (ring=canary).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // SetDeviceAPI is PUT /v1/admin/devices/{id}/api.
@@ -137,7 +141,15 @@ type Device struct {
 	LastSeen        time.Time `json:"last_seen,omitzero"`
 	PSK             string    `json:"psk,omitempty"`
 	// Removed is when an operator removed it; absent while registered.
-	Removed time.Time `json:"removed,omitzero"`
+	Removed   time.Time         `json:"removed,omitzero"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Inventory *DeviceInventory  `json:"inventory,omitempty"`
+}
+
+// DeviceInventory is what a device last reported about itself, and when.
+type DeviceInventory struct {
+	Inventory
+	Updated time.Time `json:"updated,omitzero"`
 }
 
 // DeviceDetail is GET /v1/admin/devices/{id}.
@@ -176,6 +188,7 @@ type Event struct {
 	SessionID string    `json:"session_id,omitempty"`
 	Detail    string    `json:"detail,omitempty"`
 	Actor     string    `json:"actor,omitempty"` // who made an operator's change: "token:NAME"
+	RolloutID int64     `json:"rollout_id,omitempty"`
 }
 
 // CreateToken is POST /v1/admin/tokens.

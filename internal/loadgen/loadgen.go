@@ -302,7 +302,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := admin.Publish(ctx, &b); err != nil {
+	published, err := admin.PublishRollout(ctx, &b, "all")
+	if err != nil {
 		return nil, fmt.Errorf("load: publish the test release: %w", err)
 	}
 	ids := make([]string, cfg.Devices)
@@ -310,7 +311,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		// However the run ends (Ctrl-C too: cleanup does not use ctx), its
 		// devices and release go.
 		defer func() {
-			if cerr := cleanup(admin, hardware, ids); cerr != nil {
+			if cerr := cleanup(admin, hardware, published.RolloutID, ids); cerr != nil {
 				// Say what is left even when the run failed for another
 				// reason first.
 				rep, err = nil, errors.Join(err, fmt.Errorf("load: run %s left data on the server (devices load-%s-*, release %s for %s): %w",
@@ -438,7 +439,7 @@ const cleanupTimeout = 2 * time.Minute
 // cleanup removes a run's devices ("" ids were never registered), a few
 // at a time, then deletes its release: their sessions ended with the
 // devices, so nothing holds it.
-func cleanup(admin *client.Admin, hardware string, ids []string) error {
+func cleanup(admin *client.Admin, hardware string, rollout int64, ids []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	var mu sync.Mutex
@@ -467,6 +468,10 @@ func cleanup(admin *client.Admin, hardware string, ids []string) error {
 	wg.Wait()
 	if first != nil {
 		return first
+	}
+	// The rollout holds the release; with its devices gone, it ends.
+	if _, err := admin.RolloutAction(ctx, rollout, "abort", "load run over"); err != nil {
+		return fmt.Errorf("load: abort the test rollout %d: %w", rollout, err)
 	}
 	if err := admin.DeleteRelease(ctx, hardware, loadVersion); err != nil {
 		return fmt.Errorf("load: delete the test release: %w", err)

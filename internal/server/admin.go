@@ -97,6 +97,10 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	// Large uploads over slow links may take longer than the default deadline.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
+	if v := r.URL.Query().Get("rollout"); v != "" && v != "all" {
+		_, err := s.publishRollout(r, nil)
+		return err
+	}
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, maxBundle), 64<<10)
 	env, err := bundle.ReadEnvelope(body)
 	if err != nil {
@@ -156,7 +160,15 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.digests.put(rel.ID, digests.digests())
 	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID)
-	return writeJSON(w, http.StatusCreated, viewRelease(rel))
+	v := viewRelease(rel)
+	ro, err := s.publishRollout(r, rel)
+	if err != nil {
+		return err
+	}
+	if ro != nil {
+		v.RolloutID = ro.ID
+	}
+	return writeJSON(w, http.StatusCreated, v)
 }
 
 // bundleError turns a bundle failure into a client error that names it.
@@ -198,6 +210,7 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.releases.forget(rel.ID)
+	s.updates.ForgetRelease(rel.ID)
 	s.digests.forget(rel.ID)
 	if inUse, err := s.store.BlobInUse(r.Context(), rel.BlobKey); err == nil && !inUse {
 		if err := s.blobs.Remove(rel.BlobKey); err != nil {
@@ -245,8 +258,13 @@ func (s *Server) removeDevice(w http.ResponseWriter, r *http.Request) error {
 }
 
 func viewDevice(d *fota.Device) protocol.Device {
-	return protocol.Device{ID: d.ID, Hardware: d.Hardware, Version: d.Version, SecurityCounter: d.SecurityCounter,
-		PinnedVersion: d.PinnedVersion, API: d.API, Created: d.Created, LastSeen: d.LastSeen, Removed: d.Removed}
+	v := protocol.Device{ID: d.ID, Hardware: d.Hardware, Version: d.Version, SecurityCounter: d.SecurityCounter,
+		PinnedVersion: d.PinnedVersion, API: d.API, Created: d.Created, LastSeen: d.LastSeen, Removed: d.Removed, Labels: d.Labels}
+	if inv := d.Inventory; inv != (fota.Inventory{}) {
+		v.Inventory = &protocol.DeviceInventory{Inventory: protocol.Inventory{Chip: inv.Chip, SlotSize: inv.SlotSize, FreeFlash: inv.FreeFlash,
+			AgentVersion: inv.AgentVersion}, Updated: inv.Updated}
+	}
+	return v
 }
 
 func validHardware(h string) bool {
@@ -285,11 +303,25 @@ func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) error {
 	if !fota.ValidAPIPolicy(req.API) {
 		return fota.Errorf(fota.EINVALID, "api %q: want native, ecowatt or both", truncate(req.API, 20))
 	}
-	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk, API: req.API}
+	if len(req.Labels) > fota.MaxLabels {
+		return fota.Errorf(fota.EINVALID, "%d labels; a device has at most %d", len(req.Labels), fota.MaxLabels)
+	}
+	for k, v := range req.Labels {
+		if err := fota.ValidLabel(k, v); err != nil {
+			return err
+		}
+	}
+	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk, API: req.API,
+		Labels: req.Labels}
 	if err := s.store.CreateDevice(r.Context(), d); err != nil {
 		return err
 	}
-	s.log.Info("device added", "device_id", d.ID, "hardware", d.Hardware, "api", d.API)
+	s.log.Info("device added", "device_id", d.ID, "hardware", d.Hardware, "api", d.API, "labels", fota.FormatLabels(d.Labels))
+	// A rollout to every device (or to a selector it matches) takes it in,
+	// as the fleet grows.
+	if err := s.updates.JoinRollouts(r.Context(), d); err != nil {
+		return fmt.Errorf("device %s added, but joining its rollouts failed: %w", d.ID, err)
+	}
 	v := viewDevice(d)
 	v.PSK = psk.Hex()
 	w.Header().Set("Cache-Control", "no-store")
@@ -312,7 +344,7 @@ func viewEvents(evs []*fota.Event) []protocol.Event {
 	out := make([]protocol.Event, 0, len(evs))
 	for _, e := range evs {
 		out = append(out, protocol.Event{Time: e.Time, Kind: e.Kind, DeviceID: e.DeviceID, Version: e.ReleaseVersion, SessionID: e.SessionID,
-			Detail: e.Detail, Actor: e.Actor})
+			Detail: e.Detail, Actor: e.Actor, RolloutID: e.RolloutID})
 	}
 	return out
 }

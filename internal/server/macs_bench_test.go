@@ -115,7 +115,7 @@ func publishChunked(tb testing.TB, e *env, version string, size, chunkSize int) 
 		Signer: e.signer, FirmwareKey: e.fwKey, TempDir: tb.TempDir(), ChunkSize: chunkSize}); err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := e.admin.Publish(context.Background(), &out); err != nil {
+	if _, err := e.admin.PublishRollout(context.Background(), &out, "all"); err != nil {
 		tb.Fatalf("publish %s: %v", version, err)
 	}
 }

@@ -39,7 +39,7 @@ func newMetrics(store fota.Store) *metrics {
 		Help: "Ciphertext bytes served in chunks, by API."}, []string{"api"})
 	m.updates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_updates_total",
 		Help: "Update sessions ended, by outcome (confirmed, rolled-back, failed, verified-failed)."}, []string{"outcome"})
-	m.registry.MustRegister(m.requests, m.duration, m.chunkBytes, m.updates,
+	m.registry.MustRegister(m.requests, m.duration, m.chunkBytes, m.updates, rolloutCollector{store},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_sessions_open", Help: "Active update sessions."}, func() float64 {
 			sessions, err := store.ActiveSessions(context.Background())
@@ -67,4 +67,53 @@ func (m *metrics) observe(route string, status int, took time.Duration) {
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// rolloutCollector reports the devices of each rollout that offers or
+// holds devices, per state, read at scrape time.
+type rolloutCollector struct{ store fota.Store }
+
+var rolloutDevicesDesc = prometheus.NewDesc("fota_rollout_devices",
+	"Devices of a rollout that is not aborted or completed, by where they stand (offered includes downloading and silent).",
+	[]string{"rollout", "release", "state"}, nil)
+
+var rolloutStateDesc = prometheus.NewDesc("fota_rollout_wave",
+	"Highest open wave of a rollout that is not aborted or completed, labelled with its state.", []string{"rollout", "release", "state"}, nil)
+
+func (rolloutCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- rolloutDevicesDesc
+	ch <- rolloutStateDesc
+}
+
+func (c rolloutCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx := context.Background()
+	rollouts, err := c.store.Rollouts(ctx)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, r := range rollouts {
+		if !fota.RolloutHolds(r.State) {
+			continue
+		}
+		tally, err := c.store.RolloutTally(ctx, r.ID, now.Add(-r.SilentTimeout))
+		if err != nil {
+			return
+		}
+		var sum fota.WaveTally
+		for _, w := range tally {
+			sum.Pending += w.Pending
+			sum.Offered += w.Offered
+			sum.Downloading += w.Downloading
+			sum.Silent += w.Silent
+			sum.Confirmed += w.Confirmed
+			sum.Failed += w.Failed
+		}
+		id := strconv.FormatInt(r.ID, 10)
+		for state, n := range map[string]int{fota.MemberPending: sum.Pending, fota.MemberOffered: sum.Offered, fota.MemberDownloading: sum.Downloading,
+			fota.MemberSilent: sum.Silent, fota.MemberConfirmed: sum.Confirmed, fota.MemberFailed: sum.Failed} {
+			ch <- prometheus.MustNewConstMetric(rolloutDevicesDesc, prometheus.GaugeValue, float64(n), id, r.ReleaseVersion, state)
+		}
+		ch <- prometheus.MustNewConstMetric(rolloutStateDesc, prometheus.GaugeValue, float64(r.Wave), id, r.ReleaseVersion, r.State)
+	}
 }

@@ -124,9 +124,13 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 	if _, err := semver.Parse(req.Version); err != nil {
 		return fota.Errorf(fota.EINVALID, "field \"version\": %q is not a semantic version like 1.0.4", truncate(req.Version, 40))
 	}
+	inv, err := inventory(req.Inventory)
+	if err != nil {
+		return err
+	}
 	a := authedDevice(r)
 	offer, why, err := s.updates.Check(r.Context(), update.CheckIn{DeviceID: a.ID, Device: a.read, API: fota.APINative,
-		Running: req.Version, Hardware: req.Hardware, SecurityCounter: req.SecurityCounter})
+		Running: req.Version, Hardware: req.Hardware, SecurityCounter: req.SecurityCounter, Inventory: inv})
 	if err != nil {
 		return err
 	}
@@ -141,7 +145,28 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 		ChunkSize: rel.ChunkSize, Chunks: rel.Chunks(), CiphertextSize: rel.CiphertextSize, NextChunk: sess.NextChunk,
 		ChunksURL: base + "/chunks", MACsURL: base + "/macs", ReportURL: base + "/report",
 		PayloadURL: "/v1/payload/" + rel.CiphertextSHA256, ChunkMACs: protocol.ChunkMACSchemes,
+		InstallAfter: offer.InstallAfter.UTC(), InstallUntil: offer.InstallUntil.UTC(),
 	})
+}
+
+// maxInventoryText bounds the inventory's strings, which operators see.
+const maxInventoryText = 64
+
+// inventory checks what a device tells about itself: plain, short text and
+// sizes that are not negative.
+func inventory(in *protocol.Inventory) (*fota.Inventory, error) {
+	if in == nil {
+		return nil, nil
+	}
+	for field, v := range map[string]string{"chip": in.Chip, "agent_version": in.AgentVersion} {
+		if len(v) > maxInventoryText || !fota.PlainText(v) {
+			return nil, fota.Errorf(fota.EINVALID, "field \"inventory.%s\": at most %d characters of plain text", field, maxInventoryText)
+		}
+	}
+	if in.SlotSize < 0 || in.FreeFlash < 0 {
+		return nil, fota.Errorf(fota.EINVALID, "field \"inventory\": slot_size and free_flash are byte counts, not negative")
+	}
+	return &fota.Inventory{Chip: in.Chip, SlotSize: in.SlotSize, FreeFlash: in.FreeFlash, AgentVersion: in.AgentVersion}, nil
 }
 
 // deviceSession loads the path's session, which must belong to the device:

@@ -442,6 +442,18 @@ func TestDeleteReleaseInUse(t *testing.T) {
 		t.Fatalf("delete in use: %v", err)
 	}
 	d.Report(ctx, r.SessionID, "failed", "test")
+	// Its rollout still holds it, until aborted.
+	err = e.admin.DeleteRelease(ctx, "esp32", "1.0.4")
+	if ae, ok := err.(*client.APIError); !ok || ae.Status != 409 || !strings.Contains(ae.Message, "abort the rollout first") {
+		t.Fatalf("delete while its rollout runs: %v", err)
+	}
+	rs, err := e.admin.Rollouts(ctx)
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("rollouts: %+v %v", rs, err)
+	}
+	if _, err := e.admin.RolloutAction(ctx, rs[0].ID, "abort", ""); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.admin.DeleteRelease(ctx, "esp32", "1.0.4"); err != nil {
 		t.Fatal(err)
 	}

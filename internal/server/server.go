@@ -41,8 +41,6 @@ type Config struct {
 	Blobs   fota.BlobStore
 	Trusted []*keys.PublicKey // keys a published bundle must be signed by
 	Logger  *slog.Logger
-	// Decider picks the release a device gets; update.NewestRelease by default.
-	Decider update.Decider
 	// LegacyPerDevice and LegacyOverall bound how fast EcoWatt-API
 	// check-ins open sessions (update's defaults when zero).
 	LegacyPerDevice, LegacyOverall update.Rate
@@ -61,6 +59,10 @@ type Config struct {
 	// prunes nothing.
 	Retention  update.Retention
 	PruneEvery time.Duration
+	// RolloutTick is how often rollouts open waves and check their gates
+	// (update.DefaultRolloutTick when 0); outcomes check their rollout's
+	// gate at once besides.
+	RolloutTick time.Duration
 }
 
 // Server serves the fota APIs.
@@ -78,8 +80,9 @@ type Server struct {
 	hot        *hotCache
 	progress   *progressTracker
 	metrics    *metrics
-	// stopPruner stops the background pruner and waits for it.
-	stopPruner func()
+	// stopBackground stops the pruner and the rollout loop and waits for
+	// them.
+	stopBackground func()
 }
 
 // New returns a Server for cfg.
@@ -108,7 +111,7 @@ func New(cfg Config) (*Server, error) {
 	s.hot = newHotCache(ttl)
 	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
-	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Decider: cfg.Decider, MaxSessions: cfg.MaxSessions,
+	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, MaxSessions: cfg.MaxSessions,
 		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall,
 		OnStateChange: func(state, api string) {
 			switch state {
@@ -117,21 +120,19 @@ func New(cfg Config) (*Server, error) {
 			}
 		}})
 	s.handler = s.routes()
-	pruneCtx, cancel := context.WithCancel(context.Background())
-	pruned := make(chan struct{})
-	go func() {
-		defer close(pruned)
-		s.updates.RunPruner(pruneCtx, cfg.Retention, cfg.PruneEvery)
-	}()
-	s.stopPruner = sync.OnceFunc(func() { cancel(); <-pruned })
+	bgCtx, cancel := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	bg.Go(func() { s.updates.RunPruner(bgCtx, cfg.Retention, cfg.PruneEvery) })
+	bg.Go(func() { s.updates.RunRollouts(bgCtx, cfg.RolloutTick) })
+	s.stopBackground = sync.OnceFunc(func() { cancel(); bg.Wait() })
 	return s, nil
 }
 
-// Close stops the pruner and writes the progress still held in memory.
+// Close stops the pruner and the rollout loop, and writes the progress still held in memory.
 // Call it after the HTTP server has stopped taking requests, and before the
 // store closes.
 func (s *Server) Close() {
-	s.stopPruner()
+	s.stopBackground()
 	s.progress.close()
 }
 
@@ -178,6 +179,11 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/admin/devices/{id}/backoffs", false, s.admin(s.listBackoffs))
 	handle("DELETE /v1/admin/devices/{id}/backoffs", false, s.admin(s.clearBackoffs))
 	handle("DELETE /v1/admin/devices/{id}/pin", false, s.admin(s.unpinDevice))
+	handle("PATCH /v1/admin/devices/{id}/labels", false, s.admin(s.setLabels))
+	handle("POST /v1/admin/rollouts", false, s.admin(s.createRollout))
+	handle("GET /v1/admin/rollouts", false, s.admin(s.listRollouts))
+	handle("GET /v1/admin/rollouts/{id}", false, s.admin(s.getRollout))
+	handle("POST /v1/admin/rollouts/{id}/{action}", false, s.admin(s.rolloutAction))
 	handle("GET /v1/admin/sessions", false, s.admin(s.listSessions))
 	handle("GET /v1/admin/events", false, s.admin(s.listEvents))
 	handle("POST /v1/admin/tokens", false, s.admin(s.createToken))

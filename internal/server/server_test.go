@@ -164,7 +164,7 @@ func (e *env) build(version string, signer *keys.SigningKey, size int) built {
 func (e *env) publish(version string, size int) built {
 	e.t.Helper()
 	b := e.build(version, e.signer, size)
-	if _, err := e.admin.Publish(context.Background(), bytes.NewReader(b.bundle)); err != nil {
+	if _, err := e.admin.PublishRollout(context.Background(), bytes.NewReader(b.bundle), "all"); err != nil {
 		e.t.Fatalf("publish %s: %v", version, err)
 	}
 	return b
@@ -325,7 +325,9 @@ func TestAddDevice(t *testing.T) {
 func TestDecisionOrderPinAndRejection(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	for _, v := range []string{"1.0.9", "1.0.10", "1.0.2"} {
+	// Each publish rolls out to every device, superseding the one before:
+	// the newest rollout is 1.0.10's.
+	for _, v := range []string{"1.0.9", "1.0.2", "1.0.10"} {
 		e.publish(v, 2000)
 	}
 	psk := e.addDevice("d1", "1.0.3")
@@ -366,8 +368,10 @@ func TestDecisionOrderPinAndRejection(t *testing.T) {
 	if err := dev.Report(ctx, r.SessionID, "rolled-back", "self-test failed"); err != nil {
 		t.Fatal(err)
 	}
-	if r := check("1.0.3"); r.Version != "1.0.9" {
-		t.Fatalf("after rolling back 1.0.10 the device was offered %q, want 1.0.9", r.Version)
+	// Its rollout is 1.0.10's: nothing else is offered until an operator
+	// rolls out (or pins) another release.
+	if r := check("1.0.3"); r.Update || !strings.Contains(r.Message, "rolled back from") {
+		t.Fatalf("after rolling back 1.0.10 the device was offered %q (%s)", r.Version, r.Message)
 	}
 }
 
@@ -536,7 +540,7 @@ func TestLegacyRefusesNonRSARelease(t *testing.T) {
 	ed, _ := keys.Generate(keys.AlgEd25519, rand.Reader)
 	e.srv.trusted = append(e.srv.trusted, ed.Public())
 	b := e.build("1.0.4", ed, 3000)
-	if _, err := e.admin.Publish(context.Background(), bytes.NewReader(b.bundle)); err != nil {
+	if _, err := e.admin.PublishRollout(context.Background(), bytes.NewReader(b.bundle), "all"); err != nil {
 		t.Fatal(err)
 	}
 	e.addDeviceAPI("dev1", "1.0.3", fota.APIEcoWatt)

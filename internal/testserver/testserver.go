@@ -109,10 +109,11 @@ func (s *Server) Sample(version string, b firmware.Behaviour, size int, counter 
 	return img
 }
 
-// Publish uploads a bundle.
+// Publish uploads a bundle and rolls it out to every device at once
+// (publish --rollout all), as most tests want.
 func (s *Server) Publish(b []byte) {
 	s.TB.Helper()
-	if _, err := s.Admin.Publish(context.Background(), bytes.NewReader(b)); err != nil {
+	if _, err := s.Admin.PublishRollout(context.Background(), bytes.NewReader(b), "all"); err != nil {
 		s.TB.Fatal(err)
 	}
 }
