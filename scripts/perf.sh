@@ -55,7 +55,7 @@ taskset -c 0 "$fota" serve --data data "${store[@]}" --trust keys/signing.pub --
 pids+=($!)
 for _ in $(seq 50); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; done
 export FOTA_SERVER=http://127.0.0.1:$port FOTA_TOKEN=$(grep -o 'fota_[A-Za-z0-9_-]*' serve.out)
-"$fota" release publish app.fota >/dev/null
+"$fota" release publish --rollout all app.fota >/dev/null
 for i in $(seq -w 1 16); do
   "$fota" device add --id perf-$i --hardware esp32 --version 1.0.3 --credentials dev-$i.json >/dev/null
   curl -s -o /dev/null -X POST "$FOTA_SERVER/ota/check" -d "{\"device_id\":\"perf-$i\",\"current_version\":\"1.0.3\"}"

@@ -50,9 +50,14 @@ func adminClient(server, token string) (*client.Admin, error) {
 func runReleasePublish(e *env, args []string) error {
 	fs := newFlags("release publish")
 	server, token := serverFlags(fs)
+	rollout := fs.String("rollout", "", "all: also start a one-wave rollout to every device of the hardware (superseding)")
 	rest, err := parseFlags(e, fs, releaseUsage, args)
 	if err != nil {
 		return err
+	}
+	if *rollout != "" && *rollout != "all" {
+		return &usageError{msg: fmt.Sprintf("--rollout %q: the only rollout publish makes is all", *rollout),
+			hint: "publish, then fota rollout create --release VERSION --waves ... for waves"}
 	}
 	if len(rest) != 1 {
 		return &usageError{msg: "fota release publish needs exactly one bundle", hint: "fota release publish --server URL --token T app-1.0.4.fota"}
@@ -76,7 +81,7 @@ func runReleasePublish(e *env, args []string) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("read %s: %w", rest[0], err)
 	}
-	r, err := a.Publish(e.ctx, f)
+	r, err := a.PublishRollout(e.ctx, f, *rollout)
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", rest[0], err)
 	}
@@ -89,6 +94,11 @@ func runReleasePublish(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "published %s %s for %s: %d bytes, %d chunks, signed by %s; served on the %s\n",
 		r.Product, r.Version, r.Hardware, r.PlaintextSize, r.Chunks, r.KeyID, api)
+	if r.RolloutID != 0 {
+		fmt.Fprintf(e.stdout, "rollout %d: %s to every %s device (fota rollout show %d)\n", r.RolloutID, r.Version, r.Hardware, r.RolloutID)
+	} else {
+		fmt.Fprintf(e.stdout, "no device is offered it yet: fota rollout create --release %s (or publish with --rollout all)\n", r.Version)
+	}
 	return nil
 }
 
@@ -140,9 +150,11 @@ const deviceUsage = `Usage:
   fota device add     --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
                       [--api native|ecowatt|both] [--keys-h dev_keys.h --keys keys]
                       [--ecowatt-keys PROJECT --keys keys] [--security-counter N] [--force]
+                      [--label key=value ...]
   fota device list    [--json]
   fota device show    --id ID
   fota device set     --id ID --api native|ecowatt|both
+  fota device label   --id ID key=value ... [--remove key ...]
   fota device assign  --id ID (--version V | --unpin)
   fota device backoff --id ID [--clear]
   fota device remove  --id ID
@@ -163,7 +175,13 @@ EcoWatt firmware's API, whose requests cannot be authenticated; both allows
 either. A device whose policy excludes ecowatt gets 403 on every /ota/*
 request. set changes the policy (sessions on an API it no longer allows end).
 
-assign pins a device to a release; --unpin releases it. backoff lists the
+label sets labels (key=value) and removes them (--remove key); rollouts
+select devices by label (fota rollout --help). A device that comes to match
+a rollout's selector joins it. list and show print labels; show also what
+the device reports about itself (chip, slot size, free flash, agent).
+
+assign pins a device to a release (a pin wins over rollouts); --unpin
+releases it. backoff lists the
 releases held back from a device on the EcoWatt API after it reported a
 failure (1 h, doubling to 24 h); --clear offers them again at its next check
 and resets its EcoWatt-API session rate limit (a fota agent still refuses a
@@ -187,7 +205,7 @@ Examples:
 func runDevice(e *env, args []string) error {
 	return subcommand(e, "device", args, map[string]func(*env, []string) error{
 		"add": runDeviceAdd, "list": runDeviceList, "show": runDeviceShow, "set": runDeviceSet, "assign": runDeviceAssign,
-		"backoff": runDeviceBackoff, "remove": runDeviceRemove, "run": runDeviceRun,
+		"backoff": runDeviceBackoff, "remove": runDeviceRemove, "run": runDeviceRun, "label": runDeviceLabel,
 	}, deviceUsage)
 }
 
@@ -213,6 +231,8 @@ func runDeviceAdd(e *env, args []string) error {
 	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
 	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h and --ecowatt-keys")
 	force := fs.Bool("force", false, "replace existing output files")
+	var labelArgs stringList
+	fs.Var(&labelArgs, "label", "label the device, key=value (repeat for several), e.g. --label ring=canary")
 	rest, err := parseFlags(e, fs, deviceUsage, args)
 	if err != nil {
 		return err
@@ -222,6 +242,10 @@ func runDeviceAdd(e *env, args []string) error {
 	}
 	if *id == "" || *hardware == "" || *version == "" {
 		return &usageError{msg: "--id, --hardware and --version are required", hint: "fota device add --id dev1 --hardware esp32 --version 1.0.3 --credentials dev1.json"}
+	}
+	labels, err := fota.ParseLabels(labelArgs)
+	if err != nil {
+		return usagef("--label: %s", fota.ErrorMessage(err))
 	}
 	apiSet := false
 	fs.Visit(func(f *flag.Flag) { apiSet = apiSet || f.Name == "api" })
@@ -274,7 +298,7 @@ func runDeviceAdd(e *env, args []string) error {
 		return err
 	}
 	d, err := a.AddDevice(e.ctx, protocol.AddDevice{ID: *id, Hardware: *hardware, Version: *version, SecurityCounter: uint32(*counter),
-		API: *api})
+		API: *api, Labels: labels})
 	if err != nil {
 		return fmt.Errorf("add device %s: %w", *id, err)
 	}
@@ -338,13 +362,14 @@ func runDeviceList(e *env, args []string) error {
 		return printJSON(e, ds)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHARDWARE\tVERSION\tCOUNTER\tAPI\tPINNED\tLAST SEEN")
+	fmt.Fprintln(tw, "ID\tHARDWARE\tVERSION\tCOUNTER\tAPI\tPINNED\tLAST SEEN\tLABELS")
 	for _, d := range ds {
 		seen := "never"
 		if !d.LastSeen.IsZero() {
 			seen = d.LastSeen.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.ID, d.Hardware, d.Version, d.SecurityCounter, d.API, orDash(d.PinnedVersion), seen)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", d.ID, d.Hardware, d.Version, d.SecurityCounter, d.API, orDash(d.PinnedVersion), seen,
+			orDash(fota.FormatLabels(d.Labels)))
 	}
 	return tw.Flush()
 }
@@ -376,6 +401,13 @@ func runDeviceShow(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "device %s: %s, running %s, security counter %d, API %s, pinned %s\n", d.Device.ID, d.Device.Hardware,
 		d.Device.Version, d.Device.SecurityCounter, d.Device.API, orDash(d.Device.PinnedVersion))
+	if len(d.Device.Labels) > 0 {
+		fmt.Fprintf(e.stdout, "labels: %s\n", fota.FormatLabels(d.Device.Labels))
+	}
+	if inv := d.Device.Inventory; inv != nil {
+		fmt.Fprintf(e.stdout, "reports: chip %s, slot %d bytes, free flash %d bytes, agent %s (as of %s)\n", orDash(shown(inv.Chip)), inv.SlotSize,
+			inv.FreeFlash, orDash(shown(inv.AgentVersion)), inv.Updated.Local().Format(time.DateTime))
+	}
 	if !d.Device.Removed.IsZero() {
 		// A tombstone: its history is all there is to show.
 		fmt.Fprintf(e.stdout, "removed %s: its key no longer works\n", d.Device.Removed.Local().Format(time.DateTime))
@@ -643,4 +675,36 @@ func shown(s string) string {
 	}
 	q := strconv.Quote(s)
 	return q[1 : len(q)-1]
+}
+
+func runDeviceLabel(e *env, args []string) error {
+	fs := newFlags("device label")
+	server, token := serverFlags(fs)
+	id := fs.String("id", "", "device id")
+	var remove stringList
+	fs.Var(&remove, "remove", "remove the label with this key (repeat for several)")
+	rest, err := parseFlags(e, fs, deviceUsage, args)
+	if err != nil {
+		return err
+	}
+	if *id == "" {
+		return &usageError{msg: "--id is required", hint: "fota device label --id dev1 ring=canary site=plant-3"}
+	}
+	set, err := fota.ParseLabels(rest)
+	if err != nil {
+		return usagef("%s", fota.ErrorMessage(err))
+	}
+	if len(set) == 0 && len(remove) == 0 {
+		return &usageError{msg: "nothing to change", hint: "fota device label --id dev1 ring=canary [--remove site]"}
+	}
+	a, err := adminClient(*server, *token)
+	if err != nil {
+		return err
+	}
+	d, err := a.SetLabels(e.ctx, *id, set, remove)
+	if err != nil {
+		return fmt.Errorf("label device %s: %w", *id, err)
+	}
+	fmt.Fprintf(e.stdout, "device %s: labels %s\n", d.ID, orDash(fota.FormatLabels(d.Labels)))
+	return nil
 }

@@ -73,7 +73,8 @@ func commands() []command {
 		{"serve", "run the update server", runServe},
 		{"token", "make admin API tokens", runToken},
 		{"migrate", "bring a PostgreSQL database's schema up to date", runMigrate},
-		{"device", "register devices, list them, pin them to releases", runDevice},
+		{"device", "register devices, label them, list them, pin them to releases", runDevice},
+		{"rollout", "roll a release out in waves, halting by itself on failures", runRollout},
 		{"status", "show update sessions in progress and recent events", runStatus},
 		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},
 		{"version", "print the fota version", func(e *env, _ []string) error {
@@ -97,6 +98,7 @@ Examples:
   fota release verify --keys keys app-1.0.4.fota
   fota serve --data ./fota-data --trust keys/signing.pub
   fota release publish --server http://127.0.0.1:8080 --token $FOTA_TOKEN app-1.0.4.fota
+  fota rollout create --release 1.0.4 --waves 10%%,100%% --soak 1h
 
 Run 'fota <command> --help' for a command's flags.
 `

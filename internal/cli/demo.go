@@ -33,10 +33,12 @@ const demoUsage = `Usage:
 
 Runs the whole system on this machine: makes keys, builds firmware 1.0.3
 (installed on the devices), 1.0.4 (good) and 1.0.5 (fails its self-test),
-starts the server on a free loopback port, registers the devices, publishes
-1.0.4 and lets every device update at once with live progress, then
-publishes 1.0.5 and shows every device rolling back to 1.0.4. It ends with
-a summary and exits 0 only if every device did what was expected.
+starts the server on a free loopback port and registers the devices. It
+rolls 1.0.4 out in two waves (one canary, then the rest, once the canary
+confirmed its new image) with live progress, then rolls 1.0.5 out the same
+way: the canary rolls back to 1.0.4, the rollout halts by itself, and no
+other device downloads a byte of 1.0.5. It ends with a summary and exits 0
+only if every device did what was expected.
 With --api mixed, odd devices use the native API and even ones the
 EcoWatt-compatible API. Everything is removed afterwards unless --dir is given.
 `
@@ -163,7 +165,7 @@ func runDemo(e *env, args []string) error {
 	}
 	defer logFile.Close()
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: []*keys.PublicKey{signer.Public()},
-		Logger: slog.New(slog.NewTextHandler(logFile, nil))})
+		Logger: slog.New(slog.NewTextHandler(logFile, nil)), RolloutTick: 100 * time.Millisecond})
 	if err != nil {
 		return err
 	}
@@ -237,16 +239,27 @@ func runDemo(e *env, args []string) error {
 	var rows []demoRow
 	phases := []struct {
 		version, title string
-		done           func(d *demoDevice) bool
-		expect         string
+		// done says whether a device ended as expected, given its wave and
+		// the rollout as it stands; how the device ended.
+		done func(d *demoDevice, wave int, r *protocol.Rollout) (bool, string)
+		// over says whether the rollout reached the state expected of it.
+		over func(r *protocol.Rollout) bool
 	}{
-		{"1.0.4", "publishing 1.0.4: every device should update and confirm it", func(d *demoDevice) bool {
-			return d.sim.Running() == "1.0.4" && d.has("confirmed")
-		}, "updated"},
-		{"1.0.5", "publishing 1.0.5: it fails its self-test, so every device should roll back to 1.0.4", func(d *demoDevice) bool {
-			return d.sim.Running() == "1.0.4" && d.rolledBackFrom("1.0.5")
-		}, "rolled back"},
+		{"1.0.4", "rolling 1.0.4 out in two waves (the canary, then the rest once it confirms): every device should update",
+			func(d *demoDevice, _ int, _ *protocol.Rollout) (bool, string) {
+				return d.sim.Running() == "1.0.4" && d.has("confirmed"), "updated, confirmed"
+			},
+			func(r *protocol.Rollout) bool { return r.State == "completed" }},
+		{"1.0.5", "rolling 1.0.5 out the same way: it fails its self-test, so the canary should roll back and the rollout halt",
+			func(d *demoDevice, wave int, r *protocol.Rollout) (bool, string) {
+				if wave == 1 {
+					return d.sim.Running() == "1.0.4" && d.rolledBackFrom("1.0.5"), "canary: rolled back 1.0.5 (" + d.rollbackReason() + ")"
+				}
+				return r.State == "halted", "not offered 1.0.5: its wave never opened"
+			},
+			func(r *protocol.Rollout) bool { return r.State == "halted" }},
 	}
+	waveOf := map[string]map[string]int{}
 	for _, ph := range phases {
 		fmt.Fprintf(out, "fota demo: %s\n", ph.title)
 		before := make([]int64, len(devices))
@@ -260,12 +273,32 @@ func runDemo(e *env, args []string) error {
 		if _, err := admin.Publish(ctx, bytes.NewReader(bundles[ph.version])); err != nil {
 			return err
 		}
+		created, err := admin.CreateRollout(ctx, protocol.CreateRollout{Release: ph.version, Waves: "1,all", Soak: "1s"})
+		if err != nil {
+			return err
+		}
+		r, err := admin.Rollout(ctx, created.ID)
+		if err != nil {
+			return err
+		}
+		waves := map[string]int{}
+		for _, m := range r.Devices {
+			waves[m.ID] = m.Wave
+		}
+		waveOf[ph.version] = waves
+		fmt.Fprintf(out, "fota demo: rollout %d of %s: waves of %s device(s), soak 1s, halting beyond %s failures\n", r.ID, ph.version, waveSizes(r), r.MaxFailures)
 		doneAt := make([]time.Duration, len(devices))
+		results := make([]string, len(devices))
 		for {
-			all := true
+			if r, err = admin.Rollout(ctx, created.ID); err != nil {
+				return err
+			}
+			all := ph.over(r)
 			for i, d := range devices {
-				if doneAt[i] == 0 && ph.done(d) {
-					doneAt[i] = time.Since(t0)
+				if doneAt[i] == 0 {
+					if ok, how := ph.done(d, waves[d.id], r); ok {
+						doneAt[i], results[i] = time.Since(t0), how
+					}
 				}
 				all = all && doneAt[i] != 0
 			}
@@ -276,20 +309,25 @@ func runDemo(e *env, args []string) error {
 			time.Sleep(100 * time.Millisecond)
 		}
 		live.draw(true)
+		fmt.Fprintf(out, "fota demo: rollout %d is %s, wave %d of %d: %d confirmed, %d failed", r.ID, r.State, r.Wave, r.Waves, r.Counts.Confirmed, r.Counts.Failed)
+		if r.Reason != "" {
+			fmt.Fprintf(out, " (%s)", r.Reason)
+		}
+		fmt.Fprintln(out)
 		for i, d := range devices {
-			row := demoRow{device: d.id, api: d.api, from: from[i], to: d.sim.Running(), took: doneAt[i], bytes: d.bytes.Load() - before[i]}
-			row.ok = doneAt[i] != 0
-			switch {
-			case !row.ok:
+			row := demoRow{device: d.id, api: d.api, from: from[i], to: d.sim.Running(), took: doneAt[i], bytes: d.bytes.Load() - before[i],
+				result: results[i], ok: doneAt[i] != 0}
+			if !row.ok {
 				row.result = "NOT DONE: " + d.lastState()
-			case ph.expect == "rolled back":
-				row.result = "rolled back 1.0.5 (" + d.rollbackReason() + ")"
-			default:
-				row.result = "updated, confirmed"
 			}
 			rows = append(rows, row)
 		}
 		fmt.Fprintln(out)
+	}
+	// The devices outside the canary wave must not have downloaded 1.0.5:
+	// give them a few more check-ins to prove the halt holds.
+	if ctx.Err() == nil {
+		time.Sleep(time.Second)
 	}
 
 	// The server's record must agree with the devices. A device counts its
@@ -308,7 +346,9 @@ func runDemo(e *env, args []string) error {
 			for _, ev := range detail.History {
 				kinds[ev.Kind+" "+ev.Version] = true
 			}
-			if detail.Device.Version != "1.0.4" || !kinds["confirmed 1.0.4"] || !kinds["rolled-back 1.0.5"] {
+			canary := waveOf["1.0.5"][d.id] == 1
+			if detail.Device.Version != "1.0.4" || !kinds["confirmed 1.0.4"] || kinds["rolled-back 1.0.5"] != canary ||
+				!canary && kinds["session-opened 1.0.5"] {
 				wrong = append(wrong, fmt.Sprintf("fota demo: the server's record of %s is wrong: version %s, events %v", d.id, detail.Device.Version, kinds))
 			}
 		}
@@ -338,7 +378,11 @@ func runDemo(e *env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.device, r.api, r.from, r.to, r.result, took, r.bytes)
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "\nfota demo: %d devices, 2 releases, %s in all\n", len(devices), time.Since(started).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "\nfota demo: %d devices, 2 rollouts, %s in all\n", len(devices), time.Since(started).Round(100*time.Millisecond))
+	if serverOK && len(devices) > 1 {
+		fmt.Fprintf(out, "fota demo: the server opened no 1.0.5 session for the %d device(s) outside the canary wave: not a byte of 1.0.5 reached them\n",
+			len(devices)-1)
+	}
 	switch {
 	case ctx.Err() != nil && e.ctx.Err() == nil:
 		return withHint(fmt.Errorf("demo did not finish within %s: %d device step(s) not done", *timeout, failed), "see the server log with --dir DIR, or raise --timeout")

@@ -22,7 +22,7 @@ const releaseUsage = `Usage:
   fota release build   [flags] -o OUT.fota FIRMWARE.bin
   fota release verify  [flags] BUNDLE.fota
   fota release inspect [--json] BUNDLE.fota
-  fota release publish --server URL --token T BUNDLE.fota
+  fota release publish --server URL --token T [--rollout all] BUNDLE.fota
   fota release list    --server URL --token T [--json]
   fota release withdraw --server URL --token T --version V [--hardware esp32] [--reason TEXT]
   fota release delete  --server URL --token T --version V [--hardware esp32]
@@ -33,8 +33,10 @@ descriptor; any other file needs --version and --hardware.
 verify checks a bundle's structure, signature and hashes and, given the
 firmware key, decrypts it and checks the firmware itself.
 inspect prints what a bundle says about itself, without checking it.
-publish uploads a bundle to the server, which verifies it before storing it;
-list shows the published releases. withdraw stops offering a release at once:
+publish uploads a bundle to the server, which verifies it before storing it.
+A published release reaches no device until a rollout (fota rollout create)
+or a pin offers it; --rollout all also starts a one-wave rollout to every
+device of its hardware, taking them from older rollouts. list shows the published releases. withdraw stops offering a release at once:
 downloads of it in progress end (the devices get 410 with --reason and keep
 running the image they run), pins to it say it was withdrawn, and it stays
 listed for history. delete removes a release and its ciphertext for good;

@@ -70,7 +70,7 @@ func TestDevicesSurviveSIGKILL(t *testing.T) {
 		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3", "--api", apis[i],
 			"--credentials", id+".json", "--keys-h", id+"_keys.h", "--keys", "keys")
 	}
-	fota(t, dir, env, "release", "publish", "app.fota")
+	fota(t, dir, env, "release", "publish", "--rollout", "all", "app.fota")
 
 	var wg sync.WaitGroup
 	logs := make([]string, len(ids))

@@ -369,7 +369,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal("first start printed no admin token")
 	}
 	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
-	out := fota(t, dir, env, "release", "publish", "app-1.0.4.fota")
+	out := fota(t, dir, env, "release", "publish", "--rollout", "all", "app-1.0.4.fota")
 	if !strings.Contains(out, "published ecowatt 1.0.4 for esp32") {
 		t.Fatalf("publish: %s", out)
 	}
@@ -627,7 +627,7 @@ func TestServerCrashConsistency(t *testing.T) {
 	if blobs, _ := filepath.Glob(filepath.Join(dir, "data", "blobs", "[0-9a-f]*")); len(blobs) != 0 {
 		t.Fatalf("blobs without a release: %v", blobs)
 	}
-	fota(t, dir, env, "release", "publish", "app.fota")
+	fota(t, dir, env, "release", "publish", "--rollout", "all", "app.fota")
 	fota(t, dir, env, "device", "add", "--id", "crash-1", "--hardware", "esp32", "--version", "1.0.3", "--credentials", "crash.json")
 
 	// Download half, kill the server, restart, finish.

@@ -44,7 +44,7 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 	// Published through A, registered through B: both see both.
 	adminA := []string{"FOTA_SERVER=" + a.url, "FOTA_TOKEN=" + a.token}
 	adminB := []string{"FOTA_SERVER=" + bsrv.url, "FOTA_TOKEN=" + a.token}
-	fota(t, dir, adminA, "release", "publish", "app.fota")
+	fota(t, dir, adminA, "release", "publish", "--rollout", "all", "app.fota")
 	const devices = 4
 	creds := make([]credentials, devices)
 	checks := make([]nativeCheck, devices)
