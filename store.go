@@ -201,5 +201,6 @@ type Store interface {
 	TokenStore
 	NonceStore
 	RetentionStore
+	WebhookStore
 	Close() error
 }

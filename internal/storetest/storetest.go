@@ -61,6 +61,12 @@ func Run(t *testing.T, newStore Factory) {
 		{"PruneEvents", testPruneEvents},
 		{"PruneSessions", testPruneSessions},
 		{"PruneRemovedDevices", testPruneRemovedDevices},
+		{"Webhooks", testWebhooks},
+		{"WebhookFanOut", testWebhookFanOut},
+		{"WebhookFanOutConcurrent", testWebhookFanOutConcurrent},
+		{"WebhookClaims", testWebhookClaims},
+		{"WebhookClaimsConcurrent", testWebhookClaimsConcurrent},
+		{"PruneDeliveries", testPruneDeliveries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
