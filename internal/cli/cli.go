@@ -75,6 +75,7 @@ func commands() []command {
 		{"migrate", "bring a PostgreSQL database's schema up to date", runMigrate},
 		{"device", "register devices, list them, pin them to releases", runDevice},
 		{"status", "show update sessions in progress and recent events", runStatus},
+		{"webhook", "send events to HTTP endpoints as they happen", runWebhook},
 		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},
 		{"version", "print the fota version", func(e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "fota", Version)
