@@ -74,10 +74,12 @@ type Config struct {
 	Store  fota.WebhookStore
 	Logger *slog.Logger
 	// Client sends the deliveries; NewClient(DefaultTimeout) when nil. It
-	// must not follow redirects.
+	// must not follow redirects; without a Timeout it gets DefaultTimeout.
 	Client *http.Client
 	Poll   time.Duration // how often a round runs without Notify
-	Lease  time.Duration // how long a claimed delivery is this dispatcher's
+	// Lease is how long a claimed delivery is this dispatcher's: at least
+	// twice the client's timeout (it is raised to that).
+	Lease time.Duration
 	// Batch is the most events one fan-out transaction reads and the most
 	// deliveries one round claims; Workers is how many are sent at once.
 	Batch, Workers int
@@ -122,6 +124,15 @@ func New(cfg Config) *Dispatcher {
 	if d.lease <= 0 {
 		d.lease = DefaultLease
 	}
+	if d.client.Timeout <= 0 {
+		// Without a timeout an attempt could outlast any lease.
+		c := *d.client
+		c.Timeout = DefaultTimeout
+		d.client = &c
+	}
+	// A lease must outlast an attempt, with room for the claim and the
+	// record around it.
+	d.lease = max(d.lease, 2*d.client.Timeout)
 	if d.batch <= 0 {
 		d.batch = DefaultBatch
 	}
@@ -210,26 +221,39 @@ func (d *Dispatcher) Deliver(ctx context.Context) (bool, error) {
 			break
 		}
 	}
-	due, err := d.store.ClaimDeliveries(ctx, d.now(), d.lease, d.batch)
-	if err != nil {
-		return more, fmt.Errorf("claim webhook deliveries: %w", err)
+	// Claimed Workers at a time and all sent at once, so that each is sent
+	// within one timeout of its claim, well inside its lease: claiming the
+	// whole batch up front would let the last ones' leases run out behind
+	// slow receivers, and another replica send them too.
+	sent := 0
+	for sent < d.batch {
+		limit := min(d.workers, d.batch-sent)
+		due, err := d.store.ClaimDeliveries(ctx, d.now(), d.lease, limit)
+		if err != nil {
+			return more, fmt.Errorf("claim webhook deliveries: %w", err)
+		}
+		var wg sync.WaitGroup
+		for _, dl := range due {
+			wg.Go(func() { d.send(ctx, dl) })
+		}
+		wg.Wait()
+		sent += len(due)
+		if len(due) < limit {
+			break
+		}
 	}
-	sem := make(chan struct{}, d.workers)
-	var wg sync.WaitGroup
-	for _, dl := range due {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			d.send(ctx, dl)
-		})
-	}
-	wg.Wait()
 	d.prune(ctx)
-	return more || len(due) == d.batch, nil
+	return more || sent == d.batch, nil
 }
 
 // send makes one attempt at a claimed delivery and records it.
 func (d *Dispatcher) send(ctx context.Context, dl *fota.Delivery) {
+	if d.now().Add(d.client.Timeout).After(dl.LeaseUntil) {
+		// Too late to finish within the lease (this process stalled): the
+		// delivery may be another replica's by then. It comes back.
+		d.log.Debug("webhook lease too short to send", "webhook_id", dl.WebhookID, "delivery_id", dl.ID)
+		return
+	}
 	status, errText := d.post(ctx, dl)
 	if ctx.Err() != nil {
 		// Shutting down: not the receiver's failure. The lease runs out and

@@ -526,3 +526,38 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// stallingStore moves the clock on by a lease after each claim: the
+// dispatcher stalled between claiming and sending.
+type stallingStore struct {
+	fota.WebhookStore
+	clock *storetest.Clock
+}
+
+func (s stallingStore) ClaimDeliveries(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]*fota.Delivery, error) {
+	ds, err := s.WebhookStore.ClaimDeliveries(ctx, now, lease, limit)
+	s.clock.Advance(lease)
+	return ds, err
+}
+
+// TestExpiredLeaseNotSent: a delivery whose lease ran out before it could
+// be sent may be another replica's by then; it is left, not sent twice.
+func TestExpiredLeaseNotSent(t *testing.T) {
+	clock := storetest.NewClock(time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC))
+	s := openSQLite(t, filepath.Join(t.TempDir(), "fota.db"), clock)
+	defer s.Close()
+	rc, srv := newReceiver(t, clock.Now, 0)
+	w := addWebhook(t, s, srv.URL)
+	addEvents(t, s, "late")
+	deliver(t, New(Config{Store: stallingStore{s, clock}, Now: clock.Now}))
+	if req, _ := rc.count(); req != 0 {
+		t.Fatalf("%d requests sent after the lease ran out", req)
+	}
+	for _, dl := range byID(t, s, w.ID) {
+		if dl.State != fota.DeliveryPending || dl.Attempts != 0 {
+			t.Fatalf("delivery %+v", dl)
+		}
+	}
+	deliver(t, New(Config{Store: s, Now: clock.Now}))
+	rc.check(t, "late")
+}
