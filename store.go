@@ -216,5 +216,6 @@ type Store interface {
 	RetentionStore
 	RolloutStore
 	LabelStore
+	WebhookStore
 	Close() error
 }

@@ -76,6 +76,7 @@ func commands() []command {
 		{"device", "register devices, label them, list them, pin them to releases", runDevice},
 		{"rollout", "roll a release out in waves, halting by itself on failures", runRollout},
 		{"status", "show update sessions in progress and recent events", runStatus},
+		{"webhook", "send events to HTTP endpoints as they happen", runWebhook},
 		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},
 		{"version", "print the fota version", func(e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "fota", Version)

@@ -20,6 +20,7 @@ import (
 	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/sqlite"
+	"github.com/ecowatt/fota/internal/webhook"
 	"github.com/ecowatt/fota/keys"
 )
 
@@ -63,6 +64,9 @@ ended update sessions likewise (never an active one, nor a native rollback
 or refusal, which keeps that release from the device), and removed devices
 once removed longer ago than --retain-sessions. Ages take d (days), w
 (weeks) or Go durations; 0 keeps for ever.
+
+Webhooks ('fota webhook add') are sent by every replica from one outbox in
+the database: each event at least once, retried for 24 hours.
 
 Examples:
   fota serve --data ./fota-data --trust keys/signing.pub
@@ -189,11 +193,18 @@ func runServe(e *env, args []string) error {
 	} else if n > 0 {
 		logger.Info("removed blobs no release refers to", "count", n)
 	}
+	// Every replica runs a webhook dispatcher; they share the outbox in the
+	// store. Session changes wake it; the rest it finds within a second.
+	hooks := webhook.New(webhook.Config{Store: store, Logger: logger})
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
-		SessionCacheTTL: sessionTTL, Retention: retention})
+		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify})
 	if err != nil {
 		return err
 	}
+	hooksCtx, stopHooks := context.WithCancel(e.ctx)
+	hooksDone := make(chan struct{})
+	go func() { defer close(hooksDone); hooks.Run(hooksCtx) }()
+	defer func() { stopHooks(); <-hooksDone }() // before the store closes
 	hs := &http.Server{
 		Handler: srv,
 		// Slow clients cannot hold a connection open forever; uploads and

@@ -63,6 +63,10 @@ type Config struct {
 	// (update.DefaultRolloutTick when 0); outcomes check their rollout's
 	// gate at once besides.
 	RolloutTick time.Duration
+	// SessionChanged, if set, is called after each session state change
+	// the server records: fota serve wakes the webhook dispatcher with it,
+	// so outcomes go out at once rather than at its next poll.
+	SessionChanged func()
 }
 
 // Server serves the fota APIs.
@@ -117,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 			switch state {
 			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied, fota.SessionRefused:
 				s.metrics.updates.WithLabelValues(state).Inc()
+			}
+			if cfg.SessionChanged != nil {
+				cfg.SessionChanged()
 			}
 		}})
 	s.handler = s.routes()
@@ -189,6 +196,10 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/admin/tokens", false, s.admin(s.createToken))
 	handle("GET /v1/admin/tokens", false, s.withToken(fota.ScopeAdmin, s.listTokens))
 	handle("DELETE /v1/admin/tokens/{name}", false, s.admin(s.revokeToken))
+	handle("POST /v1/admin/webhooks", false, s.admin(s.createWebhook))
+	handle("GET /v1/admin/webhooks", false, s.admin(s.listWebhooks))
+	handle("DELETE /v1/admin/webhooks/{id}", false, s.admin(s.removeWebhook))
+	handle("GET /v1/admin/webhooks/{id}/deliveries", false, s.admin(s.listDeliveries))
 
 	mux.Handle("/", s.wrap("unmatched", false, func(w http.ResponseWriter, r *http.Request) error {
 		return fota.Errorf(fota.ENOTFOUND, "no endpoint %s %s; see docs/PROTOCOL.md", r.Method, r.URL.Path)

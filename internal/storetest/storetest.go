@@ -77,6 +77,12 @@ func Run(t *testing.T, newStore Factory) {
 		{"RemoveDeviceFromRollouts", testRemoveDeviceFromRollouts},
 		{"JoinRollout", testJoinRollout},
 		{"RolloutEvents", testRolloutEvents},
+		{"Webhooks", testWebhooks},
+		{"WebhookFanOut", testWebhookFanOut},
+		{"WebhookFanOutConcurrent", testWebhookFanOutConcurrent},
+		{"WebhookClaims", testWebhookClaims},
+		{"WebhookClaimsConcurrent", testWebhookClaimsConcurrent},
+		{"PruneDeliveries", testPruneDeliveries},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
