@@ -289,9 +289,10 @@ type RolloutTransition struct {
 	// Event is the event kind recorded, with Detail.
 	Event  string
 	Detail string
-	// EndSessions ends the rollout's active sessions as abandoned with
-	// Reason (a halt, an abort): their devices get 410 and keep the image
-	// they run.
+	// EndSessions ends the rollout's active sessions that have not begun
+	// to install (every state but applied) as abandoned with Reason (a
+	// halt, an abort): their devices get 410 and keep the image they run.
+	// A device already rebooting into the release reports how it went.
 	EndSessions bool
 }
 

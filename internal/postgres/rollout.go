@@ -405,15 +405,17 @@ func (s *Store) TransitionRollout(ctx context.Context, id int64, t fota.RolloutT
 			return fmt.Errorf("transition rollout %d: %w", id, err)
 		}
 		if t.EndSessions {
+			// Not the sessions already installing (applied): their devices are
+			// rebooting into the release and still report how it went.
 			if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions
-				WHERE rollout_id = $1 AND state = ANY($2)`, id, activeStates); err != nil {
+				WHERE rollout_id = $1 AND state = ANY($2) AND state <> $3`, id, activeStates, fota.SessionApplied); err != nil {
 				return err
 			}
 			reason := t.Reason
 			if reason == "" {
 				reason = fmt.Sprintf("rollout %d is %s", id, t.State)
 			}
-			if err := s.abandon(ctx, tx, `rollout_id = $4`, reason, id); err != nil {
+			if err := s.abandon(ctx, tx, `rollout_id = $4 AND state <> $5`, reason, id, fota.SessionApplied); err != nil {
 				return err
 			}
 		}

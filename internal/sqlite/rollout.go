@@ -382,15 +382,17 @@ func (s *Store) TransitionRollout(ctx context.Context, id int64, t fota.RolloutT
 			return fmt.Errorf("transition rollout %d: %w", id, err)
 		}
 		if t.EndSessions {
+			// Not the sessions already installing (applied): their devices are
+			// rebooting into the release and still report how it went.
 			if ended, err = queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions
-				WHERE rollout_id = ? AND state IN `+activeStates, id); err != nil {
+				WHERE rollout_id = ? AND state <> ? AND state IN `+activeStates, id, fota.SessionApplied); err != nil {
 				return err
 			}
 			reason := t.Reason
 			if reason == "" {
 				reason = fmt.Sprintf("rollout %d is %s", id, t.State)
 			}
-			if err := s.abandon(ctx, tx, `rollout_id = ?`, reason, id); err != nil {
+			if err := s.abandon(ctx, tx, `rollout_id = ? AND state <> ?`, reason, id, fota.SessionApplied); err != nil {
 				return err
 			}
 		}

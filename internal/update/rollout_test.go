@@ -1,6 +1,7 @@
 package update_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/pgtest"
+	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/storetest"
 	"github.com/ecowatt/fota/internal/update"
 )
@@ -371,39 +374,144 @@ func TestMaintenanceWindows(t *testing.T) {
 // Replicas tick the same rollouts: each wave opens once.
 func TestReplicasOpenEachWaveOnce(t *testing.T) {
 	h := newHarness(t, update.Config{})
-	h.publish("1.0.4")
-	ids := h.fleet(10, nil)
-	r := h.rollout(update.RolloutSpec{Release: "1.0.4", Waves: "5,all", Soak: time.Minute})
-	for id, w := range h.waveOf(r.ID) {
-		if w == 1 {
-			h.outcome(id, fota.SessionConfirmed)
+	raceReplicas(t, []fota.Store{h.store, h.store, h.store}, h.clock, 1)
+}
+
+// The same with two replicas on PostgreSQL, each with its own pool.
+func TestReplicasOpenEachWaveOncePostgres(t *testing.T) {
+	dsn := pgtest.Schema(t, "fota_rollout_")
+	clock := storetest.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	var stores []fota.Store
+	for range 2 {
+		s, err := postgres.Open(context.Background(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		s.SetClock(clock.Now)
+		stores = append(stores, s)
+	}
+	raceReplicas(t, stores, clock, 4)
+}
+
+// raceReplicas runs a rollout whose first wave passed, then has a
+// service per store tick it at once, ticks times each: wave 2 must open
+// exactly once. (SQLite serves one replica; there three services on one
+// file stand for a server's tick racing its request handlers.) Then three canaries of a second rollout fail at once on
+// different replicas: it halts exactly once.
+func raceReplicas(t *testing.T, stores []fota.Store, clock *storetest.Clock, ticks int) {
+	ctx := context.Background()
+	var svcs []*update.Service
+	for _, st := range stores {
+		svcs = append(svcs, update.New(update.Config{Store: st, Now: clock.Now}))
+	}
+	for _, v := range []string{"1.0.4", "1.0.5"} {
+		if err := stores[0].CreateRelease(ctx, storetest.NewRelease("esp32", v)); err != nil {
+			t.Fatal(err)
 		}
 	}
-	_ = ids
-	h.clock.Advance(2 * time.Minute)
-	replicas := []*update.Service{h.svc, update.New(update.Config{Store: h.store, Now: h.clock.Now}), update.New(update.Config{Store: h.store, Now: h.clock.Now})}
+	for i := range 10 {
+		if err := stores[0].CreateDevice(ctx, storetest.NewDevice(fmt.Sprintf("d%02d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, _, err := svcs[0].CreateRollout(ctx, update.RolloutSpec{Release: "1.0.4", Waves: "5,all", Soak: time.Minute, MinOutcomes: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := func(id int64) []*fota.RolloutMember {
+		v, err := svcs[0].Rollout(ctx, id, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Members
+	}
+	outcome := func(svc *update.Service, id, running, state string) error {
+		offer, why, err := svc.Check(ctx, update.CheckIn{DeviceID: id, API: fota.APINative, Running: running})
+		if err != nil || offer == nil {
+			return fmt.Errorf("%s: %v %s", id, err, why)
+		}
+		return svc.Report(ctx, update.Report{Session: offer.Session, API: fota.APINative, State: state, Reason: "test"})
+	}
+	for _, m := range members(r.ID) {
+		if m.Wave == 1 {
+			if err := outcome(svcs[0], m.DeviceID, "1.0.3", fota.SessionConfirmed); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	clock.Advance(2 * time.Minute)
 	var wg sync.WaitGroup
-	for _, svc := range replicas {
-		for range 4 {
+	for _, svc := range svcs {
+		for range ticks {
 			wg.Go(func() {
-				if err := svc.TickRollouts(h.ctx); err != nil {
+				if err := svc.TickRollouts(ctx); err != nil {
 					t.Error(err)
 				}
 			})
 		}
 	}
 	wg.Wait()
-	evs, err := h.store.Events(h.ctx, fota.EventFilter{Limit: 1000})
+	if got := countEvents(t, stores[0], r.ID, fota.EventRolloutWaveOpened); got != 1 {
+		t.Fatalf("%d wave-opened events; want 1", got)
+	}
+	// A second rollout, every device, a canary wave of three that all fail
+	// on different replicas at once.
+	r2, _, err := svcs[0].CreateRollout(ctx, update.RolloutSpec{Release: "1.0.5", Waves: "3,all", MaxFailures: "0", MinOutcomes: -1, Supersede: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened := 0
-	for _, e := range evs {
-		if e.Kind == fota.EventRolloutWaveOpened && e.RolloutID == r.ID {
-			opened++
+	var canaries []string
+	for _, m := range members(r2.ID) {
+		if m.Wave == 1 {
+			canaries = append(canaries, m.DeviceID)
 		}
 	}
-	if v := h.view(r.ID); v.Rollout.Wave != 2 || opened != 1 {
-		t.Fatalf("wave %d, %d wave-opened events; want wave 2 opened once", v.Rollout.Wave, opened)
+	offers := make([]*update.Offer, len(canaries))
+	for i, id := range canaries {
+		running := "1.0.3"
+		if d, _ := stores[0].Device(ctx, id); d.Version != "" {
+			running = d.Version
+		}
+		offer, why, err := svcs[i%len(svcs)].Check(ctx, update.CheckIn{DeviceID: id, API: fota.APINative, Running: running})
+		if err != nil || offer == nil {
+			t.Fatalf("%s: %v %s", id, err, why)
+		}
+		offers[i] = offer
+		// Installed and rebooting: a halt no longer stops them.
+		if err := svcs[0].Report(ctx, update.Report{Session: offer.Session, API: fota.APINative, State: fota.SessionApplied}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	for i, offer := range offers {
+		wg.Go(func() {
+			svc := svcs[i%len(svcs)]
+			if err := svc.Report(ctx, update.Report{Session: offer.Session, API: fota.APINative, State: fota.SessionRolledBack, Reason: "test"}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	v, err := svcs[1%len(svcs)].Rollout(ctx, r2.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := countEvents(t, stores[0], r2.ID, fota.EventRolloutHalted); got != 1 || v.Rollout.State != fota.RolloutHalted {
+		t.Fatalf("rollout %s with %d halted events; want halted once", v.Rollout.State, got)
+	}
+}
+
+func countEvents(t *testing.T, s fota.Store, rollout int64, kind string) int {
+	t.Helper()
+	evs, err := s.Events(context.Background(), fota.EventFilter{Limit: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range evs {
+		if e.Kind == kind && e.RolloutID == rollout {
+			n++
+		}
+	}
+	return n
 }
