@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/client"
@@ -250,5 +251,34 @@ func TestPublishRolloutAll(t *testing.T) {
 	d, err := e.admin.Device(ctx, "late")
 	if err != nil || d.Device.Inventory == nil || d.Device.Inventory.SlotSize != 1<<20 || d.Device.Inventory.Chip != "esp32" {
 		t.Fatalf("inventory: %+v %v", d.Device.Inventory, err)
+	}
+}
+
+// The native check answer carries the rollout's window: download now,
+// install inside it.
+func TestRolloutWindowInCheckAnswer(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.publishOnly("1.0.4", 3000)
+	now := e.now().UTC().Truncate(time.Minute)
+	start, end := now.Add(-time.Hour), now.Add(time.Hour)
+	window := fmt.Sprintf("%s-%s UTC", start.Format("15:04"), end.Format("15:04"))
+	d1 := e.device("w1", e.addDevice("w1", "1.0.3"))
+	d2 := e.device("w2", e.addDevice("w2", "1.0.3"))
+	if _, err := e.admin.CreateRollout(ctx, protocol.CreateRollout{Release: "1.0.4", Windows: []string{window}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d1.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || !r.Update || !r.InstallAfter.IsZero() || !r.InstallUntil.Equal(end) {
+		t.Fatalf("inside the window %s: %+v %v", window, r, err)
+	}
+	e.advance(2 * time.Hour)
+	again, err := d1.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || !again.Update || again.SessionID != r.SessionID || !again.InstallAfter.Equal(start.Add(24*time.Hour)) {
+		t.Fatalf("after the window, the download under way: %+v %v", again, err)
+	}
+	other, err := d2.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || other.Update || !strings.Contains(other.Message, "only in its maintenance windows") {
+		t.Fatalf("after the window, a device that had not started: %+v %v", other, err)
 	}
 }
