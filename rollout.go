@@ -81,6 +81,7 @@ const (
 	MemberSilent      = "silent"      // (reads) offered longer than the silent timeout, no outcome
 	MemberConfirmed   = "confirmed"   // confirmed the release after its self-test
 	MemberFailed      = "failed"      // rolled back, failed, refused or not applied
+	MemberAccepted    = "accepted"    // failed, and accepted by an operator resuming the halted rollout
 	MemberSuperseded  = "superseded"  // taken over by a newer rollout
 	MemberRemoved     = "removed"     // the device was removed
 )
@@ -141,9 +142,34 @@ func MemberReading(state string, silent, served bool) string {
 	return MemberOffered
 }
 
-// Add counts n members that read as reading (MemberReading).
-func (t *WaveTally) Add(reading string, n int) {
+// MemberCounts reports whether a session on api moves its device's
+// rollout member: always on the native API, whose requests are the
+// device's; on the EcoWatt API only for a device that has no other (policy
+// ecowatt), since anyone who knows a device id can drive such a session.
+func MemberCounts(api, devicePolicy string) bool {
+	return api != APIEcoWatt || devicePolicy == APIEcoWatt
+}
+
+// Add counts n members that read as reading (MemberReading); legacy says
+// they are EcoWatt-only devices, whose outcomes come unauthenticated.
+func (t *WaveTally) Add(reading string, n int, legacy bool) {
 	t.Members += n
+	if legacy {
+		switch reading {
+		case MemberSuperseded, MemberRemoved:
+		case MemberConfirmed:
+			t.Legacy += n
+			t.LegacyConfirmed += n
+		case MemberFailed:
+			t.Legacy += n
+			t.LegacyFailed += n
+		case MemberSilent:
+			t.Legacy += n
+			t.LegacySilent += n
+		default:
+			t.Legacy += n
+		}
+	}
 	switch reading {
 	case MemberPending:
 		t.Pending += n
@@ -159,6 +185,8 @@ func (t *WaveTally) Add(reading string, n int) {
 		t.Confirmed += n
 	case MemberFailed:
 		t.Failed += n
+	case MemberAccepted:
+		t.Accepted += n
 	case MemberSuperseded:
 		t.Superseded += n
 	case MemberRemoved:
@@ -201,7 +229,7 @@ func checkMember(m *RolloutMember, waves int) error {
 		m.State = MemberPending
 	}
 	switch m.State {
-	case MemberPending, MemberOffered, MemberConfirmed, MemberFailed, MemberSuperseded, MemberRemoved:
+	case MemberPending, MemberOffered, MemberConfirmed, MemberFailed, MemberAccepted, MemberSuperseded, MemberRemoved:
 	default:
 		return Errorf(EINVALID, "device %s: member state %q cannot be stored", m.DeviceID, m.State)
 	}
@@ -274,6 +302,12 @@ type WaveTally struct {
 	Members                                int
 	Pending, Offered, Downloading, Silent  int
 	Confirmed, Failed, Superseded, Removed int
+	// Accepted are failures an operator accepted by resuming a halt.
+	Accepted int
+	// Legacy counts the EcoWatt-only members (not superseded or removed),
+	// and the Legacy* fields their share of Confirmed, Failed and Silent:
+	// outcomes learned from unauthenticated requests.
+	Legacy, LegacyConfirmed, LegacyFailed, LegacySilent int
 }
 
 // RolloutTransition moves a rollout from one position (state and wave) to
@@ -289,6 +323,9 @@ type RolloutTransition struct {
 	// Event is the event kind recorded, with Detail.
 	Event  string
 	Detail string
+	// AcceptFailures moves the failed members to accepted (resuming a
+	// halted rollout): the gate counts only failures from then on.
+	AcceptFailures bool
 	// EndSessions ends the rollout's active sessions that have not begun
 	// to install (every state but applied) as abandoned with Reason (a
 	// halt, an abort): their devices get 410 and keep the image they run.

@@ -264,7 +264,7 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 		m.Offered, m.Updated = fromMS(offered), fromMS(updated)
 		m.State = fota.MemberReading(m.State, silent, served)
 		return m, nil
-	}, `SELECT `+memberColumns+`, m.offered_ms < $1, coalesce(s.next_chunk, 0) > 0
+	}, `SELECT `+memberColumns+`, m.offered_ms < $1 AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0
 		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
 		WHERE m.rollout_id = $2 ORDER BY m.wave, m.device_id COLLATE "C"`, ms(silentBefore), id)
 	if err != nil || len(members) > 0 {
@@ -289,18 +289,19 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		return nil, fmt.Errorf("rollout %d: %w", id, err)
 	}
 	type count struct {
-		wave           int
-		state          string
-		silent, served bool
-		n              int
+		wave                   int
+		state                  string
+		silent, served, legacy bool
+		n                      int
 	}
 	counts, err := queryAll(ctx, s.pool, "rollout tally", func(row rowScanner) (c count, err error) {
-		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.n)
-	}, `SELECT wave, state, false, false, count(*) FROM rollout_members WHERE rollout_id = $1 AND state <> $2 GROUP BY wave, state
+		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.n)
+	}, `SELECT m.wave, m.state, false, false, d.api = $4, count(*) FROM rollout_members m JOIN devices d ON d.id = m.device_id
+		WHERE m.rollout_id = $1 AND m.state <> $2 GROUP BY 1, 2, 5
 		UNION ALL
-		SELECT m.wave, m.state, m.offered_ms < $3, coalesce(s.next_chunk, 0) > 0, count(*)
-		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = $1 AND m.state = $2 GROUP BY 1, 2, 3, 4`, id, fota.MemberOffered, ms(silentBefore))
+		SELECT m.wave, m.state, m.offered_ms < $3 AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, d.api = $4, count(*)
+		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
+		WHERE m.rollout_id = $1 AND m.state = $2 GROUP BY 1, 2, 3, 4, 5`, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +315,7 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 	}
 	for _, c := range counts {
 		if c.wave >= 1 {
-			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n)
+			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy)
 		}
 	}
 	return tally, nil
@@ -404,6 +405,12 @@ func (s *Store) TransitionRollout(ctx context.Context, id int64, t fota.RolloutT
 		if err != nil {
 			return fmt.Errorf("transition rollout %d: %w", id, err)
 		}
+		if t.AcceptFailures {
+			if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE rollout_id = $3 AND state = $4`,
+				fota.MemberAccepted, ms(now), id, fota.MemberFailed); err != nil {
+				return fmt.Errorf("transition rollout %d: accept failures: %w", id, err)
+			}
+		}
 		if t.EndSessions {
 			// Not the sessions already installing (applied): their devices are
 			// rebooting into the release and still report how it went.
@@ -441,3 +448,9 @@ func abortRolloutsOf(ctx context.Context, tx pgx.Tx, releaseID int64, version, r
 	}
 	return nil
 }
+
+// silentSession is the SQL condition (on the member's session s) for an
+// offered member past the silent timeout to read silent: an EcoWatt-API
+// session only once it was served every chunk, since one unauthenticated
+// check-in opens it.
+var silentSession = fmt.Sprintf("(s.api IS NULL OR s.api <> '%s' OR s.next_chunk >= s.total_chunks)", fota.APIEcoWatt)

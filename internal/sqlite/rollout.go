@@ -230,6 +230,12 @@ func (s *Store) DeviceRollout(ctx context.Context, deviceID string) (*fota.Rollo
 	return r, m, nil
 }
 
+// silentSession is the SQL condition (on the member's session s) for an
+// offered member past the silent timeout to read silent: an EcoWatt-API
+// session only once it was served every chunk, since one unauthenticated
+// check-in opens it.
+var silentSession = fmt.Sprintf("(s.api IS NULL OR s.api <> '%s' OR s.next_chunk >= s.total_chunks)", fota.APIEcoWatt)
+
 // RolloutMembers lists a rollout's members by wave, then device id.
 func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.Time) ([]*fota.RolloutMember, error) {
 	members, err := queryAll(ctx, s.db, "rollout members", func(row rowScanner) (*fota.RolloutMember, error) {
@@ -242,7 +248,7 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 		m.Offered, m.Updated = fromMS(offered), fromMS(updated)
 		m.State = fota.MemberReading(m.State, silent, served)
 		return m, nil
-	}, `SELECT `+memberColumns+`, m.offered_ms < ?, coalesce(s.next_chunk, 0) > 0
+	}, `SELECT `+memberColumns+`, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0
 		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
 		WHERE m.rollout_id = ? ORDER BY m.wave, m.device_id`, ms(silentBefore), id)
 	if err != nil || len(members) > 0 {
@@ -267,18 +273,20 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		return nil, fmt.Errorf("rollout %d: %w", id, err)
 	}
 	type count struct {
-		wave           int
-		state          string
-		silent, served bool
-		n              int
+		wave                   int
+		state                  string
+		silent, served, legacy bool
+		n                      int
 	}
 	counts, err := queryAll(ctx, s.db, "rollout tally", func(row rowScanner) (c count, err error) {
-		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.n)
-	}, `SELECT wave, state, 0, 0, count(*) FROM rollout_members WHERE rollout_id = ? AND state <> ? GROUP BY wave, state
+		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.n)
+	}, `SELECT m.wave, m.state, 0, 0, d.api = ?, count(*) FROM rollout_members m JOIN devices d ON d.id = m.device_id
+		WHERE m.rollout_id = ? AND m.state <> ? GROUP BY 1, 2, 5
 		UNION ALL
-		SELECT m.wave, m.state, m.offered_ms < ?, coalesce(s.next_chunk, 0) > 0, count(*)
-		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = ? AND m.state = ? GROUP BY 1, 3, 4`, id, fota.MemberOffered, ms(silentBefore), id, fota.MemberOffered)
+		SELECT m.wave, m.state, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, d.api = ?, count(*)
+		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
+		WHERE m.rollout_id = ? AND m.state = ? GROUP BY 1, 3, 4, 5`,
+		fota.APIEcoWatt, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt, id, fota.MemberOffered)
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +300,7 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 	}
 	for _, c := range counts {
 		if c.wave >= 1 {
-			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n)
+			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy)
 		}
 	}
 	return tally, nil
@@ -380,6 +388,12 @@ func (s *Store) TransitionRollout(ctx context.Context, id int64, t fota.RolloutT
 		var version string
 		if err := tx.QueryRowContext(ctx, `SELECT release_version FROM rollouts WHERE id = ?`, id).Scan(&version); err != nil {
 			return fmt.Errorf("transition rollout %d: %w", id, err)
+		}
+		if t.AcceptFailures {
+			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE rollout_id = ? AND state = ?`,
+				fota.MemberAccepted, ms(now), id, fota.MemberFailed); err != nil {
+				return fmt.Errorf("transition rollout %d: accept failures: %w", id, err)
+			}
 		}
 		if t.EndSessions {
 			// Not the sessions already installing (applied): their devices are

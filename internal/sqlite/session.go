@@ -38,7 +38,8 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
 	// opens of one device cannot interleave.
 	return inTx(ctx, s.fast, func(tx *txn) error {
-		if err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api, removed_ms FROM devices WHERE id = ?`, sess.DeviceID), sess); err != nil {
+		policy, err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api, removed_ms FROM devices WHERE id = ?`, sess.DeviceID), sess)
+		if err != nil {
 			return err
 		}
 		var withdrawn int64
@@ -83,13 +84,13 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
+		_, err = tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
 			sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
 		if err != nil {
 			return fmt.Errorf("open session: %w", err)
 		}
-		if sess.RolloutID != 0 {
+		if sess.RolloutID != 0 && fota.MemberCounts(sess.API, policy) {
 			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?
 				WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.RolloutID, sess.DeviceID); err != nil {
 				return fmt.Errorf("open session: offer to rollout member: %w", err)
@@ -101,23 +102,23 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 	})
 }
 
-// allowsInTx reads the device's policy and tombstone in the open's
+// allowsInTx reads the device's policy (which it returns) and tombstone in the open's
 // transaction: a policy narrowed or a removal since the check-in read it
 // wins.
-func allowsInTx(row *sql.Row, sess *fota.Session) error {
+func allowsInTx(row *sql.Row, sess *fota.Session) (string, error) {
 	var api string
 	var removed int64
 	err := row.Scan(&api, &removed)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && removed > 0 {
-		return fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
+		return "", fota.Errorf(fota.ENOTFOUND, "unknown device %q", sess.DeviceID)
 	}
 	if err != nil {
-		return fmt.Errorf("open session: %w", err)
+		return "", fmt.Errorf("open session: %w", err)
 	}
 	if !(&fota.Device{API: api}).Allows(sess.API) {
-		return fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)
+		return "", fota.Errorf(fota.EFORBIDDEN, "device %s's API policy (%s) does not allow the %s API", sess.DeviceID, api, sess.API)
 	}
-	return nil
+	return api, nil
 }
 
 // checkRolloutOffer applies fota.CheckRolloutOffer to a session opened for

@@ -980,3 +980,54 @@ func testRolloutEvents(t *testing.T, s fota.Store, _ *Clock) {
 		t.Fatalf("rollout session events by kind: %v", kinds)
 	}
 }
+
+// testRolloutTrust: EcoWatt-API sessions move the member only of an
+// EcoWatt-only device, read silent only once served every chunk, and the
+// tally tells EcoWatt-only members apart; accepting failures moves the
+// failed members to accepted.
+func testRolloutTrust(t *testing.T, s fota.Store, c *Clock) {
+	ctx := context.Background()
+	rel := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, rel))
+	both, eco, eco2, nat := NewDevice("both"), NewDevice("eco"), NewDevice("eco2"), NewDevice("nat")
+	both.API, eco.API, eco2.API = fota.APIBoth, fota.APIEcoWatt, fota.APIEcoWatt
+	for _, d := range []*fota.Device{both, eco, eco2, nat} {
+		must(t, s.CreateDevice(ctx, d))
+	}
+	r := newRollout(rel, fota.RolloutRunning, 1)
+	r.WaveEnds = []int{4}
+	createRollout(t, s, r, inWave(1, "both", "eco", "eco2", "nat"), false)
+	open := func(id, dev, api string) {
+		t.Helper()
+		must(t, s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api,
+			TotalChunks: 4, RolloutID: r.ID}, fota.SessionCaps{}))
+	}
+	open("s-both", "both", fota.APIEcoWatt)
+	open("s-eco", "eco", fota.APIEcoWatt)
+	open("s-eco2", "eco2", fota.APIEcoWatt)
+	open("s-nat", "nat", fota.APINative)
+	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "s-eco2", Next: 4, Bytes: 4096}}))
+	must(t, s.SetSessionState(ctx, "s-both", fota.StateChange{State: fota.SessionFailed, Reason: "forged"}))
+	c.Advance(3 * time.Hour)
+	silentBefore := c.Now().Add(-time.Hour)
+	// both: untouched by its EcoWatt session; eco: one check-in, not
+	// silent; eco2: served everything, then silence.
+	if got, want := memberStates(t, s, r.ID, silentBefore), "both:pending eco:offered eco2:silent nat:silent"; got != want {
+		t.Fatalf("members %s, want %s", got, want)
+	}
+	tally, err := s.RolloutTally(ctx, r.ID, silentBefore)
+	must(t, err)
+	if want := (fota.WaveTally{Wave: 1, Members: 4, Pending: 1, Offered: 3, Silent: 2, Downloading: 0, Legacy: 2, LegacySilent: 1}); tally[0] != want {
+		t.Fatalf("tally %+v, want %+v", tally[0], want)
+	}
+	must(t, s.SetSessionState(ctx, "s-nat", fota.StateChange{State: fota.SessionRolledBack, Reason: "boot loop"}))
+	_, err = s.TransitionRollout(ctx, r.ID, fota.RolloutTransition{FromState: fota.RolloutRunning, FromWave: 1, State: fota.RolloutHalted,
+		Wave: 1, Event: fota.EventRolloutHalted})
+	must(t, err)
+	_, err = s.TransitionRollout(ctx, r.ID, fota.RolloutTransition{FromState: fota.RolloutHalted, FromWave: 1, State: fota.RolloutRunning,
+		Wave: 1, Event: fota.EventRolloutResumed, AcceptFailures: true})
+	must(t, err)
+	if m := member(t, s, r.ID, "nat"); m.State != fota.MemberAccepted || m.Reason != "boot loop" {
+		t.Fatalf("nat after its failure was accepted: %+v", m)
+	}
+}

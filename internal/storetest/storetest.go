@@ -77,6 +77,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"RemoveDeviceFromRollouts", testRemoveDeviceFromRollouts},
 		{"JoinRollout", testJoinRollout},
 		{"RolloutEvents", testRolloutEvents},
+		{"RolloutTrust", testRolloutTrust},
 		{"Webhooks", testWebhooks},
 		{"WebhookFanOut", testWebhookFanOut},
 		{"WebhookFanOutConcurrent", testWebhookFanOutConcurrent},

@@ -31,6 +31,17 @@ type Decision struct {
 	// InstallAfter and InstallUntil bound the installation (zero: no
 	// bound): the maintenance window that is open now, or the next.
 	InstallAfter, InstallUntil time.Time
+	// operatorsOnly marks a Reason that tells of a rollout (its id, state,
+	// an operator's reason, waves): not for unauthenticated callers.
+	operatorsOnly bool
+}
+
+// PublicReason is the reason an unauthenticated caller may be told.
+func (d Decision) PublicReason(running string) string {
+	if d.operatorsOnly {
+		return fmt.Sprintf("running %s; nothing to install now", running)
+	}
+	return d.Reason
 }
 
 // decide picks the release a device should install. Precedence, the one
@@ -68,7 +79,7 @@ func (s *Service) decide(ctx context.Context, req Request) (Decision, error) {
 	}
 	ro, m, err := s.store.DeviceRollout(ctx, d.ID)
 	if fota.ErrorCode(err) == fota.ENOTFOUND {
-		return Decision{Reason: fmt.Sprintf("running %s; no rollout includes this device", req.Running)}, nil
+		return Decision{Reason: fmt.Sprintf("running %s; no rollout includes this device", req.Running), operatorsOnly: true}, nil
 	}
 	if err != nil {
 		return Decision{}, err
@@ -76,28 +87,28 @@ func (s *Service) decide(ctx context.Context, req Request) (Decision, error) {
 	r, err := s.releases.get(ctx, s.store, ro.ReleaseID)
 	if fota.ErrorCode(err) == fota.ENOTFOUND || ro.ReleaseID == 0 {
 		// A completed rollout does not keep its release from deletion.
-		return Decision{Reason: fmt.Sprintf("running %s; the release of rollout %d (%s) was deleted", req.Running, ro.ID, ro.ReleaseVersion)}, nil
+		return Decision{Reason: fmt.Sprintf("running %s; the release of rollout %d (%s) was deleted", req.Running, ro.ID, ro.ReleaseVersion), operatorsOnly: true}, nil
 	}
 	if err != nil {
 		return Decision{}, err
 	}
 	name := fmt.Sprintf("rollout %d of %s", ro.ID, r.Version)
 	if !newer(r) {
-		return Decision{Reason: fmt.Sprintf("running %s; %s is not newer", req.Running, name)}, nil
+		return Decision{Reason: fmt.Sprintf("running %s; %s is not newer", req.Running, name), operatorsOnly: true}, nil
 	}
-	dec := Decision{Release: r, RolloutID: ro.ID}
+	dec := Decision{Release: r, RolloutID: ro.ID, operatorsOnly: true}
 	switch {
 	case ro.State == fota.RolloutPaused && m.Wave <= ro.Wave:
 		// A download under way may finish; nothing new starts.
 		dec.ResumeOnly, dec.Reason = true, name+" is paused"
 	case ro.State == fota.RolloutScheduled:
-		return Decision{Reason: fmt.Sprintf("%s starts at %s", name, ro.Start.UTC().Format(time.RFC3339))}, nil
+		return Decision{Reason: fmt.Sprintf("%s starts at %s", name, ro.Start.UTC().Format(time.RFC3339)), operatorsOnly: true}, nil
 	case !fota.RolloutOffers(ro.State) && ro.Reason != "":
-		return Decision{Reason: fmt.Sprintf("%s is %s: %s", name, ro.State, ro.Reason)}, nil
+		return Decision{Reason: fmt.Sprintf("%s is %s: %s", name, ro.State, ro.Reason), operatorsOnly: true}, nil
 	case !fota.RolloutOffers(ro.State):
-		return Decision{Reason: fmt.Sprintf("%s is %s", name, ro.State)}, nil
+		return Decision{Reason: fmt.Sprintf("%s is %s", name, ro.State), operatorsOnly: true}, nil
 	case m.Wave > ro.Wave:
-		return Decision{Reason: fmt.Sprintf("this device is in wave %d of %s, which opens after wave %d passes", m.Wave, name, ro.Wave)}, nil
+		return Decision{Reason: fmt.Sprintf("this device is in wave %d of %s, which opens after wave %d passes", m.Wave, name, ro.Wave), operatorsOnly: true}, nil
 	}
 	if why, err := s.withheld(ctx, req, r); why != "" || err != nil {
 		return Decision{Reason: "release " + r.Version + " " + why}, err

@@ -32,6 +32,14 @@ type Verdict struct {
 //   - O, outcomes: confirmed members and F;
 //   - E, eligible members: all but superseded and removed ones.
 //
+// When the open waves hold devices that can authenticate (native API
+// policy native or both), only those count: an EcoWatt-only device's
+// outcome is learned from requests anyone who knows its id can send, so
+// it decides nothing for them (a rollout of EcoWatt-only devices counts
+// theirs, at the risk of forged halts and passes that concern only them).
+// Members whose failures an operator accepted (resuming a halt) count as
+// neither.
+//
 // F and O leave out the r.GateBase failures an operator accepted by
 // resuming a halted rollout. It halts when F is over r.MaxFailures; when,
 // with O at least max(1, r.MinOutcomes), F is over r.MaxFailuresPercent of
@@ -52,12 +60,24 @@ func Evaluate(r *fota.Rollout, tallies []fota.WaveTally, now time.Time) Verdict 
 		return Verdict{GateHold, "no wave is open yet"}
 	}
 	var rawFailed, confirmed, eligible int
+	var legacy, legacyFailed, legacyConfirmed int
 	for _, t := range tallies {
 		if t.Wave >= 1 && t.Wave <= r.Wave {
 			rawFailed += t.Failed + t.Silent
 			confirmed += t.Confirmed
 			eligible += t.Members - t.Superseded - t.Removed
+			legacy += t.Legacy
+			legacyFailed += t.LegacyFailed + t.LegacySilent
+			legacyConfirmed += t.LegacyConfirmed
 		}
+	}
+	if eligible > legacy {
+		// Devices that can prove who they are take part: the gate counts
+		// only them. The EcoWatt-only devices' outcomes come from requests
+		// anyone could send, and must not decide what native devices get.
+		rawFailed -= legacyFailed
+		confirmed -= legacyConfirmed
+		eligible -= legacy
 	}
 	failed := max(rawFailed-r.GateBase, 0)
 	outcomes := max(rawFailed+confirmed-r.GateBase, 0)

@@ -201,8 +201,12 @@ func TestRolloutHaltsOnFailuresAndStopsDownloads(t *testing.T) {
 	for _, id := range first[5:7] {
 		h.outcome(id, fota.SessionFailed)
 	}
-	if v := h.view(r.ID); v.Rollout.State != fota.RolloutHalted || !strings.Contains(v.Rollout.Reason, "not counting 3 failures accepted") {
+	v = h.view(r.ID)
+	if v.Rollout.State != fota.RolloutHalted {
 		t.Fatalf("three failures after the resume: %s %q", v.Rollout.State, v.Rollout.Reason)
+	}
+	if v.Tally[0].Accepted != 3 || v.Tally[0].Failed != 3 {
+		t.Fatalf("after the second halt: %+v, want the first three accepted and three failed", v.Tally[0])
 	}
 }
 
@@ -514,4 +518,73 @@ func countEvents(t *testing.T, s fota.Store, rollout int64, kind string) int {
 		}
 	}
 	return n
+}
+
+// In a rollout with devices that can authenticate, what arrives on the
+// EcoWatt API decides nothing for them: it cannot halt, pass or mark them.
+func TestUnauthenticatedOutcomesDoNotGateNativeDevices(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	rel := h.publish("1.0.5")
+	h.device("nat", fota.APINative)
+	h.device("both", fota.APIBoth)
+	h.device("eco", fota.APIEcoWatt)
+	r := h.rollout(update.RolloutSpec{Release: "1.0.5", MaxFailures: "0", SilentTimeout: 10 * time.Minute})
+	// An EcoWatt-only device that fetched everything and reports a failure.
+	eco := h.wantOffer("eco", fota.APIEcoWatt, "1.0.3", "1.0.5")
+	h.served(eco.Session, rel)
+	if err := h.report(eco.Session, fota.APIEcoWatt, fota.SessionFailed); err != nil {
+		t.Fatal(err)
+	}
+	// A device allowed both APIs confirms natively; then a forged EcoWatt
+	// session claims it runs the old version and failed.
+	native := h.wantOffer("both", fota.APINative, "1.0.3", "1.0.5")
+	if err := h.report(native.Session, fota.APINative, fota.SessionConfirmed); err != nil {
+		t.Fatal(err)
+	}
+	forged := h.wantOffer("both", fota.APIEcoWatt, "1.0.3", "1.0.5")
+	h.served(forged.Session, rel)
+	if err := h.report(forged.Session, fota.APIEcoWatt, fota.SessionFailed); err != nil {
+		t.Fatal(err)
+	}
+	// And a forged check-in that opens a session it never uses.
+	h.wantOffer("nat", fota.APINative, "1.0.3", "1.0.5")
+	h.clock.Advance(5 * time.Minute)
+	h.tick()
+	v := h.view(r.ID)
+	states := map[string]string{}
+	for _, m := range v.Members {
+		states[m.DeviceID] = m.State
+	}
+	if v.Rollout.State != fota.RolloutRunning || states["both"] != fota.MemberConfirmed || states["eco"] != fota.MemberFailed {
+		t.Fatalf("after unauthenticated failures: %s (%s), members %v", v.Rollout.State, v.Rollout.Reason, states)
+	}
+	// The native device goes silent: that counts.
+	h.clock.Advance(10 * time.Minute)
+	h.tick()
+	if v := h.view(r.ID); v.Rollout.State != fota.RolloutHalted {
+		t.Fatalf("a native device silent past the timeout: %s", v.Rollout.State)
+	}
+}
+
+// A session opened by one unauthenticated check-in never reads silent:
+// only one that fetched every chunk and then said nothing.
+func TestOneForgedCheckInIsNotSilence(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	rel := h.publish("1.0.5")
+	h.device("e1", fota.APIEcoWatt)
+	h.device("e2", fota.APIEcoWatt)
+	r := h.rollout(update.RolloutSpec{Release: "1.0.5", MaxFailures: "0", SilentTimeout: 10 * time.Minute})
+	h.wantOffer("e1", fota.APIEcoWatt, "1.0.3", "1.0.5")
+	h.clock.Advance(time.Hour)
+	h.tick()
+	if v := h.view(r.ID); v.Rollout.State != fota.RolloutRunning {
+		t.Fatalf("one check-in an hour ago: %s (%s)", v.Rollout.State, v.Rollout.Reason)
+	}
+	all := h.wantOffer("e2", fota.APIEcoWatt, "1.0.3", "1.0.5")
+	h.served(all.Session, rel)
+	h.clock.Advance(time.Hour)
+	h.tick()
+	if v := h.view(r.ID); v.Rollout.State != fota.RolloutHalted {
+		t.Fatalf("served every chunk, then silent for an hour: %s", v.Rollout.State)
+	}
 }

@@ -308,8 +308,10 @@ func (s *Service) ResumeRollout(ctx context.Context, id int64) (*fota.Rollout, e
 				return t, err
 			}
 			failures, _ := openOutcomes(r, tally)
-			t.GateBase = failures
-			t.Detail = fmt.Sprintf("resumed after a halt; the gate counts failures beyond the %d accepted", failures)
+			// The failed devices are accepted as they are, by device, so
+			// one that later confirms does not hide a new failure.
+			t.AcceptFailures = true
+			t.Detail = fmt.Sprintf("resumed after a halt; the %d failures that halted it are accepted, the gate counts new ones", failures)
 		default:
 			return t, fota.Errorf(fota.ECONFLICT, "rollout %d is %s; only a paused or halted rollout can be resumed", r.ID, r.State)
 		}

@@ -265,6 +265,12 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 		}
 	}
 	dec, err := s.decide(ctx, Request{Device: d, Running: c.Running, API: c.API, Now: now})
+	if !authenticated && dec.Reason != "" {
+		if public := dec.PublicReason(c.Running); public != dec.Reason {
+			s.log.Info("no update on the EcoWatt API", "device_id", d.ID, "reason", dec.Reason)
+			dec.Reason = public
+		}
+	}
 	if err != nil || dec.Release == nil {
 		return nil, dec.Reason, err
 	}

@@ -250,7 +250,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 	// Checking in running the target confirms the session, once every
 	// chunk was served: before that the claim ends nothing.
 	good := h.wantOffer("good", fota.APIEcoWatt, "1.0.3", "1.0.4")
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "is not newer")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing to install now")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionOpen {
 		t.Fatalf("session after claiming the target with no chunk served: %s", sess.State)
 	}
@@ -258,7 +258,7 @@ func TestLegacyOutcomesFromCheckIns(t *testing.T) {
 		t.Fatal("the device did not resume its session after a premature claim")
 	}
 	h.served(good.Session, r)
-	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "is not newer")
+	h.wantNoOffer("good", fota.APIEcoWatt, "1.0.4", "nothing to install now")
 	if sess, _ := h.store.Session(h.ctx, good.Session.ID); sess.State != fota.SessionConfirmed {
 		t.Fatalf("session after checking in on the target: %s", sess.State)
 	}
