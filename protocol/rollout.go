@@ -35,6 +35,7 @@ type RolloutCounts struct {
 	Downloading int `json:"downloading"`
 	Confirmed   int `json:"confirmed"`
 	Failed      int `json:"failed"`
+	Accepted    int `json:"accepted"` // failures an operator accepted by resuming a halt
 	Silent      int `json:"silent"`
 	Superseded  int `json:"superseded"`
 	Removed     int `json:"removed"`

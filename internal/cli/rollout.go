@@ -227,11 +227,11 @@ func runRolloutShow(e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stdout)
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WAVE\tOPEN\tTARGETED\tPENDING\tOFFERED\tDOWNLOADING\tCONFIRMED\tFAILED\tSILENT\tSUPERSEDED")
+	fmt.Fprintln(tw, "WAVE\tOPEN\tTARGETED\tPENDING\tOFFERED\tDOWNLOADING\tCONFIRMED\tFAILED\tACCEPTED\tSILENT\tSUPERSEDED")
 	for _, w := range r.WaveCounts {
 		c := w.Counts
-		fmt.Fprintf(tw, "%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", w.Wave, w.Open, c.Targeted, c.Pending, c.Offered, c.Downloading, c.Confirmed,
-			c.Failed, c.Silent, c.Superseded)
+		fmt.Fprintf(tw, "%d\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", w.Wave, w.Open, c.Targeted, c.Pending, c.Offered, c.Downloading, c.Confirmed,
+			c.Failed, c.Accepted, c.Silent, c.Superseded)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

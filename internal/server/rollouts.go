@@ -139,7 +139,7 @@ func viewRollout(v *update.RolloutView) protocol.Rollout {
 		Start: ro.Start, WaveOpened: ro.WaveOpened, Created: ro.Created, Updated: ro.Updated, WaveCounts: []protocol.RolloutWave{}}
 	for _, t := range v.Tally {
 		c := protocol.RolloutCounts{Targeted: t.Members, Pending: t.Pending, Offered: t.Offered, Downloading: t.Downloading,
-			Confirmed: t.Confirmed, Failed: t.Failed, Silent: t.Silent, Superseded: t.Superseded, Removed: t.Removed}
+			Confirmed: t.Confirmed, Failed: t.Failed, Accepted: t.Accepted, Silent: t.Silent, Superseded: t.Superseded, Removed: t.Removed}
 		out.WaveCounts = append(out.WaveCounts, protocol.RolloutWave{Wave: t.Wave, Open: t.Wave <= ro.Wave, Counts: c})
 		out.Counts.Targeted += c.Targeted
 		out.Counts.Pending += c.Pending
@@ -147,6 +147,7 @@ func viewRollout(v *update.RolloutView) protocol.Rollout {
 		out.Counts.Downloading += c.Downloading
 		out.Counts.Confirmed += c.Confirmed
 		out.Counts.Failed += c.Failed
+		out.Counts.Accepted += c.Accepted
 		out.Counts.Silent += c.Silent
 		out.Counts.Superseded += c.Superseded
 		out.Counts.Removed += c.Removed
