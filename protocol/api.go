@@ -156,6 +156,19 @@ type DeviceInventory struct {
 type DeviceDetail struct {
 	Device  Device  `json:"device"`
 	History []Event `json:"history"`
+	// Rollout is the device's current rollout membership, if any.
+	Rollout *DeviceRollout `json:"rollout,omitempty"`
+}
+
+// DeviceRollout is where a device stands in its rollout.
+type DeviceRollout struct {
+	ID           int64  `json:"id"`
+	Release      string `json:"release"`
+	RolloutState string `json:"rollout_state"`
+	OpenWave     int    `json:"open_wave"`
+	Wave         int    `json:"wave"`
+	State        string `json:"state"` // the device's: pending, offered, confirmed, failed, accepted
+	Reason       string `json:"reason,omitempty"`
 }
 
 // Session is an update session as the admin API (and /ota/status) shows it.

@@ -85,6 +85,9 @@ type Rollout struct {
 	WaveOpened time.Time     `json:"wave_opened,omitzero"`
 	Created    time.Time     `json:"created"`
 	Updated    time.Time     `json:"updated"`
+	// UpToDate, in the answer to its creation, is how many devices the
+	// target named that already run the release or a newer one: left out.
+	UpToDate int `json:"up_to_date,omitempty"`
 	// Devices is filled in by GET /v1/admin/rollouts/{id}.
 	Devices []RolloutDevice `json:"devices,omitempty"`
 }

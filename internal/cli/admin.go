@@ -95,7 +95,8 @@ func runReleasePublish(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "published %s %s for %s: %d bytes, %d chunks, signed by %s; served on the %s\n",
 		r.Product, r.Version, r.Hardware, r.PlaintextSize, r.Chunks, r.KeyID, api)
 	if r.RolloutID != 0 {
-		fmt.Fprintf(e.stdout, "rollout %d: %s to every %s device (fota rollout show %d)\n", r.RolloutID, r.Version, r.Hardware, r.RolloutID)
+		fmt.Fprintf(e.stdout, "rollout %d: %s to every %s device, taking them over from earlier rollouts (fota rollout show %d)\n",
+			r.RolloutID, r.Version, r.Hardware, r.RolloutID)
 	} else {
 		fmt.Fprintf(e.stdout, "no device is offered it yet: fota rollout create --release %s (or publish with --rollout all)\n", r.Version)
 	}
@@ -123,7 +124,7 @@ func runReleaseList(e *env, args []string) error {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tPUBLISHED\tSTATUS")
 	for _, r := range rels {
-		status := "offered"
+		status := "published"
 		if !r.Withdrawn.IsZero() {
 			status = "withdrawn " + r.Withdrawn.Local().Format(time.DateTime)
 		}
@@ -404,6 +405,14 @@ func runDeviceShow(e *env, args []string) error {
 	if len(d.Device.Labels) > 0 {
 		fmt.Fprintf(e.stdout, "labels: %s\n", fota.FormatLabels(d.Device.Labels))
 	}
+	if ro := d.Rollout; ro != nil {
+		fmt.Fprintf(e.stdout, "rollout %d (%s, %s, wave %d open): this device is in wave %d, %s", ro.ID, shown(ro.Release), ro.RolloutState,
+			ro.OpenWave, ro.Wave, ro.State)
+		if ro.Reason != "" {
+			fmt.Fprintf(e.stdout, " (%s)", shown(ro.Reason))
+		}
+		fmt.Fprintln(e.stdout)
+	}
 	if inv := d.Device.Inventory; inv != nil {
 		fmt.Fprintf(e.stdout, "reports: chip %s, slot %d bytes, free flash %d bytes, agent %s (as of %s)\n", orDash(shown(inv.Chip)), inv.SlotSize,
 			inv.FreeFlash, orDash(shown(inv.AgentVersion)), inv.Updated.Local().Format(time.DateTime))
@@ -568,6 +577,9 @@ func runReleaseDelete(e *env, args []string) error {
 	if err := a.DeleteRelease(e.ctx, hardware, version); err != nil {
 		err = fmt.Errorf("delete %s for %s: %w", version, hardware, err)
 		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Status == http.StatusConflict && strings.Contains(ae.Message, "rollout") {
+			return withHint(err, "fota rollout list shows it; fota rollout abort ID (or withdraw the release, which aborts its rollouts and ends its downloads)")
+		}
 		if errors.As(err, &ae) && ae.Status == http.StatusConflict {
 			return withHint(err, "withdraw it first to end its downloads: fota release withdraw --version "+version+" --hardware "+hardware)
 		}
@@ -579,10 +591,14 @@ func runReleaseDelete(e *env, args []string) error {
 
 func printEvents(e *env, evs []protocol.Event) {
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tBY\tDETAIL")
+	fmt.Fprintln(tw, "TIME\tEVENT\tDEVICE\tVERSION\tROLLOUT\tBY\tDETAIL")
 	for _, ev := range evs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), shown(ev.Kind), shown(orDash(ev.DeviceID)),
-			shown(orDash(ev.Version)), shown(orDash(ev.Actor)), shown(ev.Detail))
+		rollout := "-"
+		if ev.RolloutID != 0 {
+			rollout = strconv.FormatInt(ev.RolloutID, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Time.Local().Format(time.DateTime), shown(ev.Kind), shown(orDash(ev.DeviceID)),
+			shown(orDash(ev.Version)), rollout, shown(orDash(ev.Actor)), shown(ev.Detail))
 	}
 	tw.Flush()
 }

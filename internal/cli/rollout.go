@@ -2,11 +2,14 @@ package cli
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/protocol"
 )
 
@@ -38,8 +41,10 @@ of the release and its id. A wave opens when the one before has soaked
     downloads under way end, devices keep the image they run;
   - --min-outcomes N outcomes are needed before a wave passes.
 With --window (several allowed) the release is offered only inside the
-windows; a download under way may finish, and native devices install only
-inside a window (download now, install at/after the window opens).
+windows. A download under way when a window closes may finish; native
+devices then keep the verified image and install it only when the next
+window opens (the original EcoWatt firmware installs when its download ends).
+Devices that already run the release or a newer one are left out.
 A device is in one rollout at a time per hardware: create refuses a target
 that overlaps a scheduled, running, paused or halted rollout, naming it,
 unless --supersede (the older rollout gives those devices up). Pins win
@@ -72,7 +77,7 @@ func runRolloutCreate(e *env, args []string) error {
 	waves := fs.String("waves", "", "waves: 10%,50%,100% or 5,50,all (default one wave: 100%)")
 	soak := fs.String("soak", "", "how long each wave runs before the next may open (default 1h; 0 for none)")
 	maxFailures := fs.String("max-failures", "", "halt beyond this share and/or count of failures: 5%, 3 or 5%,3 (default 5%; none for no limit)")
-	minOutcomes := fs.Int("min-outcomes", -1, "outcomes needed before a wave passes (default 1)")
+	minOutcomes := fs.String("min-outcomes", "", "outcomes needed before a wave passes (default 1)")
 	silent := fs.String("silent-timeout", "", "a device offered the update with no outcome after this counts as failed (default 1h)")
 	var windows stringList
 	fs.Var(&windows, "window", "maintenance window, e.g. 'Mon-Fri 01:00-05:00 Europe/Berlin' (repeat for several)")
@@ -94,8 +99,12 @@ func runRolloutCreate(e *env, args []string) error {
 			}
 		}
 	}
-	if *minOutcomes >= 0 {
-		req.MinOutcomes = minOutcomes
+	if *minOutcomes != "" {
+		n, err := strconv.Atoi(*minOutcomes)
+		if err != nil || n < 0 {
+			return usagef("--min-outcomes %q: want a count, 0 or more", *minOutcomes)
+		}
+		req.MinOutcomes = &n
 	}
 	if *start != "" {
 		t, err := time.Parse(time.RFC3339, *start)
@@ -115,10 +124,16 @@ func runRolloutCreate(e *env, args []string) error {
 	if *asJSON {
 		return printJSON(e, r)
 	}
-	fmt.Fprintf(e.stdout, "rollout %d: %s for %s to %d devices in %d wave(s) (%s), %s\n", r.ID, r.Release, r.Hardware, r.Counts.Targeted,
+	fmt.Fprintf(e.stdout, "rollout %d: %s for %s to %d devices in %d wave(s) of %s devices, %s\n", r.ID, r.Release, r.Hardware, r.Counts.Targeted,
 		r.Waves, waveSizes(r), r.State)
+	if r.UpToDate > 0 {
+		fmt.Fprintf(e.stdout, "%d device(s) the target names already run %s or newer: left out\n", r.UpToDate, r.Release)
+	}
+	if *supersede {
+		fmt.Fprintln(e.stdout, "rollouts that held some of these devices gave them up (fota rollout list shows which)")
+	}
 	if r.Counts.Targeted == 0 {
-		fmt.Fprintln(e.stdout, "no device matches yet; devices registered or labelled later that match join it")
+		e.warn("no device is in rollout %d now: devices registered or labelled later that match join it%s", r.ID, labelKeysHint(e, a, *selector))
 	}
 	return nil
 }
@@ -151,10 +166,10 @@ func runRolloutList(e *env, args []string) error {
 		return printJSON(e, rs)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tRELEASE\tHARDWARE\tSTATE\tWAVE\tTARGETED\tOFFERED\tCONFIRMED\tFAILED\tSILENT\tTARGET\tREASON")
+	fmt.Fprintln(tw, "ID\tRELEASE\tHARDWARE\tSTATE\tWAVE\tTARGETED\tOFFERED\tCONFIRMED\tFAILED\tSILENT\tSUPERSEDED\tTARGET\tREASON")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.ID, shown(r.Release), shown(r.Hardware), r.State, r.Wave, r.Waves,
-			r.Counts.Targeted, r.Counts.Offered, r.Counts.Confirmed, r.Counts.Failed, r.Counts.Silent, target(&r), shown(r.Reason))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.ID, shown(r.Release), shown(r.Hardware), r.State, r.Wave, r.Waves,
+			r.Counts.Targeted, r.Counts.Offered, r.Counts.Confirmed, r.Counts.Failed, r.Counts.Silent, r.Counts.Superseded, target(&r), shown(r.Reason))
 	}
 	return tw.Flush()
 }
@@ -270,4 +285,26 @@ func rolloutAction(action string) func(*env, []string) error {
 		fmt.Fprintf(e.stdout, "rollout %d: %s, wave %d of %d\n", r.ID, r.State, r.Wave, r.Waves)
 		return nil
 	}
+}
+
+// labelKeysHint names the label keys the devices have, when a selector
+// matched nothing: the likeliest mistake is a misspelt key.
+func labelKeysHint(e *env, a *client.Admin, selector string) string {
+	if selector == "" {
+		return ""
+	}
+	ds, err := a.Devices(e.ctx)
+	if err != nil {
+		return ""
+	}
+	keys := map[string]bool{}
+	for _, d := range ds {
+		for k := range d.Labels {
+			keys[k] = true
+		}
+	}
+	if len(keys) == 0 {
+		return "; no device has labels yet (fota device label)"
+	}
+	return fmt.Sprintf("; label keys in use: %s", strings.Join(slices.Sorted(maps.Keys(keys)), ", "))
 }

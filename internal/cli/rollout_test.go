@@ -31,10 +31,12 @@ func TestRolloutCommands(t *testing.T) {
 	run(t, "rollout", "create", "--release", "1.0.4", "--waves", "200%").expect(t, 1, "", "200%")
 	run(t, "rollout", "create", "--release", "1.0.4", "--selector", "ring=canary", "--waves", "1,all", "--soak", "2h",
 		"--max-failures", "5%,1", "--min-outcomes", "1", "--window", "Mon-Fri 01:00-05:00 Europe/Berlin").
-		expect(t, 0, "rollout 1: 1.0.4 for esp32 to 2 devices in 2 wave(s) (1, 1), running", "")
+		expect(t, 0, "rollout 1: 1.0.4 for esp32 to 2 devices in 2 wave(s) of 1, 1 devices, running", "")
 	run(t, "rollout", "create", "--release", "1.0.4").expect(t, 1, "", "rollout 1")
 	run(t, "rollout", "create", "--release", "1.0.4", "--selector", "!ring").expect(t, 0, "to 4 devices", "")
 	run(t, "rollout", "list").expect(t, 0, "ring=canary", "")
+	run(t, "rollout", "create", "--release", "1.0.4", "--selector", "rng=canary").expect(t, 0, "to 0 devices", "label keys in use: ring")
+	run(t, "device", "show", "--id", "c1").expect(t, 0, "rollout 1 (1.0.4, running, wave 1 open): this device is in wave", "")
 	out := run(t, "rollout", "show", "1", "--json")
 	out.expect(t, 0, `"state": "running"`, "")
 	var r protocol.Rollout

@@ -23,6 +23,9 @@ const rolloutLock = 0x666f7472 // "fotr"
 // endedMembers are the member states fota.MemberEnded holds for.
 var endedMembers = []string{fota.MemberSuperseded, fota.MemberRemoved}
 
+// waitingMembers are the member states without an outcome.
+var waitingMembers = []string{fota.MemberPending, fota.MemberOffered}
+
 // holdingStates are the rollout states fota.RolloutHolds holds for.
 var holdingStates = func() []string {
 	var states []string
@@ -186,11 +189,13 @@ func (s *Store) supersede(ctx context.Context, tx pgx.Tx, r *fota.Rollout, super
 		return nil, err
 	}
 	var holding []fota.RolloutOverlap
-	var ids []int64
+	var ids, ended []int64
 	for _, o := range overlaps {
-		ids = append(ids, o.RolloutID)
 		if fota.RolloutHolds(o.State) {
 			holding = append(holding, o)
+			ids = append(ids, o.RolloutID)
+		} else {
+			ended = append(ended, o.RolloutID)
 		}
 	}
 	if len(holding) > 0 && !supersede {
@@ -200,6 +205,15 @@ func (s *Store) supersede(ctx context.Context, tx pgx.Tx, r *fota.Rollout, super
 		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE rollout_id = ANY($3) AND NOT (state = ANY($4))
 			AND device_id IN (SELECT device_id FROM rollout_members WHERE rollout_id = $5)`, fota.MemberSuperseded, ms(now), ids, endedMembers, r.ID); err != nil {
 			return nil, fmt.Errorf("supersede rollouts %v: %w", ids, err)
+		}
+	}
+	// A rollout that no longer holds its devices keeps its outcomes (its
+	// history: who confirmed, who failed); only its members still waiting
+	// are taken over.
+	if len(ended) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE rollout_id = ANY($3) AND state = ANY($4)
+			AND device_id IN (SELECT device_id FROM rollout_members WHERE rollout_id = $5)`, fota.MemberSuperseded, ms(now), ended, waitingMembers, r.ID); err != nil {
+			return nil, fmt.Errorf("supersede rollouts %v: %w", ended, err)
 		}
 	}
 	for _, o := range holding {
@@ -363,9 +377,9 @@ func (s *Store) JoinRollout(ctx context.Context, m *fota.RolloutMember) (bool, e
 			return nil
 		}
 		// What is left are memberships in rollouts that no longer hold:
-		// superseded silently, as CreateRollout does.
-		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE device_id = $3 AND NOT (state = ANY($4))
-			AND rollout_id IN (SELECT id FROM rollouts WHERE hardware = $5)`, fota.MemberSuperseded, ms(now), m.DeviceID, endedMembers, hardware); err != nil {
+		// those still waiting are superseded silently, as CreateRollout does.
+		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, updated_ms = $2 WHERE device_id = $3 AND state = ANY($4)
+			AND rollout_id IN (SELECT id FROM rollouts WHERE hardware = $5)`, fota.MemberSuperseded, ms(now), m.DeviceID, waitingMembers, hardware); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms) VALUES ($1, $2, $3, $4, $5)`,

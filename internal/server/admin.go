@@ -358,7 +358,16 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, protocol.DeviceDetail{Device: viewDevice(d), History: viewEvents(evs)})
+	out := protocol.DeviceDetail{Device: viewDevice(d), History: viewEvents(evs)}
+	ro, m, err := s.store.DeviceRollout(r.Context(), d.ID)
+	switch {
+	case err == nil:
+		out.Rollout = &protocol.DeviceRollout{ID: ro.ID, Release: ro.ReleaseVersion, RolloutState: ro.State, OpenWave: ro.Wave, Wave: m.Wave,
+			State: m.State, Reason: m.Reason}
+	case fota.ErrorCode(err) != fota.ENOTFOUND:
+		return err
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) pinDevice(w http.ResponseWriter, r *http.Request) error {

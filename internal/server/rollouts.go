@@ -34,7 +34,7 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) error {
 	if spec.SilentTimeout, err = parseDuration("silent_timeout", req.SilentTimeout, false); err != nil {
 		return err
 	}
-	ro, _, err := s.updates.CreateRollout(r.Context(), spec)
+	ro, upToDate, err := s.updates.CreateRollout(r.Context(), spec)
 	if err != nil {
 		return err
 	}
@@ -42,7 +42,9 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusCreated, viewRollout(v))
+	out := viewRollout(v)
+	out.UpToDate = upToDate
+	return writeJSON(w, http.StatusCreated, out)
 }
 
 // parseDuration reads a duration field: "" is the default (zero); "0"

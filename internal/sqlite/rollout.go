@@ -17,6 +17,9 @@ var _ fota.RolloutStore = (*Store)(nil)
 // endedMembers is the SQL list of member states fota.MemberEnded holds for.
 var endedMembers = sqlList(fota.MemberSuperseded, fota.MemberRemoved)
 
+// waitingMembers are the member states without an outcome.
+var waitingMembers = sqlList(fota.MemberPending, fota.MemberOffered)
+
 // holdingStates is the SQL list of rollout states fota.RolloutHolds holds for.
 var holdingStates = func() string {
 	var states []string
@@ -174,7 +177,14 @@ func (s *Store) supersede(ctx context.Context, tx *txn, r *fota.Rollout, superse
 		return nil, fota.RolloutOverlapConflict(holding)
 	}
 	for _, o := range overlaps {
-		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE rollout_id = ? AND state NOT IN `+endedMembers+`
+		// A rollout that no longer holds its devices keeps its outcomes
+		// (its history: who confirmed, who failed); only its members still
+		// waiting are taken over.
+		which := `state NOT IN ` + endedMembers
+		if !fota.RolloutHolds(o.State) {
+			which = `state IN ` + waitingMembers
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE rollout_id = ? AND `+which+`
 			AND device_id IN (SELECT device_id FROM rollout_members WHERE rollout_id = ?)`, fota.MemberSuperseded, ms(now), o.RolloutID, r.ID); err != nil {
 			return nil, fmt.Errorf("supersede rollout %d: %w", o.RolloutID, err)
 		}
@@ -345,8 +355,8 @@ func (s *Store) JoinRollout(ctx context.Context, m *fota.RolloutMember) (bool, e
 			return nil
 		}
 		// What is left are memberships in rollouts that no longer hold:
-		// superseded silently, as CreateRollout does.
-		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE device_id = ? AND state NOT IN `+endedMembers+`
+		// those still waiting are superseded silently, as CreateRollout does.
+		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, updated_ms = ? WHERE device_id = ? AND state IN `+waitingMembers+`
 			AND rollout_id IN (SELECT id FROM rollouts WHERE hardware = ?)`, fota.MemberSuperseded, ms(now), m.DeviceID, hardware); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}

@@ -42,7 +42,9 @@ type RolloutSpec struct {
 
 // CreateRollout starts a rollout: it resolves the release and the target,
 // fixes each device's wave and stores it all, refusing (ECONFLICT) to
-// take devices another rollout holds unless spec.Supersede.
+// take devices another rollout holds unless spec.Supersede. Devices that
+// already run the release or a newer one are left out (they could never
+// have an outcome, and the gate would wait for them): it returns how many.
 func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Rollout, int, error) {
 	rel, err := s.rolloutRelease(ctx, spec.Release, spec.Hardware)
 	if err != nil {
@@ -83,7 +85,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Ro
 	if spec.MinOutcomes < 0 {
 		spec.MinOutcomes = DefaultMinOutcomes
 	}
-	targets, err := s.rolloutTargets(ctx, rel.Hardware, sel, spec.Devices)
+	targets, upToDate, err := s.rolloutTargets(ctx, rel, sel, spec.Devices)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -107,8 +109,8 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Ro
 		return nil, 0, err
 	}
 	s.log.Info("rollout created", "rollout_id", r.ID, "release_version", rel.Version, "hardware", rel.Hardware, "devices", len(members),
-		"waves", r.Waves, "state", r.State)
-	return r, len(members), nil
+		"waves", r.Waves, "state", r.State, "up_to_date", upToDate)
+	return r, upToDate, nil
 }
 
 // waveKey is what a rollout's waves are drawn by: its release, so that a
@@ -150,12 +152,27 @@ func (s *Service) rolloutRelease(ctx context.Context, version, hardware string) 
 	return rel, nil
 }
 
-// rolloutTargets lists the ids of the registered devices of hardware that
-// the selector or the list names.
-func (s *Service) rolloutTargets(ctx context.Context, hardware string, sel Selector, ids []string) ([]string, error) {
+// rolloutTargets lists the ids of the registered devices of rel's
+// hardware that the selector or the list names, leaving out (and
+// counting) those that run rel or newer.
+func (s *Service) rolloutTargets(ctx context.Context, rel *fota.Release, sel Selector, ids []string) ([]string, int, error) {
+	hardware := rel.Hardware
 	devices, err := s.store.Devices(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	relV, err := semver.Parse(rel.Version)
+	if err != nil {
+		return nil, 0, fmt.Errorf("release %d: version %q: %w", rel.ID, rel.Version, err)
+	}
+	upToDate := 0
+	current := func(d *fota.Device) bool {
+		v, err := semver.Parse(d.Version)
+		if err == nil && semver.Compare(v, relV) >= 0 {
+			upToDate++
+			return true
+		}
+		return false
 	}
 	if len(ids) > 0 {
 		byID := make(map[string]*fota.Device, len(devices))
@@ -174,26 +191,27 @@ func (s *Service) rolloutTargets(ctx context.Context, hardware string, sel Selec
 				unknown = append(unknown, id)
 			case d.Hardware != hardware:
 				other = append(other, fmt.Sprintf("%s (%s)", id, d.Hardware))
+			case current(d):
 			default:
 				targets = append(targets, id)
 			}
 			seen[id] = true
 		}
 		if len(unknown) > 0 {
-			return nil, fota.Errorf(fota.EINVALID, "unknown devices: %s; register them first (fota device add)", listSome(unknown))
+			return nil, 0, fota.Errorf(fota.EINVALID, "unknown devices: %s; register them first (fota device add)", listSome(unknown))
 		}
 		if len(other) > 0 {
-			return nil, fota.Errorf(fota.EINVALID, "devices of other hardware than %s: %s", hardware, listSome(other))
+			return nil, 0, fota.Errorf(fota.EINVALID, "devices of other hardware than %s: %s", hardware, listSome(other))
 		}
-		return targets, nil
+		return targets, upToDate, nil
 	}
 	var targets []string
 	for _, d := range devices {
-		if d.Hardware == hardware && sel.Matches(d.Labels) {
+		if d.Hardware == hardware && sel.Matches(d.Labels) && !current(d) {
 			targets = append(targets, d.ID)
 		}
 	}
-	return targets, nil
+	return targets, upToDate, nil
 }
 
 func listSome(ids []string) string {
@@ -271,6 +289,11 @@ func (s *Service) Rollout(ctx context.Context, id int64, withMembers bool) (*Rol
 		}
 	}
 	v.Verdict = Evaluate(r, v.Tally, now)
+	if ws, err := s.windows.get(r); err == nil && len(ws) > 0 && fota.RolloutOffers(r.State) {
+		if start, _ := NextWindow(ws, now); now.Before(start) {
+			v.Verdict.Reason += fmt.Sprintf("; outside its maintenance windows, nothing new is offered until %s", start.UTC().Format(time.RFC3339))
+		}
+	}
 	return v, nil
 }
 
