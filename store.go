@@ -72,8 +72,10 @@ type DeviceStore interface {
 	// already removed device.
 	RemoveDevice(ctx context.Context, id string) ([]*Session, error)
 	// DeviceSeen records that a device made a request, reporting version
-	// ("" keeps the stored one). Fast. Errors: ENOTFOUND.
-	DeviceSeen(ctx context.Context, id, version string, at time.Time) error
+	// ("" keeps the stored one) and, if inv is not nil, what it reports
+	// about itself (as SetInventory, in the same write). Fast. Errors:
+	// ENOTFOUND.
+	DeviceSeen(ctx context.Context, id, version string, inv *Inventory, at time.Time) error
 	// PinDevice pins a device to a release version ("" unpins) and records
 	// it. Durable. Errors: ENOTFOUND (removed devices too).
 	PinDevice(ctx context.Context, id, version string) error

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ecowatt/fota"
 )
@@ -105,9 +106,18 @@ func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
 }
 
 // DeviceSeen records a device request.
-func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time) error {
-	tag, err := s.fast.Exec(ctx, `UPDATE devices SET last_seen_ms = $1, version = CASE WHEN $2 = '' THEN version ELSE $2 END WHERE id = $3`,
-		ms(at), version, id)
+func (s *Store) DeviceSeen(ctx context.Context, id, version string, inv *fota.Inventory, at time.Time) error {
+	var tag pgconn.CommandTag
+	var err error
+	if inv == nil {
+		tag, err = s.fast.Exec(ctx, `UPDATE devices SET last_seen_ms = $1, version = CASE WHEN $2 = '' THEN version ELSE $2 END WHERE id = $3`,
+			ms(at), version, id)
+	} else {
+		tag, err = s.fast.Exec(ctx, `UPDATE devices SET last_seen_ms = $1, version = CASE WHEN $2 = '' THEN version ELSE $2 END,
+			inventory_ms = CASE WHEN (chip, slot_size, free_flash, agent_version) = ($4, $5, $6, $7) THEN inventory_ms ELSE $1 END,
+			chip = $4, slot_size = $5, free_flash = $6, agent_version = $7 WHERE id = $3`,
+			ms(at), version, id, inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion)
+	}
 	if err != nil {
 		return fmt.Errorf("record device seen: %w", err)
 	}

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -101,9 +102,19 @@ func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
 }
 
 // DeviceSeen records a device request.
-func (s *Store) DeviceSeen(ctx context.Context, id, version string, at time.Time) error {
-	res, err := s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
-		ms(at), version, version, id)
+func (s *Store) DeviceSeen(ctx context.Context, id, version string, inv *fota.Inventory, at time.Time) error {
+	var res sql.Result
+	var err error
+	if inv == nil {
+		res, err = s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
+			ms(at), version, version, id)
+	} else {
+		res, err = s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END,
+			inventory_ms = CASE WHEN chip = ? AND slot_size = ? AND free_flash = ? AND agent_version = ? THEN inventory_ms ELSE ? END,
+			chip = ?, slot_size = ?, free_flash = ?, agent_version = ? WHERE id = ?`,
+			ms(at), version, version, inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, ms(at),
+			inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, id)
+	}
 	if err != nil {
 		return fmt.Errorf("record device seen: %w", err)
 	}

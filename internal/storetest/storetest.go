@@ -200,13 +200,20 @@ func testDevices(t *testing.T, s fota.Store, c *Clock) {
 	wantCode(t, err, fota.ENOTFOUND)
 
 	c.Advance(time.Minute)
-	must(t, s.DeviceSeen(ctx, d.ID, "1.0.4", c.Now()))
-	must(t, s.DeviceSeen(ctx, d.ID, "", c.Now()))
+	must(t, s.DeviceSeen(ctx, d.ID, "1.0.4", nil, c.Now()))
+	must(t, s.DeviceSeen(ctx, d.ID, "", nil, c.Now()))
 	got, _ = s.Device(ctx, d.ID)
 	if got.Version != "1.0.4" || !got.LastSeen.Equal(c.Now()) {
 		t.Fatalf("after seen: %+v", got)
 	}
-	wantCode(t, s.DeviceSeen(ctx, "nobody", "", c.Now()), fota.ENOTFOUND)
+	wantCode(t, s.DeviceSeen(ctx, "nobody", "", nil, c.Now()), fota.ENOTFOUND)
+	// With what the device reports about itself, in the same write.
+	inv := fota.Inventory{Chip: "esp32", SlotSize: 1 << 20, FreeFlash: 4096, AgentVersion: "0.14.0"}
+	must(t, s.DeviceSeen(ctx, d.ID, "", &inv, c.Now()))
+	if got, err := s.Device(ctx, d.ID); err != nil || got.Inventory.Chip != "esp32" || got.Inventory.SlotSize != 1<<20 ||
+		got.Inventory.AgentVersion != "0.14.0" || !got.Inventory.Updated.Equal(c.Now().Truncate(time.Millisecond)) {
+		t.Fatalf("inventory after a check-in that reports it: %+v %v", got.Inventory, err)
+	}
 
 	must(t, s.PinDevice(ctx, d.ID, "1.0.5"))
 	got, _ = s.Device(ctx, d.ID)

@@ -228,17 +228,18 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	// says when it proves who it is: an unauthenticated request changes
 	// neither.
 	if authenticated || !d.NativeCapable() {
-		if err := s.store.DeviceSeen(ctx, d.ID, c.Running, now); err != nil {
+		// What a device tells about itself is written with its check-in,
+		// and only when it changed: one write either way.
+		var inv *fota.Inventory
+		if authenticated && c.Inventory != nil && !sameInventory(*c.Inventory, d.Inventory) {
+			inv = c.Inventory
+		}
+		if err := s.store.DeviceSeen(ctx, d.ID, c.Running, inv, now); err != nil {
 			return nil, "", err
 		}
-	}
-	if authenticated && c.Inventory != nil && !sameInventory(*c.Inventory, d.Inventory) {
-		inv := *c.Inventory
-		inv.Updated = now
-		if err := s.store.SetInventory(ctx, d.ID, inv); err != nil {
-			return nil, "", err
+		if inv != nil {
+			s.cache.ForgetDevice(d.ID)
 		}
-		s.cache.ForgetDevice(d.ID)
 	}
 	offer, why, err := s.offer(ctx, c, d, authenticated, now)
 	if offer == nil && err == nil && !authenticated {
