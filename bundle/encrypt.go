@@ -64,10 +64,16 @@ func encryptStream(r io.Reader, key keys.FirmwareKey, iv []byte, ptHash, ctHash 
 	var size int64
 	var readErr error
 	for {
+		// A failed write stops the reading at once: a select with both
+		// ready picks at random, and the helper keeps freeing buffers.
 		var p *cipherPair
 		select {
-		case p = <-free:
 		case <-failed:
+		default:
+			select {
+			case p = <-free:
+			case <-failed:
+			}
 		}
 		if p == nil {
 			break
