@@ -150,24 +150,23 @@ func MemberCounts(api, devicePolicy string) bool {
 	return api != APIEcoWatt || devicePolicy == APIEcoWatt
 }
 
-// Add counts n members that read as reading (MemberReading); legacy says
-// they are EcoWatt-only devices, whose outcomes come unauthenticated.
-func (t *WaveTally) Add(reading string, n int, legacy bool) {
+// Add counts n members that read as reading (MemberReading).
+// legacyDevice says they are EcoWatt-only devices now; legacyOutcome that
+// their state came from an EcoWatt-API session (or, with no session
+// left, that they are EcoWatt-only): an outcome anyone could have sent.
+func (t *WaveTally) Add(reading string, n int, legacyDevice, legacyOutcome bool) {
 	t.Members += n
-	if legacy {
+	if legacyDevice && reading != MemberSuperseded && reading != MemberRemoved {
+		t.Legacy += n
+	}
+	if legacyOutcome {
 		switch reading {
-		case MemberSuperseded, MemberRemoved:
 		case MemberConfirmed:
-			t.Legacy += n
 			t.LegacyConfirmed += n
 		case MemberFailed:
-			t.Legacy += n
 			t.LegacyFailed += n
 		case MemberSilent:
-			t.Legacy += n
 			t.LegacySilent += n
-		default:
-			t.Legacy += n
 		}
 	}
 	switch reading {
@@ -304,9 +303,10 @@ type WaveTally struct {
 	Confirmed, Failed, Superseded, Removed int
 	// Accepted are failures an operator accepted by resuming a halt.
 	Accepted int
-	// Legacy counts the EcoWatt-only members (not superseded or removed),
-	// and the Legacy* fields their share of Confirmed, Failed and Silent:
-	// outcomes learned from unauthenticated requests.
+	// Legacy counts the EcoWatt-only members (not superseded or removed);
+	// the Legacy* fields the share of Confirmed, Failed and Silent that
+	// came from EcoWatt-API sessions: outcomes learned from
+	// unauthenticated requests.
 	Legacy, LegacyConfirmed, LegacyFailed, LegacySilent int
 }
 

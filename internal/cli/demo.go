@@ -24,6 +24,7 @@ import (
 	"github.com/ecowatt/fota/internal/loadgen"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/simulator"
+	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 )
@@ -42,6 +43,9 @@ only if every device did what was expected.
 With --api mixed, odd devices use the native API and even ones the
 EcoWatt-compatible API. Everything is removed afterwards unless --dir is given.
 `
+
+// demoWaves are the demo's rollouts' waves: a canary, then the rest.
+const demoWaves = "1,all"
 
 // demoDevice is one simulated device as the demo tracks it.
 type demoDevice struct {
@@ -192,14 +196,38 @@ func runDemo(e *env, args []string) error {
 	devCtx, stopDevices := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { stopDevices(); wg.Wait() }()
+	// Both releases are published now (which offers them to nobody); the
+	// rollouts come later. A rollout's canary wave is fixed by a hash of
+	// the release and the device ids, so the demo knows its canaries now:
+	// with --api mixed they run the native API, because in a rollout with
+	// devices that can authenticate only authenticated outcomes count.
+	ids := make([]string, *n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("ecowatt-%02d", i+1)
+	}
+	canary := map[string]bool{}
+	for _, v := range []string{"1.0.4", "1.0.5"} {
+		rel, err := admin.Publish(ctx, bytes.NewReader(bundles[v]))
+		if err != nil {
+			return err
+		}
+		waves, _ := update.ParseWaves(demoWaves)
+		for id, w := range update.AssignWaves(rel.ID, ids, update.WaveEnds(waves, len(ids))) {
+			canary[id] = canary[id] || w == 1
+		}
+	}
 	devices := make([]*demoDevice, *n)
+	others := 0
 	for i := range devices {
-		id := fmt.Sprintf("ecowatt-%02d", i+1)
+		id := ids[i]
 		a := *api
 		if a == "mixed" {
 			a = agent.APINative
-			if i%2 == 1 {
-				a = agent.APIEcoWatt
+			if !canary[id] {
+				if others%2 == 0 {
+					a = agent.APIEcoWatt
+				}
+				others++
 			}
 		}
 		added, err := admin.AddDevice(ctx, protocol.AddDevice{ID: id, Hardware: "esp32", Version: "1.0.3", API: a})
@@ -270,10 +298,7 @@ func runDemo(e *env, args []string) error {
 			d.clearEvents()
 		}
 		t0 := time.Now()
-		if _, err := admin.Publish(ctx, bytes.NewReader(bundles[ph.version])); err != nil {
-			return err
-		}
-		created, err := admin.CreateRollout(ctx, protocol.CreateRollout{Release: ph.version, Waves: "1,all", Soak: "1s"})
+		created, err := admin.CreateRollout(ctx, protocol.CreateRollout{Release: ph.version, Waves: demoWaves, Soak: "1s"})
 		if err != nil {
 			return err
 		}

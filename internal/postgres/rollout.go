@@ -288,10 +288,9 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 	return nil, err
 }
 
-// RolloutTally counts a rollout's members per wave. Members not offered
-// are counted from rollout_members_tally; offered ones are read with their
-// session, for the silent and downloading readings. One statement, so
-// both halves see the same moment.
+// RolloutTally counts a rollout's members per wave, each read with its
+// device (is it EcoWatt-only?) and its session (silent, downloading, and
+// whether an EcoWatt-API session set its state): one statement.
 func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Time) ([]fota.WaveTally, error) {
 	var waveEnds string
 	err := s.pool.QueryRow(ctx, `SELECT wave_ends FROM rollouts WHERE id = $1`, id).Scan(&waveEnds)
@@ -303,19 +302,18 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		return nil, fmt.Errorf("rollout %d: %w", id, err)
 	}
 	type count struct {
-		wave                   int
-		state                  string
-		silent, served, legacy bool
-		n                      int
+		wave                  int
+		state                 string
+		silent, served        bool
+		legacy, legacyOutcome bool
+		n                     int
 	}
 	counts, err := queryAll(ctx, s.pool, "rollout tally", func(row rowScanner) (c count, err error) {
-		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.n)
-	}, `SELECT m.wave, m.state, false, false, d.api = $4, count(*) FROM rollout_members m JOIN devices d ON d.id = m.device_id
-		WHERE m.rollout_id = $1 AND m.state <> $2 GROUP BY 1, 2, 5
-		UNION ALL
-		SELECT m.wave, m.state, m.offered_ms < $3 AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, d.api = $4, count(*)
+		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.legacyOutcome, &c.n)
+	}, `SELECT m.wave, m.state, m.state = $2 AND m.offered_ms < $3 AND `+silentSession+`, m.state = $2 AND coalesce(s.next_chunk, 0) > 0,
+		d.api = $4, coalesce(s.api = $4, d.api = $4), count(*)
 		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = $1 AND m.state = $2 GROUP BY 1, 2, 3, 4, 5`, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt)
+		WHERE m.rollout_id = $1 GROUP BY 1, 2, 3, 4, 5, 6`, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt)
 	if err != nil {
 		return nil, err
 	}
@@ -329,7 +327,7 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 	}
 	for _, c := range counts {
 		if c.wave >= 1 {
-			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy)
+			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy, c.legacyOutcome)
 		}
 	}
 	return tally, nil

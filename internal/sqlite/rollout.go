@@ -268,10 +268,9 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 	return nil, err
 }
 
-// RolloutTally counts a rollout's members per wave. Members not offered
-// are counted from rollout_members_tally alone; offered ones are read with
-// their session, for the silent and downloading readings. One statement,
-// so both halves see the same moment.
+// RolloutTally counts a rollout's members per wave, each read with its
+// device (is it EcoWatt-only?) and its session (silent, downloading, and
+// whether an EcoWatt-API session set its state): one statement.
 func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Time) ([]fota.WaveTally, error) {
 	var waveEnds string
 	err := s.db.QueryRowContext(ctx, `SELECT wave_ends FROM rollouts WHERE id = ?`, id).Scan(&waveEnds)
@@ -283,20 +282,19 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		return nil, fmt.Errorf("rollout %d: %w", id, err)
 	}
 	type count struct {
-		wave                   int
-		state                  string
-		silent, served, legacy bool
-		n                      int
+		wave                  int
+		state                 string
+		silent, served        bool
+		legacy, legacyOutcome bool
+		n                     int
 	}
 	counts, err := queryAll(ctx, s.db, "rollout tally", func(row rowScanner) (c count, err error) {
-		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.n)
-	}, `SELECT m.wave, m.state, 0, 0, d.api = ?, count(*) FROM rollout_members m JOIN devices d ON d.id = m.device_id
-		WHERE m.rollout_id = ? AND m.state <> ? GROUP BY 1, 2, 5
-		UNION ALL
-		SELECT m.wave, m.state, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, d.api = ?, count(*)
+		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.legacyOutcome, &c.n)
+	}, `SELECT m.wave, m.state, m.state = ? AND m.offered_ms < ? AND `+silentSession+`, m.state = ? AND coalesce(s.next_chunk, 0) > 0,
+		d.api = ?, coalesce(s.api = ?, d.api = ?), count(*)
 		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = ? AND m.state = ? GROUP BY 1, 3, 4, 5`,
-		fota.APIEcoWatt, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt, id, fota.MemberOffered)
+		WHERE m.rollout_id = ? GROUP BY 1, 2, 3, 4, 5, 6`,
+		fota.MemberOffered, ms(silentBefore), fota.MemberOffered, fota.APIEcoWatt, fota.APIEcoWatt, fota.APIEcoWatt, id)
 	if err != nil {
 		return nil, err
 	}
@@ -310,7 +308,7 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 	}
 	for _, c := range counts {
 		if c.wave >= 1 {
-			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy)
+			tally[c.wave-1].Add(fota.MemberReading(c.state, c.silent, c.served), c.n, c.legacy, c.legacyOutcome)
 		}
 	}
 	return tally, nil

@@ -32,13 +32,13 @@ type Verdict struct {
 //   - O, outcomes: confirmed members and F;
 //   - E, eligible members: all but superseded and removed ones.
 //
-// When the open waves hold devices that can authenticate (native API
-// policy native or both), only those count: an EcoWatt-only device's
-// outcome is learned from requests anyone who knows its id can send, so
-// it decides nothing for them (a rollout of EcoWatt-only devices counts
+// When the rollout holds devices that can authenticate (API policy
+// native or both), only authenticated outcomes count: one learned on the
+// EcoWatt API comes from requests anyone who knows the device id can send,
+// so it decides nothing for them (a rollout of EcoWatt-only devices counts
 // theirs, at the risk of forged halts and passes that concern only them).
 // Members whose failures an operator accepted (resuming a halt) count as
-// neither.
+// neither until they have a new outcome.
 //
 // F and O leave out the r.GateBase failures an operator accepted by
 // resuming a halted rollout. It halts when F is over r.MaxFailures; when,
@@ -61,23 +61,31 @@ func Evaluate(r *fota.Rollout, tallies []fota.WaveTally, now time.Time) Verdict 
 	}
 	var rawFailed, confirmed, eligible int
 	var legacy, legacyFailed, legacyConfirmed int
+	trusted := false
 	for _, t := range tallies {
+		if t.Members-t.Superseded-t.Removed > t.Legacy {
+			trusted = true
+		}
 		if t.Wave >= 1 && t.Wave <= r.Wave {
 			rawFailed += t.Failed + t.Silent
 			confirmed += t.Confirmed
-			eligible += t.Members - t.Superseded - t.Removed
+			// Accepted failures count neither way until the device has a
+			// new outcome.
+			eligible += t.Members - t.Superseded - t.Removed - t.Accepted
 			legacy += t.Legacy
 			legacyFailed += t.LegacyFailed + t.LegacySilent
 			legacyConfirmed += t.LegacyConfirmed
 		}
 	}
-	if eligible > legacy {
-		// Devices that can prove who they are take part: the gate counts
-		// only them. The EcoWatt-only devices' outcomes come from requests
-		// anyone could send, and must not decide what native devices get.
+	if trusted {
+		// The rollout has devices that can prove who they are, in any
+		// wave: only authenticated outcomes decide, since the others come
+		// from requests anyone could send and must not decide what those
+		// devices get. A canary wave of EcoWatt-only devices then gates on
+		// its soak alone.
 		rawFailed -= legacyFailed
 		confirmed -= legacyConfirmed
-		eligible -= legacy
+		eligible = max(eligible-legacy, 0)
 	}
 	failed := max(rawFailed-r.GateBase, 0)
 	outcomes := max(rawFailed+confirmed-r.GateBase, 0)

@@ -343,3 +343,24 @@ func TestGateParseMaxFailures(t *testing.T) {
 		}
 	}
 }
+
+// A mixed rollout whose canary wave holds only EcoWatt-only devices: their
+// outcomes, which anyone could have sent, neither halt it nor count as
+// the outcomes a wave needs; the wave passes on its soak alone.
+func TestGateIgnoresUnauthenticatedOutcomesInMixedRollout(t *testing.T) {
+	opened := time.Date(2026, 5, 4, 10, 0, 0, 0, time.UTC)
+	r := &fota.Rollout{ID: 1, State: fota.RolloutRunning, Wave: 1, WaveOpened: opened, WaveEnds: []int{1, 2}, Soak: time.Hour,
+		MaxFailuresPercent: -1, MaxFailures: 0, MinOutcomes: 1}
+	canary := fota.WaveTally{Wave: 1, Members: 1, Failed: 1, Legacy: 1, LegacyFailed: 1}
+	native := fota.WaveTally{Wave: 2, Members: 1, Pending: 1}
+	if v := update.Evaluate(r, []fota.WaveTally{canary, native}, opened.Add(time.Minute)); v.Action != update.GateHold {
+		t.Fatalf("a forged canary failure in a mixed rollout: %+v", v)
+	}
+	if v := update.Evaluate(r, []fota.WaveTally{canary, native}, opened.Add(2*time.Hour)); v.Action != update.GateAdvance {
+		t.Fatalf("after the soak: %+v", v)
+	}
+	// The same canary alone in an EcoWatt-only rollout counts.
+	if v := update.Evaluate(r, []fota.WaveTally{canary, {Wave: 2, Members: 1, Pending: 1, Legacy: 1}}, opened.Add(time.Minute)); v.Action != update.GateHalt {
+		t.Fatalf("an EcoWatt-only rollout's canary failure: %+v", v)
+	}
+}

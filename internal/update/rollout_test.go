@@ -588,3 +588,30 @@ func TestOneForgedCheckInIsNotSilence(t *testing.T) {
 		t.Fatalf("served every chunk, then silent for an hour: %s", v.Rollout.State)
 	}
 }
+
+// A device moved from the EcoWatt API to both keeps what a forged
+// EcoWatt-API session made of its membership, but that outcome decides
+// nothing now that the rollout holds a device that can authenticate.
+func TestPolicyWideningDoesNotTrustForgedOutcomes(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	rel := h.publish("1.0.5")
+	h.device("m1", fota.APIEcoWatt)
+	h.device("n1", fota.APINative)
+	r := h.rollout(update.RolloutSpec{Release: "1.0.5", MaxFailures: "0"})
+	forged := h.wantOffer("m1", fota.APIEcoWatt, "1.0.3", "1.0.5")
+	if err := h.svc.SetAPIPolicy(h.ctx, "m1", fota.APIBoth); err != nil {
+		t.Fatal(err)
+	}
+	h.served(forged.Session, rel)
+	if err := h.report(forged.Session, fota.APIEcoWatt, fota.SessionFailed); err != nil {
+		t.Fatal(err)
+	}
+	h.tick()
+	if v := h.view(r.ID); v.Rollout.State != fota.RolloutRunning {
+		t.Fatalf("a failure from an EcoWatt-API session of a device now allowed both: %s (%s)", v.Rollout.State, v.Rollout.Reason)
+	}
+	h.outcome("n1", fota.SessionRolledBack)
+	if v := h.view(r.ID); v.Rollout.State != fota.RolloutHalted {
+		t.Fatalf("the native device's rollback: %s", v.Rollout.State)
+	}
+}

@@ -243,7 +243,7 @@ func (s *Service) Check(ctx context.Context, c CheckIn) (*Offer, string, error) 
 	}
 	offer, why, err := s.offer(ctx, c, d, authenticated, now)
 	if offer == nil && err == nil && !authenticated {
-		why = s.public(d, why)
+		why = s.public(d, c.Running, why)
 	}
 	return offer, why, err
 }
@@ -348,12 +348,14 @@ func sameInventory(a, b fota.Inventory) bool {
 // be told it. What the native side of a device allowed both APIs does (its
 // sessions, rollbacks, pin, counter) is not the business of anyone who
 // merely knows its id: they get a plain answer, and the log the reason.
-func (s *Service) public(d *fota.Device, why string) string {
+func (s *Service) public(d *fota.Device, running, why string) string {
 	if !d.NativeCapable() {
 		return why
 	}
 	s.log.Info("no update on the EcoWatt API", "device_id", d.ID, "reason", why)
-	return "nothing to install on this API now"
+	// The same words as a rollout's private reasons get (PublicReason), so
+	// the answer does not tell which policy the device has either.
+	return Decision{operatorsOnly: true}.PublicReason(running)
 }
 
 // legacyServable says why the original firmware cannot take rel, or "".

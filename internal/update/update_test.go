@@ -160,7 +160,7 @@ func TestEcoWattRequestsCannotTouchNativeSideOfBothDevice(t *testing.T) {
 
 	native := h.wantOffer("d1", fota.APINative, "1.0.3", "1.0.4")
 	// (a) An EcoWatt check-in does not replace the native session.
-	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "nothing to install on this API now")
+	h.wantNoOffer("d1", fota.APIEcoWatt, "1.0.3", "nothing to install now")
 	if sess, _ := h.store.Session(h.ctx, native.Session.ID); sess.State != fota.SessionOpen {
 		t.Fatalf("native session is %s after an EcoWatt check-in", sess.State)
 	}
