@@ -88,7 +88,7 @@ func (c *hotCache) advance(sess *fota.Session, from, next int) (int, bool) {
 		clear(c.served)
 	}
 	prev := max(sess.NextChunk, c.served[sess.ID])
-	if next <= prev || (from >= 0 && from > prev+legacyProgressSlack) {
+	if next <= prev || (from >= 0 && from > prev+progressSlack(sess.TotalChunks)) {
 		return prev, false
 	}
 	c.served[sess.ID] = next

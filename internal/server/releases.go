@@ -63,6 +63,11 @@ func (s *Server) served(ctx context.Context, sess *fota.Session, r *fota.Release
 // has not yet read (about a second and a half of chunks).
 const legacyProgressSlack = 32
 
+// progressSlack is legacyProgressSlack for a release of total chunks: a
+// quarter of a small release at most (and at least 2), so that a request
+// for the last chunk alone never makes a small release look served.
+func progressSlack(total int) int { return min(legacyProgressSlack, max(2, total/4)) }
+
 // servedFrom is served for chunks from..next-1; from >= 0 counts them only
 // if from is within legacyProgressSlack of the session's served mark.
 func (s *Server) servedFrom(ctx context.Context, sess *fota.Session, r *fota.Release, from, next int) error {
