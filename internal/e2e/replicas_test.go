@@ -6,11 +6,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/fota/internal/pgtest"
 )
@@ -103,4 +106,98 @@ func testTwoReplicas(t *testing.T, argsA, argsB []string) {
 		}
 	}
 	bsrv.stop(t)
+}
+
+// TestRolloutHaltAcrossReplicas: a rollout made on replica A halts on
+// replica B when a canary rolls back there; the other canary's download
+// on A is told to stop, and no device outside the canary wave is offered
+// the release on either replica.
+func TestRolloutHaltAcrossReplicas(t *testing.T) {
+	db := pgtest.Schema(t, "fota_e2e_")
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	fota(t, dir, nil, "firmware", "sample", "--version", "1.0.4", "--size", "256KiB", "-o", "app.bin")
+	fota(t, dir, nil, "release", "build", "--keys", "keys", "-o", "app.fota", "app.bin")
+	a := startServer(t, dir, "--db", db, "--blobs", "db", "--data", "data-a")
+	b := startServer(t, dir, "--db", db, "--blobs", "db", "--data", "data-b")
+	adminA := []string{"FOTA_SERVER=" + a.url, "FOTA_TOKEN=" + a.token}
+	adminB := []string{"FOTA_SERVER=" + b.url, "FOTA_TOKEN=" + a.token}
+	fota(t, dir, adminA, "release", "publish", "app.fota")
+	creds := map[string]credentials{}
+	for d := range 6 {
+		id := fmt.Sprintf("fleet-%d", d+1)
+		fota(t, dir, adminB, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3", "--credentials", id+".json")
+		creds[id] = readCredentials(t, filepath.Join(dir, id+".json"))
+	}
+	fota(t, dir, adminA, "rollout", "create", "--release", "1.0.4", "--waves", "2,all", "--max-failures", "0")
+	var show struct {
+		State   string `json:"state"`
+		Reason  string `json:"reason"`
+		Devices []struct {
+			ID   string `json:"id"`
+			Wave int    `json:"wave"`
+		} `json:"devices"`
+	}
+	if err := json.Unmarshal([]byte(fota(t, dir, adminB, "rollout", "show", "1", "--json")), &show); err != nil {
+		t.Fatal(err)
+	}
+	var canaries, rest []string
+	for _, m := range show.Devices {
+		if m.Wave == 1 {
+			canaries = append(canaries, m.ID)
+		} else {
+			rest = append(rest, m.ID)
+		}
+	}
+	if len(canaries) != 2 || len(rest) != 4 {
+		t.Fatalf("waves: %+v", show.Devices)
+	}
+	// One canary downloads on A; the other installs from B and rolls back.
+	downloading := nativeCheckIn(t, a.url, creds[canaries[0]])
+	nativeChunks(t, a.url, creds[canaries[0]], downloading, "v2", 0, 32)
+	failing := nativeCheckIn(t, b.url, creds[canaries[1]])
+	nativeChunks(t, b.url, creds[canaries[1]], failing, "v2", 0, failing.Chunks)
+	resp, err := nativeRequest(t, b.url, "POST", failing.ReportURL, creds[canaries[1]], []byte(`{"status":"rolled-back","reason":"self-test failed"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("rollback report on B: %v %v", err, resp.Status)
+	}
+	resp.Body.Close()
+	if err := json.Unmarshal([]byte(fota(t, dir, adminA, "rollout", "show", "1", "--json")), &show); err != nil {
+		t.Fatal(err)
+	}
+	if show.State != "halted" {
+		t.Fatalf("rollout on A after the rollback on B: %s %q", show.State, show.Reason)
+	}
+	// A serves from a session snapshot for at most a second: then 410.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := nativeRequest(t, a.url, "GET", downloading.ChunksURL+"?from=32&count=1&mac=v2", creds[canaries[0]], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 410 && strings.Contains(string(raw), "halted") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the canary downloading on A after the halt on B: %d %s", resp.StatusCode, raw)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, id := range rest {
+		for _, url := range []string{a.url, b.url} {
+			resp, err := nativeRequest(t, url, "POST", "/v1/device/check", creds[id], []byte(`{"version":"1.0.3","hardware":"esp32"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || strings.Contains(string(raw), `"update":true`) {
+				t.Fatalf("%s outside the canary wave, on %s: %d %s", id, url, resp.StatusCode, raw)
+			}
+		}
+	}
+	a.stop(t)
+	b.stop(t)
 }
