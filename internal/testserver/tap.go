@@ -18,7 +18,9 @@ import (
 )
 
 // Tap is a reverse proxy in front of the server, for tests of the device
-// side of protocol fields the server does not send yet. It passes every
+// side of the install window at any instant a test chooses (the server's
+// own windows follow the wall clock: internal/server's
+// TestRolloutWindowInCheckAnswer checks those). It passes every
 // request on byte for byte (a native request's signature covers its
 // body), keeping a copy of each native check-in's body, counts chunk
 // requests, and adds the install window set with SetWindow to check
