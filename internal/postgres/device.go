@@ -160,6 +160,10 @@ func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Se
 		if tag.RowsAffected() == 0 {
 			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
 		}
+		// The gate tells EcoWatt-only members apart by this.
+		if _, err := tx.Exec(ctx, `UPDATE rollout_members SET legacy = ($1 = $2) WHERE device_id = $3`, policy, fota.APIEcoWatt, id); err != nil {
+			return fmt.Errorf("set API policy: rollout memberships: %w", err)
+		}
 		d := &fota.Device{API: policy}
 		active, err := queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = $1 AND state = ANY($2)`,
 			id, activeStates)

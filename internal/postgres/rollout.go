@@ -142,9 +142,9 @@ func insertMembers(ctx context.Context, tx pgx.Tx, r *fota.Rollout, members []*f
 	for i, m := range members {
 		ids[i], waves[i], states[i] = m.DeviceID, int64(m.Wave), m.State
 	}
-	tag, err := tx.Exec(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms)
-		SELECT $1, d.id, u.wave, u.state, $2 FROM unnest($3::text[], $4::bigint[], $5::text[]) AS u(device_id, wave, state)
-		JOIN devices d ON d.id = u.device_id AND d.hardware = $6 AND d.removed_ms = 0`, r.ID, ms(now), ids, waves, states, r.Hardware)
+	tag, err := tx.Exec(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms, legacy)
+		SELECT $1, d.id, u.wave, u.state, $2, d.api = $7 FROM unnest($3::text[], $4::bigint[], $5::text[]) AS u(device_id, wave, state)
+		JOIN devices d ON d.id = u.device_id AND d.hardware = $6 AND d.removed_ms = 0`, r.ID, ms(now), ids, waves, states, r.Hardware, fota.APIEcoWatt)
 	if err != nil {
 		return fmt.Errorf("create rollout: add devices: %w", err)
 	}
@@ -288,9 +288,8 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 	return nil, err
 }
 
-// RolloutTally counts a rollout's members per wave, each read with its
-// device (is it EcoWatt-only?) and its session (silent, downloading, and
-// whether an EcoWatt-API session set its state): one statement.
+// RolloutTally counts a rollout's members per wave, with whether each is
+// EcoWatt-only and whether an EcoWatt-API session set its state.
 func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Time) ([]fota.WaveTally, error) {
 	var waveEnds string
 	err := s.pool.QueryRow(ctx, `SELECT wave_ends FROM rollouts WHERE id = $1`, id).Scan(&waveEnds)
@@ -308,12 +307,17 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		legacy, legacyOutcome bool
 		n                     int
 	}
+	// Members not offered are counted from rollout_members_tally alone;
+	// offered ones are read with their session, for the silent and
+	// downloading readings. One statement, so both halves see one moment.
 	counts, err := queryAll(ctx, s.pool, "rollout tally", func(row rowScanner) (c count, err error) {
 		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.legacyOutcome, &c.n)
-	}, `SELECT m.wave, m.state, m.state = $2 AND m.offered_ms < $3 AND `+silentSession+`, m.state = $2 AND coalesce(s.next_chunk, 0) > 0,
-		d.api = $4, coalesce(s.api = $4, d.api = $4), count(*)
-		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = $1 GROUP BY 1, 2, 3, 4, 5, 6`, id, fota.MemberOffered, ms(silentBefore), fota.APIEcoWatt)
+	}, `SELECT wave, state, false, false, legacy, `+legacyOutcome+`, count(*) FROM rollout_members m
+		WHERE rollout_id = $1 AND state <> $2 GROUP BY 1, 2, 5, 6
+		UNION ALL
+		SELECT m.wave, m.state, m.offered_ms < $3 AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, m.legacy, `+legacyOutcome+`, count(*)
+		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
+		WHERE m.rollout_id = $1 AND m.state = $2 GROUP BY 1, 2, 3, 4, 5, 6`, id, fota.MemberOffered, ms(silentBefore))
 	if err != nil {
 		return nil, err
 	}
@@ -380,8 +384,8 @@ func (s *Store) JoinRollout(ctx context.Context, m *fota.RolloutMember) (bool, e
 			AND rollout_id IN (SELECT id FROM rollouts WHERE hardware = $5)`, fota.MemberSuperseded, ms(now), m.DeviceID, waitingMembers, hardware); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms) VALUES ($1, $2, $3, $4, $5)`,
-			m.RolloutID, m.DeviceID, m.Wave, m.State, ms(now)); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms, legacy)
+			SELECT $1, id, $3, $4, $5, api = $6 FROM devices WHERE id = $2`, m.RolloutID, m.DeviceID, m.Wave, m.State, ms(now), fota.APIEcoWatt); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}
 		m.Reason, m.SessionID, m.Offered, m.Updated = "", "", time.Time{}, now
@@ -460,6 +464,10 @@ func abortRolloutsOf(ctx context.Context, tx pgx.Tx, releaseID int64, version, r
 	}
 	return nil
 }
+
+// legacyOutcome is the SQL condition (on member m) for its state to have
+// come from an EcoWatt-API session: an outcome anyone could have sent.
+var legacyOutcome = fmt.Sprintf("(m.outcome_api = '%s' OR m.outcome_api = '' AND m.legacy)", fota.APIEcoWatt)
 
 // silentSession is the SQL condition (on the member's session s) for an
 // offered member past the silent timeout to read silent: an EcoWatt-API

@@ -97,8 +97,8 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			return fmt.Errorf("open session: %w", err)
 		}
 		if sess.RolloutID != 0 && fota.MemberCounts(sess.API, api) {
-			if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, session_id = $2, offered_ms = $3, reason = '', updated_ms = $3
-				WHERE rollout_id = $4 AND device_id = $5`, fota.MemberOffered, sess.ID, ms(now), sess.RolloutID, sess.DeviceID); err != nil {
+			if _, err := tx.Exec(ctx, `UPDATE rollout_members SET state = $1, session_id = $2, offered_ms = $3, reason = '', updated_ms = $3,
+				outcome_api = $6 WHERE rollout_id = $4 AND device_id = $5`, fota.MemberOffered, sess.ID, ms(now), sess.RolloutID, sess.DeviceID, sess.API); err != nil {
 				return fmt.Errorf("open session: offer to rollout member: %w", err)
 			}
 		}

@@ -157,6 +157,10 @@ func (s *Store) SetDeviceAPI(ctx context.Context, id, policy string) ([]*fota.Se
 		if n, _ := res.RowsAffected(); n == 0 {
 			return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
 		}
+		// The gate tells EcoWatt-only members apart by this.
+		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET legacy = ? = ? WHERE device_id = ?`, policy, fota.APIEcoWatt, id); err != nil {
+			return fmt.Errorf("set API policy: rollout memberships: %w", err)
+		}
 		d := &fota.Device{API: policy}
 		active, err := queryAll(ctx, tx, "sessions", scanSession, `SELECT `+sessionColumns+` FROM sessions WHERE device_id = ? AND state IN `+activeStates, id)
 		if err != nil {

@@ -132,8 +132,8 @@ func (s *Store) CreateRollout(ctx context.Context, r *fota.Rollout, members []*f
 // insertMembers stores a new rollout's members, each a registered device
 // of its hardware.
 func insertMembers(ctx context.Context, tx *txn, r *fota.Rollout, members []*fota.RolloutMember, now time.Time) error {
-	insert, err := tx.PrepareContext(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms)
-		SELECT ?, id, ?, ?, ? FROM devices WHERE id = ? AND hardware = ? AND removed_ms = 0`)
+	insert, err := tx.PrepareContext(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms, legacy)
+		SELECT ?, id, ?, ?, ?, api = '`+fota.APIEcoWatt+`' FROM devices WHERE id = ? AND hardware = ? AND removed_ms = 0`)
 	if err != nil {
 		return fmt.Errorf("create rollout: %w", err)
 	}
@@ -240,6 +240,10 @@ func (s *Store) DeviceRollout(ctx context.Context, deviceID string) (*fota.Rollo
 	return r, m, nil
 }
 
+// legacyOutcome is the SQL condition (on member m) for its state to have
+// come from an EcoWatt-API session: an outcome anyone could have sent.
+var legacyOutcome = fmt.Sprintf("(m.outcome_api = '%s' OR m.outcome_api = '' AND m.legacy)", fota.APIEcoWatt)
+
 // silentSession is the SQL condition (on the member's session s) for an
 // offered member past the silent timeout to read silent: an EcoWatt-API
 // session only once it was served every chunk, since one unauthenticated
@@ -268,9 +272,8 @@ func (s *Store) RolloutMembers(ctx context.Context, id int64, silentBefore time.
 	return nil, err
 }
 
-// RolloutTally counts a rollout's members per wave, each read with its
-// device (is it EcoWatt-only?) and its session (silent, downloading, and
-// whether an EcoWatt-API session set its state): one statement.
+// RolloutTally counts a rollout's members per wave, with whether each is
+// EcoWatt-only and whether an EcoWatt-API session set its state.
 func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Time) ([]fota.WaveTally, error) {
 	var waveEnds string
 	err := s.db.QueryRowContext(ctx, `SELECT wave_ends FROM rollouts WHERE id = ?`, id).Scan(&waveEnds)
@@ -288,13 +291,18 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		legacy, legacyOutcome bool
 		n                     int
 	}
+	// Members not offered are counted from rollout_members_tally alone;
+	// offered ones are read with their session, for the silent and
+	// downloading readings. One statement, so both halves see one moment.
 	counts, err := queryAll(ctx, s.db, "rollout tally", func(row rowScanner) (c count, err error) {
 		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.legacyOutcome, &c.n)
-	}, `SELECT m.wave, m.state, m.state = ? AND m.offered_ms < ? AND `+silentSession+`, m.state = ? AND coalesce(s.next_chunk, 0) > 0,
-		d.api = ?, coalesce(s.api = ?, d.api = ?), count(*)
-		FROM rollout_members m JOIN devices d ON d.id = m.device_id LEFT JOIN sessions s ON s.id = m.session_id
-		WHERE m.rollout_id = ? GROUP BY 1, 2, 3, 4, 5, 6`,
-		fota.MemberOffered, ms(silentBefore), fota.MemberOffered, fota.APIEcoWatt, fota.APIEcoWatt, fota.APIEcoWatt, id)
+	}, `SELECT wave, state, 0, 0, legacy, `+legacyOutcome+`, count(*) FROM rollout_members m
+		WHERE rollout_id = ? AND state <> ? GROUP BY 1, 2, 5, 6
+		UNION ALL
+		SELECT m.wave, m.state, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, m.legacy, `+legacyOutcome+`, count(*)
+		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
+		WHERE m.rollout_id = ? AND m.state = ? GROUP BY 1, 2, 3, 4, 5, 6`,
+		id, fota.MemberOffered, ms(silentBefore), id, fota.MemberOffered)
 	if err != nil {
 		return nil, err
 	}
@@ -358,8 +366,8 @@ func (s *Store) JoinRollout(ctx context.Context, m *fota.RolloutMember) (bool, e
 			AND rollout_id IN (SELECT id FROM rollouts WHERE hardware = ?)`, fota.MemberSuperseded, ms(now), m.DeviceID, hardware); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms) VALUES (?, ?, ?, ?, ?)`,
-			m.RolloutID, m.DeviceID, m.Wave, m.State, ms(now)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO rollout_members (rollout_id, device_id, wave, state, updated_ms, legacy)
+			SELECT ?, id, ?, ?, ?, api = ? FROM devices WHERE id = ?`, m.RolloutID, m.Wave, m.State, ms(now), fota.APIEcoWatt, m.DeviceID); err != nil {
 			return fmt.Errorf("join rollout %d: %w", m.RolloutID, err)
 		}
 		m.Reason, m.SessionID, m.Offered, m.Updated = "", "", time.Time{}, now

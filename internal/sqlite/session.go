@@ -91,8 +91,8 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			return fmt.Errorf("open session: %w", err)
 		}
 		if sess.RolloutID != 0 && fota.MemberCounts(sess.API, policy) {
-			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?
-				WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.RolloutID, sess.DeviceID); err != nil {
+			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?,
+				outcome_api = ? WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.API, sess.RolloutID, sess.DeviceID); err != nil {
 				return fmt.Errorf("open session: offer to rollout member: %w", err)
 			}
 		}

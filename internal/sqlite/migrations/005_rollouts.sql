@@ -54,7 +54,12 @@ CREATE TABLE rollout_members (
     session_id TEXT    NOT NULL DEFAULT '',
     offered_ms INTEGER NOT NULL DEFAULT 0,
     updated_ms INTEGER NOT NULL,
+    -- legacy: the device is EcoWatt-only (kept in step with its policy);
+    -- outcome_api: the API of the session that moved the member. The gate
+    -- tells unauthenticated outcomes apart by these without a join.
+    legacy      INTEGER NOT NULL DEFAULT 0,
+    outcome_api TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (rollout_id, device_id)
 ) WITHOUT ROWID;
 CREATE INDEX rollout_members_device ON rollout_members (device_id, rollout_id);
-CREATE INDEX rollout_members_tally ON rollout_members (rollout_id, wave, state);
+CREATE INDEX rollout_members_tally ON rollout_members (rollout_id, wave, state, legacy, outcome_api);
