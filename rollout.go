@@ -150,6 +150,14 @@ func MemberCounts(api, devicePolicy string) bool {
 	return api != APIEcoWatt || devicePolicy == APIEcoWatt
 }
 
+// LegacyOutcome reports whether a member's state came from an EcoWatt-API
+// session (outcomeAPI, the API of the session that last took the member;
+// "" if none did, then by whether the device is EcoWatt-only): an outcome
+// anyone could have sent.
+func LegacyOutcome(outcomeAPI string, legacyDevice bool) bool {
+	return outcomeAPI == APIEcoWatt || outcomeAPI == "" && legacyDevice
+}
+
 // Add counts n members that read as reading (MemberReading).
 // legacyDevice says they are EcoWatt-only devices now; legacyOutcome that
 // their state came from an EcoWatt-API session (or, with no session

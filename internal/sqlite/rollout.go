@@ -240,10 +240,6 @@ func (s *Store) DeviceRollout(ctx context.Context, deviceID string) (*fota.Rollo
 	return r, m, nil
 }
 
-// legacyOutcome is the SQL condition (on member m) for its state to have
-// come from an EcoWatt-API session: an outcome anyone could have sent.
-var legacyOutcome = fmt.Sprintf("(m.outcome_api = '%s' OR m.outcome_api = '' AND m.legacy)", fota.APIEcoWatt)
-
 // silentSession is the SQL condition (on the member's session s) for an
 // offered member past the silent timeout to read silent: an EcoWatt-API
 // session only once it was served every chunk, since one unauthenticated
@@ -289,17 +285,20 @@ func (s *Store) RolloutTally(ctx context.Context, id int64, silentBefore time.Ti
 		state                 string
 		silent, served        bool
 		legacy, legacyOutcome bool
+		outcomeAPI            string
 		n                     int
 	}
 	// Members not offered are counted from rollout_members_tally alone;
 	// offered ones are read with their session, for the silent and
 	// downloading readings. One statement, so both halves see one moment.
 	counts, err := queryAll(ctx, s.db, "rollout tally", func(row rowScanner) (c count, err error) {
-		return c, row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.legacyOutcome, &c.n)
-	}, `SELECT wave, state, 0, 0, legacy, `+legacyOutcome+`, count(*) FROM rollout_members m
+		err = row.Scan(&c.wave, &c.state, &c.silent, &c.served, &c.legacy, &c.outcomeAPI, &c.n)
+		c.legacyOutcome = fota.LegacyOutcome(c.outcomeAPI, c.legacy)
+		return c, err
+	}, `SELECT wave, state, 0, 0, legacy, outcome_api, count(*) FROM rollout_members m
 		WHERE rollout_id = ? AND state <> ? GROUP BY 1, 2, 5, 6
 		UNION ALL
-		SELECT m.wave, m.state, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, m.legacy, `+legacyOutcome+`, count(*)
+		SELECT m.wave, m.state, m.offered_ms < ? AND `+silentSession+`, coalesce(s.next_chunk, 0) > 0, m.legacy, m.outcome_api, count(*)
 		FROM rollout_members m LEFT JOIN sessions s ON s.id = m.session_id
 		WHERE m.rollout_id = ? AND m.state = ? GROUP BY 1, 2, 3, 4, 5, 6`,
 		id, fota.MemberOffered, ms(silentBefore), id, fota.MemberOffered)
