@@ -341,7 +341,7 @@ func ProgressEvents(sess *Session, next int, now time.Time) []*Event {
 	var events []*Event
 	for q := quarter(sess.NextChunk) + 1; q <= quarter(next); q++ {
 		events = append(events, &Event{Time: now, Kind: EventProgress, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: sess.ID, RolloutID: sess.RolloutID, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
+			SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API, Detail: fmt.Sprintf("%d%% of chunks served", q*25)})
 	}
 	return events
 }
@@ -396,6 +396,10 @@ type Event struct {
 	Actor string
 	// RolloutID names the rollout of a rollout event, or of the session.
 	RolloutID int64
+	// API is the device API of the session a session event is about
+	// ("" for other events): an "ecowatt" event came from requests that
+	// cannot be authenticated.
+	API string
 }
 
 // EventFilter selects events; zero fields match everything.

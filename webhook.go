@@ -313,7 +313,7 @@ func NewDelivery(w *Webhook, e *Event, now time.Time) (*Delivery, error) {
 		return nil, err
 	}
 	body, err := json.Marshal(protocol.WebhookEvent{ID: id, Event: name, Time: e.Time.UTC(), DeviceID: e.DeviceID,
-		ReleaseVersion: e.ReleaseVersion, SessionID: e.SessionID, RolloutID: e.RolloutID, Detail: e.Detail, Actor: e.Actor})
+		ReleaseVersion: e.ReleaseVersion, SessionID: e.SessionID, RolloutID: e.RolloutID, API: e.API, Detail: e.Detail, Actor: e.Actor})
 	if err != nil {
 		return nil, fmt.Errorf("encode webhook event: %w", err)
 	}

@@ -130,7 +130,7 @@ func TestNewDeliveryPayload(t *testing.T) {
 	w := &Webhook{ID: 3, Events: []string{"device.*"}}
 	at := time.Date(2026, 12, 1, 10, 0, 0, 123e6, time.UTC)
 	e := &Event{ID: 41, Time: at, Kind: EventRolledBack, DeviceID: "d1", ReleaseVersion: "1.0.5", SessionID: "s9",
-		Detail: "self-test failed", Actor: "", RolloutID: 7}
+		Detail: "self-test failed", Actor: "", RolloutID: 7, API: APIEcoWatt}
 	d, err := NewDelivery(w, e, at.Add(time.Second))
 	if err != nil || d == nil {
 		t.Fatalf("NewDelivery: %v, %v", d, err)
@@ -140,7 +140,7 @@ func TestNewDeliveryPayload(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]any{"id": d.ID, "event": "device.rolled_back", "time": "2026-12-01T10:00:00.123Z", "device_id": "d1",
-		"release_version": "1.0.5", "session_id": "s9", "rollout_id": 7.0, "detail": "self-test failed", "actor": ""}
+		"release_version": "1.0.5", "session_id": "s9", "rollout_id": 7.0, "api": "ecowatt", "detail": "self-test failed", "actor": ""}
 	if fmt.Sprint(p) != fmt.Sprint(want) {
 		t.Fatalf("payload %s\nwant %v", d.Payload, want)
 	}

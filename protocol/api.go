@@ -202,6 +202,7 @@ type Event struct {
 	Detail    string    `json:"detail,omitempty"`
 	Actor     string    `json:"actor,omitempty"` // who made an operator's change: "token:NAME"
 	RolloutID int64     `json:"rollout_id,omitempty"`
+	API       string    `json:"api,omitempty"` // of the session a session event is about
 }
 
 // CreateToken is POST /v1/admin/tokens.

@@ -56,8 +56,13 @@ type WebhookEvent struct {
 	ReleaseVersion string    `json:"release_version"`
 	SessionID      string    `json:"session_id"`
 	RolloutID      int64     `json:"rollout_id"`
-	Detail         string    `json:"detail"`
-	Actor          string    `json:"actor"` // "token:NAME" for an operator's change
+	// API is the device API of the session a device event is about:
+	// "native" (the device's authenticated requests) or "ecowatt" (the
+	// original firmware's, which anyone who knows a device id can send);
+	// "" for other events.
+	API    string `json:"api"`
+	Detail string `json:"detail"`
+	Actor  string `json:"actor"` // "token:NAME" for an operator's change
 }
 
 // Headers of a webhook delivery; the timestamp and signature have the

@@ -230,9 +230,9 @@ func addEvent(ctx context.Context, tx pgx.Tx, e *fota.Event) error {
 	if e.Actor == "" {
 		e.Actor = fota.ActorFrom(ctx)
 	}
-	err := tx.QueryRow(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
-		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor, e.RolloutID).Scan(&e.ID)
+	err := tx.QueryRow(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+		ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor, e.RolloutID, e.API).Scan(&e.ID)
 	if err != nil {
 		return fmt.Errorf("add event: %w", err)
 	}
@@ -253,7 +253,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id FROM events`
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
 	args := []any{}
 	if f.DeviceID != "" {
 		q += ` WHERE device_id = $1`
@@ -264,7 +264,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	return queryAll(ctx, s.pool, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID)
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID, &e.API)
 		e.Time = fromMS(t)
 		return e, err
 	}, q, args...)

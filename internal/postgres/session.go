@@ -103,7 +103,7 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			}
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID,
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
 			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
 }
@@ -150,14 +150,14 @@ func moveMember(ctx context.Context, tx pgx.Tx, rolloutID int64, deviceID, sessi
 func (s *Store) abandon(ctx context.Context, tx pgx.Tx, where, reason string, args ...any) error {
 	now := s.now()
 	rows, err := tx.Query(ctx, `UPDATE sessions SET state = '`+fota.SessionAbandoned+`', reason = $2, updated_ms = $3
-		WHERE state = ANY($1) AND `+where+` RETURNING id, device_id, release_version, rollout_id`, append([]any{activeStates, reason, ms(now)}, args...)...)
+		WHERE state = ANY($1) AND `+where+` RETURNING id, device_id, release_version, rollout_id, api`, append([]any{activeStates, reason, ms(now)}, args...)...)
 	if err != nil {
 		return fmt.Errorf("abandon sessions: %w", err)
 	}
 	var ended []*fota.Event
 	for rows.Next() {
 		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: now}
-		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID); err != nil {
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID, &e.API); err != nil {
 			rows.Close()
 			return fmt.Errorf("abandon sessions: %w", err)
 		}
@@ -316,6 +316,6 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 			}
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: id, RolloutID: sess.RolloutID, Detail: ch.Reason})
+			SessionID: id, RolloutID: sess.RolloutID, API: sess.API, Detail: ch.Reason})
 	})
 }

@@ -111,10 +111,10 @@ func (s *Store) FanOut(ctx context.Context, batch int) (int, bool, error) {
 			evs, err := queryAll(ctx, tx, "events to fan out", func(row rowScanner) (settledEvent, error) {
 				e := settledEvent{Event: &fota.Event{}}
 				var t int64
-				err := row.Scan(&e.ID, &e.tx, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID)
+				err := row.Scan(&e.ID, &e.tx, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID, &e.API)
 				e.Time = fromMS(t)
 				return e, err
-			}, `SELECT e.id, e.tx::text, e.time_ms, e.kind, e.device_id, e.release_version, e.session_id, e.detail, e.actor, e.rollout_id
+			}, `SELECT e.id, e.tx::text, e.time_ms, e.kind, e.device_id, e.release_version, e.session_id, e.detail, e.actor, e.rollout_id, e.api
 				FROM events e WHERE (e.tx, e.id) > ($1::text::xid8, $2) AND `+settled+` ORDER BY e.tx, e.id LIMIT $3`,
 				cursorTx, cursorID, batch)
 			if err != nil {

@@ -344,7 +344,7 @@ func viewEvents(evs []*fota.Event) []protocol.Event {
 	out := make([]protocol.Event, 0, len(evs))
 	for _, e := range evs {
 		out = append(out, protocol.Event{Time: e.Time, Kind: e.Kind, DeviceID: e.DeviceID, Version: e.ReleaseVersion, SessionID: e.SessionID,
-			Detail: e.Detail, Actor: e.Actor, RolloutID: e.RolloutID})
+			Detail: e.Detail, Actor: e.Actor, RolloutID: e.RolloutID, API: e.API})
 	}
 	return out
 }

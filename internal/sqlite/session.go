@@ -97,7 +97,7 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			}
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID,
+			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
 			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
 }
@@ -159,7 +159,7 @@ func moveMember(ctx context.Context, tx *txn, rolloutID int64, deviceID, session
 // and puts their rollout members back to pending.
 func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args ...any) error {
 	now := ms(s.now())
-	q := `SELECT id, device_id, release_version, rollout_id FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
+	q := `SELECT id, device_id, release_version, rollout_id, api FROM sessions WHERE state IN ` + activeStates + ` AND ` + where
 	rows, err := tx.QueryContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("find sessions to abandon: %w", err)
@@ -167,7 +167,7 @@ func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args
 	var ended []*fota.Event
 	for rows.Next() {
 		e := &fota.Event{Kind: fota.EventAbandoned, Detail: reason, Time: fromMS(now)}
-		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID); err != nil {
+		if err := rows.Scan(&e.SessionID, &e.DeviceID, &e.ReleaseVersion, &e.RolloutID, &e.API); err != nil {
 			rows.Close()
 			return fmt.Errorf("find sessions to abandon: %w", err)
 		}
@@ -317,7 +317,7 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 			}
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
-			SessionID: id, RolloutID: sess.RolloutID, Detail: ch.Reason})
+			SessionID: id, RolloutID: sess.RolloutID, API: sess.API, Detail: ch.Reason})
 	})
 	if err == nil && !fota.SessionActive(ch.State) {
 		err = s.syncWAL()

@@ -329,8 +329,8 @@ func addEvent(ctx context.Context, tx *txn, e *fota.Event) error {
 	if e.Actor == "" {
 		e.Actor = fota.ActorFrom(ctx)
 	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor, e.RolloutID)
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, ms(e.Time), e.Kind, e.DeviceID, e.ReleaseVersion, e.SessionID, e.Detail, e.Actor, e.RolloutID, e.API)
 	if err != nil {
 		return fmt.Errorf("add event: %w", err)
 	}
@@ -352,7 +352,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id FROM events`
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
 	var args []any
 	if f.DeviceID != "" {
 		q += ` WHERE device_id = ?`
@@ -363,7 +363,7 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	return queryAll(ctx, s.db, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID)
+		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID, &e.API)
 		e.Time = fromMS(t)
 		return e, err
 	}, q, args...)

@@ -99,7 +99,7 @@ func (s *Store) FanOut(ctx context.Context, batch int) (int, bool, error) {
 			}
 			w.Events = strings.Split(events, ",")
 			evs, err := queryAll(ctx, tx, "events to fan out", scanEvent,
-				`SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id FROM events WHERE id > ? ORDER BY id LIMIT ?`,
+				`SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events WHERE id > ? ORDER BY id LIMIT ?`,
 				cursor, batch)
 			if err != nil {
 				return err
@@ -140,7 +140,7 @@ func (s *Store) FanOut(ctx context.Context, batch int) (int, bool, error) {
 func scanEvent(row rowScanner) (*fota.Event, error) {
 	e := &fota.Event{}
 	var t int64
-	err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID)
+	err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID, &e.API)
 	e.Time = fromMS(t)
 	return e, err
 }

@@ -1008,6 +1008,19 @@ func testRolloutTrust(t *testing.T, s fota.Store, c *Clock) {
 	open("s-nat", "nat", fota.APINative)
 	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "s-eco2", Next: 4, Bytes: 4096}}))
 	must(t, s.SetSessionState(ctx, "s-both", fota.StateChange{State: fota.SessionFailed, Reason: "forged"}))
+	// Session events say which API their session is on.
+	evs, err := s.Events(ctx, fota.EventFilter{Limit: 100})
+	must(t, err)
+	apis := map[string]string{}
+	for _, e := range evs {
+		if e.SessionID != "" {
+			apis[e.Kind+" "+e.SessionID] = e.API
+		}
+	}
+	if apis["session-opened s-nat"] != fota.APINative || apis["session-opened s-eco"] != fota.APIEcoWatt ||
+		apis["failed s-both"] != fota.APIEcoWatt || apis["progress s-eco2"] != fota.APIEcoWatt {
+		t.Fatalf("session events' APIs: %v", apis)
+	}
 	c.Advance(3 * time.Hour)
 	silentBefore := c.Now().Add(-time.Hour)
 	// both: untouched by its EcoWatt session; eco: one check-in, not

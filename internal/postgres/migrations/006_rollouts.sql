@@ -9,6 +9,9 @@ ALTER TABLE devices ADD COLUMN inventory_ms  BIGINT NOT NULL DEFAULT 0;
 
 ALTER TABLE sessions ADD COLUMN rollout_id BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN rollout_id BIGINT NOT NULL DEFAULT 0;
+-- The device API of a session event's session: webhooks tell receivers
+-- which outcomes came unauthenticated.
+ALTER TABLE events ADD COLUMN api TEXT NOT NULL DEFAULT '';
 
 CREATE TABLE rollouts (
     id                   BIGSERIAL PRIMARY KEY,

@@ -11,6 +11,9 @@ ALTER TABLE devices ADD COLUMN inventory_ms  INTEGER NOT NULL DEFAULT 0;
 -- (0: none).
 ALTER TABLE sessions ADD COLUMN rollout_id INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN rollout_id INTEGER NOT NULL DEFAULT 0;
+-- The device API of a session event's session: webhooks tell receivers
+-- which outcomes came unauthenticated.
+ALTER TABLE events ADD COLUMN api TEXT NOT NULL DEFAULT '';
 
 -- Rollouts keep their history when their release is deleted (which only
 -- aborted and completed ones allow): release_id is cleared, release_version
