@@ -97,8 +97,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	// Large uploads over slow links may take longer than the default deadline.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(30 * time.Minute))
-	if v := r.URL.Query().Get("rollout"); v != "" && v != "all" {
-		_, err := s.publishRollout(r, nil)
+	if err := checkPublishRollout(r.URL.Query().Get("rollout")); err != nil {
 		return err
 	}
 	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, maxBundle), 64<<10)
@@ -210,7 +209,6 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.releases.forget(rel.ID)
-	s.updates.ForgetRelease(rel.ID)
 	s.digests.forget(rel.ID)
 	if inUse, err := s.store.BlobInUse(r.Context(), rel.BlobKey); err == nil && !inUse {
 		if err := s.blobs.Remove(rel.BlobKey); err != nil {
@@ -302,14 +300,6 @@ func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) error {
 	}
 	if !fota.ValidAPIPolicy(req.API) {
 		return fota.Errorf(fota.EINVALID, "api %q: want native, ecowatt or both", truncate(req.API, 20))
-	}
-	if len(req.Labels) > fota.MaxLabels {
-		return fota.Errorf(fota.EINVALID, "%d labels; a device has at most %d", len(req.Labels), fota.MaxLabels)
-	}
-	for k, v := range req.Labels {
-		if err := fota.ValidLabel(k, v); err != nil {
-			return err
-		}
 	}
 	d := &fota.Device{ID: req.ID, Hardware: req.Hardware, Version: req.Version, SecurityCounter: req.SecurityCounter, PSK: psk, API: req.API,
 		Labels: req.Labels}

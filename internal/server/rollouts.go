@@ -167,19 +167,7 @@ func (s *Server) setLabels(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, maxAdminBody, &req); err != nil {
 		return err
 	}
-	for k, v := range req.Set {
-		if err := fota.ValidLabel(k, v); err != nil {
-			return err
-		}
-	}
-	for _, k := range req.Remove {
-		if err := fota.ValidLabel(k, ""); err != nil {
-			return err
-		}
-		if _, both := req.Set[k]; both {
-			return fota.Errorf(fota.EINVALID, "label %s is both set and removed", k)
-		}
-	}
+	// The store checks each label (fota.EditLabels).
 	if len(req.Set) == 0 && len(req.Remove) == 0 {
 		return fota.Errorf(fota.EINVALID, "nothing to change: give labels to set (key=value) or --remove key")
 	}
@@ -194,19 +182,24 @@ func (s *Server) setLabels(w http.ResponseWriter, r *http.Request) error {
 // rollout of the new release to every device of its hardware, without a
 // health gate, taking over from the rollouts that hold them; "" none.
 func (s *Server) publishRollout(r *http.Request, rel *fota.Release) (*fota.Rollout, error) {
-	switch v := r.URL.Query().Get("rollout"); v {
-	case "":
+	if r.URL.Query().Get("rollout") != "all" {
 		return nil, nil
-	case "all":
-		// Today's behaviour, for those who want it: everyone at once, and no
-		// gate to halt it.
-		ro, _, err := s.updates.CreateRollout(r.Context(), update.RolloutSpec{Release: rel.Version, Hardware: rel.Hardware, Waves: "100%",
-			MaxFailures: "none", MinOutcomes: -1, Supersede: true})
-		if err != nil {
-			return nil, fmt.Errorf("release %s published, but its rollout failed: %w", rel.Version, err)
-		}
-		return ro, nil
-	default:
-		return nil, fota.Errorf(fota.EINVALID, "rollout=%q: the only rollout a publish makes is all (fota rollout create makes others)", truncate(v, 20))
 	}
+	// Today's behaviour, for those who want it: everyone at once, and no
+	// gate to halt it.
+	ro, _, err := s.updates.CreateRollout(r.Context(), update.RolloutSpec{Release: rel.Version, Hardware: rel.Hardware, Waves: "100%",
+		MaxFailures: "none", MinOutcomes: -1, Supersede: true})
+	if err != nil {
+		return nil, fmt.Errorf("release %s published, but its rollout failed: %w", rel.Version, err)
+	}
+	return ro, nil
+}
+
+// checkPublishRollout refuses a publish's ?rollout= other than "" and
+// "all" before the upload is read.
+func checkPublishRollout(v string) error {
+	if v != "" && v != "all" {
+		return fota.Errorf(fota.EINVALID, "rollout=%q: the only rollout a publish makes is all (fota rollout create makes others)", truncate(v, 20))
+	}
+	return nil
 }

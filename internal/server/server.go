@@ -115,7 +115,7 @@ func New(cfg Config) (*Server, error) {
 	s.hot = newHotCache(ttl)
 	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
-	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, MaxSessions: cfg.MaxSessions,
+	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Release: s.releases.get, MaxSessions: cfg.MaxSessions,
 		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall,
 		OnStateChange: func(state, api string) {
 			switch state {

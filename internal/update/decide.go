@@ -84,7 +84,7 @@ func (s *Service) decide(ctx context.Context, req Request) (Decision, error) {
 	if err != nil {
 		return Decision{}, err
 	}
-	r, err := s.releases.get(ctx, s.store, ro.ReleaseID)
+	r, err := s.release(ctx, ro.ReleaseID)
 	if fota.ErrorCode(err) == fota.ENOTFOUND || ro.ReleaseID == 0 {
 		// A completed rollout does not keep its release from deletion.
 		return Decision{Reason: fmt.Sprintf("running %s; the release of rollout %d (%s) was deleted", req.Running, ro.ID, ro.ReleaseVersion), operatorsOnly: true}, nil
@@ -162,50 +162,6 @@ func (s *Service) withheld(ctx context.Context, req Request, r *fota.Release) (s
 		}
 	}
 	return "", nil
-}
-
-// releaseCache keeps the releases rollouts name. A release never changes
-// but for its withdrawal, which also aborts its rollouts (so they offer
-// nothing) and is checked again when a session opens; entries live a
-// short while so a pin to it sees the withdrawal too.
-type releaseCache struct {
-	mu   sync.Mutex
-	byID map[int64]cachedRelease
-}
-
-type cachedRelease struct {
-	r    *fota.Release
-	read time.Time
-}
-
-const releaseCacheTTL = 5 * time.Second
-
-func (c *releaseCache) get(ctx context.Context, store fota.ReleaseStore, id int64) (*fota.Release, error) {
-	c.mu.Lock()
-	e, ok := c.byID[id]
-	c.mu.Unlock()
-	if ok && time.Since(e.read) < releaseCacheTTL {
-		return e.r, nil
-	}
-	r, err := store.Release(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	if c.byID == nil || len(c.byID) > 1024 {
-		c.byID = map[int64]cachedRelease{}
-	}
-	c.byID[id] = cachedRelease{r: r, read: time.Now()}
-	c.mu.Unlock()
-	return r, nil
-}
-
-// forget drops a release: a deleted release's id may be given to the next
-// one published (SQLite reuses the highest).
-func (c *releaseCache) forget(id int64) {
-	c.mu.Lock()
-	delete(c.byID, id)
-	c.mu.Unlock()
 }
 
 // windowCache keeps each rollout's maintenance windows parsed: they are

@@ -326,15 +326,10 @@ func (s *Service) ResumeRollout(ctx context.Context, id int64) (*fota.Rollout, e
 			}
 			t.Detail = "resumed"
 		case fota.RolloutHalted:
-			tally, err := s.store.RolloutTally(ctx, r.ID, s.now().Add(-r.SilentTimeout))
-			if err != nil {
-				return t, err
-			}
-			failures, _ := openOutcomes(r, tally)
 			// The failed devices are accepted as they are, by device, so
 			// one that later confirms does not hide a new failure.
 			t.AcceptFailures = true
-			t.Detail = fmt.Sprintf("resumed after a halt; the %d failures that halted it are accepted, the gate counts new ones", failures)
+			t.Detail = "resumed after a halt; the failures that halted it are accepted, the gate counts new ones"
 		default:
 			return t, fota.Errorf(fota.ECONFLICT, "rollout %d is %s; only a paused or halted rollout can be resumed", r.ID, r.State)
 		}
@@ -493,18 +488,6 @@ func (s *Service) evaluateRollout(ctx context.Context, r *fota.Rollout) error {
 	}
 	level("rollout "+t.State, "rollout_id", r.ID, "release_version", r.ReleaseVersion, "wave", t.Wave, "detail", t.Detail, "sessions_ended", len(ended))
 	return nil
-}
-
-// openOutcomes counts the failures (failed or silent) and outcomes
-// (those and confirmations) of r's open waves, before GateBase.
-func openOutcomes(r *fota.Rollout, tally []fota.WaveTally) (failures, outcomes int) {
-	for _, w := range tally {
-		if w.Wave >= 1 && w.Wave <= r.Wave {
-			failures += w.Failed + w.Silent
-			outcomes += w.Confirmed + w.Failed + w.Silent
-		}
-	}
-	return failures, outcomes
 }
 
 // SetLabels changes a device's labels; if it now matches rollouts it was

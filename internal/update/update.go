@@ -87,6 +87,9 @@ type Config struct {
 	Store  fota.Store
 	Logger *slog.Logger
 	Now    func() time.Time // time.Now by default
+	// Release reads a release by id; the store's Release by default. A
+	// server passes the cache its chunk requests read through.
+	Release func(ctx context.Context, id int64) (*fota.Release, error)
 	// MaxSessions caps concurrently active update sessions (0: no cap).
 	MaxSessions int
 	// Cache is told of changes; none by default.
@@ -110,7 +113,7 @@ type Service struct {
 	store       fota.Store
 	log         *slog.Logger
 	now         func() time.Time
-	releases    releaseCache
+	release     func(ctx context.Context, id int64) (*fota.Release, error)
 	windows     windowCache
 	maxSessions int
 	cache       SessionCache
@@ -130,6 +133,9 @@ func New(cfg Config) *Service {
 	}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if s.release = cfg.Release; s.release == nil {
+		s.release = cfg.Store.Release
 	}
 	if s.cache == nil {
 		s.cache = noCache{}
@@ -548,9 +554,10 @@ func (s *Service) setState(ctx context.Context, d *fota.Device, sess *fota.Sessi
 			s.onChange(ch.State, sess.API)
 		}
 		s.log.Info("update "+ch.State, "device_id", d.ID, "session_id", sess.ID, "release_version", sess.ReleaseVersion, "api", sess.API)
-		if sess.RolloutID != 0 && !fota.SessionActive(ch.State) {
-			// An outcome may trip the rollout's gate: halt now, not at the
-			// next tick, so fewer devices start a bad release.
+		if sess.RolloutID != 0 && fota.MemberStateFor(ch.State) == fota.MemberFailed && ch.Member == "" {
+			// A failure may trip the rollout's gate: halt now, not at the
+			// next tick, so fewer devices start a bad release. Other
+			// outcomes can only let a wave open, which the tick does.
 			s.evaluateRolloutID(ctx, sess.RolloutID)
 		}
 	}
@@ -681,16 +688,12 @@ func (s *Service) WithdrawRelease(ctx context.Context, hardware, version, reason
 		s.cache.Flush(ctx, sess.ID)
 		s.cache.Forget(sess)
 	}
-	s.releases.forget(rel.ID)
 	if rel, err = s.store.Release(ctx, rel.ID); err != nil {
 		return nil, 0, err
 	}
 	s.log.Info("release withdrawn", "release_version", rel.Version, "hardware", rel.Hardware, "sessions_ended", len(ended), "reason", reason)
 	return rel, len(ended), nil
 }
-
-// ForgetRelease drops what the service caches of a deleted release.
-func (s *Service) ForgetRelease(id int64) { s.releases.forget(id) }
 
 // sameVersion reports whether a and b are the same version by SemVer
 // precedence (build metadata aside: 1.0.4+b7 runs 1.0.4).
