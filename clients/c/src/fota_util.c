@@ -127,40 +127,6 @@ static bool digits(cursor_t *c)
     return c->p > start;
 }
 
-static bool scan_value(cursor_t *c, fota_json_t *v, int depth);
-
-static bool scan_container(cursor_t *c, char close, int depth)
-{
-    c->p++;
-    ws(c);
-    if (c->p < c->end && *c->p == close) {
-        c->p++;
-        return true;
-    }
-    for (;;) {
-        fota_json_t v;
-        ws(c);
-        if (close == '}') {
-            const char *k;
-            size_t kn;
-            bool esc;
-            if (c->p >= c->end || *c->p != '"' || !scan_string(c, &k, &kn, &esc)) return false;
-            ws(c);
-            if (c->p >= c->end || *c->p++ != ':') return false;
-            ws(c);
-        }
-        if (!scan_value(c, &v, depth + 1)) return false;
-        ws(c);
-        if (c->p >= c->end) return false;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p++ != close) return false;
-        return true;
-    }
-}
-
 static bool literal(cursor_t *c, const char *word)
 {
     size_t n = strlen(word);
@@ -169,9 +135,41 @@ static bool literal(cursor_t *c, const char *word)
     return true;
 }
 
-static bool scan_value(cursor_t *c, fota_json_t *v, int depth)
+/* Skips a nested object or array without recursion: brackets must match
+ * and strings be well formed; what is inside is not checked further, since
+ * the client reads no value from inside one (it only finds "v2" in
+ * chunk_macs). */
+static bool skip_container(cursor_t *c)
 {
-    if (depth > JSON_MAX_DEPTH || c->p >= c->end) return false;
+    char stack[JSON_MAX_DEPTH];
+    int depth = 0;
+    const char *s;
+    size_t n;
+    bool esc;
+    while (c->p < c->end) {
+        char ch = *c->p;
+        if (ch == '"') {
+            if (!scan_string(c, &s, &n, &esc)) return false;
+            continue;
+        }
+        if (ch == '{' || ch == '[') {
+            if (depth == JSON_MAX_DEPTH) return false;
+            stack[depth++] = ch == '{' ? '}' : ']';
+        } else if (ch == '}' || ch == ']') {
+            if (depth == 0 || stack[--depth] != ch) return false;
+            if (depth == 0) {
+                c->p++;
+                return true;
+            }
+        }
+        c->p++;
+    }
+    return false;
+}
+
+static bool scan_value(cursor_t *c, fota_json_t *v)
+{
+    if (c->p >= c->end) return false;
     const char *start = c->p;
     bool esc;
     switch (*c->p) {
@@ -181,7 +179,7 @@ static bool scan_value(cursor_t *c, fota_json_t *v, int depth)
     case '{':
     case '[':
         v->type = *c->p == '{' ? FOTA_J_OBJECT : FOTA_J_ARRAY;
-        if (!scan_container(c, *c->p == '{' ? '}' : ']', depth)) return false;
+        if (!skip_container(c)) return false;
         break;
     case 't':
         v->type = FOTA_J_TRUE;
@@ -245,7 +243,7 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
             ws(&c);
             if (c.p >= c.end || *c.p++ != ':') return false;
             ws(&c);
-            if (!scan_value(&c, &v, 1) || !fn(user, k, kn, &v)) return false;
+            if (!scan_value(&c, &v) || !fn(user, k, kn, &v)) return false;
             ws(&c);
             if (c.p >= c.end) return false;
             if (*c.p == ',') {

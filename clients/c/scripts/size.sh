@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Size of the fota C client on an ESP32-C3 (RISC-V rv32imc): cross-compiles
+# the library (src/; not mbedtls, not a port) with -Os and prints its code
+# and static data (text/data/bss), the largest stack any public function
+# needs (from -fcallgraph-info: the library's own frames along its deepest
+# call chain; mbedtls's and the port's frames are theirs), and the RAM an
+# application gives it: work buffer + fota_client_t + that stack.
+#
+#   clients/c/scripts/size.sh [--check]
+#
+# --check exits 1 when a target is missed: code <= 16 KiB, static data <=
+# 1 KiB, work buffer + client + stack <= 8 KiB. Needs Debian's
+# gcc-riscv64-unknown-elf and picolibc-riscv64-unknown-elf, and mbedtls
+# headers (libmbedtls-dev).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+check=${1:-}
+CC=${RISCV_CC:-riscv64-unknown-elf-gcc}
+command -v "$CC" >/dev/null || { echo "size.sh: $CC not found: apt-get install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf" >&2; exit 2; }
+MBEDTLS_INCLUDE=${MBEDTLS_INCLUDE:-/usr/include}
+[ -f "$MBEDTLS_INCLUDE/mbedtls/aes.h" ] || { echo "size.sh: no mbedtls headers in $MBEDTLS_INCLUDE: apt-get install libmbedtls-dev" >&2; exit 2; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# Only mbedtls's headers, not the host's C library headers beside them.
+mkdir -p "$tmp/inc"
+ln -s "$MBEDTLS_INCLUDE/mbedtls" "$tmp/inc/mbedtls"
+[ -d "$MBEDTLS_INCLUDE/psa" ] && ln -s "$MBEDTLS_INCLUDE/psa" "$tmp/inc/psa"
+
+flags=(--specs=picolibc.specs -march=rv32imc -mabi=ilp32 -Os -std=c99 -Wall -Wextra -Werror
+  -Iinclude -Isrc -isystem "$tmp/inc" "-DMBEDTLS_USER_CONFIG_FILE=\"$PWD/scripts/mcu_mbedtls.h\"")
+objs=()
+for src in src/*.c; do
+  obj="$tmp/$(basename "$src" .c).o"
+  "$CC" "${flags[@]}" -fcallgraph-info=su -c "$src" -o "$obj"
+  objs+=("$obj")
+done
+
+# The client struct's size, read off a probe object's symbol table.
+cat > "$tmp/probe.c" <<'EOF'
+#include "fota_client.h"
+const unsigned char fota_client_size[sizeof(fota_client_t)] = {1};
+const unsigned char fota_work_min[FOTA_WORK_MIN] = {1};
+EOF
+"$CC" "${flags[@]}" -c "$tmp/probe.c" -o "$tmp/probe.o"
+symsize() { printf "%d" "0x$(riscv64-unknown-elf-nm -S "$tmp/probe.o" | awk -v s="$1" '$4 == s { print $2 }')"; }
+client=$(symsize fota_client_size)
+work=$(symsize fota_work_min)
+
+echo "fota C client, $("$CC" --version | head -1), -march=rv32imc -mabi=ilp32 -Os"
+riscv64-unknown-elf-size "${objs[@]}" | sed "s|$tmp/||"
+read -r text data bss < <(riscv64-unknown-elf-size -t "${objs[@]}" | awk 'END { print $1, $2, $3 }')
+
+# Worst stack: the largest sum of frames along a call chain from a public
+# function, over the library's own functions (calls into mbedtls, the C
+# library and the port end the chain; there is no recursion).
+stack=$(cat "$tmp"/*.ci | awk '
+  function name(t) { sub(/.*:/, "", t); return t }
+  /^node:/ {
+    t = $0; sub(/.*title: "/, "", t); sub(/".*/, "", t)
+    l = $0
+    if (match(l, /[0-9]+ bytes/)) { frame[name(t)] = substr(l, RSTART, RLENGTH) + 0 }
+  }
+  /^edge:/ {
+    s = $0; sub(/.*sourcename: "/, "", s); sub(/".*/, "", s)
+    d = $0; sub(/.*targetname: "/, "", d); sub(/".*/, "", d)
+    s = name(s); d = name(d); calls[s] = calls[s] " " d
+  }
+  function worst(f,   n, i, parts, best, w) {
+    if (f in memo) return memo[f]
+    if (onpath[f]) { print "recursion through " f > "/dev/stderr"; exit 3 }
+    onpath[f] = 1; best = 0
+    n = split(calls[f], parts, " ")
+    for (i = 1; i <= n; i++) if (parts[i] in frame) { w = worst(parts[i]); if (w > best) { best = w; via[f] = parts[i] } }
+    onpath[f] = 0
+    return memo[f] = frame[f] + best
+  }
+  END {
+    split("fota_init fota_startup fota_check fota_confirm fota_reject fota_flush", api, " ")
+    max = 0
+    for (i in api) { w = worst(api[i]); if (w > max) { max = w; top = api[i] } }
+    chain = top; f = top; while (f in via) { f = via[f]; chain = chain " > " f }
+    print max, chain
+  }')
+read -r worst chain <<<"$stack"
+ram=$((work + client + worst))
+
+printf '\n%-44s %6d bytes (target <= 16384)\n' "code (text: instructions and constants)" "$text"
+printf '%-44s %6d bytes (target <= 1024)\n' "static data (data + bss)" "$((data + bss))"
+printf '%-44s %6d bytes\n' "work buffer (FOTA_WORK_MIN)" "$work"
+printf '%-44s %6d bytes\n' "fota_client_t (mbedtls contexts included)" "$client"
+printf '%-44s %6d bytes: %s\n' "worst stack of the library's own frames" "$worst" "$chain"
+printf '%-44s %6d bytes (target <= 8192)\n' "work buffer + client + stack" "$ram"
+
+if [ "$check" = --check ]; then
+  ok=1
+  [ "$text" -le 16384 ] || { echo "size.sh: code $text > 16384" >&2; ok=0; }
+  [ $((data + bss)) -le 1024 ] || { echo "size.sh: static data $((data + bss)) > 1024" >&2; ok=0; }
+  [ "$ram" -le 8192 ] || { echo "size.sh: RAM $ram > 8192" >&2; ok=0; }
+  [ $ok = 1 ] || exit 1
+fi
