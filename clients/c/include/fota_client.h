@@ -41,11 +41,12 @@ extern "C" {
 #define FOTA_OUTBOX_MAX 4      /* reports kept while the server cannot be reached */
 #define FOTA_REJECTED_MAX 4    /* versions this device rolled back from, refused if offered again */
 
-/* The smallest work buffer fota_init accepts. It must hold a check answer
- * (about 1.5 KiB for a manifest without notes) and one chunk (1 KiB by
- * default) plus request headers; larger chunks or long release notes need
- * more. */
-#define FOTA_WORK_MIN 2048
+/* The smallest work buffer fota_init accepts: request headers (576 bytes),
+ * the report outbox being worked on (about 1 KiB), and a check answer
+ * (about 1.7 KiB with an RSA-2048 signature and a manifest without notes)
+ * or one chunk (1 KiB by default). Larger chunks or long release notes
+ * need more: the client says so. */
+#define FOTA_WORK_MIN 4096
 
 /* Errors. Each has a fixed text (fota_err_str); the client's log line says
  * more. The comment says what the client does about it. */
@@ -266,6 +267,7 @@ typedef struct {
     uint8_t key_id[8];      /* SHA-256 of the signing key's DER, first 8 bytes */
     int key_alg;            /* 1 rsa-2048, 2 ecdsa-p256 */
     int64_t clock_offset;   /* server time minus device time, seconds */
+    uint32_t retry_after;   /* the last refusal's Retry-After, seconds */
     fota_boot_info_t boot;
     fota_progress_t progress;
     fota_offer_t offer;

@@ -1,0 +1,1215 @@
+/*
+ * The fota C client's update flow: check-in, offer checks, download with
+ * checkpoints, install, first-boot confirm or rollback, and the report
+ * outbox. docs/PROTOCOL.md is the protocol; agent/agent.go is the Go agent
+ * this mirrors.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fota_internal.h"
+
+/* The work buffer: the request URI, the request's header lines, then data
+ * (request and answer bodies, one chunk, records being encoded). */
+#define URI_OFF 0
+#define URI_CAP 256
+#define HDR_OFF (URI_OFF + URI_CAP)
+#define HDR_CAP 320
+#define DATA_OFF (HDR_OFF + HDR_CAP)
+#define DATA(c) ((c)->work + DATA_OFF)
+/* The report outbox, being worked on, takes the end of the buffer. */
+#define DATA_CAP(c) ((c)->work_size - DATA_OFF - sizeof(outbox_t))
+#define URI(c) ((char *)(c)->work + URI_OFF)
+#define HDR(c) ((char *)(c)->work + HDR_OFF)
+
+/* ---- Reports: a persisted outbox ---- */
+
+enum { REPORT_DOWNLOADED = 0, REPORT_VERIFIED, REPORT_APPLIED, REPORT_CONFIRMED, REPORT_ROLLED_BACK,
+       REPORT_FAILED, REPORT_REFUSED, REPORT__COUNT };
+static const char *const report_names[REPORT__COUNT] = {"downloaded", "verified", "applied", "confirmed",
+                                                         "rolled-back", "failed", "refused"};
+
+/* Records are fixed-layout structs of bytes and 32-bit words, stored as
+ * they are: each starts with a header naming its kind, layout version and
+ * size, so a record from another layout is ignored, never misread. */
+typedef struct {
+    uint8_t kind, version, size_lo, size_hi;
+} record_header_t;
+
+typedef struct {
+    uint8_t status;
+    char session[FOTA_SESSION_MAX + 1];
+    char version[FOTA_VERSION_MAX + 1];
+    char reason[FOTA_REASON_MAX + 1];
+} report_t;
+
+typedef struct {
+    record_header_t h;
+    uint8_t count;
+    report_t r[FOTA_OUTBOX_MAX];
+} outbox_t;
+
+/* Keys of the client's records in the port's key-value store. */
+#define KEY_DOWNLOAD "fota.dl"
+#define KEY_INSTALL "fota.inst"
+#define KEY_OUTBOX "fota.outbox"
+#define KEY_REJECTED "fota.rejected"
+#define RECORD_VERSION 1
+
+/* Half the server's 5-minute limit: a Date further off than this means the
+ * device clock, not latency, made a request stale. */
+#define CLOCK_SLACK 150
+
+static const char *const err_names[FOTA_ERR__COUNT] = {
+    "ok", "bad argument", "work buffer too small", "network failure", "server busy", "unauthorized", "forbidden",
+    "conflict", "request rejected", "session closed", "malformed answer", "signature does not verify",
+    "signed by an untrusted key", "unsupported algorithm", "bad manifest", "wrong hardware", "not newer (downgrade)",
+    "rolled back from before", "security counter too low", "too large", "chunk HMAC mismatch", "decryption failed",
+    "image hash mismatch", "flash failure", "storage failure", "not found", "crypto failure", "image on trial",
+    "image not on trial", "self-test failed", "power failure"};
+
+static const char *const state_names[FOTA_STATE__COUNT] = {"idle",      "checking",  "downloading", "verifying", "applying",
+                                                           "completed", "deferred",  "error",       "rollback"};
+
+const char *fota_err_str(fota_err_t err)
+{
+    return (unsigned)err < FOTA_ERR__COUNT ? err_names[err] : "unknown error";
+}
+
+const char *fota_state_str(fota_state_t state)
+{
+    return (unsigned)state < FOTA_STATE__COUNT ? state_names[state] : "unknown state";
+}
+
+static void logf_(fota_client_t *c, fota_log_level_t level, const char *fmt, ...)
+{
+    char line[160];
+    va_list ap;
+    if (!c->port->log) return;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    c->port->log(c->port->ctx, level, line);
+}
+#define LOG_E(c, ...) logf_(c, FOTA_LOG_ERROR, __VA_ARGS__)
+#define LOG_W(c, ...) logf_(c, FOTA_LOG_WARN, __VA_ARGS__)
+#define LOG_I(c, ...) logf_(c, FOTA_LOG_INFO, __VA_ARGS__)
+
+static void progress(fota_client_t *c, fota_state_t state, fota_err_t err)
+{
+    c->progress.state = state;
+    c->progress.err = err;
+    if (c->cfg->on_progress) c->cfg->on_progress(c->cfg->user, &c->progress);
+}
+
+static bool plain_id(const char *s, size_t max, bool dots)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char ch = s[n];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+              ch == '-' || (dots && ch == '.')))
+            return false;
+    }
+    return n > 0 && n <= max;
+}
+
+/* ---- Records ---- */
+
+static fota_err_t record_save(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
+{
+    record_header_t *h = rec;
+    h->kind = kind;
+    h->version = RECORD_VERSION;
+    h->size_lo = (uint8_t)size;
+    h->size_hi = (uint8_t)(size >> 8);
+    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, size);
+    if (err) LOG_E(c, "save %s: %s", key, fota_err_str(err));
+    return err == FOTA_ERR_POWER ? err : err ? FOTA_ERR_STORAGE : FOTA_OK;
+}
+
+/* Loads a record; false when absent, unreadable or of another layout. The
+ * strings in it are NUL-terminated by the caller's check. */
+static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
+{
+    size_t n = 0;
+    record_header_t *h = rec;
+    fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, size, &n);
+    if (err) {
+        if (err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot read %s (%s); ignoring it", key, fota_err_str(err));
+        return false;
+    }
+    return n == size && h->kind == kind && h->version == RECORD_VERSION && (h->size_lo | h->size_hi << 8) == (int)size;
+}
+
+/* Whether s (cap bytes) holds a NUL-terminated string. */
+static bool terminated(const char *s, size_t cap) { return memchr(s, 0, cap) != NULL; }
+
+static void record_delete(fota_client_t *c, const char *key)
+{
+    fota_err_t err = c->port->kv_delete(c->port->ctx, key);
+    if (err && err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot delete %s: %s", key, fota_err_str(err));
+}
+
+/* The download record: where a download stands, so a power cut resumes it. */
+typedef struct {
+    record_header_t h;
+    char version[FOTA_VERSION_MAX + 1];
+    char base[FOTA_VERSION_MAX + 1]; /* the running version it was made under */
+    char session[FOTA_SESSION_MAX + 1];
+    uint8_t sha256[32];              /* the release's plaintext SHA-256: which release */
+    uint8_t cbc[16];                 /* the CBC chaining value at next_chunk */
+    uint8_t verified;                /* the whole image is in the slot and matched */
+    uint32_t next_chunk, written;
+} download_t;
+
+static fota_err_t save_download(fota_client_t *c, download_t *d)
+{
+    return record_save(c, KEY_DOWNLOAD, 'D', d, sizeof *d);
+}
+
+static bool load_download(fota_client_t *c, download_t *d)
+{
+    return record_load(c, KEY_DOWNLOAD, 'D', d, sizeof *d) && terminated(d->version, sizeof d->version) &&
+           terminated(d->base, sizeof d->base) && terminated(d->session, sizeof d->session);
+}
+
+static void load_outbox(fota_client_t *c, outbox_t *box)
+{
+    bool ok = record_load(c, KEY_OUTBOX, 'O', box, sizeof *box) && box->count <= FOTA_OUTBOX_MAX;
+    for (uint8_t i = 0; ok && i < box->count; i++) {
+        report_t *q = &box->r[i];
+        ok = q->status < REPORT__COUNT && terminated(q->session, sizeof q->session) &&
+             terminated(q->version, sizeof q->version) && terminated(q->reason, sizeof q->reason);
+    }
+    if (!ok) box->count = 0;
+}
+
+static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
+{
+    if (box->count == 0) {
+        fota_err_t err = c->port->kv_delete(c->port->ctx, KEY_OUTBOX);
+        return err == FOTA_ERR_NOT_FOUND ? FOTA_OK : err;
+    }
+    return record_save(c, KEY_OUTBOX, 'O', box, sizeof *box);
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
+/* Adds a report to the outbox, once; a full outbox drops its oldest. */
+static fota_err_t queue_report(fota_client_t *c, int status, const char *session, const char *version,
+                               const char *reason)
+{
+    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
+    load_outbox(c, box);
+    for (uint8_t i = 0; i < box->count; i++) {
+        report_t *q = &box->r[i];
+        if (q->status == status && !strcmp(q->session, session) && !strcmp(q->version, version)) return FOTA_OK;
+    }
+    if (box->count == FOTA_OUTBOX_MAX) {
+        memmove(&box->r[0], &box->r[1], sizeof box->r[0] * (FOTA_OUTBOX_MAX - 1));
+        box->count--;
+    }
+    report_t *q = &box->r[box->count++];
+    memset(q, 0, sizeof *q);
+    q->status = (uint8_t)status;
+    copy_str(q->session, sizeof q->session, session);
+    copy_str(q->version, sizeof q->version, version);
+    copy_str(q->reason, sizeof q->reason, reason ? reason : "");
+    return save_outbox(c, box);
+}
+
+/* ---- HTTP: signed requests, error answers, retries ---- */
+
+static int64_t server_now(fota_client_t *c) { return c->port->now(c->port->ctx) + c->clock_offset; }
+
+/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
+static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
+{
+    size_t n = 0;
+    for (;;) {
+        int32_t got = c->port->http_read(c->port->ctx, buf + n, cap - n);
+        if (got < 0) return FOTA_ERR_NETWORK;
+        if (got == 0) break;
+        n += (size_t)got;
+        if (n == cap) {
+            uint8_t probe;
+            got = c->port->http_read(c->port->ctx, &probe, 1);
+            if (got < 0) return FOTA_ERR_NETWORK;
+            if (got > 0) return FOTA_ERR_BUFFER;
+            break;
+        }
+    }
+    *len = n;
+    return FOTA_OK;
+}
+
+typedef struct {
+    fota_json_t code, error;
+} error_answer_t;
+
+static bool error_member(void *user, const char *key, size_t n, const fota_json_t *v)
+{
+    error_answer_t *e = user;
+    if (n == 4 && !memcmp(key, "code", 4)) e->code = *v;
+    if (n == 5 && !memcmp(key, "error", 5)) e->error = *v;
+    return true;
+}
+
+/* Sorts a refusal by its fota code, else by its status (docs/PROTOCOL.md,
+ * "Errors"), and logs the server's word on it. Ends the exchange. */
+static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_response_t *resp, uint8_t *buf,
+                          size_t cap)
+{
+    static const struct {
+        const char *code;
+        fota_err_t err;
+    } codes[] = {{"too_many", FOTA_ERR_SERVER_BUSY}, {"unavailable", FOTA_ERR_SERVER_BUSY},
+                 {"internal", FOTA_ERR_SERVER_BUSY}, {"unauthorized", FOTA_ERR_UNAUTHORIZED},
+                 {"forbidden", FOTA_ERR_FORBIDDEN},  {"conflict", FOTA_ERR_CONFLICT},
+                 {"invalid", FOTA_ERR_REJECTED},     {"not_found", FOTA_ERR_REJECTED},
+                 {"too_large", FOTA_ERR_REJECTED},   {"session_closed", FOTA_ERR_SESSION_CLOSED}};
+    size_t n = 0;
+    error_answer_t e = {{0, 0, 0}, {0, 0, 0}};
+    bool whole = read_body(c, buf, cap, &n) == FOTA_OK;
+    c->port->http_end(c->port->ctx, whole);
+    if (whole) fota_json_object((const char *)buf, n, error_member, &e);
+    int s = resp->status;
+    fota_err_t err = s >= 500 || s == 408 || s == 429 ? FOTA_ERR_SERVER_BUSY
+                     : s == 401                        ? FOTA_ERR_UNAUTHORIZED
+                     : s == 403                        ? FOTA_ERR_FORBIDDEN
+                     : s == 410                        ? FOTA_ERR_SESSION_CLOSED
+                     : s == 400 || s == 404 || s == 413 ? FOTA_ERR_REJECTED
+                                                        : FOTA_ERR_CONFLICT;
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (fota_json_is(&e.code, codes[i].code)) err = codes[i].err;
+    LOG_W(c, "%s: the server answered %d: %.*s", what, s, e.error.type == FOTA_J_STRING ? (int)e.error.n : 0,
+          e.error.p ? e.error.p : "");
+    c->retry_after = resp->retry_after;
+    return err;
+}
+
+/* Sends one signed request. On FOTA_OK the answer was 2xx and its body is
+ * to be read (then http_end). A 401 whose Date shows the device clock off
+ * corrects the clock and signs once more (docs/PROTOCOL.md, "The device clock"). */
+static fota_err_t request(fota_client_t *c, const char *what, const char *method, const uint8_t *body, size_t len,
+                          fota_http_response_t *resp)
+{
+    for (int attempt = 0;; attempt++) {
+        uint8_t raw[16], mac[32];
+        char nonce[33], sig[65], ts[24];
+        int64_t now = server_now(c);
+        snprintf(ts, sizeof ts, "%lld", (long long)now);
+        if (c->port->random(c->port->ctx, raw, sizeof raw)) return FOTA_ERR_CRYPTO;
+        fota_hex(nonce, raw, sizeof raw);
+        if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, mac))
+            return FOTA_ERR_CRYPTO;
+        fota_hex(sig, mac, sizeof mac);
+        int n = snprintf(HDR(c), HDR_CAP,
+                         "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: %s\r\n%s",
+                         c->cfg->device_id, ts, nonce, sig, len ? "Content-Type: application/json\r\n" : "");
+        if (n < 0 || n >= HDR_CAP) return FOTA_ERR_BUFFER;
+        memset(resp, 0, sizeof *resp);
+        fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
+        if (err) {
+            LOG_W(c, "%s: no answer (%s)", what, fota_err_str(err));
+            return err == FOTA_ERR_POWER ? err : FOTA_ERR_NETWORK;
+        }
+        if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
+        int64_t skew = resp->date ? resp->date - now : 0;
+        if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
+            c->port->http_end(c->port->ctx, false);
+            c->clock_offset += skew;
+            LOG_W(c, "the device clock is %lld s off the server's; signing with the server's time", (long long)skew);
+            continue;
+        }
+        /* The error body goes after the request body (in the data area), which a retry sends again. */
+        size_t used = body ? (size_t)(body - DATA(c)) + len : 0;
+        return refusal(c, what, resp, DATA(c) + used, DATA_CAP(c) - used);
+    }
+}
+
+static bool transient(fota_err_t err) { return err == FOTA_ERR_NETWORK || err == FOTA_ERR_SERVER_BUSY; }
+
+/* Waits before retry attempt+1 of a transient failure; false when the
+ * attempts are spent or the server asks for longer than a retry waits. */
+static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
+{
+    const fota_config_t *cfg = c->cfg;
+    uint32_t attempts = cfg->retry_attempts ? cfg->retry_attempts : 5;
+    uint32_t base = cfg->retry_base_ms ? cfg->retry_base_ms : 1000, cap = cfg->retry_max_ms ? cfg->retry_max_ms : 60000;
+    if (!transient(err) || (uint32_t)attempt + 1 >= attempts) return false;
+    uint32_t delay = attempt < 16 ? base << attempt : cap;
+    if (delay > cap || delay < base) delay = cap;
+    uint8_t r[2] = {0, 0};
+    c->port->random(c->port->ctx, r, 2);
+    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) / 65535);
+    if (err == FOTA_ERR_SERVER_BUSY && c->retry_after) {
+        if ((uint64_t)c->retry_after * 1000 > cap) return false; /* the next timed check tries again */
+        if (c->retry_after * 1000 > delay) delay = c->retry_after * 1000;
+    }
+    c->retry_after = 0;
+    LOG_I(c, "retrying in %lu ms", (unsigned long)delay);
+    c->port->sleep_ms(c->port->ctx, delay);
+    return true;
+}
+
+static bool uri(fota_client_t *c, const char *fmt, ...)
+{
+    va_list ap;
+    int n = snprintf(URI(c), URI_CAP, "%s", c->prefix);
+    va_start(ap, fmt);
+    int m = vsnprintf(URI(c) + n, URI_CAP - (size_t)n, fmt, ap);
+    va_end(ap);
+    return m >= 0 && (size_t)m < URI_CAP - (size_t)n;
+}
+
+/* Sends one report; a JSON body with the reason escaped. */
+static fota_err_t send_report(fota_client_t *c, const report_t *q)
+{
+    char *body = (char *)DATA(c);
+    size_t cap = DATA_CAP(c), n;
+    if (!uri(c, "/v1/device/sessions/%s/report", q->session)) return FOTA_ERR_BUFFER;
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"", report_names[q->status]);
+    if (q->reason[0]) {
+        n += (size_t)snprintf(body + n, cap - n, ",\"reason\":\"");
+        for (const char *s = q->reason; *s && n + 8 < cap; s++) {
+            unsigned char ch = (unsigned char)*s;
+            if (ch == '"' || ch == '\\') {
+                body[n++] = '\\';
+                body[n++] = (char)ch;
+            } else if (ch < 0x20 || ch >= 0x7f) {
+                body[n++] = '?'; /* reasons are the library's own ASCII text */
+            } else {
+                body[n++] = (char)ch;
+            }
+        }
+        body[n++] = '"';
+    }
+    body[n++] = '}';
+    fota_http_response_t resp;
+    fota_err_t err;
+    for (int attempt = 0;; attempt++) {
+        err = request(c, "report", "POST", (const uint8_t *)body, n, &resp);
+        if (err == FOTA_OK) {
+            size_t len;
+            /* The answer is small; its content does not matter, only that it came. */
+            err = read_body(c, DATA(c) + n, cap - n, &len);
+            c->port->http_end(c->port->ctx, err == FOTA_OK);
+            if (err == FOTA_ERR_BUFFER) err = FOTA_OK;
+        }
+        if (!backoff(c, attempt, err)) return err;
+    }
+}
+
+fota_err_t fota_flush(fota_client_t *c)
+{
+    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
+    load_outbox(c, box);
+    if (box->count == 0) return FOTA_OK;
+    fota_err_t first = FOTA_OK;
+    uint8_t kept = 0, i;
+    for (i = 0; i < box->count; i++) {
+        report_t q = box->r[i];
+        if (q.status == REPORT_CONFIRMED && strcmp(q.version, c->boot.running_version) != 0) {
+            /* Queued before a confirm that never completed: no longer true. */
+            LOG_W(c, "dropping the confirm of %s, which did not complete", q.version);
+            continue;
+        }
+        if ((q.status == REPORT_CONFIRMED && c->boot.trial) || !q.session[0]) {
+            box->r[kept++] = q; /* not yet confirmed on this boot; or no session to send it on yet */
+            continue;
+        }
+        fota_err_t err = send_report(c, &q);
+        if (err == FOTA_OK) {
+            LOG_I(c, "reported %s of %s", report_names[q.status], q.version);
+            continue;
+        }
+        if (err == FOTA_ERR_POWER) return err;
+        if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
+            LOG_W(c, "report %s of %s refused for good (%s); dropping it", report_names[q.status], q.version,
+                  fota_err_str(err));
+            continue;
+        }
+        if (!first) first = err;
+        box->r[kept++] = q;
+        if (transient(err)) {
+            /* The server is unreachable: the rest would fail the same way, and out of order. */
+            for (i++; i < box->count; i++) box->r[kept++] = box->r[i];
+            break;
+        }
+    }
+    box->count = kept;
+    fota_err_t err = save_outbox(c, box);
+    return err ? err : first;
+}
+
+/* ---- Init, boot, confirm ---- */
+
+
+fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port_t *port, uint8_t *work,
+                     size_t work_size)
+{
+    if (!c || !cfg || !port || !work) return FOTA_ERR_ARGUMENT;
+    memset(c, 0, sizeof *c);
+    c->cfg = cfg;
+    c->port = port;
+    c->work = work;
+    c->work_size = work_size;
+    mbedtls_pk_init(&c->pk);
+    mbedtls_aes_init(&c->aes);
+    mbedtls_sha256_init(&c->sha);
+    mbedtls_sha256_init(&c->sha2);
+    if (work_size < FOTA_WORK_MIN || ((uintptr_t)work & 7) != 0) return FOTA_ERR_ARGUMENT;
+    if (!port->http_begin || !port->http_read || !port->http_end || !port->boot_info || !port->boot_ack_rollback ||
+        !port->slot_begin || !port->slot_write || !port->slot_read || !port->slot_sync || !port->slot_set_pending ||
+        !port->boot_confirm || !port->boot_reject || !port->kv_get || !port->kv_set || !port->kv_delete ||
+        !port->now || !port->sleep_ms || !port->random)
+        return FOTA_ERR_ARGUMENT;
+    if (!cfg->device_id || !plain_id(cfg->device_id, 64, true) || !cfg->hardware || !plain_id(cfg->hardware, 32, true) ||
+        (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
+        !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
+        !cfg->server_url) {
+        LOG_E(c, "fota_init: device id, hardware, chip, key or server URL missing or malformed");
+        return FOTA_ERR_ARGUMENT;
+    }
+    /* The path prefix of the server URL goes in front of every request URI. */
+    const char *u = strstr(cfg->server_url, "://");
+    const char *path = u ? strchr(u + 3, '/') : NULL;
+    if (!u || (path && strlen(path) >= sizeof c->prefix)) return FOTA_ERR_ARGUMENT;
+    copy_str(c->prefix, sizeof c->prefix, path ? path : "");
+    size_t pn = strlen(c->prefix);
+    while (pn > 0 && c->prefix[pn - 1] == '/') c->prefix[--pn] = 0;
+
+    fota_err_t err = fota_key_load(&c->pk, cfg->public_key_pem, strlen(cfg->public_key_pem) + 1, DATA(c),
+                                   DATA_CAP(c), &c->key_alg, c->key_id);
+    if (err) {
+        LOG_E(c, err == FOTA_ERR_UNSUPPORTED
+                     ? "the release key is neither RSA (2048-4096 bits) nor ECDSA P-256; mbedtls cannot check Ed25519"
+                     : "the release public key does not parse (want PKIX PEM)");
+        return err;
+    }
+    if (mbedtls_aes_setkey_dec(&c->aes, cfg->firmware_key, 256)) return FOTA_ERR_CRYPTO;
+    err = port->boot_info(port->ctx, &c->boot);
+    if (err) {
+        LOG_E(c, "boot state unreadable: %s", fota_err_str(err));
+        return err;
+    }
+    c->boot.running_version[FOTA_VERSION_MAX] = 0;
+    c->boot.rolled_back_version[FOTA_VERSION_MAX] = 0;
+    c->boot.rollback_reason[FOTA_REASON_MAX] = 0;
+    c->progress.version = "";
+    c->progress.state = c->boot.trial ? FOTA_STATE_APPLYING : FOTA_STATE_IDLE;
+    return FOTA_OK;
+}
+
+void fota_deinit(fota_client_t *c)
+{
+    mbedtls_pk_free(&c->pk);
+    mbedtls_aes_free(&c->aes);
+    mbedtls_sha256_free(&c->sha);
+    mbedtls_sha256_free(&c->sha2);
+}
+
+bool fota_on_trial(const fota_client_t *c) { return c->boot.trial; }
+
+const fota_progress_t *fota_progress(const fota_client_t *c) { return &c->progress; }
+
+/* The install record: which session installed the image on trial. */
+typedef struct {
+    record_header_t h;
+    char version[FOTA_VERSION_MAX + 1];
+    char session[FOTA_SESSION_MAX + 1];
+} install_t;
+
+static bool load_install(fota_client_t *c, install_t *in)
+{
+    return record_load(c, KEY_INSTALL, 'I', in, sizeof *in) && terminated(in->version, sizeof in->version) &&
+           terminated(in->session, sizeof in->session);
+}
+
+/* The versions this device rolled back from, newest last. */
+typedef struct {
+    record_header_t h;
+    uint8_t count;
+    char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
+} rejected_t;
+
+static bool load_rejected(fota_client_t *c, rejected_t *r)
+{
+    bool ok = record_load(c, KEY_REJECTED, 'R', r, sizeof *r) && r->count <= FOTA_REJECTED_MAX;
+    for (uint8_t i = 0; ok && i < r->count; i++) ok = terminated(r->v[i], sizeof r->v[i]);
+    if (!ok) r->count = 0;
+    return ok;
+}
+
+static bool rejected(fota_client_t *c, const char *version)
+{
+    rejected_t r;
+    load_rejected(c, &r);
+    for (uint8_t i = 0; i < r.count; i++)
+        if (!strcmp(r.v[i], version)) return true;
+    return false;
+}
+
+/* Remembers a version this device rolled back from, so it refuses it. */
+static fota_err_t add_rejected(fota_client_t *c, const char *version)
+{
+    rejected_t r;
+    if (rejected(c, version)) return FOTA_OK;
+    load_rejected(c, &r);
+    if (r.count == FOTA_REJECTED_MAX) {
+        memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
+        r.count--;
+    }
+    memset(r.v[r.count], 0, sizeof r.v[0]);
+    copy_str(r.v[r.count++], sizeof r.v[0], version);
+    return record_save(c, KEY_REJECTED, 'R', &r, sizeof r);
+}
+
+fota_err_t fota_startup(fota_client_t *c)
+{
+    install_t in;
+    fota_err_t err;
+    bool have_install = load_install(c, &in);
+    if (c->boot.rolled_back_version[0]) {
+        const char *rb = c->boot.rolled_back_version;
+        c->progress.version = rb;
+        progress(c, FOTA_STATE_ROLLBACK, FOTA_OK);
+        bool ours = have_install && !strcmp(in.version, rb);
+        /* Without the install record there is no session to name; the
+         * device's next check-in tells the server the version it runs. */
+        if (ours && (err = queue_report(c, REPORT_ROLLED_BACK, in.session, rb, c->boot.rollback_reason))) return err;
+        if ((err = add_rejected(c, rb))) return err;
+        if ((err = c->port->boot_ack_rollback(c->port->ctx))) return err;
+        if (ours) record_delete(c, KEY_INSTALL);
+        LOG_W(c, "rolled back from %s (%s); running %s", rb, c->boot.rollback_reason, c->boot.running_version);
+        c->boot.rolled_back_version[0] = 0;
+    }
+    download_t d;
+    if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) {
+        record_delete(c, KEY_DOWNLOAD); /* made under another image: its slot may be the one running */
+    }
+    if (c->boot.trial && c->cfg->self_test) {
+        fota_err_t result = c->cfg->self_test(c->cfg->user);
+        if (result != FOTA_OK) {
+            char reason[FOTA_REASON_MAX + 1];
+            snprintf(reason, sizeof reason, "self-test failed: %s", fota_err_str(result));
+            err = fota_reject(c, reason);
+            return err ? err : FOTA_ERR_SELF_TEST;
+        }
+        if ((err = fota_confirm(c))) return err;
+    }
+    err = fota_flush(c);
+    if (err == FOTA_ERR_POWER) return err;
+    if (err) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
+    if (!c->boot.trial) progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    return FOTA_OK;
+}
+
+fota_err_t fota_confirm(fota_client_t *c)
+{
+    install_t in;
+    fota_err_t err;
+    if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
+    /* Queued before confirming: a power cut in between repeats the report, never loses it. */
+    if (load_install(c, &in) && !strcmp(in.version, c->boot.running_version) &&
+        (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
+        return err;
+    if ((err = c->port->boot_confirm(c->port->ctx))) {
+        LOG_E(c, "confirm image: %s", fota_err_str(err));
+        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    }
+    c->boot.trial = false;
+    record_delete(c, KEY_INSTALL);
+    LOG_I(c, "update %s confirmed", c->boot.running_version);
+    c->progress.version = c->boot.running_version;
+    progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    err = fota_flush(c);
+    if (err && err != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
+    return err == FOTA_ERR_POWER ? err : FOTA_OK;
+}
+
+fota_err_t fota_reject(fota_client_t *c, const char *reason)
+{
+    if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
+    fota_err_t err = c->port->boot_reject(c->port->ctx, reason ? reason : "rejected");
+    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    LOG_W(c, "image %s rejected (%s); the next boot runs the previous one", c->boot.running_version,
+          reason ? reason : "");
+    c->progress.version = c->boot.running_version;
+    progress(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
+    return FOTA_OK;
+}
+
+/* ---- The manifest ---- */
+
+typedef struct {
+    fota_manifest_t *m;
+    uint32_t seen;
+    bool ok;
+} manifest_walk_t;
+
+enum { M_FORMAT, M_PRODUCT, M_HARDWARE, M_VERSION, M_COUNTER, M_PSIZE, M_PSHA, M_CIPHER, M_IV, M_CSIZE, M_CSHA,
+       M_CHUNK, M_CREATED, M_KEY, M_ALG, M_NOTES, M__COUNT };
+static const char *const manifest_fields[M__COUNT] = {
+    "format", "product", "hardware", "version", "security_counter", "plaintext_size", "plaintext_sha256", "cipher",
+    "iv", "ciphertext_size", "ciphertext_sha256", "chunk_size", "created", "key_id", "signature_alg", "notes"};
+#define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
+
+static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
+{
+    manifest_walk_t *w = user;
+    fota_manifest_t *m = w->m;
+    uint64_t x = 0;
+    int64_t created;
+    int f = 0;
+    while (f < M__COUNT && !(strlen(manifest_fields[f]) == n && !memcmp(manifest_fields[f], key, n))) f++;
+    if (f == M__COUNT) return false; /* readers reject unknown fields */
+    w->seen |= 1u << f;
+    switch (f) {
+    case M_FORMAT: return fota_json_uint(v, 1, &x) && x == 1;
+    case M_PRODUCT: return v->type == FOTA_J_STRING && v->n >= 1 && v->n <= 64;
+    case M_HARDWARE: return fota_json_str(v, m->hardware, sizeof m->hardware) && plain_id(m->hardware, 32, true);
+    case M_VERSION: return fota_json_str(v, m->version, sizeof m->version) && fota_semver_valid(m->version);
+    case M_COUNTER: return fota_json_uint(v, UINT32_MAX, &x) && ((m->security_counter = (uint32_t)x), true);
+    case M_PSIZE: return fota_json_uint(v, 256u << 20, &x) && x > 0 && ((m->plaintext_size = (uint32_t)x), true);
+    case M_PSHA: return v->type == FOTA_J_STRING && fota_unhex(m->plaintext_sha256, 32, v->p, v->n);
+    case M_CIPHER: return fota_json_is(v, "aes-256-cbc");
+    case M_IV: return v->type == FOTA_J_STRING && fota_unhex(m->iv, 16, v->p, v->n);
+    case M_CSIZE: return fota_json_uint(v, (256u << 20) + 16, &x) && ((m->ciphertext_size = (uint32_t)x), true);
+    case M_CSHA: return v->type == FOTA_J_STRING && fota_unhex(m->ciphertext_sha256, 32, v->p, v->n);
+    case M_CHUNK:
+        return fota_json_uint(v, 65536, &x) && x >= 256 && x % 16 == 0 && ((m->chunk_size = (uint32_t)x), true);
+    case M_CREATED: return v->type == FOTA_J_STRING && fota_parse_rfc3339(v->p, v->n, &created);
+    case M_KEY: return fota_json_str(v, m->key_id, sizeof m->key_id) && strlen(m->key_id) == 16;
+    case M_ALG: return fota_json_str(v, m->alg, sizeof m->alg);
+    default: return v->type == FOTA_J_STRING && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
+    }
+}
+
+fota_err_t fota_manifest_parse(const char *js, size_t len, fota_manifest_t *m)
+{
+    memset(m, 0, sizeof *m);
+    manifest_walk_t w = {m, 0, true};
+    if (!fota_json_object(js, len, manifest_member, &w) || (w.seen & M_REQUIRED) != M_REQUIRED ||
+        m->ciphertext_size != (m->plaintext_size / 16 + 1) * 16)
+        return FOTA_ERR_MANIFEST;
+    return FOTA_OK;
+}
+
+int fota_unpad(const uint8_t block[16])
+{
+    uint8_t p = block[15], bad = (uint8_t)(p == 0 || p > 16);
+    for (int i = 0; i < 16; i++) bad |= (uint8_t)((i >= 16 - p) & (block[i] != p));
+    return bad ? -1 : 16 - p;
+}
+
+/* ---- The check answer ---- */
+
+typedef struct {
+    bool update;
+    fota_json_t session, version, manifest, signature, message, macs, after, until;
+    uint64_t chunk_size, chunks, ciphertext_size;
+} answer_t;
+
+static bool answer_member(void *user, const char *key, size_t n, const fota_json_t *v)
+{
+    answer_t *a = user;
+#define IS(k) (n == sizeof(k) - 1 && !memcmp(key, k, n))
+    if (IS("update")) a->update = v->type == FOTA_J_TRUE;
+    else if (IS("session_id")) a->session = *v;
+    else if (IS("version")) a->version = *v;
+    else if (IS("manifest")) a->manifest = *v;
+    else if (IS("signature")) a->signature = *v;
+    else if (IS("message")) a->message = *v;
+    else if (IS("chunk_macs")) a->macs = *v;
+    else if (IS("install_after")) a->after = *v;
+    else if (IS("install_until")) a->until = *v;
+    else if (IS("chunk_size")) return fota_json_uint(v, 65536, &a->chunk_size);
+    else if (IS("chunks")) return fota_json_uint(v, UINT32_MAX, &a->chunks);
+    else if (IS("ciphertext_size")) return fota_json_uint(v, UINT32_MAX, &a->ciphertext_size);
+#undef IS
+    return true; /* newer servers may say more */
+}
+
+/* The manifest's key_id, read before its signature is checked, only to
+ * say "untrusted key" rather than "bad signature" (as the Go agent does). */
+static bool key_id_member(void *user, const char *key, size_t n, const fota_json_t *v)
+{
+    if (n == 6 && !memcmp(key, "key_id", 6)) fota_json_str(v, user, 17);
+    return true;
+}
+
+/* Reasons are reported to the server; they say what the device found. */
+static void reason(char *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, FOTA_REASON_MAX + 1, fmt, ap);
+    va_end(ap);
+}
+
+/* Judges the offer in a (the check answer in the data area, decoded in
+ * place): signature first, then the manifest, then the device's rules.
+ * Fills c->offer. */
+static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
+{
+    fota_offer_t *o = &c->offer;
+    fota_manifest_t m;
+    if (!fota_json_str(&a->session, o->session, sizeof o->session) || !plain_id(o->session, FOTA_SESSION_MAX, false) ||
+        !fota_json_str(&a->version, o->version, sizeof o->version) || a->manifest.type != FOTA_J_STRING ||
+        a->signature.type != FOTA_J_STRING) {
+        o->session[0] = 0;
+        reason(why, "the check answer lacks a session, version, manifest or signature");
+        return FOTA_ERR_PROTOCOL;
+    }
+    uint8_t *manifest = (uint8_t *)(uintptr_t)a->manifest.p, *sig = (uint8_t *)(uintptr_t)a->signature.p;
+    int32_t mlen = fota_base64_decode(manifest, a->manifest.p, a->manifest.n);
+    int32_t slen = fota_base64_decode(sig, a->signature.p, a->signature.n);
+    if (mlen <= 0 || slen < 0) {
+        reason(why, "the check answer carries a malformed manifest or signature");
+        return FOTA_ERR_PROTOCOL;
+    }
+    char key_id[17] = "", ours[17];
+    fota_hex(ours, c->key_id, 8);
+    fota_json_object((const char *)manifest, (size_t)mlen, key_id_member, key_id);
+    if (key_id[0] && strcmp(key_id, ours) != 0) {
+        reason(why, "refusing update %s: signed by an untrusted key (%s)", o->version, key_id);
+        return FOTA_ERR_UNTRUSTED_KEY;
+    }
+    fota_err_t err = fota_verify(&c->pk, &c->sha2, manifest, (size_t)mlen, sig, (size_t)slen);
+    if (err) {
+        reason(why, "refusing update %s: the manifest signature does not match the key", o->version);
+        return err;
+    }
+    if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) {
+        reason(why, "refusing update %s: the signed manifest is malformed", o->version);
+        return FOTA_ERR_MANIFEST;
+    }
+    static const char *const algs[] = {"", "rsa-2048", "ecdsa-p256"};
+    if (strcmp(m.alg, algs[c->key_alg]) != 0) {
+        reason(why, "refusing update %s: signature_alg %s, but the trusted key is %s", m.version, m.alg,
+               algs[c->key_alg]);
+        return strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED;
+    }
+    uint32_t chunks = (m.ciphertext_size + m.chunk_size - 1) / m.chunk_size;
+    if (strcmp(m.version, o->version) || a->chunk_size != m.chunk_size || a->chunks != chunks ||
+        a->ciphertext_size != m.ciphertext_size) {
+        reason(why, "refusing update: the check answer (%s, %lu chunks) disagrees with the signed manifest (%s, %lu)",
+               o->version, (unsigned long)a->chunks, m.version, (unsigned long)chunks);
+        return FOTA_ERR_MANIFEST;
+    }
+    if (strcmp(m.hardware, c->cfg->hardware) != 0) {
+        reason(why, "refusing update %s: built for %s, this device is %s", m.version, m.hardware, c->cfg->hardware);
+        return FOTA_ERR_HARDWARE;
+    }
+    if (fota_semver_cmp(m.version, c->boot.running_version) <= 0) {
+        reason(why, "refusing update %s: not newer than the running %s (downgrade)", m.version,
+               c->boot.running_version);
+        return FOTA_ERR_DOWNGRADE;
+    }
+    if (m.security_counter < c->boot.security_counter) {
+        reason(why, "refusing update %s: security counter %lu is below the device's %lu", m.version,
+               (unsigned long)m.security_counter, (unsigned long)c->boot.security_counter);
+        return FOTA_ERR_COUNTER;
+    }
+    if (m.plaintext_size > c->boot.slot_size) {
+        reason(why, "refusing update %s: %lu bytes do not fit the %lu-byte slot", m.version,
+               (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size);
+        return FOTA_ERR_TOO_LARGE;
+    }
+    if (m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
+        reason(why, "refusing update %s: chunks of %lu bytes do not fit this client's %lu-byte work buffer", m.version,
+               (unsigned long)m.chunk_size, (unsigned long)c->work_size);
+        return FOTA_ERR_TOO_LARGE;
+    }
+    if (rejected(c, m.version)) {
+        reason(why, "refusing update %s: this device rolled back from it; waiting for a newer release", m.version);
+        return FOTA_ERR_ROLLED_BACK;
+    }
+    o->security_counter = m.security_counter;
+    o->plaintext_size = m.plaintext_size;
+    o->ciphertext_size = m.ciphertext_size;
+    o->chunk_size = m.chunk_size;
+    o->chunks = chunks;
+    memcpy(o->plaintext_sha256, m.plaintext_sha256, 32);
+    memcpy(o->iv, m.iv, 16);
+    /* "v2" among the offered schemes; servers from before v2 list none. */
+    o->mac_v2 = false;
+    for (size_t i = 0; a->macs.type == FOTA_J_ARRAY && i + 4 <= a->macs.n; i++)
+        if (!memcmp(a->macs.p + i, "\"v2\"", 4)) o->mac_v2 = true;
+    o->install_after = o->install_until = 0;
+    if ((a->after.type == FOTA_J_STRING && !fota_parse_rfc3339(a->after.p, a->after.n, &o->install_after)) ||
+        (a->until.type == FOTA_J_STRING && !fota_parse_rfc3339(a->until.p, a->until.n, &o->install_until))) {
+        reason(why, "the check answer's install window is malformed");
+        return FOTA_ERR_PROTOCOL;
+    }
+    return FOTA_OK;
+}
+
+/* Sends the check-in and reads the answer into the data area. */
+static fota_err_t check_in(fota_client_t *c, size_t *len)
+{
+    char *body = (char *)DATA(c);
+    int n = snprintf(body, DATA_CAP(c),
+                     "{\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
+                     "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
+                     c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
+                     c->cfg->chip ? "\"chip\":\"" : "", c->cfg->chip ? c->cfg->chip : "", c->cfg->chip ? "\"," : "",
+                     (unsigned long)c->boot.slot_size);
+    if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || !uri(c, "/v1/device/check")) return FOTA_ERR_BUFFER;
+    fota_http_response_t resp;
+    fota_err_t err;
+    for (int attempt = 0;; attempt++) {
+        /* The answer lands after the request body, which a retry sends again. */
+        err = request(c, "check", "POST", (const uint8_t *)body, (size_t)n, &resp);
+        if (err == FOTA_OK) {
+            size_t cap = DATA_CAP(c) - (size_t)n;
+            err = read_body(c, DATA(c) + n, cap, len);
+            c->port->http_end(c->port->ctx, err == FOTA_OK);
+            if (err == FOTA_ERR_BUFFER)
+                LOG_E(c, "the check answer is longer than the %lu bytes the work buffer has for it (long release "
+                         "notes?): give the client a larger work buffer",
+                      (unsigned long)cap);
+        }
+        if (!backoff(c, attempt, err)) break;
+    }
+    if (err) return err;
+    /* Move the answer to the start of the data area. */
+    memmove(DATA(c), DATA(c) + n, *len);
+    return FOTA_OK;
+}
+
+/* ---- Download ---- */
+
+static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *got)
+{
+    *got = 0;
+    while (*got < n) {
+        int32_t r = c->port->http_read(c->port->ctx, buf + *got, n - *got);
+        if (r < 0) return FOTA_ERR_NETWORK;
+        if (r == 0) return FOTA_OK;
+        *got += (size_t)r;
+    }
+    return FOTA_OK;
+}
+
+/* Hashes what the slot holds of the image so far (a resumed download's
+ * SHA-256 state is not kept: the bytes on flash are). */
+static fota_err_t rehash(fota_client_t *c, uint32_t len)
+{
+    if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
+    for (uint32_t off = 0; off < len;) {
+        size_t n = len - off < DATA_CAP(c) ? len - off : DATA_CAP(c);
+        fota_err_t err = c->port->slot_read(c->port->ctx, off, DATA(c), n);
+        if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        if (fota_sha256_update(&c->sha, DATA(c), n)) return FOTA_ERR_CRYPTO;
+        off += (uint32_t)n;
+    }
+    return FOTA_OK;
+}
+
+static fota_err_t checkpoint(fota_client_t *c, download_t *d)
+{
+    fota_err_t err = c->port->slot_sync(c->port->ctx);
+    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    return save_download(c, d);
+}
+
+/* Fetches chunks d->next_chunk.. in one request and writes them. Returns
+ * FOTA_OK when at least one chunk arrived (or the answer was fine). */
+static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32], char *why)
+{
+    fota_offer_t *o = &c->offer;
+    uint16_t every = c->cfg->checkpoint_every ? c->cfg->checkpoint_every : 8;
+    uint32_t want = c->cfg->chunks_per_request ? c->cfg->chunks_per_request : 16;
+    if (want > o->chunks - d->next_chunk) want = o->chunks - d->next_chunk;
+    if (!uri(c, "/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", o->session, (unsigned long)d->next_chunk,
+             (unsigned long)want, o->mac_v2 ? "&mac=v2" : ""))
+        return FOTA_ERR_BUFFER;
+    fota_http_response_t resp;
+    fota_err_t err = request(c, "download", "GET", NULL, 0, &resp);
+    if (err) return err;
+    uint8_t *chunk = DATA(c);
+    uint32_t start = d->next_chunk;
+    for (;;) {
+        uint8_t head[40], mac[32];
+        size_t got;
+        err = read_full(c, head, sizeof head, &got);
+        if (err || got == 0) break;
+        uint32_t index = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
+        uint32_t len = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 | (uint32_t)head[6] << 8 | head[7];
+        uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
+        if (got < sizeof head || index != d->next_chunk || len != expect) {
+            reason(why, "malformed chunk frame: chunk %lu of %lu bytes where chunk %lu of %lu was due",
+                   (unsigned long)index, (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
+            err = FOTA_ERR_PROTOCOL;
+            break;
+        }
+        if ((err = read_full(c, chunk, len, &got)) || got < len) {
+            err = FOTA_ERR_NETWORK; /* cut short: what came before is kept */
+            break;
+        }
+        if (o->mac_v2 ? fota_chunk_mac_v2(&c->sha2, session_key, index, chunk, len, mac)
+                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac)) {
+            err = FOTA_ERR_CRYPTO;
+            break;
+        }
+        if (!fota_equal(mac, head + 8, 32)) {
+            reason(why, "chunk %lu failed its HMAC", (unsigned long)index);
+            err = FOTA_ERR_CHUNK_MAC;
+            break;
+        }
+        /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
+        if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) {
+            err = FOTA_ERR_CRYPTO;
+            break;
+        }
+        uint32_t plain = len;
+        if (index + 1 == o->chunks) {
+            int tail = fota_unpad(chunk + len - 16);
+            if (tail < 0) {
+                reason(why, "the image does not decrypt (bad padding): wrong firmware key?");
+                err = FOTA_ERR_DECRYPT;
+                break;
+            }
+            plain = len - 16 + (uint32_t)tail;
+        }
+        if (d->written + plain > o->plaintext_size) {
+            reason(why, "the image decrypts to more than its signed %lu bytes", (unsigned long)o->plaintext_size);
+            err = FOTA_ERR_DECRYPT;
+            break;
+        }
+        if ((err = c->port->slot_write(c->port->ctx, d->written, chunk, plain))) {
+            reason(why, "slot write at %lu failed", (unsigned long)d->written);
+            err = err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+            break;
+        }
+        if (fota_sha256_update(&c->sha, chunk, plain)) {
+            err = FOTA_ERR_CRYPTO;
+            break;
+        }
+        d->written += plain;
+        d->next_chunk++;
+        c->progress.chunk = d->next_chunk;
+        c->progress.bytes += len;
+        progress(c, FOTA_STATE_DOWNLOADING, FOTA_OK);
+        if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
+            reason(why, "cannot save the download's progress");
+            break;
+        }
+    }
+    c->port->http_end(c->port->ctx, err == FOTA_OK);
+    if (err == FOTA_OK && d->next_chunk == start) {
+        reason(why, "empty answer: no chunk from %lu", (unsigned long)start);
+        return FOTA_ERR_PROTOCOL;
+    }
+    /* Chunks arrived before a network failure: go on from there. */
+    if (err == FOTA_ERR_NETWORK && d->next_chunk > start) return FOTA_OK;
+    return err;
+}
+
+/* Downloads the offer into the inactive slot, resuming a saved download. */
+static fota_err_t download(fota_client_t *c, download_t *d, char *why)
+{
+    fota_offer_t *o = &c->offer;
+    uint8_t session_key[32];
+    uint8_t mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
+    uint32_t failed_at = UINT32_MAX;
+    fota_err_t err = FOTA_OK;
+    if (o->mac_v2 && fota_session_chunk_key(&c->sha2, c->psk, o->session, session_key)) return FOTA_ERR_CRYPTO;
+    c->progress.chunks = o->chunks;
+    c->progress.total_bytes = o->ciphertext_size;
+    c->progress.chunk = d->next_chunk;
+    c->progress.bytes = d->next_chunk * o->chunk_size;
+    for (int attempt = 0; d->next_chunk < o->chunks;) {
+        err = fetch(c, d, session_key, why);
+        if (err == FOTA_OK) {
+            attempt = 0;
+            continue;
+        }
+        if (err == FOTA_ERR_CHUNK_MAC) {
+            if (failed_at != d->next_chunk) mac_failures = 0;
+            failed_at = d->next_chunk;
+            if (++mac_failures > allowed) {
+                reason(why, "chunk %lu failed its HMAC %u times; abandoning the session", (unsigned long)failed_at,
+                       mac_failures);
+                break;
+            }
+            LOG_W(c, "chunk %lu failed its HMAC; fetching it again", (unsigned long)failed_at);
+            continue;
+        }
+        if (!backoff(c, attempt++, err)) break;
+    }
+    memset(session_key, 0, sizeof session_key);
+    return d->next_chunk == o->chunks ? FOTA_OK : err;
+}
+
+/* Hashes the whole image in the slot again (an image kept for its window). */
+static fota_err_t verify_slot(fota_client_t *c)
+{
+    uint8_t digest[32];
+    fota_err_t err = rehash(c, c->offer.plaintext_size);
+    if (err) return err;
+    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
+    return fota_equal(digest, c->offer.plaintext_sha256, 32) ? FOTA_OK : FOTA_ERR_HASH;
+}
+
+static fota_err_t queue_verified(fota_client_t *c)
+{
+    fota_err_t err = queue_report(c, REPORT_DOWNLOADED, c->offer.session, c->offer.version, "");
+    return err ? err : queue_report(c, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
+}
+
+/* Marks the verified image to boot, or keeps it for its install window. */
+static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
+{
+    fota_offer_t *o = &c->offer;
+    int64_t now = server_now(c);
+    if ((o->install_after && now < o->install_after) || (o->install_until && now >= o->install_until)) {
+        if (!d->verified || strcmp(d->session, o->session) != 0) {
+            d->verified = 1;
+            d->next_chunk = o->chunks;
+            copy_str(d->session, sizeof d->session, o->session);
+            fota_err_t err = save_download(c, d);
+            if (err) return err;
+        }
+        res->deferred = true;
+        res->install_after = o->install_after && now < o->install_after ? o->install_after : 0;
+        LOG_I(c, "update %s downloaded and verified; installing inside its maintenance window", o->version);
+        progress(c, FOTA_STATE_DEFERRED, FOTA_OK);
+        return FOTA_OK;
+    }
+    progress(c, FOTA_STATE_APPLYING, FOTA_OK);
+    /* The install record first, so the new image can name its session; then the mark. */
+    install_t in;
+    memset(&in, 0, sizeof in);
+    copy_str(in.version, sizeof in.version, o->version);
+    copy_str(in.session, sizeof in.session, o->session);
+    fota_err_t err = record_save(c, KEY_INSTALL, 'I', &in, sizeof in);
+    if (err) return err;
+    if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
+                                         o->plaintext_sha256))) {
+        LOG_E(c, "mark the new image to boot: %s", fota_err_str(err));
+        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    }
+    record_delete(c, KEY_DOWNLOAD);
+    if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
+    res->installed = true;
+    LOG_I(c, "update %s installed; reboot to run it", o->version);
+    progress(c, FOTA_STATE_COMPLETED, FOTA_OK);
+    return FOTA_OK;
+}
+
+/* Downloads (or resumes), verifies and applies the judged offer. */
+static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
+{
+    fota_offer_t *o = &c->offer;
+    download_t d;
+    uint8_t digest[32];
+    fota_err_t err = FOTA_OK;
+    bool saved = load_download(c, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
+                 fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
+                 d.written <= o->plaintext_size;
+    if (saved && d.verified && d.next_chunk == o->chunks) {
+        progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
+        if ((err = verify_slot(c)) == FOTA_OK) {
+            LOG_I(c, "update %s was downloaded and verified before; not downloading it again", o->version);
+            if (strcmp(d.session, o->session) != 0 && (err = queue_verified(c))) return err;
+            return apply(c, &d, res);
+        }
+        if (err == FOTA_ERR_POWER) return err;
+        LOG_W(c, "the image kept in the slot no longer matches its SHA-256; downloading it again");
+        saved = false;
+    }
+    if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
+        LOG_I(c, "resuming %s at chunk %lu of %lu", o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
+    } else {
+        if (saved && d.next_chunk > 0 && err == FOTA_ERR_POWER) return err;
+        memset(&d, 0, sizeof d);
+        copy_str(d.version, sizeof d.version, o->version);
+        copy_str(d.base, sizeof d.base, c->boot.running_version);
+        memcpy(d.sha256, o->plaintext_sha256, 32);
+        memcpy(d.cbc, o->iv, 16);
+        if ((err = c->port->slot_begin(c->port->ctx, o->plaintext_size))) {
+            reason(why, "cannot erase the update slot");
+            return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        }
+        if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
+        LOG_I(c, "downloading %s: %lu chunks", o->version, (unsigned long)o->chunks);
+    }
+    copy_str(d.session, sizeof d.session, o->session);
+    if ((err = download(c, &d, why))) return err;
+    progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
+    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
+    if (d.written != o->plaintext_size || !fota_equal(digest, o->plaintext_sha256, 32)) {
+        reason(why, "refusing update %s: firmware sha256 mismatch", o->version);
+        return FOTA_ERR_HASH;
+    }
+    if ((err = c->port->slot_sync(c->port->ctx))) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    if ((err = queue_verified(c))) return err;
+    return apply(c, &d, res);
+}
+
+fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
+{
+    char why[FOTA_REASON_MAX + 1] = "";
+    answer_t a;
+    size_t len = 0;
+    fota_err_t err;
+    memset(res, 0, sizeof *res);
+    if (c->boot.trial) return FOTA_ERR_ON_TRIAL;
+    /* Each check first sends what is queued, so the timer retries reports. */
+    if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
+    c->progress.version = "";
+    progress(c, FOTA_STATE_CHECKING, FOTA_OK);
+    if ((err = check_in(c, &len))) goto out;
+    memset(&a, 0, sizeof a);
+    if (!fota_json_object((const char *)DATA(c), len, answer_member, &a)) {
+        LOG_E(c, "the check answer is not the JSON object expected");
+        err = FOTA_ERR_PROTOCOL;
+        goto out;
+    }
+    if (!a.update) {
+        LOG_I(c, "no update: %.*s", a.message.type == FOTA_J_STRING ? (int)a.message.n : 0,
+              a.message.p ? a.message.p : "");
+        progress(c, FOTA_STATE_IDLE, FOTA_OK);
+        return FOTA_OK;
+    }
+    res->update = true;
+    err = judge(c, &a, why);
+    copy_str(res->version, sizeof res->version, c->offer.version);
+    c->progress.version = c->offer.version;
+    if (err == FOTA_OK) err = install(c, res, why);
+out:
+    if (err == FOTA_OK) return FOTA_OK;
+    if (err == FOTA_ERR_POWER) return err;
+    LOG_E(c, "update failed: %s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
+    progress(c, FOTA_STATE_ERROR, err);
+    /* The device found the image bad: forget what was downloaded of it. */
+    if (err == FOTA_ERR_CHUNK_MAC || err == FOTA_ERR_HASH || err == FOTA_ERR_DECRYPT) record_delete(c, KEY_DOWNLOAD);
+    /* Failures of the offer or the image are the device's word; the server's
+     * refusals and network faults are not reported (the session may be gone). */
+    bool refused = err == FOTA_ERR_DOWNGRADE || err == FOTA_ERR_ROLLED_BACK || err == FOTA_ERR_COUNTER ||
+                   err == FOTA_ERR_TOO_LARGE;
+    bool failed = err == FOTA_ERR_SIGNATURE || err == FOTA_ERR_UNTRUSTED_KEY || err == FOTA_ERR_UNSUPPORTED ||
+                  err == FOTA_ERR_MANIFEST || err == FOTA_ERR_HARDWARE || err == FOTA_ERR_CHUNK_MAC ||
+                  err == FOTA_ERR_DECRYPT || err == FOTA_ERR_HASH || err == FOTA_ERR_PROTOCOL;
+    if ((refused || failed) && c->offer.session[0] && res->update) {
+        if (!why[0]) copy_str(why, sizeof why, fota_err_str(err));
+        if (queue_report(c, refused ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version, why) ==
+            FOTA_OK) {
+            fota_err_t ferr = fota_flush(c);
+            if (ferr && ferr != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(ferr));
+        }
+    }
+    return err;
+}
