@@ -1096,18 +1096,21 @@ static fota_err_t port_boot_reject(void *ctx, const char *reason)
 
 /* ---- The port: key-value records ------------------------------------------------------- */
 
-/* Keys become file names: only characters that are safe as one. */
+/* Keys become file names: only characters that are safe in one, no
+ * leading dot ("." and ".."), and no ".tmp" ending, which would be another
+ * record's temporary file. */
 static bool kv_name(fota_posix_t *p, const char *key, char *out, size_t cap)
 {
     size_t n = key ? strnlen(key, FOTA_POSIX_KEY_MAX + 1) : 0;
-    bool ok = n > 0 && n <= FOTA_POSIX_KEY_MAX;
+    bool ok = n > 0 && n <= FOTA_POSIX_KEY_MAX && key[0] != '.' && !(n >= 4 && memcmp(key + n - 4, ".tmp", 4) == 0);
     for (size_t i = 0; ok && i < n; i++) {
         char c = key[i];
-        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+        ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+             c == '.';
     }
     if (!ok) {
-        plog(p, FOTA_LOG_ERROR, "key-value key %.*s: use 1-%d of A-Z a-z 0-9 _ -", (int)n, key ? key : "",
-             FOTA_POSIX_KEY_MAX);
+        plog(p, FOTA_LOG_ERROR, "key-value key %.*s: use 1-%d of A-Z a-z 0-9 _ - . (no leading dot, no .tmp end)",
+             (int)n, key ? key : "", FOTA_POSIX_KEY_MAX);
         return false;
     }
     snprintf(out, cap, "kv/%s", key);

@@ -69,7 +69,8 @@
  *
  * kv/<key>: the value, then the CRC-32 of the value (4 bytes, little
  * endian). A value whose CRC does not match reads as absent (logged).
- * Keys are 1-64 characters of A-Z a-z 0-9 _ -.
+ * Keys are 1-64 characters of A-Z a-z 0-9 _ - . that neither start with
+ * a dot nor end in ".tmp" (the library's are "fota.dl", "fota.outbox", ...).
  *
  * ---- Power cuts ------------------------------------------------------------
  *
