@@ -12,6 +12,7 @@ import (
 
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/agent/slotfile"
+	"github.com/ecowatt/fota/internal/attacktest"
 	"github.com/ecowatt/fota/internal/firmware"
 )
 
@@ -73,14 +74,13 @@ func TestSecurityCounterSurvivesReformat(t *testing.T) {
 
 			h.Publish(h.bundleFor("1.0.5", firmware.Healthy, 20<<10, 3))
 			want := "the image's secure_version 3 is below the device's 7"
-			var m *mitm
+			var m *attacktest.MITM
 			if api == agent.APINative {
 				// The server knows the device's counter and would not offer
 				// 1.0.5; a compromised server or network would.
-				var url string
-				m, url = newMITM(t, h.serverURL)
-				m.check = asDevice(t, h, "attacker", "esp32", "1.0.3", 0)
-				d.configHook = func(c *agent.Config) { c.Server = url }
+				m = attacktest.NewMITM(t, h.serverURL)
+				m.Check = attacktest.AsDevice(t, h.Server, "attacker", "esp32", "1.0.3", 0)
+				d.configHook = func(c *agent.Config) { c.Server = m.URL }
 				want = "security counter 3 is below the device's 7"
 			}
 			if err := d.powerOn(); err != nil {
@@ -96,7 +96,7 @@ func TestSecurityCounterSurvivesReformat(t *testing.T) {
 
 			// A release at the counter still installs: the device is not stuck.
 			if m != nil {
-				m.check = nil
+				m.Check = nil
 			}
 			h.Publish(h.bundleFor("1.0.6", firmware.Healthy, 20<<10, 7))
 			if res, err := d.cycle(); err != nil || res.Version != "1.0.6" {

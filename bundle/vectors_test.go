@@ -113,6 +113,7 @@ func readFile(t *testing.T, p string) []byte {
 func parseVector(t *testing.T, file string) vector {
 	t.Helper()
 	data := readFile(t, file)
+	checkVectorText(t, file, data)
 	head, body, ok := strings.Cut(string(data), "\n\n")
 	if !ok {
 		t.Fatalf("%s: no blank line between headers and bundle", file)
@@ -146,6 +147,32 @@ func parseVector(t *testing.T, file string) vector {
 	}
 	v.bundle = b
 	return v
+}
+
+// checkVectorText holds a vector file to what docs/FORMAT.md promises
+// readers in other languages: ASCII in lines ending with \n (the last one
+// too), base64 lines of at most 76 characters.
+func checkVectorText(t *testing.T, file string, data []byte) {
+	t.Helper()
+	if len(data) == 0 || data[len(data)-1] != '\n' {
+		t.Fatalf("%s: no newline at the end", file)
+	}
+	head := true
+	for i, line := range strings.Split(string(data[:len(data)-1]), "\n") {
+		for _, c := range []byte(line) {
+			if c < 0x20 || c > 0x7e {
+				t.Fatalf("%s:%d: byte 0x%02x: want printable ASCII", file, i+1, c)
+			}
+		}
+		switch {
+		case head && line == "":
+			head = false
+		case head && strings.HasSuffix(line, " "):
+			t.Fatalf("%s:%d: trailing space", file, i+1)
+		case !head && (line == "" || len(line) > 76):
+			t.Fatalf("%s:%d: base64 line of %d characters, want 1 to 76", file, i+1, len(line))
+		}
+	}
 }
 
 // generateVectors writes the vector files from the fixed test keys (made
