@@ -734,11 +734,12 @@ static fota_err_t port_slot_begin(void *ctx, uint32_t size)
 }
 
 /* An encrypted partition takes writes of whole 16-byte blocks at 16-byte
- * offsets (esp_partition_write, esp_flash_write_encrypted): bytes that do
- * not fill a block wait in p->tail for the next write or for
- * slot_set_pending. The decrypted image comes in whole AES blocks except at
- * its end, so the library's writes, and its checkpoints, fall on 16-byte
- * boundaries. */
+ * offsets (esp_partition_write, esp_flash_write_encrypted), and a block
+ * once written cannot take more bytes. Bytes that do not fill a block wait
+ * in p->tail for the next write; slot_sync and slot_set_pending write them
+ * padded. That is right because the decrypted image comes in whole AES
+ * blocks except at its end, so the library's writes and checkpoints fall on
+ * 16-byte boundaries and only the image's last block is ever partial. */
 static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, uint32_t off, const uint8_t *data,
                                   size_t len)
 {
@@ -770,6 +771,8 @@ static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, 
         return FOTA_OK;
     }
     if (off % 16 != 0) {
+        /* Only after a partial block was written: a checkpoint inside
+         * the image that did not fall on a block boundary. */
         ESP_LOGE(TAG, "slot: flash encryption needs writes at 16-byte offsets, not %u", (unsigned)off);
         return FOTA_ERR_FLASH;
     }
@@ -850,12 +853,20 @@ static fota_err_t port_slot_read(void *ctx, uint32_t off, uint8_t *data, size_t 
 }
 
 /* esp_partition_write returns once the flash holds the bytes: there is no
- * write cache to flush. An encrypted slot's last partial block stays in RAM
- * until slot_set_pending (see write_encrypted). */
+ * write cache to flush. On an encrypted slot the image's last, partial
+ * block is written now (see write_encrypted), so that a verified image
+ * kept for its install window survives a reboot whole. */
 static fota_err_t port_slot_sync(void *ctx)
 {
-    (void)ctx;
-    return FOTA_OK;
+    fota_port_esp_t *p = (fota_port_esp_t *)ctx;
+    if (p->tail_len == 0) {
+        return FOTA_OK;
+    }
+    const esp_partition_t *s = inactive_slot();
+    if (s == NULL) {
+        return FOTA_ERR_FLASH;
+    }
+    return flush_tail(p, s);
 }
 
 static fota_err_t port_slot_set_pending(void *ctx, const char *version, uint32_t security_counter, uint32_t size,
