@@ -1,0 +1,15 @@
+/*
+ * Stub for CI (test/check.sh), not ESP-IDF's file: it declares only what the
+ * fota ESP-IDF port and its example use from ESP-IDF's esp_efuse.h
+ * (component efuse), with the signatures, field names and values of ESP-IDF
+ * v5.2's header (checked against v5.0 and v5.5). Compile-only: nothing here
+ * is implemented.
+ */
+#ifndef FOTA_STUB_ESP_EFUSE_H
+#define FOTA_STUB_ESP_EFUSE_H
+
+#include <stdint.h>
+
+uint32_t esp_efuse_read_secure_version(void);
+
+#endif
