@@ -262,3 +262,7 @@ func corruptNewestState(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// otadataSeqOffset is where a boot-state copy keeps its sequence number
+// (ports/posix/fota_port_posix.h).
+const otadataSeqOffset = 8

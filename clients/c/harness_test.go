@@ -266,7 +266,7 @@ func (d *cdev) settle(images map[string][]byte) []bootLine {
 		case exitError:
 			// The device refusing a release it rolled back from is right;
 			// anything else is not.
-			if c := d.errorCode(); c != "rolled back from before" {
+			if c := d.errorCode(); c != "FOTA_ERR_ROLLED_BACK" {
 				d.t.Fatalf("boot %d: error %q:\n%s%s", i, c, d.stdout, d.stderr)
 			}
 			return boots

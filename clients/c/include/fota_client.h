@@ -82,6 +82,7 @@ typedef enum {
     FOTA_ERR_NOT_ON_TRIAL,    /* confirm/reject called for an image that is not on trial */
     FOTA_ERR_SELF_TEST,       /* the self-test failed: the image is rejected; reboot now */
     FOTA_ERR_POWER,           /* (ports) power failed mid-operation: nothing more may be done */
+    FOTA_ERR_TIMEOUT,         /* the download took longer than update_timeout_s: kept for the next check */
     FOTA_ERR__COUNT
 } fota_err_t;
 
@@ -224,6 +225,7 @@ typedef struct {
     uint8_t retry_attempts;      /* tries of a request failing transiently; 0: 5 */
     uint32_t retry_base_ms;      /* first backoff; 0: 1000 */
     uint32_t retry_max_ms;       /* backoff cap; 0: 60000 */
+    uint32_t update_timeout_s;   /* a download running longer stops (a server feeding it slowly); 0: 3600 */
 
     /* Runs on the first boot of a new image (fota_startup): FOTA_OK confirms
      * it, anything else rolls it back. NULL: the firmware calls

@@ -67,7 +67,7 @@ static const char *const err_names[FOTA_ERR__COUNT] = {
     "signed by an untrusted key", "unsupported algorithm", "bad manifest", "wrong hardware", "not newer (downgrade)",
     "rolled back from before", "security counter too low", "too large", "chunk HMAC mismatch", "decryption failed",
     "image hash mismatch", "flash failure", "storage failure", "not found", "crypto failure", "image on trial",
-    "image not on trial", "self-test failed", "power failure"};
+    "image not on trial", "self-test failed", "power failure", "update took too long"};
 
 static const char *const state_names[FOTA_STATE__COUNT] = {"idle",      "checking",  "downloading", "verifying", "applying",
                                                            "completed", "deferred",  "error",       "rollback"};
@@ -1030,7 +1030,16 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     c->progress.total_bytes = o->ciphertext_size;
     c->progress.chunk = d->next_chunk;
     c->progress.bytes = d->next_chunk * o->chunk_size;
+    uint32_t limit = c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600;
+    int64_t deadline = c->port->now(c->port->ctx) + limit;
     for (int attempt = 0; d->next_chunk < o->chunks;) {
+        if (c->port->now(c->port->ctx) >= deadline) {
+            /* What arrived is checkpointed: the next check resumes from there. */
+            reason(why, "the download did not finish within %lu s", (unsigned long)limit);
+            err = checkpoint(c, d);
+            if (err == FOTA_OK) err = FOTA_ERR_TIMEOUT;
+            break;
+        }
         err = fetch(c, d, session_key, why);
         if (err == FOTA_OK) {
             attempt = 0;

@@ -294,6 +294,12 @@ static bool ident_char(char c)
     return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
 }
 
+/* Whether the n digits at s fit 64 bits, as the server's parser needs. */
+static bool fits64(const char *s, int n)
+{
+    return n < 20 || (n == 20 && strncmp(s, "18446744073709551615", 20) <= 0);
+}
+
 /* Length of the dot-separated identifier list at s ending at a char in
  * stop; numeric identifiers must not have leading zeros when strict. -1 if
  * malformed. */
@@ -323,7 +329,7 @@ static bool semver_split(const char *v, int *core_end, int *pre_end)
     for (int part = 0; part < 3; part++) {
         int start = i;
         while (is_digit(v[i])) i++;
-        if (i == start || (v[start] == '0' && i - start > 1)) return false;
+        if (i == start || (v[start] == '0' && i - start > 1) || !fits64(v + start, i - start)) return false;
         if (part < 2 && v[i++] != '.') return false;
     }
     *core_end = *pre_end = i;

@@ -99,6 +99,7 @@ static const char *const err_names[] = {
     "FOTA_ERR_NOT_ON_TRIAL",
     "FOTA_ERR_SELF_TEST",
     "FOTA_ERR_POWER",
+    "FOTA_ERR_TIMEOUT",
 };
 /* C99 has no static_assert: a negative array size breaks the build when
  * fota_err_t grows and this table does not. */
