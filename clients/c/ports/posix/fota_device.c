@@ -23,6 +23,7 @@
  *   boot slot=S version=V trial=0|1 counter=C
  *   rejected version=V            (the self-test failed: rolling back)
  *   crashed version=V             (a "crash" image reset before confirming)
+ *   confirmed version=V           (the self-test passed: the image is valid)
  *   result update=0|1 installed=0|1 deferred=0|1 version=V
  *   error code=FOTA_ERR_NAME
  *   bricked
@@ -506,14 +507,23 @@ static int cmd_format(opts_t *o)
     if (!o->state || !o->slot_size || !o->factory || !o->version) return usage("format needs --state, --slot-size, --factory and --version", NULL);
     if (!parse_num(o->slot_size, 1, UINT32_MAX, true, &slot_size)) return usage("bad --slot-size", o->slot_size);
     if (o->counter && !parse_num(o->counter, 0, UINT32_MAX, false, &counter)) return usage("bad --counter", o->counter);
-    /* A tool's one-off read: the image may be megabytes, so from the heap. */
-    uint8_t *img = malloc((size_t)slot_size + 1);
-    size_t len = 0;
-    if (!img) {
-        fprintf(stderr, "error: out of memory for a %lld-byte slot\n", slot_size);
+    struct stat st;
+    if (stat(o->factory, &st) != 0) {
+        fprintf(stderr, "error: factory image %s: %s\n", o->factory, strerror(errno));
         return EXIT_ERROR;
     }
-    if (!read_file(o->factory, img, (size_t)slot_size, &len, "factory image")) {
+    if (st.st_size > slot_size) {
+        print_error(FOTA_ERR_TOO_LARGE, "the factory image does not fit the slot");
+        return EXIT_ERROR;
+    }
+    /* A tool's one-off read: the image may be megabytes, so from the heap. */
+    size_t len = 0, cap = (size_t)st.st_size + 1;
+    uint8_t *img = malloc(cap);
+    if (!img) {
+        fprintf(stderr, "error: out of memory for a %lld-byte image\n", (long long)st.st_size);
+        return EXIT_ERROR;
+    }
+    if (!read_file(o->factory, img, cap, &len, "factory image")) {
         free(img);
         return EXIT_ERROR;
     }
@@ -612,6 +622,7 @@ static int cmd_run(opts_t *o)
             fota_deinit(&client);
             return EXIT_ERROR;
         }
+        bool was_trial = fota_on_trial(&client);
         err = fota_startup(&client);
         if (err == FOTA_ERR_SELF_TEST) {
             printf("rejected version=%s\n", img->version);
@@ -626,6 +637,7 @@ static int cmd_run(opts_t *o)
             wait_s(interval); /* then boot again: a trial that cannot confirm runs out of boots */
             continue;
         }
+        if (was_trial) printf("confirmed version=%s\n", img->version);
 
         for (;;) { /* one iteration per check */
             fota_result_t res;

@@ -229,7 +229,13 @@ void fota_posix_set_clock_skew(fota_posix_t *p, int64_t seconds);
 /* Log lines above level are dropped (default FOTA_LOG_INFO). */
 void fota_posix_set_log_level(fota_posix_t *p, fota_log_level_t level);
 
-/* Fills out with p's functions; out->ctx is p. */
+/* Fills out with p's functions; out->ctx is p. Beyond fota_client.h's
+ * contract: slot_begin refuses with FOTA_ERR_ON_TRIAL while the running
+ * image is on trial (as ESP-IDF's esp_ota_begin does: the other slot is
+ * the trial's way back); slot_write, slot_set_pending and slot_begin's
+ * size check answer FOTA_ERR_TOO_LARGE past the slot size; slot_read
+ * past what was written reads erased flash (0xFF); the port never
+ * returns FOTA_ERR_POWER, since a cut ends the process. */
 void fota_posix_port(fota_posix_t *p, fota_port_t *out);
 
 /* ---- The device's storage --------------------------------------------------- */
