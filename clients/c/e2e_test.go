@@ -176,6 +176,7 @@ func TestPowerCutSweep(t *testing.T) {
 	}
 	for _, b := range []firmware.Behaviour{firmware.Healthy, firmware.FailSelfTest} {
 		t.Run(string(b), func(t *testing.T) {
+			t.Parallel() // each power-on is a process; two cores take two at once
 			srv := testserver.New(t)
 			img := srv.Sample("1.0.4", b, size, 1)
 			srv.Publish(srv.Bundle("1.0.4", img, 0, 1))

@@ -57,6 +57,7 @@ static const char usage_text[] =
     "                    [--once] [--check-interval SECONDS] [--max-boots 3] [--chunks-per-request N]\n"
     "                    [--checkpoint-every N] [--cut-at N --cut-mode before|after|torn]\n"
     "                    [--work-size BYTES] [--clock-skew SECONDS] [--timeout SECONDS] [--trace-ops] [-v]\n"
+    "                    [--update-timeout SECONDS] [--retry-attempts N] [--retry-base-ms MS] [--chunk-retries N]\n"
     "\n"
     "format writes the factory image to slot 0 of an empty state folder.\n"
     "run is one power-on with --once, else the device's life: boot, self-test,\n"
@@ -119,6 +120,7 @@ typedef struct {
     const char *slot_size, *factory, *version, *counter;
     const char *check_interval, *max_boots, *chunks_per_request, *checkpoint_every, *cut_at, *cut_mode;
     const char *work_size, *clock_skew, *timeout;
+    const char *update_timeout, *retry_attempts, *retry_base_ms, *chunk_retries;
     bool once, verbose, trace_ops;
 } opts_t;
 
@@ -158,6 +160,10 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         OPT("work-size", work_size),
         OPT("clock-skew", clock_skew),
         OPT("timeout", timeout),
+        OPT("update-timeout", update_timeout),
+        OPT("retry-attempts", retry_attempts),
+        OPT("retry-base-ms", retry_base_ms),
+        OPT("chunk-retries", chunk_retries),
 #undef OPT
     };
     memset(o, 0, sizeof *o);
@@ -551,6 +557,7 @@ static int cmd_run(opts_t *o)
 {
     long long interval = 21600, max_boots = FOTA_POSIX_DEFAULT_MAX_BOOTS, per_request = 0, checkpoint = 0;
     long long cut_at = 0, work_size = FOTA_WORK_MIN, skew = 0, timeout = FOTA_POSIX_DEFAULT_TIMEOUT_MS / 1000;
+    long long update_timeout = 0, retry_attempts = 0, retry_base = 0, chunk_retries = 0;
     fota_posix_cut_mode_t mode = FOTA_POSIX_CUT_BEFORE;
     if (!o->state || !o->psk_file || !o->public_key || !o->firmware_key)
         return usage("run needs --state, --psk-file, --public-key and --firmware-key", NULL);
@@ -561,7 +568,11 @@ static int cmd_run(opts_t *o)
         (o->cut_at && !parse_num(o->cut_at, 0, (long long)1 << 62, false, &cut_at)) ||
         (o->work_size && !parse_num(o->work_size, FOTA_WORK_MIN, WORK_MAX, true, &work_size)) ||
         (o->clock_skew && !parse_num(o->clock_skew, -(1LL << 40), 1LL << 40, false, &skew)) ||
-        (o->timeout && !parse_num(o->timeout, 1, 3600, false, &timeout)))
+        (o->timeout && !parse_num(o->timeout, 1, 3600, false, &timeout)) ||
+        (o->update_timeout && !parse_num(o->update_timeout, 1, 7 * 86400, false, &update_timeout)) ||
+        (o->retry_attempts && !parse_num(o->retry_attempts, 1, 255, false, &retry_attempts)) ||
+        (o->retry_base_ms && !parse_num(o->retry_base_ms, 1, 3600000, false, &retry_base)) ||
+        (o->chunk_retries && !parse_num(o->chunk_retries, 1, 255, false, &chunk_retries)))
         return usage("a numeric option is out of range; see below", NULL);
     if (o->cut_mode) {
         if (strcmp(o->cut_mode, "before") == 0) mode = FOTA_POSIX_CUT_BEFORE;
@@ -593,6 +604,10 @@ static int cmd_run(opts_t *o)
     config.firmware_key = firmware_key;
     config.chunks_per_request = (uint16_t)per_request;
     config.checkpoint_every = (uint16_t)checkpoint;
+    config.update_timeout_s = (uint32_t)update_timeout;
+    config.retry_attempts = (uint8_t)retry_attempts;
+    config.retry_base_ms = (uint32_t)retry_base;
+    config.chunk_retries = (uint8_t)chunk_retries;
     config.self_test = self_test;
     config.on_progress = on_progress;
 
