@@ -53,6 +53,7 @@ func TestAttackTable(t *testing.T) {
 				d.extra = append(d.extra, "--update-timeout", "1")
 				m.Delay = max(m.Delay, 300*time.Millisecond)
 			}
+			m.Settle()
 			running := d.slot(0)
 			code := d.powerOn()
 			if code != exitError || d.errorCode() != want {

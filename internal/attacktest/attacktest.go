@@ -58,6 +58,20 @@ type MITM struct {
 	Chunks func(req *http.Request, body []byte) []byte
 	// Delay is waited before every successful chunks answer.
 	Delay time.Duration
+
+	// mu orders the fields' writes before the proxy's reads: Settle takes it
+	// after the writes (an empty critical section is the point), the proxy
+	// before its reads.
+	mu sync.Mutex
+}
+
+// Settle marks the fields as set: call it after setting them and before
+// a device in another process makes requests. (A Go device's requests
+// order themselves after the test's writes; a subprocess's reach the
+// proxy over a socket, which the race detector cannot see as ordering.)
+func (m *MITM) Settle() {
+	m.mu.Lock()
+	m.mu.Unlock()
 }
 
 // NewMITM starts a MITM in front of the server at target; it stops with
@@ -77,15 +91,18 @@ func NewMITM(tb testing.TB, target string) *MITM {
 		if err != nil {
 			return err
 		}
+		m.mu.Lock()
+		check, chunks, delay := m.Check, m.Chunks, m.Delay
+		m.mu.Unlock()
 		switch {
-		case path == "/v1/device/check" && m.Check != nil:
-			body = m.Check(body)
+		case path == "/v1/device/check" && check != nil:
+			body = check(body)
 		case strings.HasSuffix(path, "/chunks") && resp.StatusCode == http.StatusOK:
-			if m.Delay > 0 {
-				time.Sleep(m.Delay)
+			if delay > 0 {
+				time.Sleep(delay)
 			}
-			if m.Chunks != nil {
-				body = m.Chunks(resp.Request, body)
+			if chunks != nil {
+				body = chunks(resp.Request, body)
 			}
 		}
 		resp.Body = io.NopCloser(bytes.NewReader(body))
