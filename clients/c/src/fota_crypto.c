@@ -5,7 +5,6 @@
  */
 #include <string.h>
 
-#include <mbedtls/ecp.h>
 #include <mbedtls/version.h>
 
 #include "fota_internal.h"
@@ -14,12 +13,10 @@
 #define SHA256_STARTS(s) mbedtls_sha256_starts(s, 0)
 #define SHA256_UPDATE mbedtls_sha256_update
 #define SHA256_FINISH mbedtls_sha256_finish
-#define PK_PARSE_PUBLIC_KEY mbedtls_pk_parse_public_key
 #else
 #define SHA256_STARTS(s) mbedtls_sha256_starts_ret(s, 0)
 #define SHA256_UPDATE mbedtls_sha256_update_ret
 #define SHA256_FINISH mbedtls_sha256_finish_ret
-#define PK_PARSE_PUBLIC_KEY mbedtls_pk_parse_public_key
 #endif
 
 int fota_sha256_start(mbedtls_sha256_context *s) { return SHA256_STARTS(s); }
@@ -127,29 +124,36 @@ int fota_request_mac(mbedtls_sha256_context *s, const uint8_t psk[32], const cha
     return rc;
 }
 
+/* A P-256 key's SubjectPublicKeyInfo (91 bytes) up to its point's X and Y:
+ * SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { 04 ... } }.
+ * The curve is read from this DER, which mbedtls 2.28 and 3.x write alike,
+ * and not from the key's group id: 3.x keeps that field private, with a
+ * public getter only from 3.6 and only under MBEDTLS_ECP_C. */
+static const uint8_t p256_spki[] = {0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+                                    0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04};
+
 fota_err_t fota_key_load(mbedtls_pk_context *pk, const char *pem, size_t pem_len, uint8_t *scratch,
                          size_t scratch_len, int *alg, uint8_t key_id[8])
 {
-    int rc = PK_PARSE_PUBLIC_KEY(pk, (const unsigned char *)pem, pem_len);
+    int rc = mbedtls_pk_parse_public_key(pk, (const unsigned char *)pem, pem_len);
     if (rc == MBEDTLS_ERR_PK_UNKNOWN_PK_ALG) return FOTA_ERR_UNSUPPORTED; /* Ed25519: mbedtls has none */
     if (rc) return FOTA_ERR_ARGUMENT;
     *alg = FOTA_ALG_NONE;
     if (mbedtls_pk_get_type(pk) == MBEDTLS_PK_RSA) {
         size_t bits = mbedtls_pk_get_bitlen(pk);
         if (bits >= 2048 && bits <= 4096) *alg = FOTA_ALG_RSA;
-    } else if (mbedtls_pk_get_type(pk) == MBEDTLS_PK_ECKEY &&
-#if MBEDTLS_VERSION_NUMBER >= 0x03000000
-               mbedtls_pk_ec(*pk)->MBEDTLS_PRIVATE(grp).id == MBEDTLS_ECP_DP_SECP256R1
-#else
-               mbedtls_pk_ec(*pk)->grp.id == MBEDTLS_ECP_DP_SECP256R1
-#endif
-    ) {
-        *alg = FOTA_ALG_ECDSA_P256;
+    } else if (mbedtls_pk_get_type(pk) == MBEDTLS_PK_ECKEY) {
+        *alg = FOTA_ALG_ECDSA_P256; /* if its curve is P-256: below */
     }
     if (*alg == FOTA_ALG_NONE) return FOTA_ERR_UNSUPPORTED;
     /* The DER is written at the end of the buffer. */
     int n = mbedtls_pk_write_pubkey_der(pk, scratch, scratch_len);
     if (n <= 0) return FOTA_ERR_CRYPTO;
+    if (*alg == FOTA_ALG_ECDSA_P256 &&
+        ((size_t)n != 91 || memcmp(scratch + scratch_len - (size_t)n, p256_spki, sizeof p256_spki) != 0)) {
+        *alg = FOTA_ALG_NONE;
+        return FOTA_ERR_UNSUPPORTED;
+    }
     mbedtls_sha256_context s;
     uint8_t digest[32];
     mbedtls_sha256_init(&s);

@@ -12,7 +12,11 @@
 # a stand-in from `fota keys init` plus placeholder DEVICE_ID, HMAC_PSK and
 # OTA_SERVER_URL, and says so.
 #
-# CC (default cc) and CFLAGS (added) are honoured.
+# CC (default cc) and CFLAGS (added) are honoured. CFLAGS comes before the
+# stubs and the system's headers on the include path, so another mbedtls's
+# headers are checked with, e.g. (ESP-IDF 5 ships mbedtls 3.x):
+#
+#   CFLAGS=-I/path/to/mbedtls-3.6/include test/check.sh keys.h
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
