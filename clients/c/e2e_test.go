@@ -16,6 +16,7 @@ import (
 
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/testserver"
+	"github.com/ecowatt/fota/keys"
 )
 
 // TestVectors runs fota-vectors: the C client's request signing, chunk
@@ -267,3 +268,34 @@ func corruptNewestState(t *testing.T, dir string) {
 // otadataSeqOffset is where a boot-state copy keeps its sequence number
 // (ports/posix/fota_port_posix.h).
 const otadataSeqOffset = 8
+
+// TestUpdateECDSA: a release signed with ECDSA P-256 updates the C client
+// as an RSA one does.
+func TestUpdateECDSA(t *testing.T) {
+	srv := testserver.NewAlg(t, keys.AlgECDSA)
+	img := srv.Sample("1.0.4", firmware.Healthy, 64<<10, 0)
+	srv.Publish(srv.Bundle("1.0.4", img, 0, 0))
+	d := newCDev(t, srv, "c1", slotSize, 0)
+	if code := d.powerOn(); code != exitReboot {
+		t.Fatalf("exit %d:\n%s%s", code, d.stdout, d.stderr)
+	}
+	d.settle(map[string][]byte{"1.0.4": img, factoryVersion: factoryImage(t, 0)})
+	if b, _ := d.boot(); b.version != "1.0.4" {
+		t.Fatalf("ended on %s", b.version)
+	}
+}
+
+// TestEd25519KeyRefused: mbedtls has no Ed25519, so a device given an
+// Ed25519 release key refuses to start its client, saying why, rather than
+// take updates it cannot check.
+func TestEd25519KeyRefused(t *testing.T) {
+	srv := testserver.NewAlg(t, keys.AlgEd25519)
+	srv.Publish(srv.Bundle("1.0.4", srv.Sample("1.0.4", firmware.Healthy, 16<<10, 0), 0, 0))
+	d := newCDev(t, srv, "c1", slotSize, 0)
+	if code := d.powerOn(); code != exitError || d.errorCode() != "FOTA_ERR_UNSUPPORTED" || !strings.Contains(d.stderr, "Ed25519") {
+		t.Fatalf("exit %d, %q:\n%s%s", code, d.errorCode(), d.stdout, d.stderr)
+	}
+	if evs := strings.Join(srv.Events("c1"), ", "); strings.Contains(evs, "session-opened") {
+		t.Fatalf("the device checked in: %s", evs)
+	}
+}

@@ -38,6 +38,12 @@ type Server struct {
 // New starts a server trusting a fresh RSA release key; it stops with the test.
 func New(tb testing.TB) *Server {
 	tb.Helper()
+	return NewAlg(tb, keys.AlgRSA)
+}
+
+// NewAlg is New with a release key of another algorithm (keys.AlgECDSA, keys.AlgEd25519).
+func NewAlg(tb testing.TB, alg string) *Server {
+	tb.Helper()
 	s := &Server{TB: tb}
 	// Not tb.TempDir: its removal fails the test when a file appears in the
 	// folder while it is being removed, which SQLite's closing (its -wal
@@ -64,7 +70,7 @@ func New(tb testing.TB) *Server {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if s.Signer, err = keys.Generate(keys.AlgRSA, rand.Reader); err != nil {
+	if s.Signer, err = keys.Generate(alg, rand.Reader); err != nil {
 		tb.Fatal(err)
 	}
 	s.FWKey, _ = keys.NewFirmwareKey(rand.Reader)
