@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -149,7 +151,7 @@ func printJSON(e *env, v any) error {
 
 const deviceUsage = `Usage:
   fota device add     --id ID --hardware esp32 --version 1.0.3 --credentials dev.json
-                      [--api native|ecowatt|both] [--keys-h dev_keys.h --keys keys]
+                      [--api native|ecowatt|both] [--keys-h dev_keys.h --keys keys] [--device-url URL]
                       [--ecowatt-keys PROJECT --keys keys] [--security-counter N] [--force]
                       [--label key=value ...]
   fota device list    [--json]
@@ -165,7 +167,8 @@ add registers a device with a new random key and writes it, once, to a
 credentials file (device id, key, server URL; mode 0600) and, with --keys-h,
 to a C header for the ESP32 build holding DEVICE_ID, HMAC_PSK,
 SERVER_PUBLIC_KEY and AES_FIRMWARE_KEY (from --keys; the server never has
-the firmware key). With --ecowatt-keys PROJECT it writes the original EcoWatt
+the firmware key) and OTA_SERVER_URL: --device-url, the address devices
+reach the server at, when it is not --server's. With --ecowatt-keys PROJECT it writes the original EcoWatt
 firmware project's include/application/keys.h and src/application/keys.cpp
 (extern declarations and their definitions, as that project has them), so
 the firmware builds unchanged; such a device's --api defaults to ecowatt.
@@ -231,6 +234,7 @@ func runDeviceAdd(e *env, args []string) error {
 	credPath := fs.String("credentials", "", "write the device's credentials JSON here (mode 0600)")
 	headerPath := fs.String("keys-h", "", "write a keys.h for the device's ESP32 build here (needs --keys)")
 	keyDir := fs.String("keys", "", "key folder (signing.pub, firmware.key) for --keys-h and --ecowatt-keys")
+	deviceURL := fs.String("device-url", "", "the server URL the device uses, written to the credentials, keys.h and the EcoWatt keys (default: --server)")
 	force := fs.Bool("force", false, "replace existing output files")
 	var labelArgs stringList
 	fs.Var(&labelArgs, "label", "label the device, key=value (repeat for several), e.g. --label ring=canary")
@@ -294,6 +298,13 @@ func runDeviceAdd(e *env, args []string) error {
 			return err
 		}
 	}
+	if *deviceURL == "" {
+		*deviceURL = *server
+	}
+	if (*headerPath != "" || *ecowattDir != "") && loopbackURL(*deviceURL) {
+		fmt.Fprintf(e.stderr, "warning: the device's server URL %s is this machine's loopback address, which a device on the network cannot reach; "+
+			"give the address devices use with --device-url\n", *deviceURL)
+	}
 	a, err := adminClient(*server, *token)
 	if err != nil {
 		return err
@@ -304,7 +315,7 @@ func runDeviceAdd(e *env, args []string) error {
 		return fmt.Errorf("add device %s: %w", *id, err)
 	}
 	if *credPath != "" {
-		b, _ := json.MarshalIndent(Credentials{DeviceID: d.ID, PSK: d.PSK, Server: *server, Hardware: d.Hardware}, "", "  ")
+		b, _ := json.MarshalIndent(Credentials{DeviceID: d.ID, PSK: d.PSK, Server: *deviceURL, Hardware: d.Hardware}, "", "  ")
 		if err := keys.WriteFile(*credPath, append(b, '\n'), keys.PrivateMode, *force); err != nil {
 			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
 		}
@@ -314,7 +325,7 @@ func runDeviceAdd(e *env, args []string) error {
 		header := keys.DeviceHeader(pub, fwKey, []keys.CDefinition{
 			{Name: "DEVICE_ID", Comment: "This device's id.", String: d.ID},
 			{Name: "HMAC_PSK", Comment: "This device's key: the EcoWatt client keys its chunk HMAC with strlen(HMAC_PSK) bytes of it.", String: d.PSK},
-			{Name: "OTA_SERVER_URL", Comment: "Update server.", String: *server},
+			{Name: "OTA_SERVER_URL", Comment: "Update server.", String: *deviceURL},
 		})
 		if err := keys.WriteFile(*headerPath, header, keys.PrivateMode, *force); err != nil {
 			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
@@ -337,7 +348,7 @@ func runDeviceAdd(e *env, args []string) error {
 		if err != nil {
 			return withHint(err, "the device was registered but its key could not be saved; register it again under another id")
 		}
-		fmt.Fprintf(e.stdout, "set DEVICE_ID %q and FLASK_SERVER_URL %q in %s\n", d.ID, *server,
+		fmt.Fprintf(e.stdout, "set DEVICE_ID %q and FLASK_SERVER_URL %q in %s\n", d.ID, *deviceURL,
 			filepath.Join(*ecowattDir, "include", "application", "credentials.h"))
 	}
 	fmt.Fprintf(e.stdout, "added device %s (%s, running %s, API %s)\n", d.ID, d.Hardware, d.Version, d.API)
@@ -723,4 +734,19 @@ func runDeviceLabel(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "device %s: labels %s\n", d.ID, orDash(fota.FormatLabels(d.Labels)))
 	return nil
+}
+
+// loopbackURL reports whether a URL names this machine's loopback address,
+// which only a device simulated on this machine can reach.
+func loopbackURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -71,6 +71,29 @@ func TestDeviceAddOutputs(t *testing.T) {
 	run(t, "device", "assign", "--id", "d1", "--version", "1.0.4").expect(t, 1, "", "no release 1.0.4 for esp32")
 }
 
+// TestDeviceURL: keys.h and the credentials carry the URL devices reach the
+// server at; a loopback one is warned about, since no device on the
+// network reaches it.
+func TestDeviceURL(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	header, cred := filepath.Join(dir, "k.h"), filepath.Join(dir, "d.json")
+	run(t, "device", "add", "--id", "d1", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", header, "--keys", keyDir).
+		expect(t, 0, "added device d1", "loopback address")
+	run(t, "device", "add", "--id", "d2", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", filepath.Join(dir, "k2.h"),
+		"--keys", keyDir, "--credentials", cred, "--device-url", "https://fota.example.com:8443").expect(t, 0, "added device d2", "")
+	h, _ := os.ReadFile(filepath.Join(dir, "k2.h"))
+	b, _ := os.ReadFile(cred)
+	if !strings.Contains(string(h), `"https://fota.example.com:8443"`) || !strings.Contains(string(b), `"https://fota.example.com:8443"`) ||
+		!strings.Contains(string(h), "FOTA_DEVICE_KEYS_H") {
+		t.Fatalf("keys.h:\n%s\ncredentials: %s", h, b)
+	}
+	r := run(t, "device", "add", "--id", "d3", "--hardware", "esp32", "--version", "1.0.3", "--keys-h", filepath.Join(dir, "k3.h"),
+		"--keys", keyDir, "--device-url", "http://10.1.2.3:8080")
+	if r.code != 0 || strings.Contains(r.stderr, "loopback") {
+		t.Fatalf("exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
 func TestPublishListStatus(t *testing.T) {
 	dir, keyDir := adminEnv(t)
 	fw := filepath.Join(dir, "app.bin")

@@ -39,6 +39,7 @@ if [ -z "$keys" ]; then
     mkdir -p "$tmp/keysinc"
     {
         printf '#include "%s"\n' "$tmp/keys/keys.h"
+        printf '#define FOTA_DEVICE_KEYS_H 1\n'
         printf 'static const char DEVICE_ID[] = "check-device";\n'
         printf 'static const char HMAC_PSK[] = "%s";\n' \
             "0000000000000000000000000000000000000000000000000000000000000000"

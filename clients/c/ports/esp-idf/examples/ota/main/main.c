@@ -33,6 +33,9 @@
  * It holds the device key and the fleet's firmware key: keep it out of
  * version control (main/.gitignore does). */
 #include "keys.h"
+#ifndef FOTA_DEVICE_KEYS_H
+#error "keys.h is not a device's header: write this device's with fota device add --id ID ... --keys-h main/keys.h --keys KEYDIR (the fleet's keys/keys.h has no DEVICE_ID or HMAC_PSK)"
+#endif
 
 static const char *TAG = "ota-example";
 
@@ -169,7 +172,7 @@ static void on_progress(void *user, const fota_progress_t *pr)
 static fota_port_esp_t port_esp;
 static fota_port_t port;
 static fota_client_t client;
-static uint8_t work[CONFIG_FOTA_WORK_BUFFER_SIZE];
+static uint8_t work[CONFIG_FOTA_WORK_BUFFER_SIZE] __attribute__((aligned(8)));
 
 static const fota_config_t fota_cfg = {
     .server_url = OTA_SERVER_URL,
