@@ -1,10 +1,12 @@
 package cclient_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -298,4 +300,54 @@ func TestEd25519KeyRefused(t *testing.T) {
 	if evs := strings.Join(srv.Events("c1"), ", "); strings.Contains(evs, "session-opened") {
 		t.Fatalf("the device checked in: %s", evs)
 	}
+}
+
+// TestOneProcessPerDevice: a second process on a device's state folder is
+// refused while the first runs, and can start once it has gone.
+func TestOneProcessPerDevice(t *testing.T) {
+	srv := testserver.New(t)
+	d := newCDev(t, srv, "c1", slotSize, 0)
+	first := exec.Command(d.bin, slicesWithout(d.runArgs("--check-interval", "3600"), "--once")...)
+	stdout, err := first.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer first.Process.Kill()
+	checked := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "result ") {
+				close(checked)
+				break
+			}
+		}
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case <-checked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first process never checked")
+	}
+	if code := d.powerOn(); code != exitError || !strings.Contains(d.stderr, "in use by another process") {
+		t.Fatalf("second process: exit %d\n%s%s", code, d.stdout, d.stderr)
+	}
+	first.Process.Kill()
+	first.Wait()
+	if code := d.powerOn(); code != exitIdle {
+		t.Fatalf("after the first ended: exit %d\n%s%s", code, d.stdout, d.stderr)
+	}
+}
+
+func slicesWithout(s []string, drop string) []string {
+	var out []string
+	for _, v := range s {
+		if v != drop {
+			out = append(out, v)
+		}
+	}
+	return out
 }

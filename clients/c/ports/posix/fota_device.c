@@ -42,6 +42,7 @@
 #include <sys/stat.h>
 
 #include "fota_client.h"
+#include "fota_internal.h" /* fota_semver_valid, to check format's --version */
 
 enum { EXIT_IDLE = 0, EXIT_ERROR = 1, EXIT_USAGE = 2, EXIT_BRICKED = 3, EXIT_REBOOT = 10 };
 
@@ -124,11 +125,27 @@ typedef struct {
     bool once, verbose, trace_ops;
 } opts_t;
 
+/* A usage error: the whole usage when the command line cannot be read at
+ * all (no command, an unknown one or an unknown option), else just what is
+ * wrong and where the options are. */
 static int usage(const char *why, const char *arg)
 {
-    if (why) fprintf(stderr, "fota-device-c: %s%s%s\n\n", why, arg ? " " : "", arg ? arg : "");
-    fputs(usage_text, stderr);
+    bool whole = !why || strncmp(why, "unknown", 7) == 0;
+    if (why) fprintf(stderr, "fota-device-c: %s%s%s\n", why, arg ? " " : "", arg ? arg : "");
+    if (whole) fputs(why ? "\n" : "", stderr), fputs(usage_text, stderr);
+    else fputs("(fota-device-c --help lists the options)\n", stderr);
     return EXIT_USAGE;
+}
+
+/* Says which of the required options are missing; 0 when none is. */
+static int need(const char *cmd, const char *const *names, const char *const *values, int n)
+{
+    char missing[160] = "";
+    for (int i = 0; i < n; i++)
+        if (!values[i]) snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " --%s", names[i]);
+    if (!missing[0]) return 0;
+    fprintf(stderr, "fota-device-c %s: missing%s\n", cmd, missing);
+    return usage("see the usage of", cmd);
 }
 
 /* Parses "--name value", "--name=value" and the flags into o. */
@@ -507,12 +524,31 @@ static int load_keys(opts_t *o)
     return 0;
 }
 
+/* Whether a state folder holds a boot state (either copy). */
+static bool formatted(const char *dir)
+{
+    char path[4096];
+    struct stat st;
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/otadata.%d", dir, i);
+        if (stat(path, &st) == 0) return true;
+    }
+    return false;
+}
+
 static int cmd_format(opts_t *o)
 {
     long long slot_size, counter = 0;
-    if (!o->state || !o->slot_size || !o->factory || !o->version) return usage("format needs --state, --slot-size, --factory and --version", NULL);
-    if (!parse_num(o->slot_size, 1, UINT32_MAX, true, &slot_size)) return usage("bad --slot-size", o->slot_size);
-    if (o->counter && !parse_num(o->counter, 0, UINT32_MAX, false, &counter)) return usage("bad --counter", o->counter);
+    static const char *const names[] = {"state", "slot-size", "factory", "version"};
+    const char *values[] = {o->state, o->slot_size, o->factory, o->version};
+    int rc = need("format", names, values, 4);
+    if (rc) return rc;
+    if (!parse_num(o->slot_size, 1, UINT32_MAX, true, &slot_size))
+        return usage("--slot-size: want a size in bytes (K and M suffixes allowed), got", o->slot_size);
+    if (o->counter && !parse_num(o->counter, 0, UINT32_MAX, false, &counter))
+        return usage("--counter: want a number from 0 to 4294967295, got", o->counter);
+    if (!fota_semver_valid(o->version))
+        return usage("--version: want a Semantic Version of at most 63 characters (1.0.3), got", o->version);
     struct stat st;
     if (stat(o->factory, &st) != 0) {
         fprintf(stderr, "error: factory image %s: %s\n", o->factory, strerror(errno));
@@ -559,34 +595,51 @@ static int cmd_run(opts_t *o)
     long long cut_at = 0, work_size = FOTA_WORK_MIN, skew = 0, timeout = FOTA_POSIX_DEFAULT_TIMEOUT_MS / 1000;
     long long update_timeout = 0, retry_attempts = 0, retry_base = 0, chunk_retries = 0;
     fota_posix_cut_mode_t mode = FOTA_POSIX_CUT_BEFORE;
-    if (!o->state || !o->psk_file || !o->public_key || !o->firmware_key)
-        return usage("run needs --state, --psk-file, --public-key and --firmware-key", NULL);
-    if ((o->check_interval && !parse_num(o->check_interval, 1, 365LL * 86400, false, &interval)) ||
-        (o->max_boots && !parse_num(o->max_boots, 1, 255, false, &max_boots)) ||
-        (o->chunks_per_request && !parse_num(o->chunks_per_request, 1, 65535, false, &per_request)) ||
-        (o->checkpoint_every && !parse_num(o->checkpoint_every, 1, 65535, false, &checkpoint)) ||
-        (o->cut_at && !parse_num(o->cut_at, 0, (long long)1 << 62, false, &cut_at)) ||
-        (o->work_size && !parse_num(o->work_size, FOTA_WORK_MIN, WORK_MAX, true, &work_size)) ||
-        (o->clock_skew && !parse_num(o->clock_skew, -(1LL << 40), 1LL << 40, false, &skew)) ||
-        (o->timeout && !parse_num(o->timeout, 1, 3600, false, &timeout)) ||
-        (o->update_timeout && !parse_num(o->update_timeout, 1, 7 * 86400, false, &update_timeout)) ||
-        (o->retry_attempts && !parse_num(o->retry_attempts, 1, 255, false, &retry_attempts)) ||
-        (o->retry_base_ms && !parse_num(o->retry_base_ms, 1, 3600000, false, &retry_base)) ||
-        (o->chunk_retries && !parse_num(o->chunk_retries, 1, 255, false, &chunk_retries)))
-        return usage("a numeric option is out of range; see below", NULL);
+    static const char *const names[] = {"state", "psk-file", "public-key", "firmware-key"};
+    const char *values[] = {o->state, o->psk_file, o->public_key, o->firmware_key};
+    int rc = need("run", names, values, 4);
+    if (rc) return rc;
+    const struct {
+        const char *name, *value;
+        long long min, max, *out;
+        bool sizes;
+    } nums[] = {
+        {"check-interval", o->check_interval, 1, 365LL * 86400, &interval, false},
+        {"max-boots", o->max_boots, 1, 255, &max_boots, false},
+        {"chunks-per-request", o->chunks_per_request, 1, 65535, &per_request, false},
+        {"checkpoint-every", o->checkpoint_every, 1, 65535, &checkpoint, false},
+        {"cut-at", o->cut_at, 0, (long long)1 << 62, &cut_at, false},
+        {"work-size", o->work_size, FOTA_WORK_MIN, WORK_MAX, &work_size, true},
+        {"clock-skew", o->clock_skew, -(1LL << 40), 1LL << 40, &skew, false},
+        {"timeout", o->timeout, 1, 3600, &timeout, false},
+        {"update-timeout", o->update_timeout, 1, 7 * 86400, &update_timeout, false},
+        {"retry-attempts", o->retry_attempts, 1, 255, &retry_attempts, false},
+        {"retry-base-ms", o->retry_base_ms, 1, 3600000, &retry_base, false},
+        {"chunk-retries", o->chunk_retries, 1, 255, &chunk_retries, false},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        if (nums[i].value && !parse_num(nums[i].value, nums[i].min, nums[i].max, nums[i].sizes, nums[i].out)) {
+            fprintf(stderr, "fota-device-c: --%s: want a number from %lld to %lld%s, got %s\n", nums[i].name,
+                    nums[i].min, nums[i].max, nums[i].sizes ? " (K and M suffixes allowed)" : "", nums[i].value);
+            return EXIT_USAGE;
+        }
+    }
     if (o->cut_mode) {
         if (strcmp(o->cut_mode, "before") == 0) mode = FOTA_POSIX_CUT_BEFORE;
         else if (strcmp(o->cut_mode, "after") == 0) mode = FOTA_POSIX_CUT_AFTER;
         else if (strcmp(o->cut_mode, "torn") == 0) mode = FOTA_POSIX_CUT_TORN;
         else return usage("bad --cut-mode", o->cut_mode);
     }
-    int rc = load_keys(o);
+    rc = load_keys(o);
     if (rc) return rc;
     if (!o->server || !o->device_id || !o->hardware)
         return usage("run needs --server, --device-id and --hardware (or a credentials file with them)", NULL);
 
     log_level = o->verbose ? FOTA_LOG_DEBUG : FOTA_LOG_INFO;
-    if (fota_posix_init(&posix, o->state) != FOTA_OK) return usage("bad --state", o->state);
+    if (fota_posix_init(&posix, o->state) != FOTA_OK) {
+        fprintf(stderr, "error: cannot use the state folder %s (see above)\n", o->state);
+        return EXIT_ERROR;
+    }
     fota_posix_set_log_level(&posix, (fota_log_level_t)log_level);
     if (fota_posix_set_server(&posix, o->server) != FOTA_OK) return usage("bad --server", o->server);
     fota_posix_set_timeout(&posix, (int)timeout * 1000);
@@ -620,6 +673,9 @@ static int cmd_run(opts_t *o)
         }
         if (err != FOTA_OK) {
             print_error(err, "boot");
+            if (!formatted(o->state))
+                fprintf(stderr, "hint: give the device its storage first: fota-device-c format --state %s --slot-size 4M "
+                                "--factory IMAGE --version VERSION\n", o->state);
             return EXIT_ERROR;
         }
         const fota_posix_image_t *img = fota_posix_running_image(&posix);

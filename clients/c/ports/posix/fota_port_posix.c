@@ -627,6 +627,26 @@ fota_err_t fota_posix_init(fota_posix_t *p, const char *state_dir)
     p->slot_fd[0] = p->slot_fd[1] = -1;
     p->running = -1;
     p->max_boots = FOTA_POSIX_DEFAULT_MAX_BOOTS;
+    /* Two processes on one device's files would interleave their writes:
+     * the second is refused. The lock goes with the process, however it
+     * ends. A folder that does not exist yet is left to the boot step to
+     * report. */
+    char path[sizeof p->disk.dir + 8];
+    snprintf(path, sizeof path, "%s/lock", state_dir);
+    p->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (p->lock_fd >= 0) {
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fcntl(p->lock_fd, F_SETLK, &fl) < 0) {
+            plog(p, FOTA_LOG_ERROR, "%s is in use by another process (%s); one process per device", state_dir,
+                 strerror(errno));
+            close(p->lock_fd);
+            p->lock_fd = -1;
+            return FOTA_ERR_STORAGE;
+        }
+    }
     return FOTA_OK;
 }
 
@@ -643,6 +663,8 @@ static void close_slots(fota_posix_t *p)
 void fota_posix_close(fota_posix_t *p)
 {
     if (!p) return;
+    if (p->lock_fd >= 0) close(p->lock_fd);
+    p->lock_fd = -1;
     http_close(&p->http);
     p->http.in_exchange = false;
     close_slots(p);

@@ -195,6 +195,7 @@ typedef struct {
     int max_boots;
     int running;          /* the running slot; -1 before fota_posix_boot */
     int slot_fd[2];
+    int lock_fd; /* holds a lock on <state>/lock: one process per device */
 
     /* The security counter as read at boot. */
     uint32_t counter;
