@@ -386,6 +386,13 @@ func runDeviceList(e *env, args []string) error {
 	return tw.Flush()
 }
 
+func bytesOrDash(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -425,8 +432,9 @@ func runDeviceShow(e *env, args []string) error {
 		fmt.Fprintln(e.stdout)
 	}
 	if inv := d.Device.Inventory; inv != nil {
-		fmt.Fprintf(e.stdout, "reports: chip %s, slot %d bytes, free flash %d bytes, agent %s (as of %s)\n", orDash(shown(inv.Chip)), inv.SlotSize,
-			inv.FreeFlash, orDash(shown(inv.AgentVersion)), inv.Updated.Local().Format(time.DateTime))
+		// A device leaves out what it does not know: shown as "-", not 0.
+		fmt.Fprintf(e.stdout, "reports: chip %s, slot %s, free flash %s, agent %s (as of %s)\n", orDash(shown(inv.Chip)), bytesOrDash(inv.SlotSize),
+			bytesOrDash(inv.FreeFlash), orDash(shown(inv.AgentVersion)), inv.Updated.Local().Format(time.DateTime))
 	}
 	if !d.Device.Removed.IsZero() {
 		// A tombstone: its history is all there is to show.
