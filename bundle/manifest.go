@@ -38,6 +38,16 @@ type Manifest struct {
 }
 
 // Chunks is the number of ChunkSize pieces the ciphertext is served in.
+// EncodedSize is the length of the manifest as fota writes it in a bundle
+// (and the server hands it to devices), signed bytes and all.
+func (m *Manifest) EncodedSize() int {
+	b, err := jsonMarshal(m)
+	if err != nil {
+		return 0
+	}
+	return len(b)
+}
+
 func (m *Manifest) Chunks() int {
 	return int((m.CiphertextSize + int64(m.ChunkSize) - 1) / int64(m.ChunkSize))
 }

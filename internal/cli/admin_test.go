@@ -190,6 +190,19 @@ func TestNativeOnlyChunkSize(t *testing.T) {
 	run(t, "release", "inspect", small).expect(t, 0, "ecowatt api     yes", "")
 }
 
+// release build says when long notes make a manifest the C client's
+// smallest work buffer cannot take, and not otherwise.
+func TestBuildWarnsOfLongNotes(t *testing.T) {
+	dir, keyDir := adminEnv(t)
+	fw := filepath.Join(dir, "app.bin")
+	run(t, "release", "build", "--keys", keyDir, "--notes", strings.Repeat("n", 1200), "-o", filepath.Join(dir, "long.fota"), fw).
+		expect(t, 0, "built", "devices running the C client (clients/c) with the default 4 KiB work buffer take manifests up to 1536 bytes")
+	r := run(t, "release", "build", "--keys", keyDir, "--notes", "fixes the inverter poll", "-o", filepath.Join(dir, "short.fota"), fw)
+	if r.code != 0 || strings.Contains(r.stderr, "C client") {
+		t.Fatalf("short notes: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
 // release build says when EcoWatt-API devices cannot take what it built.
 func TestBuildSaysWhatEcoWattDevicesRefuse(t *testing.T) {
 	dir, keyDir, _ := setup(t)

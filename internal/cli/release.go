@@ -151,8 +151,18 @@ func runReleaseBuild(e *env, args []string) error {
 	} else if ecowattCaveat != "" {
 		e.warn("%s: %s", *out, ecowattCaveat)
 	}
+	if n := m.EncodedSize(); n > CClientManifestMax {
+		e.warn("%s: its manifest is %d bytes (%d of release notes); devices running the C client (clients/c) with the "+
+			"default 4 KiB work buffer take manifests up to %d bytes: shorten --notes, or give those devices a larger work buffer",
+			*out, n, len(m.Notes), CClientManifestMax)
+	}
 	return nil
 }
+
+// CClientManifestMax is the largest manifest the C client takes with its
+// smallest work buffer (FOTA_WORK_MIN, 4 KiB) and an RSA-4096 signature;
+// clients/c's TestManifestLimit holds it to that.
+const CClientManifestMax = 1536
 
 // legacySignatureOf stands for whether a build has a legacy signature:
 // bundle.Build makes one exactly for RSA keys.
