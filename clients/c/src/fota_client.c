@@ -3,6 +3,10 @@
  * checkpoints, install, first-boot confirm or rollback, and the report
  * outbox. docs/PROTOCOL.md is the protocol; agent/agent.go is the Go agent
  * this mirrors.
+ *
+ * Written for size (scripts/size.sh: 16 KiB of code on an ESP32-C3): name
+ * tables are NUL-separated strings rather than arrays of pointers, log and
+ * report texts are short, and repeated steps are shared helpers.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,12 +27,29 @@
 #define URI(c) ((char *)(c)->work + URI_OFF)
 #define HDR(c) ((char *)(c)->work + HDR_OFF)
 
+/* ---- Name lists ---- */
+
+/* The i-th name of a list of NUL-terminated names (i within it). */
+static const char *nth(const char *list, unsigned i)
+{
+    while (i--) list += strlen(list) + 1;
+    return list;
+}
+
+/* The index of key (n bytes, no NUL in it) in a list of names ending in an
+ * empty one; -1 when it is not there. */
+static int name_index(const char *list, const char *key, size_t n)
+{
+    for (int i = 0; *list; i++, list += strlen(list) + 1)
+        if (!strncmp(list, key, n) && !list[n]) return i;
+    return -1;
+}
+
 /* ---- Reports: a persisted outbox ---- */
 
 enum { REPORT_DOWNLOADED = 0, REPORT_VERIFIED, REPORT_APPLIED, REPORT_CONFIRMED, REPORT_ROLLED_BACK,
        REPORT_FAILED, REPORT_REFUSED, REPORT__COUNT };
-static const char *const report_names[REPORT__COUNT] = {"downloaded", "verified", "applied", "confirmed",
-                                                         "rolled-back", "failed", "refused"};
+static const char report_names[] = "downloaded\0verified\0applied\0confirmed\0rolled-back\0failed\0refused";
 
 /* Records are fixed-layout structs of bytes and 32-bit words, stored as
  * they are: each starts with a header naming its kind, layout version and
@@ -61,25 +82,26 @@ typedef struct {
  * device clock, not latency, made a request stale. */
 #define CLOCK_SLACK 150
 
-static const char *const err_names[FOTA_ERR__COUNT] = {
-    "ok", "bad argument", "work buffer too small", "network failure", "server busy", "unauthorized", "forbidden",
-    "conflict", "request rejected", "session closed", "malformed answer", "signature does not verify",
-    "signed by an untrusted key", "unsupported algorithm", "bad manifest", "wrong hardware", "not newer (downgrade)",
-    "rolled back from before", "security counter too low", "too large", "chunk HMAC mismatch", "decryption failed",
-    "image hash mismatch", "flash failure", "storage failure", "not found", "crypto failure", "image on trial",
-    "image not on trial", "self-test failed", "power failure", "update took too long"};
+/* fota_err_t's texts, in its order. */
+static const char err_names[] =
+    "ok\0bad argument\0work buffer too small\0network failure\0server busy\0unauthorized\0forbidden\0"
+    "conflict\0request rejected\0session closed\0malformed answer\0signature does not verify\0"
+    "signed by an untrusted key\0unsupported algorithm\0bad manifest\0wrong hardware\0not newer (downgrade)\0"
+    "rolled back from before\0security counter too low\0too large\0chunk HMAC mismatch\0decryption failed\0"
+    "image hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0image on trial\0"
+    "image not on trial\0self-test failed\0power failure\0update took too long";
 
-static const char *const state_names[FOTA_STATE__COUNT] = {"idle",      "checking",  "downloading", "verifying", "applying",
-                                                           "completed", "deferred",  "error",       "rollback"};
+static const char state_names[] = "idle\0checking\0downloading\0verifying\0applying\0completed\0deferred\0error\0"
+                                  "rollback";
 
 const char *fota_err_str(fota_err_t err)
 {
-    return (unsigned)err < FOTA_ERR__COUNT ? err_names[err] : "unknown error";
+    return (unsigned)err < FOTA_ERR__COUNT ? nth(err_names, err) : "unknown error";
 }
 
 const char *fota_state_str(fota_state_t state)
 {
-    return (unsigned)state < FOTA_STATE__COUNT ? state_names[state] : "unknown state";
+    return (unsigned)state < FOTA_STATE__COUNT ? nth(state_names, state) : "unknown state";
 }
 
 static void logf_(fota_client_t *c, fota_log_level_t level, const char *fmt, ...)
@@ -95,6 +117,19 @@ static void logf_(fota_client_t *c, fota_log_level_t level, const char *fmt, ...
 #define LOG_E(c, ...) logf_(c, FOTA_LOG_ERROR, __VA_ARGS__)
 #define LOG_W(c, ...) logf_(c, FOTA_LOG_WARN, __VA_ARGS__)
 #define LOG_I(c, ...) logf_(c, FOTA_LOG_INFO, __VA_ARGS__)
+
+/* "<what><key>: <error>", the shape of most failure lines. */
+static void log_err(fota_client_t *c, fota_log_level_t level, const char *what, const char *key, fota_err_t err)
+{
+    logf_(c, level, "%s%s: %s", what, key, fota_err_str(err));
+}
+
+/* A port's failure as the library reports it: a power failure stays one
+ * (nothing more may be done), anything else becomes as. */
+static fota_err_t port_err(fota_err_t err, fota_err_t as)
+{
+    return err && err != FOTA_ERR_POWER ? as : err;
+}
 
 static void progress(fota_client_t *c, fota_state_t state, fota_err_t err)
 {
@@ -115,6 +150,14 @@ static bool plain_id(const char *s, size_t max, bool dots)
     return n > 0 && n <= max;
 }
 
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = 0;
+}
+
 /* ---- Records ---- */
 
 static fota_err_t record_save(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
@@ -125,8 +168,8 @@ static fota_err_t record_save(fota_client_t *c, const char *key, uint8_t kind, v
     h->size_lo = (uint8_t)size;
     h->size_hi = (uint8_t)(size >> 8);
     fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, size);
-    if (err) LOG_E(c, "save %s: %s", key, fota_err_str(err));
-    return err == FOTA_ERR_POWER ? err : err ? FOTA_ERR_STORAGE : FOTA_OK;
+    if (err) log_err(c, FOTA_LOG_ERROR, "save ", key, err);
+    return port_err(err, FOTA_ERR_STORAGE);
 }
 
 /* Loads a record; false when absent, unreadable or of another layout. The
@@ -137,7 +180,7 @@ static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *r
     record_header_t *h = rec;
     fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, size, &n);
     if (err) {
-        if (err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot read %s (%s); ignoring it", key, fota_err_str(err));
+        if (err != FOTA_ERR_NOT_FOUND) log_err(c, FOTA_LOG_WARN, "ignoring ", key, err);
         return false;
     }
     return n == size && h->kind == kind && h->version == RECORD_VERSION && (h->size_lo | h->size_hi << 8) == (int)size;
@@ -149,7 +192,7 @@ static bool terminated(const char *s, size_t cap) { return memchr(s, 0, cap) != 
 static void record_delete(fota_client_t *c, const char *key)
 {
     fota_err_t err = c->port->kv_delete(c->port->ctx, key);
-    if (err && err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot delete %s: %s", key, fota_err_str(err));
+    if (err && err != FOTA_ERR_NOT_FOUND) log_err(c, FOTA_LOG_WARN, "delete ", key, err);
 }
 
 /* The download record: where a download stands, so a power cut resumes it. */
@@ -175,8 +218,11 @@ static bool load_download(fota_client_t *c, download_t *d)
            terminated(d->base, sizeof d->base) && terminated(d->session, sizeof d->session);
 }
 
-static void load_outbox(fota_client_t *c, outbox_t *box)
+/* Loads the outbox into the end of the work buffer (empty when there is
+ * none or it does not check out). */
+static outbox_t *load_outbox(fota_client_t *c)
 {
+    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
     bool ok = record_load(c, KEY_OUTBOX, 'O', box, sizeof *box) && box->count <= FOTA_OUTBOX_MAX;
     for (uint8_t i = 0; ok && i < box->count; i++) {
         report_t *q = &box->r[i];
@@ -184,6 +230,7 @@ static void load_outbox(fota_client_t *c, outbox_t *box)
              terminated(q->version, sizeof q->version) && terminated(q->reason, sizeof q->reason);
     }
     if (!ok) box->count = 0;
+    return box;
 }
 
 static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
@@ -195,20 +242,11 @@ static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
     return record_save(c, KEY_OUTBOX, 'O', box, sizeof *box);
 }
 
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-    size_t n = strlen(src);
-    if (n >= cap) n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = 0;
-}
-
 /* Adds a report to the outbox, once; a full outbox drops its oldest. */
 static fota_err_t queue_report(fota_client_t *c, int status, const char *session, const char *version,
                                const char *reason)
 {
-    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
-    load_outbox(c, box);
+    outbox_t *box = load_outbox(c);
     for (uint8_t i = 0; i < box->count; i++) {
         report_t *q = &box->r[i];
         if (q->status == status && !strcmp(q->session, session) && !strcmp(q->version, version)) return FOTA_OK;
@@ -222,7 +260,7 @@ static fota_err_t queue_report(fota_client_t *c, int status, const char *session
     q->status = (uint8_t)status;
     copy_str(q->session, sizeof q->session, session);
     copy_str(q->version, sizeof q->version, version);
-    copy_str(q->reason, sizeof q->reason, reason ? reason : "");
+    copy_str(q->reason, sizeof q->reason, reason);
     return save_outbox(c, box);
 }
 
@@ -230,57 +268,70 @@ static fota_err_t queue_report(fota_client_t *c, int status, const char *session
 
 static int64_t server_now(fota_client_t *c) { return c->port->now(c->port->ctx) + c->clock_offset; }
 
-/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
-static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
+/* Reads up to n bytes of the body into buf; *got short of n: the body ended. */
+static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *got)
 {
-    size_t n = 0;
-    for (;;) {
-        int32_t got = c->port->http_read(c->port->ctx, buf + n, cap - n);
-        if (got < 0) return FOTA_ERR_NETWORK;
-        if (got == 0) break;
-        n += (size_t)got;
-        if (n == cap) {
-            uint8_t probe;
-            got = c->port->http_read(c->port->ctx, &probe, 1);
-            if (got < 0) return FOTA_ERR_NETWORK;
-            if (got > 0) return FOTA_ERR_BUFFER;
-            break;
-        }
+    *got = 0;
+    while (*got < n) {
+        int32_t r = c->port->http_read(c->port->ctx, buf + *got, n - *got);
+        if (r < 0) return FOTA_ERR_NETWORK;
+        if (r == 0) break;
+        *got += (size_t)r;
     }
-    *len = n;
     return FOTA_OK;
 }
 
-typedef struct {
-    fota_json_t code, error;
-} error_answer_t;
-
-static bool error_member(void *user, const char *key, size_t n, const fota_json_t *v)
+/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
+static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
 {
-    error_answer_t *e = user;
-    if (n == 4 && !memcmp(key, "code", 4)) e->code = *v;
-    if (n == 5 && !memcmp(key, "error", 5)) e->error = *v;
-    return true;
+    uint8_t probe;
+    size_t more;
+    fota_err_t err = read_full(c, buf, cap, len);
+    if (err == FOTA_OK && *len == cap && (err = read_full(c, &probe, 1, &more)) == FOTA_OK && more)
+        err = FOTA_ERR_BUFFER;
+    return err;
 }
+
+/* Walks the JSON object js, keeping the values of the members named in
+ * names in v, by index (FOTA_J_NONE when absent). */
+typedef struct {
+    const char *names;
+    fota_json_t *v;
+} pick_t;
+
+static bool pick_member(void *user, const char *key, size_t n, const fota_json_t *value)
+{
+    const pick_t *p = user;
+    int i = name_index(p->names, key, n);
+    if (i >= 0) p->v[i] = *value;
+    return true; /* newer servers may say more */
+}
+
+static bool pick(const void *js, size_t len, const char *names, fota_json_t *v, size_t count)
+{
+    pick_t p = {names, v};
+    memset(v, 0, count * sizeof *v);
+    return fota_json_object(js, len, pick_member, &p);
+}
+
+/* The server's error codes (docs/PROTOCOL.md, "Errors") and what each means here. */
+static const char error_codes[] =
+    "too_many\0unavailable\0internal\0unauthorized\0forbidden\0conflict\0invalid\0not_found\0too_large\0session_closed";
+static const uint8_t error_code_errs[] = {
+    FOTA_ERR_SERVER_BUSY, FOTA_ERR_SERVER_BUSY, FOTA_ERR_SERVER_BUSY, FOTA_ERR_UNAUTHORIZED, FOTA_ERR_FORBIDDEN,
+    FOTA_ERR_CONFLICT,    FOTA_ERR_REJECTED,    FOTA_ERR_REJECTED,    FOTA_ERR_REJECTED,     FOTA_ERR_SESSION_CLOSED};
 
 /* Sorts a refusal by its fota code, else by its status (docs/PROTOCOL.md,
  * "Errors"), and logs the server's word on it. Ends the exchange. */
 static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_response_t *resp, uint8_t *buf,
                           size_t cap)
 {
-    static const struct {
-        const char *code;
-        fota_err_t err;
-    } codes[] = {{"too_many", FOTA_ERR_SERVER_BUSY}, {"unavailable", FOTA_ERR_SERVER_BUSY},
-                 {"internal", FOTA_ERR_SERVER_BUSY}, {"unauthorized", FOTA_ERR_UNAUTHORIZED},
-                 {"forbidden", FOTA_ERR_FORBIDDEN},  {"conflict", FOTA_ERR_CONFLICT},
-                 {"invalid", FOTA_ERR_REJECTED},     {"not_found", FOTA_ERR_REJECTED},
-                 {"too_large", FOTA_ERR_REJECTED},   {"session_closed", FOTA_ERR_SESSION_CLOSED}};
     size_t n = 0;
-    error_answer_t e = {{0, 0, 0}, {0, 0, 0}};
+    fota_json_t e[2]; /* code, error */
+    memset(e, 0, sizeof e);
     bool whole = read_body(c, buf, cap, &n) == FOTA_OK;
     c->port->http_end(c->port->ctx, whole);
-    if (whole) fota_json_object((const char *)buf, n, error_member, &e);
+    if (whole) pick(buf, n, "code\0error\0", e, 2);
     int s = resp->status;
     fota_err_t err = s >= 500 || s == 408 || s == 429 ? FOTA_ERR_SERVER_BUSY
                      : s == 401                        ? FOTA_ERR_UNAUTHORIZED
@@ -288,20 +339,21 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
                      : s == 410                        ? FOTA_ERR_SESSION_CLOSED
                      : s == 400 || s == 404 || s == 413 ? FOTA_ERR_REJECTED
                                                         : FOTA_ERR_CONFLICT;
-    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-        if (fota_json_is(&e.code, codes[i].code)) err = codes[i].err;
-    LOG_W(c, "%s: the server answered %d: %.*s", what, s, e.error.type == FOTA_J_STRING ? (int)e.error.n : 0,
-          e.error.p ? e.error.p : "");
+    int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
+    if (i >= 0) err = (fota_err_t)error_code_errs[i];
+    LOG_W(c, "%s: HTTP %d: %.*s", what, s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
     c->retry_after = resp->retry_after;
     return err;
 }
 
-/* Sends one signed request. On FOTA_OK the answer was 2xx and its body is
- * to be read (then http_end). A 401 whose Date shows the device clock off
- * corrects the clock and signs once more (docs/PROTOCOL.md, "The device clock"). */
-static fota_err_t request(fota_client_t *c, const char *what, const char *method, const uint8_t *body, size_t len,
+/* Sends one signed request, its body (len bytes) at the start of the data
+ * area. On FOTA_OK the answer was 2xx and its body is to be read (then
+ * http_end). A 401 whose Date shows the device clock off corrects the clock
+ * and signs once more (docs/PROTOCOL.md, "The device clock"). */
+static fota_err_t request(fota_client_t *c, const char *what, const char *method, size_t len,
                           fota_http_response_t *resp)
 {
+    const uint8_t *body = len ? DATA(c) : NULL;
     for (int attempt = 0;; attempt++) {
         uint8_t raw[16], mac[32];
         char nonce[33], sig[65], ts[24];
@@ -319,20 +371,19 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
-            LOG_W(c, "%s: no answer (%s)", what, fota_err_str(err));
-            return err == FOTA_ERR_POWER ? err : FOTA_ERR_NETWORK;
+            log_err(c, FOTA_LOG_WARN, what, ": no answer", err);
+            return port_err(err, FOTA_ERR_NETWORK);
         }
         if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
         int64_t skew = resp->date ? resp->date - now : 0;
         if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
             c->port->http_end(c->port->ctx, false);
             c->clock_offset += skew;
-            LOG_W(c, "the device clock is %lld s off the server's; signing with the server's time", (long long)skew);
+            LOG_W(c, "device clock %lld s off the server's; signing again", (long long)skew);
             continue;
         }
-        /* The error body goes after the request body (in the data area), which a retry sends again. */
-        size_t used = body ? (size_t)(body - DATA(c)) + len : 0;
-        return refusal(c, what, resp, DATA(c) + used, DATA_CAP(c) - used);
+        /* The error body goes after the request body, which a retry sends again. */
+        return refusal(c, what, resp, DATA(c) + len, DATA_CAP(c) - len);
     }
 }
 
@@ -361,66 +412,67 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
     return true;
 }
 
+/* POSTs the n-byte body at the start of the data area, retrying transient
+ * failures, and reads the answer after it (*len bytes). */
+static fota_err_t post(fota_client_t *c, const char *what, size_t n, size_t *len)
+{
+    fota_http_response_t resp;
+    fota_err_t err;
+    for (int attempt = 0;; attempt++) {
+        err = request(c, what, "POST", n, &resp);
+        if (err == FOTA_OK) {
+            err = read_body(c, DATA(c) + n, DATA_CAP(c) - n, len);
+            c->port->http_end(c->port->ctx, err == FOTA_OK);
+        }
+        if (!backoff(c, attempt, err)) return err;
+    }
+}
+
 static bool uri(fota_client_t *c, const char *fmt, ...)
 {
     va_list ap;
-    int n = snprintf(URI(c), URI_CAP, "%s", c->prefix);
+    size_t n = strlen(c->prefix); /* shorter than URI_CAP: fota_init checks */
+    memcpy(URI(c), c->prefix, n);
     va_start(ap, fmt);
-    int m = vsnprintf(URI(c) + n, URI_CAP - (size_t)n, fmt, ap);
+    int m = vsnprintf(URI(c) + n, URI_CAP - n, fmt, ap);
     va_end(ap);
-    return m >= 0 && (size_t)m < URI_CAP - (size_t)n;
+    return m >= 0 && (size_t)m < URI_CAP - n;
 }
 
 /* Sends one report; a JSON body with the reason escaped. */
 static fota_err_t send_report(fota_client_t *c, const report_t *q)
 {
     char *body = (char *)DATA(c);
-    size_t cap = DATA_CAP(c), n;
+    size_t cap = DATA_CAP(c), n, len;
     if (!uri(c, "/v1/device/sessions/%s/report", q->session)) return FOTA_ERR_BUFFER;
-    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"", report_names[q->status]);
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s", nth(report_names, q->status),
+                         q->reason[0] ? ",\"reason\":\"" : "");
     if (q->reason[0]) {
-        n += (size_t)snprintf(body + n, cap - n, ",\"reason\":\"");
         for (const char *s = q->reason; *s && n + 8 < cap; s++) {
             unsigned char ch = (unsigned char)*s;
-            if (ch == '"' || ch == '\\') {
-                body[n++] = '\\';
-                body[n++] = (char)ch;
-            } else if (ch < 0x20 || ch >= 0x7f) {
-                body[n++] = '?'; /* reasons are the library's own ASCII text */
-            } else {
-                body[n++] = (char)ch;
-            }
+            if (ch == '"' || ch == '\\') body[n++] = '\\';
+            body[n++] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch; /* reasons are the library's own ASCII text */
         }
         body[n++] = '"';
     }
     body[n++] = '}';
-    fota_http_response_t resp;
-    fota_err_t err;
-    for (int attempt = 0;; attempt++) {
-        err = request(c, "report", "POST", (const uint8_t *)body, n, &resp);
-        if (err == FOTA_OK) {
-            size_t len;
-            /* The answer is small; its content does not matter, only that it came. */
-            err = read_body(c, DATA(c) + n, cap - n, &len);
-            c->port->http_end(c->port->ctx, err == FOTA_OK);
-            if (err == FOTA_ERR_BUFFER) err = FOTA_OK;
-        }
-        if (!backoff(c, attempt, err)) return err;
-    }
+    /* The answer is small; its content does not matter, only that it came. */
+    fota_err_t err = post(c, "report", n, &len);
+    return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
 }
 
 fota_err_t fota_flush(fota_client_t *c)
 {
-    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
-    load_outbox(c, box);
+    outbox_t *box = load_outbox(c);
     if (box->count == 0) return FOTA_OK;
     fota_err_t first = FOTA_OK;
     uint8_t kept = 0, i;
     for (i = 0; i < box->count; i++) {
         report_t q = box->r[i];
+        const char *status = nth(report_names, q.status);
         if (q.status == REPORT_CONFIRMED && strcmp(q.version, c->boot.running_version) != 0) {
             /* Queued before a confirm that never completed: no longer true. */
-            LOG_W(c, "dropping the confirm of %s, which did not complete", q.version);
+            LOG_W(c, "dropping the unfinished confirm of %s", q.version);
             continue;
         }
         if ((q.status == REPORT_CONFIRMED && c->boot.trial) || !q.session[0]) {
@@ -429,13 +481,12 @@ fota_err_t fota_flush(fota_client_t *c)
         }
         fota_err_t err = send_report(c, &q);
         if (err == FOTA_OK) {
-            LOG_I(c, "reported %s of %s", report_names[q.status], q.version);
+            LOG_I(c, "reported %s of %s", status, q.version);
             continue;
         }
         if (err == FOTA_ERR_POWER) return err;
         if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
-            LOG_W(c, "report %s of %s refused for good (%s); dropping it", report_names[q.status], q.version,
-                  fota_err_str(err));
+            LOG_W(c, "dropping report %s of %s: %s", status, q.version, fota_err_str(err));
             continue;
         }
         if (!first) first = err;
@@ -451,8 +502,16 @@ fota_err_t fota_flush(fota_client_t *c)
     return err ? err : first;
 }
 
-/* ---- Init, boot, confirm ---- */
+/* Sends what is queued after a step that queued a report; only a power
+ * failure matters to the caller, the rest waits for the next flush. */
+static fota_err_t flush_queued(fota_client_t *c)
+{
+    fota_err_t err = fota_flush(c);
+    if (err && err != FOTA_ERR_POWER) log_err(c, FOTA_LOG_INFO, "reports stay queued", "", err);
+    return err == FOTA_ERR_POWER ? err : FOTA_OK;
+}
 
+/* ---- Init, boot, confirm ---- */
 
 fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port_t *port, uint8_t *work,
                      size_t work_size)
@@ -477,7 +536,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
         !cfg->server_url) {
-        LOG_E(c, "fota_init: device id, hardware, chip, key or server URL missing or malformed");
+        LOG_E(c, "fota_init: bad or missing device id, hardware, chip, key or server URL");
         return FOTA_ERR_ARGUMENT;
     }
     /* The path prefix of the server URL goes in front of every request URI. */
@@ -491,15 +550,14 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
     fota_err_t err = fota_key_load(&c->pk, cfg->public_key_pem, strlen(cfg->public_key_pem) + 1, DATA(c),
                                    DATA_CAP(c), &c->key_alg, c->key_id);
     if (err) {
-        LOG_E(c, err == FOTA_ERR_UNSUPPORTED
-                     ? "the release key is neither RSA (2048-4096 bits) nor ECDSA P-256; mbedtls cannot check Ed25519"
-                     : "the release public key does not parse (want PKIX PEM)");
+        /* mbedtls cannot check Ed25519: such a key is FOTA_ERR_UNSUPPORTED. */
+        log_err(c, FOTA_LOG_ERROR, "release key (PKIX PEM: RSA 2048-4096 or ECDSA P-256)", "", err);
         return err;
     }
     if (mbedtls_aes_setkey_dec(&c->aes, cfg->firmware_key, 256)) return FOTA_ERR_CRYPTO;
     err = port->boot_info(port->ctx, &c->boot);
     if (err) {
-        LOG_E(c, "boot state unreadable: %s", fota_err_str(err));
+        log_err(c, FOTA_LOG_ERROR, "boot_info", "", err);
         return err;
     }
     c->boot.running_version[FOTA_VERSION_MAX] = 0;
@@ -542,20 +600,14 @@ typedef struct {
     char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
 } rejected_t;
 
-static bool load_rejected(fota_client_t *c, rejected_t *r)
+/* Loads the list into r; whether version is in it. */
+static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
 {
     bool ok = record_load(c, KEY_REJECTED, 'R', r, sizeof *r) && r->count <= FOTA_REJECTED_MAX;
     for (uint8_t i = 0; ok && i < r->count; i++) ok = terminated(r->v[i], sizeof r->v[i]);
     if (!ok) r->count = 0;
-    return ok;
-}
-
-static bool rejected(fota_client_t *c, const char *version)
-{
-    rejected_t r;
-    load_rejected(c, &r);
-    for (uint8_t i = 0; i < r.count; i++)
-        if (!strcmp(r.v[i], version)) return true;
+    for (uint8_t i = 0; i < r->count; i++)
+        if (!strcmp(r->v[i], version)) return true;
     return false;
 }
 
@@ -563,8 +615,7 @@ static bool rejected(fota_client_t *c, const char *version)
 static fota_err_t add_rejected(fota_client_t *c, const char *version)
 {
     rejected_t r;
-    if (rejected(c, version)) return FOTA_OK;
-    load_rejected(c, &r);
+    if (rejected(c, &r, version)) return FOTA_OK;
     if (r.count == FOTA_REJECTED_MAX) {
         memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
         r.count--;
@@ -601,15 +652,13 @@ fota_err_t fota_startup(fota_client_t *c)
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
             char reason[FOTA_REASON_MAX + 1];
-            snprintf(reason, sizeof reason, "self-test failed: %s", fota_err_str(result));
+            snprintf(reason, sizeof reason, "%s: %s", fota_err_str(FOTA_ERR_SELF_TEST), fota_err_str(result));
             err = fota_reject(c, reason);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
         if ((err = fota_confirm(c))) return err;
     }
-    err = fota_flush(c);
-    if (err == FOTA_ERR_POWER) return err;
-    if (err) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
+    if ((err = flush_queued(c))) return err;
     if (!c->boot.trial) progress(c, FOTA_STATE_IDLE, FOTA_OK);
     return FOTA_OK;
 }
@@ -624,26 +673,24 @@ fota_err_t fota_confirm(fota_client_t *c)
         (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
         return err;
     if ((err = c->port->boot_confirm(c->port->ctx))) {
-        LOG_E(c, "confirm image: %s", fota_err_str(err));
-        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        log_err(c, FOTA_LOG_ERROR, "boot_confirm", "", err);
+        return port_err(err, FOTA_ERR_FLASH);
     }
     c->boot.trial = false;
     record_delete(c, KEY_INSTALL);
     LOG_I(c, "update %s confirmed", c->boot.running_version);
     c->progress.version = c->boot.running_version;
     progress(c, FOTA_STATE_IDLE, FOTA_OK);
-    err = fota_flush(c);
-    if (err && err != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
-    return err == FOTA_ERR_POWER ? err : FOTA_OK;
+    return flush_queued(c);
 }
 
 fota_err_t fota_reject(fota_client_t *c, const char *reason)
 {
     if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
-    fota_err_t err = c->port->boot_reject(c->port->ctx, reason ? reason : "rejected");
-    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-    LOG_W(c, "image %s rejected (%s); the next boot runs the previous one", c->boot.running_version,
-          reason ? reason : "");
+    if (!reason) reason = "rejected";
+    fota_err_t err = c->port->boot_reject(c->port->ctx, reason);
+    if (err) return port_err(err, FOTA_ERR_FLASH);
+    LOG_W(c, "image %s rejected (%s); the next boot runs the previous one", c->boot.running_version, reason);
     c->progress.version = c->boot.running_version;
     progress(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
     return FOTA_OK;
@@ -654,40 +701,51 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
 typedef struct {
     fota_manifest_t *m;
     uint32_t seen;
-    bool ok;
 } manifest_walk_t;
 
 enum { M_FORMAT, M_PRODUCT, M_HARDWARE, M_VERSION, M_COUNTER, M_PSIZE, M_PSHA, M_CIPHER, M_IV, M_CSIZE, M_CSHA,
        M_CHUNK, M_CREATED, M_KEY, M_ALG, M_NOTES, M__COUNT };
-static const char *const manifest_fields[M__COUNT] = {
-    "format", "product", "hardware", "version", "security_counter", "plaintext_size", "plaintext_sha256", "cipher",
-    "iv", "ciphertext_size", "ciphertext_sha256", "chunk_size", "created", "key_id", "signature_alg", "notes"};
+static const char manifest_fields[] =
+    "format\0product\0hardware\0version\0security_counter\0plaintext_size\0plaintext_sha256\0cipher\0iv\0"
+    "ciphertext_size\0ciphertext_sha256\0chunk_size\0created\0key_id\0signature_alg\0notes\0";
 #define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
+
+/* A JSON unsigned integer in [min, max] into *out (left alone otherwise). */
+static bool u32_in(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
+{
+    uint64_t x;
+    if (!fota_json_uint(v, max, &x) || x < min) return false;
+    *out = (uint32_t)x;
+    return true;
+}
+
+static bool hex_in(const fota_json_t *v, uint8_t *out, size_t n)
+{
+    return v->type == FOTA_J_STRING && fota_unhex(out, n, v->p, v->n);
+}
 
 static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
 {
     manifest_walk_t *w = user;
     fota_manifest_t *m = w->m;
-    uint64_t x = 0;
+    uint32_t x = 0;
     int64_t created;
-    int f = 0;
-    while (f < M__COUNT && !(strlen(manifest_fields[f]) == n && !memcmp(manifest_fields[f], key, n))) f++;
-    if (f == M__COUNT) return false; /* readers reject unknown fields */
+    int f = name_index(manifest_fields, key, n);
+    if (f < 0) return false; /* readers reject unknown fields */
     w->seen |= 1u << f;
     switch (f) {
-    case M_FORMAT: return fota_json_uint(v, 1, &x) && x == 1;
+    case M_FORMAT: return u32_in(v, 1, 1, &x);
     case M_PRODUCT: return v->type == FOTA_J_STRING && v->n >= 1 && v->n <= 64;
     case M_HARDWARE: return fota_json_str(v, m->hardware, sizeof m->hardware) && plain_id(m->hardware, 32, true);
     case M_VERSION: return fota_json_str(v, m->version, sizeof m->version) && fota_semver_valid(m->version);
-    case M_COUNTER: return fota_json_uint(v, UINT32_MAX, &x) && ((m->security_counter = (uint32_t)x), true);
-    case M_PSIZE: return fota_json_uint(v, 256u << 20, &x) && x > 0 && ((m->plaintext_size = (uint32_t)x), true);
-    case M_PSHA: return v->type == FOTA_J_STRING && fota_unhex(m->plaintext_sha256, 32, v->p, v->n);
+    case M_COUNTER: return u32_in(v, 0, UINT32_MAX, &m->security_counter);
+    case M_PSIZE: return u32_in(v, 1, 256u << 20, &m->plaintext_size);
+    case M_PSHA: return hex_in(v, m->plaintext_sha256, 32);
     case M_CIPHER: return fota_json_is(v, "aes-256-cbc");
-    case M_IV: return v->type == FOTA_J_STRING && fota_unhex(m->iv, 16, v->p, v->n);
-    case M_CSIZE: return fota_json_uint(v, (256u << 20) + 16, &x) && ((m->ciphertext_size = (uint32_t)x), true);
-    case M_CSHA: return v->type == FOTA_J_STRING && fota_unhex(m->ciphertext_sha256, 32, v->p, v->n);
-    case M_CHUNK:
-        return fota_json_uint(v, 65536, &x) && x >= 256 && x % 16 == 0 && ((m->chunk_size = (uint32_t)x), true);
+    case M_IV: return hex_in(v, m->iv, 16);
+    case M_CSIZE: return u32_in(v, 0, (256u << 20) + 16, &m->ciphertext_size);
+    case M_CSHA: return hex_in(v, m->ciphertext_sha256, 32);
+    case M_CHUNK: return u32_in(v, 256, 65536, &x) && x % 16 == 0 && ((m->chunk_size = x), true);
     case M_CREATED: return v->type == FOTA_J_STRING && fota_parse_rfc3339(v->p, v->n, &created);
     case M_KEY: return fota_json_str(v, m->key_id, sizeof m->key_id) && strlen(m->key_id) == 16;
     case M_ALG: return fota_json_str(v, m->alg, sizeof m->alg);
@@ -698,7 +756,7 @@ static bool manifest_member(void *user, const char *key, size_t n, const fota_js
 fota_err_t fota_manifest_parse(const char *js, size_t len, fota_manifest_t *m)
 {
     memset(m, 0, sizeof *m);
-    manifest_walk_t w = {m, 0, true};
+    manifest_walk_t w = {m, 0};
     if (!fota_json_object(js, len, manifest_member, &w) || (w.seen & M_REQUIRED) != M_REQUIRED ||
         m->ciphertext_size != (m->plaintext_size / 16 + 1) * 16)
         return FOTA_ERR_MANIFEST;
@@ -714,41 +772,30 @@ int fota_unpad(const uint8_t block[16])
 
 /* ---- The check answer ---- */
 
+/* The members of the check answer the client reads; the numbers last. */
+enum { A_UPDATE, A_SESSION, A_VERSION, A_MANIFEST, A_SIGNATURE, A_MESSAGE, A_MACS, A_AFTER, A_UNTIL, A_CHUNK_SIZE,
+       A_CHUNKS, A_CSIZE, A__COUNT };
+static const char answer_fields[] = "update\0session_id\0version\0manifest\0signature\0message\0chunk_macs\0"
+                                    "install_after\0install_until\0chunk_size\0chunks\0ciphertext_size\0";
+
 typedef struct {
-    bool update;
-    fota_json_t session, version, manifest, signature, message, macs, after, until;
-    uint64_t chunk_size, chunks, ciphertext_size;
+    fota_json_t v[A__COUNT];
+    uint32_t num[3]; /* chunk_size, chunks, ciphertext_size; 0 when absent */
 } answer_t;
 
-static bool answer_member(void *user, const char *key, size_t n, const fota_json_t *v)
+/* Reads the check answer (len bytes at js); false when it is malformed. */
+static bool parse_answer(const uint8_t *js, size_t len, answer_t *a)
 {
-    answer_t *a = user;
-#define IS(k) (n == sizeof(k) - 1 && !memcmp(key, k, n))
-    if (IS("update")) a->update = v->type == FOTA_J_TRUE;
-    else if (IS("session_id")) a->session = *v;
-    else if (IS("version")) a->version = *v;
-    else if (IS("manifest")) a->manifest = *v;
-    else if (IS("signature")) a->signature = *v;
-    else if (IS("message")) a->message = *v;
-    else if (IS("chunk_macs")) a->macs = *v;
-    else if (IS("install_after")) a->after = *v;
-    else if (IS("install_until")) a->until = *v;
-    else if (IS("chunk_size")) return fota_json_uint(v, 65536, &a->chunk_size);
-    else if (IS("chunks")) return fota_json_uint(v, UINT32_MAX, &a->chunks);
-    else if (IS("ciphertext_size")) return fota_json_uint(v, UINT32_MAX, &a->ciphertext_size);
-#undef IS
-    return true; /* newer servers may say more */
-}
-
-/* The manifest's key_id, read before its signature is checked, only to
- * say "untrusted key" rather than "bad signature" (as the Go agent does). */
-static bool key_id_member(void *user, const char *key, size_t n, const fota_json_t *v)
-{
-    if (n == 6 && !memcmp(key, "key_id", 6)) fota_json_str(v, user, 17);
+    memset(a->num, 0, sizeof a->num);
+    if (!pick(js, len, answer_fields, a->v, A__COUNT)) return false;
+    for (int i = A_CHUNK_SIZE; i < A__COUNT; i++)
+        if (a->v[i].type && !u32_in(&a->v[i], 0, i == A_CHUNK_SIZE ? 65536 : UINT32_MAX, &a->num[i - A_CHUNK_SIZE]))
+            return false;
     return true;
 }
 
-/* Reasons are reported to the server; they say what the device found. */
+/* Reasons are reported to the server after the error's text, and logged
+ * so: they add what the device found, the numbers that matter. */
 static void reason(char *out, const char *fmt, ...)
 {
     va_list ap;
@@ -764,77 +811,68 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
 {
     fota_offer_t *o = &c->offer;
     fota_manifest_t m;
-    if (!fota_json_str(&a->session, o->session, sizeof o->session) || !plain_id(o->session, FOTA_SESSION_MAX, false) ||
-        !fota_json_str(&a->version, o->version, sizeof o->version) || a->manifest.type != FOTA_J_STRING ||
-        a->signature.type != FOTA_J_STRING) {
+    fota_json_t *v = a->v;
+    if (!fota_json_str(&v[A_SESSION], o->session, sizeof o->session) || !plain_id(o->session, FOTA_SESSION_MAX, false) ||
+        !fota_json_str(&v[A_VERSION], o->version, sizeof o->version) || v[A_MANIFEST].type != FOTA_J_STRING ||
+        v[A_SIGNATURE].type != FOTA_J_STRING) {
         o->session[0] = 0;
-        reason(why, "the check answer lacks a session, version, manifest or signature");
+        reason(why, "no session, version, manifest or signature");
         return FOTA_ERR_PROTOCOL;
     }
-    uint8_t *manifest = (uint8_t *)(uintptr_t)a->manifest.p, *sig = (uint8_t *)(uintptr_t)a->signature.p;
-    int32_t mlen = fota_base64_decode(manifest, a->manifest.p, a->manifest.n);
-    int32_t slen = fota_base64_decode(sig, a->signature.p, a->signature.n);
+    uint8_t *manifest = (uint8_t *)(uintptr_t)v[A_MANIFEST].p, *sig = (uint8_t *)(uintptr_t)v[A_SIGNATURE].p;
+    int32_t mlen = fota_base64_decode(manifest, v[A_MANIFEST].p, v[A_MANIFEST].n);
+    int32_t slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     if (mlen <= 0 || slen < 0) {
-        reason(why, "the check answer carries a malformed manifest or signature");
+        reason(why, "bad base64 in manifest or signature");
         return FOTA_ERR_PROTOCOL;
     }
+    /* The manifest's key_id, read before its signature is checked, only to
+     * say "untrusted key" rather than "bad signature" (as the Go agent does). */
     char key_id[17] = "", ours[17];
+    fota_json_t k;
     fota_hex(ours, c->key_id, 8);
-    fota_json_object((const char *)manifest, (size_t)mlen, key_id_member, key_id);
+    pick(manifest, (size_t)mlen, "key_id\0", &k, 1);
+    fota_json_str(&k, key_id, sizeof key_id);
     if (key_id[0] && strcmp(key_id, ours) != 0) {
-        reason(why, "refusing update %s: signed by an untrusted key (%s)", o->version, key_id);
+        reason(why, "key_id %s, trusted %s", key_id, ours);
         return FOTA_ERR_UNTRUSTED_KEY;
     }
     fota_err_t err = fota_verify(&c->pk, &c->sha2, manifest, (size_t)mlen, sig, (size_t)slen);
-    if (err) {
-        reason(why, "refusing update %s: the manifest signature does not match the key", o->version);
-        return err;
-    }
-    if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) {
-        reason(why, "refusing update %s: the signed manifest is malformed", o->version);
-        return FOTA_ERR_MANIFEST;
-    }
-    static const char *const algs[] = {"", "rsa-2048", "ecdsa-p256"};
-    if (strcmp(m.alg, algs[c->key_alg]) != 0) {
-        reason(why, "refusing update %s: signature_alg %s, but the trusted key is %s", m.version, m.alg,
-               algs[c->key_alg]);
+    if (err) return err;
+    if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) return FOTA_ERR_MANIFEST;
+    const char *alg = nth("\0rsa-2048\0ecdsa-p256", (unsigned)c->key_alg);
+    if (strcmp(m.alg, alg) != 0) {
+        reason(why, "signature_alg %s, trusted key %s", m.alg, alg);
         return strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED;
     }
     uint32_t chunks = (m.ciphertext_size + m.chunk_size - 1) / m.chunk_size;
-    if (strcmp(m.version, o->version) || a->chunk_size != m.chunk_size || a->chunks != chunks ||
-        a->ciphertext_size != m.ciphertext_size) {
-        reason(why, "refusing update: the check answer (%s, %lu chunks) disagrees with the signed manifest (%s, %lu)",
-               o->version, (unsigned long)a->chunks, m.version, (unsigned long)chunks);
+    if (strcmp(m.version, o->version) || a->num[0] != m.chunk_size || a->num[1] != chunks ||
+        a->num[2] != m.ciphertext_size) {
+        reason(why, "answer %s, %lu chunks; signed %s, %lu", o->version, (unsigned long)a->num[1], m.version,
+               (unsigned long)chunks);
         return FOTA_ERR_MANIFEST;
     }
     if (strcmp(m.hardware, c->cfg->hardware) != 0) {
-        reason(why, "refusing update %s: built for %s, this device is %s", m.version, m.hardware, c->cfg->hardware);
+        reason(why, "for %s, this device is %s", m.hardware, c->cfg->hardware);
         return FOTA_ERR_HARDWARE;
     }
     if (fota_semver_cmp(m.version, c->boot.running_version) <= 0) {
-        reason(why, "refusing update %s: not newer than the running %s (downgrade)", m.version,
-               c->boot.running_version);
+        reason(why, "running %s", c->boot.running_version);
         return FOTA_ERR_DOWNGRADE;
     }
     if (m.security_counter < c->boot.security_counter) {
-        reason(why, "refusing update %s: security counter %lu is below the device's %lu", m.version,
-               (unsigned long)m.security_counter, (unsigned long)c->boot.security_counter);
+        reason(why, "%lu, the device's %lu", (unsigned long)m.security_counter,
+               (unsigned long)c->boot.security_counter);
         return FOTA_ERR_COUNTER;
     }
-    if (m.plaintext_size > c->boot.slot_size) {
-        reason(why, "refusing update %s: %lu bytes do not fit the %lu-byte slot", m.version,
-               (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size);
+    if (m.plaintext_size > c->boot.slot_size || m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
+        reason(why, "%lu-byte image, %lu-byte slot; %lu-byte chunks, %lu-byte work buffer",
+               (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
+               (unsigned long)c->work_size);
         return FOTA_ERR_TOO_LARGE;
     }
-    if (m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
-        reason(why, "refusing update %s: chunks of %lu bytes do not fit this client's %lu-byte work buffer", m.version,
-               (unsigned long)m.chunk_size, (unsigned long)c->work_size);
-        return FOTA_ERR_TOO_LARGE;
-    }
-    if (rejected(c, m.version)) {
-        reason(why, "refusing update %s: this device rolled back from it; waiting for a newer release", m.version);
-        return FOTA_ERR_ROLLED_BACK;
-    }
+    rejected_t r;
+    if (rejected(c, &r, m.version)) return FOTA_ERR_ROLLED_BACK;
     o->security_counter = m.security_counter;
     o->plaintext_size = m.plaintext_size;
     o->ciphertext_size = m.ciphertext_size;
@@ -844,44 +882,32 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
     memcpy(o->iv, m.iv, 16);
     /* "v2" among the offered schemes; servers from before v2 list none. */
     o->mac_v2 = false;
-    for (size_t i = 0; a->macs.type == FOTA_J_ARRAY && i + 4 <= a->macs.n; i++)
-        if (!memcmp(a->macs.p + i, "\"v2\"", 4)) o->mac_v2 = true;
+    for (size_t i = 0; v[A_MACS].type == FOTA_J_ARRAY && i + 4 <= v[A_MACS].n; i++)
+        if (!memcmp(v[A_MACS].p + i, "\"v2\"", 4)) o->mac_v2 = true;
     o->install_after = o->install_until = 0;
-    if ((a->after.type == FOTA_J_STRING && !fota_parse_rfc3339(a->after.p, a->after.n, &o->install_after)) ||
-        (a->until.type == FOTA_J_STRING && !fota_parse_rfc3339(a->until.p, a->until.n, &o->install_until))) {
-        reason(why, "the check answer's install window is malformed");
+    if ((v[A_AFTER].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].n, &o->install_after)) ||
+        (v[A_UNTIL].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].n, &o->install_until))) {
+        reason(why, "bad install window");
         return FOTA_ERR_PROTOCOL;
     }
     return FOTA_OK;
 }
 
 /* Sends the check-in and reads the answer into the data area. */
-static fota_err_t check_in(fota_client_t *c, size_t *len)
+static fota_err_t check_in(fota_client_t *c, size_t *len, char *why)
 {
     char *body = (char *)DATA(c);
+    const char *chip = c->cfg->chip;
     int n = snprintf(body, DATA_CAP(c),
                      "{\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
                      "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
-                     c->cfg->chip ? "\"chip\":\"" : "", c->cfg->chip ? c->cfg->chip : "", c->cfg->chip ? "\"," : "",
-                     (unsigned long)c->boot.slot_size);
+                     chip ? "\"chip\":\"" : "", chip ? chip : "", chip ? "\"," : "", (unsigned long)c->boot.slot_size);
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || !uri(c, "/v1/device/check")) return FOTA_ERR_BUFFER;
-    fota_http_response_t resp;
-    fota_err_t err;
-    for (int attempt = 0;; attempt++) {
-        /* The answer lands after the request body, which a retry sends again. */
-        err = request(c, "check", "POST", (const uint8_t *)body, (size_t)n, &resp);
-        if (err == FOTA_OK) {
-            size_t cap = DATA_CAP(c) - (size_t)n;
-            err = read_body(c, DATA(c) + n, cap, len);
-            c->port->http_end(c->port->ctx, err == FOTA_OK);
-            if (err == FOTA_ERR_BUFFER)
-                LOG_E(c, "the check answer is longer than the %lu bytes the work buffer has for it (long release "
-                         "notes?): give the client a larger work buffer",
-                      (unsigned long)cap);
-        }
-        if (!backoff(c, attempt, err)) break;
-    }
+    /* The answer lands after the request body, which a retry sends again. */
+    fota_err_t err = post(c, "check", (size_t)n, len);
+    if (err == FOTA_ERR_BUFFER)
+        reason(why, "the check answer is over %lu bytes (long release notes?)", (unsigned long)(DATA_CAP(c) - n));
     if (err) return err;
     /* Move the answer to the start of the data area. */
     memmove(DATA(c), DATA(c) + n, *len);
@@ -889,18 +915,6 @@ static fota_err_t check_in(fota_client_t *c, size_t *len)
 }
 
 /* ---- Download ---- */
-
-static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *got)
-{
-    *got = 0;
-    while (*got < n) {
-        int32_t r = c->port->http_read(c->port->ctx, buf + *got, n - *got);
-        if (r < 0) return FOTA_ERR_NETWORK;
-        if (r == 0) return FOTA_OK;
-        *got += (size_t)r;
-    }
-    return FOTA_OK;
-}
 
 /* Hashes what the slot holds of the image so far (a resumed download's
  * SHA-256 state is not kept: the bytes on flash are). */
@@ -910,7 +924,7 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
     for (uint32_t off = 0; off < len;) {
         size_t n = len - off < DATA_CAP(c) ? len - off : DATA_CAP(c);
         fota_err_t err = c->port->slot_read(c->port->ctx, off, DATA(c), n);
-        if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        if (err) return port_err(err, FOTA_ERR_FLASH);
         if (fota_sha256_update(&c->sha, DATA(c), n)) return FOTA_ERR_CRYPTO;
         off += (uint32_t)n;
     }
@@ -919,10 +933,11 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
 
 static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 {
-    fota_err_t err = c->port->slot_sync(c->port->ctx);
-    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-    return save_download(c, d);
+    fota_err_t err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH);
+    return err ? err : save_download(c, d);
 }
+
+static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
@@ -936,7 +951,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
              (unsigned long)want, o->mac_v2 ? "&mac=v2" : ""))
         return FOTA_ERR_BUFFER;
     fota_http_response_t resp;
-    fota_err_t err = request(c, "download", "GET", NULL, 0, &resp);
+    fota_err_t err = request(c, "download", "GET", 0, &resp);
     if (err) return err;
     uint8_t *chunk = DATA(c);
     uint32_t start = d->next_chunk;
@@ -945,12 +960,11 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         size_t got;
         err = read_full(c, head, sizeof head, &got);
         if (err || got == 0) break;
-        uint32_t index = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
-        uint32_t len = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 | (uint32_t)head[6] << 8 | head[7];
+        uint32_t index = be32(head), len = be32(head + 4);
         uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
-            reason(why, "malformed chunk frame: chunk %lu of %lu bytes where chunk %lu of %lu was due",
-                   (unsigned long)index, (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
+            reason(why, "chunk %lu of %lu bytes in the frame, %lu of %lu due", (unsigned long)index,
+                   (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
             err = FOTA_ERR_PROTOCOL;
             break;
         }
@@ -958,58 +972,51 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             err = FOTA_ERR_NETWORK; /* cut short: what came before is kept */
             break;
         }
+        err = FOTA_ERR_CRYPTO;
         if (o->mac_v2 ? fota_chunk_mac_v2(&c->sha2, session_key, index, chunk, len, mac)
-                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac)) {
-            err = FOTA_ERR_CRYPTO;
+                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac))
             break;
-        }
         if (!fota_equal(mac, head + 8, 32)) {
-            reason(why, "chunk %lu failed its HMAC", (unsigned long)index);
+            reason(why, "chunk %lu", (unsigned long)index);
             err = FOTA_ERR_CHUNK_MAC;
             break;
         }
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
-        if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) {
-            err = FOTA_ERR_CRYPTO;
-            break;
-        }
+        if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
         uint32_t plain = len;
+        err = FOTA_ERR_DECRYPT;
         if (index + 1 == o->chunks) {
             int tail = fota_unpad(chunk + len - 16);
             if (tail < 0) {
-                reason(why, "the image does not decrypt (bad padding): wrong firmware key?");
-                err = FOTA_ERR_DECRYPT;
+                reason(why, "bad padding (wrong firmware key?)");
                 break;
             }
             plain = len - 16 + (uint32_t)tail;
         }
         if (d->written + plain > o->plaintext_size) {
-            reason(why, "the image decrypts to more than its signed %lu bytes", (unsigned long)o->plaintext_size);
-            err = FOTA_ERR_DECRYPT;
+            reason(why, "more than the signed %lu bytes", (unsigned long)o->plaintext_size);
             break;
         }
-        if ((err = c->port->slot_write(c->port->ctx, d->written, chunk, plain))) {
-            reason(why, "slot write at %lu failed", (unsigned long)d->written);
-            err = err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
+            reason(why, "slot_write at %lu", (unsigned long)d->written);
             break;
         }
-        if (fota_sha256_update(&c->sha, chunk, plain)) {
-            err = FOTA_ERR_CRYPTO;
-            break;
-        }
+        err = FOTA_ERR_CRYPTO;
+        if (fota_sha256_update(&c->sha, chunk, plain)) break;
         d->written += plain;
         d->next_chunk++;
         c->progress.chunk = d->next_chunk;
         c->progress.bytes += len;
         progress(c, FOTA_STATE_DOWNLOADING, FOTA_OK);
+        err = FOTA_OK;
         if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
-            reason(why, "cannot save the download's progress");
+            reason(why, "saving a checkpoint");
             break;
         }
     }
     c->port->http_end(c->port->ctx, err == FOTA_OK);
     if (err == FOTA_OK && d->next_chunk == start) {
-        reason(why, "empty answer: no chunk from %lu", (unsigned long)start);
+        reason(why, "no chunk from %lu", (unsigned long)start);
         return FOTA_ERR_PROTOCOL;
     }
     /* Chunks arrived before a network failure: go on from there. */
@@ -1035,7 +1042,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     for (int attempt = 0; d->next_chunk < o->chunks;) {
         if (c->port->now(c->port->ctx) >= deadline) {
             /* What arrived is checkpointed: the next check resumes from there. */
-            reason(why, "the download did not finish within %lu s", (unsigned long)limit);
+            reason(why, "over %lu s", (unsigned long)limit);
             err = checkpoint(c, d);
             if (err == FOTA_OK) err = FOTA_ERR_TIMEOUT;
             break;
@@ -1049,8 +1056,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
             if (failed_at != d->next_chunk) mac_failures = 0;
             failed_at = d->next_chunk;
             if (++mac_failures > allowed) {
-                reason(why, "chunk %lu failed its HMAC %u times; abandoning the session", (unsigned long)failed_at,
-                       mac_failures);
+                reason(why, "chunk %lu, %u times; abandoning the session", (unsigned long)failed_at, mac_failures);
                 break;
             }
             LOG_W(c, "chunk %lu failed its HMAC; fetching it again", (unsigned long)failed_at);
@@ -1062,16 +1068,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     return d->next_chunk == o->chunks ? FOTA_OK : err;
 }
 
-/* Hashes the whole image in the slot again (an image kept for its window). */
-static fota_err_t verify_slot(fota_client_t *c)
-{
-    uint8_t digest[32];
-    fota_err_t err = rehash(c, c->offer.plaintext_size);
-    if (err) return err;
-    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
-    return fota_equal(digest, c->offer.plaintext_sha256, 32) ? FOTA_OK : FOTA_ERR_HASH;
-}
-
+/* Queues the downloaded and verified reports of the offer. */
 static fota_err_t queue_verified(fota_client_t *c)
 {
     fota_err_t err = queue_report(c, REPORT_DOWNLOADED, c->offer.session, c->offer.version, "");
@@ -1083,17 +1080,17 @@ static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     int64_t now = server_now(c);
+    fota_err_t err;
     if ((o->install_after && now < o->install_after) || (o->install_until && now >= o->install_until)) {
         if (!d->verified || strcmp(d->session, o->session) != 0) {
             d->verified = 1;
             d->next_chunk = o->chunks;
             copy_str(d->session, sizeof d->session, o->session);
-            fota_err_t err = save_download(c, d);
-            if (err) return err;
+            if ((err = save_download(c, d))) return err;
         }
         res->deferred = true;
         res->install_after = o->install_after && now < o->install_after ? o->install_after : 0;
-        LOG_I(c, "update %s downloaded and verified; installing inside its maintenance window", o->version);
+        LOG_I(c, "update %s verified; installing inside its maintenance window", o->version);
         progress(c, FOTA_STATE_DEFERRED, FOTA_OK);
         return FOTA_OK;
     }
@@ -1103,12 +1100,11 @@ static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
     memset(&in, 0, sizeof in);
     copy_str(in.version, sizeof in.version, o->version);
     copy_str(in.session, sizeof in.session, o->session);
-    fota_err_t err = record_save(c, KEY_INSTALL, 'I', &in, sizeof in);
-    if (err) return err;
+    if ((err = record_save(c, KEY_INSTALL, 'I', &in, sizeof in))) return err;
     if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
                                          o->plaintext_sha256))) {
-        LOG_E(c, "mark the new image to boot: %s", fota_err_str(err));
-        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        log_err(c, FOTA_LOG_ERROR, "slot_set_pending", "", err);
+        return port_err(err, FOTA_ERR_FLASH);
     }
     record_delete(c, KEY_DOWNLOAD);
     if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
@@ -1118,25 +1114,33 @@ static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
     return FOTA_OK;
 }
 
+/* Finishes the image's SHA-256 and compares it with the signed one. */
+static fota_err_t check_hash(fota_client_t *c)
+{
+    uint8_t digest[32];
+    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
+    return fota_equal(digest, c->offer.plaintext_sha256, 32) ? FOTA_OK : FOTA_ERR_HASH;
+}
+
 /* Downloads (or resumes), verifies and applies the judged offer. */
 static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
 {
     fota_offer_t *o = &c->offer;
     download_t d;
-    uint8_t digest[32];
     fota_err_t err = FOTA_OK;
     bool saved = load_download(c, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
                  d.written <= o->plaintext_size;
     if (saved && d.verified && d.next_chunk == o->chunks) {
+        /* Kept for its install window: hash the whole image in the slot again. */
         progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
-        if ((err = verify_slot(c)) == FOTA_OK) {
-            LOG_I(c, "update %s was downloaded and verified before; not downloading it again", o->version);
+        if ((err = rehash(c, o->plaintext_size)) == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
+            LOG_I(c, "update %s was verified before; not downloading it again", o->version);
             if (strcmp(d.session, o->session) != 0 && (err = queue_verified(c))) return err;
             return apply(c, &d, res);
         }
         if (err == FOTA_ERR_POWER) return err;
-        LOG_W(c, "the image kept in the slot no longer matches its SHA-256; downloading it again");
+        LOG_W(c, "the image kept in the slot changed; downloading it again");
         saved = false;
     }
     if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
@@ -1148,9 +1152,9 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
         copy_str(d.base, sizeof d.base, c->boot.running_version);
         memcpy(d.sha256, o->plaintext_sha256, 32);
         memcpy(d.cbc, o->iv, 16);
-        if ((err = c->port->slot_begin(c->port->ctx, o->plaintext_size))) {
-            reason(why, "cannot erase the update slot");
-            return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
+            reason(why, "slot_begin");
+            return err;
         }
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
         LOG_I(c, "downloading %s: %lu chunks", o->version, (unsigned long)o->chunks);
@@ -1158,19 +1162,28 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d, why))) return err;
     progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
-    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
-    if (d.written != o->plaintext_size || !fota_equal(digest, o->plaintext_sha256, 32)) {
-        reason(why, "refusing update %s: firmware sha256 mismatch", o->version);
-        return FOTA_ERR_HASH;
-    }
-    if ((err = c->port->slot_sync(c->port->ctx))) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    if ((err = check_hash(c))) return err;
+    if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
+    if ((err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH))) return err;
     if ((err = queue_verified(c))) return err;
     return apply(c, &d, res);
 }
 
+#define BIT(e) (1u << (e))
+/* Failures of the offer or the image are the device's word, reported:
+ * refused by the device's rules, or failed. The server's refusals and
+ * network faults are not (the session may be gone). */
+#define REFUSED (BIT(FOTA_ERR_DOWNGRADE) | BIT(FOTA_ERR_ROLLED_BACK) | BIT(FOTA_ERR_COUNTER) | BIT(FOTA_ERR_TOO_LARGE))
+#define FAILED                                                                                                        \
+    (BIT(FOTA_ERR_SIGNATURE) | BIT(FOTA_ERR_UNTRUSTED_KEY) | BIT(FOTA_ERR_UNSUPPORTED) | BIT(FOTA_ERR_MANIFEST) |     \
+     BIT(FOTA_ERR_HARDWARE) | BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_DECRYPT) | BIT(FOTA_ERR_HASH) |                  \
+     BIT(FOTA_ERR_PROTOCOL))
+/* The device found the image bad: what was downloaded of it is forgotten. */
+#define BAD_IMAGE (BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_HASH) | BIT(FOTA_ERR_DECRYPT))
+
 fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
 {
-    char why[FOTA_REASON_MAX + 1] = "";
+    char why[FOTA_REASON_MAX + 1] = "", line[FOTA_REASON_MAX + 1];
     answer_t a;
     size_t len = 0;
     fota_err_t err;
@@ -1180,16 +1193,15 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
     c->progress.version = "";
     progress(c, FOTA_STATE_CHECKING, FOTA_OK);
-    if ((err = check_in(c, &len))) goto out;
-    memset(&a, 0, sizeof a);
-    if (!fota_json_object((const char *)DATA(c), len, answer_member, &a)) {
-        LOG_E(c, "the check answer is not the JSON object expected");
+    if ((err = check_in(c, &len, why))) goto out;
+    if (!parse_answer(DATA(c), len, &a)) {
+        reason(why, "the check answer's JSON");
         err = FOTA_ERR_PROTOCOL;
         goto out;
     }
-    if (!a.update) {
-        LOG_I(c, "no update: %.*s", a.message.type == FOTA_J_STRING ? (int)a.message.n : 0,
-              a.message.p ? a.message.p : "");
+    if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
+        fota_json_t *m = &a.v[A_MESSAGE];
+        LOG_I(c, "no update: %.*s", m->type == FOTA_J_STRING ? (int)m->n : 0, m->p ? m->p : "");
         progress(c, FOTA_STATE_IDLE, FOTA_OK);
         return FOTA_OK;
     }
@@ -1199,26 +1211,15 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     c->progress.version = c->offer.version;
     if (err == FOTA_OK) err = install(c, res, why);
 out:
-    if (err == FOTA_OK) return FOTA_OK;
-    if (err == FOTA_ERR_POWER) return err;
-    LOG_E(c, "update failed: %s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
+    if (err == FOTA_OK || err == FOTA_ERR_POWER) return err;
+    /* The error's text, then what the device found: logged and reported. */
+    reason(line, "%s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
+    LOG_E(c, "update failed: %s", line);
     progress(c, FOTA_STATE_ERROR, err);
-    /* The device found the image bad: forget what was downloaded of it. */
-    if (err == FOTA_ERR_CHUNK_MAC || err == FOTA_ERR_HASH || err == FOTA_ERR_DECRYPT) record_delete(c, KEY_DOWNLOAD);
-    /* Failures of the offer or the image are the device's word; the server's
-     * refusals and network faults are not reported (the session may be gone). */
-    bool refused = err == FOTA_ERR_DOWNGRADE || err == FOTA_ERR_ROLLED_BACK || err == FOTA_ERR_COUNTER ||
-                   err == FOTA_ERR_TOO_LARGE;
-    bool failed = err == FOTA_ERR_SIGNATURE || err == FOTA_ERR_UNTRUSTED_KEY || err == FOTA_ERR_UNSUPPORTED ||
-                  err == FOTA_ERR_MANIFEST || err == FOTA_ERR_HARDWARE || err == FOTA_ERR_CHUNK_MAC ||
-                  err == FOTA_ERR_DECRYPT || err == FOTA_ERR_HASH || err == FOTA_ERR_PROTOCOL;
-    if ((refused || failed) && c->offer.session[0] && res->update) {
-        if (!why[0]) copy_str(why, sizeof why, fota_err_str(err));
-        if (queue_report(c, refused ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version, why) ==
-            FOTA_OK) {
-            fota_err_t ferr = fota_flush(c);
-            if (ferr && ferr != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(ferr));
-        }
-    }
+    if (BIT(err) & BAD_IMAGE) record_delete(c, KEY_DOWNLOAD);
+    if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&
+        queue_report(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version,
+                     line) == FOTA_OK)
+        flush_queued(c);
     return err;
 }
