@@ -713,9 +713,9 @@ static const char manifest_fields[] =
 /* A JSON unsigned integer in [min, max] into *out (left alone otherwise). */
 static bool u32_in(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
 {
-    uint64_t x;
+    uint32_t x;
     if (!fota_json_uint(v, max, &x) || x < min) return false;
-    *out = (uint32_t)x;
+    *out = x;
     return true;
 }
 

@@ -34,7 +34,7 @@ typedef struct {
 typedef bool (*fota_json_member_fn)(void *user, const char *key, size_t key_len, const fota_json_t *value);
 bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *user);
 /* An unsigned integer value without sign, fraction or exponent, at most max. */
-bool fota_json_uint(const fota_json_t *v, uint64_t max, uint64_t *out);
+bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out);
 /* Copies a string value without escapes into out (cap bytes with the NUL). */
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap);
 /* Whether v is the string s. */
@@ -45,10 +45,8 @@ bool fota_semver_valid(const char *v);
 int fota_semver_cmp(const char *a, const char *b);
 
 /* RFC 3339 UTC times as the server writes them ("2026-05-02T01:00:00Z",
- * fractions allowed, offsets allowed) to Unix seconds; false if malformed. */
+ * fractions allowed) to Unix seconds; false if malformed or not UTC ("Z"). */
 bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out);
-/* Days since 1970-01-01 of a civil date. */
-int64_t fota_days_from_civil(int64_t y, unsigned m, unsigned d);
 
 /* ---- Crypto over mbedtls 2.28 / 3.x (fota_crypto.c) ---- */
 

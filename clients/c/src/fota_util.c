@@ -10,9 +10,8 @@
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
+    c |= 0x20; /* A-F to a-f; no other character lands in a-f */
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 void fota_hex(char *out, const uint8_t *in, size_t n)
@@ -50,28 +49,21 @@ int32_t fota_base64_decode(uint8_t *out, const char *in, size_t len)
 {
     /* Output never overtakes input (3 bytes out per 4 in), so in place works. */
     if (len % 4 != 0) return -1;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4], pad = 0;
-        for (int k = 0; k < 4; k++) {
-            char c = in[i + k];
-            if (c == '=' && i + 4 == len && k >= 2) {
-                v[k] = 0;
-                pad++;
-                continue;
-            }
-            if (pad) return -1; /* data after padding */
-            v[k] = b64val(c);
-            if (v[k] < 0) return -1;
+    size_t pad = len && in[len - 1] == '=' ? 1 + (in[len - 2] == '=') : 0, o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len - pad; i++) {
+        int v = b64val(in[i]); /* '=' before the padding is malformed too */
+        if (v < 0) return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        /* Strict: the bits padding drops must be zero (one encoding per value). */
-        if ((pad == 1 && (w & 0xff)) || (pad == 2 && (w & 0xffff))) return -1;
-        out[o++] = (uint8_t)(w >> 16);
-        if (pad < 2) out[o++] = (uint8_t)(w >> 8);
-        if (pad < 1) out[o++] = (uint8_t)w;
     }
-    return (int32_t)o;
+    /* Strict: the bits padding drops must be zero (one encoding per value). */
+    return acc & ((1u << bits) - 1) ? -1 : (int32_t)o;
 }
 
 /* ---- JSON ---- */
@@ -258,14 +250,13 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
     return c.p == c.end;
 }
 
-bool fota_json_uint(const fota_json_t *v, uint64_t max, uint64_t *out)
+bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out)
 {
-    if (v->type != FOTA_J_NUMBER || v->n == 0 || v->n > 20 || (v->n > 1 && v->p[0] == '0')) return false;
-    uint64_t x = 0;
+    if (v->type != FOTA_J_NUMBER || (v->n > 1 && v->p[0] == '0')) return false;
+    uint32_t x = 0;
     for (size_t i = 0; i < v->n; i++) {
-        if (v->p[i] < '0' || v->p[i] > '9') return false;
-        uint64_t d = (uint64_t)(v->p[i] - '0');
-        if (x > (max - d) / 10) return false;
+        uint32_t d = (uint32_t)(v->p[i] - '0');
+        if (d > 9 || d > max || x > (max - d) / 10) return false;
         x = x * 10 + d;
     }
     *out = x;
@@ -300,23 +291,25 @@ static bool fits64(const char *s, int n)
     return n < 20 || (n == 20 && strncmp(s, "18446744073709551615", 20) <= 0);
 }
 
-/* Length of the dot-separated identifier list at s ending at a char in
- * stop; numeric identifiers must not have leading zeros when strict. -1 if
- * malformed. */
-static int ident_list(const char *s, const char *stop, bool strict)
+/* The parts of a version, by what ids checks. */
+enum { IDS_BUILD, IDS_PRERELEASE, IDS_CORE };
+
+/* Length of the dot-separated identifier list at s: the core's three
+ * numbers (no leading zeros, 64 bits), a prerelease's identifiers (numeric
+ * ones without leading zeros) or a build's. -1 if malformed. */
+static int ids(const char *s, int part)
 {
-    int i = 0;
+    int i = 0, count = 0;
     for (;;) {
         int start = i;
         bool numeric = true;
-        while (s[i] && !strchr(stop, s[i]) && s[i] != '.') {
-            if (!ident_char(s[i])) return -1;
-            numeric = numeric && is_digit(s[i]);
-            i++;
-        }
-        if (i == start) return -1;
-        if (strict && numeric && s[start] == '0' && i - start > 1) return -1;
-        if (s[i] != '.') return i;
+        while (part == IDS_CORE ? is_digit(s[i]) : ident_char(s[i])) numeric = is_digit(s[i++]) && numeric;
+        int n = i - start;
+        if (n == 0 || (part != IDS_BUILD && numeric && s[start] == '0' && n > 1) ||
+            (part == IDS_CORE && !fits64(s + start, n)))
+            return -1;
+        count++;
+        if (s[i] != '.') return part == IDS_CORE && count != 3 ? -1 : i;
         i++;
     }
 }
@@ -325,23 +318,16 @@ static int ident_list(const char *s, const char *stop, bool strict)
  * none); false when invalid. */
 static bool semver_split(const char *v, int *core_end, int *pre_end)
 {
-    int i = 0;
-    for (int part = 0; part < 3; part++) {
-        int start = i;
-        while (is_digit(v[i])) i++;
-        if (i == start || (v[start] == '0' && i - start > 1) || !fits64(v + start, i - start)) return false;
-        if (part < 2 && v[i++] != '.') return false;
-    }
-    *core_end = *pre_end = i;
+    int i = ids(v, IDS_CORE), n;
+    if (i < 0) return false;
+    *core_end = i;
     if (v[i] == '-') {
-        int n = ident_list(v + i + 1, "+", true);
-        if (n < 0) return false;
+        if ((n = ids(v + i + 1, IDS_PRERELEASE)) < 0) return false;
         i += 1 + n;
-        *pre_end = i;
     }
+    *pre_end = i;
     if (v[i] == '+') {
-        int n = ident_list(v + i + 1, "", false);
-        if (n < 0) return false;
+        if ((n = ids(v + i + 1, IDS_BUILD)) < 0) return false;
         i += 1 + n;
     }
     return v[i] == 0 && i <= FOTA_VERSION_MAX;
@@ -353,94 +339,83 @@ bool fota_semver_valid(const char *v)
     return semver_split(v, &a, &b);
 }
 
-/* Compares two runs of digits without leading zeros by value. */
-static int cmp_num(const char *a, int an, const char *b, int bn)
+/* Precedence of two valid identifier lists (an bytes at a, bn at b):
+ * numeric identifiers by value, below alphanumeric ones, which compare in
+ * ASCII; a list that is a prefix of the other ranks below it. */
+static int cmp_ids(const char *a, int an, const char *b, int bn)
 {
-    if (an != bn) return an < bn ? -1 : 1;
-    int r = memcmp(a, b, (size_t)an);
-    return r < 0 ? -1 : r > 0;
+    for (int i = 0, j = 0;; i++, j++) {
+        if (i >= an || j >= bn) return (i < an) - (j < bn);
+        int si = i, sj = j, r;
+        bool anum = true, bnum = true;
+        for (; i < an && a[i] != '.'; i++) anum = anum && is_digit(a[i]);
+        for (; j < bn && b[j] != '.'; j++) bnum = bnum && is_digit(b[j]);
+        int la = i - si, lb = j - sj;
+        if (anum != bnum) return anum ? -1 : 1;
+        /* Without leading zeros, the longer number is the larger. */
+        if (anum && la != lb) return la < lb ? -1 : 1;
+        r = memcmp(a + si, b + sj, (size_t)(la < lb ? la : lb));
+        if (!r) r = la - lb;
+        if (r) return r < 0 ? -1 : 1;
+    }
 }
 
 int fota_semver_cmp(const char *a, const char *b)
 {
     int ac, ap, bc, bp;
     if (!semver_split(a, &ac, &ap) || !semver_split(b, &bc, &bp)) return -2;
-    int i = 0, j = 0;
-    for (int part = 0; part < 3; part++) {
-        int si = i, sj = j;
-        while (is_digit(a[i])) i++;
-        while (is_digit(b[j])) j++;
-        int r = cmp_num(a + si, i - si, b + sj, j - sj);
-        if (r) return r;
-        i++;
-        j++;
-    }
+    int r = cmp_ids(a, ac, b, bc);
+    if (r) return r;
     /* A version without a prerelease ranks above one with. */
     if (ap == ac || bp == bc) return (ap == ac) - (bp == bc);
-    i = ac + 1;
-    j = bc + 1;
-    for (;;) {
-        if (i >= ap || j >= bp) return (i < ap) - (j < bp);
-        int si = i, sj = j;
-        bool an = true, bn = true;
-        for (; i < ap && a[i] != '.'; i++) an = an && is_digit(a[i]);
-        for (; j < bp && b[j] != '.'; j++) bn = bn && is_digit(b[j]);
-        int r;
-        if (an && bn) {
-            r = cmp_num(a + si, i - si, b + sj, j - sj);
-        } else if (an != bn) {
-            r = an ? -1 : 1; /* numeric identifiers rank below alphanumeric ones */
-        } else {
-            int n = (i - si) < (j - sj) ? i - si : j - sj;
-            r = memcmp(a + si, b + sj, (size_t)n);
-            r = r < 0 ? -1 : r > 0 ? 1 : (i - si > j - sj) - (i - si < j - sj);
-        }
-        if (r) return r;
-        i++;
-        j++;
-    }
+    return cmp_ids(a + ac + 1, ap - ac - 1, b + bc + 1, bp - bc - 1);
 }
 
 /* ---- Times ---- */
 
-int64_t fota_days_from_civil(int64_t y, unsigned m, unsigned d)
+/* Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil,
+ * proleptic Gregorian; years 0-9999, so 32 bits do). */
+static int32_t days_from_civil(int y, unsigned m, unsigned d)
 {
-    /* Howard Hinnant's days_from_civil, for the proleptic Gregorian calendar. */
     y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int era = (y >= 0 ? y : y - 399) / 400;
     unsigned yoe = (unsigned)(y - era * 400);
     unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
     unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
+    return era * 146097 + (int32_t)doe - 719468;
 }
 
-/* Reads n digits at s; -1 if any is not one. */
-static int num(const char *s, int n)
+/* Reads s laid out as pat: '0' is a digit, '*' any character, anything
+ * else itself; each run of digits is a number, stored in n in order. */
+static bool scan(const char *s, const char *pat, int *n)
 {
-    int x = 0;
-    for (int i = 0; i < n; i++) {
-        if (!is_digit(s[i])) return -1;
-        x = x * 10 + (s[i] - '0');
+    int k = -1;
+    for (char prev = 0; *pat; prev = *pat++, s++) {
+        if (*pat == '0') {
+            if (!is_digit(*s)) return false;
+            if (prev != '0') n[++k] = 0;
+            n[k] = n[k] * 10 + (*s - '0');
+        } else if (*pat != '*' && *s != *pat) {
+            return false;
+        }
     }
-    return x;
+    return true;
 }
 
-static bool civil(int y, int mo, int d, int h, int mi, int s, int64_t *out)
+/* Unix seconds of year y, month mo, and t: day, hour, minute, second;
+ * false when out of range. */
+static bool civil(int y, int mo, const int *t, int64_t *out)
 {
     static const uint8_t mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 ||
-        s > 60)
-        return false;
-    *out = fota_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
+    if (mo < 1 || mo > 12 || t[0] < 1 || t[0] > mdays[mo - 1] || t[1] > 23 || t[2] > 59 || t[3] > 60) return false;
+    *out = (int64_t)days_from_civil(y, (unsigned)mo, (unsigned)t[0]) * 86400 + t[1] * 3600 + t[2] * 60 + t[3];
     return true;
 }
 
 bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out)
 {
-    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' || s[16] != ':')
-        return false;
-    if (!civil(num(s, 4), num(s + 5, 2), num(s + 8, 2), num(s + 11, 2), num(s + 14, 2), num(s + 17, 2), out))
-        return false;
+    int n[6]; /* year, month, day, hour, minute, second */
+    if (len < 20 || !scan(s, "0000-00-00T00:00:00", n) || !civil(n[0], n[1], n + 2, out)) return false;
     size_t i = 19;
     if (s[i] == '.') {
         /* Fractions of a second: an install window bound is whole seconds late at most. */
@@ -448,26 +423,20 @@ bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out)
         while (i < len && is_digit(s[i])) i++;
         if (i == start) return false;
     }
-    if (i + 1 == len && (s[i] == 'Z' || s[i] == 'z')) return true;
-    if (i + 6 != len || (s[i] != '+' && s[i] != '-') || s[i + 3] != ':') return false;
-    int h = num(s + i + 1, 2), m = num(s + i + 4, 2);
-    if (h < 0 || h > 23 || m < 0 || m > 59) return false;
-    int64_t offset = (int64_t)h * 3600 + m * 60;
-    *out += s[i] == '+' ? -offset : offset;
-    return true;
+    /* UTC only: the server writes "Z" (docs/PROTOCOL.md, docs/FORMAT.md). */
+    return i + 1 == len && s[i] == 'Z';
 }
 
 int64_t fota_parse_http_date(const char *s)
 {
     /* IMF-fixdate, what every HTTP/1.1 server sends: "Sun, 06 Nov 1994 08:49:37 GMT". */
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    if (!s || strlen(s) != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' ||
-        s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
-        return 0;
+    int n[5]; /* day, year, hour, minute, second */
+    int64_t t;
+    if (!s || strlen(s) != 29 || !scan(s, "***, 00 *** 0000 00:00:00 GMT", n)) return 0;
     int mo = 0;
     while (mo < 12 && memcmp(months + 3 * mo, s + 8, 3) != 0) mo++;
-    int64_t t;
-    if (mo == 12 || !civil(num(s + 12, 4), mo + 1, num(s + 5, 2), num(s + 17, 2), num(s + 20, 2), num(s + 23, 2), &t))
-        return 0;
-    return t;
+    int y = n[1];
+    n[1] = n[0]; /* then day, hour, minute, second: as civil reads them */
+    return civil(y, mo + 1, n + 1, &t) ? t : 0;
 }
