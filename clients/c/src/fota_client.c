@@ -186,8 +186,10 @@ static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *r
     return n == size && h->kind == kind && h->version == RECORD_VERSION && (h->size_lo | h->size_hi << 8) == (int)size;
 }
 
-/* Whether s (cap bytes) holds a NUL-terminated string. */
-static bool terminated(const char *s, size_t cap) { return memchr(s, 0, cap) != NULL; }
+/* Whether the char array s of a loaded record holds a string: the library
+ * writes them zero-padded (copy_str into zeroed records), so the last byte
+ * of each is zero. */
+#define TERMINATED(s) (!(s)[sizeof(s) - 1])
 
 static void record_delete(fota_client_t *c, const char *key)
 {
@@ -214,8 +216,8 @@ static fota_err_t save_download(fota_client_t *c, download_t *d)
 
 static bool load_download(fota_client_t *c, download_t *d)
 {
-    return record_load(c, KEY_DOWNLOAD, 'D', d, sizeof *d) && terminated(d->version, sizeof d->version) &&
-           terminated(d->base, sizeof d->base) && terminated(d->session, sizeof d->session);
+    return record_load(c, KEY_DOWNLOAD, 'D', d, sizeof *d) && TERMINATED(d->version) && TERMINATED(d->base) &&
+           TERMINATED(d->session);
 }
 
 /* Loads the outbox into the end of the work buffer (empty when there is
@@ -224,10 +226,9 @@ static outbox_t *load_outbox(fota_client_t *c)
 {
     outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
     bool ok = record_load(c, KEY_OUTBOX, 'O', box, sizeof *box) && box->count <= FOTA_OUTBOX_MAX;
-    for (uint8_t i = 0; ok && i < box->count; i++) {
+    for (unsigned i = 0; ok && i < box->count; i++) {
         report_t *q = &box->r[i];
-        ok = q->status < REPORT__COUNT && terminated(q->session, sizeof q->session) &&
-             terminated(q->version, sizeof q->version) && terminated(q->reason, sizeof q->reason);
+        ok = q->status < REPORT__COUNT && TERMINATED(q->session) && TERMINATED(q->version) && TERMINATED(q->reason);
     }
     if (!ok) box->count = 0;
     return box;
@@ -247,7 +248,7 @@ static fota_err_t queue_report(fota_client_t *c, int status, const char *session
                                const char *reason)
 {
     outbox_t *box = load_outbox(c);
-    for (uint8_t i = 0; i < box->count; i++) {
+    for (unsigned i = 0; i < box->count; i++) {
         report_t *q = &box->r[i];
         if (q->status == status && !strcmp(q->session, session) && !strcmp(q->version, version)) return FOTA_OK;
     }
@@ -379,7 +380,7 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
         if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
             c->port->http_end(c->port->ctx, false);
             c->clock_offset += skew;
-            LOG_W(c, "device clock %lld s off the server's; signing again", (long long)skew);
+            LOG_W(c, "clock off by %lld s; signing again", (long long)skew);
             continue;
         }
         /* The error body goes after the request body, which a retry sends again. */
@@ -401,9 +402,9 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
     if (delay > cap || delay < base) delay = cap;
     uint8_t r[2] = {0, 0};
     c->port->random(c->port->ctx, r, 2);
-    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) / 65535);
+    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) >> 16);
     if (err == FOTA_ERR_SERVER_BUSY && c->retry_after) {
-        if ((uint64_t)c->retry_after * 1000 > cap) return false; /* the next timed check tries again */
+        if (c->retry_after > cap / 1000) return false; /* the next timed check tries again */
         if (c->retry_after * 1000 > delay) delay = c->retry_after * 1000;
     }
     c->retry_after = 0;
@@ -464,41 +465,41 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
 fota_err_t fota_flush(fota_client_t *c)
 {
     outbox_t *box = load_outbox(c);
+    fota_err_t first = FOTA_OK, err;
+    unsigned kept = 0;
+    bool down = false;
     if (box->count == 0) return FOTA_OK;
-    fota_err_t first = FOTA_OK;
-    uint8_t kept = 0, i;
-    for (i = 0; i < box->count; i++) {
-        report_t q = box->r[i];
-        const char *status = nth(report_names, q.status);
-        if (q.status == REPORT_CONFIRMED && strcmp(q.version, c->boot.running_version) != 0) {
+    for (unsigned i = 0; i < box->count; i++) {
+        report_t *q = &box->r[i];
+        const char *status = nth(report_names, q->status);
+        bool confirm = q->status == REPORT_CONFIRMED;
+        if (confirm && strcmp(q->version, c->boot.running_version) != 0) {
             /* Queued before a confirm that never completed: no longer true. */
-            LOG_W(c, "dropping the unfinished confirm of %s", q.version);
+            LOG_W(c, "dropping unfinished confirm of %s", q->version);
             continue;
         }
-        if ((q.status == REPORT_CONFIRMED && c->boot.trial) || !q.session[0]) {
-            box->r[kept++] = q; /* not yet confirmed on this boot; or no session to send it on yet */
-            continue;
+        /* Sent unless the server proved unreachable (the rest would fail the
+         * same way, and out of order), the image is not yet confirmed on this
+         * boot, or there is no session to send it on yet. */
+        if (!down && !(confirm && c->boot.trial) && q->session[0]) {
+            err = send_report(c, q);
+            if (err == FOTA_ERR_POWER) return err;
+            if (err == FOTA_OK) {
+                LOG_I(c, "reported %s of %s", status, q->version);
+                continue;
+            }
+            if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
+                LOG_W(c, "dropping report %s of %s: %s", status, q->version, fota_err_str(err));
+                continue;
+            }
+            if (!first) first = err;
+            down = transient(err);
         }
-        fota_err_t err = send_report(c, &q);
-        if (err == FOTA_OK) {
-            LOG_I(c, "reported %s of %s", status, q.version);
-            continue;
-        }
-        if (err == FOTA_ERR_POWER) return err;
-        if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
-            LOG_W(c, "dropping report %s of %s: %s", status, q.version, fota_err_str(err));
-            continue;
-        }
-        if (!first) first = err;
-        box->r[kept++] = q;
-        if (transient(err)) {
-            /* The server is unreachable: the rest would fail the same way, and out of order. */
-            for (i++; i < box->count; i++) box->r[kept++] = box->r[i];
-            break;
-        }
+        if (kept != i) box->r[kept] = *q;
+        kept++;
     }
-    box->count = kept;
-    fota_err_t err = save_outbox(c, box);
+    box->count = (uint8_t)kept;
+    err = save_outbox(c, box);
     return err ? err : first;
 }
 
@@ -536,7 +537,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
         !cfg->server_url) {
-        LOG_E(c, "fota_init: bad or missing device id, hardware, chip, key or server URL");
+        LOG_E(c, "config: bad device id, hardware, chip, key or URL");
         return FOTA_ERR_ARGUMENT;
     }
     /* The path prefix of the server URL goes in front of every request URI. */
@@ -551,7 +552,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
                                    DATA_CAP(c), &c->key_alg, c->key_id);
     if (err) {
         /* mbedtls cannot check Ed25519: such a key is FOTA_ERR_UNSUPPORTED. */
-        log_err(c, FOTA_LOG_ERROR, "release key (PKIX PEM: RSA 2048-4096 or ECDSA P-256)", "", err);
+        log_err(c, FOTA_LOG_ERROR, "release key (PEM: RSA 2048-4096, ECDSA P-256)", "", err);
         return err;
     }
     if (mbedtls_aes_setkey_dec(&c->aes, cfg->firmware_key, 256)) return FOTA_ERR_CRYPTO;
@@ -589,8 +590,8 @@ typedef struct {
 
 static bool load_install(fota_client_t *c, install_t *in)
 {
-    return record_load(c, KEY_INSTALL, 'I', in, sizeof *in) && terminated(in->version, sizeof in->version) &&
-           terminated(in->session, sizeof in->session);
+    return record_load(c, KEY_INSTALL, 'I', in, sizeof *in) && TERMINATED(in->version) &&
+           TERMINATED(in->session);
 }
 
 /* The versions this device rolled back from, newest last. */
@@ -604,9 +605,9 @@ typedef struct {
 static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
 {
     bool ok = record_load(c, KEY_REJECTED, 'R', r, sizeof *r) && r->count <= FOTA_REJECTED_MAX;
-    for (uint8_t i = 0; ok && i < r->count; i++) ok = terminated(r->v[i], sizeof r->v[i]);
+    for (unsigned i = 0; ok && i < r->count; i++) ok = TERMINATED(r->v[i]);
     if (!ok) r->count = 0;
-    for (uint8_t i = 0; i < r->count; i++)
+    for (unsigned i = 0; i < r->count; i++)
         if (!strcmp(r->v[i], version)) return true;
     return false;
 }
@@ -690,7 +691,7 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
     if (!reason) reason = "rejected";
     fota_err_t err = c->port->boot_reject(c->port->ctx, reason);
     if (err) return port_err(err, FOTA_ERR_FLASH);
-    LOG_W(c, "image %s rejected (%s); the next boot runs the previous one", c->boot.running_version, reason);
+    LOG_W(c, "image %s rejected (%s); reboot to roll back", c->boot.running_version, reason);
     c->progress.version = c->boot.running_version;
     progress(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
     return FOTA_OK;
@@ -823,7 +824,7 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
     int32_t mlen = fota_base64_decode(manifest, v[A_MANIFEST].p, v[A_MANIFEST].n);
     int32_t slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     if (mlen <= 0 || slen < 0) {
-        reason(why, "bad base64 in manifest or signature");
+        reason(why, "bad base64");
         return FOTA_ERR_PROTOCOL;
     }
     /* The manifest's key_id, read before its signature is checked, only to
@@ -866,7 +867,7 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
         return FOTA_ERR_COUNTER;
     }
     if (m.plaintext_size > c->boot.slot_size || m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
-        reason(why, "%lu-byte image, %lu-byte slot; %lu-byte chunks, %lu-byte work buffer",
+        reason(why, "image %lu, slot %lu; chunk %lu, work buffer %lu",
                (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
                (unsigned long)c->work_size);
         return FOTA_ERR_TOO_LARGE;
@@ -907,7 +908,7 @@ static fota_err_t check_in(fota_client_t *c, size_t *len, char *why)
     /* The answer lands after the request body, which a retry sends again. */
     fota_err_t err = post(c, "check", (size_t)n, len);
     if (err == FOTA_ERR_BUFFER)
-        reason(why, "the check answer is over %lu bytes (long release notes?)", (unsigned long)(DATA_CAP(c) - n));
+        reason(why, "check answer over %lu bytes (long notes?)", (unsigned long)(DATA_CAP(c) - n));
     if (err) return err;
     /* Move the answer to the start of the data area. */
     memmove(DATA(c), DATA(c) + n, *len);
@@ -963,7 +964,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         uint32_t index = be32(head), len = be32(head + 4);
         uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
-            reason(why, "chunk %lu of %lu bytes in the frame, %lu of %lu due", (unsigned long)index,
+            reason(why, "frame: chunk %lu, %lu B; want %lu, %lu B", (unsigned long)index,
                    (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
             err = FOTA_ERR_PROTOCOL;
             break;
@@ -1056,10 +1057,10 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
             if (failed_at != d->next_chunk) mac_failures = 0;
             failed_at = d->next_chunk;
             if (++mac_failures > allowed) {
-                reason(why, "chunk %lu, %u times; abandoning the session", (unsigned long)failed_at, mac_failures);
+                reason(why, "chunk %lu, %u times", (unsigned long)failed_at, mac_failures);
                 break;
             }
-            LOG_W(c, "chunk %lu failed its HMAC; fetching it again", (unsigned long)failed_at);
+            LOG_W(c, "refetching chunk %lu: bad HMAC", (unsigned long)failed_at);
             continue;
         }
         if (!backoff(c, attempt++, err)) break;
@@ -1090,7 +1091,7 @@ static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
         }
         res->deferred = true;
         res->install_after = o->install_after && now < o->install_after ? o->install_after : 0;
-        LOG_I(c, "update %s verified; installing inside its maintenance window", o->version);
+        LOG_I(c, "update %s verified; deferred to its window", o->version);
         progress(c, FOTA_STATE_DEFERRED, FOTA_OK);
         return FOTA_OK;
     }
@@ -1135,12 +1136,12 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
         /* Kept for its install window: hash the whole image in the slot again. */
         progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
         if ((err = rehash(c, o->plaintext_size)) == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
-            LOG_I(c, "update %s was verified before; not downloading it again", o->version);
+            LOG_I(c, "update %s verified before", o->version);
             if (strcmp(d.session, o->session) != 0 && (err = queue_verified(c))) return err;
             return apply(c, &d, res);
         }
         if (err == FOTA_ERR_POWER) return err;
-        LOG_W(c, "the image kept in the slot changed; downloading it again");
+        LOG_W(c, "kept image changed; downloading again");
         saved = false;
     }
     if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
@@ -1195,7 +1196,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     progress(c, FOTA_STATE_CHECKING, FOTA_OK);
     if ((err = check_in(c, &len, why))) goto out;
     if (!parse_answer(DATA(c), len, &a)) {
-        reason(why, "the check answer's JSON");
+        reason(why, "check answer");
         err = FOTA_ERR_PROTOCOL;
         goto out;
     }

@@ -71,183 +71,153 @@ int32_t fota_base64_decode(uint8_t *out, const char *in, size_t len)
 #define JSON_MAX_DEPTH 8
 #define JSON_MAX_MEMBERS 24
 
-typedef struct {
-    const char *p, *end;
-} cursor_t;
+/* The scanners below take the text at p (up to end) and return where what
+ * they scanned ends, or NULL when it is malformed. */
 
-static void ws(cursor_t *c)
+static const char *ws(const char *p, const char *end)
 {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
 }
 
-/* Scans a string at c->p (the opening quote); sets its text span and
+/* A string, p at its opening quote: ends past the closing one; *esc says
  * whether it holds escapes. */
-static bool scan_string(cursor_t *c, const char **s, size_t *n, bool *escaped)
+static const char *string_end(const char *p, const char *end, bool *esc)
 {
-    c->p++;
-    *s = c->p;
-    *escaped = false;
-    while (c->p < c->end) {
-        unsigned char ch = (unsigned char)*c->p;
-        if (ch == '"') {
-            *n = (size_t)(c->p - *s);
-            c->p++;
-            return true;
-        }
-        if (ch < 0x20) return false;
+    *esc = false;
+    while (++p < end) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') return p + 1;
+        if (ch < 0x20) return NULL;
         if (ch == '\\') {
-            *escaped = true;
-            if (++c->p >= c->end) return false;
-            if (*c->p == 'u') {
-                if (c->end - c->p < 5) return false;
+            *esc = true;
+            if (++p >= end) return NULL;
+            if (*p == 'u') {
+                if (end - p < 5) return NULL;
                 for (int k = 1; k <= 4; k++)
-                    if (hexval(c->p[k]) < 0) return false;
-                c->p += 4;
-            } else if (!strchr("\"\\/bfnrt", *c->p)) {
-                return false;
+                    if (hexval(p[k]) < 0) return NULL;
+                p += 4;
+            } else if (!strchr("\"\\/bfnrt", *p)) {
+                return NULL;
             }
         }
-        c->p++;
     }
-    return false;
+    return NULL;
 }
 
-static bool digits(cursor_t *c)
+/* One or more digits. */
+static const char *digits(const char *p, const char *end)
 {
-    const char *start = c->p;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
-    return c->p > start;
+    const char *start = p;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    return p > start ? p : NULL;
 }
 
-static bool literal(cursor_t *c, const char *word)
-{
-    size_t n = strlen(word);
-    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0) return false;
-    c->p += n;
-    return true;
-}
-
-/* Skips a nested object or array without recursion: brackets must match
+/* A nested object or array, skipped without recursion: brackets must match
  * and strings be well formed; what is inside is not checked further, since
  * the client reads no value from inside one (it only finds "v2" in
  * chunk_macs). */
-static bool skip_container(cursor_t *c)
+static const char *container_end(const char *p, const char *end)
 {
     char stack[JSON_MAX_DEPTH];
     int depth = 0;
-    const char *s;
-    size_t n;
     bool esc;
-    while (c->p < c->end) {
-        char ch = *c->p;
+    while (p && p < end) {
+        char ch = *p;
         if (ch == '"') {
-            if (!scan_string(c, &s, &n, &esc)) return false;
+            p = string_end(p, end, &esc);
             continue;
         }
         if (ch == '{' || ch == '[') {
-            if (depth == JSON_MAX_DEPTH) return false;
-            stack[depth++] = ch == '{' ? '}' : ']';
+            if (depth == JSON_MAX_DEPTH) return NULL;
+            stack[depth++] = (char)(ch + 2); /* '{' + 2 is '}', '[' + 2 is ']' */
         } else if (ch == '}' || ch == ']') {
-            if (depth == 0 || stack[--depth] != ch) return false;
-            if (depth == 0) {
-                c->p++;
-                return true;
-            }
+            if (depth == 0 || stack[--depth] != ch) return NULL;
+            if (depth == 0) return p + 1;
         }
-        c->p++;
+        p++;
     }
-    return false;
+    return NULL;
 }
 
-static bool scan_value(cursor_t *c, fota_json_t *v)
+/* A value: its type and text into v. */
+static const char *value_end(const char *p, const char *end, fota_json_t *v)
 {
-    if (c->p >= c->end) return false;
-    const char *start = c->p;
+    static const char words[] = "true\0false\0null";
     bool esc;
-    switch (*c->p) {
-    case '"':
+    char ch = *p;
+    v->p = p;
+    if (ch == '"') {
         v->type = FOTA_J_STRING;
-        return scan_string(c, &v->p, &v->n, &esc);
-    case '{':
-    case '[':
-        v->type = *c->p == '{' ? FOTA_J_OBJECT : FOTA_J_ARRAY;
-        if (!skip_container(c)) return false;
-        break;
-    case 't':
-        v->type = FOTA_J_TRUE;
-        if (!literal(c, "true")) return false;
-        break;
-    case 'f':
-        v->type = FOTA_J_FALSE;
-        if (!literal(c, "false")) return false;
-        break;
-    case 'n':
-        v->type = FOTA_J_NULL;
-        if (!literal(c, "null")) return false;
-        break;
-    default:
+        v->p = p + 1;
+        if (!(p = string_end(p, end, &esc))) return NULL;
+        v->n = (size_t)(p - 1 - v->p);
+        return p;
+    }
+    if (ch == '{' || ch == '[') {
+        v->type = ch == '{' ? FOTA_J_OBJECT : FOTA_J_ARRAY;
+        p = container_end(p, end);
+    } else if (ch == 't' || ch == 'f' || ch == 'n') {
+        const char *w = words + (ch == 't' ? 0 : ch == 'f' ? 5 : 11);
+        size_t n = strlen(w);
+        v->type = ch == 't' ? FOTA_J_TRUE : ch == 'f' ? FOTA_J_FALSE : FOTA_J_NULL;
+        if ((size_t)(end - p) < n || memcmp(p, w, n) != 0) return NULL;
+        p += n;
+    } else {
         v->type = FOTA_J_NUMBER;
-        if (*c->p == '-') c->p++;
-        if (c->p < c->end && *c->p == '0') {
-            c->p++;
-        } else if (!digits(c)) {
-            return false;
-        }
-        if (c->p < c->end && *c->p == '.') {
-            c->p++;
-            if (!digits(c)) return false;
-        }
-        if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
-            c->p++;
-            if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
-            if (!digits(c)) return false;
+        if (*p == '-') p++;
+        if (p < end && *p == '0') p++;
+        else p = digits(p, end);
+        if (p && p < end && *p == '.') p = digits(p + 1, end);
+        if (p && p < end && (*p == 'e' || *p == 'E')) {
+            if (++p < end && (*p == '+' || *p == '-')) p++;
+            p = digits(p, end);
         }
     }
-    v->p = start;
-    v->n = (size_t)(c->p - start);
-    return true;
+    if (p) v->n = (size_t)(p - v->p);
+    return p;
 }
 
 bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *user)
 {
-    cursor_t c = {js, js + len};
+    const char *p = ws(js, js + len), *end = js + len;
     const char *keys[JSON_MAX_MEMBERS];
     size_t key_lens[JSON_MAX_MEMBERS];
     int members = 0;
-    ws(&c);
-    if (c.p >= c.end || *c.p++ != '{') return false;
-    ws(&c);
-    if (c.p < c.end && *c.p == '}') {
-        c.p++;
+    if (p >= end || *p++ != '{') return false;
+    p = ws(p, end);
+    if (p < end && *p == '}') {
+        p++;
     } else {
         for (;;) {
             const char *k;
             size_t kn;
             bool esc;
             fota_json_t v;
-            ws(&c);
-            if (c.p >= c.end || *c.p != '"' || !scan_string(&c, &k, &kn, &esc) || esc) return false;
-            if (members == JSON_MAX_MEMBERS) return false;
+            p = ws(p, end);
+            if (p >= end || *p != '"' || !(k = string_end(p, end, &esc)) || esc || members == JSON_MAX_MEMBERS)
+                return false;
+            kn = (size_t)(k - p - 2);
+            k = p + 1;
             for (int i = 0; i < members; i++)
                 if (key_lens[i] == kn && memcmp(keys[i], k, kn) == 0) return false;
             keys[members] = k;
             key_lens[members++] = kn;
-            ws(&c);
-            if (c.p >= c.end || *c.p++ != ':') return false;
-            ws(&c);
-            if (!scan_value(&c, &v) || !fn(user, k, kn, &v)) return false;
-            ws(&c);
-            if (c.p >= c.end) return false;
-            if (*c.p == ',') {
-                c.p++;
+            p = ws(k + kn + 1, end);
+            if (p >= end || *p++ != ':') return false;
+            p = ws(p, end);
+            if (p >= end || !(p = value_end(p, end, &v)) || !fn(user, k, kn, &v)) return false;
+            p = ws(p, end);
+            if (p >= end) return false;
+            if (*p == ',') {
+                p++;
                 continue;
             }
-            if (*c.p++ != '}') return false;
+            if (*p++ != '}') return false;
             break;
         }
     }
-    ws(&c);
-    return c.p == c.end;
+    return ws(p, end) == end;
 }
 
 bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out)
