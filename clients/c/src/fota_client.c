@@ -4,9 +4,11 @@
  * outbox. docs/PROTOCOL.md is the protocol; agent/agent.go is the Go agent
  * this mirrors.
  *
- * Written for size (scripts/size.sh: 16 KiB of code on an ESP32-C3): name
- * tables are NUL-separated strings rather than arrays of pointers, log and
- * report texts are short, and repeated steps are shared helpers.
+ * Written for size (scripts/size.sh: 16 KiB of code on an ESP32-C3, where
+ * each call or address of a text costs 8 bytes): name tables are
+ * NUL-separated strings rather than arrays of pointers, records are named
+ * by a number, log and report texts are short, and repeated steps are
+ * shared helpers.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -71,11 +73,38 @@ typedef struct {
     report_t r[FOTA_OUTBOX_MAX];
 } outbox_t;
 
-/* Keys of the client's records in the port's key-value store. */
-#define KEY_DOWNLOAD "fota.dl"
-#define KEY_INSTALL "fota.inst"
-#define KEY_OUTBOX "fota.outbox"
-#define KEY_REJECTED "fota.rejected"
+/* The download record: where a download stands, so a power cut resumes it. */
+typedef struct {
+    record_header_t h;
+    char version[FOTA_VERSION_MAX + 1];
+    char base[FOTA_VERSION_MAX + 1]; /* the running version it was made under */
+    char session[FOTA_SESSION_MAX + 1];
+    uint8_t sha256[32];              /* the release's plaintext SHA-256: which release */
+    uint8_t cbc[16];                 /* the CBC chaining value at next_chunk */
+    uint8_t verified;                /* the whole image is in the slot and matched */
+    uint32_t next_chunk, written;
+} download_t;
+
+/* The install record: which session installed the image on trial. */
+typedef struct {
+    record_header_t h;
+    char version[FOTA_VERSION_MAX + 1];
+    char session[FOTA_SESSION_MAX + 1];
+} install_t;
+
+/* The versions this device rolled back from, newest last. */
+typedef struct {
+    record_header_t h;
+    uint8_t count;
+    char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
+} rejected_t;
+
+/* The records, by number: their keys in the port's key-value store, kinds
+ * and sizes. */
+enum { REC_DOWNLOAD, REC_INSTALL, REC_OUTBOX, REC_REJECTED };
+static const char record_keys[] = "fota.dl\0fota.inst\0fota.outbox\0fota.rejected";
+static const char record_kinds[] = "DIOR";
+static const uint16_t record_sizes[] = {sizeof(download_t), sizeof(install_t), sizeof(outbox_t), sizeof(rejected_t)};
 #define RECORD_VERSION 1
 
 /* Half the server's 5-minute limit: a Date further off than this means the
@@ -131,12 +160,13 @@ static fota_err_t port_err(fota_err_t err, fota_err_t as)
     return err && err != FOTA_ERR_POWER ? as : err;
 }
 
-static void progress(fota_client_t *c, fota_state_t state, fota_err_t err)
+static void progress_err(fota_client_t *c, fota_state_t state, fota_err_t err)
 {
     c->progress.state = state;
     c->progress.err = err;
     if (c->cfg->on_progress) c->cfg->on_progress(c->cfg->user, &c->progress);
 }
+#define progress(c, state) progress_err(c, state, FOTA_OK)
 
 static bool plain_id(const char *s, size_t max, bool dots)
 {
@@ -160,30 +190,33 @@ static void copy_str(char *dst, size_t cap, const char *src)
 
 /* ---- Records ---- */
 
-static fota_err_t record_save(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
+static fota_err_t record_save(fota_client_t *c, int r, void *rec)
 {
+    const char *key = nth(record_keys, (unsigned)r);
     record_header_t *h = rec;
-    h->kind = kind;
+    h->kind = (uint8_t)record_kinds[r];
     h->version = RECORD_VERSION;
-    h->size_lo = (uint8_t)size;
-    h->size_hi = (uint8_t)(size >> 8);
-    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, size);
+    h->size_lo = (uint8_t)record_sizes[r];
+    h->size_hi = (uint8_t)(record_sizes[r] >> 8);
+    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, record_sizes[r]);
     if (err) log_err(c, FOTA_LOG_ERROR, "save ", key, err);
     return port_err(err, FOTA_ERR_STORAGE);
 }
 
 /* Loads a record; false when absent, unreadable or of another layout. The
- * strings in it are NUL-terminated by the caller's check. */
-static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
+ * caller checks the strings in it. */
+static bool record_load(fota_client_t *c, int r, void *rec)
 {
-    size_t n = 0;
+    const char *key = nth(record_keys, (unsigned)r);
+    size_t n = 0, size = record_sizes[r];
     record_header_t *h = rec;
     fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, size, &n);
     if (err) {
         if (err != FOTA_ERR_NOT_FOUND) log_err(c, FOTA_LOG_WARN, "ignoring ", key, err);
         return false;
     }
-    return n == size && h->kind == kind && h->version == RECORD_VERSION && (h->size_lo | h->size_hi << 8) == (int)size;
+    return n == size && h->kind == (uint8_t)record_kinds[r] && h->version == RECORD_VERSION &&
+           (h->size_lo | h->size_hi << 8) == (int)size;
 }
 
 /* Whether the char array s of a loaded record holds a string: the library
@@ -191,33 +224,24 @@ static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *r
  * of each is zero. */
 #define TERMINATED(s) (!(s)[sizeof(s) - 1])
 
-static void record_delete(fota_client_t *c, const char *key)
+static fota_err_t record_delete(fota_client_t *c, int r)
 {
+    const char *key = nth(record_keys, (unsigned)r);
     fota_err_t err = c->port->kv_delete(c->port->ctx, key);
-    if (err && err != FOTA_ERR_NOT_FOUND) log_err(c, FOTA_LOG_WARN, "delete ", key, err);
-}
-
-/* The download record: where a download stands, so a power cut resumes it. */
-typedef struct {
-    record_header_t h;
-    char version[FOTA_VERSION_MAX + 1];
-    char base[FOTA_VERSION_MAX + 1]; /* the running version it was made under */
-    char session[FOTA_SESSION_MAX + 1];
-    uint8_t sha256[32];              /* the release's plaintext SHA-256: which release */
-    uint8_t cbc[16];                 /* the CBC chaining value at next_chunk */
-    uint8_t verified;                /* the whole image is in the slot and matched */
-    uint32_t next_chunk, written;
-} download_t;
-
-static fota_err_t save_download(fota_client_t *c, download_t *d)
-{
-    return record_save(c, KEY_DOWNLOAD, 'D', d, sizeof *d);
+    if (err == FOTA_ERR_NOT_FOUND) return FOTA_OK;
+    if (err) log_err(c, FOTA_LOG_WARN, "delete ", key, err);
+    return err;
 }
 
 static bool load_download(fota_client_t *c, download_t *d)
 {
-    return record_load(c, KEY_DOWNLOAD, 'D', d, sizeof *d) && TERMINATED(d->version) && TERMINATED(d->base) &&
+    return record_load(c, REC_DOWNLOAD, d) && TERMINATED(d->version) && TERMINATED(d->base) &&
            TERMINATED(d->session);
+}
+
+static bool load_install(fota_client_t *c, install_t *in)
+{
+    return record_load(c, REC_INSTALL, in) && TERMINATED(in->version) && TERMINATED(in->session);
 }
 
 /* Loads the outbox into the end of the work buffer (empty when there is
@@ -225,7 +249,7 @@ static bool load_download(fota_client_t *c, download_t *d)
 static outbox_t *load_outbox(fota_client_t *c)
 {
     outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
-    bool ok = record_load(c, KEY_OUTBOX, 'O', box, sizeof *box) && box->count <= FOTA_OUTBOX_MAX;
+    bool ok = record_load(c, REC_OUTBOX, box) && box->count <= FOTA_OUTBOX_MAX;
     for (unsigned i = 0; ok && i < box->count; i++) {
         report_t *q = &box->r[i];
         ok = q->status < REPORT__COUNT && TERMINATED(q->session) && TERMINATED(q->version) && TERMINATED(q->reason);
@@ -236,11 +260,7 @@ static outbox_t *load_outbox(fota_client_t *c)
 
 static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
 {
-    if (box->count == 0) {
-        fota_err_t err = c->port->kv_delete(c->port->ctx, KEY_OUTBOX);
-        return err == FOTA_ERR_NOT_FOUND ? FOTA_OK : err;
-    }
-    return record_save(c, KEY_OUTBOX, 'O', box, sizeof *box);
+    return box->count ? record_save(c, REC_OUTBOX, box) : record_delete(c, REC_OUTBOX);
 }
 
 /* Adds a report to the outbox, once; a full outbox drops its oldest. */
@@ -264,7 +284,6 @@ static fota_err_t queue_report(fota_client_t *c, int status, const char *session
     copy_str(q->reason, sizeof q->reason, reason);
     return save_outbox(c, box);
 }
-
 /* ---- HTTP: signed requests, error answers, retries ---- */
 
 static int64_t server_now(fota_client_t *c) { return c->port->now(c->port->ctx) + c->clock_offset; }
@@ -540,13 +559,15 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         LOG_E(c, "config: bad device id, hardware, chip, key or URL");
         return FOTA_ERR_ARGUMENT;
     }
-    /* The path prefix of the server URL goes in front of every request URI. */
+    /* The path prefix of the server URL, without trailing slashes, goes in
+     * front of every request URI. */
     const char *u = strstr(cfg->server_url, "://");
-    const char *path = u ? strchr(u + 3, '/') : NULL;
-    if (!u || (path && strlen(path) >= sizeof c->prefix)) return FOTA_ERR_ARGUMENT;
-    copy_str(c->prefix, sizeof c->prefix, path ? path : "");
-    size_t pn = strlen(c->prefix);
-    while (pn > 0 && c->prefix[pn - 1] == '/') c->prefix[--pn] = 0;
+    if (!u) return FOTA_ERR_ARGUMENT;
+    const char *path = strchr(u + 3, '/');
+    size_t pn = path ? strlen(path) : 0;
+    if (pn >= sizeof c->prefix) return FOTA_ERR_ARGUMENT;
+    while (pn > 0 && path[pn - 1] == '/') pn--;
+    if (pn) memcpy(c->prefix, path, pn); /* c is zeroed: the NUL is there */
 
     fota_err_t err = fota_key_load(&c->pk, cfg->public_key_pem, strlen(cfg->public_key_pem) + 1, DATA(c),
                                    DATA_CAP(c), &c->key_alg, c->key_id);
@@ -581,30 +602,10 @@ bool fota_on_trial(const fota_client_t *c) { return c->boot.trial; }
 
 const fota_progress_t *fota_progress(const fota_client_t *c) { return &c->progress; }
 
-/* The install record: which session installed the image on trial. */
-typedef struct {
-    record_header_t h;
-    char version[FOTA_VERSION_MAX + 1];
-    char session[FOTA_SESSION_MAX + 1];
-} install_t;
-
-static bool load_install(fota_client_t *c, install_t *in)
-{
-    return record_load(c, KEY_INSTALL, 'I', in, sizeof *in) && TERMINATED(in->version) &&
-           TERMINATED(in->session);
-}
-
-/* The versions this device rolled back from, newest last. */
-typedef struct {
-    record_header_t h;
-    uint8_t count;
-    char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
-} rejected_t;
-
 /* Loads the list into r; whether version is in it. */
 static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
 {
-    bool ok = record_load(c, KEY_REJECTED, 'R', r, sizeof *r) && r->count <= FOTA_REJECTED_MAX;
+    bool ok = record_load(c, REC_REJECTED, r) && r->count <= FOTA_REJECTED_MAX;
     for (unsigned i = 0; ok && i < r->count; i++) ok = TERMINATED(r->v[i]);
     if (!ok) r->count = 0;
     for (unsigned i = 0; i < r->count; i++)
@@ -612,42 +613,38 @@ static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
     return false;
 }
 
-/* Remembers a version this device rolled back from, so it refuses it. */
-static fota_err_t add_rejected(fota_client_t *c, const char *version)
-{
-    rejected_t r;
-    if (rejected(c, &r, version)) return FOTA_OK;
-    if (r.count == FOTA_REJECTED_MAX) {
-        memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
-        r.count--;
-    }
-    memset(r.v[r.count], 0, sizeof r.v[0]);
-    copy_str(r.v[r.count++], sizeof r.v[0], version);
-    return record_save(c, KEY_REJECTED, 'R', &r, sizeof r);
-}
-
 fota_err_t fota_startup(fota_client_t *c)
 {
     install_t in;
     fota_err_t err;
+    const char *rb = c->boot.rolled_back_version;
     bool have_install = load_install(c, &in);
-    if (c->boot.rolled_back_version[0]) {
-        const char *rb = c->boot.rolled_back_version;
+    if (rb[0]) {
+        rejected_t r;
         c->progress.version = rb;
-        progress(c, FOTA_STATE_ROLLBACK, FOTA_OK);
+        progress(c, FOTA_STATE_ROLLBACK);
         bool ours = have_install && !strcmp(in.version, rb);
         /* Without the install record there is no session to name; the
          * device's next check-in tells the server the version it runs. */
         if (ours && (err = queue_report(c, REPORT_ROLLED_BACK, in.session, rb, c->boot.rollback_reason))) return err;
-        if ((err = add_rejected(c, rb))) return err;
+        /* Remembered, so the device refuses it if offered again. */
+        if (!rejected(c, &r, rb)) {
+            if (r.count == FOTA_REJECTED_MAX) {
+                memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
+                r.count--;
+            }
+            memset(r.v[r.count], 0, sizeof r.v[0]);
+            copy_str(r.v[r.count++], sizeof r.v[0], rb);
+            if ((err = record_save(c, REC_REJECTED, &r))) return err;
+        }
         if ((err = c->port->boot_ack_rollback(c->port->ctx))) return err;
-        if (ours) record_delete(c, KEY_INSTALL);
+        if (ours) record_delete(c, REC_INSTALL);
         LOG_W(c, "rolled back from %s (%s); running %s", rb, c->boot.rollback_reason, c->boot.running_version);
         c->boot.rolled_back_version[0] = 0;
     }
     download_t d;
     if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) {
-        record_delete(c, KEY_DOWNLOAD); /* made under another image: its slot may be the one running */
+        record_delete(c, REC_DOWNLOAD); /* made under another image: its slot may be the one running */
     }
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
@@ -660,7 +657,7 @@ fota_err_t fota_startup(fota_client_t *c)
         if ((err = fota_confirm(c))) return err;
     }
     if ((err = flush_queued(c))) return err;
-    if (!c->boot.trial) progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    if (!c->boot.trial) progress(c, FOTA_STATE_IDLE);
     return FOTA_OK;
 }
 
@@ -678,10 +675,10 @@ fota_err_t fota_confirm(fota_client_t *c)
         return port_err(err, FOTA_ERR_FLASH);
     }
     c->boot.trial = false;
-    record_delete(c, KEY_INSTALL);
+    record_delete(c, REC_INSTALL);
     LOG_I(c, "update %s confirmed", c->boot.running_version);
     c->progress.version = c->boot.running_version;
-    progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    progress(c, FOTA_STATE_IDLE);
     return flush_queued(c);
 }
 
@@ -693,7 +690,7 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
     if (err) return port_err(err, FOTA_ERR_FLASH);
     LOG_W(c, "image %s rejected (%s); reboot to roll back", c->boot.running_version, reason);
     c->progress.version = c->boot.running_version;
-    progress(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
+    progress_err(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
     return FOTA_OK;
 }
 
@@ -742,7 +739,7 @@ static bool manifest_member(void *user, const char *key, size_t n, const fota_js
     case M_COUNTER: return u32_in(v, 0, UINT32_MAX, &m->security_counter);
     case M_PSIZE: return u32_in(v, 1, 256u << 20, &m->plaintext_size);
     case M_PSHA: return hex_in(v, m->plaintext_sha256, 32);
-    case M_CIPHER: return fota_json_is(v, "aes-256-cbc");
+    case M_CIPHER: return v->type == FOTA_J_STRING && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
     case M_IV: return hex_in(v, m->iv, 16);
     case M_CSIZE: return u32_in(v, 0, (256u << 20) + 16, &m->ciphertext_size);
     case M_CSHA: return hex_in(v, m->ciphertext_sha256, 32);
@@ -935,7 +932,7 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
 static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 {
     fota_err_t err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH);
-    return err ? err : save_download(c, d);
+    return err ? err : record_save(c, REC_DOWNLOAD, d);
 }
 
 static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
@@ -1008,7 +1005,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         d->next_chunk++;
         c->progress.chunk = d->next_chunk;
         c->progress.bytes += len;
-        progress(c, FOTA_STATE_DOWNLOADING, FOTA_OK);
+        progress(c, FOTA_STATE_DOWNLOADING);
         err = FOTA_OK;
         if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
             reason(why, "saving a checkpoint");
@@ -1076,42 +1073,43 @@ static fota_err_t queue_verified(fota_client_t *c)
     return err ? err : queue_report(c, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
 }
 
-/* Marks the verified image to boot, or keeps it for its install window. */
-static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
+/* Marks the verified image to boot, or keeps it for its install window
+ * (saved as verified, for this session, unless d says so already). */
+static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     int64_t now = server_now(c);
+    bool early = o->install_after && now < o->install_after;
     fota_err_t err;
-    if ((o->install_after && now < o->install_after) || (o->install_until && now >= o->install_until)) {
-        if (!d->verified || strcmp(d->session, o->session) != 0) {
+    if (early || (o->install_until && now >= o->install_until)) {
+        if (!saved) {
             d->verified = 1;
             d->next_chunk = o->chunks;
-            copy_str(d->session, sizeof d->session, o->session);
-            if ((err = save_download(c, d))) return err;
+            if ((err = record_save(c, REC_DOWNLOAD, d))) return err;
         }
         res->deferred = true;
-        res->install_after = o->install_after && now < o->install_after ? o->install_after : 0;
+        res->install_after = early ? o->install_after : 0;
         LOG_I(c, "update %s verified; deferred to its window", o->version);
-        progress(c, FOTA_STATE_DEFERRED, FOTA_OK);
+        progress(c, FOTA_STATE_DEFERRED);
         return FOTA_OK;
     }
-    progress(c, FOTA_STATE_APPLYING, FOTA_OK);
+    progress(c, FOTA_STATE_APPLYING);
     /* The install record first, so the new image can name its session; then the mark. */
     install_t in;
     memset(&in, 0, sizeof in);
     copy_str(in.version, sizeof in.version, o->version);
     copy_str(in.session, sizeof in.session, o->session);
-    if ((err = record_save(c, KEY_INSTALL, 'I', &in, sizeof in))) return err;
+    if ((err = record_save(c, REC_INSTALL, &in))) return err;
     if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
                                          o->plaintext_sha256))) {
         log_err(c, FOTA_LOG_ERROR, "slot_set_pending", "", err);
         return port_err(err, FOTA_ERR_FLASH);
     }
-    record_delete(c, KEY_DOWNLOAD);
+    record_delete(c, REC_DOWNLOAD);
     if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
     res->installed = true;
     LOG_I(c, "update %s installed; reboot to run it", o->version);
-    progress(c, FOTA_STATE_COMPLETED, FOTA_OK);
+    progress(c, FOTA_STATE_COMPLETED);
     return FOTA_OK;
 }
 
@@ -1132,13 +1130,17 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
     bool saved = load_download(c, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
                  d.written <= o->plaintext_size;
+    bool same_session = saved && !strcmp(d.session, o->session);
     if (saved && d.verified && d.next_chunk == o->chunks) {
         /* Kept for its install window: hash the whole image in the slot again. */
-        progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
+        progress(c, FOTA_STATE_VERIFYING);
         if ((err = rehash(c, o->plaintext_size)) == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
             LOG_I(c, "update %s verified before", o->version);
-            if (strcmp(d.session, o->session) != 0 && (err = queue_verified(c))) return err;
-            return apply(c, &d, res);
+            if (!same_session) {
+                copy_str(d.session, sizeof d.session, o->session);
+                if ((err = queue_verified(c))) return err;
+            }
+            return apply(c, &d, same_session, res);
         }
         if (err == FOTA_ERR_POWER) return err;
         LOG_W(c, "kept image changed; downloading again");
@@ -1162,12 +1164,12 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
     }
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d, why))) return err;
-    progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
+    progress(c, FOTA_STATE_VERIFYING);
     if ((err = check_hash(c))) return err;
     if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
     if ((err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH))) return err;
     if ((err = queue_verified(c))) return err;
-    return apply(c, &d, res);
+    return apply(c, &d, false, res);
 }
 
 #define BIT(e) (1u << (e))
@@ -1193,7 +1195,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     /* Each check first sends what is queued, so the timer retries reports. */
     if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
     c->progress.version = "";
-    progress(c, FOTA_STATE_CHECKING, FOTA_OK);
+    progress(c, FOTA_STATE_CHECKING);
     if ((err = check_in(c, &len, why))) goto out;
     if (!parse_answer(DATA(c), len, &a)) {
         reason(why, "check answer");
@@ -1203,7 +1205,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
         fota_json_t *m = &a.v[A_MESSAGE];
         LOG_I(c, "no update: %.*s", m->type == FOTA_J_STRING ? (int)m->n : 0, m->p ? m->p : "");
-        progress(c, FOTA_STATE_IDLE, FOTA_OK);
+        progress(c, FOTA_STATE_IDLE);
         return FOTA_OK;
     }
     res->update = true;
@@ -1216,8 +1218,8 @@ out:
     /* The error's text, then what the device found: logged and reported. */
     reason(line, "%s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
     LOG_E(c, "update failed: %s", line);
-    progress(c, FOTA_STATE_ERROR, err);
-    if (BIT(err) & BAD_IMAGE) record_delete(c, KEY_DOWNLOAD);
+    progress_err(c, FOTA_STATE_ERROR, err);
+    if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
     if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&
         queue_report(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version,
                      line) == FOTA_OK)
