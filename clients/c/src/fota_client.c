@@ -99,13 +99,15 @@ typedef struct {
     char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
 } rejected_t;
 
-/* The records, by number: their keys in the port's key-value store, kinds
- * and sizes. */
+/* The records, by number: their keys in the port's key-value store and
+ * their headers. */
 enum { REC_DOWNLOAD, REC_INSTALL, REC_OUTBOX, REC_REJECTED };
 static const char record_keys[] = "fota.dl\0fota.inst\0fota.outbox\0fota.rejected";
-static const char record_kinds[] = "DIOR";
-static const uint16_t record_sizes[] = {sizeof(download_t), sizeof(install_t), sizeof(outbox_t), sizeof(rejected_t)};
 #define RECORD_VERSION 1
+#define HEADER(kind, type) {kind, RECORD_VERSION, sizeof(type) & 255, sizeof(type) >> 8}
+static const record_header_t record_headers[] = {HEADER('D', download_t), HEADER('I', install_t),
+                                                 HEADER('O', outbox_t), HEADER('R', rejected_t)};
+#define RECORD_SIZE(r) (size_t)(record_headers[r].size_lo | record_headers[r].size_hi << 8)
 
 /* Half the server's 5-minute limit: a Date further off than this means the
  * device clock, not latency, made a request stale. */
@@ -133,24 +135,101 @@ const char *fota_state_str(fota_state_t state)
     return (unsigned)state < FOTA_STATE__COUNT ? nth(state_names, state) : "unknown state";
 }
 
-static void logf_(fota_client_t *c, fota_log_level_t level, const char *fmt, ...)
+/* ---- Log lines and reasons ---- */
+
+/* The texts of log lines and reasons, by number: passing a number costs a
+ * call 2 bytes of code, passing a text's address 8 (RV32). A log line's
+ * text starts with its level. */
+#define E "0"
+#define W "1"
+#define I "2"
+#define MESSAGES(X)                                                      \
+    X(MSG_BAD_OFFER, "bad session, version, manifest or signature")      \
+    X(MSG_SAVE, E "%s: saving %s")                                       \
+    X(MSG_IGNORING, W "%s: ignoring %s")                                 \
+    X(MSG_DELETE, W "%s: deleting %s")                                   \
+    X(MSG_HTTP, W "%s: HTTP %d: %.*s")                                   \
+    X(MSG_NO_ANSWER, W "%s: no answer to %s")                            \
+    X(MSG_CLOCK, W "clock off by %lld s; signing again")                 \
+    X(MSG_RETRY, I "retrying in %lu ms")                                 \
+    X(MSG_DROP_CONFIRM, W "dropping unfinished confirm of %s")           \
+    X(MSG_REPORTED, I "reported %s of %s")                               \
+    X(MSG_DROP_REPORT, W "dropping report %s of %s: %s")                 \
+    X(MSG_QUEUED, I "%s: reports stay queued")                           \
+    X(MSG_CONFIG, E "config: bad device id, hardware, chip, key or URL") \
+    X(MSG_KEY, E "%s: release key (PEM: RSA 2048-4096, ECDSA P-256)")    \
+    X(MSG_BOOT_INFO, E "%s: boot_info")                                  \
+    X(MSG_ROLLED_BACK, W "rolled back from %s (%s); running %s")         \
+    X(MSG_BOOT_CONFIRM, E "%s: boot_confirm")                            \
+    X(MSG_CONFIRMED, I "update %s confirmed")                            \
+    X(MSG_REJECTED, W "image %s rejected (%s); reboot to roll back")     \
+    X(MSG_REFETCH, W "refetching chunk %lu: bad HMAC")                   \
+    X(MSG_DEFERRED, I "update %s verified; deferred to its window")      \
+    X(MSG_SET_PENDING, E "%s: slot_set_pending")                         \
+    X(MSG_INSTALLED, I "update %s installed; reboot to run it")          \
+    X(MSG_VERIFIED_BEFORE, I "update %s verified before")                \
+    X(MSG_KEPT_CHANGED, W "kept image changed; downloading again")       \
+    X(MSG_RESUMING, I "resuming %s at chunk %lu of %lu")                 \
+    X(MSG_DOWNLOADING, I "downloading %s: %lu chunks")                   \
+    X(MSG_NO_UPDATE, I "no update: %.*s")                                \
+    X(MSG_FAILED, E "update failed: %s")                                 \
+    X(MSG_LINE, "%s%s%s")                                                \
+    X(MSG_PAIR, "%s: %s")                                                \
+    X(MSG_KEY_ID, "key_id %s, trusted %s")                               \
+    X(MSG_ALG, "signature_alg %s, trusted key %s")                       \
+    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")             \
+    X(MSG_HARDWARE, "for %s, this device is %s")                         \
+    X(MSG_RUNNING, "running %s")                                         \
+    X(MSG_COUNTER, "%lu, the device's %lu")                              \
+    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work buffer %lu")  \
+    X(MSG_WINDOW, "bad install window")                                  \
+    X(MSG_ANSWER_SIZE, "check answer over %lu bytes (long notes?)")      \
+    X(MSG_FRAME, "frame: chunk %lu, %lu B; want %lu, %lu B")             \
+    X(MSG_PADDING, "bad padding (wrong firmware key?)")                  \
+    X(MSG_OVERSIZE, "more than the signed %lu bytes")                    \
+    X(MSG_WRITE, "slot_write at %lu")                                    \
+    X(MSG_CHECKPOINT, "saving a checkpoint")                             \
+    X(MSG_EMPTY, "no chunk from %lu")                                    \
+    X(MSG_TIMEOUT, "over %lu s")                                         \
+    X(MSG_MAC_TIMES, "chunk %lu, %u times")                              \
+    X(MSG_SLOT_BEGIN, "slot_begin")                                      \
+    X(MSG_ANSWER, "check answer")
+#define MSG_ID(id, text) id,
+#define MSG_TEXT(id, text) text "\0"
+enum { MESSAGES(MSG_ID) MSG__COUNT };
+static const char messages[] = MESSAGES(MSG_TEXT);
+#undef E
+#undef W
+#undef I
+
+static void logf_(fota_client_t *c, int msg, ...)
 {
     char line[160];
+    const char *fmt = nth(messages, (unsigned)msg);
     va_list ap;
     if (!c->port->log) return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    va_start(ap, msg);
+    vsnprintf(line, sizeof line, fmt + 1, ap);
     va_end(ap);
-    c->port->log(c->port->ctx, level, line);
+    c->port->log(c->port->ctx, (fota_log_level_t)(fmt[0] - '0'), line);
 }
-#define LOG_E(c, ...) logf_(c, FOTA_LOG_ERROR, __VA_ARGS__)
-#define LOG_W(c, ...) logf_(c, FOTA_LOG_WARN, __VA_ARGS__)
-#define LOG_I(c, ...) logf_(c, FOTA_LOG_INFO, __VA_ARGS__)
 
-/* "<what><key>: <error>", the shape of most failure lines. */
-static void log_err(fota_client_t *c, fota_log_level_t level, const char *what, const char *key, fota_err_t err)
+/* A failure line: the error's text, then what failed (msg's "%s: ..."),
+ * and arg for a second "%s" in it. */
+static void log_err(fota_client_t *c, int msg, fota_err_t err, const char *arg)
 {
-    logf_(c, level, "%s%s: %s", what, key, fota_err_str(err));
+    logf_(c, msg, fota_err_str(err), arg);
+}
+
+/* Reasons are reported to the server after the error's text, and logged
+ * so: they add what the device found, the numbers that matter. out holds
+ * FOTA_REASON_MAX + 1 bytes. */
+static void reason(char *out, int msg, ...)
+{
+    va_list ap;
+    va_start(ap, msg);
+    vsnprintf(out, FOTA_REASON_MAX + 1, nth(messages, (unsigned)msg), ap);
+    va_end(ap);
 }
 
 /* A port's failure as the library reports it: a power failure stays one
@@ -193,13 +272,9 @@ static void copy_str(char *dst, size_t cap, const char *src)
 static fota_err_t record_save(fota_client_t *c, int r, void *rec)
 {
     const char *key = nth(record_keys, (unsigned)r);
-    record_header_t *h = rec;
-    h->kind = (uint8_t)record_kinds[r];
-    h->version = RECORD_VERSION;
-    h->size_lo = (uint8_t)record_sizes[r];
-    h->size_hi = (uint8_t)(record_sizes[r] >> 8);
-    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, record_sizes[r]);
-    if (err) log_err(c, FOTA_LOG_ERROR, "save ", key, err);
+    memcpy(rec, &record_headers[r], sizeof(record_header_t));
+    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, RECORD_SIZE(r));
+    if (err) log_err(c, MSG_SAVE, err, key);
     return port_err(err, FOTA_ERR_STORAGE);
 }
 
@@ -208,15 +283,13 @@ static fota_err_t record_save(fota_client_t *c, int r, void *rec)
 static bool record_load(fota_client_t *c, int r, void *rec)
 {
     const char *key = nth(record_keys, (unsigned)r);
-    size_t n = 0, size = record_sizes[r];
-    record_header_t *h = rec;
-    fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, size, &n);
+    size_t n = 0;
+    fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, RECORD_SIZE(r), &n);
     if (err) {
-        if (err != FOTA_ERR_NOT_FOUND) log_err(c, FOTA_LOG_WARN, "ignoring ", key, err);
+        if (err != FOTA_ERR_NOT_FOUND) log_err(c, MSG_IGNORING, err, key);
         return false;
     }
-    return n == size && h->kind == (uint8_t)record_kinds[r] && h->version == RECORD_VERSION &&
-           (h->size_lo | h->size_hi << 8) == (int)size;
+    return n == RECORD_SIZE(r) && !memcmp(rec, &record_headers[r], sizeof(record_header_t));
 }
 
 /* Whether the char array s of a loaded record holds a string: the library
@@ -229,7 +302,7 @@ static fota_err_t record_delete(fota_client_t *c, int r)
     const char *key = nth(record_keys, (unsigned)r);
     fota_err_t err = c->port->kv_delete(c->port->ctx, key);
     if (err == FOTA_ERR_NOT_FOUND) return FOTA_OK;
-    if (err) log_err(c, FOTA_LOG_WARN, "delete ", key, err);
+    if (err) log_err(c, MSG_DELETE, err, key);
     return err;
 }
 
@@ -361,7 +434,7 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
                                                         : FOTA_ERR_CONFLICT;
     int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
     if (i >= 0) err = (fota_err_t)error_code_errs[i];
-    LOG_W(c, "%s: HTTP %d: %.*s", what, s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
+    logf_(c, MSG_HTTP, what, s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
     c->retry_after = resp->retry_after;
     return err;
 }
@@ -391,7 +464,7 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
-            log_err(c, FOTA_LOG_WARN, what, ": no answer", err);
+            log_err(c, MSG_NO_ANSWER, err, what);
             return port_err(err, FOTA_ERR_NETWORK);
         }
         if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
@@ -399,7 +472,7 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
         if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
             c->port->http_end(c->port->ctx, false);
             c->clock_offset += skew;
-            LOG_W(c, "clock off by %lld s; signing again", (long long)skew);
+            logf_(c, MSG_CLOCK, (long long)skew);
             continue;
         }
         /* The error body goes after the request body, which a retry sends again. */
@@ -427,7 +500,7 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
         if (c->retry_after * 1000 > delay) delay = c->retry_after * 1000;
     }
     c->retry_after = 0;
-    LOG_I(c, "retrying in %lu ms", (unsigned long)delay);
+    logf_(c, MSG_RETRY, (unsigned long)delay);
     c->port->sleep_ms(c->port->ctx, delay);
     return true;
 }
@@ -494,7 +567,7 @@ fota_err_t fota_flush(fota_client_t *c)
         bool confirm = q->status == REPORT_CONFIRMED;
         if (confirm && strcmp(q->version, c->boot.running_version) != 0) {
             /* Queued before a confirm that never completed: no longer true. */
-            LOG_W(c, "dropping unfinished confirm of %s", q->version);
+            logf_(c, MSG_DROP_CONFIRM, q->version);
             continue;
         }
         /* Sent unless the server proved unreachable (the rest would fail the
@@ -504,11 +577,11 @@ fota_err_t fota_flush(fota_client_t *c)
             err = send_report(c, q);
             if (err == FOTA_ERR_POWER) return err;
             if (err == FOTA_OK) {
-                LOG_I(c, "reported %s of %s", status, q->version);
+                logf_(c, MSG_REPORTED, status, q->version);
                 continue;
             }
             if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
-                LOG_W(c, "dropping report %s of %s: %s", status, q->version, fota_err_str(err));
+                logf_(c, MSG_DROP_REPORT, status, q->version, fota_err_str(err));
                 continue;
             }
             if (!first) first = err;
@@ -527,7 +600,7 @@ fota_err_t fota_flush(fota_client_t *c)
 static fota_err_t flush_queued(fota_client_t *c)
 {
     fota_err_t err = fota_flush(c);
-    if (err && err != FOTA_ERR_POWER) log_err(c, FOTA_LOG_INFO, "reports stay queued", "", err);
+    if (err && err != FOTA_ERR_POWER) log_err(c, MSG_QUEUED, err, NULL);
     return err == FOTA_ERR_POWER ? err : FOTA_OK;
 }
 
@@ -556,7 +629,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
         !cfg->server_url) {
-        LOG_E(c, "config: bad device id, hardware, chip, key or URL");
+        logf_(c, MSG_CONFIG);
         return FOTA_ERR_ARGUMENT;
     }
     /* The path prefix of the server URL, without trailing slashes, goes in
@@ -573,13 +646,13 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
                                    DATA_CAP(c), &c->key_alg, c->key_id);
     if (err) {
         /* mbedtls cannot check Ed25519: such a key is FOTA_ERR_UNSUPPORTED. */
-        log_err(c, FOTA_LOG_ERROR, "release key (PEM: RSA 2048-4096, ECDSA P-256)", "", err);
+        log_err(c, MSG_KEY, err, NULL);
         return err;
     }
     if (mbedtls_aes_setkey_dec(&c->aes, cfg->firmware_key, 256)) return FOTA_ERR_CRYPTO;
     err = port->boot_info(port->ctx, &c->boot);
     if (err) {
-        log_err(c, FOTA_LOG_ERROR, "boot_info", "", err);
+        log_err(c, MSG_BOOT_INFO, err, NULL);
         return err;
     }
     c->boot.running_version[FOTA_VERSION_MAX] = 0;
@@ -639,7 +712,7 @@ fota_err_t fota_startup(fota_client_t *c)
         }
         if ((err = c->port->boot_ack_rollback(c->port->ctx))) return err;
         if (ours) record_delete(c, REC_INSTALL);
-        LOG_W(c, "rolled back from %s (%s); running %s", rb, c->boot.rollback_reason, c->boot.running_version);
+        logf_(c, MSG_ROLLED_BACK, rb, c->boot.rollback_reason, c->boot.running_version);
         c->boot.rolled_back_version[0] = 0;
     }
     download_t d;
@@ -649,9 +722,9 @@ fota_err_t fota_startup(fota_client_t *c)
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
-            char reason[FOTA_REASON_MAX + 1];
-            snprintf(reason, sizeof reason, "%s: %s", fota_err_str(FOTA_ERR_SELF_TEST), fota_err_str(result));
-            err = fota_reject(c, reason);
+            char why[FOTA_REASON_MAX + 1];
+            reason(why, MSG_PAIR, fota_err_str(FOTA_ERR_SELF_TEST), fota_err_str(result));
+            err = fota_reject(c, why);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
         if ((err = fota_confirm(c))) return err;
@@ -671,12 +744,12 @@ fota_err_t fota_confirm(fota_client_t *c)
         (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
         return err;
     if ((err = c->port->boot_confirm(c->port->ctx))) {
-        log_err(c, FOTA_LOG_ERROR, "boot_confirm", "", err);
+        log_err(c, MSG_BOOT_CONFIRM, err, NULL);
         return port_err(err, FOTA_ERR_FLASH);
     }
     c->boot.trial = false;
     record_delete(c, REC_INSTALL);
-    LOG_I(c, "update %s confirmed", c->boot.running_version);
+    logf_(c, MSG_CONFIRMED, c->boot.running_version);
     c->progress.version = c->boot.running_version;
     progress(c, FOTA_STATE_IDLE);
     return flush_queued(c);
@@ -688,7 +761,7 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
     if (!reason) reason = "rejected";
     fota_err_t err = c->port->boot_reject(c->port->ctx, reason);
     if (err) return port_err(err, FOTA_ERR_FLASH);
-    LOG_W(c, "image %s rejected (%s); reboot to roll back", c->boot.running_version, reason);
+    logf_(c, MSG_REJECTED, c->boot.running_version, reason);
     c->progress.version = c->boot.running_version;
     progress_err(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
     return FOTA_OK;
@@ -792,36 +865,31 @@ static bool parse_answer(const uint8_t *js, size_t len, answer_t *a)
     return true;
 }
 
-/* Reasons are reported to the server after the error's text, and logged
- * so: they add what the device found, the numbers that matter. */
-static void reason(char *out, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(out, FOTA_REASON_MAX + 1, fmt, ap);
-    va_end(ap);
-}
 
 /* Judges the offer in a (the check answer in the data area, decoded in
  * place): signature first, then the manifest, then the device's rules.
- * Fills c->offer. */
-static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
+ * Fills c->offer, and res->version. */
+static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res, char *why)
 {
     fota_offer_t *o = &c->offer;
     fota_manifest_t m;
     fota_json_t *v = a->v;
-    if (!fota_json_str(&v[A_SESSION], o->session, sizeof o->session) || !plain_id(o->session, FOTA_SESSION_MAX, false) ||
-        !fota_json_str(&v[A_VERSION], o->version, sizeof o->version) || v[A_MANIFEST].type != FOTA_J_STRING ||
+    uint8_t *manifest = (uint8_t *)(uintptr_t)v[A_MANIFEST].p, *sig = (uint8_t *)(uintptr_t)v[A_SIGNATURE].p;
+    int32_t mlen = 0, slen = 0;
+    bool ok = fota_json_str(&v[A_VERSION], o->version, sizeof o->version);
+    copy_str(res->version, sizeof res->version, o->version);
+    c->progress.version = o->version;
+    /* Without a session there is nothing to report on. */
+    if (!ok || !fota_json_str(&v[A_SESSION], o->session, sizeof o->session) ||
+        !plain_id(o->session, FOTA_SESSION_MAX, false) || v[A_MANIFEST].type != FOTA_J_STRING ||
         v[A_SIGNATURE].type != FOTA_J_STRING) {
         o->session[0] = 0;
-        reason(why, "no session, version, manifest or signature");
-        return FOTA_ERR_PROTOCOL;
+    } else {
+        mlen = fota_base64_decode(manifest, v[A_MANIFEST].p, v[A_MANIFEST].n);
+        slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     }
-    uint8_t *manifest = (uint8_t *)(uintptr_t)v[A_MANIFEST].p, *sig = (uint8_t *)(uintptr_t)v[A_SIGNATURE].p;
-    int32_t mlen = fota_base64_decode(manifest, v[A_MANIFEST].p, v[A_MANIFEST].n);
-    int32_t slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     if (mlen <= 0 || slen < 0) {
-        reason(why, "bad base64");
+        reason(why, MSG_BAD_OFFER);
         return FOTA_ERR_PROTOCOL;
     }
     /* The manifest's key_id, read before its signature is checked, only to
@@ -832,7 +900,7 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
     pick(manifest, (size_t)mlen, "key_id\0", &k, 1);
     fota_json_str(&k, key_id, sizeof key_id);
     if (key_id[0] && strcmp(key_id, ours) != 0) {
-        reason(why, "key_id %s, trusted %s", key_id, ours);
+        reason(why, MSG_KEY_ID, key_id, ours);
         return FOTA_ERR_UNTRUSTED_KEY;
     }
     fota_err_t err = fota_verify(&c->pk, &c->sha2, manifest, (size_t)mlen, sig, (size_t)slen);
@@ -840,31 +908,31 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
     if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) return FOTA_ERR_MANIFEST;
     const char *alg = nth("\0rsa-2048\0ecdsa-p256", (unsigned)c->key_alg);
     if (strcmp(m.alg, alg) != 0) {
-        reason(why, "signature_alg %s, trusted key %s", m.alg, alg);
+        reason(why, MSG_ALG, m.alg, alg);
         return strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED;
     }
     uint32_t chunks = (m.ciphertext_size + m.chunk_size - 1) / m.chunk_size;
     if (strcmp(m.version, o->version) || a->num[0] != m.chunk_size || a->num[1] != chunks ||
         a->num[2] != m.ciphertext_size) {
-        reason(why, "answer %s, %lu chunks; signed %s, %lu", o->version, (unsigned long)a->num[1], m.version,
+        reason(why, MSG_DISAGREE, o->version, (unsigned long)a->num[1], m.version,
                (unsigned long)chunks);
         return FOTA_ERR_MANIFEST;
     }
     if (strcmp(m.hardware, c->cfg->hardware) != 0) {
-        reason(why, "for %s, this device is %s", m.hardware, c->cfg->hardware);
+        reason(why, MSG_HARDWARE, m.hardware, c->cfg->hardware);
         return FOTA_ERR_HARDWARE;
     }
     if (fota_semver_cmp(m.version, c->boot.running_version) <= 0) {
-        reason(why, "running %s", c->boot.running_version);
+        reason(why, MSG_RUNNING, c->boot.running_version);
         return FOTA_ERR_DOWNGRADE;
     }
     if (m.security_counter < c->boot.security_counter) {
-        reason(why, "%lu, the device's %lu", (unsigned long)m.security_counter,
+        reason(why, MSG_COUNTER, (unsigned long)m.security_counter,
                (unsigned long)c->boot.security_counter);
         return FOTA_ERR_COUNTER;
     }
     if (m.plaintext_size > c->boot.slot_size || m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
-        reason(why, "image %lu, slot %lu; chunk %lu, work buffer %lu",
+        reason(why, MSG_TOO_LARGE,
                (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
                (unsigned long)c->work_size);
         return FOTA_ERR_TOO_LARGE;
@@ -885,7 +953,7 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
     o->install_after = o->install_until = 0;
     if ((v[A_AFTER].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].n, &o->install_after)) ||
         (v[A_UNTIL].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].n, &o->install_until))) {
-        reason(why, "bad install window");
+        reason(why, MSG_WINDOW);
         return FOTA_ERR_PROTOCOL;
     }
     return FOTA_OK;
@@ -905,7 +973,7 @@ static fota_err_t check_in(fota_client_t *c, size_t *len, char *why)
     /* The answer lands after the request body, which a retry sends again. */
     fota_err_t err = post(c, "check", (size_t)n, len);
     if (err == FOTA_ERR_BUFFER)
-        reason(why, "check answer over %lu bytes (long notes?)", (unsigned long)(DATA_CAP(c) - n));
+        reason(why, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
     if (err) return err;
     /* Move the answer to the start of the data area. */
     memmove(DATA(c), DATA(c) + n, *len);
@@ -935,7 +1003,12 @@ static fota_err_t checkpoint(fota_client_t *c, download_t *d)
     return err ? err : record_save(c, REC_DOWNLOAD, d);
 }
 
-static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint32_t be32(const uint8_t *p)
+{
+    uint32_t x = 0;
+    for (int i = 0; i < 4; i++) x = x << 8 | p[i];
+    return x;
+}
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
@@ -961,7 +1034,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         uint32_t index = be32(head), len = be32(head + 4);
         uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
-            reason(why, "frame: chunk %lu, %lu B; want %lu, %lu B", (unsigned long)index,
+            reason(why, MSG_FRAME, (unsigned long)index,
                    (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
             err = FOTA_ERR_PROTOCOL;
             break;
@@ -975,8 +1048,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
                       : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac))
             break;
         if (!fota_equal(mac, head + 8, 32)) {
-            reason(why, "chunk %lu", (unsigned long)index);
-            err = FOTA_ERR_CHUNK_MAC;
+            err = FOTA_ERR_CHUNK_MAC; /* download() says which chunk, if it gives up */
             break;
         }
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
@@ -986,17 +1058,17 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         if (index + 1 == o->chunks) {
             int tail = fota_unpad(chunk + len - 16);
             if (tail < 0) {
-                reason(why, "bad padding (wrong firmware key?)");
+                reason(why, MSG_PADDING);
                 break;
             }
             plain = len - 16 + (uint32_t)tail;
         }
         if (d->written + plain > o->plaintext_size) {
-            reason(why, "more than the signed %lu bytes", (unsigned long)o->plaintext_size);
+            reason(why, MSG_OVERSIZE, (unsigned long)o->plaintext_size);
             break;
         }
         if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
-            reason(why, "slot_write at %lu", (unsigned long)d->written);
+            reason(why, MSG_WRITE, (unsigned long)d->written);
             break;
         }
         err = FOTA_ERR_CRYPTO;
@@ -1008,13 +1080,13 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         progress(c, FOTA_STATE_DOWNLOADING);
         err = FOTA_OK;
         if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
-            reason(why, "saving a checkpoint");
+            reason(why, MSG_CHECKPOINT);
             break;
         }
     }
     c->port->http_end(c->port->ctx, err == FOTA_OK);
     if (err == FOTA_OK && d->next_chunk == start) {
-        reason(why, "no chunk from %lu", (unsigned long)start);
+        reason(why, MSG_EMPTY, (unsigned long)start);
         return FOTA_ERR_PROTOCOL;
     }
     /* Chunks arrived before a network failure: go on from there. */
@@ -1027,7 +1099,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
 {
     fota_offer_t *o = &c->offer;
     uint8_t session_key[32];
-    uint8_t mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
+    unsigned mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
     uint32_t failed_at = UINT32_MAX;
     fota_err_t err = FOTA_OK;
     if (o->mac_v2 && fota_session_chunk_key(&c->sha2, c->psk, o->session, session_key)) return FOTA_ERR_CRYPTO;
@@ -1040,7 +1112,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     for (int attempt = 0; d->next_chunk < o->chunks;) {
         if (c->port->now(c->port->ctx) >= deadline) {
             /* What arrived is checkpointed: the next check resumes from there. */
-            reason(why, "over %lu s", (unsigned long)limit);
+            reason(why, MSG_TIMEOUT, (unsigned long)limit);
             err = checkpoint(c, d);
             if (err == FOTA_OK) err = FOTA_ERR_TIMEOUT;
             break;
@@ -1054,10 +1126,10 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
             if (failed_at != d->next_chunk) mac_failures = 0;
             failed_at = d->next_chunk;
             if (++mac_failures > allowed) {
-                reason(why, "chunk %lu, %u times", (unsigned long)failed_at, mac_failures);
+                reason(why, MSG_MAC_TIMES, (unsigned long)failed_at, mac_failures);
                 break;
             }
-            LOG_W(c, "refetching chunk %lu: bad HMAC", (unsigned long)failed_at);
+            logf_(c, MSG_REFETCH, (unsigned long)failed_at);
             continue;
         }
         if (!backoff(c, attempt++, err)) break;
@@ -1089,7 +1161,7 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
         }
         res->deferred = true;
         res->install_after = early ? o->install_after : 0;
-        LOG_I(c, "update %s verified; deferred to its window", o->version);
+        logf_(c, MSG_DEFERRED, o->version);
         progress(c, FOTA_STATE_DEFERRED);
         return FOTA_OK;
     }
@@ -1102,13 +1174,13 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
     if ((err = record_save(c, REC_INSTALL, &in))) return err;
     if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
                                          o->plaintext_sha256))) {
-        log_err(c, FOTA_LOG_ERROR, "slot_set_pending", "", err);
+        log_err(c, MSG_SET_PENDING, err, NULL);
         return port_err(err, FOTA_ERR_FLASH);
     }
     record_delete(c, REC_DOWNLOAD);
     if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
     res->installed = true;
-    LOG_I(c, "update %s installed; reboot to run it", o->version);
+    logf_(c, MSG_INSTALLED, o->version);
     progress(c, FOTA_STATE_COMPLETED);
     return FOTA_OK;
 }
@@ -1135,7 +1207,7 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
         /* Kept for its install window: hash the whole image in the slot again. */
         progress(c, FOTA_STATE_VERIFYING);
         if ((err = rehash(c, o->plaintext_size)) == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
-            LOG_I(c, "update %s verified before", o->version);
+            logf_(c, MSG_VERIFIED_BEFORE, o->version);
             if (!same_session) {
                 copy_str(d.session, sizeof d.session, o->session);
                 if ((err = queue_verified(c))) return err;
@@ -1143,11 +1215,11 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
             return apply(c, &d, same_session, res);
         }
         if (err == FOTA_ERR_POWER) return err;
-        LOG_W(c, "kept image changed; downloading again");
+        logf_(c, MSG_KEPT_CHANGED);
         saved = false;
     }
     if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
-        LOG_I(c, "resuming %s at chunk %lu of %lu", o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
+        logf_(c, MSG_RESUMING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
     } else {
         if (saved && d.next_chunk > 0 && err == FOTA_ERR_POWER) return err;
         memset(&d, 0, sizeof d);
@@ -1156,11 +1228,11 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
         memcpy(d.sha256, o->plaintext_sha256, 32);
         memcpy(d.cbc, o->iv, 16);
         if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
-            reason(why, "slot_begin");
+            reason(why, MSG_SLOT_BEGIN);
             return err;
         }
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
-        LOG_I(c, "downloading %s: %lu chunks", o->version, (unsigned long)o->chunks);
+        logf_(c, MSG_DOWNLOADING, o->version, (unsigned long)o->chunks);
     }
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d, why))) return err;
@@ -1198,26 +1270,24 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     progress(c, FOTA_STATE_CHECKING);
     if ((err = check_in(c, &len, why))) goto out;
     if (!parse_answer(DATA(c), len, &a)) {
-        reason(why, "check answer");
+        reason(why, MSG_ANSWER);
         err = FOTA_ERR_PROTOCOL;
         goto out;
     }
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
         fota_json_t *m = &a.v[A_MESSAGE];
-        LOG_I(c, "no update: %.*s", m->type == FOTA_J_STRING ? (int)m->n : 0, m->p ? m->p : "");
+        logf_(c, MSG_NO_UPDATE, m->type == FOTA_J_STRING ? (int)m->n : 0, m->p ? m->p : "");
         progress(c, FOTA_STATE_IDLE);
         return FOTA_OK;
     }
     res->update = true;
-    err = judge(c, &a, why);
-    copy_str(res->version, sizeof res->version, c->offer.version);
-    c->progress.version = c->offer.version;
+    err = judge(c, &a, res, why);
     if (err == FOTA_OK) err = install(c, res, why);
 out:
     if (err == FOTA_OK || err == FOTA_ERR_POWER) return err;
     /* The error's text, then what the device found: logged and reported. */
-    reason(line, "%s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
-    LOG_E(c, "update failed: %s", line);
+    reason(line, MSG_LINE, fota_err_str(err), why[0] ? ": " : "", why);
+    logf_(c, MSG_FAILED, line);
     progress_err(c, FOTA_STATE_ERROR, err);
     if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
     if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&

@@ -37,8 +37,6 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
 bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out);
 /* Copies a string value without escapes into out (cap bytes with the NUL). */
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap);
-/* Whether v is the string s. */
-bool fota_json_is(const fota_json_t *v, const char *s);
 
 /* SemVer 2.0.0: valid, and precedence (-1, 0, 1; -2 when either is invalid). */
 bool fota_semver_valid(const char *v);

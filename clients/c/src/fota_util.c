@@ -241,11 +241,6 @@ bool fota_json_str(const fota_json_t *v, char *out, size_t cap)
     return true;
 }
 
-bool fota_json_is(const fota_json_t *v, const char *s)
-{
-    return v->type == FOTA_J_STRING && strlen(s) == v->n && memcmp(v->p, s, v->n) == 0;
-}
-
 /* ---- SemVer 2.0.0 ---- */
 
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }
