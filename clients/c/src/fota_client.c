@@ -11,6 +11,7 @@
  * shared helpers.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -448,15 +449,15 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
 {
     const uint8_t *body = len ? DATA(c) : NULL;
     for (int attempt = 0;; attempt++) {
-        uint8_t raw[16], mac[32];
-        char nonce[33], sig[65], ts[24];
+        uint8_t raw[32]; /* the nonce's random bytes, then the signature */
+        char nonce[33], sig[65], ts[21];
         int64_t now = server_now(c);
         snprintf(ts, sizeof ts, "%lld", (long long)now);
-        if (c->port->random(c->port->ctx, raw, sizeof raw)) return FOTA_ERR_CRYPTO;
-        fota_hex(nonce, raw, sizeof raw);
-        if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, mac))
+        if (c->port->random(c->port->ctx, raw, 16)) return FOTA_ERR_CRYPTO;
+        fota_hex(nonce, raw, 16);
+        if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, raw))
             return FOTA_ERR_CRYPTO;
-        fota_hex(sig, mac, sizeof mac);
+        fota_hex(sig, raw, 32);
         int n = snprintf(HDR(c), HDR_CAP,
                          "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: %s\r\n%s",
                          c->cfg->device_id, ts, nonce, sig, len ? "Content-Type: application/json\r\n" : "");
@@ -774,12 +775,21 @@ typedef struct {
     uint32_t seen;
 } manifest_walk_t;
 
-enum { M_FORMAT, M_PRODUCT, M_HARDWARE, M_VERSION, M_COUNTER, M_PSIZE, M_PSHA, M_CIPHER, M_IV, M_CSIZE, M_CSHA,
-       M_CHUNK, M_CREATED, M_KEY, M_ALG, M_NOTES, M__COUNT };
+/* The fields, numbers first, then hex strings, each as docs/FORMAT.md has it. */
+enum { M_COUNTER, M_PSIZE, M_CSIZE, M_CHUNK, M_PSHA, M_CSHA, M_IV, M_FORMAT, M_PRODUCT, M_HARDWARE, M_VERSION,
+       M_CIPHER, M_CREATED, M_KEY, M_ALG, M_NOTES, M__COUNT };
 static const char manifest_fields[] =
-    "format\0product\0hardware\0version\0security_counter\0plaintext_size\0plaintext_sha256\0cipher\0iv\0"
-    "ciphertext_size\0ciphertext_sha256\0chunk_size\0created\0key_id\0signature_alg\0notes\0";
+    "security_counter\0plaintext_size\0ciphertext_size\0chunk_size\0plaintext_sha256\0ciphertext_sha256\0iv\0"
+    "format\0product\0hardware\0version\0cipher\0created\0key_id\0signature_alg\0notes\0";
 #define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
+/* Where the numbers and hex strings go, and the numbers' bounds. */
+static const uint8_t manifest_off[] = {
+    offsetof(fota_manifest_t, security_counter), offsetof(fota_manifest_t, plaintext_size),
+    offsetof(fota_manifest_t, ciphertext_size),  offsetof(fota_manifest_t, chunk_size),
+    offsetof(fota_manifest_t, plaintext_sha256), offsetof(fota_manifest_t, ciphertext_sha256),
+    offsetof(fota_manifest_t, iv)};
+static const uint32_t manifest_min[] = {0, 1, 0, 256};
+static const uint32_t manifest_max[] = {UINT32_MAX, 256u << 20, (256u << 20) + 16, 65536};
 
 /* A JSON unsigned integer in [min, max] into *out (left alone otherwise). */
 static bool u32_in(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
@@ -790,37 +800,29 @@ static bool u32_in(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *o
     return true;
 }
 
-static bool hex_in(const fota_json_t *v, uint8_t *out, size_t n)
-{
-    return v->type == FOTA_J_STRING && fota_unhex(out, n, v->p, v->n);
-}
-
 static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
 {
     manifest_walk_t *w = user;
     fota_manifest_t *m = w->m;
     uint32_t x = 0;
     int64_t created;
+    bool str = v->type == FOTA_J_STRING;
     int f = name_index(manifest_fields, key, n);
     if (f < 0) return false; /* readers reject unknown fields */
     w->seen |= 1u << f;
+    void *dst = (char *)m + manifest_off[f < M_FORMAT ? f : 0];
+    if (f <= M_CHUNK) return u32_in(v, manifest_min[f], manifest_max[f], dst) && m->chunk_size % 16 == 0;
+    if (f <= M_IV) return str && fota_unhex(dst, f == M_IV ? 16 : 32, v->p, v->n);
     switch (f) {
     case M_FORMAT: return u32_in(v, 1, 1, &x);
-    case M_PRODUCT: return v->type == FOTA_J_STRING && v->n >= 1 && v->n <= 64;
+    case M_PRODUCT: return str && v->n >= 1 && v->n <= 64;
     case M_HARDWARE: return fota_json_str(v, m->hardware, sizeof m->hardware) && plain_id(m->hardware, 32, true);
     case M_VERSION: return fota_json_str(v, m->version, sizeof m->version) && fota_semver_valid(m->version);
-    case M_COUNTER: return u32_in(v, 0, UINT32_MAX, &m->security_counter);
-    case M_PSIZE: return u32_in(v, 1, 256u << 20, &m->plaintext_size);
-    case M_PSHA: return hex_in(v, m->plaintext_sha256, 32);
-    case M_CIPHER: return v->type == FOTA_J_STRING && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
-    case M_IV: return hex_in(v, m->iv, 16);
-    case M_CSIZE: return u32_in(v, 0, (256u << 20) + 16, &m->ciphertext_size);
-    case M_CSHA: return hex_in(v, m->ciphertext_sha256, 32);
-    case M_CHUNK: return u32_in(v, 256, 65536, &x) && x % 16 == 0 && ((m->chunk_size = x), true);
-    case M_CREATED: return v->type == FOTA_J_STRING && fota_parse_rfc3339(v->p, v->n, &created);
+    case M_CIPHER: return str && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
+    case M_CREATED: return str && fota_parse_rfc3339(v->p, v->n, &created);
     case M_KEY: return fota_json_str(v, m->key_id, sizeof m->key_id) && strlen(m->key_id) == 16;
     case M_ALG: return fota_json_str(v, m->alg, sizeof m->alg);
-    default: return v->type == FOTA_J_STRING && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
+    default: return str && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
     }
 }
 
@@ -1003,12 +1005,6 @@ static fota_err_t checkpoint(fota_client_t *c, download_t *d)
     return err ? err : record_save(c, REC_DOWNLOAD, d);
 }
 
-static uint32_t be32(const uint8_t *p)
-{
-    uint32_t x = 0;
-    for (int i = 0; i < 4; i++) x = x << 8 | p[i];
-    return x;
-}
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
@@ -1031,7 +1027,11 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         size_t got;
         err = read_full(c, head, sizeof head, &got);
         if (err || got == 0) break;
-        uint32_t index = be32(head), len = be32(head + 4);
+        uint32_t index = 0, len = 0; /* big-endian in the frame's head */
+        for (int k = 0; k < 4; k++) {
+            index = index << 8 | head[k];
+            len = len << 8 | head[k + 4];
+        }
         uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
             reason(why, MSG_FRAME, (unsigned long)index,
