@@ -182,7 +182,6 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
 {
     const char *p = ws(js, js + len), *end = js + len;
     const char *keys[JSON_MAX_MEMBERS];
-    size_t key_lens[JSON_MAX_MEMBERS];
     int members = 0;
     if (p >= end || *p++ != '{') return false;
     p = ws(p, end);
@@ -199,10 +198,12 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
                 return false;
             kn = (size_t)(k - p - 2);
             k = p + 1;
+            /* A key has no escapes, so its closing quote ends it: the same key
+             * is the same kn bytes and quote. An earlier key lies before k, so
+             * kn + 1 bytes from it are inside the text. */
             for (int i = 0; i < members; i++)
-                if (key_lens[i] == kn && memcmp(keys[i], k, kn) == 0) return false;
-            keys[members] = k;
-            key_lens[members++] = kn;
+                if (memcmp(keys[i], k, kn + 1) == 0) return false;
+            keys[members++] = k;
             p = ws(k + kn + 1, end);
             if (p >= end || *p++ != ':') return false;
             p = ws(p, end);
@@ -338,28 +339,15 @@ int fota_semver_cmp(const char *a, const char *b)
 
 /* ---- Times ---- */
 
-/* Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil,
- * proleptic Gregorian; years 0-9999, so 32 bits do). */
-static int32_t days_from_civil(int y, unsigned m, unsigned d)
+/* Reads s laid out as pat: a digit 0-5 in pat is a digit of s that goes
+ * into t[that digit] (year, month, day, hour, minute, second), '*' any
+ * character, anything else itself. t starts zeroed. */
+static bool scan(const char *s, const char *pat, int *t)
 {
-    y -= m <= 2;
-    int era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int32_t)doe - 719468;
-}
-
-/* Reads s laid out as pat: '0' is a digit, '*' any character, anything
- * else itself; each run of digits is a number, stored in n in order. */
-static bool scan(const char *s, const char *pat, int *n)
-{
-    int k = -1;
-    for (char prev = 0; *pat; prev = *pat++, s++) {
-        if (*pat == '0') {
+    for (; *pat; pat++, s++) {
+        if (*pat >= '0' && *pat <= '5') {
             if (!is_digit(*s)) return false;
-            if (prev != '0') n[++k] = 0;
-            n[k] = n[k] * 10 + (*s - '0');
+            t[*pat - '0'] = t[*pat - '0'] * 10 + (*s - '0');
         } else if (*pat != '*' && *s != *pat) {
             return false;
         }
@@ -367,20 +355,25 @@ static bool scan(const char *s, const char *pat, int *n)
     return true;
 }
 
-/* Unix seconds of year y, month mo, and t: day, hour, minute, second;
- * false when out of range. */
-static bool civil(int y, int mo, const int *t, int64_t *out)
+/* Unix seconds of the civil time t (see scan); false when out of range.
+ * Days from Howard Hinnant's days_from_civil (proleptic Gregorian), on
+ * years moved up by 400 (one era) so that none is negative. */
+static bool civil(const int *t, int64_t *out)
 {
     static const uint8_t mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (mo < 1 || mo > 12 || t[0] < 1 || t[0] > mdays[mo - 1] || t[1] > 23 || t[2] > 59 || t[3] > 60) return false;
-    *out = (int64_t)days_from_civil(y, (unsigned)mo, (unsigned)t[0]) * 86400 + t[1] * 3600 + t[2] * 60 + t[3];
+    unsigned m = (unsigned)t[1], d = (unsigned)t[2];
+    if (m - 1 > 11 || d < 1 || d > mdays[m - 1] || t[3] > 23 || t[4] > 59 || t[5] > 60) return false;
+    unsigned y = (unsigned)t[0] + 400 - (m <= 2), yoe = y % 400;
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int32_t days = (int32_t)(y / 400 * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy) - 719468 - 146097;
+    *out = (int64_t)days * 86400 + (t[3] * 3600 + t[4] * 60 + t[5]);
     return true;
 }
 
 bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out)
 {
-    int n[6]; /* year, month, day, hour, minute, second */
-    if (len < 20 || !scan(s, "0000-00-00T00:00:00", n) || !civil(n[0], n[1], n + 2, out)) return false;
+    int t[6] = {0, 0, 0, 0, 0, 0};
+    if (len < 20 || !scan(s, "0000-11-22T33:44:55", t) || !civil(t, out)) return false;
     size_t i = 19;
     if (s[i] == '.') {
         /* Fractions of a second: an install window bound is whole seconds late at most. */
@@ -396,12 +389,10 @@ int64_t fota_parse_http_date(const char *s)
 {
     /* IMF-fixdate, what every HTTP/1.1 server sends: "Sun, 06 Nov 1994 08:49:37 GMT". */
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    int n[5]; /* day, year, hour, minute, second */
-    int64_t t;
-    if (!s || strlen(s) != 29 || !scan(s, "***, 00 *** 0000 00:00:00 GMT", n)) return 0;
-    int mo = 0;
-    while (mo < 12 && memcmp(months + 3 * mo, s + 8, 3) != 0) mo++;
-    int y = n[1];
-    n[1] = n[0]; /* then day, hour, minute, second: as civil reads them */
-    return civil(y, mo + 1, n + 1, &t) ? t : 0;
+    int t[6] = {0, 0, 0, 0, 0, 0};
+    int64_t x;
+    if (!s || strlen(s) != 29 || !scan(s, "***, 22 *** 0000 33:44:55 GMT", t)) return 0;
+    while (t[1] < 12 && memcmp(months + 3 * t[1], s + 8, 3) != 0) t[1]++;
+    t[1]++; /* 13 when no month matched: civil refuses it */
+    return civil(t, &x) ? x : 0;
 }
