@@ -277,6 +277,7 @@ typedef struct {
     mbedtls_aes_context aes;
     mbedtls_sha256_context sha;   /* the image's SHA-256 */
     mbedtls_sha256_context sha2;  /* HMACs, chunk digests */
+    char why[FOTA_REASON_MAX + 1]; /* why the update failed: the error's text and what the device found */
 } fota_client_t;
 
 /* Sets c up. work (work_size bytes, at least FOTA_WORK_MIN) belongs to the

@@ -174,8 +174,8 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_DOWNLOADING, I "downloading %s: %lu chunks")                   \
     X(MSG_NO_UPDATE, I "no update: %.*s")                                \
     X(MSG_FAILED, E "update failed: %s")                                 \
-    X(MSG_LINE, "%s%s%s")                                                \
-    X(MSG_PAIR, "%s: %s")                                                \
+                                                \
+    X(MSG_TEXT_ARG, "%s")                                                \
     X(MSG_KEY_ID, "key_id %s, trusted %s")                               \
     X(MSG_ALG, "signature_alg %s, trusted key %s")                       \
     X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")             \
@@ -222,15 +222,17 @@ static void log_err(fota_client_t *c, int msg, fota_err_t err, const char *arg)
     logf_(c, msg, fota_err_str(err), arg);
 }
 
-/* Reasons are reported to the server after the error's text, and logged
- * so: they add what the device found, the numbers that matter. out holds
- * FOTA_REASON_MAX + 1 bytes. */
-static void reason(char *out, int msg, ...)
+/* A failure's reason, logged and reported to the server: the error's text,
+ * then what the device found (msg with its arguments), in c->why; returns
+ * err. */
+static fota_err_t fail(fota_client_t *c, fota_err_t err, int msg, ...)
 {
     va_list ap;
+    int n = snprintf(c->why, sizeof c->why, "%s: ", fota_err_str(err));
     va_start(ap, msg);
-    vsnprintf(out, FOTA_REASON_MAX + 1, nth(messages, (unsigned)msg), ap);
+    vsnprintf(c->why + n, sizeof c->why - (size_t)n, nth(messages, (unsigned)msg), ap);
     va_end(ap);
+    return err;
 }
 
 /* A port's failure as the library reports it: a power failure stays one
@@ -421,11 +423,10 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
                           size_t cap)
 {
     size_t n = 0;
-    fota_json_t e[2]; /* code, error */
-    memset(e, 0, sizeof e);
+    fota_json_t e[2]; /* code, error; none from a body cut short */
     bool whole = read_body(c, buf, cap, &n) == FOTA_OK;
     c->port->http_end(c->port->ctx, whole);
-    if (whole) pick(buf, n, "code\0error\0", e, 2);
+    pick(buf, whole ? n : 0, "code\0error\0", e, 2);
     int s = resp->status;
     fota_err_t err = s >= 500 || s == 408 || s == 429 ? FOTA_ERR_SERVER_BUSY
                      : s == 401                        ? FOTA_ERR_UNAUTHORIZED
@@ -723,9 +724,8 @@ fota_err_t fota_startup(fota_client_t *c)
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
-            char why[FOTA_REASON_MAX + 1];
-            reason(why, MSG_PAIR, fota_err_str(FOTA_ERR_SELF_TEST), fota_err_str(result));
-            err = fota_reject(c, why);
+            fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, fota_err_str(result));
+            err = fota_reject(c, c->why);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
         if ((err = fota_confirm(c))) return err;
@@ -871,7 +871,7 @@ static bool parse_answer(const uint8_t *js, size_t len, answer_t *a)
 /* Judges the offer in a (the check answer in the data area, decoded in
  * place): signature first, then the manifest, then the device's rules.
  * Fills c->offer, and res->version. */
-static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res, char *why)
+static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     fota_manifest_t m;
@@ -891,53 +891,44 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res, char 
         slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     }
     if (mlen <= 0 || slen < 0) {
-        reason(why, MSG_BAD_OFFER);
-        return FOTA_ERR_PROTOCOL;
+        return fail(c, FOTA_ERR_PROTOCOL, MSG_BAD_OFFER);
     }
     /* The manifest's key_id, read before its signature is checked, only to
      * say "untrusted key" rather than "bad signature" (as the Go agent does). */
-    char key_id[17] = "", ours[17];
+    char key_id[17], ours[17];
     fota_json_t k;
     fota_hex(ours, c->key_id, 8);
     pick(manifest, (size_t)mlen, "key_id\0", &k, 1);
-    fota_json_str(&k, key_id, sizeof key_id);
-    if (key_id[0] && strcmp(key_id, ours) != 0) {
-        reason(why, MSG_KEY_ID, key_id, ours);
-        return FOTA_ERR_UNTRUSTED_KEY;
+    if (fota_json_str(&k, key_id, sizeof key_id) && key_id[0] && strcmp(key_id, ours) != 0) {
+        return fail(c, FOTA_ERR_UNTRUSTED_KEY, MSG_KEY_ID, key_id, ours);
     }
     fota_err_t err = fota_verify(&c->pk, &c->sha2, manifest, (size_t)mlen, sig, (size_t)slen);
     if (err) return err;
     if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) return FOTA_ERR_MANIFEST;
     const char *alg = nth("\0rsa-2048\0ecdsa-p256", (unsigned)c->key_alg);
     if (strcmp(m.alg, alg) != 0) {
-        reason(why, MSG_ALG, m.alg, alg);
-        return strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED;
+        return fail(c, strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED, MSG_ALG, m.alg, alg);
     }
     uint32_t chunks = (m.ciphertext_size + m.chunk_size - 1) / m.chunk_size;
     if (strcmp(m.version, o->version) || a->num[0] != m.chunk_size || a->num[1] != chunks ||
         a->num[2] != m.ciphertext_size) {
-        reason(why, MSG_DISAGREE, o->version, (unsigned long)a->num[1], m.version,
-               (unsigned long)chunks);
-        return FOTA_ERR_MANIFEST;
+        return fail(c, FOTA_ERR_MANIFEST, MSG_DISAGREE, o->version, (unsigned long)a->num[1], m.version,
+                    (unsigned long)chunks);
     }
     if (strcmp(m.hardware, c->cfg->hardware) != 0) {
-        reason(why, MSG_HARDWARE, m.hardware, c->cfg->hardware);
-        return FOTA_ERR_HARDWARE;
+        return fail(c, FOTA_ERR_HARDWARE, MSG_HARDWARE, m.hardware, c->cfg->hardware);
     }
     if (fota_semver_cmp(m.version, c->boot.running_version) <= 0) {
-        reason(why, MSG_RUNNING, c->boot.running_version);
-        return FOTA_ERR_DOWNGRADE;
+        return fail(c, FOTA_ERR_DOWNGRADE, MSG_RUNNING, c->boot.running_version);
     }
     if (m.security_counter < c->boot.security_counter) {
-        reason(why, MSG_COUNTER, (unsigned long)m.security_counter,
-               (unsigned long)c->boot.security_counter);
-        return FOTA_ERR_COUNTER;
+        return fail(c, FOTA_ERR_COUNTER, MSG_COUNTER, (unsigned long)m.security_counter,
+                    (unsigned long)c->boot.security_counter);
     }
     if (m.plaintext_size > c->boot.slot_size || m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
-        reason(why, MSG_TOO_LARGE,
-               (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
-               (unsigned long)c->work_size);
-        return FOTA_ERR_TOO_LARGE;
+        return fail(c, FOTA_ERR_TOO_LARGE, MSG_TOO_LARGE,
+                    (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
+                    (unsigned long)c->work_size);
     }
     rejected_t r;
     if (rejected(c, &r, m.version)) return FOTA_ERR_ROLLED_BACK;
@@ -955,14 +946,13 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res, char 
     o->install_after = o->install_until = 0;
     if ((v[A_AFTER].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].n, &o->install_after)) ||
         (v[A_UNTIL].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].n, &o->install_until))) {
-        reason(why, MSG_WINDOW);
-        return FOTA_ERR_PROTOCOL;
+        return fail(c, FOTA_ERR_PROTOCOL, MSG_WINDOW);
     }
     return FOTA_OK;
 }
 
 /* Sends the check-in and reads the answer into the data area. */
-static fota_err_t check_in(fota_client_t *c, size_t *len, char *why)
+static fota_err_t check_in(fota_client_t *c, size_t *len)
 {
     char *body = (char *)DATA(c);
     const char *chip = c->cfg->chip;
@@ -974,8 +964,7 @@ static fota_err_t check_in(fota_client_t *c, size_t *len, char *why)
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || !uri(c, "/v1/device/check")) return FOTA_ERR_BUFFER;
     /* The answer lands after the request body, which a retry sends again. */
     fota_err_t err = post(c, "check", (size_t)n, len);
-    if (err == FOTA_ERR_BUFFER)
-        reason(why, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
+    if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
     if (err) return err;
     /* Move the answer to the start of the data area. */
     memmove(DATA(c), DATA(c) + n, *len);
@@ -1008,7 +997,7 @@ static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
-static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32], char *why)
+static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32])
 {
     fota_offer_t *o = &c->offer;
     uint16_t every = c->cfg->checkpoint_every ? c->cfg->checkpoint_every : 8;
@@ -1034,9 +1023,8 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         }
         uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
-            reason(why, MSG_FRAME, (unsigned long)index,
-                   (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
-            err = FOTA_ERR_PROTOCOL;
+            err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
+                       (unsigned long)d->next_chunk, (unsigned long)expect);
             break;
         }
         if ((err = read_full(c, chunk, len, &got)) || got < len) {
@@ -1054,21 +1042,20 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
         if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
         uint32_t plain = len;
-        err = FOTA_ERR_DECRYPT;
         if (index + 1 == o->chunks) {
             int tail = fota_unpad(chunk + len - 16);
             if (tail < 0) {
-                reason(why, MSG_PADDING);
+                err = fail(c, FOTA_ERR_DECRYPT, MSG_PADDING);
                 break;
             }
             plain = len - 16 + (uint32_t)tail;
         }
         if (d->written + plain > o->plaintext_size) {
-            reason(why, MSG_OVERSIZE, (unsigned long)o->plaintext_size);
+            err = fail(c, FOTA_ERR_DECRYPT, MSG_OVERSIZE, (unsigned long)o->plaintext_size);
             break;
         }
         if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
-            reason(why, MSG_WRITE, (unsigned long)d->written);
+            fail(c, err, MSG_WRITE, (unsigned long)d->written);
             break;
         }
         err = FOTA_ERR_CRYPTO;
@@ -1080,22 +1067,19 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         progress(c, FOTA_STATE_DOWNLOADING);
         err = FOTA_OK;
         if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
-            reason(why, MSG_CHECKPOINT);
+            fail(c, err, MSG_CHECKPOINT);
             break;
         }
     }
     c->port->http_end(c->port->ctx, err == FOTA_OK);
-    if (err == FOTA_OK && d->next_chunk == start) {
-        reason(why, MSG_EMPTY, (unsigned long)start);
-        return FOTA_ERR_PROTOCOL;
-    }
+    if (err == FOTA_OK && d->next_chunk == start) return fail(c, FOTA_ERR_PROTOCOL, MSG_EMPTY, (unsigned long)start);
     /* Chunks arrived before a network failure: go on from there. */
     if (err == FOTA_ERR_NETWORK && d->next_chunk > start) return FOTA_OK;
     return err;
 }
 
 /* Downloads the offer into the inactive slot, resuming a saved download. */
-static fota_err_t download(fota_client_t *c, download_t *d, char *why)
+static fota_err_t download(fota_client_t *c, download_t *d)
 {
     fota_offer_t *o = &c->offer;
     uint8_t session_key[32];
@@ -1112,12 +1096,10 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     for (int attempt = 0; d->next_chunk < o->chunks;) {
         if (c->port->now(c->port->ctx) >= deadline) {
             /* What arrived is checkpointed: the next check resumes from there. */
-            reason(why, MSG_TIMEOUT, (unsigned long)limit);
-            err = checkpoint(c, d);
-            if (err == FOTA_OK) err = FOTA_ERR_TIMEOUT;
+            if ((err = checkpoint(c, d)) == FOTA_OK) err = fail(c, FOTA_ERR_TIMEOUT, MSG_TIMEOUT, (unsigned long)limit);
             break;
         }
-        err = fetch(c, d, session_key, why);
+        err = fetch(c, d, session_key);
         if (err == FOTA_OK) {
             attempt = 0;
             continue;
@@ -1126,7 +1108,7 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
             if (failed_at != d->next_chunk) mac_failures = 0;
             failed_at = d->next_chunk;
             if (++mac_failures > allowed) {
-                reason(why, MSG_MAC_TIMES, (unsigned long)failed_at, mac_failures);
+                fail(c, err, MSG_MAC_TIMES, (unsigned long)failed_at, mac_failures);
                 break;
             }
             logf_(c, MSG_REFETCH, (unsigned long)failed_at);
@@ -1194,7 +1176,7 @@ static fota_err_t check_hash(fota_client_t *c)
 }
 
 /* Downloads (or resumes), verifies and applies the judged offer. */
-static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
+static fota_err_t install(fota_client_t *c, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     download_t d;
@@ -1228,14 +1210,13 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
         memcpy(d.sha256, o->plaintext_sha256, 32);
         memcpy(d.cbc, o->iv, 16);
         if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
-            reason(why, MSG_SLOT_BEGIN);
-            return err;
+            return fail(c, err, MSG_SLOT_BEGIN);
         }
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
         logf_(c, MSG_DOWNLOADING, o->version, (unsigned long)o->chunks);
     }
     copy_str(d.session, sizeof d.session, o->session);
-    if ((err = download(c, &d, why))) return err;
+    if ((err = download(c, &d))) return err;
     progress(c, FOTA_STATE_VERIFYING);
     if ((err = check_hash(c))) return err;
     if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
@@ -1258,20 +1239,19 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
 
 fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
 {
-    char why[FOTA_REASON_MAX + 1] = "", line[FOTA_REASON_MAX + 1];
     answer_t a;
     size_t len = 0;
     fota_err_t err;
     memset(res, 0, sizeof *res);
+    c->why[0] = 0;
     if (c->boot.trial) return FOTA_ERR_ON_TRIAL;
     /* Each check first sends what is queued, so the timer retries reports. */
     if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
     c->progress.version = "";
     progress(c, FOTA_STATE_CHECKING);
-    if ((err = check_in(c, &len, why))) goto out;
+    if ((err = check_in(c, &len))) goto out;
     if (!parse_answer(DATA(c), len, &a)) {
-        reason(why, MSG_ANSWER);
-        err = FOTA_ERR_PROTOCOL;
+        err = fail(c, FOTA_ERR_PROTOCOL, MSG_ANSWER);
         goto out;
     }
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
@@ -1281,12 +1261,12 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
         return FOTA_OK;
     }
     res->update = true;
-    err = judge(c, &a, res, why);
-    if (err == FOTA_OK) err = install(c, res, why);
+    err = judge(c, &a, res);
+    if (err == FOTA_OK) err = install(c, res);
 out:
     if (err == FOTA_OK || err == FOTA_ERR_POWER) return err;
-    /* The error's text, then what the device found: logged and reported. */
-    reason(line, MSG_LINE, fota_err_str(err), why[0] ? ": " : "", why);
+    /* The error's text, and what the device found when it said (fail). */
+    const char *line = c->why[0] ? c->why : fota_err_str(err);
     logf_(c, MSG_FAILED, line);
     progress_err(c, FOTA_STATE_ERROR, err);
     if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
