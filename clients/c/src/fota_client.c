@@ -419,7 +419,7 @@ static const uint8_t error_code_errs[] = {
 
 /* Sorts a refusal by its fota code, else by its status (docs/PROTOCOL.md,
  * "Errors"), and logs the server's word on it. Ends the exchange. */
-static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_response_t *resp, uint8_t *buf,
+static fota_err_t refusal(fota_client_t *c, const fota_http_response_t *resp, uint8_t *buf,
                           size_t cap)
 {
     size_t n = 0;
@@ -436,7 +436,7 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
                                                         : FOTA_ERR_CONFLICT;
     int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
     if (i >= 0) err = (fota_err_t)error_code_errs[i];
-    logf_(c, MSG_HTTP, what, s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
+    logf_(c, MSG_HTTP, URI(c), s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
     c->retry_after = resp->retry_after;
     return err;
 }
@@ -445,10 +445,10 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
  * area. On FOTA_OK the answer was 2xx and its body is to be read (then
  * http_end). A 401 whose Date shows the device clock off corrects the clock
  * and signs once more (docs/PROTOCOL.md, "The device clock"). */
-static fota_err_t request(fota_client_t *c, const char *what, const char *method, size_t len,
-                          fota_http_response_t *resp)
+static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *resp)
 {
     const uint8_t *body = len ? DATA(c) : NULL;
+    const char *method = len ? "POST" : "GET"; /* the device's requests with a body are POSTs */
     for (int attempt = 0;; attempt++) {
         uint8_t raw[32]; /* the nonce's random bytes, then the signature */
         char nonce[33], sig[65], ts[21];
@@ -466,7 +466,7 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
-            log_err(c, MSG_NO_ANSWER, err, what);
+            log_err(c, MSG_NO_ANSWER, err, URI(c));
             return port_err(err, FOTA_ERR_NETWORK);
         }
         if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
@@ -478,7 +478,7 @@ static fota_err_t request(fota_client_t *c, const char *what, const char *method
             continue;
         }
         /* The error body goes after the request body, which a retry sends again. */
-        return refusal(c, what, resp, DATA(c) + len, DATA_CAP(c) - len);
+        return refusal(c, resp, DATA(c) + len, DATA_CAP(c) - len);
     }
 }
 
@@ -509,12 +509,12 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
 
 /* POSTs the n-byte body at the start of the data area, retrying transient
  * failures, and reads the answer after it (*len bytes). */
-static fota_err_t post(fota_client_t *c, const char *what, size_t n, size_t *len)
+static fota_err_t post(fota_client_t *c, size_t n, size_t *len)
 {
     fota_http_response_t resp;
     fota_err_t err;
     for (int attempt = 0;; attempt++) {
-        err = request(c, what, "POST", n, &resp);
+        err = request(c, n, &resp);
         if (err == FOTA_OK) {
             err = read_body(c, DATA(c) + n, DATA_CAP(c) - n, len);
             c->port->http_end(c->port->ctx, err == FOTA_OK);
@@ -523,23 +523,14 @@ static fota_err_t post(fota_client_t *c, const char *what, size_t n, size_t *len
     }
 }
 
-static bool uri(fota_client_t *c, const char *fmt, ...)
-{
-    va_list ap;
-    size_t n = strlen(c->prefix); /* shorter than URI_CAP: fota_init checks */
-    memcpy(URI(c), c->prefix, n);
-    va_start(ap, fmt);
-    int m = vsnprintf(URI(c) + n, URI_CAP - n, fmt, ap);
-    va_end(ap);
-    return m >= 0 && (size_t)m < URI_CAP - n;
-}
 
 /* Sends one report; a JSON body with the reason escaped. */
 static fota_err_t send_report(fota_client_t *c, const report_t *q)
 {
     char *body = (char *)DATA(c);
     size_t cap = DATA_CAP(c), n, len;
-    if (!uri(c, "/v1/device/sessions/%s/report", q->session)) return FOTA_ERR_BUFFER;
+    if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/report", c->prefix, q->session) >= URI_CAP)
+        return FOTA_ERR_BUFFER;
     n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s", nth(report_names, q->status),
                          q->reason[0] ? ",\"reason\":\"" : "");
     if (q->reason[0]) {
@@ -552,7 +543,7 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
     }
     body[n++] = '}';
     /* The answer is small; its content does not matter, only that it came. */
-    fota_err_t err = post(c, "report", n, &len);
+    fota_err_t err = post(c, n, &len);
     return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
 }
 
@@ -961,9 +952,9 @@ static fota_err_t check_in(fota_client_t *c, size_t *len)
                      "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
                      chip ? "\"chip\":\"" : "", chip ? chip : "", chip ? "\"," : "", (unsigned long)c->boot.slot_size);
-    if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || !uri(c, "/v1/device/check")) return FOTA_ERR_BUFFER;
+    if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
     /* The answer lands after the request body, which a retry sends again. */
-    fota_err_t err = post(c, "check", (size_t)n, len);
+    fota_err_t err = post(c, (size_t)n, len);
     if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
     if (err) return err;
     /* Move the answer to the start of the data area. */
@@ -1003,11 +994,12 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
     uint16_t every = c->cfg->checkpoint_every ? c->cfg->checkpoint_every : 8;
     uint32_t want = c->cfg->chunks_per_request ? c->cfg->chunks_per_request : 16;
     if (want > o->chunks - d->next_chunk) want = o->chunks - d->next_chunk;
-    if (!uri(c, "/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", o->session, (unsigned long)d->next_chunk,
-             (unsigned long)want, o->mac_v2 ? "&mac=v2" : ""))
+    if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", c->prefix,
+                           o->session, (unsigned long)d->next_chunk, (unsigned long)want, o->mac_v2 ? "&mac=v2" : "") >=
+        URI_CAP)
         return FOTA_ERR_BUFFER;
     fota_http_response_t resp;
-    fota_err_t err = request(c, "download", "GET", 0, &resp);
+    fota_err_t err = request(c, 0, &resp);
     if (err) return err;
     uint8_t *chunk = DATA(c);
     uint32_t start = d->next_chunk;
