@@ -451,18 +451,20 @@ static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *re
     const char *method = len ? "POST" : "GET"; /* the device's requests with a body are POSTs */
     for (int attempt = 0;; attempt++) {
         uint8_t raw[32]; /* the nonce's random bytes, then the signature */
-        char nonce[33], sig[65], ts[21];
+        char nonce[33], ts[21];
         int64_t now = server_now(c);
         snprintf(ts, sizeof ts, "%lld", (long long)now);
         if (c->port->random(c->port->ctx, raw, 16)) return FOTA_ERR_CRYPTO;
         fota_hex(nonce, raw, 16);
         if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, raw))
             return FOTA_ERR_CRYPTO;
-        fota_hex(sig, raw, 32);
-        int n = snprintf(HDR(c), HDR_CAP,
-                         "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: %s\r\n%s",
-                         c->cfg->device_id, ts, nonce, sig, len ? "Content-Type: application/json\r\n" : "");
-        if (n < 0 || n >= HDR_CAP) return FOTA_ERR_BUFFER;
+        /* The signature's hex goes straight into the header lines, then the rest. */
+        char *h = HDR(c);
+        unsigned n = (unsigned)snprintf(h, HDR_CAP, "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: ",
+                                        c->cfg->device_id, ts, nonce);
+        if (n > HDR_CAP - 100) return FOTA_ERR_BUFFER; /* the signature, the Content-Type line, the NUL */
+        fota_hex(h + n, raw, 32);
+        strcpy(h + n + 64, len ? "\r\nContent-Type: application/json\r\n" : "\r\n");
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
@@ -681,15 +683,14 @@ static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
 
 fota_err_t fota_startup(fota_client_t *c)
 {
-    install_t in;
     fota_err_t err;
-    const char *rb = c->boot.rolled_back_version;
-    bool have_install = load_install(c, &in);
+    char *rb = c->boot.rolled_back_version;
     if (rb[0]) {
+        install_t in;
         rejected_t r;
         c->progress.version = rb;
         progress(c, FOTA_STATE_ROLLBACK);
-        bool ours = have_install && !strcmp(in.version, rb);
+        bool ours = load_install(c, &in) && !strcmp(in.version, rb);
         /* Without the install record there is no session to name; the
          * device's next check-in tells the server the version it runs. */
         if (ours && (err = queue_report(c, REPORT_ROLLED_BACK, in.session, rb, c->boot.rollback_reason))) return err;
@@ -706,11 +707,12 @@ fota_err_t fota_startup(fota_client_t *c)
         if ((err = c->port->boot_ack_rollback(c->port->ctx))) return err;
         if (ours) record_delete(c, REC_INSTALL);
         logf_(c, MSG_ROLLED_BACK, rb, c->boot.rollback_reason, c->boot.running_version);
-        c->boot.rolled_back_version[0] = 0;
+        rb[0] = 0;
     }
-    download_t d;
-    if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) {
-        record_delete(c, REC_DOWNLOAD); /* made under another image: its slot may be the one running */
+    {
+        /* A download made under another image: its slot may be the one running. */
+        download_t d;
+        if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) record_delete(c, REC_DOWNLOAD);
     }
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
