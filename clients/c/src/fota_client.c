@@ -153,19 +153,19 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_NO_ANSWER, W "%s: no answer to %s")                            \
     X(MSG_CLOCK, W "clock off by %lld s; signing again")                 \
     X(MSG_RETRY, I "retrying in %lu ms")                                 \
-    X(MSG_DROP_CONFIRM, W "dropping unfinished confirm of %s")           \
+    X(MSG_DROP_CONFIRM, W "dropping stale confirm of %s")                \
     X(MSG_REPORTED, I "reported %s of %s")                               \
     X(MSG_DROP_REPORT, W "dropping report %s of %s: %s")                 \
     X(MSG_QUEUED, I "%s: reports stay queued")                           \
-    X(MSG_CONFIG, E "config: bad device id, hardware, chip, key or URL") \
+    X(MSG_CONFIG, E "bad config: device id, hardware, chip, key or URL") \
     X(MSG_KEY, E "%s: release key (PEM: RSA 2048-4096, ECDSA P-256)")    \
     X(MSG_BOOT_INFO, E "%s: boot_info")                                  \
     X(MSG_ROLLED_BACK, W "rolled back from %s (%s); running %s")         \
     X(MSG_BOOT_CONFIRM, E "%s: boot_confirm")                            \
     X(MSG_CONFIRMED, I "update %s confirmed")                            \
-    X(MSG_REJECTED, W "image %s rejected (%s); reboot to roll back")     \
+    X(MSG_REJECTED, W "image %s rejected: %s")                           \
     X(MSG_REFETCH, W "refetching chunk %lu: bad HMAC")                   \
-    X(MSG_DEFERRED, I "update %s verified; deferred to its window")      \
+    X(MSG_DEFERRED, I "update %s waits for its install window")          \
     X(MSG_SET_PENDING, E "%s: slot_set_pending")                         \
     X(MSG_INSTALLED, I "update %s installed; reboot to run it")          \
     X(MSG_VERIFIED_BEFORE, I "update %s verified before")                \
@@ -174,22 +174,22 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_DOWNLOADING, I "downloading %s: %lu chunks")                   \
     X(MSG_NO_UPDATE, I "no update: %.*s")                                \
     X(MSG_FAILED, E "update failed: %s")                                 \
-                                                \
+                                                                         \
     X(MSG_TEXT_ARG, "%s")                                                \
     X(MSG_KEY_ID, "key_id %s, trusted %s")                               \
-    X(MSG_ALG, "signature_alg %s, trusted key %s")                       \
+    X(MSG_ALG, "signature_alg %s, key %s")                               \
     X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")             \
-    X(MSG_HARDWARE, "for %s, this device is %s")                         \
+    X(MSG_HARDWARE, "for %s, this is %s")                                \
     X(MSG_RUNNING, "running %s")                                         \
-    X(MSG_COUNTER, "%lu, the device's %lu")                              \
-    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work buffer %lu")  \
+    X(MSG_COUNTER, "%lu < %lu")                                          \
+    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")         \
     X(MSG_WINDOW, "bad install window")                                  \
-    X(MSG_ANSWER_SIZE, "check answer over %lu bytes (long notes?)")      \
-    X(MSG_FRAME, "frame: chunk %lu, %lu B; want %lu, %lu B")             \
+    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")            \
+    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")                  \
     X(MSG_PADDING, "bad padding (wrong firmware key?)")                  \
-    X(MSG_OVERSIZE, "more than the signed %lu bytes")                    \
+    X(MSG_OVERSIZE, "over the signed %lu bytes")                         \
     X(MSG_WRITE, "slot_write at %lu")                                    \
-    X(MSG_CHECKPOINT, "saving a checkpoint")                             \
+    X(MSG_CHECKPOINT, "checkpoint")                                      \
     X(MSG_EMPTY, "no chunk from %lu")                                    \
     X(MSG_TIMEOUT, "over %lu s")                                         \
     X(MSG_MAC_TIMES, "chunk %lu, %u times")                              \
@@ -436,7 +436,7 @@ static fota_err_t refusal(fota_client_t *c, const fota_http_response_t *resp, ui
                                                         : FOTA_ERR_CONFLICT;
     int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
     if (i >= 0) err = (fota_err_t)error_code_errs[i];
-    logf_(c, MSG_HTTP, URI(c), s, e[1].type == FOTA_J_STRING ? (int)e[1].n : 0, e[1].p ? e[1].p : "");
+    logf_(c, MSG_HTTP, URI(c), s, (int)e[1].n, e[1].p ? e[1].p : ""); /* a string's text, or what else it is */
     c->retry_after = resp->retry_after;
     return err;
 }
@@ -473,7 +473,7 @@ static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *re
         }
         if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
         int64_t skew = resp->date ? resp->date - now : 0;
-        if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
+        if (resp->status == 401 && attempt == 0 && (uint64_t)(skew + CLOCK_SLACK) > 2 * CLOCK_SLACK) {
             c->port->http_end(c->port->ctx, false);
             c->clock_offset += skew;
             logf_(c, MSG_CLOCK, (long long)skew);
@@ -1114,11 +1114,17 @@ static fota_err_t download(fota_client_t *c, download_t *d)
     return d->next_chunk == o->chunks ? FOTA_OK : err;
 }
 
+/* Queues a report on the offer. */
+static fota_err_t queue_offer(fota_client_t *c, int status, const char *reason)
+{
+    return queue_report(c, status, c->offer.session, c->offer.version, reason);
+}
+
 /* Queues the downloaded and verified reports of the offer. */
 static fota_err_t queue_verified(fota_client_t *c)
 {
-    fota_err_t err = queue_report(c, REPORT_DOWNLOADED, c->offer.session, c->offer.version, "");
-    return err ? err : queue_report(c, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
+    fota_err_t err = queue_offer(c, REPORT_DOWNLOADED, "");
+    return err ? err : queue_offer(c, REPORT_VERIFIED, "");
 }
 
 /* Marks the verified image to boot, or keeps it for its install window
@@ -1154,7 +1160,7 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
         return port_err(err, FOTA_ERR_FLASH);
     }
     record_delete(c, REC_DOWNLOAD);
-    if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
+    if (queue_offer(c, REPORT_APPLIED, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
     res->installed = true;
     logf_(c, MSG_INSTALLED, o->version);
     progress(c, FOTA_STATE_COMPLETED);
@@ -1250,7 +1256,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     }
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
         fota_json_t *m = &a.v[A_MESSAGE];
-        logf_(c, MSG_NO_UPDATE, m->type == FOTA_J_STRING ? (int)m->n : 0, m->p ? m->p : "");
+        logf_(c, MSG_NO_UPDATE, (int)m->n, m->p ? m->p : "");
         progress(c, FOTA_STATE_IDLE);
         return FOTA_OK;
     }
@@ -1265,8 +1271,7 @@ out:
     progress_err(c, FOTA_STATE_ERROR, err);
     if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
     if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&
-        queue_report(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version,
-                     line) == FOTA_OK)
+        queue_offer(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, line) == FOTA_OK)
         flush_queued(c);
     return err;
 }
