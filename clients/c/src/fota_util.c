@@ -257,46 +257,38 @@ static bool fits64(const char *s, int n)
     return n < 20 || (n == 20 && strncmp(s, "18446744073709551615", 20) <= 0);
 }
 
-/* The parts of a version, by what ids checks. */
-enum { IDS_BUILD, IDS_PRERELEASE, IDS_CORE };
-
-/* Length of the dot-separated identifier list at s: the core's three
- * numbers (no leading zeros, 64 bits), a prerelease's identifiers (numeric
- * ones without leading zeros) or a build's. -1 if malformed. */
-static int ids(const char *s, int part)
-{
-    int i = 0, count = 0;
-    for (;;) {
-        int start = i;
-        bool numeric = true;
-        while (part == IDS_CORE ? is_digit(s[i]) : ident_char(s[i])) numeric = is_digit(s[i++]) && numeric;
-        int n = i - start;
-        if (n == 0 || (part != IDS_BUILD && numeric && s[start] == '0' && n > 1) ||
-            (part == IDS_CORE && !fits64(s + start, n)))
-            return -1;
-        count++;
-        if (s[i] != '.') return part == IDS_CORE && count != 3 ? -1 : i;
-        i++;
-    }
-}
-
-/* Splits v: the end of the core, of the prerelease (pre_end == core_end when
- * none); false when invalid. */
+/* Checks v by SemVer 2.0.0 (core numbers without leading zeros and within
+ * 64 bits, as the server's parser needs; prerelease identifiers, numeric
+ * ones without leading zeros; build identifiers) and at most
+ * FOTA_VERSION_MAX characters; sets the end of the core and of the
+ * prerelease (the same when there is none). */
 static bool semver_split(const char *v, int *core_end, int *pre_end)
 {
-    int i = ids(v, IDS_CORE), n;
-    if (i < 0) return false;
-    *core_end = i;
-    if (v[i] == '-') {
-        if ((n = ids(v + i + 1, IDS_PRERELEASE)) < 0) return false;
-        i += 1 + n;
+    int part = 0, start = 0; /* part: 0-2 the core's numbers, 3 the prerelease, 4 the build */
+    bool numeric = true;
+    for (int i = 0;; i++) {
+        char ch = v[i];
+        if (part < 3 ? is_digit(ch) : ident_char(ch)) {
+            numeric = numeric && is_digit(ch);
+            continue;
+        }
+        /* The end of an identifier. */
+        int n = i - start;
+        if (n == 0 || (part < 4 && numeric && v[start] == '0' && n > 1) || (part < 3 && !fits64(v + start, n)))
+            return false;
+        if (part < 2) {
+            if (ch != '.') return false;
+            part++;
+        } else if (ch != '.' || part == 2) {
+            if (part == 2) *core_end = i;
+            if (part < 4) *pre_end = i;
+            if (ch == '-' && part == 2) part = 3;
+            else if (ch == '+' && part < 4) part = 4;
+            else return ch == 0 && i <= FOTA_VERSION_MAX;
+        }
+        start = i + 1;
+        numeric = true;
     }
-    *pre_end = i;
-    if (v[i] == '+') {
-        if ((n = ids(v + i + 1, IDS_BUILD)) < 0) return false;
-        i += 1 + n;
-    }
-    return v[i] == 0 && i <= FOTA_VERSION_MAX;
 }
 
 bool fota_semver_valid(const char *v)
@@ -317,12 +309,12 @@ static int cmp_ids(const char *a, int an, const char *b, int bn)
         for (; i < an && a[i] != '.'; i++) anum = anum && is_digit(a[i]);
         for (; j < bn && b[j] != '.'; j++) bnum = bnum && is_digit(b[j]);
         int la = i - si, lb = j - sj;
-        if (anum != bnum) return anum ? -1 : 1;
+        r = (int)bnum - (int)anum;
         /* Without leading zeros, the longer number is the larger. */
-        if (anum && la != lb) return la < lb ? -1 : 1;
-        r = memcmp(a + si, b + sj, (size_t)(la < lb ? la : lb));
+        if (!r && anum) r = la - lb;
+        if (!r) r = memcmp(a + si, b + sj, (size_t)(la < lb ? la : lb));
         if (!r) r = la - lb;
-        if (r) return r < 0 ? -1 : 1;
+        if (r) return (r > 0) - (r < 0);
     }
 }
 
