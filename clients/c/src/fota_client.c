@@ -197,7 +197,9 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_ANSWER, "check answer")
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
-enum { MESSAGES(MSG_ID) MSG__COUNT };
+/* Numbered from -32: RV32's short load-immediate takes -32..31. */
+enum { MSG_BEFORE_FIRST = -33, MESSAGES(MSG_ID) MSG__END };
+#define MSG_TEXT_OF(msg) nth(messages, (unsigned)((msg) + 32))
 static const char messages[] = MESSAGES(MSG_TEXT);
 #undef E
 #undef W
@@ -206,7 +208,7 @@ static const char messages[] = MESSAGES(MSG_TEXT);
 static void logf_(fota_client_t *c, int msg, ...)
 {
     char line[160];
-    const char *fmt = nth(messages, (unsigned)msg);
+    const char *fmt = MSG_TEXT_OF(msg);
     va_list ap;
     if (!c->port->log) return;
     va_start(ap, msg);
@@ -230,7 +232,7 @@ static fota_err_t fail(fota_client_t *c, fota_err_t err, int msg, ...)
     va_list ap;
     int n = snprintf(c->why, sizeof c->why, "%s: ", fota_err_str(err));
     va_start(ap, msg);
-    vsnprintf(c->why + n, sizeof c->why - (size_t)n, nth(messages, (unsigned)msg), ap);
+    vsnprintf(c->why + n, sizeof c->why - (size_t)n, MSG_TEXT_OF(msg), ap);
     va_end(ap);
     return err;
 }
@@ -250,10 +252,12 @@ static void progress_err(fota_client_t *c, fota_state_t state, fota_err_t err)
 }
 #define progress(c, state) progress_err(c, state, FOTA_OK)
 
+/* Whether s is 1 to max letters, digits, '_' and '-' (and '.' with dots);
+ * false for NULL. */
 static bool plain_id(const char *s, size_t max, bool dots)
 {
     size_t n = 0;
-    for (; s[n]; n++) {
+    for (; s && s[n]; n++) {
         char ch = s[n];
         if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
               ch == '-' || (dots && ch == '.')))
@@ -309,16 +313,17 @@ static fota_err_t record_delete(fota_client_t *c, int r)
     return err;
 }
 
+static bool load_install(fota_client_t *c, install_t *in)
+{
+    return record_load(c, REC_INSTALL, in) && TERMINATED(in->version) && TERMINATED(in->session);
+}
+
 static bool load_download(fota_client_t *c, download_t *d)
 {
     return record_load(c, REC_DOWNLOAD, d) && TERMINATED(d->version) && TERMINATED(d->base) &&
            TERMINATED(d->session);
 }
 
-static bool load_install(fota_client_t *c, install_t *in)
-{
-    return record_load(c, REC_INSTALL, in) && TERMINATED(in->version) && TERMINATED(in->session);
-}
 
 /* Loads the outbox into the end of the work buffer (empty when there is
  * none or it does not check out). */
@@ -620,7 +625,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         !port->boot_confirm || !port->boot_reject || !port->kv_get || !port->kv_set || !port->kv_delete ||
         !port->now || !port->sleep_ms || !port->random)
         return FOTA_ERR_ARGUMENT;
-    if (!cfg->device_id || !plain_id(cfg->device_id, 64, true) || !cfg->hardware || !plain_id(cfg->hardware, 32, true) ||
+    if (!plain_id(cfg->device_id, 64, true) || !plain_id(cfg->hardware, 32, true) ||
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
         !cfg->server_url) {
