@@ -266,12 +266,13 @@ static bool plain_id(const char *s, size_t max, bool dots)
     return n > 0 && n <= max;
 }
 
+/* Copies src into the char array dst (cap bytes), cut short if need be
+ * and zero-padded: records keep no stale bytes, and end in a zero. */
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    size_t n = strlen(src);
-    if (n >= cap) n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = 0;
+    size_t i = 0;
+    for (; i + 1 < cap && src[i]; i++) dst[i] = src[i];
+    memset(dst + i, 0, cap - i);
 }
 
 /* ---- Records ---- */
@@ -300,8 +301,7 @@ static bool record_load(fota_client_t *c, int r, void *rec)
 }
 
 /* Whether the char array s of a loaded record holds a string: the library
- * writes them zero-padded (copy_str into zeroed records), so the last byte
- * of each is zero. */
+ * writes them with copy_str, so the last byte of each is zero. */
 #define TERMINATED(s) (!(s)[sizeof(s) - 1])
 
 static fota_err_t record_delete(fota_client_t *c, int r)
@@ -358,7 +358,6 @@ static fota_err_t queue_report(fota_client_t *c, int status, const char *session
         box->count--;
     }
     report_t *q = &box->r[box->count++];
-    memset(q, 0, sizeof *q);
     q->status = (uint8_t)status;
     copy_str(q->session, sizeof q->session, session);
     copy_str(q->version, sizeof q->version, version);
@@ -705,7 +704,6 @@ fota_err_t fota_startup(fota_client_t *c)
                 memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
                 r.count--;
             }
-            memset(r.v[r.count], 0, sizeof r.v[0]);
             copy_str(r.v[r.count++], sizeof r.v[0], rb);
             if ((err = record_save(c, REC_REJECTED, &r))) return err;
         }
@@ -1155,7 +1153,6 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
     progress(c, FOTA_STATE_APPLYING);
     /* The install record first, so the new image can name its session; then the mark. */
     install_t in;
-    memset(&in, 0, sizeof in);
     copy_str(in.version, sizeof in.version, o->version);
     copy_str(in.session, sizeof in.session, o->session);
     if ((err = record_save(c, REC_INSTALL, &in))) return err;
