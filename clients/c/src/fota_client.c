@@ -171,7 +171,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_VERIFIED_BEFORE, I "update %s verified before")                \
     X(MSG_KEPT_CHANGED, W "kept image changed; downloading again")       \
     X(MSG_RESUMING, I "resuming %s at chunk %lu of %lu")                 \
-    X(MSG_DOWNLOADING, I "downloading %s: %lu chunks")                   \
+    X(MSG_DOWNLOADING, I "downloading %s: chunk %lu of %lu")                   \
     X(MSG_NO_UPDATE, I "no update: %.*s")                                \
     X(MSG_FAILED, E "update failed: %s")                                 \
                                                                          \
@@ -1140,6 +1140,8 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
     int64_t now = server_now(c);
     bool early = o->install_after && now < o->install_after;
     fota_err_t err;
+    int msg = MSG_INSTALLED;
+    fota_state_t state = FOTA_STATE_COMPLETED;
     if (early || (o->install_until && now >= o->install_until)) {
         if (!saved) {
             d->verified = 1;
@@ -1148,26 +1150,26 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
         }
         res->deferred = true;
         res->install_after = early ? o->install_after : 0;
-        logf_(c, MSG_DEFERRED, o->version);
-        progress(c, FOTA_STATE_DEFERRED);
-        return FOTA_OK;
+        msg = MSG_DEFERRED;
+        state = FOTA_STATE_DEFERRED;
+    } else {
+        progress(c, FOTA_STATE_APPLYING);
+        /* The install record first, so the new image can name its session; then the mark. */
+        install_t in;
+        copy_str(in.version, sizeof in.version, o->version);
+        copy_str(in.session, sizeof in.session, o->session);
+        if ((err = record_save(c, REC_INSTALL, &in))) return err;
+        if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
+                                             o->plaintext_sha256))) {
+            log_err(c, MSG_SET_PENDING, err, NULL);
+            return port_err(err, FOTA_ERR_FLASH);
+        }
+        record_delete(c, REC_DOWNLOAD);
+        if (queue_offer(c, REPORT_APPLIED, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
+        res->installed = true;
     }
-    progress(c, FOTA_STATE_APPLYING);
-    /* The install record first, so the new image can name its session; then the mark. */
-    install_t in;
-    copy_str(in.version, sizeof in.version, o->version);
-    copy_str(in.session, sizeof in.session, o->session);
-    if ((err = record_save(c, REC_INSTALL, &in))) return err;
-    if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
-                                         o->plaintext_sha256))) {
-        log_err(c, MSG_SET_PENDING, err, NULL);
-        return port_err(err, FOTA_ERR_FLASH);
-    }
-    record_delete(c, REC_DOWNLOAD);
-    if (queue_offer(c, REPORT_APPLIED, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
-    res->installed = true;
-    logf_(c, MSG_INSTALLED, o->version);
-    progress(c, FOTA_STATE_COMPLETED);
+    logf_(c, msg, o->version);
+    progress(c, state);
     return FOTA_OK;
 }
 
@@ -1204,9 +1206,8 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
         logf_(c, MSG_KEPT_CHANGED);
         saved = false;
     }
-    if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
-        logf_(c, MSG_RESUMING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
-    } else {
+    bool resume = saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK;
+    if (!resume) {
         if (saved && d.next_chunk > 0 && err == FOTA_ERR_POWER) return err;
         memset(&d, 0, sizeof d);
         copy_str(d.version, sizeof d.version, o->version);
@@ -1217,8 +1218,8 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
             return fail(c, err, MSG_SLOT_BEGIN);
         }
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
-        logf_(c, MSG_DOWNLOADING, o->version, (unsigned long)o->chunks);
     }
+    logf_(c, resume ? MSG_RESUMING : MSG_DOWNLOADING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d))) return err;
     progress(c, FOTA_STATE_VERIFYING);
