@@ -35,7 +35,8 @@
 /* The i-th name of a list of NUL-terminated names (i within it). */
 static const char *nth(const char *list, unsigned i)
 {
-    while (i--) list += strlen(list) + 1;
+    while (i--)
+        while (*list++) continue;
     return list;
 }
 
@@ -43,8 +44,10 @@ static const char *nth(const char *list, unsigned i)
  * empty one; -1 when it is not there. */
 static int name_index(const char *list, const char *key, size_t n)
 {
-    for (int i = 0; *list; i++, list += strlen(list) + 1)
+    for (int i = 0; *list; i++) {
         if (!strncmp(list, key, n) && !list[n]) return i;
+        while (*list++) continue;
+    }
     return -1;
 }
 
@@ -270,9 +273,8 @@ static bool plain_id(const char *s, size_t max, bool dots)
  * and zero-padded: records keep no stale bytes, and end in a zero. */
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    size_t i = 0;
-    for (; i + 1 < cap && src[i]; i++) dst[i] = src[i];
-    memset(dst + i, 0, cap - i);
+    /* src's bytes up to its end or cap - 1 of them, then zeros */
+    for (size_t i = 0; i < cap; i++) dst[i] = i + 1 < cap && *src ? *src++ : 0;
 }
 
 /* ---- Records ---- */
@@ -1020,7 +1022,8 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             index = index << 8 | head[k];
             len = len << 8 | head[k + 4];
         }
-        uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
+        bool last = index + 1 == o->chunks;
+        uint32_t expect = last ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
             err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
                        (unsigned long)d->next_chunk, (unsigned long)expect);
@@ -1041,7 +1044,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
         if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
         uint32_t plain = len;
-        if (index + 1 == o->chunks) {
+        if (last) {
             int tail = fota_unpad(chunk + len - 16);
             if (tail < 0) {
                 err = fail(c, FOTA_ERR_DECRYPT, MSG_PADDING);
