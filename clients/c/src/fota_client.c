@@ -346,26 +346,31 @@ static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
     return box->count ? record_save(c, REC_OUTBOX, box) : record_delete(c, REC_OUTBOX);
 }
 
-/* Adds a report to the outbox, once; a full outbox drops its oldest. */
-static fota_err_t queue_report(fota_client_t *c, int status, const char *session, const char *version,
-                               const char *reason)
+/* Adds reports of statuses first..last to the outbox, each once; a full
+ * outbox drops its oldest. */
+static fota_err_t queue_reports(fota_client_t *c, int first, int last, const char *session, const char *version,
+                                const char *reason)
 {
     outbox_t *box = load_outbox(c);
-    for (unsigned i = 0; i < box->count; i++) {
-        report_t *q = &box->r[i];
-        if (q->status == status && !strcmp(q->session, session) && !strcmp(q->version, version)) return FOTA_OK;
+    for (int status = first; status <= last; status++) {
+        unsigned i = 0;
+        while (i < box->count && !(box->r[i].status == status && !strcmp(box->r[i].session, session) &&
+                                   !strcmp(box->r[i].version, version)))
+            i++;
+        if (i < box->count) continue; /* queued already */
+        if (box->count == FOTA_OUTBOX_MAX) {
+            memmove(&box->r[0], &box->r[1], sizeof box->r[0] * (FOTA_OUTBOX_MAX - 1));
+            box->count--;
+        }
+        report_t *q = &box->r[box->count++];
+        q->status = (uint8_t)status;
+        copy_str(q->session, sizeof q->session, session);
+        copy_str(q->version, sizeof q->version, version);
+        copy_str(q->reason, sizeof q->reason, reason);
     }
-    if (box->count == FOTA_OUTBOX_MAX) {
-        memmove(&box->r[0], &box->r[1], sizeof box->r[0] * (FOTA_OUTBOX_MAX - 1));
-        box->count--;
-    }
-    report_t *q = &box->r[box->count++];
-    q->status = (uint8_t)status;
-    copy_str(q->session, sizeof q->session, session);
-    copy_str(q->version, sizeof q->version, version);
-    copy_str(q->reason, sizeof q->reason, reason);
     return save_outbox(c, box);
 }
+#define queue_report(c, status, session, version, reason) queue_reports(c, status, status, session, version, reason)
 /* ---- HTTP: signed requests, error answers, retries ---- */
 
 static int64_t server_now(fota_client_t *c) { return c->port->now(c->port->ctx) + c->clock_offset; }
@@ -1131,8 +1136,7 @@ static fota_err_t queue_offer(fota_client_t *c, int status, const char *reason)
 /* Queues the downloaded and verified reports of the offer. */
 static fota_err_t queue_verified(fota_client_t *c)
 {
-    fota_err_t err = queue_offer(c, REPORT_DOWNLOADED, "");
-    return err ? err : queue_offer(c, REPORT_VERIFIED, "");
+    return queue_reports(c, REPORT_DOWNLOADED, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
 }
 
 /* Marks the verified image to boot, or keeps it for its install window
@@ -1194,10 +1198,14 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
                  d.written <= o->plaintext_size;
     bool same_session = saved && !strcmp(d.session, o->session);
-    if (saved && d.verified && d.next_chunk == o->chunks) {
-        /* Kept for its install window: hash the whole image in the slot again. */
-        progress(c, FOTA_STATE_VERIFYING);
-        if ((err = rehash(c, o->plaintext_size)) == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
+    bool kept = saved && d.verified && d.next_chunk == o->chunks; /* for its install window */
+    /* What the slot holds of the image is hashed again: all of a kept one, to
+     * check it; the part written before, to go on from there. */
+    if (kept) progress(c, FOTA_STATE_VERIFYING);
+    if (saved && d.next_chunk > 0 && (err = rehash(c, kept ? o->plaintext_size : d.written)) == FOTA_ERR_POWER)
+        return err;
+    if (kept) {
+        if (err == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
             logf_(c, MSG_VERIFIED_BEFORE, o->version);
             if (!same_session) {
                 copy_str(d.session, sizeof d.session, o->session);
@@ -1205,13 +1213,11 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
             }
             return apply(c, &d, same_session, res);
         }
-        if (err == FOTA_ERR_POWER) return err;
         logf_(c, MSG_KEPT_CHANGED);
         saved = false;
     }
-    bool resume = saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK;
+    bool resume = saved && !d.verified && d.next_chunk > 0 && err == FOTA_OK;
     if (!resume) {
-        if (saved && d.next_chunk > 0 && err == FOTA_ERR_POWER) return err;
         memset(&d, 0, sizeof d);
         copy_str(d.version, sizeof d.version, o->version);
         copy_str(d.base, sizeof d.base, c->boot.running_version);
