@@ -142,61 +142,58 @@ const char *fota_state_str(fota_state_t state)
 /* ---- Log lines and reasons ---- */
 
 /* The texts of log lines and reasons, by number: passing a number costs a
- * call 2 bytes of code, passing a text's address 8 (RV32). A log line's
- * text starts with its level. */
-#define E "0"
-#define W "1"
-#define I "2"
-#define MESSAGES(X)                                                      \
-    X(MSG_BAD_OFFER, "bad session, version, manifest or signature")      \
-    X(MSG_SAVE, E "%s: saving %s")                                       \
-    X(MSG_IGNORING, W "%s: ignoring %s")                                 \
-    X(MSG_DELETE, W "%s: deleting %s")                                   \
-    X(MSG_HTTP, W "%s: HTTP %d: %.*s")                                   \
-    X(MSG_NO_ANSWER, W "%s: no answer to %s")                            \
-    X(MSG_CLOCK, W "clock off by %lld s; signing again")                 \
-    X(MSG_RETRY, I "retrying in %lu ms")                                 \
-    X(MSG_DROP_CONFIRM, W "dropping stale confirm of %s")                \
-    X(MSG_REPORTED, I "reported %s of %s")                               \
-    X(MSG_DROP_REPORT, W "dropping report %s of %s: %s")                 \
-    X(MSG_QUEUED, I "%s: reports stay queued")                           \
-    X(MSG_CONFIG, E "bad config: device id, hardware, chip, key or URL") \
-    X(MSG_KEY, E "%s: release key (PEM: RSA 2048-4096, ECDSA P-256)")    \
-    X(MSG_BOOT_INFO, E "%s: boot_info")                                  \
-    X(MSG_ROLLED_BACK, W "rolled back from %s (%s); running %s")         \
-    X(MSG_BOOT_CONFIRM, E "%s: boot_confirm")                            \
-    X(MSG_CONFIRMED, I "update %s confirmed")                            \
-    X(MSG_REJECTED, W "image %s rejected: %s")                           \
-    X(MSG_REFETCH, W "refetching chunk %lu: bad HMAC")                   \
-    X(MSG_DEFERRED, I "update %s waits for its install window")          \
-    X(MSG_SET_PENDING, E "%s: slot_set_pending")                         \
-    X(MSG_INSTALLED, I "update %s installed; reboot to run it")          \
-    X(MSG_VERIFIED_BEFORE, I "update %s verified before")                \
-    X(MSG_KEPT_CHANGED, W "kept image changed; downloading again")       \
-    X(MSG_RESUMING, I "resuming %s at chunk %lu of %lu")                 \
-    X(MSG_DOWNLOADING, I "downloading %s: chunk %lu of %lu")                   \
-    X(MSG_NO_UPDATE, I "no update: %.*s")                                \
-    X(MSG_FAILED, E "update failed: %s")                                 \
-                                                                         \
-    X(MSG_TEXT_ARG, "%s")                                                \
-    X(MSG_KEY_ID, "key_id %s, trusted %s")                               \
-    X(MSG_ALG, "signature_alg %s, key %s")                               \
-    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")             \
-    X(MSG_HARDWARE, "for %s, this is %s")                                \
-    X(MSG_RUNNING, "running %s")                                         \
-    X(MSG_COUNTER, "%lu < %lu")                                          \
-    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")         \
-    X(MSG_WINDOW, "bad install window")                                  \
-    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")            \
-    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")                  \
-    X(MSG_PADDING, "bad padding (wrong firmware key?)")                  \
-    X(MSG_OVERSIZE, "over the signed %lu bytes")                         \
-    X(MSG_WRITE, "slot_write at %lu")                                    \
-    X(MSG_CHECKPOINT, "checkpoint")                                      \
-    X(MSG_EMPTY, "no chunk from %lu")                                    \
-    X(MSG_TIMEOUT, "over %lu s")                                         \
-    X(MSG_MAC_TIMES, "chunk %lu, %u times")                              \
-    X(MSG_SLOT_BEGIN, "slot_begin")                                      \
+ * call 2 bytes of code, passing a text's address 8 (RV32). Errors first,
+ * then warnings, then information (a log line's level is where its text
+ * is), then reasons (fail). */
+#define MESSAGES(X) \
+    X(MSG_SAVE, "%s: saving %s")                                       \
+    X(MSG_CONFIG, "bad config: device id, hardware, chip, key or URL") \
+    X(MSG_KEY, "%s: release key (PEM: RSA 2048-4096, ECDSA P-256)")    \
+    X(MSG_BOOT_INFO, "%s: boot_info")                                  \
+    X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                            \
+    X(MSG_SET_PENDING, "%s: slot_set_pending")                         \
+    X(MSG_FAILED, "update failed: %s")                                 \
+    X(MSG_IGNORING, "%s: ignoring %s")                                 \
+    X(MSG_DELETE, "%s: deleting %s")                                   \
+    X(MSG_HTTP, "%s: HTTP %d: %.*s")                                   \
+    X(MSG_NO_ANSWER, "%s: no answer to %s")                            \
+    X(MSG_CLOCK, "clock off by %lld s; signing again")                 \
+    X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")                \
+    X(MSG_DROP_REPORT, "dropping report %s of %s: %s")                 \
+    X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")         \
+    X(MSG_REJECTED, "image %s rejected: %s")                           \
+    X(MSG_REFETCH, "refetching chunk %lu: bad HMAC")                   \
+    X(MSG_KEPT_CHANGED, "kept image changed; downloading again")       \
+    X(MSG_RETRY, "retrying in %lu ms")                                 \
+    X(MSG_REPORTED, "reported %s of %s")                               \
+    X(MSG_QUEUED, "%s: reports stay queued")                           \
+    X(MSG_CONFIRMED, "update %s confirmed")                            \
+    X(MSG_DEFERRED, "update %s waits for its install window")          \
+    X(MSG_INSTALLED, "update %s installed; reboot to run it")          \
+    X(MSG_VERIFIED_BEFORE, "update %s verified before")                \
+    X(MSG_RESUMING, "resuming %s at chunk %lu of %lu")                 \
+    X(MSG_DOWNLOADING, "downloading %s: chunk %lu of %lu")             \
+    X(MSG_NO_UPDATE, "no update: %.*s")                                \
+    X(MSG_BAD_OFFER, "bad session, version, manifest or signature")    \
+    X(MSG_TEXT_ARG, "%s")                                              \
+    X(MSG_KEY_ID, "key_id %s, trusted %s")                             \
+    X(MSG_ALG, "signature_alg %s, key %s")                             \
+    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")           \
+    X(MSG_HARDWARE, "for %s, this is %s")                              \
+    X(MSG_RUNNING, "running %s")                                       \
+    X(MSG_COUNTER, "%lu < %lu")                                        \
+    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")       \
+    X(MSG_WINDOW, "bad install window")                                \
+    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")          \
+    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")                \
+    X(MSG_PADDING, "bad padding (wrong firmware key?)")                \
+    X(MSG_OVERSIZE, "over the signed %lu bytes")                       \
+    X(MSG_WRITE, "slot_write at %lu")                                  \
+    X(MSG_CHECKPOINT, "checkpoint")                                    \
+    X(MSG_EMPTY, "no chunk from %lu")                                  \
+    X(MSG_TIMEOUT, "over %lu s")                                       \
+    X(MSG_MAC_TIMES, "chunk %lu, %u times")                            \
+    X(MSG_SLOT_BEGIN, "slot_begin")                                    \
     X(MSG_ANSWER, "check answer")
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
@@ -204,20 +201,17 @@ const char *fota_state_str(fota_state_t state)
 enum { MSG_BEFORE_FIRST = -33, MESSAGES(MSG_ID) MSG__END };
 #define MSG_TEXT_OF(msg) nth(messages, (unsigned)((msg) + 32))
 static const char messages[] = MESSAGES(MSG_TEXT);
-#undef E
-#undef W
-#undef I
 
 static void logf_(fota_client_t *c, int msg, ...)
 {
     char line[160];
-    const char *fmt = MSG_TEXT_OF(msg);
     va_list ap;
     if (!c->port->log) return;
     va_start(ap, msg);
-    vsnprintf(line, sizeof line, fmt + 1, ap);
+    vsnprintf(line, sizeof line, MSG_TEXT_OF(msg), ap);
     va_end(ap);
-    c->port->log(c->port->ctx, (fota_log_level_t)(fmt[0] - '0'), line);
+    c->port->log(c->port->ctx, msg < MSG_IGNORING ? FOTA_LOG_ERROR : msg < MSG_RETRY ? FOTA_LOG_WARN : FOTA_LOG_INFO,
+                 line);
 }
 
 /* A failure line: the error's text, then what failed (msg's "%s: ..."),
