@@ -145,56 +145,55 @@ const char *fota_state_str(fota_state_t state)
  * call 2 bytes of code, passing a text's address 8 (RV32). Errors first,
  * then warnings, then information (a log line's level is where its text
  * is), then reasons (fail). */
-#define MESSAGES(X) \
-    X(MSG_SAVE, "%s: saving %s")                                       \
-    X(MSG_CONFIG, "bad config: device id, hardware, chip, key or URL") \
-    X(MSG_KEY, "%s: release key (PEM: RSA 2048-4096, ECDSA P-256)")    \
-    X(MSG_BOOT_INFO, "%s: boot_info")                                  \
-    X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                            \
-    X(MSG_SET_PENDING, "%s: slot_set_pending")                         \
-    X(MSG_FAILED, "update failed: %s")                                 \
-    X(MSG_IGNORING, "%s: ignoring %s")                                 \
-    X(MSG_DELETE, "%s: deleting %s")                                   \
-    X(MSG_HTTP, "%s: HTTP %d: %.*s")                                   \
-    X(MSG_NO_ANSWER, "%s: no answer to %s")                            \
-    X(MSG_CLOCK, "clock off by %lld s; signing again")                 \
-    X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")                \
-    X(MSG_DROP_REPORT, "dropping report %s of %s: %s")                 \
-    X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")         \
-    X(MSG_REJECTED, "image %s rejected: %s")                           \
-    X(MSG_REFETCH, "refetching chunk %lu: bad HMAC")                   \
-    X(MSG_KEPT_CHANGED, "kept image changed; downloading again")       \
-    X(MSG_RETRY, "retrying in %lu ms")                                 \
-    X(MSG_REPORTED, "reported %s of %s")                               \
-    X(MSG_QUEUED, "%s: reports stay queued")                           \
-    X(MSG_CONFIRMED, "update %s confirmed")                            \
-    X(MSG_DEFERRED, "update %s waits for its install window")          \
-    X(MSG_INSTALLED, "update %s installed; reboot to run it")          \
-    X(MSG_VERIFIED_BEFORE, "update %s verified before")                \
-    X(MSG_RESUMING, "resuming %s at chunk %lu of %lu")                 \
-    X(MSG_DOWNLOADING, "downloading %s: chunk %lu of %lu")             \
-    X(MSG_NO_UPDATE, "no update: %.*s")                                \
-    X(MSG_BAD_OFFER, "bad session, version, manifest or signature")    \
-    X(MSG_TEXT_ARG, "%s")                                              \
-    X(MSG_KEY_ID, "key_id %s, trusted %s")                             \
-    X(MSG_ALG, "signature_alg %s, key %s")                             \
-    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")           \
-    X(MSG_HARDWARE, "for %s, this is %s")                              \
-    X(MSG_RUNNING, "running %s")                                       \
-    X(MSG_COUNTER, "%lu < %lu")                                        \
-    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")       \
-    X(MSG_WINDOW, "bad install window")                                \
-    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")          \
-    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")                \
-    X(MSG_PADDING, "bad padding (wrong firmware key?)")                \
-    X(MSG_OVERSIZE, "over the signed %lu bytes")                       \
-    X(MSG_WRITE, "slot_write at %lu")                                  \
-    X(MSG_CHECKPOINT, "checkpoint")                                    \
-    X(MSG_EMPTY, "no chunk from %lu")                                  \
-    X(MSG_TIMEOUT, "over %lu s")                                       \
-    X(MSG_MAC_TIMES, "chunk %lu, %u times")                            \
-    X(MSG_SLOT_BEGIN, "slot_begin")                                    \
-    X(MSG_ANSWER, "check answer")
+#define MESSAGES(X)                                                 \
+    X(MSG_SAVE, "%s: saving %s")                                    \
+    X(MSG_CONFIG, "bad device id, hardware, chip, key or URL")      \
+    X(MSG_KEY, "%s: release key (RSA or P-256 PEM)")                \
+    X(MSG_BOOT_INFO, "%s: boot_info")                               \
+    X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                         \
+    X(MSG_SET_PENDING, "%s: slot_set_pending")                      \
+    X(MSG_FAILED, "update failed: %s")                              \
+    X(MSG_IGNORING, "%s: ignoring %s")                              \
+    X(MSG_DELETE, "%s: deleting %s")                                \
+    X(MSG_HTTP, "%s: HTTP %d: %.*s")                                \
+    X(MSG_NO_ANSWER, "%s: no answer to %s")                         \
+    X(MSG_CLOCK, "clock off by %lld s")                             \
+    X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")             \
+    X(MSG_DROP_REPORT, "dropping report %s of %s: %s")              \
+    X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")      \
+    X(MSG_REJECTED, "image %s rejected: %s")                        \
+    X(MSG_REFETCH, "chunk %lu: bad HMAC, again")                    \
+    X(MSG_KEPT_CHANGED, "kept image changed")                       \
+    X(MSG_RETRY, "retrying in %lu ms")                              \
+    X(MSG_REPORTED, "reported %s of %s")                            \
+    X(MSG_QUEUED, "%s: reports kept")                               \
+    X(MSG_CONFIRMED, "update %s confirmed")                         \
+    X(MSG_DEFERRED, "update %s waits for its window")               \
+    X(MSG_INSTALLED, "update %s installed; reboot")                 \
+    X(MSG_VERIFIED_BEFORE, "update %s verified before")             \
+    X(MSG_RESUMING, "resuming %s at chunk %lu of %lu")              \
+    X(MSG_DOWNLOADING, "downloading %s: chunk %lu of %lu")          \
+    X(MSG_NO_UPDATE, "no update: %.*s")                             \
+    X(MSG_BAD_OFFER, "bad session, version, manifest or signature") \
+    X(MSG_TEXT_ARG, "%s")                                           \
+    X(MSG_KEY_ID, "key_id %s, trusted %s")                          \
+    X(MSG_ALG, "signature_alg %s, key %s")                          \
+    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")        \
+    X(MSG_HARDWARE, "for %s, this is %s")                           \
+    X(MSG_RUNNING, "running %s")                                    \
+    X(MSG_COUNTER, "%lu < %lu")                                     \
+    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")    \
+    X(MSG_WINDOW, "bad install window")                             \
+    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")       \
+    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")             \
+    X(MSG_PADDING, "bad padding (wrong firmware key?)")             \
+    X(MSG_OVERSIZE, "over the signed %lu bytes")                    \
+    X(MSG_WRITE, "slot_write at %lu")                               \
+    X(MSG_CHECKPOINT, "checkpoint")                                 \
+    X(MSG_EMPTY, "no chunk from %lu")                               \
+    X(MSG_TIMEOUT, "over %lu s")                                    \
+    X(MSG_MAC_TIMES, "chunk %lu, %u times")                         \
+    X(MSG_SLOT_BEGIN, "slot_begin")
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
 /* Numbered from -32: RV32's short load-immediate takes -32..31. */
@@ -1259,7 +1258,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     progress(c, FOTA_STATE_CHECKING);
     if ((err = check_in(c, &len))) goto out;
     if (!parse_answer(DATA(c), len, &a)) {
-        err = fail(c, FOTA_ERR_PROTOCOL, MSG_ANSWER);
+        err = FOTA_ERR_PROTOCOL; /* "malformed answer" says it all */
         goto out;
     }
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
