@@ -45,7 +45,9 @@ static const char *nth(const char *list, unsigned i)
 static int name_index(const char *list, const char *key, size_t n)
 {
     for (int i = 0; *list; i++) {
-        if (!strncmp(list, key, n) && !list[n]) return i;
+        size_t k = 0;
+        while (k < n && list[k] == key[k]) k++;
+        if (k == n && !list[n]) return i;
         while (*list++) continue;
     }
     return -1;

@@ -92,13 +92,19 @@ static const char *string_end(const char *p, const char *end, bool *esc)
         if (ch == '\\') {
             *esc = true;
             if (++p >= end) return NULL;
+            /* No library calls here: a leaf function saves no registers. */
             if (*p == 'u') {
                 if (end - p < 5) return NULL;
-                for (int k = 1; k <= 4; k++)
-                    if (hexval(p[k]) < 0) return NULL;
+                for (int k = 1; k <= 4; k++) {
+                    char h = (char)(p[k] | 0x20);
+                    if (!((p[k] >= '0' && p[k] <= '9') || (h >= 'a' && h <= 'f'))) return NULL;
+                }
                 p += 4;
-            } else if (!strchr("\"\\/bfnrt", *p)) {
-                return NULL;
+            } else {
+                static const char escapes[] = "\"\\/bfnrt";
+                const char *e = escapes;
+                while (*e && *e != *p) e++;
+                if (!*e) return NULL;
             }
         }
     }
@@ -236,8 +242,11 @@ bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out)
 
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap)
 {
-    if (v->type != FOTA_J_STRING || v->n >= cap || memchr(v->p, '\\', v->n)) return false;
-    memcpy(out, v->p, v->n);
+    /* Loops, not memchr and memcpy: a leaf function saves no registers. */
+    if (v->type != FOTA_J_STRING || v->n >= cap) return false;
+    for (size_t i = 0; i < v->n; i++)
+        if (v->p[i] == '\\') return false;
+    for (size_t i = 0; i < v->n; i++) out[i] = v->p[i];
     out[v->n] = 0;
     return true;
 }
@@ -251,10 +260,16 @@ static bool ident_char(char c)
     return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
 }
 
-/* Whether the n digits at s fit 64 bits, as the server's parser needs. */
+/* Whether the n digits at s fit 64 bits, as the server's parser needs.
+ * (No library call: semver_split stays a leaf function, which saves no
+ * registers.) */
 static bool fits64(const char *s, int n)
 {
-    return n < 20 || (n == 20 && strncmp(s, "18446744073709551615", 20) <= 0);
+    static const char max[] = "18446744073709551615";
+    int k = 0;
+    if (n != 20) return n < 20;
+    while (k < 20 && s[k] == max[k]) k++;
+    return k == 20 || s[k] < max[k];
 }
 
 /* Checks v by SemVer 2.0.0 (core numbers without leading zeros and within
@@ -312,7 +327,7 @@ static int cmp_ids(const char *a, int an, const char *b, int bn)
         r = (int)bnum - (int)anum;
         /* Without leading zeros, the longer number is the larger. */
         if (!r && anum) r = la - lb;
-        if (!r) r = memcmp(a + si, b + sj, (size_t)(la < lb ? la : lb));
+        for (int k = 0; !r && k < la && k < lb; k++) r = (unsigned char)a[si + k] - (unsigned char)b[sj + k];
         if (!r) r = la - lb;
         if (r) return (r > 0) - (r < 0);
     }
