@@ -387,10 +387,11 @@ static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *go
 static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
 {
     uint8_t probe;
-    size_t more;
     fota_err_t err = read_full(c, buf, cap, len);
-    if (err == FOTA_OK && *len == cap && (err = read_full(c, &probe, 1, &more)) == FOTA_OK && more)
-        err = FOTA_ERR_BUFFER;
+    if (err == FOTA_OK && *len == cap) {
+        int32_t more = c->port->http_read(c->port->ctx, &probe, 1);
+        err = more < 0 ? FOTA_ERR_NETWORK : more ? FOTA_ERR_BUFFER : FOTA_OK;
+    }
     return err;
 }
 
@@ -792,15 +793,6 @@ static const uint8_t manifest_len[] = {0, 0, 0, 0, 32, 32, 16, 33, FOTA_VERSION_
 static const uint32_t manifest_min[] = {0, 1, 0, 256};
 static const uint32_t manifest_max[] = {UINT32_MAX, 256u << 20, (256u << 20) + 16, 65536};
 
-/* A JSON unsigned integer in [min, max] into *out (left alone otherwise). */
-static bool u32_in(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
-{
-    uint32_t x;
-    if (!fota_json_uint(v, max, &x) || x < min) return false;
-    *out = x;
-    return true;
-}
-
 static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
 {
     manifest_walk_t *w = user;
@@ -812,13 +804,13 @@ static bool manifest_member(void *user, const char *key, size_t n, const fota_js
     if (f < 0) return false; /* readers reject unknown fields */
     w->seen |= 1u << f;
     char *dst = (char *)m + manifest_off[f <= M_ALG ? f : 0];
-    if (f <= M_CHUNK) return u32_in(v, manifest_min[f], manifest_max[f], (uint32_t *)(void *)dst) && m->chunk_size % 16 == 0;
+    if (f <= M_CHUNK) return fota_json_uint(v, manifest_min[f], manifest_max[f], (uint32_t *)(void *)dst) && m->chunk_size % 16 == 0;
     if (f <= M_IV) return str && fota_unhex((uint8_t *)dst, manifest_len[f], v->p, v->n);
     if (f <= M_ALG)
         return fota_json_str(v, dst, manifest_len[f]) &&
                (f == M_HARDWARE ? plain_id(dst, 32, true) : f == M_VERSION ? fota_semver_valid(dst) : f != M_KEY || strlen(dst) == 16);
     switch (f) {
-    case M_FORMAT: return u32_in(v, 1, 1, &x);
+    case M_FORMAT: return fota_json_uint(v, 1, 1, &x);
     case M_PRODUCT: return str && v->n >= 1 && v->n <= 64;
     case M_CIPHER: return str && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
     case M_CREATED: return str && fota_parse_rfc3339(v->p, v->n, &created);
@@ -862,7 +854,7 @@ static bool parse_answer(const uint8_t *js, size_t len, answer_t *a)
     memset(a->num, 0, sizeof a->num);
     if (!pick(js, len, answer_fields, a->v, A__COUNT)) return false;
     for (int i = A_CHUNK_SIZE; i < A__COUNT; i++)
-        if (a->v[i].type && !u32_in(&a->v[i], 0, i == A_CHUNK_SIZE ? 65536 : UINT32_MAX, &a->num[i - A_CHUNK_SIZE]))
+        if (a->v[i].type && !fota_json_uint(&a->v[i], 0, i == A_CHUNK_SIZE ? 65536 : UINT32_MAX, &a->num[i - A_CHUNK_SIZE]))
             return false;
     return true;
 }

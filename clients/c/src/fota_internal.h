@@ -33,8 +33,9 @@ typedef struct {
  * space included), a duplicate key, a key with escapes, or fn's false. */
 typedef bool (*fota_json_member_fn)(void *user, const char *key, size_t key_len, const fota_json_t *value);
 bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *user);
-/* An unsigned integer value without sign, fraction or exponent, at most max. */
-bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out);
+/* An unsigned integer value without sign, fraction or exponent, in
+ * [min, max], into *out (left alone otherwise). */
+bool fota_json_uint(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out);
 /* Copies a string value without escapes into out (cap bytes with the NUL). */
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap);
 

@@ -227,7 +227,7 @@ bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *
     return ws(p, end) == end;
 }
 
-bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out)
+bool fota_json_uint(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
 {
     if (v->type != FOTA_J_NUMBER || (v->n > 1 && v->p[0] == '0')) return false;
     uint32_t x = 0;
@@ -236,6 +236,7 @@ bool fota_json_uint(const fota_json_t *v, uint32_t max, uint32_t *out)
         if (d > 9 || d > max || x > (max - d) / 10) return false;
         x = x * 10 + d;
     }
+    if (x < min) return false;
     *out = x;
     return true;
 }
