@@ -114,6 +114,12 @@ static const char record_keys[] = "fota.dl\0fota.inst\0fota.outbox\0fota.rejecte
 static const record_header_t record_headers[] = {HEADER('D', download_t), HEADER('I', install_t),
                                                  HEADER('O', outbox_t), HEADER('R', rejected_t)};
 #define RECORD_SIZE(r) (size_t)(record_headers[r].size_lo | record_headers[r].size_hi << 8)
+/* The last bytes of the download and install records' strings (the lists
+ * check their own): zero when the record is the library's (TERMINATED). */
+#define LAST(type, field) (uint8_t)(offsetof(type, field) + sizeof(((type *)0)->field) - 1)
+static const uint8_t record_string_ends[][4] = {
+    {LAST(download_t, version), LAST(download_t, base), LAST(download_t, session)},
+    {LAST(install_t, version), LAST(install_t, session)}, {0}, {0}};
 
 /* Half the server's 5-minute limit: a Date further off than this means the
  * device clock, not latency, made a request stale. */
@@ -294,7 +300,10 @@ static bool record_load(fota_client_t *c, int r, void *rec)
         if (err != FOTA_ERR_NOT_FOUND) log_err(c, MSG_IGNORING, err, key);
         return false;
     }
-    return n == RECORD_SIZE(r) && !memcmp(rec, &record_headers[r], sizeof(record_header_t));
+    if (n != RECORD_SIZE(r) || memcmp(rec, &record_headers[r], sizeof(record_header_t))) return false;
+    for (const uint8_t *e = record_string_ends[r]; *e; e++)
+        if (((const char *)rec)[*e]) return false;
+    return true;
 }
 
 /* Whether the char array s of a loaded record holds a string: the library
@@ -310,16 +319,6 @@ static fota_err_t record_delete(fota_client_t *c, int r)
     return err;
 }
 
-static bool load_install(fota_client_t *c, install_t *in)
-{
-    return record_load(c, REC_INSTALL, in) && TERMINATED(in->version) && TERMINATED(in->session);
-}
-
-static bool load_download(fota_client_t *c, download_t *d)
-{
-    return record_load(c, REC_DOWNLOAD, d) && TERMINATED(d->version) && TERMINATED(d->base) &&
-           TERMINATED(d->session);
-}
 
 
 /* Loads the outbox into the end of the work buffer (empty when there is
@@ -697,7 +696,7 @@ fota_err_t fota_startup(fota_client_t *c)
         rejected_t r;
         c->progress.version = rb;
         progress(c, FOTA_STATE_ROLLBACK);
-        bool ours = load_install(c, &in) && !strcmp(in.version, rb);
+        bool ours = record_load(c, REC_INSTALL, &in) && !strcmp(in.version, rb);
         /* Without the install record there is no session to name; the
          * device's next check-in tells the server the version it runs. */
         if (ours && (err = queue_report(c, REPORT_ROLLED_BACK, in.session, rb, c->boot.rollback_reason))) return err;
@@ -718,7 +717,7 @@ fota_err_t fota_startup(fota_client_t *c)
     {
         /* A download made under another image: its slot may be the one running. */
         download_t d;
-        if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) record_delete(c, REC_DOWNLOAD);
+        if (record_load(c, REC_DOWNLOAD, &d) && strcmp(d.base, c->boot.running_version) != 0) record_delete(c, REC_DOWNLOAD);
     }
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
@@ -740,7 +739,7 @@ fota_err_t fota_confirm(fota_client_t *c)
     fota_err_t err;
     if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
     /* Queued before confirming: a power cut in between repeats the report, never loses it. */
-    if (load_install(c, &in) && !strcmp(in.version, c->boot.running_version) &&
+    if (record_load(c, REC_INSTALL, &in) && !strcmp(in.version, c->boot.running_version) &&
         (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
         return err;
     if ((err = c->port->boot_confirm(c->port->ctx))) {
@@ -1181,7 +1180,7 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
     fota_offer_t *o = &c->offer;
     download_t d;
     fota_err_t err = FOTA_OK;
-    bool saved = load_download(c, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
+    bool saved = record_load(c, REC_DOWNLOAD, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
                  d.written <= o->plaintext_size;
     bool same_session = saved && !strcmp(d.session, o->session);
