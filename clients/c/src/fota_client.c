@@ -1192,12 +1192,10 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
         return err;
     if (kept) {
         if (err == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
+            /* The verified reports again only for another session. */
             logf_(c, MSG_VERIFIED_BEFORE, o->version);
-            if (!same_session) {
-                copy_str(d.session, sizeof d.session, o->session);
-                if ((err = queue_verified(c))) return err;
-            }
-            return apply(c, &d, same_session, res);
+            if (same_session) return apply(c, &d, true, res);
+            goto verified;
         }
         logf_(c, MSG_KEPT_CHANGED);
         saved = false;
@@ -1221,6 +1219,8 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
     if ((err = check_hash(c))) return err;
     if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
     if ((err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH))) return err;
+verified:
+    copy_str(d.session, sizeof d.session, o->session);
     if ((err = queue_verified(c))) return err;
     return apply(c, &d, false, res);
 }
