@@ -454,7 +454,10 @@ static fota_err_t refusal(fota_client_t *c, const fota_http_response_t *resp, ui
 static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *resp)
 {
     const uint8_t *body = len ? DATA(c) : NULL;
-    const char *method = len ? "POST" : "GET"; /* the device's requests with a body are POSTs */
+    /* The method and the header lines' end: a POST's (with a body), or a
+     * GET's, further on in the same texts. */
+    static const char texts[] = "POST\0GET\0\r\nContent-Type: application/json\r\n";
+    const char *method = texts + (len ? 0 : 5), *tail = texts + (len ? 9 : sizeof texts - 3);
     for (int attempt = 0;; attempt++) {
         uint8_t raw[32]; /* the nonce's random bytes, then the signature */
         char nonce[33], ts[21];
@@ -470,7 +473,7 @@ static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *re
                                         c->cfg->device_id, ts, nonce);
         if (n > HDR_CAP - 100) return FOTA_ERR_BUFFER; /* the signature, the Content-Type line, the NUL */
         fota_hex(h + n, raw, 32);
-        strcpy(h + n + 64, len ? "\r\nContent-Type: application/json\r\n" : "\r\n");
+        strcpy(h + n + 64, tail);
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
