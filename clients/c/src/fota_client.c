@@ -270,12 +270,13 @@ static bool plain_id(const char *s, size_t max, bool dots)
     return n > 0 && n <= max;
 }
 
-/* Copies src into the char array dst (cap bytes), cut short if need be
- * and zero-padded: records keep no stale bytes, and end in a zero. */
+/* Copies src (none for NULL) into the char array dst (cap bytes), cut
+ * short if need be and zero-padded: records keep no stale bytes, and end in
+ * a zero. */
 static void copy_str(char *dst, size_t cap, const char *src)
 {
     /* src's bytes up to its end or cap - 1 of them, then zeros */
-    for (size_t i = 0; i < cap; i++) dst[i] = i + 1 < cap && *src ? *src++ : 0;
+    for (size_t i = 0; i < cap; i++) dst[i] = src && i + 1 < cap && *src ? *src++ : 0;
 }
 
 /* ---- Records ---- */
@@ -341,7 +342,7 @@ static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
 }
 
 /* Adds reports of statuses first..last to the outbox, each once; a full
- * outbox drops its oldest. */
+ * outbox drops its oldest. reason: NULL for none. */
 static fota_err_t queue_reports(fota_client_t *c, int first, int last, const char *session, const char *version,
                                 const char *reason)
 {
@@ -743,7 +744,7 @@ fota_err_t fota_confirm(fota_client_t *c)
     if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
     /* Queued before confirming: a power cut in between repeats the report, never loses it. */
     if (record_load(c, REC_INSTALL, &in) && !strcmp(in.version, c->boot.running_version) &&
-        (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
+        (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, NULL)))
         return err;
     if ((err = c->port->boot_confirm(c->port->ctx))) {
         log_err(c, MSG_BOOT_CONFIRM, err, NULL);
@@ -949,12 +950,15 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
 static fota_err_t check_in(fota_client_t *c, size_t *len)
 {
     char *body = (char *)DATA(c);
-    const char *chip = c->cfg->chip;
+    /* "chip":"<chip>", only with a chip: the parts from one text, its NUL
+     * in the middle the empty string. */
+    static const char parts[] = "\"chip\":\"\0\",";
+    const char *chip = c->cfg->chip, *none = parts + 8;
     int n = snprintf(body, DATA_CAP(c),
                      "{\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
                      "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
-                     chip ? "\"chip\":\"" : "", chip ? chip : "", chip ? "\"," : "", (unsigned long)c->boot.slot_size);
+                     chip ? parts : none, chip ? chip : none, chip ? parts + 9 : none, (unsigned long)c->boot.slot_size);
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
     /* The answer lands after the request body, which a retry sends again. */
     fota_err_t err = post(c, (size_t)n, len);
@@ -1125,7 +1129,7 @@ static fota_err_t queue_offer(fota_client_t *c, int status, const char *reason)
 /* Queues the downloaded and verified reports of the offer. */
 static fota_err_t queue_verified(fota_client_t *c)
 {
-    return queue_reports(c, REPORT_DOWNLOADED, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
+    return queue_reports(c, REPORT_DOWNLOADED, REPORT_VERIFIED, c->offer.session, c->offer.version, NULL);
 }
 
 /* Marks the verified image to boot, or keeps it for its install window
@@ -1161,7 +1165,7 @@ static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result
             return port_err(err, FOTA_ERR_FLASH);
         }
         record_delete(c, REC_DOWNLOAD);
-        if (queue_offer(c, REPORT_APPLIED, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
+        if (queue_offer(c, REPORT_APPLIED, NULL) == FOTA_ERR_POWER) return FOTA_ERR_POWER;
         res->installed = true;
     }
     logf_(c, msg, o->version);
