@@ -781,39 +781,37 @@ typedef struct {
 /* The fields: numbers, hex strings and strings kept (each where
  * manifest_off says, with the bound or length manifest_len says), then the
  * rest; each as docs/FORMAT.md has it. */
-enum { M_COUNTER, M_PSIZE, M_CSIZE, M_CHUNK, M_PSHA, M_CSHA, M_IV, M_HARDWARE, M_VERSION, M_KEY, M_ALG, M_FORMAT,
+enum { M_COUNTER, M_PSIZE, M_CSIZE, M_CHUNK, M_FORMAT, M_PSHA, M_CSHA, M_IV, M_HARDWARE, M_VERSION, M_KEY, M_ALG,
        M_PRODUCT, M_CIPHER, M_CREATED, M_NOTES, M__COUNT };
 static const char manifest_fields[] =
-    "security_counter\0plaintext_size\0ciphertext_size\0chunk_size\0plaintext_sha256\0ciphertext_sha256\0iv\0"
-    "hardware\0version\0key_id\0signature_alg\0format\0product\0cipher\0created\0notes\0";
+    "security_counter\0plaintext_size\0ciphertext_size\0chunk_size\0format\0plaintext_sha256\0ciphertext_sha256\0"
+    "iv\0hardware\0version\0key_id\0signature_alg\0product\0cipher\0created\0notes\0";
 #define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
 #define M_OFF(field) offsetof(fota_manifest_t, field)
 static const uint8_t manifest_off[] = {
-    M_OFF(security_counter), M_OFF(plaintext_size), M_OFF(ciphertext_size), M_OFF(chunk_size),
+    M_OFF(security_counter), M_OFF(plaintext_size), M_OFF(ciphertext_size), M_OFF(chunk_size), M_OFF(format),
     M_OFF(plaintext_sha256), M_OFF(ciphertext_sha256), M_OFF(iv), M_OFF(hardware), M_OFF(version), M_OFF(key_id),
     M_OFF(alg)};
-static const uint8_t manifest_len[] = {0, 0, 0, 0, 32, 32, 16, 33, FOTA_VERSION_MAX + 1, 17, 16};
-static const uint32_t manifest_min[] = {0, 1, 0, 256};
-static const uint32_t manifest_max[] = {UINT32_MAX, 256u << 20, (256u << 20) + 16, 65536};
+static const uint8_t manifest_len[] = {0, 0, 0, 0, 0, 32, 32, 16, 33, FOTA_VERSION_MAX + 1, 17, 16};
+static const uint32_t manifest_min[] = {0, 1, 0, 256, 1};
+static const uint32_t manifest_max[] = {UINT32_MAX, 256u << 20, (256u << 20) + 16, 65536, 1};
 
 static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
 {
     manifest_walk_t *w = user;
     fota_manifest_t *m = w->m;
-    uint32_t x = 0;
     int64_t created;
     bool str = v->type == FOTA_J_STRING;
     int f = name_index(manifest_fields, key, n);
     if (f < 0) return false; /* readers reject unknown fields */
     w->seen |= 1u << f;
     char *dst = (char *)m + manifest_off[f <= M_ALG ? f : 0];
-    if (f <= M_CHUNK) return fota_json_uint(v, manifest_min[f], manifest_max[f], (uint32_t *)(void *)dst) && m->chunk_size % 16 == 0;
+    if (f <= M_FORMAT) return fota_json_uint(v, manifest_min[f], manifest_max[f], (uint32_t *)(void *)dst) && m->chunk_size % 16 == 0;
     if (f <= M_IV) return str && fota_unhex((uint8_t *)dst, manifest_len[f], v->p, v->n);
     if (f <= M_ALG)
         return fota_json_str(v, dst, manifest_len[f]) &&
                (f == M_HARDWARE ? plain_id(dst, 32, true) : f == M_VERSION ? fota_semver_valid(dst) : f != M_KEY || strlen(dst) == 16);
     switch (f) {
-    case M_FORMAT: return fota_json_uint(v, 1, 1, &x);
     case M_PRODUCT: return str && v->n >= 1 && v->n <= 64;
     case M_CIPHER: return str && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
     case M_CREATED: return str && fota_parse_rfc3339(v->p, v->n, &created);

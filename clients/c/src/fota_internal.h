@@ -90,7 +90,7 @@ typedef struct {
     char version[FOTA_VERSION_MAX + 1];
     char key_id[17];
     char alg[16];
-    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size;
+    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size, format;
     uint8_t plaintext_sha256[32], ciphertext_sha256[32], iv[16];
 } fota_manifest_t;
 
