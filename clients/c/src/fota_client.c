@@ -1090,9 +1090,10 @@ static fota_err_t download(fota_client_t *c, download_t *d)
     c->progress.chunk = d->next_chunk;
     c->progress.bytes = d->next_chunk * o->chunk_size;
     uint32_t limit = c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600;
-    int64_t deadline = c->port->now(c->port->ctx) + limit;
+    int64_t start = c->port->now(c->port->ctx);
     for (int attempt = 0; d->next_chunk < o->chunks;) {
-        if (c->port->now(c->port->ctx) >= deadline) {
+        /* 32 bits of the time taken do (68 years), and a clock set back is no timeout */
+        if ((int32_t)(uint32_t)(c->port->now(c->port->ctx) - start) >= (int32_t)limit) {
             /* What arrived is checkpointed: the next check resumes from there. */
             if ((err = checkpoint(c, d)) == FOTA_OK) err = fail(c, FOTA_ERR_TIMEOUT, MSG_TIMEOUT, (unsigned long)limit);
             break;
