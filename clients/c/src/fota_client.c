@@ -331,6 +331,12 @@ static outbox_t *load_outbox(fota_client_t *c)
     for (unsigned i = 0; ok && i < box->count; i++) {
         report_t *q = &box->r[i];
         ok = q->status < REPORT__COUNT && TERMINATED(q->session) && TERMINATED(q->version) && TERMINATED(q->reason);
+        /* What a JSON string cannot hold as it is becomes ' (quotes,
+         * backslashes) or ? (control characters, bytes past ASCII), so a
+         * reason goes into the report as it is (send_report). */
+        for (char *s = q->reason; ok && *s; s++)
+            if (*s == '"' || *s == '\\') *s = '\'';
+            else if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) *s = '?';
     }
     if (!ok) box->count = 0;
     return box;
@@ -543,17 +549,9 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
     size_t cap = DATA_CAP(c), n, len;
     if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/report", c->prefix, q->session) >= URI_CAP)
         return FOTA_ERR_BUFFER;
-    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s", nth(report_names, q->status),
-                         q->reason[0] ? ",\"reason\":\"" : "");
-    if (q->reason[0]) {
-        for (const char *s = q->reason; *s && n + 8 < cap; s++) {
-            unsigned char ch = (unsigned char)*s;
-            if (ch == '"' || ch == '\\') body[n++] = '\\';
-            body[n++] = ch < 0x20 || ch >= 0x7f ? '?' : (char)ch; /* reasons are the library's own ASCII text */
-        }
-        body[n++] = '"';
-    }
-    body[n++] = '}';
+    /* The reason, when there is one; copy_str made it fit a JSON string. */
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s%s%s}", nth(report_names, q->status),
+                         ",\"reason\":\"" + (q->reason[0] ? 0 : 11), q->reason, "\"" + !q->reason[0]);
     /* The answer is small; its content does not matter, only that it came. */
     fota_err_t err = post(c, n, &len);
     return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
