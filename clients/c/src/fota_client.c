@@ -1037,17 +1037,10 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         }
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
         if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
-        uint32_t plain = len;
-        if (last) {
-            int tail = fota_unpad(chunk + len - 16);
-            if (tail < 0) {
-                err = fail(c, FOTA_ERR_DECRYPT, MSG_PADDING);
-                break;
-            }
-            plain = len - 16 + (uint32_t)tail;
-        }
-        if (d->written + plain > o->plaintext_size) {
-            err = fail(c, FOTA_ERR_DECRYPT, MSG_OVERSIZE, (unsigned long)o->plaintext_size);
+        int tail = last ? fota_unpad(chunk + len - 16) : 16; /* the plaintext bytes of the last block */
+        uint32_t plain = len - 16 + (uint32_t)tail;
+        if (tail < 0 || d->written + plain > o->plaintext_size) {
+            err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)o->plaintext_size);
             break;
         }
         if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
