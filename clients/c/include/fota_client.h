@@ -250,14 +250,16 @@ typedef struct {
 /* An offer being worked on (internal; in the struct so it needs no heap).
  * The numbers come first, at offsets RV32's short loads reach. */
 typedef struct {
+    /* From the signed manifest, as the library's manifest type lays them out
+     * (copied at once). */
     uint32_t security_counter;
     uint32_t plaintext_size, ciphertext_size, chunk_size, chunks;
+    uint8_t plaintext_sha256[32];
+    uint8_t iv[16];
     bool mac_v2;
     int64_t install_after, install_until;
     char session[FOTA_SESSION_MAX + 1];
     char version[FOTA_VERSION_MAX + 1];
-    uint8_t plaintext_sha256[32];
-    uint8_t iv[16];
 } fota_offer_t;
 
 /* The client (internal). The fields used most come first, at offsets

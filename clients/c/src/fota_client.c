@@ -770,6 +770,15 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
 
 /* ---- The manifest ---- */
 
+/* judge copies the manifest's numbers, SHA-256 and IV into the offer at
+ * once: the two layouts must agree (a negative array size if not). */
+#define SAME_AT(f) (offsetof(fota_manifest_t, f) == offsetof(fota_offer_t, f))
+typedef char offer_layout_check[SAME_AT(security_counter) && SAME_AT(plaintext_size) && SAME_AT(ciphertext_size) &&
+                                        SAME_AT(chunk_size) && SAME_AT(plaintext_sha256) && SAME_AT(iv) &&
+                                        offsetof(fota_manifest_t, format) == offsetof(fota_offer_t, chunks)
+                                    ? 1
+                                    : -1];
+
 typedef struct {
     fota_manifest_t *m;
     uint32_t seen;
@@ -923,13 +932,8 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
     }
     rejected_t r;
     if (rejected(c, &r, m.version)) return FOTA_ERR_ROLLED_BACK;
-    o->security_counter = m.security_counter;
-    o->plaintext_size = m.plaintext_size;
-    o->ciphertext_size = m.ciphertext_size;
-    o->chunk_size = m.chunk_size;
+    memcpy(o, &m, offsetof(fota_offer_t, mac_v2)); /* the numbers, the SHA-256 and the IV */
     o->chunks = chunks;
-    memcpy(o->plaintext_sha256, m.plaintext_sha256, 32);
-    memcpy(o->iv, m.iv, 16);
     /* "v2" among the offered schemes; servers from before v2 list none. */
     o->mac_v2 = false;
     for (size_t i = 0; v[A_MACS].type == FOTA_J_ARRAY && i + 4 <= v[A_MACS].n; i++)

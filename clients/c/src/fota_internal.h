@@ -86,12 +86,14 @@ fota_err_t fota_verify(mbedtls_pk_context *pk, mbedtls_sha256_context *s, const 
 /* ---- The manifest (fota_client.c) ---- */
 
 typedef struct {
+    /* First as fota_offer_t has them, format where it has chunks: the
+     * client copies them at once. */
+    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size, format;
+    uint8_t plaintext_sha256[32], iv[16], ciphertext_sha256[32];
     char hardware[33];
     char version[FOTA_VERSION_MAX + 1];
     char key_id[17];
     char alg[16];
-    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size, format;
-    uint8_t plaintext_sha256[32], ciphertext_sha256[32], iv[16];
 } fota_manifest_t;
 
 /* Parses and checks a manifest's fields by docs/FORMAT.md (not the
