@@ -775,7 +775,9 @@ fota_err_t fota_reject(fota_client_t *c, const char *reason)
 #define SAME_AT(f) (offsetof(fota_manifest_t, f) == offsetof(fota_offer_t, f))
 typedef char offer_layout_check[SAME_AT(security_counter) && SAME_AT(plaintext_size) && SAME_AT(ciphertext_size) &&
                                         SAME_AT(chunk_size) && SAME_AT(plaintext_sha256) && SAME_AT(iv) &&
-                                        offsetof(fota_manifest_t, format) == offsetof(fota_offer_t, chunks)
+                                        offsetof(fota_manifest_t, format) == offsetof(fota_offer_t, chunks) &&
+                                        offsetof(fota_offer_t, iv) == offsetof(fota_offer_t, plaintext_sha256) + 32 &&
+                                        offsetof(download_t, cbc) == offsetof(download_t, sha256) + 32
                                     ? 1
                                     : -1];
 
@@ -1206,8 +1208,9 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
         memset(&d, 0, sizeof d);
         copy_str(d.version, sizeof d.version, o->version);
         copy_str(d.base, sizeof d.base, c->boot.running_version);
-        memcpy(d.sha256, o->plaintext_sha256, 32);
-        memcpy(d.cbc, o->iv, 16);
+        /* The SHA-256, and the IV into cbc: next to each other in both. */
+        memcpy((uint8_t *)&d + offsetof(download_t, sha256), (const uint8_t *)o + offsetof(fota_offer_t, plaintext_sha256),
+               32 + 16);
         if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
             return fail(c, err, MSG_SLOT_BEGIN);
         }
