@@ -948,8 +948,9 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
     return FOTA_OK;
 }
 
-/* Sends the check-in and reads the answer into the data area. */
-static fota_err_t check_in(fota_client_t *c, size_t *len)
+/* Sends the check-in and reads the answer into the data area, after the
+ * request body (which a retry sends again): *answer, *len bytes. */
+static fota_err_t check_in(fota_client_t *c, const uint8_t **answer, size_t *len)
 {
     char *body = (char *)DATA(c);
     /* "chip":"<chip>", only with a chip: the parts from one text, its NUL
@@ -962,13 +963,10 @@ static fota_err_t check_in(fota_client_t *c, size_t *len)
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
                      chip ? parts : none, chip ? chip : none, chip ? parts + 9 : none, (unsigned long)c->boot.slot_size);
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
-    /* The answer lands after the request body, which a retry sends again. */
     fota_err_t err = post(c, (size_t)n, len);
     if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
-    if (err) return err;
-    /* Move the answer to the start of the data area. */
-    memmove(DATA(c), DATA(c) + n, *len);
-    return FOTA_OK;
+    *answer = DATA(c) + n;
+    return err;
 }
 
 /* ---- Download ---- */
@@ -1244,6 +1242,7 @@ verified:
 fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
 {
     answer_t a;
+    const uint8_t *answer;
     size_t len = 0;
     fota_err_t err;
     memset(res, 0, sizeof *res);
@@ -1253,8 +1252,8 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
     c->progress.version = "";
     progress(c, FOTA_STATE_CHECKING);
-    if ((err = check_in(c, &len))) goto out;
-    if (!parse_answer(DATA(c), len, &a)) {
+    if ((err = check_in(c, &answer, &len))) goto out;
+    if (!parse_answer(answer, len, &a)) {
         err = FOTA_ERR_PROTOCOL; /* "malformed answer" says it all */
         goto out;
     }
