@@ -247,36 +247,42 @@ typedef struct {
     char version[FOTA_VERSION_MAX + 1];
 } fota_result_t;
 
-/* An offer being worked on (internal; in the struct so it needs no heap). */
+/* An offer being worked on (internal; in the struct so it needs no heap).
+ * The numbers come first, at offsets RV32's short loads reach. */
 typedef struct {
-    char session[FOTA_SESSION_MAX + 1];
-    char version[FOTA_VERSION_MAX + 1];
+    /* From the signed manifest, as the library's manifest type lays them out
+     * (copied at once). */
     uint32_t security_counter;
     uint32_t plaintext_size, ciphertext_size, chunk_size, chunks;
     uint8_t plaintext_sha256[32];
     uint8_t iv[16];
     bool mac_v2;
     int64_t install_after, install_until;
+    char session[FOTA_SESSION_MAX + 1];
+    char version[FOTA_VERSION_MAX + 1];
 } fota_offer_t;
 
+/* The client (internal). The fields used most come first, at offsets
+ * RV32's short loads reach. */
 typedef struct {
     const fota_config_t *cfg;
     const fota_port_t *port;
     uint8_t *work;
     size_t work_size;
+    int key_alg;            /* 1 rsa-2048, 2 ecdsa-p256 */
+    uint32_t retry_after;   /* the last refusal's Retry-After, seconds */
+    int64_t clock_offset;   /* server time minus device time, seconds */
+    fota_progress_t progress;
+    fota_offer_t offer;
+    fota_boot_info_t boot;
     char prefix[64];        /* the server URL's path prefix */
     uint8_t psk[32];
     uint8_t key_id[8];      /* SHA-256 of the signing key's DER, first 8 bytes */
-    int key_alg;            /* 1 rsa-2048, 2 ecdsa-p256 */
-    int64_t clock_offset;   /* server time minus device time, seconds */
-    uint32_t retry_after;   /* the last refusal's Retry-After, seconds */
-    fota_boot_info_t boot;
-    fota_progress_t progress;
-    fota_offer_t offer;
     mbedtls_pk_context pk;
     mbedtls_aes_context aes;
     mbedtls_sha256_context sha;   /* the image's SHA-256 */
     mbedtls_sha256_context sha2;  /* HMACs, chunk digests */
+    char why[FOTA_REASON_MAX + 1]; /* why the update failed: the error's text and what the device found */
 } fota_client_t;
 
 /* Sets c up. work (work_size bytes, at least FOTA_WORK_MIN) belongs to the

@@ -3,8 +3,15 @@
  * checkpoints, install, first-boot confirm or rollback, and the report
  * outbox. docs/PROTOCOL.md is the protocol; agent/agent.go is the Go agent
  * this mirrors.
+ *
+ * Written for size (scripts/size.sh: 16 KiB of code on an ESP32-C3, where
+ * each call or address of a text costs 8 bytes): name tables are
+ * NUL-separated strings rather than arrays of pointers, records are named
+ * by a number, log and report texts are short, and repeated steps are
+ * shared helpers.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,12 +30,34 @@
 #define URI(c) ((char *)(c)->work + URI_OFF)
 #define HDR(c) ((char *)(c)->work + HDR_OFF)
 
+/* ---- Name lists ---- */
+
+/* The i-th name of a list of NUL-terminated names (i within it). */
+static const char *nth(const char *list, unsigned i)
+{
+    while (i--)
+        while (*list++) continue;
+    return list;
+}
+
+/* The index of key (n bytes, no NUL in it) in a list of names ending in an
+ * empty one; -1 when it is not there. */
+static int name_index(const char *list, const char *key, size_t n)
+{
+    for (int i = 0; *list; i++) {
+        size_t k = 0;
+        while (k < n && list[k] == key[k]) k++;
+        if (k == n && !list[n]) return i;
+        while (*list++) continue;
+    }
+    return -1;
+}
+
 /* ---- Reports: a persisted outbox ---- */
 
 enum { REPORT_DOWNLOADED = 0, REPORT_VERIFIED, REPORT_APPLIED, REPORT_CONFIRMED, REPORT_ROLLED_BACK,
        REPORT_FAILED, REPORT_REFUSED, REPORT__COUNT };
-static const char *const report_names[REPORT__COUNT] = {"downloaded", "verified", "applied", "confirmed",
-                                                         "rolled-back", "failed", "refused"};
+static const char report_names[] = "downloaded\0verified\0applied\0confirmed\0rolled-back\0failed\0refused";
 
 /* Records are fixed-layout structs of bytes and 32-bit words, stored as
  * they are: each starts with a header naming its kind, layout version and
@@ -50,108 +79,6 @@ typedef struct {
     report_t r[FOTA_OUTBOX_MAX];
 } outbox_t;
 
-/* Keys of the client's records in the port's key-value store. */
-#define KEY_DOWNLOAD "fota.dl"
-#define KEY_INSTALL "fota.inst"
-#define KEY_OUTBOX "fota.outbox"
-#define KEY_REJECTED "fota.rejected"
-#define RECORD_VERSION 1
-
-/* Half the server's 5-minute limit: a Date further off than this means the
- * device clock, not latency, made a request stale. */
-#define CLOCK_SLACK 150
-
-static const char *const err_names[FOTA_ERR__COUNT] = {
-    "ok", "bad argument", "work buffer too small", "network failure", "server busy", "unauthorized", "forbidden",
-    "conflict", "request rejected", "session closed", "malformed answer", "signature does not verify",
-    "signed by an untrusted key", "unsupported algorithm", "bad manifest", "wrong hardware", "not newer (downgrade)",
-    "rolled back from before", "security counter too low", "too large", "chunk HMAC mismatch", "decryption failed",
-    "image hash mismatch", "flash failure", "storage failure", "not found", "crypto failure", "image on trial",
-    "image not on trial", "self-test failed", "power failure", "update took too long"};
-
-static const char *const state_names[FOTA_STATE__COUNT] = {"idle",      "checking",  "downloading", "verifying", "applying",
-                                                           "completed", "deferred",  "error",       "rollback"};
-
-const char *fota_err_str(fota_err_t err)
-{
-    return (unsigned)err < FOTA_ERR__COUNT ? err_names[err] : "unknown error";
-}
-
-const char *fota_state_str(fota_state_t state)
-{
-    return (unsigned)state < FOTA_STATE__COUNT ? state_names[state] : "unknown state";
-}
-
-static void logf_(fota_client_t *c, fota_log_level_t level, const char *fmt, ...)
-{
-    char line[160];
-    va_list ap;
-    if (!c->port->log) return;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    c->port->log(c->port->ctx, level, line);
-}
-#define LOG_E(c, ...) logf_(c, FOTA_LOG_ERROR, __VA_ARGS__)
-#define LOG_W(c, ...) logf_(c, FOTA_LOG_WARN, __VA_ARGS__)
-#define LOG_I(c, ...) logf_(c, FOTA_LOG_INFO, __VA_ARGS__)
-
-static void progress(fota_client_t *c, fota_state_t state, fota_err_t err)
-{
-    c->progress.state = state;
-    c->progress.err = err;
-    if (c->cfg->on_progress) c->cfg->on_progress(c->cfg->user, &c->progress);
-}
-
-static bool plain_id(const char *s, size_t max, bool dots)
-{
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char ch = s[n];
-        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
-              ch == '-' || (dots && ch == '.')))
-            return false;
-    }
-    return n > 0 && n <= max;
-}
-
-/* ---- Records ---- */
-
-static fota_err_t record_save(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
-{
-    record_header_t *h = rec;
-    h->kind = kind;
-    h->version = RECORD_VERSION;
-    h->size_lo = (uint8_t)size;
-    h->size_hi = (uint8_t)(size >> 8);
-    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, size);
-    if (err) LOG_E(c, "save %s: %s", key, fota_err_str(err));
-    return err == FOTA_ERR_POWER ? err : err ? FOTA_ERR_STORAGE : FOTA_OK;
-}
-
-/* Loads a record; false when absent, unreadable or of another layout. The
- * strings in it are NUL-terminated by the caller's check. */
-static bool record_load(fota_client_t *c, const char *key, uint8_t kind, void *rec, size_t size)
-{
-    size_t n = 0;
-    record_header_t *h = rec;
-    fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, size, &n);
-    if (err) {
-        if (err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot read %s (%s); ignoring it", key, fota_err_str(err));
-        return false;
-    }
-    return n == size && h->kind == kind && h->version == RECORD_VERSION && (h->size_lo | h->size_hi << 8) == (int)size;
-}
-
-/* Whether s (cap bytes) holds a NUL-terminated string. */
-static bool terminated(const char *s, size_t cap) { return memchr(s, 0, cap) != NULL; }
-
-static void record_delete(fota_client_t *c, const char *key)
-{
-    fota_err_t err = c->port->kv_delete(c->port->ctx, key);
-    if (err && err != FOTA_ERR_NOT_FOUND) LOG_W(c, "cannot delete %s: %s", key, fota_err_str(err));
-}
-
 /* The download record: where a download stands, so a power cut resumes it. */
 typedef struct {
     record_header_t h;
@@ -164,123 +91,355 @@ typedef struct {
     uint32_t next_chunk, written;
 } download_t;
 
-static fota_err_t save_download(fota_client_t *c, download_t *d)
+/* The install record: which session installed the image on trial. */
+typedef struct {
+    record_header_t h;
+    char version[FOTA_VERSION_MAX + 1];
+    char session[FOTA_SESSION_MAX + 1];
+} install_t;
+
+/* The versions this device rolled back from, newest last. */
+typedef struct {
+    record_header_t h;
+    uint8_t count;
+    char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
+} rejected_t;
+
+/* The records, by number: their keys in the port's key-value store and
+ * their headers. */
+enum { REC_DOWNLOAD, REC_INSTALL, REC_OUTBOX, REC_REJECTED };
+static const char record_keys[] = "fota.dl\0fota.inst\0fota.outbox\0fota.rejected";
+#define RECORD_VERSION 1
+#define HEADER(kind, type) {kind, RECORD_VERSION, sizeof(type) & 255, sizeof(type) >> 8}
+static const record_header_t record_headers[] = {HEADER('D', download_t), HEADER('I', install_t),
+                                                 HEADER('O', outbox_t), HEADER('R', rejected_t)};
+#define RECORD_SIZE(r) (size_t)(record_headers[r].size_lo | record_headers[r].size_hi << 8)
+/* The last bytes of the download and install records' strings (the lists
+ * check their own): zero when the record is the library's (TERMINATED). */
+#define LAST(type, field) (uint8_t)(offsetof(type, field) + sizeof(((type *)0)->field) - 1)
+static const uint8_t record_string_ends[][4] = {
+    {LAST(download_t, version), LAST(download_t, base), LAST(download_t, session)},
+    {LAST(install_t, version), LAST(install_t, session)}, {0}, {0}};
+
+/* Half the server's 5-minute limit: a Date further off than this means the
+ * device clock, not latency, made a request stale. */
+#define CLOCK_SLACK 150
+
+/* fota_err_t's texts, in its order. */
+static const char err_names[] =
+    "ok\0bad argument\0work buffer too small\0network failure\0server busy\0unauthorized\0forbidden\0"
+    "conflict\0request rejected\0session closed\0malformed answer\0signature does not verify\0"
+    "signed by an untrusted key\0unsupported algorithm\0bad manifest\0wrong hardware\0not newer (downgrade)\0"
+    "rolled back from before\0security counter too low\0too large\0chunk HMAC mismatch\0decryption failed\0"
+    "image hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0image on trial\0"
+    "image not on trial\0self-test failed\0power failure\0update took too long";
+
+static const char state_names[] = "idle\0checking\0downloading\0verifying\0applying\0completed\0deferred\0error\0"
+                                  "rollback";
+
+const char *fota_err_str(fota_err_t err)
 {
-    return record_save(c, KEY_DOWNLOAD, 'D', d, sizeof *d);
+    return (unsigned)err < FOTA_ERR__COUNT ? nth(err_names, err) : "unknown error";
 }
 
-static bool load_download(fota_client_t *c, download_t *d)
+const char *fota_state_str(fota_state_t state)
 {
-    return record_load(c, KEY_DOWNLOAD, 'D', d, sizeof *d) && terminated(d->version, sizeof d->version) &&
-           terminated(d->base, sizeof d->base) && terminated(d->session, sizeof d->session);
+    return (unsigned)state < FOTA_STATE__COUNT ? nth(state_names, state) : "unknown state";
 }
 
-static void load_outbox(fota_client_t *c, outbox_t *box)
+/* ---- Log lines and reasons ---- */
+
+/* The texts of log lines and reasons, by number: passing a number costs a
+ * call 2 bytes of code, passing a text's address 8 (RV32). Errors first,
+ * then warnings, then information (a log line's level is where its text
+ * is), then reasons (fail). */
+#define MESSAGES(X)                                                 \
+    X(MSG_SAVE, "%s: saving %s")                                    \
+    X(MSG_CONFIG, "bad device id, hardware, chip, key or URL")      \
+    X(MSG_KEY, "%s: release key (RSA or P-256 PEM)")                \
+    X(MSG_BOOT_INFO, "%s: boot_info")                               \
+    X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                         \
+    X(MSG_SET_PENDING, "%s: slot_set_pending")                      \
+    X(MSG_FAILED, "update failed: %s")                              \
+    X(MSG_IGNORING, "%s: ignoring %s")                              \
+    X(MSG_DELETE, "%s: deleting %s")                                \
+    X(MSG_HTTP, "%s: HTTP %d: %.*s")                                \
+    X(MSG_NO_ANSWER, "%s: no answer to %s")                         \
+    X(MSG_CLOCK, "clock off by %lld s")                             \
+    X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")             \
+    X(MSG_DROP_REPORT, "dropping report %s of %s: %s")              \
+    X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")      \
+    X(MSG_REJECTED, "image %s rejected: %s")                        \
+    X(MSG_REFETCH, "chunk %lu: bad HMAC, again")                    \
+    X(MSG_KEPT_CHANGED, "kept image changed")                       \
+    X(MSG_RETRY, "retrying in %lu ms")                              \
+    X(MSG_REPORTED, "reported %s of %s")                            \
+    X(MSG_QUEUED, "%s: reports kept")                               \
+    X(MSG_CONFIRMED, "update %s confirmed")                         \
+    X(MSG_DEFERRED, "update %s waits for its window")               \
+    X(MSG_INSTALLED, "update %s installed; reboot")                 \
+    X(MSG_VERIFIED_BEFORE, "update %s verified before")             \
+    X(MSG_RESUMING, "resuming %s at chunk %lu of %lu")              \
+    X(MSG_DOWNLOADING, "downloading %s: chunk %lu of %lu")          \
+    X(MSG_NO_UPDATE, "no update: %.*s")                             \
+    X(MSG_BAD_OFFER, "bad session, version, manifest or signature") \
+    X(MSG_TEXT_ARG, "%s")                                           \
+    X(MSG_KEY_ID, "key_id %s, trusted %s")                          \
+    X(MSG_ALG, "signature_alg %s, key %s")                          \
+    X(MSG_DISAGREE, "answer %s, %lu chunks; signed %s, %lu")        \
+    X(MSG_HARDWARE, "for %s, this is %s")                           \
+    X(MSG_RUNNING, "running %s")                                    \
+    X(MSG_COUNTER, "%lu < %lu")                                     \
+    X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")    \
+    X(MSG_WINDOW, "bad install window")                             \
+    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")       \
+    X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")             \
+    X(MSG_PADDING, "bad padding (wrong firmware key?)")             \
+    X(MSG_OVERSIZE, "over the signed %lu bytes")                    \
+    X(MSG_WRITE, "slot_write at %lu")                               \
+    X(MSG_CHECKPOINT, "checkpoint")                                 \
+    X(MSG_EMPTY, "no chunk from %lu")                               \
+    X(MSG_TIMEOUT, "over %lu s")                                    \
+    X(MSG_MAC_TIMES, "chunk %lu, %u times")                         \
+    X(MSG_SLOT_BEGIN, "slot_begin")
+#define MSG_ID(id, text) id,
+#define MSG_TEXT(id, text) text "\0"
+/* Numbered from -32: RV32's short load-immediate takes -32..31. */
+enum { MSG_BEFORE_FIRST = -33, MESSAGES(MSG_ID) MSG__END };
+#define MSG_TEXT_OF(msg) nth(messages, (unsigned)((msg) + 32))
+static const char messages[] = MESSAGES(MSG_TEXT);
+
+static void logf_(fota_client_t *c, int msg, ...)
 {
-    bool ok = record_load(c, KEY_OUTBOX, 'O', box, sizeof *box) && box->count <= FOTA_OUTBOX_MAX;
-    for (uint8_t i = 0; ok && i < box->count; i++) {
+    char line[160];
+    va_list ap;
+    if (!c->port->log) return;
+    va_start(ap, msg);
+    vsnprintf(line, sizeof line, MSG_TEXT_OF(msg), ap);
+    va_end(ap);
+    c->port->log(c->port->ctx, msg < MSG_IGNORING ? FOTA_LOG_ERROR : msg < MSG_RETRY ? FOTA_LOG_WARN : FOTA_LOG_INFO,
+                 line);
+}
+
+/* A failure line: the error's text, then what failed (msg's "%s: ..."),
+ * and arg for a second "%s" in it. */
+static void log_err(fota_client_t *c, int msg, fota_err_t err, const char *arg)
+{
+    logf_(c, msg, fota_err_str(err), arg);
+}
+
+/* A failure's reason, logged and reported to the server: the error's text,
+ * then what the device found (msg with its arguments), in c->why; returns
+ * err. */
+static fota_err_t fail(fota_client_t *c, fota_err_t err, int msg, ...)
+{
+    va_list ap;
+    int n = snprintf(c->why, sizeof c->why, "%s: ", fota_err_str(err));
+    va_start(ap, msg);
+    vsnprintf(c->why + n, sizeof c->why - (size_t)n, MSG_TEXT_OF(msg), ap);
+    va_end(ap);
+    return err;
+}
+
+/* A port's failure as the library reports it: a power failure stays one
+ * (nothing more may be done), anything else becomes as. */
+static fota_err_t port_err(fota_err_t err, fota_err_t as)
+{
+    return err && err != FOTA_ERR_POWER ? as : err;
+}
+
+static void progress_err(fota_client_t *c, fota_state_t state, fota_err_t err)
+{
+    c->progress.state = state;
+    c->progress.err = err;
+    if (c->cfg->on_progress) c->cfg->on_progress(c->cfg->user, &c->progress);
+}
+#define progress(c, state) progress_err(c, state, FOTA_OK)
+
+/* Whether s is 1 to max letters, digits, '_' and '-' (and '.' with dots);
+ * false for NULL. */
+static bool plain_id(const char *s, size_t max, bool dots)
+{
+    size_t n = 0;
+    for (; s && s[n]; n++) {
+        char ch = s[n];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_' ||
+              ch == '-' || (dots && ch == '.')))
+            return false;
+    }
+    return n > 0 && n <= max;
+}
+
+/* Copies src (none for NULL) into the char array dst (cap bytes), cut
+ * short if need be and zero-padded: records keep no stale bytes, and end in
+ * a zero. */
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    /* src's bytes up to its end or cap - 1 of them, then zeros */
+    for (size_t i = 0; i < cap; i++) dst[i] = src && i + 1 < cap && *src ? *src++ : 0;
+}
+
+/* ---- Records ---- */
+
+static fota_err_t record_save(fota_client_t *c, int r, void *rec)
+{
+    const char *key = nth(record_keys, (unsigned)r);
+    memcpy(rec, &record_headers[r], sizeof(record_header_t));
+    fota_err_t err = c->port->kv_set(c->port->ctx, key, rec, RECORD_SIZE(r));
+    if (err) log_err(c, MSG_SAVE, err, key);
+    return port_err(err, FOTA_ERR_STORAGE);
+}
+
+/* Loads a record; false when absent, unreadable or of another layout. The
+ * caller checks the strings in it. */
+static bool record_load(fota_client_t *c, int r, void *rec)
+{
+    const char *key = nth(record_keys, (unsigned)r);
+    size_t n = 0;
+    fota_err_t err = c->port->kv_get(c->port->ctx, key, rec, RECORD_SIZE(r), &n);
+    if (err) {
+        if (err != FOTA_ERR_NOT_FOUND) log_err(c, MSG_IGNORING, err, key);
+        return false;
+    }
+    if (n != RECORD_SIZE(r) || memcmp(rec, &record_headers[r], sizeof(record_header_t))) return false;
+    for (const uint8_t *e = record_string_ends[r]; *e; e++)
+        if (((const char *)rec)[*e]) return false;
+    return true;
+}
+
+/* Whether the char array s of a loaded record holds a string: the library
+ * writes them with copy_str, so the last byte of each is zero. */
+#define TERMINATED(s) (!(s)[sizeof(s) - 1])
+
+static fota_err_t record_delete(fota_client_t *c, int r)
+{
+    const char *key = nth(record_keys, (unsigned)r);
+    fota_err_t err = c->port->kv_delete(c->port->ctx, key);
+    if (err == FOTA_ERR_NOT_FOUND) return FOTA_OK;
+    if (err) log_err(c, MSG_DELETE, err, key);
+    return err;
+}
+
+
+
+/* Loads the outbox into the end of the work buffer (empty when there is
+ * none or it does not check out). */
+static outbox_t *load_outbox(fota_client_t *c)
+{
+    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
+    bool ok = record_load(c, REC_OUTBOX, box) && box->count <= FOTA_OUTBOX_MAX;
+    for (unsigned i = 0; ok && i < box->count; i++) {
         report_t *q = &box->r[i];
-        ok = q->status < REPORT__COUNT && terminated(q->session, sizeof q->session) &&
-             terminated(q->version, sizeof q->version) && terminated(q->reason, sizeof q->reason);
+        ok = q->status < REPORT__COUNT && TERMINATED(q->session) && TERMINATED(q->version) && TERMINATED(q->reason);
+        /* What a JSON string cannot hold as it is becomes ' (quotes,
+         * backslashes) or ? (control characters, bytes past ASCII), so a
+         * reason goes into the report as it is (send_report). */
+        for (char *s = q->reason; ok && *s; s++)
+            if (*s == '"' || *s == '\\') *s = '\'';
+            else if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) *s = '?';
     }
     if (!ok) box->count = 0;
+    return box;
 }
 
 static fota_err_t save_outbox(fota_client_t *c, outbox_t *box)
 {
-    if (box->count == 0) {
-        fota_err_t err = c->port->kv_delete(c->port->ctx, KEY_OUTBOX);
-        return err == FOTA_ERR_NOT_FOUND ? FOTA_OK : err;
-    }
-    return record_save(c, KEY_OUTBOX, 'O', box, sizeof *box);
+    return box->count ? record_save(c, REC_OUTBOX, box) : record_delete(c, REC_OUTBOX);
 }
 
-static void copy_str(char *dst, size_t cap, const char *src)
+/* Adds reports of statuses first..last to the outbox, each once; a full
+ * outbox drops its oldest. reason: NULL for none. */
+static fota_err_t queue_reports(fota_client_t *c, int first, int last, const char *session, const char *version,
+                                const char *reason)
 {
-    size_t n = strlen(src);
-    if (n >= cap) n = cap - 1;
-    memcpy(dst, src, n);
-    dst[n] = 0;
-}
-
-/* Adds a report to the outbox, once; a full outbox drops its oldest. */
-static fota_err_t queue_report(fota_client_t *c, int status, const char *session, const char *version,
-                               const char *reason)
-{
-    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
-    load_outbox(c, box);
-    for (uint8_t i = 0; i < box->count; i++) {
-        report_t *q = &box->r[i];
-        if (q->status == status && !strcmp(q->session, session) && !strcmp(q->version, version)) return FOTA_OK;
+    outbox_t *box = load_outbox(c);
+    for (int status = first; status <= last; status++) {
+        unsigned i = 0;
+        while (i < box->count && !(box->r[i].status == status && !strcmp(box->r[i].session, session) &&
+                                   !strcmp(box->r[i].version, version)))
+            i++;
+        if (i < box->count) continue; /* queued already */
+        if (box->count == FOTA_OUTBOX_MAX) {
+            memmove(&box->r[0], &box->r[1], sizeof box->r[0] * (FOTA_OUTBOX_MAX - 1));
+            box->count--;
+        }
+        report_t *q = &box->r[box->count++];
+        q->status = (uint8_t)status;
+        copy_str(q->session, sizeof q->session, session);
+        copy_str(q->version, sizeof q->version, version);
+        copy_str(q->reason, sizeof q->reason, reason);
     }
-    if (box->count == FOTA_OUTBOX_MAX) {
-        memmove(&box->r[0], &box->r[1], sizeof box->r[0] * (FOTA_OUTBOX_MAX - 1));
-        box->count--;
-    }
-    report_t *q = &box->r[box->count++];
-    memset(q, 0, sizeof *q);
-    q->status = (uint8_t)status;
-    copy_str(q->session, sizeof q->session, session);
-    copy_str(q->version, sizeof q->version, version);
-    copy_str(q->reason, sizeof q->reason, reason ? reason : "");
     return save_outbox(c, box);
 }
-
+#define queue_report(c, status, session, version, reason) queue_reports(c, status, status, session, version, reason)
 /* ---- HTTP: signed requests, error answers, retries ---- */
 
 static int64_t server_now(fota_client_t *c) { return c->port->now(c->port->ctx) + c->clock_offset; }
 
-/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
-static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
+/* Reads up to n bytes of the body into buf; *got short of n: the body ended. */
+static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *got)
 {
-    size_t n = 0;
-    for (;;) {
-        int32_t got = c->port->http_read(c->port->ctx, buf + n, cap - n);
-        if (got < 0) return FOTA_ERR_NETWORK;
-        if (got == 0) break;
-        n += (size_t)got;
-        if (n == cap) {
-            uint8_t probe;
-            got = c->port->http_read(c->port->ctx, &probe, 1);
-            if (got < 0) return FOTA_ERR_NETWORK;
-            if (got > 0) return FOTA_ERR_BUFFER;
-            break;
-        }
+    *got = 0;
+    while (*got < n) {
+        int32_t r = c->port->http_read(c->port->ctx, buf + *got, n - *got);
+        if (r < 0) return FOTA_ERR_NETWORK;
+        if (r == 0) break;
+        *got += (size_t)r;
     }
-    *len = n;
     return FOTA_OK;
 }
 
-typedef struct {
-    fota_json_t code, error;
-} error_answer_t;
-
-static bool error_member(void *user, const char *key, size_t n, const fota_json_t *v)
+/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
+static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
 {
-    error_answer_t *e = user;
-    if (n == 4 && !memcmp(key, "code", 4)) e->code = *v;
-    if (n == 5 && !memcmp(key, "error", 5)) e->error = *v;
-    return true;
+    uint8_t probe;
+    fota_err_t err = read_full(c, buf, cap, len);
+    if (err == FOTA_OK && *len == cap) {
+        int32_t more = c->port->http_read(c->port->ctx, &probe, 1);
+        err = more < 0 ? FOTA_ERR_NETWORK : more ? FOTA_ERR_BUFFER : FOTA_OK;
+    }
+    return err;
 }
+
+/* Walks the JSON object js, keeping the values of the members named in
+ * names in v, by index (FOTA_J_NONE when absent). */
+typedef struct {
+    const char *names;
+    fota_json_t *v;
+} pick_t;
+
+static bool pick_member(void *user, const char *key, size_t n, const fota_json_t *value)
+{
+    const pick_t *p = user;
+    int i = name_index(p->names, key, n);
+    if (i >= 0) p->v[i] = *value;
+    return true; /* newer servers may say more */
+}
+
+static bool pick(const void *js, size_t len, const char *names, fota_json_t *v, size_t count)
+{
+    pick_t p = {names, v};
+    memset(v, 0, count * sizeof *v);
+    return fota_json_object(js, len, pick_member, &p);
+}
+
+/* The server's error codes (docs/PROTOCOL.md, "Errors") and what each means here. */
+static const char error_codes[] =
+    "too_many\0unavailable\0internal\0unauthorized\0forbidden\0conflict\0invalid\0not_found\0too_large\0session_closed";
+static const uint8_t error_code_errs[] = {
+    FOTA_ERR_SERVER_BUSY, FOTA_ERR_SERVER_BUSY, FOTA_ERR_SERVER_BUSY, FOTA_ERR_UNAUTHORIZED, FOTA_ERR_FORBIDDEN,
+    FOTA_ERR_CONFLICT,    FOTA_ERR_REJECTED,    FOTA_ERR_REJECTED,    FOTA_ERR_REJECTED,     FOTA_ERR_SESSION_CLOSED};
 
 /* Sorts a refusal by its fota code, else by its status (docs/PROTOCOL.md,
  * "Errors"), and logs the server's word on it. Ends the exchange. */
-static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_response_t *resp, uint8_t *buf,
+static fota_err_t refusal(fota_client_t *c, const fota_http_response_t *resp, uint8_t *buf,
                           size_t cap)
 {
-    static const struct {
-        const char *code;
-        fota_err_t err;
-    } codes[] = {{"too_many", FOTA_ERR_SERVER_BUSY}, {"unavailable", FOTA_ERR_SERVER_BUSY},
-                 {"internal", FOTA_ERR_SERVER_BUSY}, {"unauthorized", FOTA_ERR_UNAUTHORIZED},
-                 {"forbidden", FOTA_ERR_FORBIDDEN},  {"conflict", FOTA_ERR_CONFLICT},
-                 {"invalid", FOTA_ERR_REJECTED},     {"not_found", FOTA_ERR_REJECTED},
-                 {"too_large", FOTA_ERR_REJECTED},   {"session_closed", FOTA_ERR_SESSION_CLOSED}};
     size_t n = 0;
-    error_answer_t e = {{0, 0, 0}, {0, 0, 0}};
+    fota_json_t e[2]; /* code, error; none from a body cut short */
     bool whole = read_body(c, buf, cap, &n) == FOTA_OK;
     c->port->http_end(c->port->ctx, whole);
-    if (whole) fota_json_object((const char *)buf, n, error_member, &e);
+    pick(buf, whole ? n : 0, "code\0error\0", e, 2);
     int s = resp->status;
     fota_err_t err = s >= 500 || s == 408 || s == 429 ? FOTA_ERR_SERVER_BUSY
                      : s == 401                        ? FOTA_ERR_UNAUTHORIZED
@@ -288,51 +447,56 @@ static fota_err_t refusal(fota_client_t *c, const char *what, const fota_http_re
                      : s == 410                        ? FOTA_ERR_SESSION_CLOSED
                      : s == 400 || s == 404 || s == 413 ? FOTA_ERR_REJECTED
                                                         : FOTA_ERR_CONFLICT;
-    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-        if (fota_json_is(&e.code, codes[i].code)) err = codes[i].err;
-    LOG_W(c, "%s: the server answered %d: %.*s", what, s, e.error.type == FOTA_J_STRING ? (int)e.error.n : 0,
-          e.error.p ? e.error.p : "");
+    int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
+    if (i >= 0) err = (fota_err_t)error_code_errs[i];
+    logf_(c, MSG_HTTP, URI(c), s, (int)e[1].n, e[1].p ? e[1].p : ""); /* a string's text, or what else it is */
     c->retry_after = resp->retry_after;
     return err;
 }
 
-/* Sends one signed request. On FOTA_OK the answer was 2xx and its body is
- * to be read (then http_end). A 401 whose Date shows the device clock off
- * corrects the clock and signs once more (docs/PROTOCOL.md, "The device clock"). */
-static fota_err_t request(fota_client_t *c, const char *what, const char *method, const uint8_t *body, size_t len,
-                          fota_http_response_t *resp)
+/* Sends one signed request, its body (len bytes) at the start of the data
+ * area. On FOTA_OK the answer was 2xx and its body is to be read (then
+ * http_end). A 401 whose Date shows the device clock off corrects the clock
+ * and signs once more (docs/PROTOCOL.md, "The device clock"). */
+static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *resp)
 {
+    const uint8_t *body = len ? DATA(c) : NULL;
+    /* The method and the header lines' end: a POST's (with a body), or a
+     * GET's, further on in the same texts. */
+    static const char texts[] = "POST\0GET\0\r\nContent-Type: application/json\r\n";
+    const char *method = texts + (len ? 0 : 5), *tail = texts + (len ? 9 : sizeof texts - 3);
     for (int attempt = 0;; attempt++) {
-        uint8_t raw[16], mac[32];
-        char nonce[33], sig[65], ts[24];
+        uint8_t raw[32]; /* the nonce's random bytes, then the signature */
+        char nonce[33], ts[21];
         int64_t now = server_now(c);
         snprintf(ts, sizeof ts, "%lld", (long long)now);
-        if (c->port->random(c->port->ctx, raw, sizeof raw)) return FOTA_ERR_CRYPTO;
-        fota_hex(nonce, raw, sizeof raw);
-        if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, mac))
+        if (c->port->random(c->port->ctx, raw, 16)) return FOTA_ERR_CRYPTO;
+        fota_hex(nonce, raw, 16);
+        if (fota_request_mac(&c->sha2, c->psk, method, URI(c), c->cfg->device_id, ts, nonce, body, len, raw))
             return FOTA_ERR_CRYPTO;
-        fota_hex(sig, mac, sizeof mac);
-        int n = snprintf(HDR(c), HDR_CAP,
-                         "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: %s\r\n%s",
-                         c->cfg->device_id, ts, nonce, sig, len ? "Content-Type: application/json\r\n" : "");
-        if (n < 0 || n >= HDR_CAP) return FOTA_ERR_BUFFER;
+        /* The signature's hex goes straight into the header lines, then the rest. */
+        char *h = HDR(c);
+        unsigned n = (unsigned)snprintf(h, HDR_CAP, "X-Fota-Device: %s\r\nX-Fota-Timestamp: %s\r\nX-Fota-Nonce: %s\r\nX-Fota-Signature: ",
+                                        c->cfg->device_id, ts, nonce);
+        if (n > HDR_CAP - 100) return FOTA_ERR_BUFFER; /* the signature, the Content-Type line, the NUL */
+        fota_hex(h + n, raw, 32);
+        strcpy(h + n + 64, tail);
         memset(resp, 0, sizeof *resp);
         fota_err_t err = c->port->http_begin(c->port->ctx, method, URI(c), HDR(c), body, len, resp);
         if (err) {
-            LOG_W(c, "%s: no answer (%s)", what, fota_err_str(err));
-            return err == FOTA_ERR_POWER ? err : FOTA_ERR_NETWORK;
+            log_err(c, MSG_NO_ANSWER, err, URI(c));
+            return port_err(err, FOTA_ERR_NETWORK);
         }
         if (resp->status >= 200 && resp->status < 300) return FOTA_OK;
         int64_t skew = resp->date ? resp->date - now : 0;
-        if (resp->status == 401 && attempt == 0 && (skew > CLOCK_SLACK || skew < -CLOCK_SLACK)) {
+        if (resp->status == 401 && attempt == 0 && (uint64_t)(skew + CLOCK_SLACK) > 2 * CLOCK_SLACK) {
             c->port->http_end(c->port->ctx, false);
             c->clock_offset += skew;
-            LOG_W(c, "the device clock is %lld s off the server's; signing with the server's time", (long long)skew);
+            logf_(c, MSG_CLOCK, (long long)skew);
             continue;
         }
-        /* The error body goes after the request body (in the data area), which a retry sends again. */
-        size_t used = body ? (size_t)(body - DATA(c)) + len : 0;
-        return refusal(c, what, resp, DATA(c) + used, DATA_CAP(c) - used);
+        /* The error body goes after the request body, which a retry sends again. */
+        return refusal(c, resp, DATA(c) + len, DATA_CAP(c) - len);
     }
 }
 
@@ -350,109 +514,100 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
     if (delay > cap || delay < base) delay = cap;
     uint8_t r[2] = {0, 0};
     c->port->random(c->port->ctx, r, 2);
-    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) / 65535);
+    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) >> 16);
     if (err == FOTA_ERR_SERVER_BUSY && c->retry_after) {
-        if ((uint64_t)c->retry_after * 1000 > cap) return false; /* the next timed check tries again */
+        if (c->retry_after > cap / 1000) return false; /* the next timed check tries again */
         if (c->retry_after * 1000 > delay) delay = c->retry_after * 1000;
     }
     c->retry_after = 0;
-    LOG_I(c, "retrying in %lu ms", (unsigned long)delay);
+    logf_(c, MSG_RETRY, (unsigned long)delay);
     c->port->sleep_ms(c->port->ctx, delay);
     return true;
 }
 
-static bool uri(fota_client_t *c, const char *fmt, ...)
+/* POSTs the n-byte body at the start of the data area, retrying transient
+ * failures, and reads the answer after it (*len bytes). */
+static fota_err_t post(fota_client_t *c, size_t n, size_t *len)
 {
-    va_list ap;
-    int n = snprintf(URI(c), URI_CAP, "%s", c->prefix);
-    va_start(ap, fmt);
-    int m = vsnprintf(URI(c) + n, URI_CAP - (size_t)n, fmt, ap);
-    va_end(ap);
-    return m >= 0 && (size_t)m < URI_CAP - (size_t)n;
-}
-
-/* Sends one report; a JSON body with the reason escaped. */
-static fota_err_t send_report(fota_client_t *c, const report_t *q)
-{
-    char *body = (char *)DATA(c);
-    size_t cap = DATA_CAP(c), n;
-    if (!uri(c, "/v1/device/sessions/%s/report", q->session)) return FOTA_ERR_BUFFER;
-    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"", report_names[q->status]);
-    if (q->reason[0]) {
-        n += (size_t)snprintf(body + n, cap - n, ",\"reason\":\"");
-        for (const char *s = q->reason; *s && n + 8 < cap; s++) {
-            unsigned char ch = (unsigned char)*s;
-            if (ch == '"' || ch == '\\') {
-                body[n++] = '\\';
-                body[n++] = (char)ch;
-            } else if (ch < 0x20 || ch >= 0x7f) {
-                body[n++] = '?'; /* reasons are the library's own ASCII text */
-            } else {
-                body[n++] = (char)ch;
-            }
-        }
-        body[n++] = '"';
-    }
-    body[n++] = '}';
     fota_http_response_t resp;
     fota_err_t err;
     for (int attempt = 0;; attempt++) {
-        err = request(c, "report", "POST", (const uint8_t *)body, n, &resp);
+        err = request(c, n, &resp);
         if (err == FOTA_OK) {
-            size_t len;
-            /* The answer is small; its content does not matter, only that it came. */
-            err = read_body(c, DATA(c) + n, cap - n, &len);
+            err = read_body(c, DATA(c) + n, DATA_CAP(c) - n, len);
             c->port->http_end(c->port->ctx, err == FOTA_OK);
-            if (err == FOTA_ERR_BUFFER) err = FOTA_OK;
         }
         if (!backoff(c, attempt, err)) return err;
     }
 }
 
+
+/* Sends one report; a JSON body with the reason escaped. */
+static fota_err_t send_report(fota_client_t *c, const report_t *q)
+{
+    char *body = (char *)DATA(c);
+    size_t cap = DATA_CAP(c), n, len;
+    if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/report", c->prefix, q->session) >= URI_CAP)
+        return FOTA_ERR_BUFFER;
+    /* The reason, when there is one; copy_str made it fit a JSON string. */
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s%s%s}", nth(report_names, q->status),
+                         ",\"reason\":\"" + (q->reason[0] ? 0 : 11), q->reason, "\"" + !q->reason[0]);
+    /* The answer is small; its content does not matter, only that it came. */
+    fota_err_t err = post(c, n, &len);
+    return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
+}
+
 fota_err_t fota_flush(fota_client_t *c)
 {
-    outbox_t *box = (outbox_t *)(void *)(c->work + c->work_size - sizeof(outbox_t));
-    load_outbox(c, box);
+    outbox_t *box = load_outbox(c);
+    fota_err_t first = FOTA_OK, err;
+    unsigned kept = 0;
+    bool down = false;
     if (box->count == 0) return FOTA_OK;
-    fota_err_t first = FOTA_OK;
-    uint8_t kept = 0, i;
-    for (i = 0; i < box->count; i++) {
-        report_t q = box->r[i];
-        if (q.status == REPORT_CONFIRMED && strcmp(q.version, c->boot.running_version) != 0) {
+    for (unsigned i = 0; i < box->count; i++) {
+        report_t *q = &box->r[i];
+        const char *status = nth(report_names, q->status);
+        bool confirm = q->status == REPORT_CONFIRMED;
+        if (confirm && strcmp(q->version, c->boot.running_version) != 0) {
             /* Queued before a confirm that never completed: no longer true. */
-            LOG_W(c, "dropping the confirm of %s, which did not complete", q.version);
+            logf_(c, MSG_DROP_CONFIRM, q->version);
             continue;
         }
-        if ((q.status == REPORT_CONFIRMED && c->boot.trial) || !q.session[0]) {
-            box->r[kept++] = q; /* not yet confirmed on this boot; or no session to send it on yet */
-            continue;
+        /* Sent unless the server proved unreachable (the rest would fail the
+         * same way, and out of order), the image is not yet confirmed on this
+         * boot, or there is no session to send it on yet. */
+        if (!down && !(confirm && c->boot.trial) && q->session[0]) {
+            err = send_report(c, q);
+            if (err == FOTA_ERR_POWER) return err;
+            if (err == FOTA_OK) {
+                logf_(c, MSG_REPORTED, status, q->version);
+                continue;
+            }
+            if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
+                logf_(c, MSG_DROP_REPORT, status, q->version, fota_err_str(err));
+                continue;
+            }
+            if (!first) first = err;
+            down = transient(err);
         }
-        fota_err_t err = send_report(c, &q);
-        if (err == FOTA_OK) {
-            LOG_I(c, "reported %s of %s", report_names[q.status], q.version);
-            continue;
-        }
-        if (err == FOTA_ERR_POWER) return err;
-        if (err == FOTA_ERR_REJECTED || err == FOTA_ERR_SESSION_CLOSED || err == FOTA_ERR_BUFFER) {
-            LOG_W(c, "report %s of %s refused for good (%s); dropping it", report_names[q.status], q.version,
-                  fota_err_str(err));
-            continue;
-        }
-        if (!first) first = err;
-        box->r[kept++] = q;
-        if (transient(err)) {
-            /* The server is unreachable: the rest would fail the same way, and out of order. */
-            for (i++; i < box->count; i++) box->r[kept++] = box->r[i];
-            break;
-        }
+        if (kept != i) box->r[kept] = *q;
+        kept++;
     }
-    box->count = kept;
-    fota_err_t err = save_outbox(c, box);
+    box->count = (uint8_t)kept;
+    err = save_outbox(c, box);
     return err ? err : first;
 }
 
-/* ---- Init, boot, confirm ---- */
+/* Sends what is queued after a step that queued a report; only a power
+ * failure matters to the caller, the rest waits for the next flush. */
+static fota_err_t flush_queued(fota_client_t *c)
+{
+    fota_err_t err = fota_flush(c);
+    if (err && err != FOTA_ERR_POWER) log_err(c, MSG_QUEUED, err, NULL);
+    return err == FOTA_ERR_POWER ? err : FOTA_OK;
+}
 
+/* ---- Init, boot, confirm ---- */
 
 fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port_t *port, uint8_t *work,
                      size_t work_size)
@@ -473,33 +628,34 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
         !port->boot_confirm || !port->boot_reject || !port->kv_get || !port->kv_set || !port->kv_delete ||
         !port->now || !port->sleep_ms || !port->random)
         return FOTA_ERR_ARGUMENT;
-    if (!cfg->device_id || !plain_id(cfg->device_id, 64, true) || !cfg->hardware || !plain_id(cfg->hardware, 32, true) ||
+    if (!plain_id(cfg->device_id, 64, true) || !plain_id(cfg->hardware, 32, true) ||
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
         !cfg->server_url) {
-        LOG_E(c, "fota_init: device id, hardware, chip, key or server URL missing or malformed");
+        logf_(c, MSG_CONFIG);
         return FOTA_ERR_ARGUMENT;
     }
-    /* The path prefix of the server URL goes in front of every request URI. */
+    /* The path prefix of the server URL, without trailing slashes, goes in
+     * front of every request URI. */
     const char *u = strstr(cfg->server_url, "://");
-    const char *path = u ? strchr(u + 3, '/') : NULL;
-    if (!u || (path && strlen(path) >= sizeof c->prefix)) return FOTA_ERR_ARGUMENT;
-    copy_str(c->prefix, sizeof c->prefix, path ? path : "");
-    size_t pn = strlen(c->prefix);
-    while (pn > 0 && c->prefix[pn - 1] == '/') c->prefix[--pn] = 0;
+    if (!u) return FOTA_ERR_ARGUMENT;
+    const char *path = strchr(u + 3, '/');
+    size_t pn = path ? strlen(path) : 0;
+    if (pn >= sizeof c->prefix) return FOTA_ERR_ARGUMENT;
+    while (pn > 0 && path[pn - 1] == '/') pn--;
+    if (pn) memcpy(c->prefix, path, pn); /* c is zeroed: the NUL is there */
 
     fota_err_t err = fota_key_load(&c->pk, cfg->public_key_pem, strlen(cfg->public_key_pem) + 1, DATA(c),
                                    DATA_CAP(c), &c->key_alg, c->key_id);
     if (err) {
-        LOG_E(c, err == FOTA_ERR_UNSUPPORTED
-                     ? "the release key is neither RSA (2048-4096 bits) nor ECDSA P-256; mbedtls cannot check Ed25519"
-                     : "the release public key does not parse (want PKIX PEM)");
+        /* mbedtls cannot check Ed25519: such a key is FOTA_ERR_UNSUPPORTED. */
+        log_err(c, MSG_KEY, err, NULL);
         return err;
     }
     if (mbedtls_aes_setkey_dec(&c->aes, cfg->firmware_key, 256)) return FOTA_ERR_CRYPTO;
     err = port->boot_info(port->ctx, &c->boot);
     if (err) {
-        LOG_E(c, "boot state unreadable: %s", fota_err_str(err));
+        log_err(c, MSG_BOOT_INFO, err, NULL);
         return err;
     }
     c->boot.running_version[FOTA_VERSION_MAX] = 0;
@@ -522,95 +678,60 @@ bool fota_on_trial(const fota_client_t *c) { return c->boot.trial; }
 
 const fota_progress_t *fota_progress(const fota_client_t *c) { return &c->progress; }
 
-/* The install record: which session installed the image on trial. */
-typedef struct {
-    record_header_t h;
-    char version[FOTA_VERSION_MAX + 1];
-    char session[FOTA_SESSION_MAX + 1];
-} install_t;
-
-static bool load_install(fota_client_t *c, install_t *in)
+/* Loads the list into r; whether version is in it. */
+static bool rejected(fota_client_t *c, rejected_t *r, const char *version)
 {
-    return record_load(c, KEY_INSTALL, 'I', in, sizeof *in) && terminated(in->version, sizeof in->version) &&
-           terminated(in->session, sizeof in->session);
-}
-
-/* The versions this device rolled back from, newest last. */
-typedef struct {
-    record_header_t h;
-    uint8_t count;
-    char v[FOTA_REJECTED_MAX][FOTA_VERSION_MAX + 1];
-} rejected_t;
-
-static bool load_rejected(fota_client_t *c, rejected_t *r)
-{
-    bool ok = record_load(c, KEY_REJECTED, 'R', r, sizeof *r) && r->count <= FOTA_REJECTED_MAX;
-    for (uint8_t i = 0; ok && i < r->count; i++) ok = terminated(r->v[i], sizeof r->v[i]);
+    bool ok = record_load(c, REC_REJECTED, r) && r->count <= FOTA_REJECTED_MAX;
+    for (unsigned i = 0; ok && i < r->count; i++) ok = TERMINATED(r->v[i]);
     if (!ok) r->count = 0;
-    return ok;
-}
-
-static bool rejected(fota_client_t *c, const char *version)
-{
-    rejected_t r;
-    load_rejected(c, &r);
-    for (uint8_t i = 0; i < r.count; i++)
-        if (!strcmp(r.v[i], version)) return true;
+    for (unsigned i = 0; i < r->count; i++)
+        if (!strcmp(r->v[i], version)) return true;
     return false;
-}
-
-/* Remembers a version this device rolled back from, so it refuses it. */
-static fota_err_t add_rejected(fota_client_t *c, const char *version)
-{
-    rejected_t r;
-    if (rejected(c, version)) return FOTA_OK;
-    load_rejected(c, &r);
-    if (r.count == FOTA_REJECTED_MAX) {
-        memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
-        r.count--;
-    }
-    memset(r.v[r.count], 0, sizeof r.v[0]);
-    copy_str(r.v[r.count++], sizeof r.v[0], version);
-    return record_save(c, KEY_REJECTED, 'R', &r, sizeof r);
 }
 
 fota_err_t fota_startup(fota_client_t *c)
 {
-    install_t in;
     fota_err_t err;
-    bool have_install = load_install(c, &in);
-    if (c->boot.rolled_back_version[0]) {
-        const char *rb = c->boot.rolled_back_version;
+    char *rb = c->boot.rolled_back_version;
+    if (rb[0]) {
+        install_t in;
+        rejected_t r;
         c->progress.version = rb;
-        progress(c, FOTA_STATE_ROLLBACK, FOTA_OK);
-        bool ours = have_install && !strcmp(in.version, rb);
+        progress(c, FOTA_STATE_ROLLBACK);
+        bool ours = record_load(c, REC_INSTALL, &in) && !strcmp(in.version, rb);
         /* Without the install record there is no session to name; the
          * device's next check-in tells the server the version it runs. */
         if (ours && (err = queue_report(c, REPORT_ROLLED_BACK, in.session, rb, c->boot.rollback_reason))) return err;
-        if ((err = add_rejected(c, rb))) return err;
+        /* Remembered, so the device refuses it if offered again. */
+        if (!rejected(c, &r, rb)) {
+            if (r.count == FOTA_REJECTED_MAX) {
+                memmove(r.v[0], r.v[1], sizeof r.v[0] * (FOTA_REJECTED_MAX - 1));
+                r.count--;
+            }
+            copy_str(r.v[r.count++], sizeof r.v[0], rb);
+            if ((err = record_save(c, REC_REJECTED, &r))) return err;
+        }
         if ((err = c->port->boot_ack_rollback(c->port->ctx))) return err;
-        if (ours) record_delete(c, KEY_INSTALL);
-        LOG_W(c, "rolled back from %s (%s); running %s", rb, c->boot.rollback_reason, c->boot.running_version);
-        c->boot.rolled_back_version[0] = 0;
+        if (ours) record_delete(c, REC_INSTALL);
+        logf_(c, MSG_ROLLED_BACK, rb, c->boot.rollback_reason, c->boot.running_version);
+        rb[0] = 0;
     }
-    download_t d;
-    if (load_download(c, &d) && strcmp(d.base, c->boot.running_version) != 0) {
-        record_delete(c, KEY_DOWNLOAD); /* made under another image: its slot may be the one running */
+    {
+        /* A download made under another image: its slot may be the one running. */
+        download_t d;
+        if (record_load(c, REC_DOWNLOAD, &d) && strcmp(d.base, c->boot.running_version) != 0) record_delete(c, REC_DOWNLOAD);
     }
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
-            char reason[FOTA_REASON_MAX + 1];
-            snprintf(reason, sizeof reason, "self-test failed: %s", fota_err_str(result));
-            err = fota_reject(c, reason);
+            fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, fota_err_str(result));
+            err = fota_reject(c, c->why);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
         if ((err = fota_confirm(c))) return err;
     }
-    err = fota_flush(c);
-    if (err == FOTA_ERR_POWER) return err;
-    if (err) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
-    if (!c->boot.trial) progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    if ((err = flush_queued(c))) return err;
+    if (!c->boot.trial) progress(c, FOTA_STATE_IDLE);
     return FOTA_OK;
 }
 
@@ -620,85 +741,97 @@ fota_err_t fota_confirm(fota_client_t *c)
     fota_err_t err;
     if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
     /* Queued before confirming: a power cut in between repeats the report, never loses it. */
-    if (load_install(c, &in) && !strcmp(in.version, c->boot.running_version) &&
-        (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, "")))
+    if (record_load(c, REC_INSTALL, &in) && !strcmp(in.version, c->boot.running_version) &&
+        (err = queue_report(c, REPORT_CONFIRMED, in.session, in.version, NULL)))
         return err;
     if ((err = c->port->boot_confirm(c->port->ctx))) {
-        LOG_E(c, "confirm image: %s", fota_err_str(err));
-        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        log_err(c, MSG_BOOT_CONFIRM, err, NULL);
+        return port_err(err, FOTA_ERR_FLASH);
     }
     c->boot.trial = false;
-    record_delete(c, KEY_INSTALL);
-    LOG_I(c, "update %s confirmed", c->boot.running_version);
+    record_delete(c, REC_INSTALL);
+    logf_(c, MSG_CONFIRMED, c->boot.running_version);
     c->progress.version = c->boot.running_version;
-    progress(c, FOTA_STATE_IDLE, FOTA_OK);
-    err = fota_flush(c);
-    if (err && err != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(err));
-    return err == FOTA_ERR_POWER ? err : FOTA_OK;
+    progress(c, FOTA_STATE_IDLE);
+    return flush_queued(c);
 }
 
 fota_err_t fota_reject(fota_client_t *c, const char *reason)
 {
     if (!c->boot.trial) return FOTA_ERR_NOT_ON_TRIAL;
-    fota_err_t err = c->port->boot_reject(c->port->ctx, reason ? reason : "rejected");
-    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-    LOG_W(c, "image %s rejected (%s); the next boot runs the previous one", c->boot.running_version,
-          reason ? reason : "");
+    if (!reason) reason = "rejected";
+    fota_err_t err = c->port->boot_reject(c->port->ctx, reason);
+    if (err) return port_err(err, FOTA_ERR_FLASH);
+    logf_(c, MSG_REJECTED, c->boot.running_version, reason);
     c->progress.version = c->boot.running_version;
-    progress(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
+    progress_err(c, FOTA_STATE_ROLLBACK, FOTA_ERR_SELF_TEST);
     return FOTA_OK;
 }
 
 /* ---- The manifest ---- */
 
+/* judge copies the manifest's numbers, SHA-256 and IV into the offer at
+ * once: the two layouts must agree (a negative array size if not). */
+#define SAME_AT(f) (offsetof(fota_manifest_t, f) == offsetof(fota_offer_t, f))
+typedef char offer_layout_check[SAME_AT(security_counter) && SAME_AT(plaintext_size) && SAME_AT(ciphertext_size) &&
+                                        SAME_AT(chunk_size) && SAME_AT(plaintext_sha256) && SAME_AT(iv) &&
+                                        offsetof(fota_manifest_t, format) == offsetof(fota_offer_t, chunks) &&
+                                        offsetof(fota_offer_t, iv) == offsetof(fota_offer_t, plaintext_sha256) + 32 &&
+                                        offsetof(download_t, cbc) == offsetof(download_t, sha256) + 32
+                                    ? 1
+                                    : -1];
+
 typedef struct {
     fota_manifest_t *m;
     uint32_t seen;
-    bool ok;
 } manifest_walk_t;
 
-enum { M_FORMAT, M_PRODUCT, M_HARDWARE, M_VERSION, M_COUNTER, M_PSIZE, M_PSHA, M_CIPHER, M_IV, M_CSIZE, M_CSHA,
-       M_CHUNK, M_CREATED, M_KEY, M_ALG, M_NOTES, M__COUNT };
-static const char *const manifest_fields[M__COUNT] = {
-    "format", "product", "hardware", "version", "security_counter", "plaintext_size", "plaintext_sha256", "cipher",
-    "iv", "ciphertext_size", "ciphertext_sha256", "chunk_size", "created", "key_id", "signature_alg", "notes"};
+/* The fields, numbers first, then hex strings, each as docs/FORMAT.md has it. */
+/* The fields: numbers, hex strings and strings kept (each where
+ * manifest_off says, with the bound or length manifest_len says), then the
+ * rest; each as docs/FORMAT.md has it. */
+enum { M_COUNTER, M_PSIZE, M_CSIZE, M_CHUNK, M_FORMAT, M_PSHA, M_CSHA, M_IV, M_HARDWARE, M_VERSION, M_KEY, M_ALG,
+       M_PRODUCT, M_CIPHER, M_CREATED, M_NOTES, M__COUNT };
+static const char manifest_fields[] =
+    "security_counter\0plaintext_size\0ciphertext_size\0chunk_size\0format\0plaintext_sha256\0ciphertext_sha256\0"
+    "iv\0hardware\0version\0key_id\0signature_alg\0product\0cipher\0created\0notes\0";
 #define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
+#define M_OFF(field) offsetof(fota_manifest_t, field)
+static const uint8_t manifest_off[] = {
+    M_OFF(security_counter), M_OFF(plaintext_size), M_OFF(ciphertext_size), M_OFF(chunk_size), M_OFF(format),
+    M_OFF(plaintext_sha256), M_OFF(ciphertext_sha256), M_OFF(iv), M_OFF(hardware), M_OFF(version), M_OFF(key_id),
+    M_OFF(alg)};
+static const uint8_t manifest_len[] = {0, 0, 0, 0, 0, 32, 32, 16, 33, FOTA_VERSION_MAX + 1, 17, 16};
+static const uint32_t manifest_min[] = {0, 1, 0, 256, 1};
+static const uint32_t manifest_max[] = {UINT32_MAX, 256u << 20, (256u << 20) + 16, 65536, 1};
 
 static bool manifest_member(void *user, const char *key, size_t n, const fota_json_t *v)
 {
     manifest_walk_t *w = user;
     fota_manifest_t *m = w->m;
-    uint64_t x = 0;
     int64_t created;
-    int f = 0;
-    while (f < M__COUNT && !(strlen(manifest_fields[f]) == n && !memcmp(manifest_fields[f], key, n))) f++;
-    if (f == M__COUNT) return false; /* readers reject unknown fields */
+    bool str = v->type == FOTA_J_STRING;
+    int f = name_index(manifest_fields, key, n);
+    if (f < 0) return false; /* readers reject unknown fields */
     w->seen |= 1u << f;
+    char *dst = (char *)m + manifest_off[f <= M_ALG ? f : 0];
+    if (f <= M_FORMAT) return fota_json_uint(v, manifest_min[f], manifest_max[f], (uint32_t *)(void *)dst) && m->chunk_size % 16 == 0;
+    if (f <= M_IV) return str && fota_unhex((uint8_t *)dst, manifest_len[f], v->p, v->n);
+    if (f <= M_ALG)
+        return fota_json_str(v, dst, manifest_len[f]) &&
+               (f == M_HARDWARE ? plain_id(dst, 32, true) : f == M_VERSION ? fota_semver_valid(dst) : f != M_KEY || strlen(dst) == 16);
     switch (f) {
-    case M_FORMAT: return fota_json_uint(v, 1, &x) && x == 1;
-    case M_PRODUCT: return v->type == FOTA_J_STRING && v->n >= 1 && v->n <= 64;
-    case M_HARDWARE: return fota_json_str(v, m->hardware, sizeof m->hardware) && plain_id(m->hardware, 32, true);
-    case M_VERSION: return fota_json_str(v, m->version, sizeof m->version) && fota_semver_valid(m->version);
-    case M_COUNTER: return fota_json_uint(v, UINT32_MAX, &x) && ((m->security_counter = (uint32_t)x), true);
-    case M_PSIZE: return fota_json_uint(v, 256u << 20, &x) && x > 0 && ((m->plaintext_size = (uint32_t)x), true);
-    case M_PSHA: return v->type == FOTA_J_STRING && fota_unhex(m->plaintext_sha256, 32, v->p, v->n);
-    case M_CIPHER: return fota_json_is(v, "aes-256-cbc");
-    case M_IV: return v->type == FOTA_J_STRING && fota_unhex(m->iv, 16, v->p, v->n);
-    case M_CSIZE: return fota_json_uint(v, (256u << 20) + 16, &x) && ((m->ciphertext_size = (uint32_t)x), true);
-    case M_CSHA: return v->type == FOTA_J_STRING && fota_unhex(m->ciphertext_sha256, 32, v->p, v->n);
-    case M_CHUNK:
-        return fota_json_uint(v, 65536, &x) && x >= 256 && x % 16 == 0 && ((m->chunk_size = (uint32_t)x), true);
-    case M_CREATED: return v->type == FOTA_J_STRING && fota_parse_rfc3339(v->p, v->n, &created);
-    case M_KEY: return fota_json_str(v, m->key_id, sizeof m->key_id) && strlen(m->key_id) == 16;
-    case M_ALG: return fota_json_str(v, m->alg, sizeof m->alg);
-    default: return v->type == FOTA_J_STRING && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
+    case M_PRODUCT: return str && v->n >= 1 && v->n <= 64;
+    case M_CIPHER: return str && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
+    case M_CREATED: return str && fota_parse_rfc3339(v->p, v->n, &created);
+    default: return str && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
     }
 }
 
 fota_err_t fota_manifest_parse(const char *js, size_t len, fota_manifest_t *m)
 {
     memset(m, 0, sizeof *m);
-    manifest_walk_t w = {m, 0, true};
+    manifest_walk_t w = {m, 0};
     if (!fota_json_object(js, len, manifest_member, &w) || (w.seen & M_REQUIRED) != M_REQUIRED ||
         m->ciphertext_size != (m->plaintext_size / 16 + 1) * 16)
         return FOTA_ERR_MANIFEST;
@@ -714,193 +847,129 @@ int fota_unpad(const uint8_t block[16])
 
 /* ---- The check answer ---- */
 
+/* The members of the check answer the client reads; the numbers last. */
+enum { A_UPDATE, A_SESSION, A_VERSION, A_MANIFEST, A_SIGNATURE, A_MESSAGE, A_MACS, A_AFTER, A_UNTIL, A_CHUNK_SIZE,
+       A_CHUNKS, A_CSIZE, A__COUNT };
+static const char answer_fields[] = "update\0session_id\0version\0manifest\0signature\0message\0chunk_macs\0"
+                                    "install_after\0install_until\0chunk_size\0chunks\0ciphertext_size\0";
+
 typedef struct {
-    bool update;
-    fota_json_t session, version, manifest, signature, message, macs, after, until;
-    uint64_t chunk_size, chunks, ciphertext_size;
+    fota_json_t v[A__COUNT];
+    uint32_t num[3]; /* chunk_size, chunks, ciphertext_size; 0 when absent */
 } answer_t;
 
-static bool answer_member(void *user, const char *key, size_t n, const fota_json_t *v)
+/* Reads the check answer (len bytes at js); false when it is malformed. */
+static bool parse_answer(const uint8_t *js, size_t len, answer_t *a)
 {
-    answer_t *a = user;
-#define IS(k) (n == sizeof(k) - 1 && !memcmp(key, k, n))
-    if (IS("update")) a->update = v->type == FOTA_J_TRUE;
-    else if (IS("session_id")) a->session = *v;
-    else if (IS("version")) a->version = *v;
-    else if (IS("manifest")) a->manifest = *v;
-    else if (IS("signature")) a->signature = *v;
-    else if (IS("message")) a->message = *v;
-    else if (IS("chunk_macs")) a->macs = *v;
-    else if (IS("install_after")) a->after = *v;
-    else if (IS("install_until")) a->until = *v;
-    else if (IS("chunk_size")) return fota_json_uint(v, 65536, &a->chunk_size);
-    else if (IS("chunks")) return fota_json_uint(v, UINT32_MAX, &a->chunks);
-    else if (IS("ciphertext_size")) return fota_json_uint(v, UINT32_MAX, &a->ciphertext_size);
-#undef IS
-    return true; /* newer servers may say more */
-}
-
-/* The manifest's key_id, read before its signature is checked, only to
- * say "untrusted key" rather than "bad signature" (as the Go agent does). */
-static bool key_id_member(void *user, const char *key, size_t n, const fota_json_t *v)
-{
-    if (n == 6 && !memcmp(key, "key_id", 6)) fota_json_str(v, user, 17);
+    memset(a->num, 0, sizeof a->num);
+    if (!pick(js, len, answer_fields, a->v, A__COUNT)) return false;
+    for (int i = A_CHUNK_SIZE; i < A__COUNT; i++)
+        if (a->v[i].type && !fota_json_uint(&a->v[i], 0, i == A_CHUNK_SIZE ? 65536 : UINT32_MAX, &a->num[i - A_CHUNK_SIZE]))
+            return false;
     return true;
 }
 
-/* Reasons are reported to the server; they say what the device found. */
-static void reason(char *out, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(out, FOTA_REASON_MAX + 1, fmt, ap);
-    va_end(ap);
-}
 
 /* Judges the offer in a (the check answer in the data area, decoded in
  * place): signature first, then the manifest, then the device's rules.
- * Fills c->offer. */
-static fota_err_t judge(fota_client_t *c, answer_t *a, char *why)
+ * Fills c->offer, and res->version. */
+static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     fota_manifest_t m;
-    if (!fota_json_str(&a->session, o->session, sizeof o->session) || !plain_id(o->session, FOTA_SESSION_MAX, false) ||
-        !fota_json_str(&a->version, o->version, sizeof o->version) || a->manifest.type != FOTA_J_STRING ||
-        a->signature.type != FOTA_J_STRING) {
+    fota_json_t *v = a->v;
+    uint8_t *manifest = (uint8_t *)(uintptr_t)v[A_MANIFEST].p, *sig = (uint8_t *)(uintptr_t)v[A_SIGNATURE].p;
+    int32_t mlen = 0, slen = 0;
+    bool ok = fota_json_str(&v[A_VERSION], o->version, sizeof o->version);
+    copy_str(res->version, sizeof res->version, o->version);
+    c->progress.version = o->version;
+    /* Without a session there is nothing to report on. */
+    if (!ok || !fota_json_str(&v[A_SESSION], o->session, sizeof o->session) ||
+        !plain_id(o->session, FOTA_SESSION_MAX, false) || v[A_MANIFEST].type != FOTA_J_STRING ||
+        v[A_SIGNATURE].type != FOTA_J_STRING) {
         o->session[0] = 0;
-        reason(why, "the check answer lacks a session, version, manifest or signature");
-        return FOTA_ERR_PROTOCOL;
+    } else {
+        mlen = fota_base64_decode(manifest, v[A_MANIFEST].p, v[A_MANIFEST].n);
+        slen = fota_base64_decode(sig, v[A_SIGNATURE].p, v[A_SIGNATURE].n);
     }
-    uint8_t *manifest = (uint8_t *)(uintptr_t)a->manifest.p, *sig = (uint8_t *)(uintptr_t)a->signature.p;
-    int32_t mlen = fota_base64_decode(manifest, a->manifest.p, a->manifest.n);
-    int32_t slen = fota_base64_decode(sig, a->signature.p, a->signature.n);
     if (mlen <= 0 || slen < 0) {
-        reason(why, "the check answer carries a malformed manifest or signature");
-        return FOTA_ERR_PROTOCOL;
+        return fail(c, FOTA_ERR_PROTOCOL, MSG_BAD_OFFER);
     }
-    char key_id[17] = "", ours[17];
+    /* The manifest's key_id, read before its signature is checked, only to
+     * say "untrusted key" rather than "bad signature" (as the Go agent does). */
+    char key_id[17], ours[17];
+    fota_json_t k;
     fota_hex(ours, c->key_id, 8);
-    fota_json_object((const char *)manifest, (size_t)mlen, key_id_member, key_id);
-    if (key_id[0] && strcmp(key_id, ours) != 0) {
-        reason(why, "refusing update %s: signed by an untrusted key (%s)", o->version, key_id);
-        return FOTA_ERR_UNTRUSTED_KEY;
+    pick(manifest, (size_t)mlen, "key_id\0", &k, 1);
+    if (fota_json_str(&k, key_id, sizeof key_id) && key_id[0] && strcmp(key_id, ours) != 0) {
+        return fail(c, FOTA_ERR_UNTRUSTED_KEY, MSG_KEY_ID, key_id, ours);
     }
     fota_err_t err = fota_verify(&c->pk, &c->sha2, manifest, (size_t)mlen, sig, (size_t)slen);
-    if (err) {
-        reason(why, "refusing update %s: the manifest signature does not match the key", o->version);
-        return err;
-    }
-    if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) {
-        reason(why, "refusing update %s: the signed manifest is malformed", o->version);
-        return FOTA_ERR_MANIFEST;
-    }
-    static const char *const algs[] = {"", "rsa-2048", "ecdsa-p256"};
-    if (strcmp(m.alg, algs[c->key_alg]) != 0) {
-        reason(why, "refusing update %s: signature_alg %s, but the trusted key is %s", m.version, m.alg,
-               algs[c->key_alg]);
-        return strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED;
+    if (err) return err;
+    if (fota_manifest_parse((const char *)manifest, (size_t)mlen, &m)) return FOTA_ERR_MANIFEST;
+    const char *alg = nth("\0rsa-2048\0ecdsa-p256", (unsigned)c->key_alg);
+    if (strcmp(m.alg, alg) != 0) {
+        return fail(c, strcmp(m.alg, "ed25519") ? FOTA_ERR_MANIFEST : FOTA_ERR_UNSUPPORTED, MSG_ALG, m.alg, alg);
     }
     uint32_t chunks = (m.ciphertext_size + m.chunk_size - 1) / m.chunk_size;
-    if (strcmp(m.version, o->version) || a->chunk_size != m.chunk_size || a->chunks != chunks ||
-        a->ciphertext_size != m.ciphertext_size) {
-        reason(why, "refusing update: the check answer (%s, %lu chunks) disagrees with the signed manifest (%s, %lu)",
-               o->version, (unsigned long)a->chunks, m.version, (unsigned long)chunks);
-        return FOTA_ERR_MANIFEST;
+    if (strcmp(m.version, o->version) || a->num[0] != m.chunk_size || a->num[1] != chunks ||
+        a->num[2] != m.ciphertext_size) {
+        return fail(c, FOTA_ERR_MANIFEST, MSG_DISAGREE, o->version, (unsigned long)a->num[1], m.version,
+                    (unsigned long)chunks);
     }
     if (strcmp(m.hardware, c->cfg->hardware) != 0) {
-        reason(why, "refusing update %s: built for %s, this device is %s", m.version, m.hardware, c->cfg->hardware);
-        return FOTA_ERR_HARDWARE;
+        return fail(c, FOTA_ERR_HARDWARE, MSG_HARDWARE, m.hardware, c->cfg->hardware);
     }
     if (fota_semver_cmp(m.version, c->boot.running_version) <= 0) {
-        reason(why, "refusing update %s: not newer than the running %s (downgrade)", m.version,
-               c->boot.running_version);
-        return FOTA_ERR_DOWNGRADE;
+        return fail(c, FOTA_ERR_DOWNGRADE, MSG_RUNNING, c->boot.running_version);
     }
     if (m.security_counter < c->boot.security_counter) {
-        reason(why, "refusing update %s: security counter %lu is below the device's %lu", m.version,
-               (unsigned long)m.security_counter, (unsigned long)c->boot.security_counter);
-        return FOTA_ERR_COUNTER;
+        return fail(c, FOTA_ERR_COUNTER, MSG_COUNTER, (unsigned long)m.security_counter,
+                    (unsigned long)c->boot.security_counter);
     }
-    if (m.plaintext_size > c->boot.slot_size) {
-        reason(why, "refusing update %s: %lu bytes do not fit the %lu-byte slot", m.version,
-               (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size);
-        return FOTA_ERR_TOO_LARGE;
+    if (m.plaintext_size > c->boot.slot_size || m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
+        return fail(c, FOTA_ERR_TOO_LARGE, MSG_TOO_LARGE,
+                    (unsigned long)m.plaintext_size, (unsigned long)c->boot.slot_size, (unsigned long)m.chunk_size,
+                    (unsigned long)c->work_size);
     }
-    if (m.chunk_size > DATA_CAP(c) - sizeof(outbox_t)) {
-        reason(why, "refusing update %s: chunks of %lu bytes do not fit this client's %lu-byte work buffer", m.version,
-               (unsigned long)m.chunk_size, (unsigned long)c->work_size);
-        return FOTA_ERR_TOO_LARGE;
-    }
-    if (rejected(c, m.version)) {
-        reason(why, "refusing update %s: this device rolled back from it; waiting for a newer release", m.version);
-        return FOTA_ERR_ROLLED_BACK;
-    }
-    o->security_counter = m.security_counter;
-    o->plaintext_size = m.plaintext_size;
-    o->ciphertext_size = m.ciphertext_size;
-    o->chunk_size = m.chunk_size;
+    rejected_t r;
+    if (rejected(c, &r, m.version)) return FOTA_ERR_ROLLED_BACK;
+    memcpy(o, &m, offsetof(fota_offer_t, mac_v2)); /* the numbers, the SHA-256 and the IV */
     o->chunks = chunks;
-    memcpy(o->plaintext_sha256, m.plaintext_sha256, 32);
-    memcpy(o->iv, m.iv, 16);
     /* "v2" among the offered schemes; servers from before v2 list none. */
     o->mac_v2 = false;
-    for (size_t i = 0; a->macs.type == FOTA_J_ARRAY && i + 4 <= a->macs.n; i++)
-        if (!memcmp(a->macs.p + i, "\"v2\"", 4)) o->mac_v2 = true;
+    for (size_t i = 0; v[A_MACS].type == FOTA_J_ARRAY && i + 4 <= v[A_MACS].n; i++)
+        if (!memcmp(v[A_MACS].p + i, "\"v2\"", 4)) o->mac_v2 = true;
     o->install_after = o->install_until = 0;
-    if ((a->after.type == FOTA_J_STRING && !fota_parse_rfc3339(a->after.p, a->after.n, &o->install_after)) ||
-        (a->until.type == FOTA_J_STRING && !fota_parse_rfc3339(a->until.p, a->until.n, &o->install_until))) {
-        reason(why, "the check answer's install window is malformed");
-        return FOTA_ERR_PROTOCOL;
+    if ((v[A_AFTER].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].n, &o->install_after)) ||
+        (v[A_UNTIL].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].n, &o->install_until))) {
+        return fail(c, FOTA_ERR_PROTOCOL, MSG_WINDOW);
     }
     return FOTA_OK;
 }
 
-/* Sends the check-in and reads the answer into the data area. */
-static fota_err_t check_in(fota_client_t *c, size_t *len)
+/* Sends the check-in and reads the answer into the data area, after the
+ * request body (which a retry sends again): *answer, *len bytes. */
+static fota_err_t check_in(fota_client_t *c, const uint8_t **answer, size_t *len)
 {
     char *body = (char *)DATA(c);
+    /* "chip":"<chip>", only with a chip: the parts from one text, its NUL
+     * in the middle the empty string. */
+    static const char parts[] = "\"chip\":\"\0\",";
+    const char *chip = c->cfg->chip, *none = parts + 8;
     int n = snprintf(body, DATA_CAP(c),
                      "{\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
                      "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
-                     c->cfg->chip ? "\"chip\":\"" : "", c->cfg->chip ? c->cfg->chip : "", c->cfg->chip ? "\"," : "",
-                     (unsigned long)c->boot.slot_size);
-    if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || !uri(c, "/v1/device/check")) return FOTA_ERR_BUFFER;
-    fota_http_response_t resp;
-    fota_err_t err;
-    for (int attempt = 0;; attempt++) {
-        /* The answer lands after the request body, which a retry sends again. */
-        err = request(c, "check", "POST", (const uint8_t *)body, (size_t)n, &resp);
-        if (err == FOTA_OK) {
-            size_t cap = DATA_CAP(c) - (size_t)n;
-            err = read_body(c, DATA(c) + n, cap, len);
-            c->port->http_end(c->port->ctx, err == FOTA_OK);
-            if (err == FOTA_ERR_BUFFER)
-                LOG_E(c, "the check answer is longer than the %lu bytes the work buffer has for it (long release "
-                         "notes?): give the client a larger work buffer",
-                      (unsigned long)cap);
-        }
-        if (!backoff(c, attempt, err)) break;
-    }
-    if (err) return err;
-    /* Move the answer to the start of the data area. */
-    memmove(DATA(c), DATA(c) + n, *len);
-    return FOTA_OK;
+                     chip ? parts : none, chip ? chip : none, chip ? parts + 9 : none, (unsigned long)c->boot.slot_size);
+    if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
+    fota_err_t err = post(c, (size_t)n, len);
+    if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
+    *answer = DATA(c) + n;
+    return err;
 }
 
 /* ---- Download ---- */
-
-static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *got)
-{
-    *got = 0;
-    while (*got < n) {
-        int32_t r = c->port->http_read(c->port->ctx, buf + *got, n - *got);
-        if (r < 0) return FOTA_ERR_NETWORK;
-        if (r == 0) return FOTA_OK;
-        *got += (size_t)r;
-    }
-    return FOTA_OK;
-}
 
 /* Hashes what the slot holds of the image so far (a resumed download's
  * SHA-256 state is not kept: the bytes on flash are). */
@@ -910,7 +979,7 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
     for (uint32_t off = 0; off < len;) {
         size_t n = len - off < DATA_CAP(c) ? len - off : DATA_CAP(c);
         fota_err_t err = c->port->slot_read(c->port->ctx, off, DATA(c), n);
-        if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        if (err) return port_err(err, FOTA_ERR_FLASH);
         if (fota_sha256_update(&c->sha, DATA(c), n)) return FOTA_ERR_CRYPTO;
         off += (uint32_t)n;
     }
@@ -919,24 +988,25 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
 
 static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 {
-    fota_err_t err = c->port->slot_sync(c->port->ctx);
-    if (err) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-    return save_download(c, d);
+    fota_err_t err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH);
+    return err ? err : record_save(c, REC_DOWNLOAD, d);
 }
+
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
-static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32], char *why)
+static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32])
 {
     fota_offer_t *o = &c->offer;
     uint16_t every = c->cfg->checkpoint_every ? c->cfg->checkpoint_every : 8;
     uint32_t want = c->cfg->chunks_per_request ? c->cfg->chunks_per_request : 16;
     if (want > o->chunks - d->next_chunk) want = o->chunks - d->next_chunk;
-    if (!uri(c, "/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", o->session, (unsigned long)d->next_chunk,
-             (unsigned long)want, o->mac_v2 ? "&mac=v2" : ""))
+    if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", c->prefix,
+                           o->session, (unsigned long)d->next_chunk, (unsigned long)want, o->mac_v2 ? "&mac=v2" : "") >=
+        URI_CAP)
         return FOTA_ERR_BUFFER;
     fota_http_response_t resp;
-    fota_err_t err = request(c, "download", "GET", NULL, 0, &resp);
+    fota_err_t err = request(c, 0, &resp);
     if (err) return err;
     uint8_t *chunk = DATA(c);
     uint32_t start = d->next_chunk;
@@ -945,84 +1015,68 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         size_t got;
         err = read_full(c, head, sizeof head, &got);
         if (err || got == 0) break;
-        uint32_t index = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
-        uint32_t len = (uint32_t)head[4] << 24 | (uint32_t)head[5] << 16 | (uint32_t)head[6] << 8 | head[7];
-        uint32_t expect = index + 1 == o->chunks ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
+        uint32_t index = 0, len = 0; /* big-endian in the frame's head */
+        for (int k = 0; k < 4; k++) {
+            index = index << 8 | head[k];
+            len = len << 8 | head[k + 4];
+        }
+        bool last = index + 1 == o->chunks;
+        uint32_t expect = last ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
         if (got < sizeof head || index != d->next_chunk || len != expect) {
-            reason(why, "malformed chunk frame: chunk %lu of %lu bytes where chunk %lu of %lu was due",
-                   (unsigned long)index, (unsigned long)len, (unsigned long)d->next_chunk, (unsigned long)expect);
-            err = FOTA_ERR_PROTOCOL;
+            err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
+                       (unsigned long)d->next_chunk, (unsigned long)expect);
             break;
         }
         if ((err = read_full(c, chunk, len, &got)) || got < len) {
             err = FOTA_ERR_NETWORK; /* cut short: what came before is kept */
             break;
         }
+        err = FOTA_ERR_CRYPTO;
         if (o->mac_v2 ? fota_chunk_mac_v2(&c->sha2, session_key, index, chunk, len, mac)
-                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac)) {
-            err = FOTA_ERR_CRYPTO;
+                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac))
             break;
-        }
         if (!fota_equal(mac, head + 8, 32)) {
-            reason(why, "chunk %lu failed its HMAC", (unsigned long)index);
-            err = FOTA_ERR_CHUNK_MAC;
+            err = FOTA_ERR_CHUNK_MAC; /* download() says which chunk, if it gives up */
             break;
         }
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
-        if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) {
-            err = FOTA_ERR_CRYPTO;
+        if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
+        int tail = last ? fota_unpad(chunk + len - 16) : 16; /* the plaintext bytes of the last block */
+        uint32_t plain = len - 16 + (uint32_t)tail;
+        if (tail < 0 || d->written + plain > o->plaintext_size) {
+            err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)o->plaintext_size);
             break;
         }
-        uint32_t plain = len;
-        if (index + 1 == o->chunks) {
-            int tail = fota_unpad(chunk + len - 16);
-            if (tail < 0) {
-                reason(why, "the image does not decrypt (bad padding): wrong firmware key?");
-                err = FOTA_ERR_DECRYPT;
-                break;
-            }
-            plain = len - 16 + (uint32_t)tail;
-        }
-        if (d->written + plain > o->plaintext_size) {
-            reason(why, "the image decrypts to more than its signed %lu bytes", (unsigned long)o->plaintext_size);
-            err = FOTA_ERR_DECRYPT;
+        if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
+            fail(c, err, MSG_WRITE, (unsigned long)d->written);
             break;
         }
-        if ((err = c->port->slot_write(c->port->ctx, d->written, chunk, plain))) {
-            reason(why, "slot write at %lu failed", (unsigned long)d->written);
-            err = err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-            break;
-        }
-        if (fota_sha256_update(&c->sha, chunk, plain)) {
-            err = FOTA_ERR_CRYPTO;
-            break;
-        }
+        err = FOTA_ERR_CRYPTO;
+        if (fota_sha256_update(&c->sha, chunk, plain)) break;
         d->written += plain;
         d->next_chunk++;
         c->progress.chunk = d->next_chunk;
         c->progress.bytes += len;
-        progress(c, FOTA_STATE_DOWNLOADING, FOTA_OK);
+        progress(c, FOTA_STATE_DOWNLOADING);
+        err = FOTA_OK;
         if (d->next_chunk % every == 0 && d->next_chunk < o->chunks && (err = checkpoint(c, d))) {
-            reason(why, "cannot save the download's progress");
+            fail(c, err, MSG_CHECKPOINT);
             break;
         }
     }
     c->port->http_end(c->port->ctx, err == FOTA_OK);
-    if (err == FOTA_OK && d->next_chunk == start) {
-        reason(why, "empty answer: no chunk from %lu", (unsigned long)start);
-        return FOTA_ERR_PROTOCOL;
-    }
+    if (err == FOTA_OK && d->next_chunk == start) return fail(c, FOTA_ERR_PROTOCOL, MSG_EMPTY, (unsigned long)start);
     /* Chunks arrived before a network failure: go on from there. */
     if (err == FOTA_ERR_NETWORK && d->next_chunk > start) return FOTA_OK;
     return err;
 }
 
 /* Downloads the offer into the inactive slot, resuming a saved download. */
-static fota_err_t download(fota_client_t *c, download_t *d, char *why)
+static fota_err_t download(fota_client_t *c, download_t *d)
 {
     fota_offer_t *o = &c->offer;
     uint8_t session_key[32];
-    uint8_t mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
+    unsigned mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
     uint32_t failed_at = UINT32_MAX;
     fota_err_t err = FOTA_OK;
     if (o->mac_v2 && fota_session_chunk_key(&c->sha2, c->psk, o->session, session_key)) return FOTA_ERR_CRYPTO;
@@ -1031,16 +1085,15 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     c->progress.chunk = d->next_chunk;
     c->progress.bytes = d->next_chunk * o->chunk_size;
     uint32_t limit = c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600;
-    int64_t deadline = c->port->now(c->port->ctx) + limit;
+    int64_t start = c->port->now(c->port->ctx);
     for (int attempt = 0; d->next_chunk < o->chunks;) {
-        if (c->port->now(c->port->ctx) >= deadline) {
+        /* 32 bits of the time taken do (68 years), and a clock set back is no timeout */
+        if ((int32_t)(uint32_t)(c->port->now(c->port->ctx) - start) >= (int32_t)limit) {
             /* What arrived is checkpointed: the next check resumes from there. */
-            reason(why, "the download did not finish within %lu s", (unsigned long)limit);
-            err = checkpoint(c, d);
-            if (err == FOTA_OK) err = FOTA_ERR_TIMEOUT;
+            if ((err = checkpoint(c, d)) == FOTA_OK) err = fail(c, FOTA_ERR_TIMEOUT, MSG_TIMEOUT, (unsigned long)limit);
             break;
         }
-        err = fetch(c, d, session_key, why);
+        err = fetch(c, d, session_key);
         if (err == FOTA_OK) {
             attempt = 0;
             continue;
@@ -1049,11 +1102,10 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
             if (failed_at != d->next_chunk) mac_failures = 0;
             failed_at = d->next_chunk;
             if (++mac_failures > allowed) {
-                reason(why, "chunk %lu failed its HMAC %u times; abandoning the session", (unsigned long)failed_at,
-                       mac_failures);
+                fail(c, err, MSG_MAC_TIMES, (unsigned long)failed_at, mac_failures);
                 break;
             }
-            LOG_W(c, "chunk %lu failed its HMAC; fetching it again", (unsigned long)failed_at);
+            logf_(c, MSG_REFETCH, (unsigned long)failed_at);
             continue;
         }
         if (!backoff(c, attempt++, err)) break;
@@ -1062,163 +1114,167 @@ static fota_err_t download(fota_client_t *c, download_t *d, char *why)
     return d->next_chunk == o->chunks ? FOTA_OK : err;
 }
 
-/* Hashes the whole image in the slot again (an image kept for its window). */
-static fota_err_t verify_slot(fota_client_t *c)
+/* Queues a report on the offer. */
+static fota_err_t queue_offer(fota_client_t *c, int status, const char *reason)
+{
+    return queue_report(c, status, c->offer.session, c->offer.version, reason);
+}
+
+/* Queues the downloaded and verified reports of the offer. */
+static fota_err_t queue_verified(fota_client_t *c)
+{
+    return queue_reports(c, REPORT_DOWNLOADED, REPORT_VERIFIED, c->offer.session, c->offer.version, NULL);
+}
+
+/* Marks the verified image to boot, or keeps it for its install window
+ * (saved as verified, for this session, unless d says so already). */
+static fota_err_t apply(fota_client_t *c, download_t *d, bool saved, fota_result_t *res)
+{
+    fota_offer_t *o = &c->offer;
+    int64_t now = server_now(c);
+    bool early = o->install_after && now < o->install_after;
+    fota_err_t err;
+    int msg = MSG_INSTALLED;
+    fota_state_t state = FOTA_STATE_COMPLETED;
+    if (early || (o->install_until && now >= o->install_until)) {
+        if (!saved) {
+            d->verified = 1;
+            d->next_chunk = o->chunks;
+            if ((err = record_save(c, REC_DOWNLOAD, d))) return err;
+        }
+        res->deferred = true;
+        res->install_after = early ? o->install_after : 0;
+        msg = MSG_DEFERRED;
+        state = FOTA_STATE_DEFERRED;
+    } else {
+        progress(c, FOTA_STATE_APPLYING);
+        /* The install record first, so the new image can name its session; then the mark. */
+        install_t in;
+        copy_str(in.version, sizeof in.version, o->version);
+        copy_str(in.session, sizeof in.session, o->session);
+        if ((err = record_save(c, REC_INSTALL, &in))) return err;
+        if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
+                                             o->plaintext_sha256))) {
+            log_err(c, MSG_SET_PENDING, err, NULL);
+            return port_err(err, FOTA_ERR_FLASH);
+        }
+        record_delete(c, REC_DOWNLOAD);
+        if (queue_offer(c, REPORT_APPLIED, NULL) == FOTA_ERR_POWER) return FOTA_ERR_POWER;
+        res->installed = true;
+    }
+    logf_(c, msg, o->version);
+    progress(c, state);
+    return FOTA_OK;
+}
+
+/* Finishes the image's SHA-256 and compares it with the signed one. */
+static fota_err_t check_hash(fota_client_t *c)
 {
     uint8_t digest[32];
-    fota_err_t err = rehash(c, c->offer.plaintext_size);
-    if (err) return err;
     if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
     return fota_equal(digest, c->offer.plaintext_sha256, 32) ? FOTA_OK : FOTA_ERR_HASH;
 }
 
-static fota_err_t queue_verified(fota_client_t *c)
-{
-    fota_err_t err = queue_report(c, REPORT_DOWNLOADED, c->offer.session, c->offer.version, "");
-    return err ? err : queue_report(c, REPORT_VERIFIED, c->offer.session, c->offer.version, "");
-}
-
-/* Marks the verified image to boot, or keeps it for its install window. */
-static fota_err_t apply(fota_client_t *c, download_t *d, fota_result_t *res)
-{
-    fota_offer_t *o = &c->offer;
-    int64_t now = server_now(c);
-    if ((o->install_after && now < o->install_after) || (o->install_until && now >= o->install_until)) {
-        if (!d->verified || strcmp(d->session, o->session) != 0) {
-            d->verified = 1;
-            d->next_chunk = o->chunks;
-            copy_str(d->session, sizeof d->session, o->session);
-            fota_err_t err = save_download(c, d);
-            if (err) return err;
-        }
-        res->deferred = true;
-        res->install_after = o->install_after && now < o->install_after ? o->install_after : 0;
-        LOG_I(c, "update %s downloaded and verified; installing inside its maintenance window", o->version);
-        progress(c, FOTA_STATE_DEFERRED, FOTA_OK);
-        return FOTA_OK;
-    }
-    progress(c, FOTA_STATE_APPLYING, FOTA_OK);
-    /* The install record first, so the new image can name its session; then the mark. */
-    install_t in;
-    memset(&in, 0, sizeof in);
-    copy_str(in.version, sizeof in.version, o->version);
-    copy_str(in.session, sizeof in.session, o->session);
-    fota_err_t err = record_save(c, KEY_INSTALL, 'I', &in, sizeof in);
-    if (err) return err;
-    if ((err = c->port->slot_set_pending(c->port->ctx, o->version, o->security_counter, o->plaintext_size,
-                                         o->plaintext_sha256))) {
-        LOG_E(c, "mark the new image to boot: %s", fota_err_str(err));
-        return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
-    }
-    record_delete(c, KEY_DOWNLOAD);
-    if (queue_report(c, REPORT_APPLIED, o->session, o->version, "") == FOTA_ERR_POWER) return FOTA_ERR_POWER;
-    res->installed = true;
-    LOG_I(c, "update %s installed; reboot to run it", o->version);
-    progress(c, FOTA_STATE_COMPLETED, FOTA_OK);
-    return FOTA_OK;
-}
-
 /* Downloads (or resumes), verifies and applies the judged offer. */
-static fota_err_t install(fota_client_t *c, fota_result_t *res, char *why)
+static fota_err_t install(fota_client_t *c, fota_result_t *res)
 {
     fota_offer_t *o = &c->offer;
     download_t d;
-    uint8_t digest[32];
     fota_err_t err = FOTA_OK;
-    bool saved = load_download(c, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
+    bool saved = record_load(c, REC_DOWNLOAD, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
                  d.written <= o->plaintext_size;
-    if (saved && d.verified && d.next_chunk == o->chunks) {
-        progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
-        if ((err = verify_slot(c)) == FOTA_OK) {
-            LOG_I(c, "update %s was downloaded and verified before; not downloading it again", o->version);
-            if (strcmp(d.session, o->session) != 0 && (err = queue_verified(c))) return err;
-            return apply(c, &d, res);
+    bool same_session = saved && !strcmp(d.session, o->session);
+    bool kept = saved && d.verified && d.next_chunk == o->chunks; /* for its install window */
+    /* What the slot holds of the image is hashed again: all of a kept one, to
+     * check it; the part written before, to go on from there. */
+    if (kept) progress(c, FOTA_STATE_VERIFYING);
+    if (saved && d.next_chunk > 0 && (err = rehash(c, kept ? o->plaintext_size : d.written)) == FOTA_ERR_POWER)
+        return err;
+    if (kept) {
+        if (err == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
+            /* The verified reports again only for another session. */
+            logf_(c, MSG_VERIFIED_BEFORE, o->version);
+            if (same_session) return apply(c, &d, true, res);
+            goto verified;
         }
-        if (err == FOTA_ERR_POWER) return err;
-        LOG_W(c, "the image kept in the slot no longer matches its SHA-256; downloading it again");
+        logf_(c, MSG_KEPT_CHANGED);
         saved = false;
     }
-    if (saved && !d.verified && d.next_chunk > 0 && (err = rehash(c, d.written)) == FOTA_OK) {
-        LOG_I(c, "resuming %s at chunk %lu of %lu", o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
-    } else {
-        if (saved && d.next_chunk > 0 && err == FOTA_ERR_POWER) return err;
+    bool resume = saved && !d.verified && d.next_chunk > 0 && err == FOTA_OK;
+    if (!resume) {
         memset(&d, 0, sizeof d);
         copy_str(d.version, sizeof d.version, o->version);
         copy_str(d.base, sizeof d.base, c->boot.running_version);
-        memcpy(d.sha256, o->plaintext_sha256, 32);
-        memcpy(d.cbc, o->iv, 16);
-        if ((err = c->port->slot_begin(c->port->ctx, o->plaintext_size))) {
-            reason(why, "cannot erase the update slot");
-            return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+        /* The SHA-256, and the IV into cbc: next to each other in both. */
+        memcpy((uint8_t *)&d + offsetof(download_t, sha256), (const uint8_t *)o + offsetof(fota_offer_t, plaintext_sha256),
+               32 + 16);
+        if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
+            return fail(c, err, MSG_SLOT_BEGIN);
         }
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
-        LOG_I(c, "downloading %s: %lu chunks", o->version, (unsigned long)o->chunks);
     }
+    logf_(c, resume ? MSG_RESUMING : MSG_DOWNLOADING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
     copy_str(d.session, sizeof d.session, o->session);
-    if ((err = download(c, &d, why))) return err;
-    progress(c, FOTA_STATE_VERIFYING, FOTA_OK);
-    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
-    if (d.written != o->plaintext_size || !fota_equal(digest, o->plaintext_sha256, 32)) {
-        reason(why, "refusing update %s: firmware sha256 mismatch", o->version);
-        return FOTA_ERR_HASH;
-    }
-    if ((err = c->port->slot_sync(c->port->ctx))) return err == FOTA_ERR_POWER ? err : FOTA_ERR_FLASH;
+    if ((err = download(c, &d))) return err;
+    progress(c, FOTA_STATE_VERIFYING);
+    if ((err = check_hash(c))) return err;
+    if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
+    if ((err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH))) return err;
+verified:
+    copy_str(d.session, sizeof d.session, o->session);
     if ((err = queue_verified(c))) return err;
-    return apply(c, &d, res);
+    return apply(c, &d, false, res);
 }
+
+#define BIT(e) (1u << (e))
+/* Failures of the offer or the image are the device's word, reported:
+ * refused by the device's rules, or failed. The server's refusals and
+ * network faults are not (the session may be gone). */
+#define REFUSED (BIT(FOTA_ERR_DOWNGRADE) | BIT(FOTA_ERR_ROLLED_BACK) | BIT(FOTA_ERR_COUNTER) | BIT(FOTA_ERR_TOO_LARGE))
+#define FAILED                                                                                                        \
+    (BIT(FOTA_ERR_SIGNATURE) | BIT(FOTA_ERR_UNTRUSTED_KEY) | BIT(FOTA_ERR_UNSUPPORTED) | BIT(FOTA_ERR_MANIFEST) |     \
+     BIT(FOTA_ERR_HARDWARE) | BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_DECRYPT) | BIT(FOTA_ERR_HASH) |                  \
+     BIT(FOTA_ERR_PROTOCOL))
+/* The device found the image bad: what was downloaded of it is forgotten. */
+#define BAD_IMAGE (BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_HASH) | BIT(FOTA_ERR_DECRYPT))
 
 fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
 {
-    char why[FOTA_REASON_MAX + 1] = "";
     answer_t a;
+    const uint8_t *answer;
     size_t len = 0;
     fota_err_t err;
     memset(res, 0, sizeof *res);
+    c->why[0] = 0;
     if (c->boot.trial) return FOTA_ERR_ON_TRIAL;
     /* Each check first sends what is queued, so the timer retries reports. */
     if ((err = fota_flush(c)) == FOTA_ERR_POWER) return err;
     c->progress.version = "";
-    progress(c, FOTA_STATE_CHECKING, FOTA_OK);
-    if ((err = check_in(c, &len))) goto out;
-    memset(&a, 0, sizeof a);
-    if (!fota_json_object((const char *)DATA(c), len, answer_member, &a)) {
-        LOG_E(c, "the check answer is not the JSON object expected");
-        err = FOTA_ERR_PROTOCOL;
+    progress(c, FOTA_STATE_CHECKING);
+    if ((err = check_in(c, &answer, &len))) goto out;
+    if (!parse_answer(answer, len, &a)) {
+        err = FOTA_ERR_PROTOCOL; /* "malformed answer" says it all */
         goto out;
     }
-    if (!a.update) {
-        LOG_I(c, "no update: %.*s", a.message.type == FOTA_J_STRING ? (int)a.message.n : 0,
-              a.message.p ? a.message.p : "");
-        progress(c, FOTA_STATE_IDLE, FOTA_OK);
+    if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
+        fota_json_t *m = &a.v[A_MESSAGE];
+        logf_(c, MSG_NO_UPDATE, (int)m->n, m->p ? m->p : "");
+        progress(c, FOTA_STATE_IDLE);
         return FOTA_OK;
     }
     res->update = true;
-    err = judge(c, &a, why);
-    copy_str(res->version, sizeof res->version, c->offer.version);
-    c->progress.version = c->offer.version;
-    if (err == FOTA_OK) err = install(c, res, why);
+    err = judge(c, &a, res);
+    if (err == FOTA_OK) err = install(c, res);
 out:
-    if (err == FOTA_OK) return FOTA_OK;
-    if (err == FOTA_ERR_POWER) return err;
-    LOG_E(c, "update failed: %s%s%s", fota_err_str(err), why[0] ? ": " : "", why);
-    progress(c, FOTA_STATE_ERROR, err);
-    /* The device found the image bad: forget what was downloaded of it. */
-    if (err == FOTA_ERR_CHUNK_MAC || err == FOTA_ERR_HASH || err == FOTA_ERR_DECRYPT) record_delete(c, KEY_DOWNLOAD);
-    /* Failures of the offer or the image are the device's word; the server's
-     * refusals and network faults are not reported (the session may be gone). */
-    bool refused = err == FOTA_ERR_DOWNGRADE || err == FOTA_ERR_ROLLED_BACK || err == FOTA_ERR_COUNTER ||
-                   err == FOTA_ERR_TOO_LARGE;
-    bool failed = err == FOTA_ERR_SIGNATURE || err == FOTA_ERR_UNTRUSTED_KEY || err == FOTA_ERR_UNSUPPORTED ||
-                  err == FOTA_ERR_MANIFEST || err == FOTA_ERR_HARDWARE || err == FOTA_ERR_CHUNK_MAC ||
-                  err == FOTA_ERR_DECRYPT || err == FOTA_ERR_HASH || err == FOTA_ERR_PROTOCOL;
-    if ((refused || failed) && c->offer.session[0] && res->update) {
-        if (!why[0]) copy_str(why, sizeof why, fota_err_str(err));
-        if (queue_report(c, refused ? REPORT_REFUSED : REPORT_FAILED, c->offer.session, c->offer.version, why) ==
-            FOTA_OK) {
-            fota_err_t ferr = fota_flush(c);
-            if (ferr && ferr != FOTA_ERR_POWER) LOG_I(c, "reports stay queued: %s", fota_err_str(ferr));
-        }
-    }
+    if (err == FOTA_OK || err == FOTA_ERR_POWER) return err;
+    /* The error's text, and what the device found when it said (fail). */
+    const char *line = c->why[0] ? c->why : fota_err_str(err);
+    logf_(c, MSG_FAILED, line);
+    progress_err(c, FOTA_STATE_ERROR, err);
+    if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
+    if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&
+        queue_offer(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, line) == FOTA_OK)
+        flush_queued(c);
     return err;
 }

@@ -33,22 +33,19 @@ typedef struct {
  * space included), a duplicate key, a key with escapes, or fn's false. */
 typedef bool (*fota_json_member_fn)(void *user, const char *key, size_t key_len, const fota_json_t *value);
 bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *user);
-/* An unsigned integer value without sign, fraction or exponent, at most max. */
-bool fota_json_uint(const fota_json_t *v, uint64_t max, uint64_t *out);
+/* An unsigned integer value without sign, fraction or exponent, in
+ * [min, max], into *out (left alone otherwise). */
+bool fota_json_uint(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out);
 /* Copies a string value without escapes into out (cap bytes with the NUL). */
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap);
-/* Whether v is the string s. */
-bool fota_json_is(const fota_json_t *v, const char *s);
 
 /* SemVer 2.0.0: valid, and precedence (-1, 0, 1; -2 when either is invalid). */
 bool fota_semver_valid(const char *v);
 int fota_semver_cmp(const char *a, const char *b);
 
 /* RFC 3339 UTC times as the server writes them ("2026-05-02T01:00:00Z",
- * fractions allowed, offsets allowed) to Unix seconds; false if malformed. */
+ * fractions allowed) to Unix seconds; false if malformed or not UTC ("Z"). */
 bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out);
-/* Days since 1970-01-01 of a civil date. */
-int64_t fota_days_from_civil(int64_t y, unsigned m, unsigned d);
 
 /* ---- Crypto over mbedtls 2.28 / 3.x (fota_crypto.c) ---- */
 
@@ -89,12 +86,14 @@ fota_err_t fota_verify(mbedtls_pk_context *pk, mbedtls_sha256_context *s, const 
 /* ---- The manifest (fota_client.c) ---- */
 
 typedef struct {
+    /* First as fota_offer_t has them, format where it has chunks: the
+     * client copies them at once. */
+    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size, format;
+    uint8_t plaintext_sha256[32], iv[16], ciphertext_sha256[32];
     char hardware[33];
     char version[FOTA_VERSION_MAX + 1];
     char key_id[17];
     char alg[16];
-    uint32_t security_counter, plaintext_size, ciphertext_size, chunk_size;
-    uint8_t plaintext_sha256[32], ciphertext_sha256[32], iv[16];
 } fota_manifest_t;
 
 /* Parses and checks a manifest's fields by docs/FORMAT.md (not the

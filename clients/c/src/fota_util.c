@@ -10,9 +10,8 @@
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
+    c |= 0x20; /* A-F to a-f; no other character lands in a-f */
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 void fota_hex(char *out, const uint8_t *in, size_t n)
@@ -50,28 +49,21 @@ int32_t fota_base64_decode(uint8_t *out, const char *in, size_t len)
 {
     /* Output never overtakes input (3 bytes out per 4 in), so in place works. */
     if (len % 4 != 0) return -1;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4], pad = 0;
-        for (int k = 0; k < 4; k++) {
-            char c = in[i + k];
-            if (c == '=' && i + 4 == len && k >= 2) {
-                v[k] = 0;
-                pad++;
-                continue;
-            }
-            if (pad) return -1; /* data after padding */
-            v[k] = b64val(c);
-            if (v[k] < 0) return -1;
+    size_t pad = len && in[len - 1] == '=' ? 1 + (in[len - 2] == '=') : 0, o = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < len - pad; i++) {
+        int v = b64val(in[i]); /* '=' before the padding is malformed too */
+        if (v < 0) return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        /* Strict: the bits padding drops must be zero (one encoding per value). */
-        if ((pad == 1 && (w & 0xff)) || (pad == 2 && (w & 0xffff))) return -1;
-        out[o++] = (uint8_t)(w >> 16);
-        if (pad < 2) out[o++] = (uint8_t)(w >> 8);
-        if (pad < 1) out[o++] = (uint8_t)w;
     }
-    return (int32_t)o;
+    /* Strict: the bits padding drops must be zero (one encoding per value). */
+    return acc & ((1u << bits) - 1) ? -1 : (int32_t)o;
 }
 
 /* ---- JSON ---- */
@@ -79,210 +71,185 @@ int32_t fota_base64_decode(uint8_t *out, const char *in, size_t len)
 #define JSON_MAX_DEPTH 8
 #define JSON_MAX_MEMBERS 24
 
-typedef struct {
-    const char *p, *end;
-} cursor_t;
+/* The scanners below take the text at p (up to end) and return where what
+ * they scanned ends, or NULL when it is malformed. */
 
-static void ws(cursor_t *c)
+static const char *ws(const char *p, const char *end)
 {
-    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
 }
 
-/* Scans a string at c->p (the opening quote); sets its text span and
+/* A string, p at its opening quote: ends past the closing one; *esc says
  * whether it holds escapes. */
-static bool scan_string(cursor_t *c, const char **s, size_t *n, bool *escaped)
+static const char *string_end(const char *p, const char *end, bool *esc)
 {
-    c->p++;
-    *s = c->p;
-    *escaped = false;
-    while (c->p < c->end) {
-        unsigned char ch = (unsigned char)*c->p;
-        if (ch == '"') {
-            *n = (size_t)(c->p - *s);
-            c->p++;
-            return true;
-        }
-        if (ch < 0x20) return false;
+    *esc = false;
+    while (++p < end) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') return p + 1;
+        if (ch < 0x20) return NULL;
         if (ch == '\\') {
-            *escaped = true;
-            if (++c->p >= c->end) return false;
-            if (*c->p == 'u') {
-                if (c->end - c->p < 5) return false;
-                for (int k = 1; k <= 4; k++)
-                    if (hexval(c->p[k]) < 0) return false;
-                c->p += 4;
-            } else if (!strchr("\"\\/bfnrt", *c->p)) {
-                return false;
+            *esc = true;
+            if (++p >= end) return NULL;
+            /* No library calls here: a leaf function saves no registers. */
+            if (*p == 'u') {
+                if (end - p < 5) return NULL;
+                for (int k = 1; k <= 4; k++) {
+                    char h = (char)(p[k] | 0x20);
+                    if (!((p[k] >= '0' && p[k] <= '9') || (h >= 'a' && h <= 'f'))) return NULL;
+                }
+                p += 4;
+            } else {
+                static const char escapes[] = "\"\\/bfnrt";
+                const char *e = escapes;
+                while (*e && *e != *p) e++;
+                if (!*e) return NULL;
             }
         }
-        c->p++;
     }
-    return false;
+    return NULL;
 }
 
-static bool digits(cursor_t *c)
+/* One or more digits. */
+static const char *digits(const char *p, const char *end)
 {
-    const char *start = c->p;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
-    return c->p > start;
+    const char *start = p;
+    while (p < end && *p >= '0' && *p <= '9') p++;
+    return p > start ? p : NULL;
 }
 
-static bool literal(cursor_t *c, const char *word)
-{
-    size_t n = strlen(word);
-    if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0) return false;
-    c->p += n;
-    return true;
-}
-
-/* Skips a nested object or array without recursion: brackets must match
+/* A nested object or array, skipped without recursion: brackets must match
  * and strings be well formed; what is inside is not checked further, since
  * the client reads no value from inside one (it only finds "v2" in
  * chunk_macs). */
-static bool skip_container(cursor_t *c)
+static const char *container_end(const char *p, const char *end)
 {
     char stack[JSON_MAX_DEPTH];
     int depth = 0;
-    const char *s;
-    size_t n;
     bool esc;
-    while (c->p < c->end) {
-        char ch = *c->p;
+    while (p && p < end) {
+        char ch = *p;
         if (ch == '"') {
-            if (!scan_string(c, &s, &n, &esc)) return false;
+            p = string_end(p, end, &esc);
             continue;
         }
         if (ch == '{' || ch == '[') {
-            if (depth == JSON_MAX_DEPTH) return false;
-            stack[depth++] = ch == '{' ? '}' : ']';
+            if (depth == JSON_MAX_DEPTH) return NULL;
+            stack[depth++] = (char)(ch + 2); /* '{' + 2 is '}', '[' + 2 is ']' */
         } else if (ch == '}' || ch == ']') {
-            if (depth == 0 || stack[--depth] != ch) return false;
-            if (depth == 0) {
-                c->p++;
-                return true;
-            }
+            if (depth == 0 || stack[--depth] != ch) return NULL;
+            if (depth == 0) return p + 1;
         }
-        c->p++;
+        p++;
     }
-    return false;
+    return NULL;
 }
 
-static bool scan_value(cursor_t *c, fota_json_t *v)
+/* A value: its type and text into v. */
+static const char *value_end(const char *p, const char *end, fota_json_t *v)
 {
-    if (c->p >= c->end) return false;
-    const char *start = c->p;
+    static const char words[] = "true\0false\0null";
     bool esc;
-    switch (*c->p) {
-    case '"':
+    char ch = *p;
+    v->p = p;
+    if (ch == '"') {
         v->type = FOTA_J_STRING;
-        return scan_string(c, &v->p, &v->n, &esc);
-    case '{':
-    case '[':
-        v->type = *c->p == '{' ? FOTA_J_OBJECT : FOTA_J_ARRAY;
-        if (!skip_container(c)) return false;
-        break;
-    case 't':
-        v->type = FOTA_J_TRUE;
-        if (!literal(c, "true")) return false;
-        break;
-    case 'f':
-        v->type = FOTA_J_FALSE;
-        if (!literal(c, "false")) return false;
-        break;
-    case 'n':
-        v->type = FOTA_J_NULL;
-        if (!literal(c, "null")) return false;
-        break;
-    default:
+        v->p = p + 1;
+        if (!(p = string_end(p, end, &esc))) return NULL;
+        v->n = (size_t)(p - 1 - v->p);
+        return p;
+    }
+    if (ch == '{' || ch == '[') {
+        v->type = ch == '{' ? FOTA_J_OBJECT : FOTA_J_ARRAY;
+        p = container_end(p, end);
+    } else if (ch == 't' || ch == 'f' || ch == 'n') {
+        const char *w = words + (ch == 't' ? 0 : ch == 'f' ? 5 : 11);
+        size_t n = strlen(w);
+        v->type = ch == 't' ? FOTA_J_TRUE : ch == 'f' ? FOTA_J_FALSE : FOTA_J_NULL;
+        if ((size_t)(end - p) < n || memcmp(p, w, n) != 0) return NULL;
+        p += n;
+    } else {
         v->type = FOTA_J_NUMBER;
-        if (*c->p == '-') c->p++;
-        if (c->p < c->end && *c->p == '0') {
-            c->p++;
-        } else if (!digits(c)) {
-            return false;
-        }
-        if (c->p < c->end && *c->p == '.') {
-            c->p++;
-            if (!digits(c)) return false;
-        }
-        if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
-            c->p++;
-            if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
-            if (!digits(c)) return false;
+        if (*p == '-') p++;
+        if (p < end && *p == '0') p++;
+        else p = digits(p, end);
+        if (p && p < end && *p == '.') p = digits(p + 1, end);
+        if (p && p < end && (*p == 'e' || *p == 'E')) {
+            if (++p < end && (*p == '+' || *p == '-')) p++;
+            p = digits(p, end);
         }
     }
-    v->p = start;
-    v->n = (size_t)(c->p - start);
-    return true;
+    if (p) v->n = (size_t)(p - v->p);
+    return p;
 }
 
 bool fota_json_object(const char *js, size_t len, fota_json_member_fn fn, void *user)
 {
-    cursor_t c = {js, js + len};
+    const char *p = ws(js, js + len), *end = js + len;
     const char *keys[JSON_MAX_MEMBERS];
-    size_t key_lens[JSON_MAX_MEMBERS];
     int members = 0;
-    ws(&c);
-    if (c.p >= c.end || *c.p++ != '{') return false;
-    ws(&c);
-    if (c.p < c.end && *c.p == '}') {
-        c.p++;
+    if (p >= end || *p++ != '{') return false;
+    p = ws(p, end);
+    if (p < end && *p == '}') {
+        p++;
     } else {
         for (;;) {
             const char *k;
             size_t kn;
             bool esc;
             fota_json_t v;
-            ws(&c);
-            if (c.p >= c.end || *c.p != '"' || !scan_string(&c, &k, &kn, &esc) || esc) return false;
-            if (members == JSON_MAX_MEMBERS) return false;
+            p = ws(p, end);
+            if (p >= end || *p != '"' || !(k = string_end(p, end, &esc)) || esc || members == JSON_MAX_MEMBERS)
+                return false;
+            kn = (size_t)(k - p - 2);
+            k = p + 1;
+            /* A key has no escapes, so its closing quote ends it: the same key
+             * is the same kn bytes and quote. An earlier key lies before k, so
+             * kn + 1 bytes from it are inside the text. */
             for (int i = 0; i < members; i++)
-                if (key_lens[i] == kn && memcmp(keys[i], k, kn) == 0) return false;
-            keys[members] = k;
-            key_lens[members++] = kn;
-            ws(&c);
-            if (c.p >= c.end || *c.p++ != ':') return false;
-            ws(&c);
-            if (!scan_value(&c, &v) || !fn(user, k, kn, &v)) return false;
-            ws(&c);
-            if (c.p >= c.end) return false;
-            if (*c.p == ',') {
-                c.p++;
+                if (memcmp(keys[i], k, kn + 1) == 0) return false;
+            keys[members++] = k;
+            p = ws(k + kn + 1, end);
+            if (p >= end || *p++ != ':') return false;
+            p = ws(p, end);
+            if (p >= end || !(p = value_end(p, end, &v)) || !fn(user, k, kn, &v)) return false;
+            p = ws(p, end);
+            if (p >= end) return false;
+            if (*p == ',') {
+                p++;
                 continue;
             }
-            if (*c.p++ != '}') return false;
+            if (*p++ != '}') return false;
             break;
         }
     }
-    ws(&c);
-    return c.p == c.end;
+    return ws(p, end) == end;
 }
 
-bool fota_json_uint(const fota_json_t *v, uint64_t max, uint64_t *out)
+bool fota_json_uint(const fota_json_t *v, uint32_t min, uint32_t max, uint32_t *out)
 {
-    if (v->type != FOTA_J_NUMBER || v->n == 0 || v->n > 20 || (v->n > 1 && v->p[0] == '0')) return false;
-    uint64_t x = 0;
+    if (v->type != FOTA_J_NUMBER || (v->n > 1 && v->p[0] == '0')) return false;
+    uint32_t x = 0;
     for (size_t i = 0; i < v->n; i++) {
-        if (v->p[i] < '0' || v->p[i] > '9') return false;
-        uint64_t d = (uint64_t)(v->p[i] - '0');
-        if (x > (max - d) / 10) return false;
+        uint32_t d = (uint32_t)(v->p[i] - '0');
+        if (d > 9 || d > max || x > (max - d) / 10) return false;
         x = x * 10 + d;
     }
+    if (x < min) return false;
     *out = x;
     return true;
 }
 
 bool fota_json_str(const fota_json_t *v, char *out, size_t cap)
 {
-    if (v->type != FOTA_J_STRING || v->n >= cap || memchr(v->p, '\\', v->n)) return false;
-    memcpy(out, v->p, v->n);
+    /* Loops, not memchr and memcpy: a leaf function saves no registers. */
+    if (v->type != FOTA_J_STRING || v->n >= cap) return false;
+    for (size_t i = 0; i < v->n; i++)
+        if (v->p[i] == '\\') return false;
+    for (size_t i = 0; i < v->n; i++) out[i] = v->p[i];
     out[v->n] = 0;
     return true;
-}
-
-bool fota_json_is(const fota_json_t *v, const char *s)
-{
-    return v->type == FOTA_J_STRING && strlen(s) == v->n && memcmp(v->p, s, v->n) == 0;
 }
 
 /* ---- SemVer 2.0.0 ---- */
@@ -294,57 +261,50 @@ static bool ident_char(char c)
     return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
 }
 
-/* Whether the n digits at s fit 64 bits, as the server's parser needs. */
+/* Whether the n digits at s fit 64 bits, as the server's parser needs.
+ * (No library call: semver_split stays a leaf function, which saves no
+ * registers.) */
 static bool fits64(const char *s, int n)
 {
-    return n < 20 || (n == 20 && strncmp(s, "18446744073709551615", 20) <= 0);
+    static const char max[] = "18446744073709551615";
+    int k = 0;
+    if (n != 20) return n < 20;
+    while (k < 20 && s[k] == max[k]) k++;
+    return k == 20 || s[k] < max[k];
 }
 
-/* Length of the dot-separated identifier list at s ending at a char in
- * stop; numeric identifiers must not have leading zeros when strict. -1 if
- * malformed. */
-static int ident_list(const char *s, const char *stop, bool strict)
-{
-    int i = 0;
-    for (;;) {
-        int start = i;
-        bool numeric = true;
-        while (s[i] && !strchr(stop, s[i]) && s[i] != '.') {
-            if (!ident_char(s[i])) return -1;
-            numeric = numeric && is_digit(s[i]);
-            i++;
-        }
-        if (i == start) return -1;
-        if (strict && numeric && s[start] == '0' && i - start > 1) return -1;
-        if (s[i] != '.') return i;
-        i++;
-    }
-}
-
-/* Splits v: the end of the core, of the prerelease (pre_end == core_end when
- * none); false when invalid. */
+/* Checks v by SemVer 2.0.0 (core numbers without leading zeros and within
+ * 64 bits, as the server's parser needs; prerelease identifiers, numeric
+ * ones without leading zeros; build identifiers) and at most
+ * FOTA_VERSION_MAX characters; sets the end of the core and of the
+ * prerelease (the same when there is none). */
 static bool semver_split(const char *v, int *core_end, int *pre_end)
 {
-    int i = 0;
-    for (int part = 0; part < 3; part++) {
-        int start = i;
-        while (is_digit(v[i])) i++;
-        if (i == start || (v[start] == '0' && i - start > 1) || !fits64(v + start, i - start)) return false;
-        if (part < 2 && v[i++] != '.') return false;
+    int part = 0, start = 0; /* part: 0-2 the core's numbers, 3 the prerelease, 4 the build */
+    bool numeric = true;
+    for (int i = 0;; i++) {
+        char ch = v[i];
+        if (part < 3 ? is_digit(ch) : ident_char(ch)) {
+            numeric = numeric && is_digit(ch);
+            continue;
+        }
+        /* The end of an identifier. */
+        int n = i - start;
+        if (n == 0 || (part < 4 && numeric && v[start] == '0' && n > 1) || (part < 3 && !fits64(v + start, n)))
+            return false;
+        if (part < 2) {
+            if (ch != '.') return false;
+            part++;
+        } else if (ch != '.' || part == 2) {
+            if (part == 2) *core_end = i;
+            if (part < 4) *pre_end = i;
+            if (ch == '-' && part == 2) part = 3;
+            else if (ch == '+' && part < 4) part = 4;
+            else return ch == 0 && i <= FOTA_VERSION_MAX;
+        }
+        start = i + 1;
+        numeric = true;
     }
-    *core_end = *pre_end = i;
-    if (v[i] == '-') {
-        int n = ident_list(v + i + 1, "+", true);
-        if (n < 0) return false;
-        i += 1 + n;
-        *pre_end = i;
-    }
-    if (v[i] == '+') {
-        int n = ident_list(v + i + 1, "", false);
-        if (n < 0) return false;
-        i += 1 + n;
-    }
-    return v[i] == 0 && i <= FOTA_VERSION_MAX;
 }
 
 bool fota_semver_valid(const char *v)
@@ -353,94 +313,75 @@ bool fota_semver_valid(const char *v)
     return semver_split(v, &a, &b);
 }
 
-/* Compares two runs of digits without leading zeros by value. */
-static int cmp_num(const char *a, int an, const char *b, int bn)
+/* Precedence of two valid identifier lists (an bytes at a, bn at b):
+ * numeric identifiers by value, below alphanumeric ones, which compare in
+ * ASCII; a list that is a prefix of the other ranks below it. */
+static int cmp_ids(const char *a, int an, const char *b, int bn)
 {
-    if (an != bn) return an < bn ? -1 : 1;
-    int r = memcmp(a, b, (size_t)an);
-    return r < 0 ? -1 : r > 0;
+    for (int i = 0, j = 0;; i++, j++) {
+        if (i >= an || j >= bn) return (i < an) - (j < bn);
+        int si = i, sj = j, r;
+        bool anum = true, bnum = true;
+        for (; i < an && a[i] != '.'; i++) anum = anum && is_digit(a[i]);
+        for (; j < bn && b[j] != '.'; j++) bnum = bnum && is_digit(b[j]);
+        int la = i - si, lb = j - sj;
+        r = (int)bnum - (int)anum;
+        /* Without leading zeros, the longer number is the larger. */
+        if (!r && anum) r = la - lb;
+        for (int k = 0; !r && k < la && k < lb; k++) r = (unsigned char)a[si + k] - (unsigned char)b[sj + k];
+        if (!r) r = la - lb;
+        if (r) return (r > 0) - (r < 0);
+    }
 }
 
 int fota_semver_cmp(const char *a, const char *b)
 {
     int ac, ap, bc, bp;
     if (!semver_split(a, &ac, &ap) || !semver_split(b, &bc, &bp)) return -2;
-    int i = 0, j = 0;
-    for (int part = 0; part < 3; part++) {
-        int si = i, sj = j;
-        while (is_digit(a[i])) i++;
-        while (is_digit(b[j])) j++;
-        int r = cmp_num(a + si, i - si, b + sj, j - sj);
-        if (r) return r;
-        i++;
-        j++;
-    }
+    int r = cmp_ids(a, ac, b, bc);
+    if (r) return r;
     /* A version without a prerelease ranks above one with. */
     if (ap == ac || bp == bc) return (ap == ac) - (bp == bc);
-    i = ac + 1;
-    j = bc + 1;
-    for (;;) {
-        if (i >= ap || j >= bp) return (i < ap) - (j < bp);
-        int si = i, sj = j;
-        bool an = true, bn = true;
-        for (; i < ap && a[i] != '.'; i++) an = an && is_digit(a[i]);
-        for (; j < bp && b[j] != '.'; j++) bn = bn && is_digit(b[j]);
-        int r;
-        if (an && bn) {
-            r = cmp_num(a + si, i - si, b + sj, j - sj);
-        } else if (an != bn) {
-            r = an ? -1 : 1; /* numeric identifiers rank below alphanumeric ones */
-        } else {
-            int n = (i - si) < (j - sj) ? i - si : j - sj;
-            r = memcmp(a + si, b + sj, (size_t)n);
-            r = r < 0 ? -1 : r > 0 ? 1 : (i - si > j - sj) - (i - si < j - sj);
-        }
-        if (r) return r;
-        i++;
-        j++;
-    }
+    return cmp_ids(a + ac + 1, ap - ac - 1, b + bc + 1, bp - bc - 1);
 }
 
 /* ---- Times ---- */
 
-int64_t fota_days_from_civil(int64_t y, unsigned m, unsigned d)
+/* Reads s laid out as pat: a digit 0-5 in pat is a digit of s that goes
+ * into t[that digit] (year, month, day, hour, minute, second), '*' any
+ * character, anything else itself. t starts zeroed. */
+static bool scan(const char *s, const char *pat, int *t)
 {
-    /* Howard Hinnant's days_from_civil, for the proleptic Gregorian calendar. */
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-/* Reads n digits at s; -1 if any is not one. */
-static int num(const char *s, int n)
-{
-    int x = 0;
-    for (int i = 0; i < n; i++) {
-        if (!is_digit(s[i])) return -1;
-        x = x * 10 + (s[i] - '0');
+    for (; *pat; pat++, s++) {
+        if (*pat >= '0' && *pat <= '5') {
+            if (!is_digit(*s)) return false;
+            t[*pat - '0'] = t[*pat - '0'] * 10 + (*s - '0');
+        } else if (*pat != '*' && *s != *pat) {
+            return false;
+        }
     }
-    return x;
+    return true;
 }
 
-static bool civil(int y, int mo, int d, int h, int mi, int s, int64_t *out)
+/* Unix seconds of the civil time t (see scan); false when out of range.
+ * Days from Howard Hinnant's days_from_civil (proleptic Gregorian), on
+ * years moved up by 400 (one era) so that none is negative. */
+static bool civil(const int *t, int64_t *out)
 {
     static const uint8_t mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (y < 0 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] || h < 0 || h > 23 || mi < 0 || mi > 59 || s < 0 ||
-        s > 60)
-        return false;
-    *out = fota_days_from_civil(y, (unsigned)mo, (unsigned)d) * 86400 + h * 3600 + mi * 60 + s;
+    unsigned m = (unsigned)t[1], d = (unsigned)t[2];
+    if (m - 1 > 11 || d < 1 || d > mdays[m - 1] || t[3] > 23 || t[4] > 59 || t[5] > 60) return false;
+    unsigned y = (unsigned)t[0] + 400 - (m <= 2), yoe = y % 400;
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    int32_t days = (int32_t)(y / 400 * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy) - 719468 - 146097;
+    *out = (int64_t)days * 86400 + (t[3] * 3600 + t[4] * 60 + t[5]);
     return true;
 }
 
 bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out)
 {
-    if (len < 20 || s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' || s[16] != ':')
-        return false;
-    if (!civil(num(s, 4), num(s + 5, 2), num(s + 8, 2), num(s + 11, 2), num(s + 14, 2), num(s + 17, 2), out))
-        return false;
+    int t[6] = {0, 0, 0, 0, 0, 0};
+    if (len < 20 || !scan(s, "0000-11-22T33:44:55", t) || !civil(t, out)) return false;
     size_t i = 19;
     if (s[i] == '.') {
         /* Fractions of a second: an install window bound is whole seconds late at most. */
@@ -448,26 +389,18 @@ bool fota_parse_rfc3339(const char *s, size_t len, int64_t *out)
         while (i < len && is_digit(s[i])) i++;
         if (i == start) return false;
     }
-    if (i + 1 == len && (s[i] == 'Z' || s[i] == 'z')) return true;
-    if (i + 6 != len || (s[i] != '+' && s[i] != '-') || s[i + 3] != ':') return false;
-    int h = num(s + i + 1, 2), m = num(s + i + 4, 2);
-    if (h < 0 || h > 23 || m < 0 || m > 59) return false;
-    int64_t offset = (int64_t)h * 3600 + m * 60;
-    *out += s[i] == '+' ? -offset : offset;
-    return true;
+    /* UTC only: the server writes "Z" (docs/PROTOCOL.md, docs/FORMAT.md). */
+    return i + 1 == len && s[i] == 'Z';
 }
 
 int64_t fota_parse_http_date(const char *s)
 {
     /* IMF-fixdate, what every HTTP/1.1 server sends: "Sun, 06 Nov 1994 08:49:37 GMT". */
     static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    if (!s || strlen(s) != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' ||
-        s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
-        return 0;
-    int mo = 0;
-    while (mo < 12 && memcmp(months + 3 * mo, s + 8, 3) != 0) mo++;
-    int64_t t;
-    if (mo == 12 || !civil(num(s + 12, 4), mo + 1, num(s + 5, 2), num(s + 17, 2), num(s + 20, 2), num(s + 23, 2), &t))
-        return 0;
-    return t;
+    int t[6] = {0, 0, 0, 0, 0, 0};
+    int64_t x;
+    if (!s || strlen(s) != 29 || !scan(s, "***, 22 *** 0000 33:44:55 GMT", t)) return 0;
+    while (t[1] < 12 && memcmp(months + 3 * t[1], s + 8, 3) != 0) t[1]++;
+    t[1]++; /* 13 when no month matched: civil refuses it */
+    return civil(t, &x) ? x : 0;
 }
