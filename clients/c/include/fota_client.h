@@ -107,7 +107,7 @@ typedef enum { FOTA_LOG_ERROR = 0, FOTA_LOG_WARN, FOTA_LOG_INFO, FOTA_LOG_DEBUG 
 
 /* ---- The port: what the firmware implements ------------------------------
  *
- * Every function gets the port's ctx first. Functions that return
+ * Every function is required but log, and gets the port's ctx first. Functions that return
  * fota_err_t return FOTA_OK on success. None is called from two threads at
  * once: the library is single-threaded and keeps no global state. */
 
@@ -256,7 +256,6 @@ typedef struct {
     uint32_t plaintext_size, ciphertext_size, chunk_size, chunks;
     uint8_t plaintext_sha256[32];
     uint8_t iv[16];
-    bool mac_v2;
     int64_t install_after, install_until;
     char session[FOTA_SESSION_MAX + 1];
     char version[FOTA_VERSION_MAX + 1];
@@ -274,6 +273,8 @@ typedef struct {
     int64_t clock_offset;   /* server time minus device time, seconds */
     fota_progress_t progress;
     fota_offer_t offer;
+    int64_t started;        /* when the download began, for update_timeout_s */
+    bool slot_ready;        /* the update slot was erased for this download */
     fota_boot_info_t boot;
     char prefix[64];        /* the server URL's path prefix */
     uint8_t psk[32];

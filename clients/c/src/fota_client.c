@@ -156,7 +156,7 @@ const char *fota_state_str(fota_state_t state)
 #define MESSAGES(X)                                                 \
     X(MSG_SAVE, "%s: saving %s")                                    \
     X(MSG_CONFIG, "bad device id, hardware, chip, key or URL")      \
-    X(MSG_KEY, "%s: release key (RSA or P-256 PEM)")                \
+    X(MSG_KEY, "%s: the release key must be RSA or P-256 PEM (mbedtls has no Ed25519)") \
     X(MSG_BOOT_INFO, "%s: boot_info")                               \
     X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                         \
     X(MSG_SET_PENDING, "%s: slot_set_pending")                      \
@@ -165,7 +165,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_DELETE, "%s: deleting %s")                                \
     X(MSG_HTTP, "%s: HTTP %d: %.*s")                                \
     X(MSG_NO_ANSWER, "%s: no answer to %s")                         \
-    X(MSG_CLOCK, "clock off by %lld s")                             \
+    X(MSG_CLOCK, "device clock corrected by %+lld s")               \
     X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")             \
     X(MSG_DROP_REPORT, "dropping report %s of %s: %s")              \
     X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")      \
@@ -192,7 +192,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_COUNTER, "%lu < %lu")                                     \
     X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")    \
     X(MSG_WINDOW, "bad install window")                             \
-    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long notes?)")       \
+    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long release notes?): give a larger work buffer") \
     X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")             \
     X(MSG_PADDING, "bad padding (wrong firmware key?)")             \
     X(MSG_OVERSIZE, "over the signed %lu bytes")                    \
@@ -201,7 +201,8 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_EMPTY, "no chunk from %lu")                               \
     X(MSG_TIMEOUT, "over %lu s")                                    \
     X(MSG_MAC_TIMES, "chunk %lu, %u times")                         \
-    X(MSG_SLOT_BEGIN, "slot_begin")
+    X(MSG_SLOT_BEGIN, "slot_begin")                                 \
+    X(MSG_NO_V2, "the server offers no v2 chunk MACs: update it")
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
 /* Numbered from -32: RV32's short load-immediate takes -32..31. */
@@ -527,14 +528,16 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
 
 /* POSTs the n-byte body at the start of the data area, retrying transient
  * failures, and reads the answer after it (*len bytes). */
-static fota_err_t post(fota_client_t *c, size_t n, size_t *len)
+/* Posts the n-byte body in the data area and reads the answer after it,
+ * into at most cap bytes. */
+static fota_err_t post(fota_client_t *c, size_t n, size_t cap, size_t *len)
 {
     fota_http_response_t resp;
     fota_err_t err;
     for (int attempt = 0;; attempt++) {
         err = request(c, n, &resp);
         if (err == FOTA_OK) {
-            err = read_body(c, DATA(c) + n, DATA_CAP(c) - n, len);
+            err = read_body(c, DATA(c) + n, cap, len);
             c->port->http_end(c->port->ctx, err == FOTA_OK);
         }
         if (!backoff(c, attempt, err)) return err;
@@ -550,10 +553,13 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
     if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/report", c->prefix, q->session) >= URI_CAP)
         return FOTA_ERR_BUFFER;
     /* The reason, when there is one; copy_str made it fit a JSON string. */
-    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\"%s%s%s}", nth(report_names, q->status),
-                         ",\"reason\":\"" + (q->reason[0] ? 0 : 11), q->reason, "\"" + !q->reason[0]);
+    /* The version names the release the report is about, as the signed
+     * manifest said: the server refuses a report about another release
+     * than the session's (an altered check answer). */
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\",\"version\":\"%s\"%s%s%s}", nth(report_names, q->status),
+                         q->version, ",\"reason\":\"" + (q->reason[0] ? 0 : 11), q->reason, "\"" + !q->reason[0]);
     /* The answer is small; its content does not matter, only that it came. */
-    fota_err_t err = post(c, n, &len);
+    fota_err_t err = post(c, n, DATA_CAP(c) - n, &len);
     return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
 }
 
@@ -622,12 +628,7 @@ fota_err_t fota_init(fota_client_t *c, const fota_config_t *cfg, const fota_port
     mbedtls_aes_init(&c->aes);
     mbedtls_sha256_init(&c->sha);
     mbedtls_sha256_init(&c->sha2);
-    if (work_size < FOTA_WORK_MIN || ((uintptr_t)work & 7) != 0) return FOTA_ERR_ARGUMENT;
-    if (!port->http_begin || !port->http_read || !port->http_end || !port->boot_info || !port->boot_ack_rollback ||
-        !port->slot_begin || !port->slot_write || !port->slot_read || !port->slot_sync || !port->slot_set_pending ||
-        !port->boot_confirm || !port->boot_reject || !port->kv_get || !port->kv_set || !port->kv_delete ||
-        !port->now || !port->sleep_ms || !port->random)
-        return FOTA_ERR_ARGUMENT;
+    if (work_size < FOTA_WORK_MIN) return FOTA_ERR_ARGUMENT;
     if (!plain_id(cfg->device_id, 64, true) || !plain_id(cfg->hardware, 32, true) ||
         (cfg->chip && !plain_id(cfg->chip, 32, true)) || !cfg->psk_hex ||
         !fota_unhex(c->psk, 32, cfg->psk_hex, strlen(cfg->psk_hex)) || !cfg->firmware_key || !cfg->public_key_pem ||
@@ -724,7 +725,8 @@ fota_err_t fota_startup(fota_client_t *c)
     if (c->boot.trial && c->cfg->self_test) {
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
-            fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, fota_err_str(result));
+            /* The hook's own error says more than "self-test failed" twice. */
+            fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, result == FOTA_ERR_SELF_TEST ? "" : fota_err_str(result));
             err = fota_reject(c, c->why);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
@@ -934,15 +936,18 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
     }
     rejected_t r;
     if (rejected(c, &r, m.version)) return FOTA_ERR_ROLLED_BACK;
-    memcpy(o, &m, offsetof(fota_offer_t, mac_v2)); /* the numbers, the SHA-256 and the IV */
+    memcpy(o, &m, offsetof(fota_offer_t, iv) + sizeof o->iv); /* the numbers, the SHA-256 and the IV */
     o->chunks = chunks;
-    /* "v2" among the offered schemes; servers from before v2 list none. */
-    o->mac_v2 = false;
+    /* The client checks v2 chunk MACs only: every server since before the
+     * C client offers them; one from before v2 lists none. */
+    bool v2 = false;
     for (size_t i = 0; v[A_MACS].type == FOTA_J_ARRAY && i + 4 <= v[A_MACS].n; i++)
-        if (!memcmp(v[A_MACS].p + i, "\"v2\"", 4)) o->mac_v2 = true;
+        if (!memcmp(v[A_MACS].p + i, "\"v2\"", 4)) v2 = true;
+    if (!v2) return fail(c, FOTA_ERR_UNSUPPORTED, MSG_NO_V2);
     o->install_after = o->install_until = 0;
-    if ((v[A_AFTER].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].n, &o->install_after)) ||
-        (v[A_UNTIL].type == FOTA_J_STRING && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].n, &o->install_until))) {
+    /* Absent is no bound; anything but a time string is malformed, not absent. */
+    if ((v[A_AFTER].type && !fota_parse_rfc3339(v[A_AFTER].p, v[A_AFTER].type == FOTA_J_STRING ? v[A_AFTER].n : 0, &o->install_after)) ||
+        (v[A_UNTIL].type && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].type == FOTA_J_STRING ? v[A_UNTIL].n : 0, &o->install_until))) {
         return fail(c, FOTA_ERR_PROTOCOL, MSG_WINDOW);
     }
     return FOTA_OK;
@@ -963,8 +968,11 @@ static fota_err_t check_in(fota_client_t *c, const uint8_t **answer, size_t *len
                      c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
                      chip ? parts : none, chip ? chip : none, chip ? parts + 9 : none, (unsigned long)c->boot.slot_size);
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
-    fota_err_t err = post(c, (size_t)n, len);
-    if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)(DATA_CAP(c) - n));
+    /* The answer may take the outbox's place too: nothing is queued before
+     * the offer is judged, and judging copies out all it keeps. */
+    size_t cap = c->work_size - DATA_OFF - (size_t)n;
+    fota_err_t err = post(c, (size_t)n, cap, len);
+    if (err == FOTA_ERR_BUFFER) fail(c, err, MSG_ANSWER_SIZE, (unsigned long)cap);
     *answer = DATA(c) + n;
     return err;
 }
@@ -995,6 +1003,14 @@ static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 
 /* Fetches chunks d->next_chunk.. in one request and writes them. Returns
  * FOTA_OK when at least one chunk arrived (or the answer was fine). */
+/* Whether the download has taken longer than update_timeout_s: 32 bits of
+ * the time taken do (68 years), and a clock set back is no timeout. */
+static bool expired(fota_client_t *c)
+{
+    uint32_t limit = c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600;
+    return (int32_t)(uint32_t)(c->port->now(c->port->ctx) - c->started) >= (int32_t)limit;
+}
+
 static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32])
 {
     fota_offer_t *o = &c->offer;
@@ -1002,7 +1018,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
     uint32_t want = c->cfg->chunks_per_request ? c->cfg->chunks_per_request : 16;
     if (want > o->chunks - d->next_chunk) want = o->chunks - d->next_chunk;
     if ((unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/sessions/%s/chunks?from=%lu&count=%lu%s", c->prefix,
-                           o->session, (unsigned long)d->next_chunk, (unsigned long)want, o->mac_v2 ? "&mac=v2" : "") >=
+                           o->session, (unsigned long)d->next_chunk, (unsigned long)want, "&mac=v2") >=
         URI_CAP)
         return FOTA_ERR_BUFFER;
     fota_http_response_t resp;
@@ -1013,6 +1029,12 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
     for (;;) {
         uint8_t head[40], mac[32];
         size_t got;
+        /* Checked at every frame: a server feeding an answer slowly is
+         * stopped in it, not after it. */
+        if (expired(c)) {
+            err = FOTA_ERR_TIMEOUT;
+            break;
+        }
         err = read_full(c, head, sizeof head, &got);
         if (err || got == 0) break;
         uint32_t index = 0, len = 0; /* big-endian in the frame's head */
@@ -1032,8 +1054,7 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             break;
         }
         err = FOTA_ERR_CRYPTO;
-        if (o->mac_v2 ? fota_chunk_mac_v2(&c->sha2, session_key, index, chunk, len, mac)
-                      : fota_chunk_mac_v1(&c->sha2, c->psk, o->session, index, chunk, len, mac))
+        if (fota_chunk_mac_v2(&c->sha2, session_key, index, chunk, len, mac))
             break;
         if (!fota_equal(mac, head + 8, 32)) {
             err = FOTA_ERR_CHUNK_MAC; /* download() says which chunk, if it gives up */
@@ -1047,6 +1068,14 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)o->plaintext_size);
             break;
         }
+        /* Erased only once a chunk passed its HMAC: an answer altered on the
+         * way costs no erase, however often it comes. */
+        if (!c->slot_ready &&
+            (err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
+            fail(c, err, MSG_SLOT_BEGIN);
+            break;
+        }
+        c->slot_ready = true;
         if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
             fail(c, err, MSG_WRITE, (unsigned long)d->written);
             break;
@@ -1079,21 +1108,21 @@ static fota_err_t download(fota_client_t *c, download_t *d)
     unsigned mac_failures = 0, allowed = c->cfg->chunk_retries ? c->cfg->chunk_retries : 3;
     uint32_t failed_at = UINT32_MAX;
     fota_err_t err = FOTA_OK;
-    if (o->mac_v2 && fota_session_chunk_key(&c->sha2, c->psk, o->session, session_key)) return FOTA_ERR_CRYPTO;
+    if (fota_session_chunk_key(&c->sha2, c->psk, o->session, session_key)) return FOTA_ERR_CRYPTO;
     c->progress.chunks = o->chunks;
     c->progress.total_bytes = o->ciphertext_size;
     c->progress.chunk = d->next_chunk;
     c->progress.bytes = d->next_chunk * o->chunk_size;
-    uint32_t limit = c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600;
-    int64_t start = c->port->now(c->port->ctx);
+    c->started = c->port->now(c->port->ctx);
     for (int attempt = 0; d->next_chunk < o->chunks;) {
-        /* 32 bits of the time taken do (68 years), and a clock set back is no timeout */
-        if ((int32_t)(uint32_t)(c->port->now(c->port->ctx) - start) >= (int32_t)limit) {
+        err = expired(c) ? FOTA_ERR_TIMEOUT : fetch(c, d, session_key);
+        if (err == FOTA_ERR_TIMEOUT) {
             /* What arrived is checkpointed: the next check resumes from there. */
-            if ((err = checkpoint(c, d)) == FOTA_OK) err = fail(c, FOTA_ERR_TIMEOUT, MSG_TIMEOUT, (unsigned long)limit);
+            if ((err = checkpoint(c, d)) == FOTA_OK)
+                err = fail(c, FOTA_ERR_TIMEOUT, MSG_TIMEOUT,
+                           (unsigned long)(c->cfg->update_timeout_s ? c->cfg->update_timeout_s : 3600));
             break;
         }
-        err = fetch(c, d, session_key);
         if (err == FOTA_OK) {
             attempt = 0;
             continue;
@@ -1206,14 +1235,11 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
         memset(&d, 0, sizeof d);
         copy_str(d.version, sizeof d.version, o->version);
         copy_str(d.base, sizeof d.base, c->boot.running_version);
-        /* The SHA-256, and the IV into cbc: next to each other in both. */
-        memcpy((uint8_t *)&d + offsetof(download_t, sha256), (const uint8_t *)o + offsetof(fota_offer_t, plaintext_sha256),
-               32 + 16);
-        if ((err = port_err(c->port->slot_begin(c->port->ctx, o->plaintext_size), FOTA_ERR_FLASH))) {
-            return fail(c, err, MSG_SLOT_BEGIN);
-        }
+        memcpy(d.sha256, o->plaintext_sha256, 32);
+        memcpy(d.cbc, o->iv, 16);
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
     }
+    c->slot_ready = resume; /* a new download erases the slot at its first good chunk */
     logf_(c, resume ? MSG_RESUMING : MSG_DOWNLOADING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d))) return err;
@@ -1232,10 +1258,11 @@ verified:
  * refused by the device's rules, or failed. The server's refusals and
  * network faults are not (the session may be gone). */
 #define REFUSED (BIT(FOTA_ERR_DOWNGRADE) | BIT(FOTA_ERR_ROLLED_BACK) | BIT(FOTA_ERR_COUNTER) | BIT(FOTA_ERR_TOO_LARGE))
-#define FAILED                                                                                                        \
-    (BIT(FOTA_ERR_SIGNATURE) | BIT(FOTA_ERR_UNTRUSTED_KEY) | BIT(FOTA_ERR_UNSUPPORTED) | BIT(FOTA_ERR_MANIFEST) |     \
-     BIT(FOTA_ERR_HARDWARE) | BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_DECRYPT) | BIT(FOTA_ERR_HASH) |                  \
-     BIT(FOTA_ERR_PROTOCOL))
+/* Failed: only what the device found in the image, as the Go agent. A
+ * check answer that does not check out (signature, key, manifest,
+ * hardware) is not reported: its session id is as unauthenticated as the
+ * rest of it, and the report would end that session on a forger's word. */
+#define FAILED (BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_DECRYPT) | BIT(FOTA_ERR_HASH))
 /* The device found the image bad: what was downloaded of it is forgotten. */
 #define BAD_IMAGE (BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_HASH) | BIT(FOTA_ERR_DECRYPT))
 
@@ -1266,6 +1293,8 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     res->update = true;
     err = judge(c, &a, res);
     if (err == FOTA_OK) err = install(c, res);
+    /* The server hears of the download before the reboot, not after it. */
+    if (err == FOTA_OK && res->installed) flush_queued(c);
 out:
     if (err == FOTA_OK || err == FOTA_ERR_POWER) return err;
     /* The error's text, and what the device found when it said (fail). */

@@ -65,21 +65,6 @@ static void be32(uint8_t out[4], uint32_t x)
     out[3] = (uint8_t)x;
 }
 
-int fota_chunk_mac_v1(mbedtls_sha256_context *s, const uint8_t psk[32], const char *session, uint32_t index,
-                      const uint8_t *data, size_t n, uint8_t out[32])
-{
-    uint8_t idx[4];
-    be32(idx, index);
-    int rc = fota_hmac_start(s, psk);
-    if (!rc) rc = fota_sha256_update(s, "fota-chunk-v1\n", 14);
-    if (!rc) rc = fota_sha256_update(s, session, strlen(session));
-    if (!rc) rc = fota_sha256_update(s, "\n", 1);
-    if (!rc) rc = fota_sha256_update(s, idx, 4);
-    if (!rc) rc = fota_sha256_update(s, data, n);
-    if (!rc) rc = fota_hmac_finish(s, psk, out);
-    return rc;
-}
-
 int fota_session_chunk_key(mbedtls_sha256_context *s, const uint8_t psk[32], const char *session, uint8_t out[32])
 {
     int rc = fota_hmac_start(s, psk);

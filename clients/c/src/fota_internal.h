@@ -60,10 +60,8 @@ int fota_hmac_finish(mbedtls_sha256_context *s, const uint8_t key[32], uint8_t o
 /* Constant-time comparison. */
 bool fota_equal(const uint8_t *a, const uint8_t *b, size_t n);
 
-/* Chunk MACs (docs/PROTOCOL.md): v1 over the chunk, v2 over its SHA-256
- * under the session chunk key. */
-int fota_chunk_mac_v1(mbedtls_sha256_context *s, const uint8_t psk[32], const char *session, uint32_t index,
-                      const uint8_t *data, size_t n, uint8_t out[32]);
+/* Chunk MACs (docs/PROTOCOL.md): v2, over the chunk's SHA-256 under the
+ * session chunk key (the client speaks v2 only). */
 int fota_session_chunk_key(mbedtls_sha256_context *s, const uint8_t psk[32], const char *session, uint8_t out[32]);
 int fota_chunk_mac_v2(mbedtls_sha256_context *s, const uint8_t session_key[32], uint32_t index, const uint8_t *data,
                       size_t n, uint8_t out[32]);

