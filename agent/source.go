@@ -114,7 +114,7 @@ func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn 
 }
 
 func (n *nativeSource) send(ctx context.Context, r report) error {
-	return n.dev.Report(ctx, r.SessionID, r.Status, r.Reason)
+	return n.dev.ReportRelease(ctx, r.SessionID, r.Version, r.Status, r.Reason)
 }
 
 // legacySource speaks the EcoWatt-compatible API exactly as the original

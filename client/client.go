@@ -467,6 +467,13 @@ func (d *Device) Chunks(ctx context.Context, sessionID string, scheme protocol.C
 
 // Report tells the server how the update went.
 func (d *Device) Report(ctx context.Context, sessionID, status, reason string) error {
+	return d.ReportRelease(ctx, sessionID, "", status, reason)
+}
+
+// ReportRelease is Report naming the release the report is about (the
+// signed manifest's version), which the server holds to the session's.
+func (d *Device) ReportRelease(ctx context.Context, sessionID, version, status, reason string) error {
 	var out map[string]string
-	return d.postJSON(ctx, "/v1/device/sessions/"+url.PathEscape(sessionID)+"/report", protocol.Report{Status: status, Reason: reason}, &out)
+	return d.postJSON(ctx, "/v1/device/sessions/"+url.PathEscape(sessionID)+"/report",
+		protocol.Report{Status: status, Reason: reason, Version: version}, &out)
 }

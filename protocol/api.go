@@ -56,6 +56,12 @@ type CheckResponse struct {
 type Report struct {
 	Status string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed, refused
 	Reason string `json:"reason,omitempty"`
+	// Version is the release the report is about, as the device read it in
+	// the signed manifest. The server refuses a report naming another
+	// release than its session's: a check answer altered on the way (an
+	// older signed manifest put into a real session) then cannot make the
+	// device's refusal exclude the release the session is for.
+	Version string `json:"version,omitempty"`
 }
 
 // Release is a published release as the admin API shows it.

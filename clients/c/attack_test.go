@@ -76,6 +76,9 @@ func TestAttackTable(t *testing.T) {
 			if evs := strings.Join(srv.Events(attacktest.DeviceID), ", "); strings.Contains(evs, "applied") {
 				t.Fatalf("the server heard of an install: %s", evs)
 			}
+			if a.Device.Counter == 0 { // a device above every release's counter is offered none
+				attacktest.StillOffered(t, srv, attacktest.DeviceID, d.psk, 0)
+			}
 		})
 	}
 }

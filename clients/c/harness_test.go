@@ -21,6 +21,7 @@ import (
 
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/testserver"
+	"github.com/ecowatt/fota/protocol"
 )
 
 // Exit codes of fota-device-c run --once (ports/posix/fota_device.c).
@@ -112,6 +113,7 @@ type cdev struct {
 	srv    *testserver.Server
 	bin    string
 	id     string
+	psk    protocol.PSK
 	dir    string
 	server string // the URL the device talks to (the server, or a MITM before it)
 	extra  []string
@@ -128,7 +130,7 @@ func newCDev(t testing.TB, srv *testserver.Server, id string, slotSize int, coun
 	bin := filepath.Join(build(t), "fota-device-c")
 	psk := srv.AddDeviceAPI(id, factoryVersion, "native")
 	dir := t.TempDir()
-	d := &cdev{t: t, srv: srv, bin: bin, id: id, dir: filepath.Join(dir, "state"), server: srv.URL}
+	d := &cdev{t: t, srv: srv, bin: bin, id: id, psk: psk, dir: filepath.Join(dir, "state"), server: srv.URL}
 	write := func(name string, data []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/keys"
@@ -147,6 +149,30 @@ func Attacks() []Attack {
 					tb.Fatal(err)
 				}
 			}, AgentError: "not newer than the running 1.0.3 (downgrade)"},
+		{Name: "older signed release put into the real session", ID: "older-offer-in-session", Kind: KindDowngrade,
+			Setup: func(tb testing.TB, srv *testserver.Server, m *MITM) {
+				// The device's own session, with another release's signed
+				// manifest: its refusal must not exclude the session's
+				// release (the server holds the report's version to it).
+				srv.PublishSample("1.0.2", firmware.Healthy, ReleaseSize)
+				older := AsDevice(tb, srv, "attacker-older", Hardware, "1.0.1", 0)
+				if err := srv.Admin.Pin(context.Background(), "attacker-older", "1.0.2"); err != nil {
+					tb.Fatal(err)
+				}
+				m.Check = func(real []byte) []byte {
+					var mine, theirs map[string]any
+					json.Unmarshal(real, &mine)
+					json.Unmarshal(older(real), &theirs)
+					if mine["update"] != true {
+						return real
+					}
+					for _, k := range []string{"version", "manifest", "signature", "chunk_size", "chunks", "ciphertext_size"} {
+						mine[k] = theirs[k]
+					}
+					b, _ := json.Marshal(mine)
+					return b
+				}
+			}, AgentError: "not newer than the running 1.0.3 (downgrade)"},
 		{Name: "older signed release relabelled as 9.9.9", ID: "relabelled-old-release", Kind: KindSignature,
 			Setup: func(tb testing.TB, srv *testserver.Server, m *MITM) {
 				// The attack the EcoWatt API needs the app descriptor against;
@@ -251,5 +277,20 @@ func Attacks() []Attack {
 			Setup: func(_ testing.TB, _ *testserver.Server, m *MITM) {
 				m.Delay = 100 * time.Millisecond
 			}, AgentError: "did not finish within 250ms", Device: Device{UpdateTimeout: 250 * time.Millisecond, ChunksPerRequest: 2}},
+	}
+}
+
+// StillOffered fails the test unless the server still offers device id
+// (running Running, with the device's counter) an update: no attack may
+// make the server hold a release back from the device for good.
+func StillOffered(tb testing.TB, srv *testserver.Server, id string, psk protocol.PSK, counter uint32) {
+	tb.Helper()
+	d, err := client.NewDevice(srv.URL, id, psk)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r, err := d.Check(context.Background(), protocol.CheckRequest{Version: Running, Hardware: Hardware, SecurityCounter: counter})
+	if err != nil || !r.Update {
+		tb.Fatalf("after the attack the server no longer offers the device an update: %+v %v (events %v)", r, err, srv.Events(id))
 	}
 }

@@ -456,7 +456,8 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	if err != nil {
 		return err
 	}
-	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APINative, State: state, Reason: rep.Reason}); err != nil {
+	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APINative, State: state, Reason: rep.Reason,
+		Version: rep.Version}); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "state": state})

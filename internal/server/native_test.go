@@ -272,6 +272,35 @@ func TestNativeSessionIsolation(t *testing.T) {
 	}
 }
 
+// TestReportAboutAnotherRelease: a refusal naming another release than
+// the session's (an older signed manifest put into a real session's check
+// answer on the way) is refused and changes nothing; one naming the
+// session's release is recorded.
+func TestReportAboutAnotherRelease(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.publish("1.0.4", 3000)
+	d := e.device("dev1", e.addDevice("dev1", "1.0.3"))
+	r, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || !r.Update {
+		t.Fatalf("check: %+v %v", r, err)
+	}
+	err = d.ReportRelease(ctx, r.SessionID, "1.0.2", "refused", "not newer than the running 1.0.3")
+	if ae, ok := err.(*client.APIError); !ok || ae.Code != "invalid" || !strings.Contains(ae.Message, "is for 1.0.4") {
+		t.Fatalf("a refusal of 1.0.2 on 1.0.4's session: %v", err)
+	}
+	again, err := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"})
+	if err != nil || !again.Update || again.SessionID != r.SessionID {
+		t.Fatalf("after the refused report the device is not offered its session again: %+v %v", again, err)
+	}
+	if err := d.ReportRelease(ctx, r.SessionID, "1.0.4", "refused", "does not fit"); err != nil {
+		t.Fatalf("a refusal of the session's release: %v", err)
+	}
+	if after, _ := d.Check(ctx, protocol.CheckRequest{Version: "1.0.3"}); after.Update {
+		t.Fatalf("a refused release offered again: %+v", after)
+	}
+}
+
 func mustPSK(t *testing.T, e *env, id string) protocol.PSK {
 	d, err := e.store.Device(context.Background(), id)
 	if err != nil {

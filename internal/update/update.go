@@ -488,6 +488,9 @@ type Report struct {
 	API    string
 	State  string // a session state
 	Reason string
+	// Version is the release the device says the report is about (native
+	// API, optional): it must be the session's.
+	Version string
 }
 
 // Report records a device's report.
@@ -508,6 +511,13 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 	}
 	if err := s.admit(d, r.API); err != nil {
 		return err
+	}
+	if r.Version != "" && r.Version != sess.ReleaseVersion {
+		// The device judged another release than this session's: its check
+		// answer was altered on the way. Recording it (a refusal excludes
+		// the release for good) would let that alteration decide.
+		return fota.Errorf(fota.EINVALID, "the report is about release %s, session %s is for %s: not recorded (was the check answer altered on the way?)",
+			truncate(r.Version, 64), sess.ID, sess.ReleaseVersion)
 	}
 	ch := fota.StateChange{State: r.State, Reason: r.Reason}
 	switch {
