@@ -118,6 +118,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	d := newCDev(t, srv, "c1", 4<<20, 0)
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	kills, resumes := 0, 0
+	var ends []string
 	for i := 0; i < 40; i++ {
 		cmd := exec.Command(d.bin, d.runArgs("-v")...)
 		var out, errb bytes.Buffer
@@ -127,26 +128,29 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
-		var err error
 		select {
-		case err = <-done:
+		case <-done:
 		case <-time.After(time.Duration(20+rng.IntN(200)) * time.Millisecond):
 			cmd.Process.Signal(syscall.SIGKILL)
-			err = <-done
+			<-done
 			kills++
 		}
 		if strings.Contains(errb.String(), "resuming 1.0.4 at chunk") {
 			resumes++
 		}
 		d.stdout, d.stderr = out.String(), errb.String()
-		if err == nil || strings.Contains(d.stdout, "installed=1") {
-			if strings.Contains(d.stdout, "installed=1") {
-				break
-			}
+		if strings.Contains(d.stdout, "installed=1") {
+			break
+		}
+		if code := cmd.ProcessState.ExitCode(); code >= 0 && code != exitIdle && code != exitError {
+			t.Fatalf("run %d: exit %d\n%s%s", i, code, d.stdout, d.stderr)
+		}
+		if code := cmd.ProcessState.ExitCode(); code >= 0 {
+			ends = append(ends, fmt.Sprintf("%d:%s", code, d.errorCode()))
 		}
 	}
 	if !strings.Contains(d.stdout, "installed=1") {
-		t.Fatalf("not installed after %d kills:\n%s%s", kills, d.stdout, d.stderr)
+		t.Fatalf("not installed after %d kills (runs that ended by themselves: %v); the last:\n%s%s", kills, ends, d.stdout, d.stderr)
 	}
 	d.settle(map[string][]byte{"1.0.4": img, factoryVersion: factoryImage(t, 0)})
 	if b, _ := d.boot(); b.version != "1.0.4" {

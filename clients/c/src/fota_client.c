@@ -127,12 +127,12 @@ static const uint8_t record_string_ends[][4] = {
 
 /* fota_err_t's texts, in its order. */
 static const char err_names[] =
-    "ok\0bad argument\0work buffer too small\0network failure\0server busy\0unauthorized\0forbidden\0"
-    "conflict\0request rejected\0session closed\0malformed answer\0signature does not verify\0"
-    "signed by an untrusted key\0unsupported algorithm\0bad manifest\0wrong hardware\0not newer (downgrade)\0"
-    "rolled back from before\0security counter too low\0too large\0chunk HMAC mismatch\0decryption failed\0"
-    "image hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0image on trial\0"
-    "image not on trial\0self-test failed\0power failure\0update took too long";
+    "ok\0bad argument\0buffer too small\0network failure\0server busy\0unauthorized\0forbidden\0"
+    "conflict\0rejected\0session closed\0malformed answer\0bad signature\0"
+    "untrusted key\0unsupported\0bad manifest\0wrong hardware\0downgrade\0"
+    "rolled back before\0counter too low\0too large\0chunk HMAC mismatch\0decryption failed\0"
+    "hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0on trial\0"
+    "not on trial\0self-test failed\0power failure\0timed out";
 
 static const char state_names[] = "idle\0checking\0downloading\0verifying\0applying\0completed\0deferred\0error\0"
                                   "rollback";
@@ -156,7 +156,7 @@ const char *fota_state_str(fota_state_t state)
 #define MESSAGES(X)                                                 \
     X(MSG_SAVE, "%s: saving %s")                                    \
     X(MSG_CONFIG, "bad device id, hardware, chip, key or URL")      \
-    X(MSG_KEY, "%s: the release key must be RSA or P-256 PEM (mbedtls has no Ed25519)") \
+    X(MSG_KEY, "%s: release key: RSA or P-256 PEM (no Ed25519)")   \
     X(MSG_BOOT_INFO, "%s: boot_info")                               \
     X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                         \
     X(MSG_SET_PENDING, "%s: slot_set_pending")                      \
@@ -192,7 +192,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_COUNTER, "%lu < %lu")                                     \
     X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")    \
     X(MSG_WINDOW, "bad install window")                             \
-    X(MSG_ANSWER_SIZE, "answer over %lu bytes (long release notes?): give a larger work buffer") \
+    X(MSG_ANSWER_SIZE, "answer over %lu B (long notes?): larger work buffer") \
     X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")             \
     X(MSG_PADDING, "bad padding (wrong firmware key?)")             \
     X(MSG_OVERSIZE, "over the signed %lu bytes")                    \
@@ -513,9 +513,9 @@ static bool backoff(fota_client_t *c, int attempt, fota_err_t err)
     if (!transient(err) || (uint32_t)attempt + 1 >= attempts) return false;
     uint32_t delay = attempt < 16 ? base << attempt : cap;
     if (delay > cap || delay < base) delay = cap;
-    uint8_t r[2] = {0, 0};
-    c->port->random(c->port->ctx, r, 2);
-    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * (uint32_t)(r[0] << 8 | r[1]) >> 16);
+    uint16_t r = 0; /* random bits in whatever byte order */
+    c->port->random(c->port->ctx, (uint8_t *)&r, sizeof r);
+    delay = delay / 2 + (uint32_t)((uint64_t)(delay / 2) * r >> 16);
     if (err == FOTA_ERR_SERVER_BUSY && c->retry_after) {
         if (c->retry_after > cap / 1000) return false; /* the next timed check tries again */
         if (c->retry_after * 1000 > delay) delay = c->retry_after * 1000;
@@ -556,8 +556,9 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
     /* The version names the release the report is about, as the signed
      * manifest said: the server refuses a report about another release
      * than the session's (an altered check answer). */
-    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\",\"version\":\"%s\"%s%s%s}", nth(report_names, q->status),
-                         q->version, ",\"reason\":\"" + (q->reason[0] ? 0 : 11), q->reason, "\"" + !q->reason[0]);
+    /* load_outbox made the reason fit a JSON string; "" is none. */
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\",\"version\":\"%s\",\"reason\":\"%s\"}",
+                         nth(report_names, q->status), q->version, q->reason);
     /* The answer is small; its content does not matter, only that it came. */
     fota_err_t err = post(c, n, DATA_CAP(c) - n, &len);
     return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
@@ -726,7 +727,10 @@ fota_err_t fota_startup(fota_client_t *c)
         fota_err_t result = c->cfg->self_test(c->cfg->user);
         if (result != FOTA_OK) {
             /* The hook's own error says more than "self-test failed" twice. */
-            fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, result == FOTA_ERR_SELF_TEST ? "" : fota_err_str(result));
+            if (result == FOTA_ERR_SELF_TEST)
+                copy_str(c->why, sizeof c->why, fota_err_str(result));
+            else
+                fail(c, FOTA_ERR_SELF_TEST, MSG_TEXT_ARG, fota_err_str(result));
             err = fota_reject(c, c->why);
             return err ? err : FOTA_ERR_SELF_TEST;
         }
