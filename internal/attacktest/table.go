@@ -143,22 +143,14 @@ func Attacks() []Attack {
 			}, AgentError: "disagrees with the signed manifest"},
 		{Name: "downgrade to an older signed release", ID: "downgrade", Kind: KindDowngrade,
 			Setup: func(tb testing.TB, srv *testserver.Server, m *MITM) {
-				srv.PublishSample("1.0.2", firmware.Healthy, ReleaseSize)
-				m.Check = AsDevice(tb, srv, "attacker-old", Hardware, "1.0.1", 0)
-				if err := srv.Admin.Pin(context.Background(), "attacker-old", "1.0.2"); err != nil {
-					tb.Fatal(err)
-				}
+				m.Check = olderOffer(tb, srv, "attacker-old")
 			}, AgentError: "not newer than the running 1.0.3 (downgrade)"},
 		{Name: "older signed release put into the real session", ID: "older-offer-in-session", Kind: KindDowngrade,
 			Setup: func(tb testing.TB, srv *testserver.Server, m *MITM) {
 				// The device's own session, with another release's signed
 				// manifest: its refusal must not exclude the session's
 				// release (the server holds the report's version to it).
-				srv.PublishSample("1.0.2", firmware.Healthy, ReleaseSize)
-				older := AsDevice(tb, srv, "attacker-older", Hardware, "1.0.1", 0)
-				if err := srv.Admin.Pin(context.Background(), "attacker-older", "1.0.2"); err != nil {
-					tb.Fatal(err)
-				}
+				older := olderOffer(tb, srv, "attacker-older")
 				m.Check = func(real []byte) []byte {
 					var mine, theirs map[string]any
 					json.Unmarshal(real, &mine)
@@ -177,11 +169,7 @@ func Attacks() []Attack {
 			Setup: func(tb testing.TB, srv *testserver.Server, m *MITM) {
 				// The attack the EcoWatt API needs the app descriptor against;
 				// here the manifest carries the version under the signature.
-				srv.PublishSample("1.0.2", firmware.Healthy, ReleaseSize)
-				offer := AsDevice(tb, srv, "attacker-relabel", Hardware, "1.0.1", 0)
-				if err := srv.Admin.Pin(context.Background(), "attacker-relabel", "1.0.2"); err != nil {
-					tb.Fatal(err)
-				}
+				offer := olderOffer(tb, srv, "attacker-relabel")
 				relabel := EditManifest(`"version": "1.0.2"`, `"version": "9.9.9"`)
 				version := EditCheck(func(c map[string]any) { c["version"] = "9.9.9" })
 				m.Check = func(b []byte) []byte { return version(relabel(offer(b))) }
@@ -278,6 +266,20 @@ func Attacks() []Attack {
 				m.Delay = 100 * time.Millisecond
 			}, AgentError: "did not finish within 250ms", Device: Device{UpdateTimeout: 250 * time.Millisecond, ChunksPerRequest: 2}},
 	}
+}
+
+// olderOffer publishes 1.0.2, older than the device's Running, pins the
+// attacker's device id (running 1.0.1) to it, and returns the check
+// answers the server gives that device: validly signed offers of an older
+// release.
+func olderOffer(tb testing.TB, srv *testserver.Server, id string) func([]byte) []byte {
+	tb.Helper()
+	srv.PublishSample("1.0.2", firmware.Healthy, ReleaseSize)
+	offer := AsDevice(tb, srv, id, Hardware, "1.0.1", 0)
+	if err := srv.Admin.Pin(context.Background(), id, "1.0.2"); err != nil {
+		tb.Fatal(err)
+	}
+	return offer
 }
 
 // StillOffered fails the test unless the server still offers device id
