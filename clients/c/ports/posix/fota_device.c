@@ -729,7 +729,11 @@ static int cmd_run(opts_t *o)
             if (err == FOTA_OK && res.deferred && res.install_after > 0) {
                 /* install_after is server time: the device clock corrected by the server's Date */
                 int64_t until = res.install_after - (port.now(port.ctx) + client.clock_offset);
-                if (until < wait) wait = until < 1 ? 1 : until;
+                /* At least a minute: install_after is not authenticated, and a
+                 * window always "a second away" must not make the device check
+                 * (and hash its kept image) every second. */
+                if (until < wait) wait = until < 60 ? 60 : until;
+                if (wait > interval) wait = interval;
             }
             wait_s(wait);
         }
