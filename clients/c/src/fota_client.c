@@ -174,7 +174,6 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_KEPT_CHANGED, "kept image changed")                       \
     X(MSG_RETRY, "retrying in %lu ms")                              \
     X(MSG_REPORTED, "reported %s of %s")                            \
-    X(MSG_QUEUED, "%s: reports kept")                               \
     X(MSG_CONFIRMED, "update %s confirmed")                         \
     X(MSG_DEFERRED, "update %s waits for its window")               \
     X(MSG_INSTALLED, "update %s installed; reboot")                 \
@@ -606,11 +605,11 @@ fota_err_t fota_flush(fota_client_t *c)
 }
 
 /* Sends what is queued after a step that queued a report; only a power
- * failure matters to the caller, the rest waits for the next flush. */
+ * failure matters to the caller, the rest waits for the next flush (the
+ * failed requests logged why). */
 static fota_err_t flush_queued(fota_client_t *c)
 {
     fota_err_t err = fota_flush(c);
-    if (err && err != FOTA_ERR_POWER) log_err(c, MSG_QUEUED, err, NULL);
     return err == FOTA_ERR_POWER ? err : FOTA_OK;
 }
 
