@@ -389,16 +389,21 @@ static fota_err_t read_full(fota_client_t *c, uint8_t *buf, size_t n, size_t *go
     return FOTA_OK;
 }
 
-/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit. */
+/* Reads the whole body into buf; FOTA_ERR_BUFFER when it does not fit (a
+ * byte more, probed when buf is full). */
 static fota_err_t read_body(fota_client_t *c, uint8_t *buf, size_t cap, size_t *len)
 {
-    uint8_t probe;
-    fota_err_t err = read_full(c, buf, cap, len);
-    if (err == FOTA_OK && *len == cap) {
-        int32_t more = c->port->http_read(c->port->ctx, &probe, 1);
-        err = more < 0 ? FOTA_ERR_NETWORK : more ? FOTA_ERR_BUFFER : FOTA_OK;
+    size_t n = 0;
+    for (;;) {
+        uint8_t probe;
+        int32_t r = c->port->http_read(c->port->ctx, n < cap ? buf + n : &probe, n < cap ? cap - n : 1);
+        if (r < 0) return FOTA_ERR_NETWORK;
+        if (r == 0) break;
+        if (n == cap) return FOTA_ERR_BUFFER;
+        n += (size_t)r;
     }
-    return err;
+    *len = n;
+    return FOTA_OK;
 }
 
 /* Walks the JSON object js, keeping the values of the members named in
@@ -1027,10 +1032,11 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
     fota_http_response_t resp;
     fota_err_t err = request(c, 0, &resp);
     if (err) return err;
-    uint8_t *chunk = DATA(c);
+    /* A frame: a 40-byte head (index, length, HMAC), then the chunk. The
+     * length due is known, so head and chunk are read at once. */
+    uint8_t *head = DATA(c), *chunk = head + 40, mac[32];
     uint32_t start = d->next_chunk;
     for (;;) {
-        uint8_t head[40], mac[32];
         size_t got;
         /* Checked at every frame: a server feeding an answer slowly is
          * stopped in it, not after it. */
@@ -1038,21 +1044,21 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             err = FOTA_ERR_TIMEOUT;
             break;
         }
-        err = read_full(c, head, sizeof head, &got);
+        bool last = d->next_chunk + 1 == o->chunks;
+        uint32_t expect = last ? o->ciphertext_size - d->next_chunk * o->chunk_size : o->chunk_size;
+        err = read_full(c, head, 40 + expect, &got);
         if (err || got == 0) break;
         uint32_t index = 0, len = 0; /* big-endian in the frame's head */
         for (int k = 0; k < 4; k++) {
             index = index << 8 | head[k];
             len = len << 8 | head[k + 4];
         }
-        bool last = index + 1 == o->chunks;
-        uint32_t expect = last ? o->ciphertext_size - index * o->chunk_size : o->chunk_size;
-        if (got < sizeof head || index != d->next_chunk || len != expect) {
+        if (got < 40 || index != d->next_chunk || len != expect) {
             err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
                        (unsigned long)d->next_chunk, (unsigned long)expect);
             break;
         }
-        if ((err = read_full(c, chunk, len, &got)) || got < len) {
+        if (got < 40 + len) {
             err = FOTA_ERR_NETWORK; /* cut short: what came before is kept */
             break;
         }
