@@ -130,7 +130,7 @@ static const char err_names[] =
     "ok\0bad argument\0buffer too small\0network failure\0server busy\0unauthorized\0forbidden\0"
     "conflict\0rejected\0session closed\0malformed answer\0bad signature\0"
     "untrusted key\0unsupported\0bad manifest\0wrong hardware\0downgrade\0"
-    "rolled back before\0counter too low\0too large\0chunk HMAC mismatch\0decryption failed\0"
+    "rolled back before\0counter too low\0too large\0bad chunk HMAC\0decryption failed\0"
     "hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0on trial\0"
     "not on trial\0self-test failed\0power failure\0timed out";
 
@@ -139,12 +139,12 @@ static const char state_names[] = "idle\0checking\0downloading\0verifying\0apply
 
 const char *fota_err_str(fota_err_t err)
 {
-    return (unsigned)err < FOTA_ERR__COUNT ? nth(err_names, err) : "unknown error";
+    return (unsigned)err < FOTA_ERR__COUNT ? nth(err_names, err) : "unknown";
 }
 
 const char *fota_state_str(fota_state_t state)
 {
-    return (unsigned)state < FOTA_STATE__COUNT ? nth(state_names, state) : "unknown state";
+    return (unsigned)state < FOTA_STATE__COUNT ? nth(state_names, state) : "unknown";
 }
 
 /* ---- Log lines and reasons ---- */
@@ -155,7 +155,7 @@ const char *fota_state_str(fota_state_t state)
  * is), then reasons (fail). */
 #define MESSAGES(X)                                                 \
     X(MSG_SAVE, "%s: saving %s")                                    \
-    X(MSG_CONFIG, "bad device id, hardware, chip, key or URL")      \
+    X(MSG_CONFIG, "bad device id/hardware/chip/key/URL")      \
     X(MSG_KEY, "%s: release key: RSA or P-256 PEM (no Ed25519)")   \
     X(MSG_BOOT_INFO, "%s: boot_info")                               \
     X(MSG_BOOT_CONFIRM, "%s: boot_confirm")                         \
@@ -165,7 +165,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_DELETE, "%s: deleting %s")                                \
     X(MSG_HTTP, "%s: HTTP %d: %.*s")                                \
     X(MSG_NO_ANSWER, "%s: no answer to %s")                         \
-    X(MSG_CLOCK, "device clock corrected by %+lld s")               \
+    X(MSG_CLOCK, "clock corrected by %+lld s")               \
     X(MSG_DROP_CONFIRM, "dropping stale confirm of %s")             \
     X(MSG_DROP_REPORT, "dropping report %s of %s: %s")              \
     X(MSG_ROLLED_BACK, "rolled back from %s (%s); running %s")      \
@@ -181,7 +181,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_RESUMING, "resuming %s at chunk %lu of %lu")              \
     X(MSG_DOWNLOADING, "downloading %s: chunk %lu of %lu")          \
     X(MSG_NO_UPDATE, "no update: %.*s")                             \
-    X(MSG_BAD_OFFER, "bad session, version, manifest or signature") \
+    X(MSG_BAD_OFFER, "no session/version/manifest/signature") \
     X(MSG_TEXT_ARG, "%s")                                           \
     X(MSG_KEY_ID, "key_id %s, trusted %s")                          \
     X(MSG_ALG, "signature_alg %s, key %s")                          \
@@ -191,7 +191,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_COUNTER, "%lu < %lu")                                     \
     X(MSG_TOO_LARGE, "image %lu, slot %lu; chunk %lu, work %lu")    \
     X(MSG_WINDOW, "bad install window")                             \
-    X(MSG_ANSWER_SIZE, "answer over %lu B (long notes?): larger work buffer") \
+    X(MSG_ANSWER_SIZE, "answer over %lu B: give a larger work buffer") \
     X(MSG_FRAME, "chunk %lu (%lu B), want %lu (%lu B)")             \
     X(MSG_PADDING, "bad padding (wrong firmware key?)")             \
     X(MSG_OVERSIZE, "over the signed %lu bytes")                    \
@@ -201,7 +201,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_TIMEOUT, "over %lu s")                                    \
     X(MSG_MAC_TIMES, "chunk %lu, %u times")                         \
     X(MSG_SLOT_BEGIN, "slot_begin")                                 \
-    X(MSG_NO_V2, "the server offers no v2 chunk MACs: update it")
+    X(MSG_NO_V2, "server has no v2 chunk MACs: update it")
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
 /* Numbered from -32: RV32's short load-immediate takes -32..31. */
@@ -424,7 +424,8 @@ static bool pick_member(void *user, const char *key, size_t n, const fota_json_t
 static bool pick(const void *js, size_t len, const char *names, fota_json_t *v, size_t count)
 {
     pick_t p = {names, v};
-    memset(v, 0, count * sizeof *v);
+    /* Absent: no type, and no text (at a valid address, for "%.*s"). */
+    for (size_t i = 0; i < count; i++) v[i] = (fota_json_t){FOTA_J_NONE, js, 0};
     return fota_json_object(js, len, pick_member, &p);
 }
 
@@ -454,7 +455,7 @@ static fota_err_t refusal(fota_client_t *c, const fota_http_response_t *resp, ui
                                                         : FOTA_ERR_CONFLICT;
     int i = e[0].type == FOTA_J_STRING ? name_index(error_codes, e[0].p, e[0].n) : -1;
     if (i >= 0) err = (fota_err_t)error_code_errs[i];
-    logf_(c, MSG_HTTP, URI(c), s, (int)e[1].n, e[1].p ? e[1].p : ""); /* a string's text, or what else it is */
+    logf_(c, MSG_HTTP, URI(c), s, (int)e[1].n, e[1].p); /* a string's text, or what else it is */
     c->retry_after = resp->retry_after;
     return err;
 }
@@ -1295,7 +1296,7 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
     }
     if (a.v[A_UPDATE].type != FOTA_J_TRUE) {
         fota_json_t *m = &a.v[A_MESSAGE];
-        logf_(c, MSG_NO_UPDATE, (int)m->n, m->p ? m->p : "");
+        logf_(c, MSG_NO_UPDATE, (int)m->n, m->p);
         progress(c, FOTA_STATE_IDLE);
         return FOTA_OK;
     }
