@@ -118,6 +118,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	d := newCDev(t, srv, "c1", 4<<20, 0)
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	kills, resumes := 0, 0
+	installed := false
 	var ends []string
 	for i := 0; i < 40; i++ {
 		cmd := exec.Command(d.bin, d.runArgs("-v")...)
@@ -139,7 +140,10 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 			resumes++
 		}
 		d.stdout, d.stderr = out.String(), errb.String()
-		if strings.Contains(d.stdout, "installed=1") {
+		// Installed: said so, or killed after marking the slot and before
+		// saying it, so this power-on booted the new image.
+		if b, _ := d.boot(); strings.Contains(d.stdout, "installed=1") || b.version == "1.0.4" {
+			installed = true
 			break
 		}
 		if code := cmd.ProcessState.ExitCode(); code >= 0 && code != exitIdle && code != exitError {
@@ -149,7 +153,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 			ends = append(ends, fmt.Sprintf("%d:%s", code, d.errorCode()))
 		}
 	}
-	if !strings.Contains(d.stdout, "installed=1") {
+	if !installed {
 		t.Fatalf("not installed after %d kills (runs that ended by themselves: %v); the last:\n%s%s", kills, ends, d.stdout, d.stderr)
 	}
 	d.settle(map[string][]byte{"1.0.4": img, factoryVersion: factoryImage(t, 0)})
@@ -159,7 +163,7 @@ func TestResumeAfterSIGKILL(t *testing.T) {
 	if !strings.Contains(strings.Join(srv.Events("c1"), ","), "confirmed 1.0.4") {
 		t.Fatalf("server never heard the confirm: %v", srv.Events("c1"))
 	}
-	if kills > 0 && resumes == 0 {
+	if kills >= 2 && resumes == 0 { // one early kill may come before the first checkpoint
 		t.Fatalf("%d kills and no power-on resumed the download", kills)
 	}
 	t.Logf("%d kills, %d resumed downloads", kills, resumes)
