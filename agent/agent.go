@@ -933,9 +933,19 @@ type slotWriter struct {
 	off   int64
 	hash  hash.Hash
 	head  []byte
+	// erase: the slot is erased before the first write, which comes only
+	// from a chunk that passed its HMAC: a check answer altered on the way
+	// costs no erase, however often it comes.
+	erase bool
 }
 
 func (w *slotWriter) Write(p []byte) (int, error) {
+	if w.erase {
+		if err := w.slots.Erase(w.slot); err != nil {
+			return 0, fmt.Errorf("erase slot %d: %w", w.slot, err)
+		}
+		w.erase = false
+	}
 	if err := w.slots.WriteAt(w.slot, p, w.off); err != nil {
 		return 0, err
 	}
@@ -991,9 +1001,7 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	if resumed {
 		a.log.Info("resuming download", "release_version", o.version, "chunk_index", dl.NextChunk, "chunks", o.chunks)
 	} else {
-		if err := a.slots.Erase(slot); err != nil {
-			return fmt.Errorf("erase slot %d: %w", slot, err)
-		}
+		w.erase = true
 		dl = downloadRecord{V: recordVersion, Fingerprint: o.fingerprint(), Slot: slot}
 		w.off, w.hash, ctHash = 0, sha256.New(), sha256.New()
 		if o.api == APIEcoWatt {
