@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -315,7 +316,8 @@ func TestEd25519KeyRefused(t *testing.T) {
 func TestOneProcessPerDevice(t *testing.T) {
 	srv := testserver.New(t)
 	d := newCDev(t, srv, "c1", slotSize, 0)
-	first := exec.Command(d.bin, slicesWithout(d.runArgs("--check-interval", "3600"), "--once")...)
+	loop := slices.DeleteFunc(d.runArgs("--check-interval", "3600"), func(a string) bool { return a == "--once" })
+	first := exec.Command(d.bin, loop...)
 	stdout, err := first.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -348,14 +350,4 @@ func TestOneProcessPerDevice(t *testing.T) {
 	if code := d.powerOn(); code != exitIdle {
 		t.Fatalf("after the first ended: exit %d\n%s%s", code, d.stdout, d.stderr)
 	}
-}
-
-func slicesWithout(s []string, drop string) []string {
-	var out []string
-	for _, v := range s {
-		if v != drop {
-			out = append(out, v)
-		}
-	}
-	return out
 }

@@ -682,11 +682,22 @@ static const esp_partition_t *inactive_slot(void)
     return s;
 }
 
-static fota_err_t check_range(const esp_partition_t *s, uint32_t off, size_t len)
+/* The inactive slot, looked up at every call (after a reboot the library
+ * resumes without a slot_begin), for len bytes at off: *s is NULL when
+ * there is nothing to do (an error, or len 0). */
+static fota_err_t slot_range(uint32_t off, size_t len, const esp_partition_t **s)
 {
-    if (off > s->size || len > (size_t)(s->size - off)) {
+    *s = inactive_slot();
+    if (*s == NULL) {
+        return FOTA_ERR_FLASH;
+    }
+    if (off > (*s)->size || len > (size_t)((*s)->size - off)) {
         ESP_LOGE(TAG, "slot: %u bytes at %u are past the slot's end", (unsigned)len, (unsigned)off);
+        *s = NULL;
         return FOTA_ERR_TOO_LARGE;
+    }
+    if (len == 0) {
+        *s = NULL;
     }
     return FOTA_OK;
 }
@@ -806,14 +817,9 @@ static fota_err_t flush_tail(fota_port_esp_t *p, const esp_partition_t *s)
 static fota_err_t port_slot_write(void *ctx, uint32_t off, const uint8_t *data, size_t len)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
-    /* Looked up at every call: after a reboot the library resumes writing
-     * without a slot_begin. */
-    const esp_partition_t *s = inactive_slot();
+    const esp_partition_t *s;
+    fota_err_t err = slot_range(off, len, &s);
     if (s == NULL) {
-        return FOTA_ERR_FLASH;
-    }
-    fota_err_t err = check_range(s, off, len);
-    if (err != FOTA_OK || len == 0) {
         return err;
     }
     if (s->encrypted) {
@@ -825,12 +831,9 @@ static fota_err_t port_slot_write(void *ctx, uint32_t off, const uint8_t *data, 
 static fota_err_t port_slot_read(void *ctx, uint32_t off, uint8_t *data, size_t len)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
-    const esp_partition_t *s = inactive_slot();
+    const esp_partition_t *s;
+    fota_err_t err = slot_range(off, len, &s);
     if (s == NULL) {
-        return FOTA_ERR_FLASH;
-    }
-    fota_err_t err = check_range(s, off, len);
-    if (err != FOTA_OK || len == 0) {
         return err;
     }
     /* Decrypts transparently on an encrypted partition. */
