@@ -404,8 +404,15 @@ type Event struct {
 
 // EventFilter selects events; zero fields match everything.
 type EventFilter struct {
-	DeviceID string
-	Limit    int // newest first; 0 means 100
+	DeviceID  string
+	Kind      string
+	RolloutID int64
+	Actor     string
+	// AfterID and BeforeID keep only events numbered above or below them
+	// (0: no bound): the dashboard pages through the log with BeforeID
+	// and follows it live with AfterID.
+	AfterID, BeforeID int64
+	Limit             int // newest first; 0 means 100
 }
 
 // Token scopes, each allowing what the ones below it allow.

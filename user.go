@@ -1,0 +1,97 @@
+package fota
+
+import (
+	"context"
+	"time"
+)
+
+// Dashboard roles, each allowing what the ones below it allow.
+const (
+	RoleAdmin    = "admin"    // also releases (upload, withdraw) and users
+	RoleOperator = "operator" // also rollouts (create, pause, resume, abort), labels, pins
+	RoleViewer   = "viewer"   // reads every page
+)
+
+// Roles are the dashboard roles, widest first.
+var Roles = []string{RoleAdmin, RoleOperator, RoleViewer}
+
+var roleRank = map[string]int{RoleViewer: 1, RoleOperator: 2, RoleAdmin: 3}
+
+// ValidRole reports whether r is one of Roles.
+func ValidRole(r string) bool { return roleRank[r] > 0 }
+
+// RoleAllows reports whether a user with role has what need asks for.
+func RoleAllows(role, need string) bool {
+	return roleRank[role] >= roleRank[need] && roleRank[need] > 0
+}
+
+// Event kinds of users and their sign-ins.
+const (
+	EventUserAdded       = "user-added"
+	EventUserRemoved     = "user-removed"
+	EventUserPassword    = "user-password"
+	EventUserSignedIn    = "user-signed-in"
+	EventSessionsRevoked = "user-sessions-revoked"
+)
+
+// User is a person who signs in to the dashboard. The password is kept
+// only as PasswordHash (an argon2id PHC string, internal/password).
+type User struct {
+	ID           int64
+	Name         string // unique; as token names: 1-64 of A-Z a-z 0-9 _ . -
+	Role         string // RoleAdmin, RoleOperator or RoleViewer
+	PasswordHash string
+	Created      time.Time
+}
+
+// WebSession is a signed-in browser. Only the SHA-256 of its cookie's
+// random token is stored, so a copy of the database signs nobody in.
+type WebSession struct {
+	Hash     [32]byte
+	UserName string
+	Created  time.Time
+	Expires  time.Time // absolute: a session never outlives it
+	LastSeen time.Time // an idle session ends IdleTimeout after it
+	Revoked  time.Time // zero: in force
+	Address  string    // the client's address at sign-in, shown to the user
+	Agent    string    // its User-Agent at sign-in, shortened
+}
+
+// UserStore keeps dashboard users and their sessions.
+type UserStore interface {
+	// CreateUser stores u (ID and Created are set) and a user-added
+	// event. Durable. Errors: ECONFLICT if the name exists; EINVALID for
+	// a bad name or role, or an empty PasswordHash.
+	CreateUser(ctx context.Context, u *User) error
+	// User returns a user by name. Errors: ENOTFOUND.
+	User(ctx context.Context, name string) (*User, error)
+	// Users lists users by name.
+	Users(ctx context.Context) ([]*User, error)
+	// SetUserPassword replaces a user's password hash, revokes all of the
+	// user's sessions and records it. Durable. Errors: ENOTFOUND.
+	SetUserPassword(ctx context.Context, name, hash string) error
+	// RemoveUser deletes a user and its sessions and records it. Durable.
+	// Errors: ENOTFOUND.
+	RemoveUser(ctx context.Context, name string) error
+	// CreateWebSession stores a signed-in session and a user-signed-in
+	// event. Durable. Errors: ENOTFOUND if the user does not exist.
+	CreateWebSession(ctx context.Context, s *WebSession) error
+	// WebSessionByHash finds a session, revoked and expired ones too: the
+	// caller decides. Errors: ENOTFOUND.
+	WebSessionByHash(ctx context.Context, hash [32]byte) (*WebSession, error)
+	// TouchWebSession sets a session's LastSeen. Fast. Errors: ENOTFOUND.
+	TouchWebSession(ctx context.Context, hash [32]byte, at time.Time) error
+	// WebSessions lists a user's sessions ("" for everyone's) in force at
+	// now (not revoked, not expired), newest first.
+	WebSessions(ctx context.Context, userName string, now time.Time) ([]*WebSession, error)
+	// RevokeWebSession revokes one session (signing out). Durable. Errors:
+	// ENOTFOUND.
+	RevokeWebSession(ctx context.Context, hash [32]byte) error
+	// RevokeUserSessions revokes every session of a user in force and
+	// records it; it returns how many. Durable. Errors: ENOTFOUND for an
+	// unknown user.
+	RevokeUserSessions(ctx context.Context, name string) (int, error)
+	// PruneWebSessions deletes up to batch sessions that expired or were
+	// revoked before before. Fast.
+	PruneWebSessions(ctx context.Context, before time.Time, batch int) (int, error)
+}
