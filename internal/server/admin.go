@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -100,22 +101,69 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	if err := checkPublishRollout(r.URL.Query().Get("rollout")); err != nil {
 		return err
 	}
-	body := bufio.NewReaderSize(http.MaxBytesReader(w, r.Body, maxBundle), 64<<10)
-	env, err := bundle.ReadEnvelope(body)
+	rel, err := s.Publish(r.Context(), http.MaxBytesReader(w, r.Body, maxBundle))
 	if err != nil {
-		return bundleError(err)
+		return err
+	}
+	v := viewRelease(rel)
+	ro, err := s.publishRollout(r, rel)
+	if err != nil {
+		return err
+	}
+	if ro != nil {
+		v.RolloutID = ro.ID
+	}
+	return writeJSON(w, http.StatusCreated, v)
+}
+
+// bundleLimit fails a read past maxBundle bytes with a message that says
+// so, whoever the caller is.
+type bundleLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (l *bundleLimit) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		var one [1]byte
+		n, err := l.r.Read(one[:])
+		if n > 0 {
+			return 0, fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
+		}
+		return 0, err
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
+}
+
+// MaxBundle is the largest bundle Publish takes.
+const MaxBundle = maxBundle
+
+// Publish verifies a bundle read from body and stores it: signature by a
+// trusted key first (before any ciphertext is stored), then the
+// ciphertext's size and hash; the release becomes visible only once all
+// of it verified. A bad bundle is refused with the reason and leaves
+// nothing. The admin API and the dashboard both publish through it.
+func (s *Server) Publish(ctx context.Context, body io.Reader) (*fota.Release, error) {
+	br := bufio.NewReaderSize(&bundleLimit{r: body, left: maxBundle}, 64<<10)
+	env, err := bundle.ReadEnvelope(br)
+	if err != nil {
+		return nil, bundleError(err)
 	}
 	m, err := env.Verify(s.trusted...)
 	if err != nil {
-		return bundleError(err)
+		return nil, bundleError(err)
 	}
-	ctx := r.Context()
 	if _, err := s.store.ReleaseByVersion(ctx, m.Hardware, m.Version); err == nil {
-		return fota.Errorf(fota.ECONFLICT, "release %s for %s exists already; publish a new version", m.Version, m.Hardware)
+		return nil, fota.Errorf(fota.ECONFLICT, "release %s for %s exists already; publish a new version", m.Version, m.Hardware)
 	}
 	tmp, err := s.blobs.Create()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	committed := false
 	defer func() {
@@ -126,12 +174,12 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 	// The chunk digests v2 HMACs are made over, hashed on the way in: the
 	// first device to download a new release does not wait for them.
 	digests := newChunkHasher(m.ChunkSize, m.Chunks())
-	if err := bundle.VerifyPayload(io.TeeReader(body, io.MultiWriter(tmp, digests)), m, nil, nil); err != nil {
+	if err := bundle.VerifyPayload(io.TeeReader(br, io.MultiWriter(tmp, digests)), m, nil, nil); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
+			return nil, fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
 		}
-		return bundleError(err)
+		return nil, bundleError(err)
 	}
 	key := m.CiphertextSHA256
 	existed := false
@@ -139,7 +187,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 		existed = true // identical ciphertext already stored (never for a fresh IV, but harmless)
 	}
 	if err := tmp.Commit(key); err != nil {
-		return err
+		return nil, err
 	}
 	committed = true
 	rel := &fota.Release{
@@ -155,19 +203,11 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) error {
 				s.blobs.Remove(key)
 			}
 		}
-		return err
+		return nil, err
 	}
 	s.digests.put(rel.ID, digests.digests())
 	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID)
-	v := viewRelease(rel)
-	ro, err := s.publishRollout(r, rel)
-	if err != nil {
-		return err
-	}
-	if ro != nil {
-		v.RolloutID = ro.ID
-	}
-	return writeJSON(w, http.StatusCreated, v)
+	return rel, nil
 }
 
 // bundleError turns a bundle failure into a client error that names it.
@@ -378,7 +418,7 @@ func (s *Server) pinDevice(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) unpinDevice(w http.ResponseWriter, r *http.Request) error {
-	if err := s.store.PinDevice(r.Context(), r.PathValue("id"), ""); err != nil {
+	if err := s.updates.Unpin(r.Context(), r.PathValue("id")); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

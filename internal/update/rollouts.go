@@ -152,6 +152,22 @@ func (s *Service) rolloutRelease(ctx context.Context, version, hardware string) 
 	return rel, nil
 }
 
+// CountTargets says how many devices a rollout of release (hardware ""
+// when only one has it) to selector would take now, and how many it would
+// leave out as up to date: the dashboard's live count as an operator types.
+func (s *Service) CountTargets(ctx context.Context, release, hardware, selector string) (targets, upToDate int, err error) {
+	rel, err := s.rolloutRelease(ctx, release, hardware)
+	if err != nil {
+		return 0, 0, err
+	}
+	sel, err := ParseSelector(selector)
+	if err != nil {
+		return 0, 0, err
+	}
+	ids, upToDate, err := s.rolloutTargets(ctx, rel, sel, nil)
+	return len(ids), upToDate, err
+}
+
 // rolloutTargets lists the ids of the registered devices of rel's
 // hardware that the selector or the list names, leaving out (and
 // counting) those that run rel or newer.

@@ -646,6 +646,16 @@ func (s *Service) Pin(ctx context.Context, id, version string) error {
 	return nil
 }
 
+// Unpin removes a device's pin: it gets what rollouts give it again.
+func (s *Service) Unpin(ctx context.Context, id string) error {
+	if err := s.store.PinDevice(ctx, id, ""); err != nil {
+		return err
+	}
+	s.cache.ForgetDevice(id)
+	s.log.Info("device unpinned", "device_id", id)
+	return nil
+}
+
 // ClearBackoffs offers a device's held-back releases again, and lets it
 // open a full burst of EcoWatt-API sessions again (on this replica: the
 // limits are kept in memory), so an operator's retry is not refused.

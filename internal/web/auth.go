@@ -1,0 +1,433 @@
+package web
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota"
+)
+
+const (
+	sessionCookie = "fota_session"
+	// signinCookie holds the sign-in form's double-submit token: there is
+	// no session yet to derive one from.
+	signinCookie = "fota_signin"
+	// touchEvery bounds how often a session's LastSeen is written.
+	touchEvery = time.Minute
+	// maxPassword bounds what a sign-in hashes.
+	maxPassword = 256
+)
+
+// newSecret returns 32 random bytes, base64url.
+func newSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+func hashSecret(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+// csrfToken derives a session's CSRF token from its cookie token: only
+// the session's own browser (or the server) can know it, and it needs no
+// storage.
+func csrfToken(sessionToken string) string {
+	m := hmac.New(sha256.New, []byte(sessionToken))
+	m.Write([]byte("fota dashboard csrf v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+func equalTokens(a, b string) bool {
+	return a != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+// signedIn requires a session in force whose user's role covers role;
+// without one a page redirects to sign-in, and a live stream or a
+// fetch gets 401.
+func (d *Dashboard) signedIn(role string, h func(w http.ResponseWriter, r *http.Request, u *viewer)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, err := d.session(r)
+		if err != nil {
+			if fota.ErrorCode(err) != fota.EUNAUTHORIZED {
+				d.errorPage(w, r, nil, err)
+				return
+			}
+			if r.Method == http.MethodGet && !wantsJSON(r) && !strings.HasSuffix(r.URL.Path, "/live") {
+				next := r.URL.RequestURI()
+				http.Redirect(w, r, "/signin?next="+url.QueryEscape(next), http.StatusSeeOther)
+				return
+			}
+			d.errorPage(w, r, nil, err)
+			return
+		}
+		if !u.Can(role) {
+			d.errorPage(w, r, u, fota.Errorf(fota.EFORBIDDEN, "your role, %s, cannot do this: it needs %s; ask an admin", u.Role, role))
+			return
+		}
+		h(w, r, u)
+	})
+}
+
+// session reads the request's session from the store (so a revocation
+// holds at once on every replica) and its user (so a role change or
+// removal does too).
+func (d *Dashboard) session(r *http.Request) (*viewer, error) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" {
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "please sign in")
+	}
+	hash := hashSecret(c.Value)
+	s, err := d.store.WebSessionByHash(r.Context(), hash)
+	if fota.ErrorCode(err) == fota.ENOTFOUND {
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "your session is not known; please sign in")
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := d.now()
+	switch {
+	case subtle.ConstantTimeCompare(s.Hash[:], hash[:]) != 1:
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "your session is not known; please sign in")
+	case !s.Revoked.IsZero():
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "you were signed out; please sign in again")
+	case !now.Before(s.Expires) || now.Sub(s.LastSeen) > d.cfg.IdleTimeout:
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "your session expired; please sign in again")
+	}
+	u, err := d.store.User(r.Context(), s.UserName)
+	if fota.ErrorCode(err) == fota.ENOTFOUND {
+		return nil, fota.Errorf(fota.EUNAUTHORIZED, "your user was removed")
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.touch(r, hash, now)
+	return &viewer{Name: u.Name, Role: u.Role, CSRF: csrfToken(c.Value), hash: hash}, nil
+}
+
+// touch records that a session is in use, at most once a minute per
+// session and replica.
+func (d *Dashboard) touch(r *http.Request, hash [32]byte, now time.Time) {
+	d.touchMu.Lock()
+	last, ok := d.touched[hash]
+	due := !ok || now.Sub(last) >= touchEvery
+	if due {
+		if len(d.touched) > 10000 {
+			clear(d.touched) // sessions are few; this bounds a flood of them
+		}
+		d.touched[hash] = now
+	}
+	d.touchMu.Unlock()
+	if due {
+		if err := d.store.TouchWebSession(r.Context(), hash, now); err != nil {
+			d.log.Warn("record session use", "error", err)
+		}
+	}
+}
+
+// checkCSRF refuses a POST without the session's CSRF token, or from a
+// page of another origin.
+func (d *Dashboard) checkCSRF(h func(w http.ResponseWriter, r *http.Request, u *viewer)) func(w http.ResponseWriter, r *http.Request, u *viewer) {
+	return func(w http.ResponseWriter, r *http.Request, u *viewer) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
+		if err := sameOrigin(r); err != nil {
+			d.errorPage(w, r, u, err)
+			return
+		}
+		if !equalTokens(r.PostFormValue("csrf"), u.CSRF) {
+			d.errorPage(w, r, u, fota.Errorf(fota.EFORBIDDEN, "this form is out of date or did not come from this dashboard (no valid CSRF token); reload the page and try again"))
+			return
+		}
+		h(w, r, u)
+	}
+}
+
+// maxFormBody bounds every form but the bundle upload.
+const maxFormBody = 64 << 10
+
+// sameOrigin refuses a request whose Origin header names another site.
+// Browsers send it on every POST; its absence (older clients, tools) is
+// left to the CSRF token.
+func sameOrigin(r *http.Request) error {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host != r.Host {
+		return fota.Errorf(fota.EFORBIDDEN, "request from another site refused")
+	}
+	return nil
+}
+
+func wantsJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/json")
+}
+
+func (d *Dashboard) signinPage(w http.ResponseWriter, r *http.Request) {
+	if _, err := d.session(r); err == nil {
+		http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
+		return
+	}
+	d.renderSignin(w, r, http.StatusOK, "", "")
+}
+
+func (d *Dashboard) renderSignin(w http.ResponseWriter, r *http.Request, status int, name, message string) {
+	token, err := newSecret()
+	if err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: signinCookie, Value: token, Path: "/signin", MaxAge: 3600, HttpOnly: true,
+		Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
+	users, err := d.store.Users(r.Context())
+	if err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	d.render(w, r, status, "signin", nil, map[string]any{"Title": "Sign in", "CSRF": token, "Name": name, "Error": message,
+		"Next": safeNext(r.FormValue("next")), "NoUsers": len(users) == 0})
+}
+
+// safeNext keeps a post-sign-in redirect on this site: a path, never
+// "//host" or a full URL.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || !fota.PlainText(next) {
+		return "/fleet"
+	}
+	return next
+}
+
+// signin checks a name and password and starts a session.
+func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBody)
+	if err := sameOrigin(r); err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	c, err := r.Cookie(signinCookie)
+	if err != nil || !equalTokens(r.PostFormValue("csrf"), c.Value) {
+		d.renderSignin(w, r, http.StatusForbidden, "", "The sign-in form was out of date; please try again.")
+		return
+	}
+	name, password := r.PostFormValue("name"), r.PostFormValue("password")
+	addr := clientAddress(r)
+	if wait := d.limiter.blocked(name, addr); wait > 0 {
+		d.renderSignin(w, r, http.StatusTooManyRequests, name,
+			fmt.Sprintf("Too many failed sign-ins; try again in %s.", wait.Round(time.Second)))
+		return
+	}
+	ok, err := d.checkPassword(r, name, password)
+	if err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	if !ok {
+		d.limiter.failed(name, addr)
+		d.log.Warn("dashboard sign-in failed", "user", safeLogName(name), "client", addr)
+		d.renderSignin(w, r, http.StatusUnauthorized, name, "Wrong name or password.")
+		return
+	}
+	d.limiter.succeeded(name, addr)
+	token, err := newSecret()
+	if err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	now := d.now()
+	s := &fota.WebSession{Hash: hashSecret(token), UserName: name, Created: now, Expires: now.Add(d.cfg.SessionLife), LastSeen: now,
+		Address: addr, Agent: shortAgent(r.UserAgent())}
+	if err := d.store.CreateWebSession(fota.WithActor(r.Context(), "user:"+name), s); err != nil {
+		d.errorPage(w, r, nil, err)
+		return
+	}
+	d.log.Info("dashboard sign-in", "user", name, "client", addr)
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: token, Path: "/", MaxAge: int(d.cfg.SessionLife.Seconds()),
+		HttpOnly: true, Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: signinCookie, Path: "/signin", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+		SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
+}
+
+// checkPassword verifies name's password; an unknown name verifies a dummy
+// hash, so the answer takes as long either way. At most two checks run at
+// once: each takes ~19 MiB for a moment.
+func (d *Dashboard) checkPassword(r *http.Request, name, password string) (bool, error) {
+	if len(password) > maxPassword || !fota.ValidTokenName(name) {
+		return false, nil
+	}
+	select {
+	case d.hashing <- struct{}{}:
+		defer func() { <-d.hashing }()
+	case <-r.Context().Done():
+		return false, r.Context().Err()
+	}
+	u, err := d.store.User(r.Context(), name)
+	hash := d.cfg.DummyHash
+	switch {
+	case err == nil:
+		hash = u.PasswordHash
+	case fota.ErrorCode(err) != fota.ENOTFOUND:
+		return false, err
+	}
+	ok, err := d.cfg.VerifyPassword(hash, password)
+	if err != nil {
+		return false, fmt.Errorf("check password of %s: %w", name, err)
+	}
+	return ok && u != nil, nil
+}
+
+// safeLogName is a sign-in name as a log line may carry it: what someone
+// typed may be a password, so only a valid user name is logged.
+func safeLogName(name string) string {
+	if fota.ValidTokenName(name) {
+		return name
+	}
+	return "(not a user name)"
+}
+
+func clientAddress(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func shortAgent(a string) string {
+	if !fota.PlainText(a) {
+		return ""
+	}
+	if len(a) > 120 {
+		return a[:120]
+	}
+	return a
+}
+
+func (d *Dashboard) signout(w http.ResponseWriter, r *http.Request, u *viewer) {
+	if err := d.store.RevokeWebSession(u.ctxFor(r), u.hash); err != nil && fota.ErrorCode(err) != fota.ENOTFOUND {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+		SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/signin", http.StatusSeeOther)
+}
+
+func (d *Dashboard) signoutEverywhere(w http.ResponseWriter, r *http.Request, u *viewer) {
+	n, err := d.store.RevokeUserSessions(u.ctxFor(r), u.Name)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	d.log.Info("dashboard sessions revoked", "user", u.Name, "sessions", n)
+	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+		SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/signin", http.StatusSeeOther)
+}
+
+func (d *Dashboard) accountPage(w http.ResponseWriter, r *http.Request, u *viewer) {
+	sessions, err := d.store.WebSessions(r.Context(), u.Name, d.now())
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	d.render(w, r, http.StatusOK, "account", u, map[string]any{"Title": "Your account", "Sessions": sessions, "Current": u.hash})
+}
+
+// Sign-in limits: after signinFailures failed attempts for one name, or
+// from one client address, within signinWindow, attempts are refused
+// until the oldest failure leaves the window. Counted per replica: with
+// several replicas an attacker gets that many per replica, still far too
+// few to guess a password that passed the strength check.
+const (
+	signinFailures = 5
+	signinWindow   = 15 * time.Minute
+	// signinKeys bounds the memory the limiter takes under a flood of
+	// names and addresses; past it the oldest entries go first.
+	signinKeys = 50000
+)
+
+type signinLimiter struct {
+	mu       sync.Mutex
+	now      func() time.Time
+	failures map[string][]time.Time
+}
+
+func newSigninLimiter(now func() time.Time) *signinLimiter {
+	return &signinLimiter{now: now, failures: map[string][]time.Time{}}
+}
+
+func limiterKeys(name, addr string) [2]string { return [2]string{"name:" + name, "addr:" + addr} }
+
+// blocked returns how long the name or the address must wait; 0 if
+// neither must.
+func (l *signinLimiter) blocked(name, addr string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	var wait time.Duration
+	for _, k := range limiterKeys(name, addr) {
+		fs := l.recent(k, now)
+		if len(fs) >= signinFailures {
+			wait = max(wait, fs[len(fs)-signinFailures].Add(signinWindow).Sub(now))
+		}
+	}
+	return wait
+}
+
+func (l *signinLimiter) recent(k string, now time.Time) []time.Time {
+	fs := l.failures[k]
+	i := 0
+	for i < len(fs) && now.Sub(fs[i]) >= signinWindow {
+		i++
+	}
+	fs = fs[i:]
+	if len(fs) == 0 {
+		delete(l.failures, k)
+		return nil
+	}
+	l.failures[k] = fs
+	return fs
+}
+
+func (l *signinLimiter) failed(name, addr string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if len(l.failures) >= signinKeys {
+		for k := range l.failures {
+			if len(l.recent(k, now)) == 0 || len(l.failures) >= signinKeys {
+				delete(l.failures, k)
+			}
+			if len(l.failures) < signinKeys*9/10 {
+				break
+			}
+		}
+	}
+	for _, k := range limiterKeys(name, addr) {
+		fs := append(l.recent(k, now), now)
+		if len(fs) > signinFailures {
+			fs = fs[len(fs)-signinFailures:]
+		}
+		l.failures[k] = fs
+	}
+}
+
+// succeeded forgets the name's failures (the address's stay: one good
+// password does not license guessing others).
+func (l *signinLimiter) succeeded(name, _ string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.failures, "name:"+name)
+}

@@ -1,0 +1,342 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/fota"
+)
+
+// Live updates. One poller per server reads the event log (so it sees
+// what every replica recorded) and, when something new concerns a topic
+// that has watchers, renders that topic once and hands the same bytes to
+// every watcher: two hundred dashboards on one rollout cost one render.
+// Watchers are Server-Sent Event streams; a slow one only ever holds the
+// newest render of its topic (rows of the events page queue, boundedly).
+
+const (
+	// lookback re-reads the newest events on every poll: PostgreSQL may
+	// commit an event numbered below one already seen, and a set of seen
+	// ids keeps each from being sent twice.
+	lookback = 64
+	// refreshEvery re-renders watched rollouts even without events: a
+	// member turns silent with time alone.
+	refreshEvery = 10 * time.Second
+	// heartbeatEvery keeps proxies from closing a quiet stream and
+	// re-checks the watcher's session, so a revoked one stops watching.
+	heartbeatEvery = 25 * time.Second
+	// rowBacklog bounds the event rows waiting for a slow watcher.
+	rowBacklog = 64
+)
+
+type watcher struct {
+	rollout int64            // a rollout page's rollout, or 0
+	filter  *fota.EventFilter // the events page's filter, or nil
+	send    chan []byte
+}
+
+type hub struct {
+	d    *Dashboard
+	poll time.Duration
+
+	mu       sync.Mutex
+	watchers map[*watcher]struct{}
+
+	stop     chan struct{}
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+func newHub(d *Dashboard, poll time.Duration) *hub {
+	h := &hub{d: d, poll: poll, watchers: map[*watcher]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go h.run()
+	return h
+}
+
+func (h *hub) close() {
+	h.stopOnce.Do(func() { close(h.stop) })
+	<-h.done
+}
+
+func (h *hub) add(w *watcher) {
+	h.mu.Lock()
+	h.watchers[w] = struct{}{}
+	h.mu.Unlock()
+}
+
+func (h *hub) remove(w *watcher) {
+	h.mu.Lock()
+	delete(h.watchers, w)
+	h.mu.Unlock()
+}
+
+func (h *hub) snapshot() []*watcher {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ws := make([]*watcher, 0, len(h.watchers))
+	for w := range h.watchers {
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+func (h *hub) run() {
+	defer close(h.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-h.stop
+		cancel()
+	}()
+	var high int64 // the highest event id seen
+	seen := map[int64]bool{}
+	lastRefresh := time.Now()
+	tick := time.NewTicker(h.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-tick.C:
+		}
+		ws := h.snapshot()
+		if len(ws) == 0 && high > 0 {
+			continue
+		}
+		evs, err := h.d.store.Events(ctx, fota.EventFilter{AfterID: max(high-lookback, 0), Limit: 1000})
+		if err != nil {
+			if ctx.Err() == nil {
+				h.d.log.Warn("dashboard live updates: read events", "error", err)
+			}
+			continue
+		}
+		var fresh []*fota.Event // oldest first
+		for i := len(evs) - 1; i >= 0; i-- {
+			e := evs[i]
+			if seen[e.ID] {
+				continue
+			}
+			seen[e.ID] = true
+			if high > 0 { // the first poll only learns where the log is
+				fresh = append(fresh, e)
+			}
+			high = max(high, e.ID)
+		}
+		if high == 0 {
+			high = -1 // an empty log: from now on every event is new
+		}
+		for id := range seen {
+			if id < high-2*lookback {
+				delete(seen, id)
+			}
+		}
+		refresh := time.Since(lastRefresh) >= refreshEvery
+		if refresh {
+			lastRefresh = time.Now()
+		}
+		h.deliver(ctx, ws, fresh, refresh)
+	}
+}
+
+// deliver renders what changed for the watchers: each watched rollout
+// once, if an event concerns it or refresh is due; each events page's new
+// rows.
+func (h *hub) deliver(ctx context.Context, ws []*watcher, fresh []*fota.Event, refresh bool) {
+	touched := map[int64]bool{}
+	for _, e := range fresh {
+		if e.RolloutID != 0 {
+			touched[e.RolloutID] = true
+		}
+	}
+	rendered := map[int64][]byte{}
+	for _, w := range ws {
+		switch {
+		case w.rollout != 0:
+			if !refresh && !touched[w.rollout] {
+				continue
+			}
+			frame, ok := rendered[w.rollout]
+			if !ok {
+				var err error
+				if frame, err = h.d.rolloutFrame(ctx, w.rollout); err != nil {
+					h.d.log.Warn("dashboard live updates: render rollout", "rollout_id", w.rollout, "error", err)
+				}
+				rendered[w.rollout] = frame
+			}
+			if frame != nil {
+				replace(w.send, frame)
+			}
+		case w.filter != nil:
+			var rows []*fota.Event
+			for _, e := range fresh {
+				if eventMatches(e, w.filter) {
+					rows = append(rows, e)
+				}
+			}
+			if len(rows) == 0 {
+				continue
+			}
+			frame, err := h.d.rowsFrame(rows)
+			if err != nil {
+				h.d.log.Warn("dashboard live updates: render events", "error", err)
+				continue
+			}
+			select {
+			case w.send <- frame:
+			default: // a watcher this far behind reloads when it catches up
+			}
+		}
+	}
+}
+
+// replace puts frame in ch, dropping a frame not yet sent: a rollout's
+// newest render says all an older one did.
+func replace(ch chan []byte, frame []byte) {
+	for {
+		select {
+		case ch <- frame:
+			return
+		default:
+		}
+		select {
+		case <-ch:
+		default:
+		}
+	}
+}
+
+func eventMatches(e *fota.Event, f *fota.EventFilter) bool {
+	return (f.DeviceID == "" || e.DeviceID == f.DeviceID) && (f.Kind == "" || e.Kind == f.Kind) &&
+		(f.RolloutID == 0 || e.RolloutID == f.RolloutID) && (f.Actor == "" || e.Actor == f.Actor)
+}
+
+// sseFrame writes one Server-Sent Event; each line of data is its own
+// data field.
+func sseFrame(event string, data []byte) []byte {
+	var b bytes.Buffer
+	b.WriteString("event: " + event + "\n")
+	for line := range strings.Lines(string(data)) {
+		b.WriteString("data: " + strings.TrimRight(line, "\r\n") + "\n")
+	}
+	b.WriteString("\n")
+	return b.Bytes()
+}
+
+func (d *Dashboard) rolloutFrame(ctx context.Context, id int64) ([]byte, error) {
+	v, err := d.rolloutView(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	html, err := d.fragment("rollout-live", v)
+	if err != nil {
+		return nil, err
+	}
+	return sseFrame("update", html), nil
+}
+
+func (d *Dashboard) rowsFrame(evs []*fota.Event) ([]byte, error) {
+	var b bytes.Buffer
+	for i := len(evs) - 1; i >= 0; i-- { // newest on top, as the page lists them
+		row, err := d.fragment("event-row", evs[i])
+		if err != nil {
+			return nil, err
+		}
+		b.Write(row)
+	}
+	return sseFrame("rows", b.Bytes()), nil
+}
+
+// stream serves one watcher until the browser goes, the server stops or
+// the session ends. first is sent at once, so the page is current from
+// the moment it listens.
+func (d *Dashboard) stream(w http.ResponseWriter, r *http.Request, wt *watcher, first []byte) {
+	rc := http.NewResponseController(w)
+	hd := w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	w.WriteHeader(http.StatusOK)
+	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !write(append([]byte("retry: 3000\n\n"), first...)) {
+		return
+	}
+	d.live.add(wt)
+	defer d.live.remove(wt)
+	beat := time.NewTicker(heartbeatEvery)
+	defer beat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-d.live.stop:
+			return
+		case frame := <-wt.send:
+			if !write(frame) {
+				return
+			}
+		case <-beat.C:
+			if _, err := d.session(r); err != nil {
+				write(sseFrame("signedout", []byte(fota.ErrorMessage(err))))
+				return
+			}
+			if !write([]byte(": ping\n\n")) {
+				return
+			}
+		}
+	}
+}
+
+func (d *Dashboard) rolloutLive(w http.ResponseWriter, r *http.Request, u *viewer) {
+	id, err := parseRolloutID(r)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	first, err := d.rolloutFrame(r.Context(), id)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	d.stream(w, r, &watcher{rollout: id, send: make(chan []byte, 1)}, first)
+}
+
+func (d *Dashboard) eventsLive(w http.ResponseWriter, r *http.Request, u *viewer) {
+	f, err := readEventFilter(r)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	// The rows recorded since the page was drawn (after=its newest id),
+	// so nothing falls between the page and the stream; the page skips
+	// rows it has.
+	first := []byte(": watching events\n\n")
+	if after, err := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64); err == nil && after > 0 {
+		since := f
+		since.AfterID, since.Limit = after, rowBacklog
+		evs, err := d.store.Events(r.Context(), since)
+		if err != nil {
+			d.errorPage(w, r, u, err)
+			return
+		}
+		if len(evs) > 0 {
+			slices.Reverse(evs) // rowsFrame takes them oldest first
+			if first, err = d.rowsFrame(evs); err != nil {
+				d.errorPage(w, r, u, err)
+				return
+			}
+		}
+	}
+	d.stream(w, r, &watcher{filter: &f, send: make(chan []byte, rowBacklog)}, first)
+}
