@@ -84,6 +84,11 @@ func Run(t *testing.T, newStore Factory) {
 		{"WebhookClaims", testWebhookClaims},
 		{"WebhookClaimsConcurrent", testWebhookClaimsConcurrent},
 		{"PruneDeliveries", testPruneDeliveries},
+		{"Users", testUsers},
+		{"WebSessions", testWebSessions},
+		{"PasswordRevokesSessions", testPasswordRevokesSessions},
+		{"RemoveUserDeletesSessions", testRemoveUserDeletesSessions},
+		{"PruneWebSessions", testPruneWebSessions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
