@@ -19,3 +19,8 @@ CREATE TABLE web_sessions (
     agent        TEXT   NOT NULL
 );
 CREATE INDEX web_sessions_user ON web_sessions (user_id, created_ms);
+
+-- The dashboard filters events by actor and by rollout; partial, so the
+-- inserts of events with neither are left alone.
+CREATE INDEX events_actor ON events (actor, id) WHERE actor <> '';
+CREATE INDEX events_rollout ON events (rollout_id, id) WHERE rollout_id <> 0;
