@@ -219,5 +219,6 @@ type Store interface {
 	RolloutStore
 	LabelStore
 	WebhookStore
+	UserStore
 	Close() error
 }

@@ -2,6 +2,8 @@ package fota
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -94,4 +96,68 @@ type UserStore interface {
 	// PruneWebSessions deletes up to batch sessions that expired or were
 	// revoked before before. Fast.
 	PruneWebSessions(ctx context.Context, before time.Time, batch int) (int, error)
+}
+
+// PrepareUser checks a user before a store keeps it: a name by the rules
+// of token names, a known role and a password hash. Every store applies
+// these same rules.
+func PrepareUser(u *User) error {
+	if !ValidTokenName(u.Name) {
+		return Errorf(EINVALID, "user name %q: want 1-64 characters of A-Z a-z 0-9 _ . - (not . or ..)", u.Name)
+	}
+	if !ValidRole(u.Role) {
+		return Errorf(EINVALID, "role %q: want %s", u.Role, strings.Join(Roles, ", "))
+	}
+	if u.PasswordHash == "" {
+		return Errorf(EINVALID, "user %s has no password hash", u.Name)
+	}
+	return nil
+}
+
+// InForce reports whether the session signs its browser in at now, as far
+// as the store knows: not revoked, not past its absolute expiry. (An idle
+// timeout is the dashboard's to apply, from LastSeen.)
+func (s *WebSession) InForce(now time.Time) bool {
+	return s.Revoked.IsZero() && now.Before(s.Expires)
+}
+
+// The events of users and their sessions, as every store records them:
+// names, roles, counts and addresses, never a password or its hash.
+
+// UserAddedEvent is the event of a new user.
+func UserAddedEvent(u *User) *Event {
+	return &Event{Time: u.Created, Kind: EventUserAdded, Detail: "user " + u.Name + ", role " + u.Role}
+}
+
+// UserPasswordEvent is the event of a password change that revoked
+// revoked sessions.
+func UserPasswordEvent(name string, revoked int, at time.Time) *Event {
+	return &Event{Time: at, Kind: EventUserPassword, Detail: "user " + name + ", password changed, " + sessionCount(revoked) + " revoked"}
+}
+
+// UserRemovedEvent is the event of a removed user whose ended sessions in
+// force went with it.
+func UserRemovedEvent(u *User, ended int, at time.Time) *Event {
+	return &Event{Time: at, Kind: EventUserRemoved, Detail: "user " + u.Name + ", role " + u.Role + ", " + sessionCount(ended) + " ended"}
+}
+
+// UserSignedInEvent is the event of a new web session.
+func UserSignedInEvent(s *WebSession) *Event {
+	detail := "user " + s.UserName + " signed in"
+	if s.Address != "" {
+		detail += " from " + s.Address
+	}
+	return &Event{Time: s.Created, Kind: EventUserSignedIn, Detail: detail}
+}
+
+// SessionsRevokedEvent is the event of revoking a user's sessions.
+func SessionsRevokedEvent(name string, revoked int, at time.Time) *Event {
+	return &Event{Time: at, Kind: EventSessionsRevoked, Detail: "user " + name + ", " + sessionCount(revoked) + " revoked"}
+}
+
+func sessionCount(n int) string {
+	if n == 1 {
+		return "1 session"
+	}
+	return strconv.Itoa(n) + " sessions"
 }

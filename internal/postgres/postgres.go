@@ -253,14 +253,38 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
-	args := []any{}
-	if f.DeviceID != "" {
-		q += ` WHERE device_id = $1`
-		args = append(args, f.DeviceID)
+	// The actor and rollout terms repeat the partial indexes' conditions,
+	// which a generic plan cannot infer from a parameter.
+	var where []string
+	var args []any
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		where = append(where, strings.ReplaceAll(cond, "$?", fmt.Sprintf("$%d", len(args))))
 	}
-	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args)+1)
+	if f.DeviceID != "" {
+		add(`device_id = $?`, f.DeviceID)
+	}
+	if f.Kind != "" {
+		add(`kind = $?`, f.Kind)
+	}
+	if f.RolloutID != 0 {
+		add(`rollout_id = $? AND rollout_id <> 0`, f.RolloutID)
+	}
+	if f.Actor != "" {
+		add(`actor = $? AND actor <> ''`, f.Actor)
+	}
+	if f.AfterID > 0 {
+		add(`id > $?`, f.AfterID)
+	}
+	if f.BeforeID > 0 {
+		add(`id < $?`, f.BeforeID)
+	}
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
 	args = append(args, limit)
+	q += fmt.Sprintf(` ORDER BY id DESC LIMIT $%d`, len(args))
 	return queryAll(ctx, s.pool, "events", func(row rowScanner) (*fota.Event, error) {
 		e := &fota.Event{}
 		var t int64

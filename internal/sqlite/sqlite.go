@@ -352,19 +352,34 @@ func (s *Store) Events(ctx context.Context, f fota.EventFilter) ([]*fota.Event, 
 	if limit <= 0 {
 		limit = 100
 	}
-	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
+	// Each filter is a fixed fragment, so the queries are a bounded set
+	// (at most 64; the statement cache keeps those in use). The actor and
+	// rollout terms repeat the partial indexes' conditions, which SQLite
+	// cannot infer from a parameter.
+	var where []string
 	var args []any
+	add := func(cond string, arg any) { where = append(where, cond); args = append(args, arg) }
 	if f.DeviceID != "" {
-		q += ` WHERE device_id = ?`
-		args = append(args, f.DeviceID)
+		add(`device_id = ?`, f.DeviceID)
 	}
-	q += ` ORDER BY id DESC LIMIT ?`
-	args = append(args, limit)
-	return queryAll(ctx, s.db, "events", func(row rowScanner) (*fota.Event, error) {
-		e := &fota.Event{}
-		var t int64
-		err := row.Scan(&e.ID, &t, &e.Kind, &e.DeviceID, &e.ReleaseVersion, &e.SessionID, &e.Detail, &e.Actor, &e.RolloutID, &e.API)
-		e.Time = fromMS(t)
-		return e, err
-	}, q, args...)
+	if f.Kind != "" {
+		add(`kind = ?`, f.Kind)
+	}
+	if f.RolloutID != 0 {
+		add(`rollout_id = ? AND rollout_id <> 0`, f.RolloutID)
+	}
+	if f.Actor != "" {
+		add(`actor = ? AND actor <> ''`, f.Actor)
+	}
+	if f.AfterID > 0 {
+		add(`id > ?`, f.AfterID)
+	}
+	if f.BeforeID > 0 {
+		add(`id < ?`, f.BeforeID)
+	}
+	q := `SELECT id, time_ms, kind, device_id, release_version, session_id, detail, actor, rollout_id, api FROM events`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, ` AND `)
+	}
+	return queryAll(ctx, s.db, "events", scanEvent, q+` ORDER BY id DESC LIMIT ?`, append(args, limit)...)
 }

@@ -84,6 +84,12 @@ func Run(t *testing.T, newStore Factory) {
 		{"WebhookClaims", testWebhookClaims},
 		{"WebhookClaimsConcurrent", testWebhookClaimsConcurrent},
 		{"PruneDeliveries", testPruneDeliveries},
+		{"Users", testUsers},
+		{"WebSessions", testWebSessions},
+		{"PasswordRevokesSessions", testPasswordRevokesSessions},
+		{"RemoveUserDeletesSessions", testRemoveUserDeletesSessions},
+		{"PruneWebSessions", testPruneWebSessions},
+		{"EventFilters", testEventFilters},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -561,6 +567,69 @@ func testEvents(t *testing.T, s fota.Store, _ *Clock) {
 	dev, _ := s.Events(ctx, fota.EventFilter{DeviceID: "d1"})
 	if len(one) != 1 || len(dev) != 2 {
 		t.Fatalf("filters: %d, %d", len(one), len(dev))
+	}
+}
+
+// Every field of EventFilter narrows the list, alone and together; the
+// result is newest first and at most Limit long.
+func testEventFilters(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	var ids []int64
+	for i, e := range []fota.Event{
+		{Kind: fota.EventFailed, DeviceID: "d1", RolloutID: 1},
+		{Kind: fota.EventConfirmed, DeviceID: "d2", RolloutID: 1},
+		{Kind: fota.EventTokenCreated, Actor: "local"},
+		{Kind: fota.EventFailed, DeviceID: "d2", RolloutID: 2},
+		{Kind: fota.EventUserAdded, Actor: "token:ci"},
+		{Kind: fota.EventConfirmed, DeviceID: "d1"},
+		{Kind: fota.EventUserRemoved, Actor: "local"},
+		{Kind: fota.EventFailed, DeviceID: "d1", RolloutID: 1, Actor: "token:ci"},
+	} {
+		e.Detail = fmt.Sprint(i)
+		must(t, s.AddEvent(ctx, &e))
+		ids = append(ids, e.ID)
+	}
+	for i := 1; i < len(ids); i++ {
+		if ids[i] <= ids[i-1] {
+			t.Fatalf("event ids not increasing: %v", ids)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		f    fota.EventFilter
+		want string
+	}{
+		{"none", fota.EventFilter{}, "7 6 5 4 3 2 1 0"},
+		{"limit", fota.EventFilter{Limit: 3}, "7 6 5"},
+		{"device", fota.EventFilter{DeviceID: "d1"}, "7 5 0"},
+		{"kind", fota.EventFilter{Kind: fota.EventFailed}, "7 3 0"},
+		{"kind matches exactly", fota.EventFilter{Kind: "fail"}, ""},
+		{"rollout", fota.EventFilter{RolloutID: 1}, "7 1 0"},
+		{"another rollout", fota.EventFilter{RolloutID: 2}, "3"},
+		{"no such rollout", fota.EventFilter{RolloutID: 99}, ""},
+		{"actor", fota.EventFilter{Actor: "local"}, "6 2"},
+		{"actor matches exactly", fota.EventFilter{Actor: "token"}, ""},
+		{"after", fota.EventFilter{AfterID: ids[4]}, "7 6 5"},
+		{"before", fota.EventFilter{BeforeID: ids[3]}, "2 1 0"},
+		{"between", fota.EventFilter{AfterID: ids[1], BeforeID: ids[5]}, "4 3 2"},
+		{"an empty range", fota.EventFilter{AfterID: ids[3], BeforeID: ids[4]}, ""},
+		{"a page before, limited", fota.EventFilter{BeforeID: ids[6], Limit: 2}, "5 4"},
+		{"after the newest", fota.EventFilter{AfterID: ids[7]}, ""},
+		{"kind and device", fota.EventFilter{Kind: fota.EventFailed, DeviceID: "d1"}, "7 0"},
+		{"kind and rollout", fota.EventFilter{Kind: fota.EventConfirmed, RolloutID: 1}, "1"},
+		{"actor and rollout", fota.EventFilter{Actor: "token:ci", RolloutID: 1}, "7"},
+		{"all of them", fota.EventFilter{DeviceID: "d1", Kind: fota.EventFailed, RolloutID: 1, Actor: "token:ci",
+			AfterID: ids[0], BeforeID: ids[7] + 1, Limit: 5}, "7"},
+	} {
+		evs, err := s.Events(ctx, tc.f)
+		must(t, err)
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Detail)
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: events %v, want [%s]", tc.name, got, tc.want)
+		}
 	}
 }
 
