@@ -28,12 +28,13 @@ const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
-             [--memory-limit 112MiB] [--pprof 127.0.0.1:6060]
+             [--memory-limit 112MiB] [--pprof 127.0.0.1:6060] [--secure-cookies] [--online-within 13h]
              [--retain-events 90d] [--retain-events-max 1000000] [--retain-sessions 90d] [--retain-sessions-max 100000]
 
-Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*)
-and the native device API (/v1/device/*). The first start creates the data
-folder (SQLite database and blob folder) and prints an admin token once.
+Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*),
+the native device API (/v1/device/*) and the web dashboard (/, for users
+made with 'fota user add'). The first start creates the data folder (SQLite
+database and blob folder) and prints an admin token once.
 Releases must be signed by a --trust key. SIGINT or SIGTERM stops it
 gracefully.
 
@@ -64,6 +65,11 @@ ended update sessions likewise (never an active one, nor a native rollback
 or refusal, which keeps that release from the device), and removed devices
 once removed longer ago than --retain-sessions. Ages take d (days), w
 (weeks) or Go durations; 0 keeps for ever.
+
+The dashboard's session cookies are Secure when the request came over TLS;
+behind a proxy that terminates TLS, pass --secure-cookies. A device seen
+within --online-within (two 6-hour check intervals and an hour) counts as
+online on its pages.
 
 Webhooks ('fota webhook add') are sent by every replica from one outbox in
 the database: each event at least once, retried for 24 hours.
@@ -97,6 +103,8 @@ func runServe(e *env, args []string) error {
 	logFormat := fs.String("log-format", "text", "text or json")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
 	memoryLimit := fs.String("memory-limit", "", "soft limit on the server's Go memory, e.g. 112MiB: nearer it, memory is collected and returned sooner (default: GOMEMLIMIT, else none)")
+	secureCookies := fs.Bool("secure-cookies", false, "mark dashboard cookies Secure on plain HTTP too (behind a proxy that terminates TLS)")
+	onlineWithin := fs.Duration("online-within", 13*time.Hour, "the dashboard counts a device online if seen within this")
 	retainFlags := addRetentionFlags(fs)
 	rest, err := parseFlags(e, fs, serveUsage, args)
 	if err != nil {
@@ -114,6 +122,9 @@ func runServe(e *env, args []string) error {
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
+	}
+	if *onlineWithin <= 0 {
+		return usagef("--online-within %s: want a duration like 13h", *onlineWithin)
 	}
 	if *maxConns < 1 {
 		return usagef("--max-conns %d: want at least 1", *maxConns)
@@ -197,7 +208,7 @@ func runServe(e *env, args []string) error {
 	// store. Session changes wake it; the rest it finds within a second.
 	hooks := webhook.New(webhook.Config{Store: store, Logger: logger})
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
-		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify})
+		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify, SecureCookies: *secureCookies, OnlineWithin: *onlineWithin})
 	if err != nil {
 		return err
 	}
@@ -221,6 +232,7 @@ func runServe(e *env, args []string) error {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
 	}
+	hs.RegisterOnShutdown(srv.StopStreams) // live dashboards would hold the shutdown to its deadline
 	tcp, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return withHint(fmt.Errorf("listen on %s: %w", *addr, err), "choose another --addr, or stop what uses that port")
@@ -259,6 +271,11 @@ func runServe(e *env, args []string) error {
 		where = "PostgreSQL"
 	}
 	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (%s, %d trusted key(s))\n", scheme, ln.Addr(), where, len(trusted))
+	if users, err := store.Users(e.ctx); err == nil && len(users) == 0 {
+		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/ has no users yet: fota user add --name NAME --role admin\n", scheme, ln.Addr())
+	} else {
+		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/\n", scheme, ln.Addr())
+	}
 
 	if *pprofAddr != "" {
 		pl, err := net.Listen("tcp", *pprofAddr)

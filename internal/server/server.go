@@ -24,7 +24,9 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/password"
 	"github.com/ecowatt/fota/internal/update"
+	"github.com/ecowatt/fota/internal/web"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 )
@@ -63,6 +65,12 @@ type Config struct {
 	// (update.DefaultRolloutTick when 0); outcomes check their rollout's
 	// gate at once besides.
 	RolloutTick time.Duration
+	// SecureCookies marks the dashboard's cookies Secure on plain HTTP
+	// too: for a server behind a proxy that terminates TLS.
+	SecureCookies bool
+	// OnlineWithin is how recently a device must have been seen for the
+	// dashboard to count it online (web.DefaultOnlineWithin when zero).
+	OnlineWithin time.Duration
 	// SessionChanged, if set, is called after each session state change
 	// the server records: fota serve wakes the webhook dispatcher with it,
 	// so outcomes go out at once rather than at its next poll.
@@ -84,6 +92,7 @@ type Server struct {
 	hot        *hotCache
 	progress   *progressTracker
 	metrics    *metrics
+	dashboard  *web.Dashboard
 	// stopBackground stops the pruner and the rollout loop and waits for
 	// them.
 	stopBackground func()
@@ -126,6 +135,13 @@ func New(cfg Config) (*Server, error) {
 				cfg.SessionChanged()
 			}
 		}})
+	dash, err := web.New(web.Config{Store: cfg.Store, Updates: s.updates, Publish: s.Publish, MaxBundle: maxBundle,
+		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength,
+		Logger: s.log, Now: s.now, SecureCookies: cfg.SecureCookies, OnlineWithin: cfg.OnlineWithin})
+	if err != nil {
+		return nil, err
+	}
+	s.dashboard = dash
 	s.handler = s.routes()
 	bgCtx, cancel := context.WithCancel(context.Background())
 	var bg sync.WaitGroup
@@ -139,9 +155,15 @@ func New(cfg Config) (*Server, error) {
 // Call it after the HTTP server has stopped taking requests, and before the
 // store closes.
 func (s *Server) Close() {
+	s.StopStreams()
 	s.stopBackground()
 	s.progress.close()
 }
+
+// StopStreams ends the dashboard's live streams, which would otherwise
+// hold a graceful shutdown until its deadline: call it as shutdown begins
+// (http.Server.RegisterOnShutdown).
+func (s *Server) StopStreams() { s.dashboard.Close() }
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
@@ -200,6 +222,16 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/admin/webhooks", false, s.admin(s.listWebhooks))
 	handle("DELETE /v1/admin/webhooks/{id}", false, s.admin(s.removeWebhook))
 	handle("GET /v1/admin/webhooks/{id}/deliveries", false, s.admin(s.listDeliveries))
+
+	// The dashboard: pages and forms for people; its paths are its own.
+	for _, rt := range s.dashboard.Routes() {
+		h := rt.Handler
+		quiet := strings.HasPrefix(rt.Pattern, "GET /static/")
+		handle(rt.Pattern, quiet, func(w http.ResponseWriter, r *http.Request) error {
+			h.ServeHTTP(w, r)
+			return nil
+		})
+	}
 
 	mux.Handle("/", s.wrap("unmatched", false, func(w http.ResponseWriter, r *http.Request) error {
 		return fota.Errorf(fota.ENOTFOUND, "no endpoint %s %s; see docs/PROTOCOL.md", r.Method, r.URL.Path)

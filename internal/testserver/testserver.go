@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -25,14 +26,17 @@ import (
 
 // Server is a running test server.
 type Server struct {
-	TB     testing.TB
-	URL    string
-	Store  *sqlite.Store
-	HTTP   *httptest.Server
-	Admin  *client.Admin
-	Signer *keys.SigningKey
-	FWKey  keys.FirmwareKey
-	Token  string // an admin token
+	TB    testing.TB
+	URL   string
+	Store *sqlite.Store
+	HTTP  *httptest.Server
+	// Handler is the server's handler, for benchmarks that leave the
+	// network out.
+	Handler http.Handler
+	Admin   *client.Admin
+	Signer  *keys.SigningKey
+	FWKey   keys.FirmwareKey
+	Token   string // an admin token
 }
 
 // New starts a server trusting a fresh RSA release key; it stops with the test.
@@ -79,8 +83,11 @@ func NewAlg(tb testing.TB, alg string) *Server {
 		tb.Fatal(err)
 	}
 	s.HTTP = httptest.NewServer(srv)
+	s.Handler = srv
 	s.URL = s.HTTP.URL
-	tb.Cleanup(func() { s.HTTP.Close(); srv.Close(); blobs.Close(); s.Store.Close() })
+	// Live dashboard streams end first: the HTTP server waits for every
+	// request in flight.
+	tb.Cleanup(func() { srv.StopStreams(); s.HTTP.Close(); srv.Close(); blobs.Close(); s.Store.Close() })
 	token, hash, err := server.NewToken()
 	if err != nil {
 		tb.Fatal(err)
@@ -120,6 +127,15 @@ func (s *Server) Sample(version string, b firmware.Behaviour, size int, counter 
 func (s *Server) Publish(b []byte) {
 	s.TB.Helper()
 	if _, err := s.Admin.PublishRollout(context.Background(), bytes.NewReader(b), "all"); err != nil {
+		s.TB.Fatal(err)
+	}
+}
+
+// PublishOnly uploads a bundle and offers it to nobody: a rollout or a
+// pin made later decides.
+func (s *Server) PublishOnly(b []byte) {
+	s.TB.Helper()
+	if _, err := s.Admin.Publish(context.Background(), bytes.NewReader(b)); err != nil {
 		s.TB.Fatal(err)
 	}
 }

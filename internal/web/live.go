@@ -36,9 +36,13 @@ const (
 )
 
 type watcher struct {
-	rollout int64            // a rollout page's rollout, or 0
+	rollout int64             // a rollout page's rollout, or 0
 	filter  *fota.EventFilter // the events page's filter, or nil
-	send    chan []byte
+	// since is the newest event the events page has: older rows are not
+	// sent again (the poller may pass over events it saw before the page
+	// listened).
+	since int64
+	send  chan []byte
 }
 
 type hub struct {
@@ -47,6 +51,7 @@ type hub struct {
 
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
+	high     int64 // the newest event id the poller has seen
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -64,8 +69,11 @@ func (h *hub) close() {
 	<-h.done
 }
 
+// add registers w; an events watcher that has no newer event than the
+// poller's newest starts from there.
 func (h *hub) add(w *watcher) {
 	h.mu.Lock()
+	w.since = max(w.since, h.high)
 	h.watchers[w] = struct{}{}
 	h.mu.Unlock()
 }
@@ -131,6 +139,9 @@ func (h *hub) run() {
 		if high == 0 {
 			high = -1 // an empty log: from now on every event is new
 		}
+		h.mu.Lock()
+		h.high = high
+		h.mu.Unlock()
 		for id := range seen {
 			if id < high-2*lookback {
 				delete(seen, id)
@@ -175,7 +186,7 @@ func (h *hub) deliver(ctx context.Context, ws []*watcher, fresh []*fota.Event, r
 		case w.filter != nil:
 			var rows []*fota.Event
 			for _, e := range fresh {
-				if eventMatches(e, w.filter) {
+				if e.ID > w.since && eventMatches(e, w.filter) {
 					rows = append(rows, e)
 				}
 			}
@@ -322,7 +333,9 @@ func (d *Dashboard) eventsLive(w http.ResponseWriter, r *http.Request, u *viewer
 	// so nothing falls between the page and the stream; the page skips
 	// rows it has.
 	first := []byte(": watching events\n\n")
+	wt := &watcher{filter: &f, send: make(chan []byte, rowBacklog)}
 	if after, err := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64); err == nil && after > 0 {
+		wt.since = after
 		since := f
 		since.AfterID, since.Limit = after, rowBacklog
 		evs, err := d.store.Events(r.Context(), since)
@@ -331,6 +344,7 @@ func (d *Dashboard) eventsLive(w http.ResponseWriter, r *http.Request, u *viewer
 			return
 		}
 		if len(evs) > 0 {
+			wt.since = evs[0].ID
 			slices.Reverse(evs) // rowsFrame takes them oldest first
 			if first, err = d.rowsFrame(evs); err != nil {
 				d.errorPage(w, r, u, err)
@@ -338,5 +352,5 @@ func (d *Dashboard) eventsLive(w http.ResponseWriter, r *http.Request, u *viewer
 			}
 		}
 	}
-	d.stream(w, r, &watcher{filter: &f, send: make(chan []byte, rowBacklog)}, first)
+	d.stream(w, r, wt, first)
 }

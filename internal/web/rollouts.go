@@ -40,7 +40,7 @@ func (d *Dashboard) rolloutsPage(w http.ResponseWriter, r *http.Request, u *view
 // an error or a count.
 type rolloutForm struct {
 	Release, Selector, Devices, Waves, MaxFailures, MinOutcomes, Soak, SilentTimeout, Windows, Start string
-	Supersede                                                                                       bool
+	Supersede                                                                                        bool
 }
 
 func readRolloutForm(v url.Values) rolloutForm {

@@ -1,7 +1,6 @@
 package web
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -53,7 +52,7 @@ func (d *Dashboard) addUser(w http.ResponseWriter, r *http.Request, u *viewer) {
 		return
 	}
 	if err := d.cfg.CheckPassword(password); err != nil {
-		fail(fota.Errorf(fota.EINVALID, "%s", passwordMessage(err)))
+		fail(fota.Errorf(fota.EINVALID, "%s", err.Error())) // CheckStrength's messages never quote the password
 		return
 	}
 	hash, err := d.cfg.HashPassword(password)
@@ -68,16 +67,6 @@ func (d *Dashboard) addUser(w http.ResponseWriter, r *http.Request, u *viewer) {
 	}
 	d.log.Info("dashboard user added", "user", nu.Name, "role", nu.Role, "by", u.Name)
 	d.redirectWith(w, r, "/users", fmt.Sprintf("User %s added as %s.", nu.Name, nu.Role))
-}
-
-// passwordMessage is a strength check's message, which names the rule and
-// never the password.
-func passwordMessage(err error) string {
-	var e *fota.Error
-	if errors.As(err, &e) {
-		return e.Message
-	}
-	return err.Error()
 }
 
 func (d *Dashboard) removeUser(w http.ResponseWriter, r *http.Request, u *viewer) {

@@ -65,16 +65,17 @@ type Config struct {
 	Publish func(ctx context.Context, bundle io.Reader) (*fota.Release, error)
 	// MaxBundle is the largest upload Publish takes.
 	MaxBundle int64
-	// VerifyPassword checks a password against a stored hash; DummyHash is
-	// a hash verified for unknown users so that they cost the same time.
+	// VerifyPassword checks a password against a stored hash; DummyVerify
+	// does the same work for a name that is no user's, so that a sign-in
+	// takes as long either way.
 	VerifyPassword func(hash, password string) (bool, error)
-	DummyHash      string
+	DummyVerify    func(password string)
 	// HashPassword hashes a new user's password, after CheckPassword
 	// refused none too weak.
 	HashPassword  func(password string) (string, error)
 	CheckPassword func(password string) error
-	Logger         *slog.Logger
-	Now            func() time.Time
+	Logger        *slog.Logger
+	Now           func() time.Time
 	// SecureCookies marks cookies Secure even on plain HTTP requests: for
 	// a server behind a proxy that terminates TLS. Requests over TLS get
 	// Secure cookies anyway.
@@ -122,7 +123,7 @@ type Dashboard struct {
 
 // New returns a Dashboard. Call Close when the server stops.
 func New(cfg Config) (*Dashboard, error) {
-	if cfg.Store == nil || cfg.Updates == nil || cfg.Publish == nil || cfg.VerifyPassword == nil || cfg.DummyHash == "" ||
+	if cfg.Store == nil || cfg.Updates == nil || cfg.Publish == nil || cfg.VerifyPassword == nil || cfg.DummyVerify == nil ||
 		cfg.HashPassword == nil || cfg.CheckPassword == nil {
 		return nil, errors.New("web: store, update service, publish and the password functions are required")
 	}
