@@ -10,6 +10,7 @@
 //	b.FillLabel("Email", "ada@example.com")
 //	b.Submit("form")
 //	b.WaitText("h1", "Devices")
+//	b.AssertAccessible()
 //
 // Each test gets its own browser process with a fresh profile in t.TempDir(),
 // closed by t.Cleanup. When the test ends the browser also fails it if

@@ -313,6 +313,74 @@ undefinedFunction();
 	}
 }
 
+func TestCheckAccessibility(t *testing.T) {
+	t.Parallel()
+	clean := html("Clean", `
+<header style="background: rgba(0, 0, 0, 0.8)"><p style="color: #fff">Light on translucent dark</p></header>
+<h1>Devices</h1>
+<h2>Filter</h2>
+<form>
+  <label for="q">Search</label> <input id="q">
+  <label>Ring <select><option>1</option></select></label>
+  <input aria-label="Page size" type="number">
+  <input type="hidden" name="csrf" value="x">
+  <input type="submit">
+  <div style="display: none"><input id="later"></div>
+</form>
+<h3>Results</h3>
+<p style="font-size: 24px; color: #949494">Large grey text passes at 3:1</p>
+<img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="">
+<a href="/devices/1" aria-label="Device 1"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt=""></a>
+<a href="/help"><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="Help"></a>
+<button>Refresh</button>
+<h2>Log</h2>`)
+	defects := []struct {
+		name, page, rule, element string
+	}{
+		{"no lang", strings.Replace(clean, ` lang="en"`, "", 1), "lang", "html"},
+		{"unlabelled input", html("x", `<h1>x</h1><input id="serial" placeholder="Serial">`), "label", "input#serial[type=text]"},
+		{"empty label", html("x", `<h1>x</h1><label for="serial"> </label><input id="serial">`), "label", "input#serial"},
+		{"unlabelled select", html("x", `<h1>x</h1><select name="ring"><option>1</option></select>`), "label", "select[name=ring]"},
+		{"no h1", html("x", `<h2>Only a subheading</h2>`), "h1", "body"},
+		{"two h1", html("x", `<h1>First</h1><h1>Second</h1>`), "h1", `h1 "Second"`},
+		{"h1 then h3", html("x", `<h1>Top</h1><h3>Too deep</h3>`), "heading-order", `h3 "Too deep"`},
+		{"img without alt", html("x", `<h1>x</h1><img id="chart" src="data:image/gif;base64,R0lGODlhAQABAAAAACw=">`), "img-alt", "img#chart"},
+		{"empty button", html("x", `<h1>x</h1><button class="icon close"></button>`), "name", "button.icon.close"},
+		{"icon link", html("x", `<h1>x</h1><a id="home" href="/"><span></span></a>`), "name", "a#home"},
+		{"grey on white", html("x", `<h1>x</h1><p id="faint" style="color: #aaa">Last seen 3 min ago</p>`), "contrast", `p#faint "Last seen 3 min ago"`},
+		{"small grey text", html("x", `<h1>x</h1><p id="small" style="color: #949494">Small grey text</p>`), "contrast", "p#small"},
+		{"dark on an ancestor's dark", html("x", `<h1>x</h1><div style="background: #222"><span id="dim" style="color: #333">Dim</span></div>`), "contrast", "span#dim"},
+	}
+	pages := map[string]string{"/clean": clean}
+	for i, d := range defects {
+		pages["/"+strconv.Itoa(i)] = d.page
+	}
+	srv := site(t, pages)
+	b := New(t, srv.URL)
+
+	b.Navigate("/clean")
+	if problems := b.CheckAccessibility(); len(problems) > 0 {
+		t.Errorf("a clean page: %q", problems)
+	}
+	for i, d := range defects {
+		b.Navigate("/" + strconv.Itoa(i))
+		problems := b.CheckAccessibility()
+		if len(problems) != 1 || problems[0].Rule != d.rule || !strings.HasPrefix(problems[0].Element, d.element) {
+			t.Errorf("%s: %q; want one %s problem naming %s", d.name, problems, d.rule, d.element)
+			continue
+		}
+		t.Logf("%s: %s", d.name, problems[0])
+	}
+
+	f := newFakeT(t)
+	fb := New(f, srv.URL)
+	fb.Navigate("/" + strconv.Itoa(len(defects)-3))
+	fb.AssertAccessible()
+	if r := f.reported(); !strings.Contains(r, `contrast: p#faint "Last seen 3 min ago": contrast 2.32:1 is below 4.5:1 (rgb(170, 170, 170) on rgb(255, 255, 255), 16px)`) {
+		t.Errorf("AssertAccessible reported %q", r)
+	}
+}
+
 func TestNarrowViewportOverflow(t *testing.T) {
 	t.Parallel()
 	srv := site(t, map[string]string{
