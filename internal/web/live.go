@@ -37,6 +37,7 @@ const (
 
 type watcher struct {
 	rollout int64             // a rollout page's rollout, or 0
+	operate bool              // its user may pause, resume and abort
 	filter  *fota.EventFilter // the events page's filter, or nil
 	// since is the newest event the events page has: older rows are not
 	// sent again (the poller may pass over events it saw before the page
@@ -165,20 +166,25 @@ func (h *hub) deliver(ctx context.Context, ws []*watcher, fresh []*fota.Event, r
 			touched[e.RolloutID] = true
 		}
 	}
-	rendered := map[int64][]byte{}
+	type view struct {
+		rollout int64
+		operate bool
+	}
+	rendered := map[view][]byte{}
 	for _, w := range ws {
 		switch {
 		case w.rollout != 0:
 			if !refresh && !touched[w.rollout] {
 				continue
 			}
-			frame, ok := rendered[w.rollout]
+			key := view{w.rollout, w.operate}
+			frame, ok := rendered[key]
 			if !ok {
 				var err error
-				if frame, err = h.d.rolloutFrame(ctx, w.rollout); err != nil {
+				if frame, err = h.d.rolloutFrame(ctx, w.rollout, w.operate); err != nil {
 					h.d.log.Warn("dashboard live updates: render rollout", "rollout_id", w.rollout, "error", err)
 				}
-				rendered[w.rollout] = frame
+				rendered[key] = frame
 			}
 			if frame != nil {
 				replace(w.send, frame)
@@ -239,12 +245,12 @@ func sseFrame(event string, data []byte) []byte {
 	return b.Bytes()
 }
 
-func (d *Dashboard) rolloutFrame(ctx context.Context, id int64) ([]byte, error) {
+func (d *Dashboard) rolloutFrame(ctx context.Context, id int64, operate bool) ([]byte, error) {
 	v, err := d.rolloutView(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	html, err := d.fragment("rollout-live", v)
+	html, err := d.fragment("rollout-live", liveRollout{V: v, Operate: operate})
 	if err != nil {
 		return nil, err
 	}
@@ -315,12 +321,13 @@ func (d *Dashboard) rolloutLive(w http.ResponseWriter, r *http.Request, u *viewe
 		d.errorPage(w, r, u, err)
 		return
 	}
-	first, err := d.rolloutFrame(r.Context(), id)
+	operate := u.Can(fota.RoleOperator)
+	first, err := d.rolloutFrame(r.Context(), id, operate)
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
 	}
-	d.stream(w, r, &watcher{rollout: id, send: make(chan []byte, 1)}, first)
+	d.stream(w, r, &watcher{rollout: id, operate: operate, send: make(chan []byte, 1)}, first)
 }
 
 func (d *Dashboard) eventsLive(w http.ResponseWriter, r *http.Request, u *viewer) {

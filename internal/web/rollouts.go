@@ -228,6 +228,16 @@ type rolloutView struct {
 	MoreFail int
 }
 
+// liveRollout is what the rollout page's live section is drawn from:
+// the rollout and, for those who may act on it, its buttons. Pushed
+// renders are shared by every watcher of a role, so they carry no CSRF
+// token: the page's script fills in its own.
+type liveRollout struct {
+	V       *rolloutView
+	Operate bool
+	CSRF    string
+}
+
 // maxFailingShown bounds the failing devices listed; the rest are counted.
 const maxFailingShown = 100
 
@@ -298,6 +308,7 @@ func (d *Dashboard) rolloutPage(w http.ResponseWriter, r *http.Request, u *viewe
 		return
 	}
 	d.render(w, r, http.StatusOK, "rollout", u, map[string]any{"Title": fmt.Sprintf("Rollout %d", id), "V": v,
+		"Live": liveRollout{V: v, Operate: u.Can(fota.RoleOperator), CSRF: u.CSRF},
 		"MaxFailures": update.FormatMaxFailures(v.R.MaxFailuresPercent, v.R.MaxFailures)})
 }
 

@@ -19,9 +19,29 @@
 
   // A live section: the server sends the section's new HTML, rendered
   // from the same template as the page.
+  // Pushed sections are shared by every watcher, so their forms come
+  // without this session's CSRF token: it is filled in here.
+  var meta = document.querySelector("meta[name=csrf-token]");
+  function fillTokens(el) {
+    if (!meta) { return; }
+    Array.prototype.forEach.call(el.querySelectorAll("input[data-csrf]"), function (i) {
+      if (!i.value) { i.value = meta.getAttribute("content"); }
+    });
+  }
   each("[data-live]", function (el) {
     watch(el.getAttribute("data-live"), {
-      update: function (html) { el.innerHTML = html; el.setAttribute("data-updated", String(Date.now())); }
+      update: function (html) {
+        // Keep what the user is typing into a reason box across updates.
+        var typing = document.activeElement && el.contains(document.activeElement) ? document.activeElement : null;
+        var typed = typing ? { id: typing.id, value: typing.value } : null;
+        el.innerHTML = html;
+        fillTokens(el);
+        if (typed && typed.id) {
+          var again = document.getElementById(typed.id);
+          if (again) { again.value = typed.value; again.focus(); }
+        }
+        el.setAttribute("data-updated", String(Date.now()));
+      }
     });
   });
 
