@@ -33,6 +33,8 @@ type Server struct {
 	// Handler is the server's handler, for benchmarks that leave the
 	// network out.
 	Handler http.Handler
+	// Dir holds the server's data: fota.db (SQLite) and blobs.
+	Dir string
 	Admin   *client.Admin
 	Signer  *keys.SigningKey
 	FWKey   keys.FirmwareKey
@@ -67,6 +69,7 @@ func NewAlg(tb testing.TB, alg string) *Server {
 		entries, _ := os.ReadDir(dir)
 		tb.Logf("test server data %s not removed (%v); left: %v", dir, err, entries)
 	})
+	s.Dir = dir
 	if s.Store, err = sqlite.Open(context.Background(), filepath.Join(dir, "fota.db")); err != nil {
 		tb.Fatal(err)
 	}

@@ -308,7 +308,7 @@ func (d *Dashboard) rolloutPage(w http.ResponseWriter, r *http.Request, u *viewe
 		return
 	}
 	d.render(w, r, http.StatusOK, "rollout", u, map[string]any{"Title": fmt.Sprintf("Rollout %d", id), "V": v,
-		"Live": liveRollout{V: v, Operate: u.Can(fota.RoleOperator), CSRF: u.CSRF},
+		"Live":        liveRollout{V: v, Operate: u.Can(fota.RoleOperator), CSRF: u.CSRF},
 		"MaxFailures": update.FormatMaxFailures(v.R.MaxFailuresPercent, v.R.MaxFailures)})
 }
 
