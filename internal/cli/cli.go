@@ -72,6 +72,7 @@ func commands() []command {
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
 		{"serve", "run the update server", runServe},
 		{"token", "make admin API tokens", runToken},
+		{"user", "manage who may sign in to the dashboard, and sign them out", runUser},
 		{"migrate", "bring a PostgreSQL database's schema up to date", runMigrate},
 		{"device", "register devices, label them, list them, pin them to releases", runDevice},
 		{"rollout", "roll a release out in waves, halting by itself on failures", runRollout},

@@ -10,7 +10,9 @@ import (
 // beyond their count, whichever comes first; a removed device's tombstone
 // (its row and its sessions) goes once it was removed longer ago than
 // Sessions. Active sessions, and the native rollbacks and refusals that
-// keep a release from a device, are never pruned.
+// keep a release from a device, are never pruned. Dashboard sessions are
+// not history: they go WebSessionsKept after they expired or were revoked,
+// whatever Retention says.
 type Retention struct {
 	Events      time.Duration // events older than this go
 	MaxEvents   int           // at most this many events stay
@@ -32,20 +34,24 @@ const (
 	DefaultPruneBatch     = 500
 	DefaultBatchesPerTick = 20
 	DefaultPruneEvery     = 30 * time.Second
+	// WebSessionsKept is how long a dashboard session that expired or was
+	// revoked stays, so that its browser is told it ended rather than
+	// that it is unknown.
+	WebSessionsKept = 24 * time.Hour
 )
 
 // DefaultRetention is what fota serve keeps unless told otherwise.
 var DefaultRetention = Retention{Events: DefaultRetainEvents, MaxEvents: DefaultMaxEvents,
 	Sessions: DefaultRetainSessions, MaxSessions: DefaultMaxSessions}
 
-// Enabled reports whether r prunes anything.
+// Enabled reports whether r prunes any history.
 func (r Retention) Enabled() bool {
 	return r.Events > 0 || r.MaxEvents > 0 || r.Sessions > 0 || r.MaxSessions > 0
 }
 
 // Pruned counts what one Prune deleted.
 type Pruned struct {
-	Events, Sessions, Devices int
+	Events, Sessions, Devices, WebSessions int
 }
 
 // Prune deletes what r says is due, as of the service's clock: at most
@@ -96,18 +102,21 @@ func (s *Service) Prune(ctx context.Context, r Retention) (Pruned, error) {
 			return p, err
 		}
 	}
+	before := now.Add(-WebSessionsKept)
+	if err := repeat(&p.WebSessions, func() (int, error) { return s.store.PruneWebSessions(ctx, before, batch) }); err != nil {
+		return p, err
+	}
 	if p != (Pruned{}) {
-		s.log.Info("history pruned", "events", p.Events, "sessions", p.Sessions, "removed_devices", p.Devices)
+		s.log.Info("history pruned", "events", p.Events, "sessions", p.Sessions, "removed_devices", p.Devices,
+			"web_sessions", p.WebSessions)
 	}
 	return p, nil
 }
 
-// RunPruner prunes every interval until ctx ends. A failed prune is logged
-// and tried again at the next tick: what was due stays due.
+// RunPruner prunes every interval until ctx ends, even when r keeps all
+// history (ended dashboard sessions go all the same). A failed prune is
+// logged and tried again at the next tick: what was due stays due.
 func (s *Service) RunPruner(ctx context.Context, r Retention, every time.Duration) {
-	if !r.Enabled() {
-		return
-	}
 	if every <= 0 {
 		every = DefaultPruneEvery
 	}

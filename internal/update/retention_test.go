@@ -143,6 +143,81 @@ func TestPruneRemovedDevices(t *testing.T) {
 	wantCode(t, err, fota.ENOTFOUND)
 }
 
+// Dashboard sessions go a day after they expired or were revoked, in
+// bounded batches, even when every bit of history is kept; a session in
+// force stays.
+func TestPruneEndedWebSessions(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	if err := h.store.CreateUser(h.ctx, &fota.User{Name: "ana", Role: fota.RoleAdmin, PasswordHash: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	now := h.clock.Now()
+	session := func(n byte, life time.Duration) [32]byte {
+		ws := &fota.WebSession{Hash: [32]byte{n}, UserName: "ana", Created: now, Expires: now.Add(life)}
+		if err := h.store.CreateWebSession(h.ctx, ws); err != nil {
+			t.Fatal(err)
+		}
+		return ws.Hash
+	}
+	for n := range byte(4) {
+		session(n, time.Hour)
+	}
+	revoked := session(4, 30*24*time.Hour)
+	inForce := session(5, 30*24*time.Hour)
+	if err := h.store.RevokeWebSession(h.ctx, revoked); err != nil {
+		t.Fatal(err)
+	}
+	keepAll := update.Retention{Batch: 2, BatchesPerTick: 2}
+
+	h.clock.Advance(2 * time.Hour) // ended, but within the day
+	if p, err := h.svc.Prune(h.ctx, keepAll); err != nil || p != (update.Pruned{}) {
+		t.Fatalf("prune of sessions ended an hour ago: %+v, %v", p, err)
+	}
+	h.clock.Advance(update.WebSessionsKept)
+	if p, err := h.svc.Prune(h.ctx, keepAll); err != nil || p != (update.Pruned{WebSessions: 4}) {
+		t.Fatalf("first tick pruned %+v, %v; want 4 web sessions (2 batches of 2)", p, err)
+	}
+	if p, _ := h.svc.Prune(h.ctx, keepAll); p.WebSessions != 1 {
+		t.Fatalf("second tick pruned %+v; want the 1 ended session left", p)
+	}
+	if _, err := h.store.WebSessionByHash(h.ctx, revoked); fota.ErrorCode(err) != fota.ENOTFOUND {
+		t.Fatalf("a session revoked a day ago: %v", err)
+	}
+	if _, err := h.store.WebSessionByHash(h.ctx, inForce); err != nil {
+		t.Fatalf("the session in force: %v", err)
+	}
+}
+
+// RunPruner prunes ended dashboard sessions even when all history is kept.
+func TestRunPrunerWithoutRetention(t *testing.T) {
+	h := newHarness(t, update.Config{})
+	if err := h.store.CreateUser(h.ctx, &fota.User{Name: "ana", Role: fota.RoleAdmin, PasswordHash: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	now := h.clock.Now()
+	if err := h.store.CreateWebSession(h.ctx, &fota.WebSession{Hash: [32]byte{1}, UserName: "ana", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(update.WebSessionsKept + 2*time.Hour)
+	ctx, cancel := context.WithCancel(h.ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { h.svc.RunPruner(ctx, update.Retention{}, time.Millisecond) })
+	defer func() { cancel(); wg.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := h.store.WebSessionByHash(h.ctx, [32]byte{1})
+		if fota.ErrorCode(err) == fota.ENOTFOUND {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the expired session is still there after 10 s: %v", err)
+		}
+		time.Sleep(time.Millisecond) // polling, not waiting for an effect
+	}
+	if evs, _ := h.store.Events(h.ctx, fota.EventFilter{Kind: fota.EventUserAdded}); len(evs) != 1 {
+		t.Fatalf("history was pruned without retention: %d user-added events", len(evs))
+	}
+}
+
 // RunPruner prunes on its timer and stops when its context ends.
 func TestRunPrunerPrunesUntilStopped(t *testing.T) {
 	h := newHarness(t, update.Config{Logger: slog.New(slog.DiscardHandler)})
