@@ -64,7 +64,7 @@ func TestMain(m *testing.M) {
 }
 
 // fota runs the CLI in dir and returns stdout; a failure fails the test.
-func fota(t *testing.T, dir string, env []string, args ...string) string {
+func fota(t testing.TB, dir string, env []string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(fotaBin, args...)
 	cmd.Dir = dir
@@ -89,7 +89,7 @@ var listenRE = regexp.MustCompile(`listening on (https?://[0-9.:]+)`)
 var tokenRE = regexp.MustCompile(`admin token \(shown once; keep it secret\): (fota_\S+)`)
 
 // startServer runs fota serve on a free port and waits until it listens.
-func startServer(t *testing.T, dir string, extra ...string) *serverProc {
+func startServer(t testing.TB, dir string, extra ...string) *serverProc {
 	t.Helper()
 	cmd := exec.Command(fotaBin, append([]string{"serve", "--data", "data", "--addr", "127.0.0.1:0", "--trust", "keys/signing.pub"}, extra...)...)
 	cmd.Dir = dir
@@ -127,7 +127,7 @@ func startServer(t *testing.T, dir string, extra ...string) *serverProc {
 	return p
 }
 
-func (p *serverProc) stop(t *testing.T) {
+func (p *serverProc) stop(t testing.TB) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -53,6 +53,7 @@ type hub struct {
 	mu       sync.Mutex
 	watchers map[*watcher]struct{}
 	high     int64 // the newest event id the poller has seen
+	frames   map[frameKey]*cachedFrame
 
 	stop     chan struct{}
 	done     chan struct{}
@@ -60,7 +61,8 @@ type hub struct {
 }
 
 func newHub(d *Dashboard, poll time.Duration) *hub {
-	h := &hub{d: d, poll: poll, watchers: map[*watcher]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	h := &hub{d: d, poll: poll, watchers: map[*watcher]struct{}{}, frames: map[frameKey]*cachedFrame{},
+		stop: make(chan struct{}), done: make(chan struct{})}
 	go h.run()
 	return h
 }
@@ -160,31 +162,22 @@ func (h *hub) run() {
 // once, if an event concerns it or refresh is due; each events page's new
 // rows.
 func (h *hub) deliver(ctx context.Context, ws []*watcher, fresh []*fota.Event, refresh bool) {
+	start := time.Now() // a render from this round serves every watcher of its rollout
 	touched := map[int64]bool{}
 	for _, e := range fresh {
 		if e.RolloutID != 0 {
 			touched[e.RolloutID] = true
 		}
 	}
-	type view struct {
-		rollout int64
-		operate bool
-	}
-	rendered := map[view][]byte{}
 	for _, w := range ws {
 		switch {
 		case w.rollout != 0:
 			if !refresh && !touched[w.rollout] {
 				continue
 			}
-			key := view{w.rollout, w.operate}
-			frame, ok := rendered[key]
-			if !ok {
-				var err error
-				if frame, err = h.d.rolloutFrame(ctx, w.rollout, w.operate); err != nil {
-					h.d.log.Warn("dashboard live updates: render rollout", "rollout_id", w.rollout, "error", err)
-				}
-				rendered[key] = frame
+			frame, err := h.rolloutFrame(ctx, frameKey{w.rollout, w.operate}, start)
+			if err != nil {
+				h.d.log.Warn("dashboard live updates: render rollout", "rollout_id", w.rollout, "error", err)
 			}
 			if frame != nil {
 				replace(w.send, frame)
@@ -210,6 +203,56 @@ func (h *hub) deliver(ctx context.Context, ws []*watcher, fresh []*fota.Event, r
 			}
 		}
 	}
+}
+
+// frameKey names one render of a rollout's live section: operators'
+// has the buttons.
+type frameKey struct {
+	rollout int64
+	operate bool
+}
+
+// cachedFrame is a topic's newest render and the newest event the poller
+// had seen when it was made.
+type cachedFrame struct {
+	mu    sync.Mutex
+	frame []byte
+	high  int64
+	at    time.Time
+}
+
+// maxFrames bounds the renders kept; past it the cache starts afresh.
+const maxFrames = 1024
+
+// rolloutFrame returns the rollout's live section as a frame, rendering it
+// only if no render is current: one made since the poller last saw a new
+// event and not before notBefore. Watchers that arrive
+// together wait for one render rather than each making their own, so two
+// hundred dashboards opening at once cost one.
+func (h *hub) rolloutFrame(ctx context.Context, key frameKey, notBefore time.Time) ([]byte, error) {
+	h.mu.Lock()
+	c := h.frames[key]
+	if c == nil {
+		if len(h.frames) >= maxFrames {
+			clear(h.frames)
+		}
+		c = &cachedFrame{}
+		h.frames[key] = c
+	}
+	high := h.high
+	h.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.frame != nil && c.high == high && !c.at.Before(notBefore) {
+		return c.frame, nil
+	}
+	at := time.Now()
+	frame, err := h.d.rolloutFrame(ctx, key.rollout, key.operate)
+	if err != nil {
+		return nil, err
+	}
+	c.frame, c.high, c.at = frame, high, at
+	return frame, nil
 }
 
 // replace puts frame in ch, dropping a frame not yet sent: a rollout's
@@ -322,7 +365,7 @@ func (d *Dashboard) rolloutLive(w http.ResponseWriter, r *http.Request, u *viewe
 		return
 	}
 	operate := u.Can(fota.RoleOperator)
-	first, err := d.rolloutFrame(r.Context(), id, operate)
+	first, err := d.live.rolloutFrame(r.Context(), frameKey{id, operate}, time.Now().Add(-d.cfg.LivePoll))
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
