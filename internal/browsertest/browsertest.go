@@ -141,10 +141,10 @@ func New(t testing.TB, baseURL string, opts ...Option) *Browser {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(profile),
-		// No name but the base URL's host resolves, so a page that asks
-		// for a third-party address is caught (the request is still
-		// attempted and recorded) without a DNS query leaving the machine.
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE "+base.Hostname()),
+		// No host but the base URL's resolves, name or address, so a
+		// request to another host is recorded (and fails the test) but
+		// reaches no server and sends no DNS query.
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE "+ruleHost(base)),
 		chromedp.CombinedOutput(&b.output),
 	)
 	alloc, allocStop := chromedp.NewExecAllocator(b.root, allocOpts...)
@@ -289,6 +289,14 @@ func (w *tail) String() string {
 		return ""
 	}
 	return "\nthe browser printed:\n" + string(w.buf)
+}
+
+// ruleHost is u's host as host-resolver-rules write it (IPv6 in brackets).
+func ruleHost(u *url.URL) string {
+	if h := u.Hostname(); strings.Contains(h, ":") {
+		return "[" + h + "]"
+	}
+	return u.Hostname()
 }
 
 // hostPort is u's host and port, with the scheme's default port filled in.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -239,9 +240,13 @@ func TestTabsShareCookiesIncognitoDoesNot(t *testing.T) {
 
 func TestThirdPartyRequests(t *testing.T) {
 	t.Parallel()
+	var reached atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { reached.Add(1) }))
+	defer other.Close()
+	otherURL := strings.Replace(other.URL, "127.0.0.1", "localhost", 1) // another host on this machine
 	srv := site(t, map[string]string{
 		"/clean": html("Clean", `<h1>Clean</h1><img src="/logo.png" alt=""><img src="data:image/gif;base64,R0lGODlhAQABAAAAACw=" alt="">`),
-		"/leaky": html("Leaky", `<h1>Leaky</h1><img src="http://example.invalid/x.png" alt="">`),
+		"/leaky": html("Leaky", `<h1>Leaky</h1><img src="http://example.invalid/x.png" alt=""><img src="`+otherURL+`/y.png" alt="">`),
 	})
 	f := newFakeT(t)
 	b := New(f, srv.URL)
@@ -260,8 +265,11 @@ func TestThirdPartyRequests(t *testing.T) {
 
 	b.Navigate("/leaky")
 	b.AssertNoThirdPartyRequests()
-	if r := f.reported(); !strings.Contains(r, "tab 1: http://example.invalid/x.png") {
-		t.Errorf("a page that loads from example.invalid: reported %q", r)
+	if r := f.reported(); !strings.Contains(r, "tab 1: http://example.invalid/x.png") || !strings.Contains(r, "tab 1: "+otherURL+"/y.png") {
+		t.Errorf("a page that loads from example.invalid and %s: reported %q", otherURL, r)
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("a third-party request reached its server (%d requests); want none to leave the browser", n)
 	}
 	f.errors = nil
 	f.cleanup()
