@@ -43,13 +43,13 @@ func html(title, body string) string {
 }
 
 // fakeT stands in for the test given to New where a test checks that New
-// fails, skips or reports: it records Errorf, and Fatalf and Skipf record
-// and stop the calling function (catch them with stops). The rest goes to
-// the real test.
+// fails, skips or reports: it records Errorf, and inside stops, Fatalf and
+// Skipf record and stop the function. The rest goes to the real test.
 type fakeT struct {
 	testing.TB
 	mu       sync.Mutex
 	errors   []string
+	catching bool   // in stops
 	stopped  string // the Fatalf or Skipf message
 	cleanups []func()
 }
@@ -69,11 +69,19 @@ func (f *fakeT) Errorf(format string, args ...any) {
 }
 
 func (f *fakeT) Fatalf(format string, args ...any) {
+	if !f.catching {
+		f.TB.Helper()
+		f.TB.Fatalf(format, args...)
+	}
 	f.stopped = fmt.Sprintf(format, args...)
 	panic(stop{})
 }
 
 func (f *fakeT) Skipf(format string, args ...any) {
+	if !f.catching {
+		f.TB.Helper()
+		f.TB.Skipf(format, args...)
+	}
 	f.stopped = fmt.Sprintf(format, args...)
 	panic(stop{skip: true})
 }
@@ -114,8 +122,13 @@ func (f *fakeT) reported() string {
 // returns its message.
 func (f *fakeT) stops(t *testing.T, skip bool, fn func()) (msg string) {
 	t.Helper()
+	f.catching = true
 	defer func() {
+		f.catching = false
 		r := recover()
+		if r == nil {
+			return // fn went on, and the t.Fatal below said so
+		}
 		s, ok := r.(stop)
 		if !ok {
 			panic(r)
@@ -364,7 +377,8 @@ func TestCheckAccessibility(t *testing.T) {
 		pages["/"+strconv.Itoa(i)] = d.page
 	}
 	srv := site(t, pages)
-	b := New(t, srv.URL)
+	f := newFakeT(t)
+	b := New(f, srv.URL)
 
 	b.Navigate("/clean")
 	if problems := b.CheckAccessibility(); len(problems) > 0 {
@@ -380,10 +394,8 @@ func TestCheckAccessibility(t *testing.T) {
 		t.Logf("%s: %s", d.name, problems[0])
 	}
 
-	f := newFakeT(t)
-	fb := New(f, srv.URL)
-	fb.Navigate("/" + strconv.Itoa(len(defects)-3))
-	fb.AssertAccessible()
+	b.Navigate("/" + strconv.Itoa(len(defects)-3))
+	b.AssertAccessible()
 	if r := f.reported(); !strings.Contains(r, `contrast: p#faint "Last seen 3 min ago": contrast 2.32:1 is below 4.5:1 (rgb(170, 170, 170) on rgb(255, 255, 255), 16px)`) {
 		t.Errorf("AssertAccessible reported %q", r)
 	}
