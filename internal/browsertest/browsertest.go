@@ -4,7 +4,7 @@
 // when a non-test file imports it).
 //
 //	srv := httptest.NewServer(handler)
-//	defer srv.Close()
+//	t.Cleanup(srv.Close) // before New, so the browser closes first
 //	b := browsertest.New(t, srv.URL)
 //	b.Navigate("/login")
 //	b.FillLabel("Email", "ada@example.com")
@@ -13,7 +13,11 @@
 //	b.AssertAccessible()
 //
 // Each test gets its own browser process with a fresh profile in t.TempDir(),
-// closed by t.Cleanup. When the test ends the browser also fails it if
+// closed by t.Cleanup. Register the server's Close with t.Cleanup before
+// New, not with defer: cleanups run last first, so the browser closes and
+// ends an open EventSource stream before the server's Close waits for it.
+//
+// When the test ends the browser also fails it if
 //
 //   - the page requested anything from a host other than the base URL's
 //     (the dashboard ships every script, style and font itself; data:,
