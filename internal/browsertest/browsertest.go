@@ -4,7 +4,7 @@
 // when a non-test file imports it).
 //
 //	srv := httptest.NewServer(handler)
-//	defer srv.Close()
+//	t.Cleanup(srv.Close) // before New, so the browser closes first
 //	b := browsertest.New(t, srv.URL)
 //	b.Navigate("/login")
 //	b.FillLabel("Email", "ada@example.com")
@@ -13,7 +13,11 @@
 //	b.AssertAccessible()
 //
 // Each test gets its own browser process with a fresh profile in t.TempDir(),
-// closed by t.Cleanup. When the test ends the browser also fails it if
+// closed by t.Cleanup. Register the server's Close with t.Cleanup before
+// New, not with defer: cleanups run last first, so the browser closes and
+// ends an open EventSource stream before the server's Close waits for it.
+//
+// When the test ends the browser also fails it if
 //
 //   - the page requested anything from a host other than the base URL's
 //     (the dashboard ships every script, style and font itself; data:,
@@ -141,10 +145,10 @@ func New(t testing.TB, baseURL string, opts ...Option) *Browser {
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
 		chromedp.UserDataDir(profile),
-		// No name but the base URL's host resolves, so a page that asks
-		// for a third-party address is caught (the request is still
-		// attempted and recorded) without a DNS query leaving the machine.
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE "+base.Hostname()),
+		// No host but the base URL's resolves, name or address, so a
+		// request to another host is recorded (and fails the test) but
+		// reaches no server and sends no DNS query.
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE "+ruleHost(base)),
 		chromedp.CombinedOutput(&b.output),
 	)
 	alloc, allocStop := chromedp.NewExecAllocator(b.root, allocOpts...)
@@ -289,6 +293,14 @@ func (w *tail) String() string {
 		return ""
 	}
 	return "\nthe browser printed:\n" + string(w.buf)
+}
+
+// ruleHost is u's host as host-resolver-rules write it (IPv6 in brackets).
+func ruleHost(u *url.URL) string {
+	if h := u.Hostname(); strings.Contains(h, ":") {
+		return "[" + h + "]"
+	}
+	return u.Hostname()
 }
 
 // hostPort is u's host and port, with the scheme's default port filled in.
