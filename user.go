@@ -57,6 +57,10 @@ type WebSession struct {
 	Revoked  time.Time // zero: in force
 	Address  string    // the client's address at sign-in, shown to the user
 	Agent    string    // its User-Agent at sign-in, shortened
+	// PasswordHash is the hash the sign-in verified (not stored): a
+	// session is made only if it is still the user's, so a sign-in racing
+	// a password change cannot outlive it with the old password.
+	PasswordHash string
 }
 
 // UserStore keeps dashboard users and their sessions.
@@ -76,7 +80,10 @@ type UserStore interface {
 	// Errors: ENOTFOUND.
 	RemoveUser(ctx context.Context, name string) error
 	// CreateWebSession stores a signed-in session and a user-signed-in
-	// event. Durable. Errors: ENOTFOUND if the user does not exist.
+	// event, if s.PasswordHash is still the user's (CheckSignIn, read in
+	// the same transaction). Durable. Errors: ENOTFOUND if the user does
+	// not exist; ECONFLICT if the password changed meanwhile; EINVALID
+	// without a PasswordHash.
 	CreateWebSession(ctx context.Context, s *WebSession) error
 	// WebSessionByHash finds a session, revoked and expired ones too: the
 	// caller decides. Errors: ENOTFOUND.
@@ -160,4 +167,17 @@ func sessionCount(n int) string {
 		return "1 session"
 	}
 	return strconv.Itoa(n) + " sessions"
+}
+
+// CheckSignIn refuses a session whose sign-in verified a password hash
+// that is no longer u's: a password changed while the sign-in checked the
+// old one. Every store applies it in CreateWebSession's transaction.
+func CheckSignIn(u *User, s *WebSession) error {
+	switch {
+	case s.PasswordHash == "":
+		return Errorf(EINVALID, "a web session must say which password hash its sign-in verified")
+	case s.PasswordHash != u.PasswordHash:
+		return Errorf(ECONFLICT, "the password of %s changed while signing in; sign in again", u.Name)
+	}
+	return nil
 }

@@ -184,7 +184,11 @@ func TestUserAddInterrupted(t *testing.T) {
 func signIn(t *testing.T, store fota.Store, user string, n byte, life time.Duration) [32]byte {
 	t.Helper()
 	now := time.Now()
-	ws := &fota.WebSession{Hash: [32]byte{n}, UserName: user, Created: now, Expires: now.Add(life), Address: "192.0.2.1"}
+	u, err := store.User(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := &fota.WebSession{Hash: [32]byte{n}, UserName: user, Created: now, Expires: now.Add(life), Address: "192.0.2.1", PasswordHash: u.PasswordHash}
 	if err := store.CreateWebSession(context.Background(), ws); err != nil {
 		t.Fatal(err)
 	}

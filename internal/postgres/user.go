@@ -128,8 +128,13 @@ func (s *Store) CreateWebSession(ctx context.Context, ws *fota.WebSession) error
 		ws.LastSeen = ws.Created
 	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		u, err := userIn(ctx, tx, ws.UserName, "FOR KEY SHARE")
+		// FOR SHARE: a password change waits for this sign-in, or this
+		// sign-in reads the changed hash and is refused.
+		u, err := userIn(ctx, tx, ws.UserName, "FOR SHARE")
 		if err != nil {
+			return err
+		}
+		if err := fota.CheckSignIn(u, ws); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO web_sessions (hash, user_id, created_ms, expires_ms, last_seen_ms, revoked_ms, address, agent)

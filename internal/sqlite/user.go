@@ -130,6 +130,9 @@ func (s *Store) CreateWebSession(ctx context.Context, ws *fota.WebSession) error
 		if err != nil {
 			return err
 		}
+		if err := fota.CheckSignIn(u, ws); err != nil {
+			return err
+		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO web_sessions (hash, user_id, created_ms, expires_ms, last_seen_ms, revoked_ms, address, agent)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, ws.Hash[:], u.ID, ms(ws.Created), ms(ws.Expires), ms(ws.LastSeen), ms(ws.Revoked), ws.Address, ws.Agent)
 		if isUnique(err) {

@@ -33,7 +33,7 @@ func signIn(t *testing.T, s fota.Store, c *Clock, n int, user string, life time.
 	t.Helper()
 	now := c.Now().Truncate(time.Millisecond)
 	ws := &fota.WebSession{Hash: cookie(n), UserName: user, Created: now, Expires: now.Add(life), LastSeen: now,
-		Address: "192.0.2." + fmt.Sprint(n), Agent: "Firefox/146"}
+		Address: "192.0.2." + fmt.Sprint(n), Agent: "Firefox/146", PasswordHash: userHash(user)}
 	must(t, s.CreateWebSession(fota.WithActor(context.Background(), "user:"+user), ws))
 	return ws
 }
@@ -164,7 +164,7 @@ func testWebSessions(t *testing.T, s fota.Store, c *Clock) {
 	ctx := fota.WithActor(context.Background(), "user:ana")
 	addUser(t, s, "ana", fota.RoleOperator)
 	addUser(t, s, "bob", fota.RoleViewer)
-	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(0), UserName: "nobody", Expires: c.Now().Add(time.Hour)}), fota.ENOTFOUND)
+	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(0), UserName: "nobody", Expires: c.Now().Add(time.Hour), PasswordHash: "h"}), fota.ENOTFOUND)
 
 	s1 := signIn(t, s, c, 1, "ana", 12*time.Hour)
 	c.Advance(time.Minute)
@@ -173,7 +173,14 @@ func testWebSessions(t *testing.T, s fota.Store, c *Clock) {
 	signIn(t, s, c, 3, "bob", 12*time.Hour)
 	c.Advance(time.Minute)
 	short := signIn(t, s, c, 4, "ana", 2*time.Minute)
-	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(1), UserName: "bob", Expires: c.Now().Add(time.Hour)}), fota.ECONFLICT)
+	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(1), UserName: "bob", Expires: c.Now().Add(time.Hour), PasswordHash: userHash("bob")}), fota.ECONFLICT)
+	// A sign-in that verified a hash that is no longer the user's (the
+	// password changed meanwhile) makes no session; nor one that says none.
+	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(90), UserName: "bob", Expires: c.Now().Add(time.Hour), PasswordHash: "an old hash"}), fota.ECONFLICT)
+	wantCode(t, s.CreateWebSession(ctx, &fota.WebSession{Hash: cookie(91), UserName: "bob", Expires: c.Now().Add(time.Hour)}), fota.EINVALID)
+	if _, err := s.WebSessionByHash(ctx, cookie(90)); fota.ErrorCode(err) != fota.ENOTFOUND {
+		t.Fatalf("a refused sign-in left a session: %v", err)
+	}
 
 	got, err := s.WebSessionByHash(ctx, cookie(1))
 	must(t, err)

@@ -153,7 +153,7 @@ func TestPruneEndedWebSessions(t *testing.T) {
 	}
 	now := h.clock.Now()
 	session := func(n byte, life time.Duration) [32]byte {
-		ws := &fota.WebSession{Hash: [32]byte{n}, UserName: "ana", Created: now, Expires: now.Add(life)}
+		ws := &fota.WebSession{Hash: [32]byte{n}, UserName: "ana", Created: now, Expires: now.Add(life), PasswordHash: "h"}
 		if err := h.store.CreateWebSession(h.ctx, ws); err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +195,7 @@ func TestRunPrunerWithoutRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := h.clock.Now()
-	if err := h.store.CreateWebSession(h.ctx, &fota.WebSession{Hash: [32]byte{1}, UserName: "ana", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+	if err := h.store.CreateWebSession(h.ctx, &fota.WebSession{Hash: [32]byte{1}, UserName: "ana", Created: now, Expires: now.Add(time.Hour), PasswordHash: "h"}); err != nil {
 		t.Fatal(err)
 	}
 	h.clock.Advance(update.WebSessionsKept + 2*time.Hour)

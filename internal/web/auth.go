@@ -227,7 +227,7 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("Too many failed sign-ins; try again in %s.", wait.Round(time.Second)))
 		return
 	}
-	ok, err := d.checkPassword(r, name, password)
+	hash, ok, err := d.checkPassword(r, name, password)
 	if err != nil {
 		d.errorPage(w, r, nil, err)
 		return
@@ -246,8 +246,13 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 	}
 	now := d.now()
 	s := &fota.WebSession{Hash: hashSecret(token), UserName: name, Created: now, Expires: now.Add(d.cfg.SessionLife), LastSeen: now,
-		Address: addr, Agent: shortAgent(r.UserAgent())}
-	if err := d.store.CreateWebSession(fota.WithActor(r.Context(), "user:"+name), s); err != nil {
+		Address: addr, Agent: shortAgent(r.UserAgent()), PasswordHash: hash}
+	err = d.store.CreateWebSession(fota.WithActor(r.Context(), "user:"+name), s)
+	if fota.ErrorCode(err) == fota.ECONFLICT {
+		d.renderSignin(w, r, http.StatusConflict, name, "Your password was changed while you signed in; sign in with the new one.")
+		return
+	}
+	if err != nil {
 		d.errorPage(w, r, nil, err)
 		return
 	}
@@ -260,31 +265,32 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkPassword verifies name's password; an unknown name does the same
-// work (DummyVerify), so the answer takes as long either way. At most two checks run at
+// work (DummyVerify), so the answer takes as long either way. It returns
+// the hash it verified, which the new session must still find the user's. At most two checks run at
 // once: each takes ~19 MiB for a moment.
-func (d *Dashboard) checkPassword(r *http.Request, name, password string) (bool, error) {
+func (d *Dashboard) checkPassword(r *http.Request, name, password string) (hash string, ok bool, err error) {
 	if len(password) > maxPassword || !fota.ValidTokenName(name) {
-		return false, nil
+		return "", false, nil
 	}
 	select {
 	case d.hashing <- struct{}{}:
 		defer func() { <-d.hashing }()
 	case <-r.Context().Done():
-		return false, r.Context().Err()
+		return "", false, r.Context().Err()
 	}
 	u, err := d.store.User(r.Context(), name)
 	if fota.ErrorCode(err) == fota.ENOTFOUND {
 		d.cfg.DummyVerify(password)
-		return false, nil
+		return "", false, nil
 	}
 	if err != nil {
-		return false, err
+		return "", false, err
 	}
-	ok, err := d.cfg.VerifyPassword(u.PasswordHash, password)
+	ok, err = d.cfg.VerifyPassword(u.PasswordHash, password)
 	if err != nil {
-		return false, fmt.Errorf("check password of %s: %w", name, err)
+		return "", false, fmt.Errorf("check password of %s: %w", name, err)
 	}
-	return ok, nil
+	return u.PasswordHash, ok, nil
 }
 
 // safeLogName is a sign-in name as a log line may carry it: what someone
