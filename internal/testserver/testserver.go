@@ -34,11 +34,11 @@ type Server struct {
 	// network out.
 	Handler http.Handler
 	// Dir holds the server's data: fota.db (SQLite) and blobs.
-	Dir string
-	Admin   *client.Admin
-	Signer  *keys.SigningKey
-	FWKey   keys.FirmwareKey
-	Token   string // an admin token
+	Dir    string
+	Admin  *client.Admin
+	Signer *keys.SigningKey
+	FWKey  keys.FirmwareKey
+	Token  string // an admin token
 }
 
 // New starts a server trusting a fresh RSA release key; it stops with the test.

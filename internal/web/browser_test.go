@@ -15,6 +15,7 @@ import (
 	"github.com/ecowatt/fota/internal/browsertest"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/simulator"
+	"github.com/ecowatt/fota/protocol"
 )
 
 // The dashboard in headless Chromium (internal/browsertest: every test
@@ -170,6 +171,13 @@ func createRollout(tab *browsertest.Tab, release, waves, maxFailures string) {
 func TestBrowserRolloutLive(t *testing.T) {
 	e := newEnv(t)
 	e.srv.PublishOnly(e.srv.Bundle("1.0.4", e.srv.Sample("1.0.4", firmware.Healthy, 16<<10, 0), 0, 0))
+	// Devices of other hardware that never check in: offline on the fleet
+	// page, and no part of the rollout.
+	for i, v := range []string{"1.0.1", "1.0.2", "1.0.2", "1.0.3"} {
+		if _, err := e.srv.Admin.AddDevice(context.Background(), protocol.AddDevice{ID: fmt.Sprintf("s3-%d", i), Hardware: "esp32s3", Version: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	runFleet(t, e, 6)
 	b := browsertest.New(t, e.srv.URL, browsertest.Timeout(90*time.Second), browsertest.WaitTimeout(45*time.Second))
 	signIn(b.Tab, "olu")

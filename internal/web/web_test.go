@@ -346,6 +346,9 @@ func TestUploadAndWithdraw(t *testing.T) {
 	}
 	p = admin.get("/releases")
 	mustContain(t, p, "Release 1.0.4 for esp32 published and verified", "<td>1.0.4", "published")
+	if evs, _ := e.srv.Store.Events(context.Background(), fota.EventFilter{Kind: fota.EventPublished}); len(evs) != 1 || evs[0].Actor != "user:ana" {
+		t.Fatalf("publish events %+v, want one by user:ana", evs)
+	}
 
 	// The script's answer is JSON.
 	again := e.srv.Bundle("1.0.5", e.srv.Sample("1.0.5", firmware.Healthy, 4<<10, 0), 0, 0)
