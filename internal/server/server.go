@@ -136,7 +136,7 @@ func New(cfg Config) (*Server, error) {
 			}
 		}})
 	dash, err := web.New(web.Config{Store: cfg.Store, Updates: s.updates, Publish: s.Publish, MaxBundle: maxBundle,
-		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength,
+		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength, NewToken: NewToken,
 		Logger: s.log, Now: s.now, SecureCookies: cfg.SecureCookies, OnlineWithin: cfg.OnlineWithin})
 	if err != nil {
 		return nil, err

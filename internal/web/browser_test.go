@@ -49,7 +49,7 @@ func TestBrowserPages(t *testing.T) {
 	signIn(b.Tab, "ana")
 	pages := map[string]string{"/fleet": "Fleet", "/devices": "Devices", "/devices/plant-0-inverter-monitor-with-a-long-id": "Device plant-0",
 		"/releases": "Releases", "/rollouts": "Rollouts", "/rollouts/new": "New rollout", "/rollouts/1": "Rollout 1", "/events": "Events",
-		"/users": "Users", "/account": "Your account"}
+		"/users": "Users", "/account": "Your account", "/tokens": "API tokens", "/webhooks": "Webhooks"}
 	for _, width := range []int{1280, 320} {
 		b.SetViewport(width, 800)
 		for path, h1 := range pages {

@@ -20,7 +20,8 @@
 //     Security Policy allows only the server's own scripts and styles (no
 //     inline script, no third-party origin), and no page is framed;
 //   - privilege: viewers read; operators also run rollouts, label and pin
-//     devices; admins also publish and withdraw releases and manage users.
+//     devices; admins also publish and withdraw releases and manage users,
+//     API tokens and webhooks.
 //     The role is checked on the server for every request, whatever the
 //     page showed.
 package web
@@ -74,6 +75,9 @@ type Config struct {
 	// refused none too weak.
 	HashPassword  func(password string) (string, error)
 	CheckPassword func(password string) error
+	// NewToken makes an admin API token: its text, shown once, and the
+	// hash the store keeps.
+	NewToken func() (string, [32]byte, error)
 	Logger        *slog.Logger
 	Now           func() time.Time
 	// SecureCookies marks cookies Secure even on plain HTTP requests: for
@@ -124,7 +128,7 @@ type Dashboard struct {
 // New returns a Dashboard. Call Close when the server stops.
 func New(cfg Config) (*Dashboard, error) {
 	if cfg.Store == nil || cfg.Updates == nil || cfg.Publish == nil || cfg.VerifyPassword == nil || cfg.DummyVerify == nil ||
-		cfg.HashPassword == nil || cfg.CheckPassword == nil {
+		cfg.HashPassword == nil || cfg.CheckPassword == nil || cfg.NewToken == nil {
 		return nil, errors.New("web: store, update service, publish and the password functions are required")
 	}
 	if cfg.Logger == nil {
@@ -208,6 +212,12 @@ func (d *Dashboard) Routes() []Route {
 		{"POST /users", action(fota.RoleAdmin, d.addUser)},
 		{"POST /users/{name}/remove", action(fota.RoleAdmin, d.removeUser)},
 		{"POST /users/{name}/signout", action(fota.RoleAdmin, d.signoutUser)},
+		{"GET /tokens", page(fota.RoleAdmin, d.tokensPage)},
+		{"POST /tokens", action(fota.RoleAdmin, d.createToken)},
+		{"POST /tokens/{name}/revoke", action(fota.RoleAdmin, d.revokeToken)},
+		{"GET /webhooks", page(fota.RoleAdmin, d.webhooksPage)},
+		{"POST /webhooks", action(fota.RoleAdmin, d.createWebhook)},
+		{"POST /webhooks/{id}/remove", action(fota.RoleAdmin, d.removeWebhook)},
 	}
 }
 

@@ -645,3 +645,66 @@ func readFrames(t *testing.T, body io.Reader, n int, d time.Duration) []string {
 	}
 	return frames
 }
+
+func TestTokensAndWebhooks(t *testing.T) {
+	e := newEnv(t)
+	op := e.browser()
+	op.signIn("olu")
+	for _, path := range []string{"/tokens", "/webhooks"} {
+		if p := op.get(path); p.status != http.StatusForbidden {
+			t.Fatalf("operator opens %s: %d", path, p.status)
+		}
+	}
+	admin := e.browser()
+	at := admin.signIn("ana")
+	p := admin.post("/tokens", url.Values{"csrf": {at}, "name": {"ci"}, "scope": {"read"}, "expires": {"30d"}})
+	if p.status != http.StatusCreated {
+		t.Fatalf("create token: %d %s", p.status, excerpt(p.body))
+	}
+	m := regexp.MustCompile(`id="new-token" readonly value="(fota_[^"]+)"`).FindStringSubmatch(p.body)
+	if m == nil {
+		t.Fatalf("the new token is not shown:\n%s", excerpt(p.body))
+	}
+	if strings.Contains(admin.get("/tokens").body, m[1]) {
+		t.Fatal("the token's text is shown again")
+	}
+	useToken := func() int {
+		req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/v1/admin/releases", nil)
+		req.Header.Set("Authorization", "Bearer "+m[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := useToken(); code != http.StatusOK {
+		t.Fatalf("the new read token: %d", code)
+	}
+	admin.post("/tokens/ci/revoke", url.Values{"csrf": {at}})
+	if code := useToken(); code != http.StatusUnauthorized {
+		t.Fatalf("the revoked token: %d", code)
+	}
+	evs, _ := e.srv.Store.Events(context.Background(), fota.EventFilter{Kind: fota.EventTokenRevoked})
+	if len(evs) != 1 || evs[0].Actor != "user:ana" {
+		t.Fatalf("token events %+v", evs)
+	}
+
+	p = admin.post("/webhooks", url.Values{"csrf": {at}, "url": {"https://ops.example.com/fota"}, "events": {"rollout.*, device.rolled_back"}})
+	if p.status != http.StatusCreated || !regexp.MustCompile(`id="new-secret" readonly value="[0-9a-f]{64}"`).MatchString(p.body) {
+		t.Fatalf("create webhook: %d %s", p.status, excerpt(p.body))
+	}
+	p = admin.post("/webhooks", url.Values{"csrf": {at}, "url": {"https://ops.example.com/x"}, "events": {"rollout.typo"}})
+	if p.status != http.StatusBadRequest {
+		t.Fatalf("webhook with a misspelt event: %d", p.status)
+	}
+	mustContain(t, p, "matches no event")
+	hooks, _ := e.srv.Store.Webhooks(context.Background())
+	if len(hooks) != 1 || strings.Join(hooks[0].Events, ",") != "rollout.*,device.rolled_back" {
+		t.Fatalf("webhooks %+v", hooks)
+	}
+	admin.post(fmt.Sprintf("/webhooks/%d/remove", hooks[0].ID), url.Values{"csrf": {at}})
+	if hooks, _ = e.srv.Store.Webhooks(context.Background()); len(hooks) != 0 {
+		t.Fatalf("webhook not removed: %+v", hooks)
+	}
+}
