@@ -78,8 +78,8 @@ type Config struct {
 	// NewToken makes an admin API token: its text, shown once, and the
 	// hash the store keeps.
 	NewToken func() (string, [32]byte, error)
-	Logger        *slog.Logger
-	Now           func() time.Time
+	Logger   *slog.Logger
+	Now      func() time.Time
 	// SecureCookies marks cookies Secure even on plain HTTP requests: for
 	// a server behind a proxy that terminates TLS. Requests over TLS get
 	// Secure cookies anyway.
