@@ -136,7 +136,7 @@ func New(cfg Config) (*Server, error) {
 			}
 		}})
 	dash, err := web.New(web.Config{Store: cfg.Store, Updates: s.updates, Publish: s.Publish, MaxBundle: maxBundle,
-		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength, NewToken: NewToken,
+		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength, NewToken: NewToken, StatusOf: HTTPStatus,
 		Logger: s.log, Now: s.now, SecureCookies: cfg.SecureCookies, OnlineWithin: cfg.OnlineWithin})
 	if err != nil {
 		return nil, err
@@ -333,6 +333,15 @@ var statusOf = map[string]int{
 	fota.EGONE:         http.StatusGone,
 	fota.EFORBIDDEN:    http.StatusForbidden,
 	fota.ETOOMANY:      http.StatusTooManyRequests,
+}
+
+// HTTPStatus is the HTTP status of err's code (500 for an internal one);
+// the dashboard answers by the same table.
+func HTTPStatus(err error) int {
+	if st, ok := statusOf[fota.ErrorCode(err)]; ok {
+		return st
+	}
+	return http.StatusInternalServerError
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, reqID string, err error) {

@@ -42,7 +42,7 @@ func (d *Dashboard) renderTokens(w http.ResponseWriter, r *http.Request, u *view
 func (d *Dashboard) createToken(w http.ResponseWriter, r *http.Request, u *viewer) {
 	name, scope, life := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("scope"), r.PostFormValue("expires")
 	fail := func(err error) {
-		d.renderTokens(w, r, u, statusOf(err), map[string]any{"FormError": fota.ErrorMessage(err), "Name": name})
+		d.renderTokens(w, r, u, d.statusOf(err), map[string]any{"FormError": fota.ErrorMessage(err), "Name": name})
 	}
 	t := &fota.Token{Name: name, Scope: scope}
 	found := false
@@ -101,7 +101,7 @@ func (d *Dashboard) renderWebhooks(w http.ResponseWriter, r *http.Request, u *vi
 func (d *Dashboard) createWebhook(w http.ResponseWriter, r *http.Request, u *viewer) {
 	target, events := strings.TrimSpace(r.PostFormValue("url")), strings.TrimSpace(r.PostFormValue("events"))
 	fail := func(err error) {
-		d.renderWebhooks(w, r, u, statusOf(err), map[string]any{"FormError": fota.ErrorMessage(err), "URL": target, "Events": events})
+		d.renderWebhooks(w, r, u, d.statusOf(err), map[string]any{"FormError": fota.ErrorMessage(err), "URL": target, "Events": events})
 	}
 	var secret [32]byte
 	if _, err := rand.Read(secret[:]); err != nil {

@@ -23,12 +23,7 @@ type deviceRow struct {
 
 func (d *Dashboard) devicesPage(w http.ResponseWriter, r *http.Request, u *viewer) {
 	f, ferr := readFilter(r)
-	devices, err := d.store.Devices(r.Context())
-	if err != nil {
-		d.errorPage(w, r, u, err)
-		return
-	}
-	active, err := d.activeByDevice(r)
+	devices, active, err := d.fleetDevices(r)
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
@@ -188,7 +183,7 @@ func (d *Dashboard) setLabels(w http.ResponseWriter, r *http.Request, u *viewer)
 		return
 	}
 	if _, err := d.updates.SetLabels(u.ctxFor(r), dev.ID, set, remove); err != nil {
-		d.renderDevice(w, r, u, statusOf(err), fota.ErrorMessage(err))
+		d.renderDevice(w, r, u, d.statusOf(err), fota.ErrorMessage(err))
 		return
 	}
 	d.redirectWith(w, r, deviceURL(dev.ID), "Labels saved.")
@@ -204,7 +199,7 @@ func (d *Dashboard) pinDevice(w http.ResponseWriter, r *http.Request, u *viewer)
 		err = d.updates.Pin(u.ctxFor(r), id, version)
 	}
 	if err != nil {
-		d.renderDevice(w, r, u, statusOf(err), fota.ErrorMessage(err))
+		d.renderDevice(w, r, u, d.statusOf(err), fota.ErrorMessage(err))
 		return
 	}
 	if version == "" {

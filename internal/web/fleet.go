@@ -179,27 +179,27 @@ func compareVersions(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// activeByDevice indexes the active sessions by device.
-func (d *Dashboard) activeByDevice(r *http.Request) (map[string]*fota.Session, error) {
+// fleetDevices reads the registered devices and indexes the active
+// sessions by device.
+func (d *Dashboard) fleetDevices(r *http.Request) ([]*fota.Device, map[string]*fota.Session, error) {
+	devices, err := d.store.Devices(r.Context())
+	if err != nil {
+		return nil, nil, err
+	}
 	sessions, err := d.store.ActiveSessions(r.Context())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	active := make(map[string]*fota.Session, len(sessions))
 	for _, s := range sessions {
 		active[s.DeviceID] = s
 	}
-	return active, nil
+	return devices, active, nil
 }
 
 func (d *Dashboard) fleetPage(w http.ResponseWriter, r *http.Request, u *viewer) {
 	f, ferr := readFilter(r)
-	devices, err := d.store.Devices(r.Context())
-	if err != nil {
-		d.errorPage(w, r, u, err)
-		return
-	}
-	active, err := d.activeByDevice(r)
+	devices, active, err := d.fleetDevices(r)
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return

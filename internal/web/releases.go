@@ -41,7 +41,7 @@ func (d *Dashboard) upload(w http.ResponseWriter, r *http.Request, u *viewer) {
 	fail := func(err error) {
 		if wantsJSON(r) {
 			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(statusOf(err))
+			w.WriteHeader(d.statusOf(err))
 			json.NewEncoder(w).Encode(uploadAnswer{Message: fota.ErrorMessage(err)})
 			return
 		}

@@ -188,12 +188,12 @@ func (d *Dashboard) createRollout(w http.ResponseWriter, r *http.Request, u *vie
 	f := readRolloutForm(r.PostForm)
 	spec, err := f.spec()
 	if err != nil {
-		d.renderNewRollout(w, r, u, statusOf(err), f, fota.ErrorMessage(err), map[string]any{})
+		d.renderNewRollout(w, r, u, d.statusOf(err), f, fota.ErrorMessage(err), map[string]any{})
 		return
 	}
 	ro, upToDate, err := d.updates.CreateRollout(u.ctxFor(r), spec)
 	if err != nil {
-		d.renderNewRollout(w, r, u, statusOf(err), f, fota.ErrorMessage(err), map[string]any{})
+		d.renderNewRollout(w, r, u, d.statusOf(err), f, fota.ErrorMessage(err), map[string]any{})
 		return
 	}
 	targeted := 0

@@ -46,7 +46,7 @@ func (d *Dashboard) renderUsers(w http.ResponseWriter, r *http.Request, u *viewe
 // change it on the server's machine (fota user passwd).
 func (d *Dashboard) addUser(w http.ResponseWriter, r *http.Request, u *viewer) {
 	name, role, password := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("role"), r.PostFormValue("password")
-	fail := func(err error) { d.renderUsers(w, r, u, statusOf(err), fota.ErrorMessage(err), name, role) }
+	fail := func(err error) { d.renderUsers(w, r, u, d.statusOf(err), fota.ErrorMessage(err), name, role) }
 	if !fota.ValidRole(role) {
 		fail(fota.Errorf(fota.EINVALID, "role %q: want %s", role, strings.Join(fota.Roles, ", ")))
 		return

@@ -78,6 +78,8 @@ type Config struct {
 	// NewToken makes an admin API token: its text, shown once, and the
 	// hash the store keeps.
 	NewToken func() (string, [32]byte, error)
+	// StatusOf maps an error to its HTTP status: the server's one table.
+	StatusOf func(error) int
 	Logger   *slog.Logger
 	Now      func() time.Time
 	// SecureCookies marks cookies Secure even on plain HTTP requests: for
@@ -128,7 +130,8 @@ type Dashboard struct {
 // New returns a Dashboard. Call Close when the server stops.
 func New(cfg Config) (*Dashboard, error) {
 	if cfg.Store == nil || cfg.Updates == nil || cfg.Publish == nil || cfg.VerifyPassword == nil || cfg.DummyVerify == nil ||
-		cfg.HashPassword == nil || cfg.CheckPassword == nil || cfg.NewToken == nil {
+		cfg.HashPassword == nil || cfg.CheckPassword == nil || cfg.NewToken == nil ||
+		cfg.StatusOf == nil {
 		return nil, errors.New("web: store, update service, publish and the password functions are required")
 	}
 	if cfg.Logger == nil {
@@ -271,35 +274,11 @@ func (v *viewer) ctxFor(r *http.Request) context.Context {
 // errorPage renders a page saying what went wrong, with the status the
 // error's code maps to. An internal error's text goes to the log only.
 func (d *Dashboard) errorPage(w http.ResponseWriter, r *http.Request, u *viewer, err error) {
-	status := statusOf(err)
+	status := d.statusOf(err)
 	if status == http.StatusInternalServerError {
 		d.log.Error("dashboard request failed", "path", r.URL.Path, "error", err)
 	}
 	d.render(w, r, status, "error", u, map[string]any{"Title": http.StatusText(status), "Message": fota.ErrorMessage(err)})
-}
-
-func statusOf(err error) int {
-	switch fota.ErrorCode(err) {
-	case fota.ENOTFOUND:
-		return http.StatusNotFound
-	case fota.EINVALID:
-		return http.StatusBadRequest
-	case fota.ECONFLICT:
-		return http.StatusConflict
-	case fota.EFORBIDDEN:
-		return http.StatusForbidden
-	case fota.EUNAUTHORIZED:
-		return http.StatusUnauthorized
-	case fota.ETOOLARGE:
-		return http.StatusRequestEntityTooLarge
-	case fota.ETOOMANY:
-		return http.StatusTooManyRequests
-	case fota.EUNAVAILABLE:
-		return http.StatusServiceUnavailable
-	case fota.EGONE:
-		return http.StatusGone
-	}
-	return http.StatusInternalServerError
 }
 
 // flash carries a message to the page a POST redirects to, in a cookie
@@ -332,5 +311,7 @@ func (d *Dashboard) takeFlash(w http.ResponseWriter, r *http.Request) string {
 	}
 	return msg
 }
+
+func (d *Dashboard) statusOf(err error) int { return d.cfg.StatusOf(err) }
 
 func (d *Dashboard) secureCookies(r *http.Request) bool { return r.TLS != nil || d.cfg.SecureCookies }
