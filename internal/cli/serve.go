@@ -28,7 +28,7 @@ const serveUsage = `Usage:
   fota serve --trust keys/signing.pub [--data ./fota-data] [--addr 127.0.0.1:8080]
              [--db postgres://user:pass@host/db [--blobs db | --blobs /shared/fota-blobs]]
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
-             [--memory-limit 112MiB] [--pprof 127.0.0.1:6060] [--secure-cookies] [--online-within 13h]
+             [--memory-limit 112MiB] [--pprof 127.0.0.1:6060] [--secure-cookies] [--client-ip-header X-Real-IP] [--online-within 13h]
              [--retain-events 90d] [--retain-events-max 1000000] [--retain-sessions 90d] [--retain-sessions-max 100000]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*),
@@ -67,7 +67,10 @@ once removed longer ago than --retain-sessions. Ages take d (days), w
 (weeks) or Go durations; 0 keeps for ever.
 
 The dashboard's session cookies are Secure when the request came over TLS;
-behind a proxy that terminates TLS, pass --secure-cookies. A device seen
+behind a proxy that terminates TLS, pass --secure-cookies. Behind a proxy,
+--client-ip-header names the header it puts the client's address in, so
+that sign-in limits and logs see clients rather than the proxy (without a
+proxy leave it unset: clients could then pick their address). A device seen
 within --online-within (two 6-hour check intervals and an hour) counts as
 online on its pages.
 
@@ -104,6 +107,7 @@ func runServe(e *env, args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve Go profiling (net/http/pprof) on this address, e.g. 127.0.0.1:6060; keep it private")
 	memoryLimit := fs.String("memory-limit", "", "soft limit on the server's Go memory, e.g. 112MiB: nearer it, memory is collected and returned sooner (default: GOMEMLIMIT, else none)")
 	secureCookies := fs.Bool("secure-cookies", false, "mark dashboard cookies Secure on plain HTTP too (behind a proxy that terminates TLS)")
+	clientIPHeader := fs.String("client-ip-header", "", "behind a proxy: the header holding the client's address (X-Real-IP, X-Forwarded-For: its last value)")
 	onlineWithin := fs.Duration("online-within", 13*time.Hour, "the dashboard counts a device online if seen within this")
 	retainFlags := addRetentionFlags(fs)
 	rest, err := parseFlags(e, fs, serveUsage, args)
@@ -208,7 +212,8 @@ func runServe(e *env, args []string) error {
 	// store. Session changes wake it; the rest it finds within a second.
 	hooks := webhook.New(webhook.Config{Store: store, Logger: logger})
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
-		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify, SecureCookies: *secureCookies, OnlineWithin: *onlineWithin})
+		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify, SecureCookies: *secureCookies, OnlineWithin: *onlineWithin,
+		ClientIPHeader: *clientIPHeader})
 	if err != nil {
 		return err
 	}

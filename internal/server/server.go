@@ -68,6 +68,9 @@ type Config struct {
 	// SecureCookies marks the dashboard's cookies Secure on plain HTTP
 	// too: for a server behind a proxy that terminates TLS.
 	SecureCookies bool
+	// ClientIPHeader, behind a proxy, is the header the dashboard reads
+	// the client's address from (web.Config.ClientIPHeader).
+	ClientIPHeader string
 	// OnlineWithin is how recently a device must have been seen for the
 	// dashboard to count it online (web.DefaultOnlineWithin when zero).
 	OnlineWithin time.Duration
@@ -137,7 +140,8 @@ func New(cfg Config) (*Server, error) {
 		}})
 	dash, err := web.New(web.Config{Store: cfg.Store, Updates: s.updates, Publish: s.Publish, MaxBundle: maxBundle,
 		VerifyPassword: password.Verify, DummyVerify: password.DummyVerify, HashPassword: password.Hash, CheckPassword: password.CheckStrength, NewToken: NewToken, StatusOf: HTTPStatus,
-		Logger: s.log, Now: s.now, SecureCookies: cfg.SecureCookies, OnlineWithin: cfg.OnlineWithin})
+		Logger: s.log, Now: s.now, SecureCookies: cfg.SecureCookies, OnlineWithin: cfg.OnlineWithin,
+		ClientIPHeader: cfg.ClientIPHeader})
 	if err != nil {
 		return nil, err
 	}
@@ -374,6 +378,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, reqID string
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
+	// An error body may echo a path a browser was sent to: never read it
+	// as anything but JSON.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)

@@ -7,18 +7,21 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
+	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ecowatt/fota"
 )
 
 const (
-	sessionCookie = "fota_session"
+	// plainSessionCookie names the session cookie on plain HTTP; over TLS it
+	// is securedSessionCookie, whose __Host- prefix makes browsers refuse
+	// it from a sibling subdomain or without Secure.
+	plainSessionCookie   = "fota_session"
+	securedSessionCookie = "__Host-fota_session"
 	// signinCookie holds the sign-in form's double-submit token: there is
 	// no session yet to derive one from.
 	signinCookie = "fota_signin"
@@ -27,6 +30,13 @@ const (
 	// maxPassword bounds what a sign-in hashes.
 	maxPassword = 256
 )
+
+func (d *Dashboard) sessionCookie(r *http.Request) string {
+	if d.secureCookies(r) {
+		return securedSessionCookie
+	}
+	return plainSessionCookie
+}
 
 // newSecret returns 32 random bytes, base64url.
 func newSecret() (string, error) {
@@ -83,7 +93,7 @@ func (d *Dashboard) signedIn(role string, h func(w http.ResponseWriter, r *http.
 // holds at once on every replica) and its user (so a role change or
 // removal does too).
 func (d *Dashboard) session(r *http.Request) (*viewer, error) {
-	c, err := r.Cookie(sessionCookie)
+	c, err := r.Cookie(d.sessionCookie(r))
 	if err != nil || c.Value == "" {
 		return nil, fota.Errorf(fota.EUNAUTHORIZED, "please sign in")
 	}
@@ -199,13 +209,27 @@ func (d *Dashboard) renderSignin(w http.ResponseWriter, r *http.Request, status 
 		"Next": safeNext(r.FormValue("next")), "NoUsers": len(users) == 0})
 }
 
-// safeNext keeps a post-sign-in redirect on this site: a path, never
-// "//host" or a full URL.
+// safeNext keeps a post-sign-in redirect on this site: a path of it,
+// never "//host", "/\host" (which browsers read as another host), a full
+// URL, or a path that cleans to one (http.Redirect cleans "/../\x" to
+// "/\x").
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || !fota.PlainText(next) {
-		return "/fleet"
+	const home = "/fleet"
+	if next == "" || !fota.PlainText(next) || strings.ContainsRune(next, '\\') {
+		return home
 	}
-	return next
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || !strings.HasPrefix(u.Path, "/") {
+		return home
+	}
+	clean := path.Clean(u.Path)
+	if strings.HasPrefix(clean, "//") {
+		return home
+	}
+	if u.RawQuery != "" {
+		clean += "?" + u.RawQuery
+	}
+	return clean
 }
 
 // signin checks a name and password and starts a session.
@@ -221,24 +245,30 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, password := r.PostFormValue("name"), r.PostFormValue("password")
-	addr := clientAddress(r)
-	if wait := d.limiter.blocked(name, addr); wait > 0 {
-		d.renderSignin(w, r, http.StatusTooManyRequests, name,
+	addr := d.clientAddress(r)
+	if wait := d.limiter.begin(name, addr); wait > 0 {
+		d.log.Warn("dashboard sign-in refused: too many failures", "client", addr, "wait", wait.Round(time.Second))
+		d.renderSignin(w, r, http.StatusTooManyRequests, shortName(name),
 			fmt.Sprintf("Too many failed sign-ins; try again in %s.", wait.Round(time.Second)))
 		return
 	}
-	hash, ok, err := d.checkPassword(r, name, password)
+	hash, known, ok, err := d.checkPassword(r, name, password)
+	d.limiter.end(name, addr, !ok)
 	if err != nil {
 		d.errorPage(w, r, nil, err)
 		return
 	}
 	if !ok {
-		d.limiter.failed(name, addr)
-		d.log.Warn("dashboard sign-in failed", "user", safeLogName(name), "client", addr)
-		d.renderSignin(w, r, http.StatusUnauthorized, name, "Wrong name or password.")
+		// A name that is no user's may be a password typed in the wrong
+		// field: only a user's name is logged.
+		logName := "(no such user)"
+		if known {
+			logName = name
+		}
+		d.log.Warn("dashboard sign-in failed", "user", logName, "client", addr)
+		d.renderSignin(w, r, http.StatusUnauthorized, shortName(name), "Wrong name or password.")
 		return
 	}
-	d.limiter.succeeded(name, addr)
 	token, err := newSecret()
 	if err != nil {
 		d.errorPage(w, r, nil, err)
@@ -257,7 +287,7 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.log.Info("dashboard sign-in", "user", name, "client", addr)
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: token, Path: "/", MaxAge: int(d.cfg.SessionLife.Seconds()),
+	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Value: token, Path: "/", MaxAge: int(d.cfg.SessionLife.Seconds()),
 		HttpOnly: true, Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
 	http.SetCookie(w, &http.Cookie{Name: signinCookie, Path: "/signin", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
@@ -266,48 +296,41 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 
 // checkPassword verifies name's password; an unknown name does the same
 // work (DummyVerify), so the answer takes as long either way. It returns
-// the hash it verified, which the new session must still find the user's. At most two checks run at
+// the hash it verified, which the new session must still find the user's,
+// and whether name is a user's. At most two checks run at
 // once: each takes ~19 MiB for a moment.
-func (d *Dashboard) checkPassword(r *http.Request, name, password string) (hash string, ok bool, err error) {
+func (d *Dashboard) checkPassword(r *http.Request, name, password string) (hash string, known, ok bool, err error) {
 	if len(password) > maxPassword || !fota.ValidTokenName(name) {
-		return "", false, nil
+		return "", false, false, nil
 	}
 	select {
 	case d.hashing <- struct{}{}:
 		defer func() { <-d.hashing }()
 	case <-r.Context().Done():
-		return "", false, r.Context().Err()
+		return "", false, false, r.Context().Err()
 	}
 	u, err := d.store.User(r.Context(), name)
 	if fota.ErrorCode(err) == fota.ENOTFOUND {
 		d.cfg.DummyVerify(password)
-		return "", false, nil
+		return "", false, false, nil
 	}
 	if err != nil {
-		return "", false, err
+		return "", false, false, err
 	}
 	ok, err = d.cfg.VerifyPassword(u.PasswordHash, password)
 	if err != nil {
-		return "", false, fmt.Errorf("check password of %s: %w", name, err)
+		return "", true, false, fmt.Errorf("check password of %s: %w", name, err)
 	}
-	return u.PasswordHash, ok, nil
+	return u.PasswordHash, true, ok, nil
 }
 
-// safeLogName is a sign-in name as a log line may carry it: what someone
-// typed may be a password, so only a valid user name is logged.
-func safeLogName(name string) string {
-	if fota.ValidTokenName(name) {
-		return name
+// shortName is what the sign-in form shows again of a name typed: at
+// most a user name's length.
+func shortName(name string) string {
+	if len(name) > 64 || !fota.PlainText(name) {
+		return ""
 	}
-	return "(not a user name)"
-}
-
-func clientAddress(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
+	return name
 }
 
 func shortAgent(a string) string {
@@ -325,7 +348,7 @@ func (d *Dashboard) signout(w http.ResponseWriter, r *http.Request, u *viewer) {
 		d.errorPage(w, r, u, err)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
@@ -337,7 +360,7 @@ func (d *Dashboard) signoutEverywhere(w http.ResponseWriter, r *http.Request, u 
 		return
 	}
 	d.log.Info("dashboard sessions revoked", "user", u.Name, "sessions", n)
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
@@ -349,91 +372,4 @@ func (d *Dashboard) accountPage(w http.ResponseWriter, r *http.Request, u *viewe
 		return
 	}
 	d.render(w, r, http.StatusOK, "account", u, map[string]any{"Title": "Your account", "Sessions": sessions, "Current": u.hash})
-}
-
-// Sign-in limits: after signinFailures failed attempts for one name, or
-// from one client address, within signinWindow, attempts are refused
-// until the oldest failure leaves the window. Counted per replica: with
-// several replicas an attacker gets that many per replica, still far too
-// few to guess a password that passed the strength check.
-const (
-	signinFailures = 5
-	signinWindow   = 15 * time.Minute
-	// signinKeys bounds the memory the limiter takes under a flood of
-	// names and addresses; past it the oldest entries go first.
-	signinKeys = 50000
-)
-
-type signinLimiter struct {
-	mu       sync.Mutex
-	now      func() time.Time
-	failures map[string][]time.Time
-}
-
-func newSigninLimiter(now func() time.Time) *signinLimiter {
-	return &signinLimiter{now: now, failures: map[string][]time.Time{}}
-}
-
-func limiterKeys(name, addr string) [2]string { return [2]string{"name:" + name, "addr:" + addr} }
-
-// blocked returns how long the name or the address must wait; 0 if
-// neither must.
-func (l *signinLimiter) blocked(name, addr string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	var wait time.Duration
-	for _, k := range limiterKeys(name, addr) {
-		fs := l.recent(k, now)
-		if len(fs) >= signinFailures {
-			wait = max(wait, fs[len(fs)-signinFailures].Add(signinWindow).Sub(now))
-		}
-	}
-	return wait
-}
-
-func (l *signinLimiter) recent(k string, now time.Time) []time.Time {
-	fs := l.failures[k]
-	i := 0
-	for i < len(fs) && now.Sub(fs[i]) >= signinWindow {
-		i++
-	}
-	fs = fs[i:]
-	if len(fs) == 0 {
-		delete(l.failures, k)
-		return nil
-	}
-	l.failures[k] = fs
-	return fs
-}
-
-func (l *signinLimiter) failed(name, addr string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	if len(l.failures) >= signinKeys {
-		for k := range l.failures {
-			if len(l.recent(k, now)) == 0 || len(l.failures) >= signinKeys {
-				delete(l.failures, k)
-			}
-			if len(l.failures) < signinKeys*9/10 {
-				break
-			}
-		}
-	}
-	for _, k := range limiterKeys(name, addr) {
-		fs := append(l.recent(k, now), now)
-		if len(fs) > signinFailures {
-			fs = fs[len(fs)-signinFailures:]
-		}
-		l.failures[k] = fs
-	}
-}
-
-// succeeded forgets the name's failures (the address's stay: one good
-// password does not license guessing others).
-func (l *signinLimiter) succeeded(name, _ string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.failures, "name:"+name)
 }

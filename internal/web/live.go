@@ -31,6 +31,9 @@ const (
 	// heartbeatEvery keeps proxies from closing a quiet stream and
 	// re-checks the watcher's session, so a revoked one stops watching.
 	heartbeatEvery = 25 * time.Second
+	// sessionRecheck bounds how long a stream goes on sending after its
+	// session was revoked.
+	sessionRecheck = 3 * time.Second
 	// rowBacklog bounds the event rows waiting for a slow watcher.
 	rowBacklog = 64
 )
@@ -336,6 +339,21 @@ func (d *Dashboard) stream(w http.ResponseWriter, r *http.Request, wt *watcher, 
 	defer d.live.remove(wt)
 	beat := time.NewTicker(heartbeatEvery)
 	defer beat.Stop()
+	checked := time.Now()
+	// signedIn re-reads the session, at most every sessionRecheck before a
+	// frame: a revoked or expired one stops the stream before it is sent
+	// anything more.
+	signedIn := func(force bool) bool {
+		if !force && time.Since(checked) < sessionRecheck {
+			return true
+		}
+		checked = time.Now()
+		if _, err := d.session(r); err != nil {
+			write(sseFrame("signedout", []byte(fota.ErrorMessage(err))))
+			return false
+		}
+		return true
+	}
 	for {
 		select {
 		case <-r.Context().Done():
@@ -343,15 +361,11 @@ func (d *Dashboard) stream(w http.ResponseWriter, r *http.Request, wt *watcher, 
 		case <-d.live.stop:
 			return
 		case frame := <-wt.send:
-			if !write(frame) {
+			if !signedIn(false) || !write(frame) {
 				return
 			}
 		case <-beat.C:
-			if _, err := d.session(r); err != nil {
-				write(sseFrame("signedout", []byte(fota.ErrorMessage(err))))
-				return
-			}
-			if !write([]byte(": ping\n\n")) {
+			if !signedIn(true) || !write([]byte(": ping\n\n")) {
 				return
 			}
 		}

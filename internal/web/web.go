@@ -80,8 +80,13 @@ type Config struct {
 	NewToken func() (string, [32]byte, error)
 	// StatusOf maps an error to its HTTP status: the server's one table.
 	StatusOf func(error) int
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// ClientIPHeader, behind a proxy, names the header it puts the
+	// client's address in (X-Real-IP, X-Forwarded-For: the last value is
+	// taken): sign-in limits and logs then see clients, not the proxy.
+	// Leave it empty without a proxy, or clients could choose an address.
+	ClientIPHeader string
+	Logger         *slog.Logger
+	Now            func() time.Time
 	// SecureCookies marks cookies Secure even on plain HTTP requests: for
 	// a server behind a proxy that terminates TLS. Requests over TLS get
 	// Secure cookies anyway.
@@ -161,7 +166,14 @@ func New(cfg Config) (*Dashboard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("web: static files: %w", err)
 	}
-	d.static = http.StripPrefix("/static/", http.FileServerFS(static))
+	files := http.FileServerFS(static)
+	d.static = http.StripPrefix("/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "" || strings.HasSuffix(r.URL.Path, "/") {
+			http.NotFound(w, r) // no listings: the files are named by the pages
+			return
+		}
+		files.ServeHTTP(w, r)
+	}))
 	d.live = newHub(d, cfg.LivePoll)
 	return d, nil
 }

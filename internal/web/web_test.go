@@ -526,6 +526,12 @@ func TestSecurityHeaders(t *testing.T) {
 	if cc := b.get("/signin").header.Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("sign-in page Cache-Control %q", cc)
 	}
+	if p := b.get("/static/"); p.status != http.StatusNotFound {
+		t.Errorf("/static/ lists its files: %d", p.status)
+	}
+	if p := b.get("/v1/<img>"); p.header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Error("a JSON error echoing its path may be sniffed as HTML")
+	}
 }
 
 // TestEscaping puts markup where operators' and devices' text goes.
@@ -606,10 +612,15 @@ func TestEventsFilterAndLive(t *testing.T) {
 }
 
 // readFrames reads up to n Server-Sent Event frames (comments left out)
-// within d.
+// within d, from a body read by no one else.
 func readFrames(t *testing.T, body io.Reader, n int, d time.Duration) []string {
 	t.Helper()
-	out := make(chan string)
+	return takeFrames(sseFrames(body), n, d)
+}
+
+// sseFrames reads a stream's frames (comments left out) as they come.
+func sseFrames(body io.Reader) <-chan string {
+	out := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(body)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -630,20 +641,25 @@ func readFrames(t *testing.T, body io.Reader, n int, d time.Duration) []string {
 		}
 		close(out)
 	}()
-	var frames []string
+	return out
+}
+
+// takeFrames takes up to n frames within d.
+func takeFrames(frames <-chan string, n int, d time.Duration) []string {
+	var got []string
 	timeout := time.After(d)
-	for len(frames) < n {
+	for len(got) < n {
 		select {
-		case f, ok := <-out:
+		case f, ok := <-frames:
 			if !ok {
-				return frames
+				return got
 			}
-			frames = append(frames, f)
+			got = append(got, f)
 		case <-timeout:
-			return frames
+			return got
 		}
 	}
-	return frames
+	return got
 }
 
 func TestTokensAndWebhooks(t *testing.T) {
@@ -706,5 +722,31 @@ func TestTokensAndWebhooks(t *testing.T) {
 	admin.post(fmt.Sprintf("/webhooks/%d/remove", hooks[0].ID), url.Values{"csrf": {at}})
 	if hooks, _ = e.srv.Store.Webhooks(context.Background()); len(hooks) != 0 {
 		t.Fatalf("webhook not removed: %+v", hooks)
+	}
+}
+
+// TestRevokedStreamStops: a live page whose session is revoked is sent
+// nothing more, and is told it was signed out.
+func TestRevokedStreamStops(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	b.signIn("vic")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.srv.URL+"/events/live", nil)
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	stream := sseFrames(resp.Body)
+	takeFrames(stream, 100, 4*time.Second) // the sign-in's rows; past the stream's session re-check interval
+	if _, err := e.srv.Store.RevokeUserSessions(context.Background(), "vic"); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.AddDevice("dev-after-revoke", "1.0.3")
+	frames := takeFrames(stream, 1, 10*time.Second)
+	if len(frames) != 1 || !strings.HasPrefix(frames[0], "event: signedout") || strings.Contains(frames[0], "dev-after-revoke") {
+		t.Fatalf("after revocation the stream sent %q", frames)
 	}
 }
