@@ -261,7 +261,7 @@ func RolloutOverlapConflict(overlaps []RolloutOverlap) *Error {
 	for i, o := range overlaps {
 		parts[i] = fmt.Sprintf("rollout %d (release %s, %s) holds %d of its devices", o.RolloutID, o.ReleaseVersion, o.State, o.Devices)
 	}
-	return Errorf(ECONFLICT, "%s; add --supersede to take them over, or abort that rollout first", strings.Join(parts, "; "))
+	return Errorf(ECONFLICT, "%s; take them over with --supersede (in the dashboard: Take devices over), or abort that rollout first", strings.Join(parts, "; "))
 }
 
 // CheckRolloutOffer is the rule OpenSession applies to a session of

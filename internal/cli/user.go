@@ -118,7 +118,8 @@ func sessionsInForce(ctx context.Context, store fota.Store, name string) (int, e
 // unknownUser adds what to do to a store's not-found error.
 func unknownUser(err error) error {
 	if fota.ErrorCode(err) == fota.ENOTFOUND {
-		return withHint(err, "fota user list shows the users; fota user add adds one")
+		// The store's public message, without its code ("not_found: ...").
+		return withHint(errors.New(fota.ErrorMessage(err)), "fota user list shows the users; fota user add adds one")
 	}
 	return err
 }

@@ -293,7 +293,7 @@ func TestUserRemoveListSignout(t *testing.T) {
 	if _, err := store.WebSessionByHash(ctx, b); fota.ErrorCode(err) != fota.ENOTFOUND {
 		t.Fatalf("bob's session after his removal: %v", err)
 	}
-	run(t, "user", "remove", "--data", dir, "--name", "bob").expect(t, 1, "", "no user named \"bob\"\nfota: hint: fota user list shows the users")
+	run(t, "user", "remove", "--data", dir, "--name", "bob").expect(t, 1, "", "fota: error: no user named \"bob\"\nfota: hint: fota user list shows the users")
 	run(t, "user", "remove", "--data", dir).expect(t, 2, "", "--name is required")
 	r = run(t, "user", "remove", "--data", dir, "--name", "ana")
 	r.expect(t, 0, "user ana removed; 0 sessions signed out", "fota: warning: no admin is left")

@@ -55,7 +55,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Ro
 		return nil, 0, err
 	}
 	if !sel.Empty() && len(spec.Devices) > 0 {
-		return nil, 0, fota.Errorf(fota.EINVALID, "give --selector or --devices, not both")
+		return nil, 0, fota.Errorf(fota.EINVALID, "give a selector (--selector) or a list of devices (--devices), not both")
 	}
 	if spec.Waves == "" {
 		spec.Waves = DefaultWaves
@@ -153,9 +153,10 @@ func (s *Service) rolloutRelease(ctx context.Context, version, hardware string) 
 }
 
 // CountTargets says how many devices a rollout of release (hardware ""
-// when only one has it) to selector would take now, and how many it would
-// leave out as up to date: the dashboard's live count as an operator types.
-func (s *Service) CountTargets(ctx context.Context, release, hardware, selector string) (targets, upToDate int, err error) {
+// when only one has it) to selector or to the listed devices would take
+// now, and how many it would leave out as up to date: the dashboard's live
+// count as an operator types. It refuses what CreateRollout would.
+func (s *Service) CountTargets(ctx context.Context, release, hardware, selector string, devices []string) (targets, upToDate int, err error) {
 	rel, err := s.rolloutRelease(ctx, release, hardware)
 	if err != nil {
 		return 0, 0, err
@@ -164,7 +165,10 @@ func (s *Service) CountTargets(ctx context.Context, release, hardware, selector 
 	if err != nil {
 		return 0, 0, err
 	}
-	ids, upToDate, err := s.rolloutTargets(ctx, rel, sel, nil)
+	if !sel.Empty() && len(devices) > 0 {
+		return 0, 0, fota.Errorf(fota.EINVALID, "give a selector (--selector) or a list of devices (--devices), not both")
+	}
+	ids, upToDate, err := s.rolloutTargets(ctx, rel, sel, devices)
 	return len(ids), upToDate, err
 }
 

@@ -366,10 +366,59 @@ func (d *Dashboard) signoutEverywhere(w http.ResponseWriter, r *http.Request, u 
 }
 
 func (d *Dashboard) accountPage(w http.ResponseWriter, r *http.Request, u *viewer) {
+	d.renderAccount(w, r, u, http.StatusOK, "")
+}
+
+func (d *Dashboard) renderAccount(w http.ResponseWriter, r *http.Request, u *viewer, status int, formError string) {
 	sessions, err := d.store.WebSessions(r.Context(), u.Name, d.now())
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
 	}
-	d.render(w, r, http.StatusOK, "account", u, map[string]any{"Title": "Your account", "Sessions": sessions, "Current": u.hash})
+	d.render(w, r, status, "account", u, map[string]any{"Title": "Your account", "Sessions": sessions, "Current": u.hash,
+		"FormError": formError})
+}
+
+// changePassword sets the user's own password: the current one first
+// (counted by the sign-in limits, as a guess would be), the new one twice.
+// Every session of the user ends, this one too: they sign in again.
+func (d *Dashboard) changePassword(w http.ResponseWriter, r *http.Request, u *viewer) {
+	current, next, again := r.PostFormValue("current"), r.PostFormValue("new"), r.PostFormValue("again")
+	if next != again {
+		d.renderAccount(w, r, u, http.StatusBadRequest, "The new password and its repetition differ.")
+		return
+	}
+	if err := d.cfg.CheckPassword(next); err != nil {
+		d.renderAccount(w, r, u, http.StatusBadRequest, err.Error()) // CheckStrength's messages never quote the password
+		return
+	}
+	addr := d.clientAddress(r)
+	if wait := d.limiter.begin(u.Name, addr); wait > 0 {
+		d.renderAccount(w, r, u, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong passwords; try again in %s.", wait.Round(time.Second)))
+		return
+	}
+	_, _, ok, err := d.checkPassword(r, u.Name, current)
+	d.limiter.end(u.Name, addr, !ok)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	if !ok {
+		d.log.Warn("dashboard password change: wrong current password", "user", u.Name, "client", addr)
+		d.renderAccount(w, r, u, http.StatusUnauthorized, "Your current password is not that.")
+		return
+	}
+	hash, err := d.cfg.HashPassword(next)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	if err := d.store.SetUserPassword(u.ctxFor(r), u.Name, hash); err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
+	d.log.Info("dashboard password changed", "user", u.Name, "client", addr)
+	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+		SameSite: http.SameSiteStrictMode})
+	d.redirectWith(w, r, "/signin", "Password changed; every session of yours ended. Sign in with the new password.")
 }

@@ -65,7 +65,7 @@ func TestBrowserPages(t *testing.T) {
 	}
 	// The chart draws one bar per version.
 	b.Navigate("/fleet")
-	if n := browsertest.Eval[int](b.Tab, `document.querySelectorAll("svg.bars rect").length`); n != 1 {
+	if n := browsertest.Eval[int](b.Tab, `document.querySelectorAll("ul.bars rect").length`); n != 1 {
 		t.Fatalf("fleet chart has %d bars, want 1 (every device runs 1.0.3)", n)
 	}
 	b.AssertNoThirdPartyRequests()

@@ -28,6 +28,9 @@ func (d *Dashboard) devicesPage(w http.ResponseWriter, r *http.Request, u *viewe
 		d.errorPage(w, r, u, err)
 		return
 	}
+	if ferr != nil {
+		devices = nil // a filter that does not parse matches nothing, rather than seeming to match all
+	}
 	now := d.now()
 	var rows []deviceRow
 	for _, dev := range devices {
@@ -96,6 +99,8 @@ func (d *Dashboard) devicePage(w http.ResponseWriter, r *http.Request, u *viewer
 	d.renderDevice(w, r, u, http.StatusOK, "")
 }
 
+// renderDevice draws a device's page, with formError if a form failed;
+// the labels typed into a failed form are shown again.
 func (d *Dashboard) renderDevice(w http.ResponseWriter, r *http.Request, u *viewer, status int, formError string) {
 	ctx := r.Context()
 	dev, err := d.store.Device(ctx, r.PathValue("id"))
@@ -118,17 +123,33 @@ func (d *Dashboard) renderDevice(w http.ResponseWriter, r *http.Request, u *view
 		d.errorPage(w, r, u, err)
 		return
 	}
-	// Offer pins only to what Pin would take: newer, not withdrawn.
+	// Offer pins only to what Pin would take: newer, not withdrawn, not
+	// rolled back from; and the current pin, so that saving the form
+	// unchanged keeps it.
+	rejected, err := d.store.RejectedReleases(ctx, dev.ID)
+	if err != nil {
+		d.errorPage(w, r, u, err)
+		return
+	}
 	var pinnable []string
 	for _, rel := range rels {
-		if rel.Withdrawn.IsZero() && semver.Newer(rel.Version, dev.Version) {
+		if rel.Version == dev.PinnedVersion || rel.Withdrawn.IsZero() && semver.Newer(rel.Version, dev.Version) && !slices.Contains(rejected, rel.ID) {
 			pinnable = append(pinnable, rel.Version)
 		}
 	}
 	slices.Reverse(pinnable)
 	data := map[string]any{"Title": "Device " + dev.ID, "Device": dev, "Events": evs, "Sessions": sessionsFromEvents(evs),
 		"Active": active, "Pinnable": pinnable, "LabelText": labelLines(dev.Labels), "FormError": formError,
+		"Pin": dev.PinnedVersion,
 		"State": fleetState(dev, map[string]*fota.Session{dev.ID: active}, d.now(), d.cfg.OnlineWithin)}
+	if formError != "" && r.Method == http.MethodPost {
+		if typed, ok := r.PostForm["labels"]; ok {
+			data["LabelText"] = typed[0]
+		}
+		if typed, ok := r.PostForm["version"]; ok {
+			data["Pin"] = typed[0]
+		}
+	}
 	if ro, m, err := d.store.DeviceRollout(ctx, dev.ID); err == nil {
 		data["Rollout"], data["Member"] = ro, m
 	} else if fota.ErrorCode(err) != fota.ENOTFOUND {

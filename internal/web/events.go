@@ -29,6 +29,9 @@ func readEventFilter(r *http.Request) (fota.EventFilter, error) {
 	q := r.URL.Query()
 	f := fota.EventFilter{Kind: q.Get("kind"), DeviceID: strings.TrimSpace(q.Get("device")), Actor: strings.TrimSpace(q.Get("actor")),
 		Limit: eventsPerPage}
+	if f.Actor != "" && f.Actor != "local" && !strings.Contains(f.Actor, ":") {
+		f.Actor = "user:" + f.Actor // a bare name is a dashboard user's; token:NAME names a token
+	}
 	if v := q.Get("rollout"); v != "" {
 		id, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || id <= 0 {

@@ -2,6 +2,7 @@ package web
 
 import (
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -39,7 +40,23 @@ func readFilter(r *http.Request) (deviceFilter, error) {
 		Hardware: q.Get("hardware"), Version: q.Get("version"), State: q.Get("state")}
 	var err error
 	f.sel, err = update.ParseSelector(f.Selector)
+	if err == nil && f.State != "" && !slices.Contains(fleetStates, f.State) {
+		err = fota.Errorf(fota.EINVALID, "state %q: want %s", f.State, strings.Join(fleetStates, ", "))
+	}
 	return f, err
+}
+
+// link is a devices-list address with this filter and one more field set:
+// a drill-down keeps what the page was filtered by.
+func (f deviceFilter) link(key, value string) string {
+	q := url.Values{}
+	for k, v := range map[string]string{"q": f.Query, "labels": f.Selector, "hardware": f.Hardware, "version": f.Version, "state": f.State} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	q.Set(key, value)
+	return "/devices?" + q.Encode()
 }
 
 func (f deviceFilter) matches(d *fota.Device, state string) bool {
@@ -63,21 +80,23 @@ func fleetState(d *fota.Device, active map[string]*fota.Session, now time.Time, 
 // versionRow is one bar of the fleet chart: a version's devices by state.
 type versionRow struct {
 	Version  string
+	Link     string // the devices of this version, under the same filter
 	Total    int
 	Counts   map[string]int
 	Segments []segment
-	Y        int
 }
 
+// segment is one state's part of a version's bar, in percent of the
+// longest bar.
 type segment struct {
-	State   string
-	Count   int
-	X, W    float64
-	Percent float64
+	State string
+	Count int
+	X, W  float64
 }
 
 type countRow struct {
 	Name  string
+	Link  string
 	Count int
 }
 
@@ -86,20 +105,11 @@ type fleet struct {
 	Total, Online, Offline, Updating int
 	Versions                         []*versionRow
 	Hardware                         []countRow
-	ChartHeight                      int
 	Rollouts                         []*fota.Rollout
 }
 
-// Chart geometry: one bar per version, labels to the left.
-const (
-	chartWidth  = 640
-	chartLabelW = 150
-	chartBarH   = 24
-	chartGap    = 8
-)
-
 // summarize counts the devices that pass f, by version and state and by
-// hardware, and lays out the chart. Versions come newest first.
+// hardware, and lays out the chart's bars. Versions come newest first.
 func summarize(devices []*fota.Device, active map[string]*fota.Session, f deviceFilter, now time.Time, within time.Duration) *fleet {
 	fl := &fleet{}
 	byVersion := map[string]*versionRow{}
@@ -139,22 +149,21 @@ func summarize(devices []*fota.Device, active map[string]*fota.Session, f device
 	for _, row := range fl.Versions {
 		most = max(most, row.Total)
 	}
-	for i, row := range fl.Versions {
-		row.Y = i * (chartBarH + chartGap)
-		x := float64(chartLabelW)
+	for _, row := range fl.Versions {
+		row.Link = f.link("version", row.Version)
+		x := 0.0
 		for _, st := range fleetStates {
 			n := row.Counts[st]
 			if n == 0 {
 				continue
 			}
-			w := float64(n) * float64(chartWidth-chartLabelW-60) / float64(most)
-			row.Segments = append(row.Segments, segment{State: st, Count: n, X: x, W: w, Percent: percent(n, row.Total)})
+			w := float64(n) * 100 / float64(most)
+			row.Segments = append(row.Segments, segment{State: st, Count: n, X: x, W: w})
 			x += w
 		}
 	}
-	fl.ChartHeight = max(len(fl.Versions)*(chartBarH+chartGap), chartBarH)
 	for h, n := range byHardware {
-		fl.Hardware = append(fl.Hardware, countRow{h, n})
+		fl.Hardware = append(fl.Hardware, countRow{h, f.link("hardware", h), n})
 	}
 	slices.SortFunc(fl.Hardware, func(a, b countRow) int { return strings.Compare(a.Name, b.Name) })
 	return fl
@@ -204,6 +213,9 @@ func (d *Dashboard) fleetPage(w http.ResponseWriter, r *http.Request, u *viewer)
 		d.errorPage(w, r, u, err)
 		return
 	}
+	if ferr != nil {
+		devices = nil // a filter that does not parse matches nothing, rather than seeming to match all
+	}
 	fl := summarize(devices, active, f, d.now(), d.cfg.OnlineWithin)
 	rollouts, err := d.updates.Rollouts(r.Context())
 	if err != nil {
@@ -215,8 +227,7 @@ func (d *Dashboard) fleetPage(w http.ResponseWriter, r *http.Request, u *viewer)
 			fl.Rollouts = append(fl.Rollouts, ro)
 		}
 	}
-	data := map[string]any{"Title": "Fleet", "Fleet": fl, "Filter": f, "States": fleetStates,
-		"OnlineWithin": d.cfg.OnlineWithin.String(), "ChartWidth": chartWidth, "ChartLabelW": chartLabelW, "BarH": chartBarH}
+	data := map[string]any{"Title": "Fleet", "Fleet": fl, "Filter": f, "States": fleetStates, "OnlineWithin": d.cfg.OnlineWithin}
 	status := http.StatusOK
 	if ferr != nil {
 		data["FilterError"] = fota.ErrorMessage(ferr)

@@ -134,6 +134,10 @@ func (d *Dashboard) withdraw(w http.ResponseWriter, r *http.Request, u *viewer) 
 		d.redirectWith(w, r, "/releases", fota.ErrorMessage(err))
 		return
 	}
+	if reason == "" {
+		d.redirectWith(w, r, "/releases", "Not withdrawn: say why in the reason box (devices downloading it are told, and it cannot be undone).")
+		return
+	}
 	rel, err := d.store.Release(r.Context(), id)
 	if err != nil {
 		d.errorPage(w, r, u, err)

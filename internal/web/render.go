@@ -36,8 +36,10 @@ func (d *Dashboard) parseTemplates() error {
 		"RoleAdm":  func() string { return fota.RoleAdmin },
 		"contains": strings.Contains,
 		"sub":      func(a, b int) int { return a - b },
-		"barEnd":   barEnd,
 		"add2":     func(a, b float64) float64 { return a + b },
+		"step":     sessionStep,
+		"duration": formatDuration,
+		"plural":   plural,
 	}
 	pageFiles, err := fs.Glob(templateFS, "templates/page_*.html")
 	if err != nil {
@@ -145,11 +147,37 @@ func dash(s string) string {
 	return s
 }
 
-// barEnd is where a chart bar's count goes: just past its last segment.
-func barEnd(segs []segment, start int) float64 {
-	end := float64(start)
-	if len(segs) > 0 {
-		end = segs[len(segs)-1].X + segs[len(segs)-1].W
+
+// sessionStep says where an active session is, in an operator's words.
+func sessionStep(state string) string {
+	switch state {
+	case fota.SessionOpen:
+		return "downloading"
+	case fota.SessionApplied:
+		return "installed, rebooting"
 	}
-	return end + 6
+	return state
+}
+
+// formatDuration writes a duration as people do: 13h, 1h30m, 45s; 0 as
+// "none".
+func formatDuration(d time.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	s := d.Round(time.Second).String()
+	s = strings.TrimSuffix(s, "0s")
+	s = strings.TrimSuffix(s, "0m")
+	if s == "" {
+		return "0s"
+	}
+	return s
+}
+
+// plural writes n and the noun, with an s unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }

@@ -64,7 +64,7 @@ func releaseRef(ref string) (hardware, version string) {
 // checked there, as for the CLI and the admin API.
 func (f rolloutForm) spec() (update.RolloutSpec, error) {
 	hardware, version := releaseRef(f.Release)
-	spec := update.RolloutSpec{Release: version, Hardware: hardware, Selector: f.Selector, Devices: strings.Fields(strings.ReplaceAll(f.Devices, ",", " ")),
+	spec := update.RolloutSpec{Release: version, Hardware: hardware, Selector: f.Selector, Devices: fields(f.Devices),
 		Waves: f.Waves, MaxFailures: f.MaxFailures, MinOutcomes: -1, Supersede: f.Supersede}
 	if f.Release == "" {
 		return spec, fota.Errorf(fota.EINVALID, "choose a release")
@@ -149,8 +149,11 @@ func (d *Dashboard) renderNewRollout(w http.ResponseWriter, r *http.Request, u *
 
 func (d *Dashboard) count(ctx context.Context, f rolloutForm) (int, int, error) {
 	hardware, version := releaseRef(f.Release)
-	return d.updates.CountTargets(ctx, version, hardware, f.Selector)
+	return d.updates.CountTargets(ctx, version, hardware, f.Selector, fields(f.Devices))
 }
+
+// fields splits a list of ids given with spaces, commas or line breaks.
+func fields(s string) []string { return strings.Fields(strings.ReplaceAll(s, ",", " ")) }
 
 func countText(n, upToDate int) string {
 	s := fmt.Sprintf("%d devices match", n)
@@ -200,9 +203,11 @@ func (d *Dashboard) createRollout(w http.ResponseWriter, r *http.Request, u *vie
 	if len(ro.WaveEnds) > 0 {
 		targeted = ro.WaveEnds[len(ro.WaveEnds)-1]
 	}
-	msg := fmt.Sprintf("Rollout %d of %s created: %d devices in %d waves, %s.", ro.ID, ro.ReleaseVersion, targeted, len(ro.WaveEnds), ro.State)
+	// The state is left out: the page below says it, and keeps saying it
+	// as it changes.
+	msg := fmt.Sprintf("Rollout %d of %s created: %s in %s.", ro.ID, ro.ReleaseVersion, plural(targeted, "device"), plural(len(ro.WaveEnds), "wave"))
 	if upToDate > 0 {
-		msg += fmt.Sprintf(" %d devices already run it or newer and were left out.", upToDate)
+		msg += fmt.Sprintf(" %s already run it or newer and were left out.", plural(upToDate, "device"))
 	}
 	d.redirectWith(w, r, fmt.Sprintf("/rollouts/%d", ro.ID), msg)
 }
@@ -335,6 +340,10 @@ func (d *Dashboard) rolloutAction(w http.ResponseWriter, r *http.Request, u *vie
 		done = "resumed"
 		_, err = d.updates.ResumeRollout(ctx, id)
 	case "abort":
+		if reason == "" {
+			d.redirectWith(w, r, to, "Not aborted: say why in the reason box (it is recorded, and an abort cannot be undone).")
+			return
+		}
 		done = "aborted: devices keep what they run"
 		_, err = d.updates.AbortRollout(ctx, id, reason)
 	default:

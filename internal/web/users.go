@@ -51,6 +51,10 @@ func (d *Dashboard) addUser(w http.ResponseWriter, r *http.Request, u *viewer) {
 		fail(fota.Errorf(fota.EINVALID, "role %q: want %s", role, strings.Join(fota.Roles, ", ")))
 		return
 	}
+	if password != r.PostFormValue("again") {
+		fail(fota.Errorf(fota.EINVALID, "the password and its repetition differ"))
+		return
+	}
 	if err := d.cfg.CheckPassword(password); err != nil {
 		fail(fota.Errorf(fota.EINVALID, "%s", err.Error())) // CheckStrength's messages never quote the password
 		return
@@ -73,6 +77,10 @@ func (d *Dashboard) removeUser(w http.ResponseWriter, r *http.Request, u *viewer
 	name := r.PathValue("name")
 	if name == u.Name {
 		d.redirectWith(w, r, "/users", "You cannot remove yourself; ask another admin.")
+		return
+	}
+	if r.PostFormValue("confirm") != "on" {
+		d.redirectWith(w, r, "/users", "Not removed: tick the box beside Remove to confirm.")
 		return
 	}
 	if err := d.store.RemoveUser(u.ctxFor(r), name); err != nil {

@@ -206,6 +206,7 @@ func (d *Dashboard) Routes() []Route {
 		{"POST /signout", action(fota.RoleViewer, d.signout)},
 		{"GET /account", page(fota.RoleViewer, d.accountPage)},
 		{"POST /account/signout-everywhere", action(fota.RoleViewer, d.signoutEverywhere)},
+		{"POST /account/password", action(fota.RoleViewer, d.changePassword)},
 		{"GET /fleet", page(fota.RoleViewer, d.fleetPage)},
 		{"GET /devices", page(fota.RoleViewer, d.devicesPage)},
 		{"GET /devices/{id}", page(fota.RoleViewer, d.devicePage)},

@@ -420,7 +420,7 @@ func TestRolloutFromTheDashboard(t *testing.T) {
 	}
 	loc := p.header.Get("Location")
 	p = op.get(loc)
-	mustContain(t, p, "Rollout 1 of 1.0.4 created: 10 devices in 2 waves, running.", "wave 1 of 2 open", "0%</strong> done")
+	mustContain(t, p, "Rollout 1 of 1.0.4 created: 10 devices in 2 waves.", "wave 1 of 2 open", "0%</strong> have an outcome")
 	for _, step := range []struct{ action, want string }{{"pause", "paused"}, {"resume", "resumed"}, {"abort", "aborted"}} {
 		p = op.post(loc+"/"+step.action, url.Values{"csrf": {ot}, "reason": {"checking"}})
 		if p.status != http.StatusSeeOther {
@@ -488,7 +488,11 @@ func TestSessionsRevocable(t *testing.T) {
 		t.Fatalf("vic after being signed out: %d", p.status)
 	}
 	b1.signIn("vic")
-	admin.post("/users/vic/remove", url.Values{"csrf": {at}})
+	admin.post("/users/vic/remove", url.Values{"csrf": {at}}) // unconfirmed: kept
+	if _, err := e.srv.Store.User(context.Background(), "vic"); err != nil {
+		t.Fatalf("vic removed without the confirmation: %v", err)
+	}
+	admin.post("/users/vic/remove", url.Values{"csrf": {at}, "confirm": {"on"}})
 	if p := b1.get("/fleet"); p.status != http.StatusSeeOther {
 		t.Fatalf("vic after removal: %d", p.status)
 	}
@@ -499,9 +503,11 @@ func TestSessionsRevocable(t *testing.T) {
 		t.Fatalf("an admin removed themself: %v", err)
 	}
 	// Adding a user checks the password's strength and says why.
-	p := admin.post("/users", url.Values{"csrf": {at}, "name": {"kim"}, "role": {"operator"}, "password": {"short"}})
+	p := admin.post("/users", url.Values{"csrf": {at}, "name": {"kim"}, "role": {"operator"}, "password": {"short"}, "again": {"short"}})
 	mustContain(t, p, "use at least 10")
-	p = admin.post("/users", url.Values{"csrf": {at}, "name": {"kim"}, "role": {"operator"}, "password": {"a long enough one"}})
+	p = admin.post("/users", url.Values{"csrf": {at}, "name": {"kim"}, "role": {"operator"}, "password": {"a long enough one"}, "again": {"a long enough typo"}})
+	mustContain(t, p, "differ")
+	p = admin.post("/users", url.Values{"csrf": {at}, "name": {"kim"}, "role": {"operator"}, "password": {"a long enough one"}, "again": {"a long enough one"}})
 	if p.status != http.StatusSeeOther {
 		t.Fatalf("add user: %d %s", p.status, excerpt(p.body))
 	}
@@ -748,5 +754,35 @@ func TestRevokedStreamStops(t *testing.T) {
 	frames := takeFrames(stream, 1, 10*time.Second)
 	if len(frames) != 1 || !strings.HasPrefix(frames[0], "event: signedout") || strings.Contains(frames[0], "dev-after-revoke") {
 		t.Fatalf("after revocation the stream sent %q", frames)
+	}
+}
+
+func TestChangeOwnPassword(t *testing.T) {
+	e := newEnv(t)
+	b, other := e.browser(), e.browser()
+	token := b.signIn("vic")
+	other.signIn("vic")
+	p := b.post("/account/password", url.Values{"csrf": {token}, "current": {"not my password"}, "new": {"a brand new passphrase"}, "again": {"a brand new passphrase"}})
+	if p.status != http.StatusUnauthorized {
+		t.Fatalf("wrong current password: %d", p.status)
+	}
+	p = b.post("/account/password", url.Values{"csrf": {token}, "current": {testPassword}, "new": {"a brand new passphrase"}, "again": {"another one"}})
+	mustContain(t, p, "differ")
+	p = b.post("/account/password", url.Values{"csrf": {token}, "current": {testPassword}, "new": {"a brand new passphrase"}, "again": {"a brand new passphrase"}})
+	if p.status != http.StatusSeeOther || p.header.Get("Location") != "/signin" {
+		t.Fatalf("change password: %d %s", p.status, excerpt(p.body))
+	}
+	for i, br := range []*browser{b, other} {
+		if p := br.get("/fleet"); p.status != http.StatusSeeOther {
+			t.Fatalf("session %d after the change: %d", i+1, p.status)
+		}
+	}
+	u, _ := e.srv.Store.User(context.Background(), "vic")
+	if ok, _ := password.Verify(u.PasswordHash, "a brand new passphrase"); !ok {
+		t.Fatal("the new password does not verify")
+	}
+	evs, _ := e.srv.Store.Events(context.Background(), fota.EventFilter{Kind: fota.EventUserPassword})
+	if len(evs) != 1 || evs[0].Actor != "user:vic" {
+		t.Fatalf("password events %+v", evs)
 	}
 }

@@ -106,13 +106,14 @@
     var out = form.querySelector("[data-count-url]");
     var release = form.querySelector("[name=release]");
     var selector = form.querySelector("[name=selector]");
+    var devices = form.querySelector("[name=devices]");
     each("[data-nojs]", function (b) { b.hidden = true; });
     var timer = null;
     var seq = 0;
     function count() {
       var mine = ++seq;
       var url = out.getAttribute("data-count-url") + "?release=" + encodeURIComponent(release.value) +
-        "&selector=" + encodeURIComponent(selector.value);
+        "&selector=" + encodeURIComponent(selector.value) + "&devices=" + encodeURIComponent(devices.value);
       fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
         .then(function (r) { return r.json(); })
         .then(function (a) {
@@ -125,6 +126,7 @@
     }
     function later() { clearTimeout(timer); timer = setTimeout(count, 250); }
     selector.addEventListener("input", later);
+    devices.addEventListener("input", later);
     release.addEventListener("change", count);
     count();
   });
