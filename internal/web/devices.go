@@ -140,7 +140,7 @@ func (d *Dashboard) renderDevice(w http.ResponseWriter, r *http.Request, u *view
 	slices.Reverse(pinnable)
 	data := map[string]any{"Title": "Device " + dev.ID, "Device": dev, "Events": evs, "Sessions": sessionsFromEvents(evs),
 		"Active": active, "Pinnable": pinnable, "LabelText": labelLines(dev.Labels), "FormError": formError,
-		"Pin": dev.PinnedVersion,
+		"Pin":   dev.PinnedVersion,
 		"State": fleetState(dev, map[string]*fota.Session{dev.ID: active}, d.now(), d.cfg.OnlineWithin)}
 	if formError != "" && r.Method == http.MethodPost {
 		if typed, ok := r.PostForm["labels"]; ok {

@@ -147,7 +147,6 @@ func dash(s string) string {
 	return s
 }
 
-
 // sessionStep says where an active session is, in an operator's words.
 func sessionStep(state string) string {
 	switch state {
