@@ -350,7 +350,7 @@ func (d *Dashboard) signout(w http.ResponseWriter, r *http.Request, u *viewer) {
 	}
 	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
-	http.Redirect(w, r, "/signin", http.StatusSeeOther)
+	d.redirectWith(w, r, "/signin", "Signed out.")
 }
 
 func (d *Dashboard) signoutEverywhere(w http.ResponseWriter, r *http.Request, u *viewer) {
@@ -362,7 +362,7 @@ func (d *Dashboard) signoutEverywhere(w http.ResponseWriter, r *http.Request, u 
 	d.log.Info("dashboard sessions revoked", "user", u.Name, "sessions", n)
 	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
-	http.Redirect(w, r, "/signin", http.StatusSeeOther)
+	d.redirectWith(w, r, "/signin", fmt.Sprintf("Signed out of %s.", plural(n, "session")))
 }
 
 func (d *Dashboard) accountPage(w http.ResponseWriter, r *http.Request, u *viewer) {

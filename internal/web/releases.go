@@ -45,7 +45,7 @@ func (d *Dashboard) upload(w http.ResponseWriter, r *http.Request, u *viewer) {
 			json.NewEncoder(w).Encode(uploadAnswer{Message: fota.ErrorMessage(err)})
 			return
 		}
-		d.redirectWith(w, r, "/releases", "Upload refused: "+fota.ErrorMessage(err))
+		d.redirectWith(w, r, "/releases", "Not published: "+fota.ErrorMessage(err))
 	}
 	if err := sameOrigin(r); err != nil {
 		fail(err)

@@ -333,13 +333,13 @@ func TestUploadAndWithdraw(t *testing.T) {
 	if p := admin.upload("", "app.fota", good); p.status != http.StatusSeeOther {
 		t.Fatalf("upload without CSRF: %d", p.status)
 	}
-	mustContain(t, admin.get("/releases"), "Upload refused", "CSRF")
+	mustContain(t, admin.get("/releases"), "Not published", "CSRF")
 
 	bad := bytes.Clone(good)
 	bad[len(bad)-100] ^= 1
 	admin.upload(token, "app.fota", bad)
 	p := admin.get("/releases")
-	mustContain(t, p, "Upload refused: bundle refused", "No release yet.")
+	mustContain(t, p, "Not published: bundle refused", "No release yet.")
 
 	if p = admin.upload(token, "app-1.0.4.fota", good); p.status != http.StatusSeeOther || p.header.Get("Location") != "/releases" {
 		t.Fatalf("upload: %d %q", p.status, p.header.Get("Location"))
