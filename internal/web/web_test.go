@@ -451,6 +451,11 @@ func TestPin(t *testing.T) {
 		t.Fatalf("pin: %d %s", p.status, excerpt(p.body))
 	}
 	mustContain(t, op.get("/devices/dev-1"), "Pinned to 1.0.4")
+	if evs, _ := e.srv.Store.Events(context.Background(), fota.EventFilter{Kind: fota.EventAssigned}); len(evs) != 1 || evs[0].Actor != "user:olu" {
+		t.Fatalf("pin events %+v, want one by user:olu", evs)
+	}
+	// Saving the form unchanged keeps the pin.
+	mustContain(t, op.get("/devices/dev-1"), `<option selected>1.0.4</option>`)
 	p := op.post("/devices/dev-1/pin", url.Values{"csrf": {ot}, "version": {"0.0.1"}})
 	if p.status != http.StatusBadRequest {
 		t.Fatalf("pin to an unknown release: %d", p.status)
