@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -17,11 +18,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/loadgen"
+	"github.com/ecowatt/fota/internal/password"
 	"github.com/ecowatt/fota/internal/server"
 	"github.com/ecowatt/fota/internal/simulator"
 	"github.com/ecowatt/fota/internal/update"
@@ -30,7 +33,7 @@ import (
 )
 
 const demoUsage = `Usage:
-  fota demo [--devices 5] [--api mixed|native|ecowatt] [--size 128KiB] [--dir DIR] [--timeout 60s]
+  fota demo [--devices 5] [--api mixed|native|ecowatt] [--size 128KiB] [--dir DIR] [--timeout 60s] [--dashboard]
 
 Runs the whole system on this machine: makes keys, builds firmware 1.0.3
 (installed on the devices), 1.0.4 (good) and 1.0.5 (fails its self-test),
@@ -42,6 +45,9 @@ other device downloads a byte of 1.0.5. It ends with a summary and exits 0
 only if every device did what was expected.
 With --api mixed, odd devices use the native API and even ones the
 EcoWatt-compatible API. Everything is removed afterwards unless --dir is given.
+With --dashboard the server keeps running after the demo, with a dashboard
+user made for you (its password printed), until Ctrl-C: open the address it
+prints to see the fleet, the two rollouts and the events in a browser.
 `
 
 // demoWaves are the demo's rollouts' waves: a canary, then the rest.
@@ -95,6 +101,7 @@ func runDemo(e *env, args []string) error {
 	api := fs.String("api", "mixed", "device API: mixed, native or ecowatt")
 	sizeFlag := fs.String("size", "128KiB", "firmware image size")
 	dirFlag := fs.String("dir", "", "keep everything in this folder (default: a temporary one, removed afterwards)")
+	dashboard := fs.Bool("dashboard", false, "keep the server running afterwards, with a dashboard user, until Ctrl-C")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
 	rest, err := parseFlags(e, fs, demoUsage, args)
 	if err != nil {
@@ -417,7 +424,43 @@ func runDemo(e *env, args []string) error {
 		return fmt.Errorf("demo failed: %d device step(s) did not end as expected", failed)
 	}
 	fmt.Fprintln(out, "fota demo: every device did what was expected")
+	if *dashboard {
+		return demoDashboard(e, store, url)
+	}
 	return nil
+}
+
+// demoDashboard makes a dashboard user with a random password and keeps
+// the demo's server running until Ctrl-C.
+func demoDashboard(e *env, store fota.Store, url string) error {
+	pw, err := randomPassword()
+	if err != nil {
+		return err
+	}
+	hash, err := password.Hash(pw)
+	if err != nil {
+		return err
+	}
+	if err := store.CreateUser(fota.WithActor(e.ctx, "local"), &fota.User{Name: "demo", Role: fota.RoleAdmin, PasswordHash: hash}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "\nfota demo: the dashboard is at %s/ : sign in as demo, password %s (this demo's only; Ctrl-C ends it)\n", url, pw)
+	<-e.ctx.Done()
+	return nil
+}
+
+// randomPassword is 16 random letters and digits, for a demo's throwaway
+// user.
+func randomPassword() (string, error) {
+	const alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random password: %w", err)
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b), nil
 }
 
 func (d *demoDevice) has(kind string) bool {

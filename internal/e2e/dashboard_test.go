@@ -191,3 +191,56 @@ func waitAll(b *testing.B, ch chan struct{}, n int, what string) {
 		}
 	}
 }
+
+// TestDemoDashboard: fota demo --dashboard leaves its server running with
+// a user to sign in as, whose dashboard shows the demo's halted rollout,
+// and stops on SIGINT.
+func TestDemoDashboard(t *testing.T) {
+	cmd := exec.Command(fotaBin, "demo", "--devices", "2", "--dashboard")
+	cmd.Dir = t.TempDir()
+	stdout, _ := cmd.StdoutPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	line := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		re := regexp.MustCompile(`dashboard is at (http://\S+)/ : sign in as (\S+), password (\S+)`)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				line <- m[1:]
+			}
+		}
+	}()
+	var m []string
+	select {
+	case m = <-line:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("fota demo --dashboard printed no sign-in line\n%s", stderr.String())
+	}
+	c := dashboardClient(t, m[0], m[1], m[2])
+	resp, err := c.Get(m[0] + "/rollouts/2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var page strings.Builder
+	bufio.NewReader(resp.Body).WriteTo(&page)
+	resp.Body.Close()
+	if !strings.Contains(page.String(), "Halted") {
+		t.Fatalf("the demo's second rollout is not shown halted:\n%.2000s", page.String())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("fota demo --dashboard after SIGINT: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("fota demo --dashboard did not stop on SIGINT")
+	}
+}
