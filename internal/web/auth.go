@@ -17,11 +17,9 @@ import (
 )
 
 const (
-	// plainSessionCookie names the session cookie on plain HTTP; over TLS it
-	// is securedSessionCookie, whose __Host- prefix makes browsers refuse
-	// it from a sibling subdomain or without Secure.
-	plainSessionCookie   = "fota_session"
-	securedSessionCookie = "__Host-fota_session"
+	// plainSessionCookie names the session cookie (over TLS with the
+	// __Host- prefix: cookieName).
+	plainSessionCookie = "fota_session"
 	// signinCookie holds the sign-in form's double-submit token: there is
 	// no session yet to derive one from.
 	signinCookie = "fota_signin"
@@ -31,11 +29,16 @@ const (
 	maxPassword = 256
 )
 
-func (d *Dashboard) sessionCookie(r *http.Request) string {
+func (d *Dashboard) sessionCookie(r *http.Request) string { return d.cookieName(r, plainSessionCookie) }
+
+// cookieName is name, or over TLS __Host-name: browsers refuse such a
+// cookie unless Secure, for the whole host, from this host alone, so a
+// sibling subdomain or a plain-HTTP answer cannot plant one.
+func (d *Dashboard) cookieName(r *http.Request, name string) string {
 	if d.secureCookies(r) {
-		return securedSessionCookie
+		return "__Host-" + name
 	}
-	return plainSessionCookie
+	return name
 }
 
 // newSecret returns 32 random bytes, base64url.
@@ -198,7 +201,7 @@ func (d *Dashboard) renderSignin(w http.ResponseWriter, r *http.Request, status 
 		d.errorPage(w, r, nil, err)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: signinCookie, Value: token, Path: "/signin", MaxAge: 3600, HttpOnly: true,
+	http.SetCookie(w, &http.Cookie{Name: d.cookieName(r, signinCookie), Value: token, Path: "/", MaxAge: 3600, HttpOnly: true,
 		Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
 	users, err := d.store.Users(r.Context())
 	if err != nil {
@@ -222,14 +225,17 @@ func safeNext(next string) string {
 	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || !strings.HasPrefix(u.Path, "/") {
 		return home
 	}
+	// The decoded path is checked again: "%5C" and "%09" decode to what
+	// browsers read as "//".
 	clean := path.Clean(u.Path)
-	if strings.HasPrefix(clean, "//") {
+	if strings.HasPrefix(clean, "//") || strings.ContainsRune(clean, '\\') || !fota.PlainText(clean) {
 		return home
 	}
-	if u.RawQuery != "" {
-		clean += "?" + u.RawQuery
+	out := (&url.URL{Path: clean, RawQuery: u.RawQuery}).String()
+	if !strings.HasPrefix(out, "/") || strings.HasPrefix(out, "//") || strings.ContainsRune(out, '\\') {
+		return home
 	}
-	return clean
+	return out
 }
 
 // signin checks a name and password and starts a session.
@@ -239,21 +245,25 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 		d.errorPage(w, r, nil, err)
 		return
 	}
-	c, err := r.Cookie(signinCookie)
+	c, err := r.Cookie(d.cookieName(r, signinCookie))
 	if err != nil || !equalTokens(r.PostFormValue("csrf"), c.Value) {
 		d.renderSignin(w, r, http.StatusForbidden, "", "The sign-in form was out of date; please try again.")
 		return
 	}
 	name, password := r.PostFormValue("name"), r.PostFormValue("password")
 	addr := d.clientAddress(r)
-	if wait := d.limiter.begin(name, addr); wait > 0 {
+	ticket, wait := d.limiter.begin(name, addr)
+	if wait > 0 {
 		d.log.Warn("dashboard sign-in refused: too many failures", "client", addr, "wait", wait.Round(time.Second))
 		d.renderSignin(w, r, http.StatusTooManyRequests, shortName(name),
 			fmt.Sprintf("Too many failed sign-ins; try again in %s.", wait.Round(time.Second)))
 		return
 	}
 	hash, known, ok, err := d.checkPassword(r, name, password)
-	d.limiter.end(name, addr, !ok)
+	d.limiter.end(ticket, !ok)
+	if r.Context().Err() != nil {
+		return // the browser gave up waiting; nobody reads an answer
+	}
 	if err != nil {
 		d.errorPage(w, r, nil, err)
 		return
@@ -289,7 +299,7 @@ func (d *Dashboard) signin(w http.ResponseWriter, r *http.Request) {
 	d.log.Info("dashboard sign-in", "user", name, "client", addr)
 	http.SetCookie(w, &http.Cookie{Name: d.sessionCookie(r), Value: token, Path: "/", MaxAge: int(d.cfg.SessionLife.Seconds()),
 		HttpOnly: true, Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
-	http.SetCookie(w, &http.Cookie{Name: signinCookie, Path: "/signin", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+	http.SetCookie(w, &http.Cookie{Name: d.cookieName(r, signinCookie), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
 }
@@ -393,12 +403,16 @@ func (d *Dashboard) changePassword(w http.ResponseWriter, r *http.Request, u *vi
 		return
 	}
 	addr := d.clientAddress(r)
-	if wait := d.limiter.begin(u.Name, addr); wait > 0 {
+	ticket, wait := d.limiter.begin(u.Name, addr)
+	if wait > 0 {
 		d.renderAccount(w, r, u, http.StatusTooManyRequests, fmt.Sprintf("Too many wrong passwords; try again in %s.", wait.Round(time.Second)))
 		return
 	}
 	_, _, ok, err := d.checkPassword(r, u.Name, current)
-	d.limiter.end(u.Name, addr, !ok)
+	d.limiter.end(ticket, !ok)
+	if r.Context().Err() != nil {
+		return // the browser gave up waiting
+	}
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return

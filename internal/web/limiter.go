@@ -13,27 +13,30 @@ import (
 
 // Sign-in limits: a user name, and a client address (IPv6: its /64), may
 // have at most signinFailures failed or unfinished sign-ins within
-// signinWindow; past that, attempts are refused without a password check
-// until the oldest failure leaves the window. An attempt is reserved
-// before its password is checked, so a burst of simultaneous guesses gets
-// no more checks than guesses sent one by one. Counted per replica.
+// signinWindow, and a network (IPv6 /48, IPv4 /24) ten times as many;
+// past that, attempts are refused without a password check until the
+// oldest failure leaves the window. An attempt is reserved before its
+// password is checked, so a burst of simultaneous guesses gets no more
+// checks than guesses sent one by one. Counted per replica.
 const (
 	signinFailures = 5
+	networkBudget  = 10 * signinFailures
 	signinWindow   = 15 * time.Minute
-	// signinKeys bounds the names and addresses tracked. A flood of new
-	// ones beyond it is refused (new keys wait a minute) rather than
-	// tracked at the cost of memory or forgotten at the cost of the limit.
-	signinKeys = 50000
+	// signinKeys bounds the names, addresses and networks tracked. Past
+	// it, what is not tracked yet shares one overflow budget per kind
+	// (name, address, network), overflowBudget failures in the window: a
+	// flood of new addresses slows new sign-ins down rather than costing
+	// memory or locking everyone out, and the networks' budgets make such
+	// a flood need a thousand networks.
+	signinKeys     = 50000
+	overflowBudget = 20 * signinFailures
 	// sweepEvery bounds how often a full limiter looks for entries whose
 	// failures have all left the window.
 	sweepEvery = 10 * time.Second
-	// fullWait is how long an untracked name or address waits while the
-	// limiter is full.
-	fullWait = time.Minute
 )
 
 type limitEntry struct {
-	failures []time.Time // within the window, oldest first
+	failures []time.Time // within the window, oldest first; at most the key's budget
 	inFlight int         // attempts whose password is being checked
 }
 
@@ -49,52 +52,76 @@ func newSigninLimiter(now func() time.Time) *signinLimiter {
 }
 
 // limitKeys are the keys an attempt counts against: its address (IPv6
-// grouped by /64, as one customer gets a /64) and, if it is a valid user
-// name, the name. An invalid name is never checked against a password and
-// costs the server nothing, so it counts against the address alone.
+// grouped by /64, as one customer gets a /64), its network, and, if it is
+// a valid user name, the name. An invalid name is never checked against a
+// password and costs the server nothing, so it counts against the address
+// alone.
 func limitKeys(name, addr string) []string {
-	keys := []string{"addr:" + addressGroup(addr)}
+	group, network := addressGroups(addr)
+	keys := []string{"addr:" + group, "net:" + network}
 	if fota.ValidTokenName(name) {
 		keys = append(keys, "name:"+name)
 	}
 	return keys
 }
 
-func addressGroup(addr string) string {
+// addressGroups are an address's own group (IPv6 /64, else the address)
+// and its network (IPv6 /48, IPv4 /24).
+func addressGroups(addr string) (group, network string) {
 	ip, err := netip.ParseAddr(addr)
-	if err != nil || ip.Is4() || ip.Is4In6() {
-		return addr
+	if err != nil {
+		return addr, addr
 	}
-	p, _ := ip.Prefix(64)
-	return p.String()
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		n, _ := ip.Prefix(24)
+		return ip.String(), n.String()
+	}
+	g, _ := ip.Prefix(64)
+	n, _ := ip.Prefix(48)
+	return g.String(), n.String()
 }
 
-// begin reserves an attempt for name from addr. It returns 0 if the
-// attempt may go on (then end must be called), else how long to wait.
-func (l *signinLimiter) begin(name, addr string) time.Duration {
+// budget is how many failures and unfinished attempts key may have.
+func budget(key string) int {
+	switch {
+	case strings.HasPrefix(key, "overflow:"):
+		return overflowBudget
+	case strings.HasPrefix(key, "net:"):
+		return networkBudget
+	}
+	return signinFailures
+}
+
+// begin reserves an attempt for name from addr. It returns the keys it
+// reserved, to give to end, or how long to wait.
+func (l *signinLimiter) begin(name, addr string) ([]string, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
 	keys := limitKeys(name, addr)
 	var wait time.Duration
-	for _, k := range keys {
+	for i, k := range keys {
 		e := l.entries[k]
+		if e == nil && len(l.entries) >= signinKeys && !l.sweep(now) {
+			k = "overflow:" + k[:strings.IndexByte(k, ':')]
+			keys[i] = k
+			e = l.entries[k]
+		}
 		if e == nil {
-			if len(l.entries) >= signinKeys && !l.sweep(now) {
-				wait = max(wait, fullWait)
-			}
 			continue
 		}
 		e.failures = recent(e.failures, now)
+		b := budget(k)
 		switch {
-		case len(e.failures) >= signinFailures:
-			wait = max(wait, e.failures[len(e.failures)-signinFailures].Add(signinWindow).Sub(now))
-		case len(e.failures)+e.inFlight >= signinFailures:
+		case len(e.failures) >= b:
+			wait = max(wait, e.failures[len(e.failures)-b].Add(signinWindow).Sub(now))
+		case len(e.failures)+e.inFlight >= b:
 			wait = max(wait, time.Second) // attempts under way: try again shortly
 		}
 	}
 	if wait > 0 {
-		return wait
+		return nil, wait
 	}
 	for _, k := range keys {
 		e := l.entries[k]
@@ -104,15 +131,15 @@ func (l *signinLimiter) begin(name, addr string) time.Duration {
 		}
 		e.inFlight++
 	}
-	return 0
+	return keys, 0
 }
 
-// end records how an attempt begun with begin went.
-func (l *signinLimiter) end(name, addr string, failed bool) {
+// end records how an attempt went, for the keys begin reserved.
+func (l *signinLimiter) end(keys []string, failed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	for _, k := range limitKeys(name, addr) {
+	for _, k := range keys {
 		e := l.entries[k]
 		if e == nil {
 			continue
@@ -121,8 +148,8 @@ func (l *signinLimiter) end(name, addr string, failed bool) {
 		switch {
 		case failed:
 			e.failures = append(recent(e.failures, now), now)
-			if len(e.failures) > signinFailures {
-				e.failures = e.failures[len(e.failures)-signinFailures:]
+			if b := budget(k); len(e.failures) > b {
+				e.failures = e.failures[len(e.failures)-b:]
 			}
 		case strings.HasPrefix(k, "name:"):
 			// The right password: the name's failures are forgotten (the
@@ -168,9 +195,12 @@ func (d *Dashboard) clientAddress(r *http.Request) string {
 			if i := strings.LastIndexByte(last, ','); i >= 0 {
 				last = last[i+1:]
 			}
-			if ip, err := netip.ParseAddr(strings.TrimSpace(last)); err == nil {
-				return ip.String()
+			if ip, ok := parseClientIP(strings.TrimSpace(last)); ok {
+				return ip
 			}
+			d.headerWarning.Do(func() {
+				d.log.Warn("dashboard: the client address header does not hold an address; using the connection's", "header", h)
+			})
 		}
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -178,4 +208,16 @@ func (d *Dashboard) clientAddress(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// parseClientIP reads an address as proxies write it: bare, host:port or
+// [v6]:port; a zone is dropped.
+func parseClientIP(s string) (string, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().Unmap().WithZone("").String(), true
+	}
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return ip.Unmap().WithZone("").String(), true
+	}
+	return "", false
 }

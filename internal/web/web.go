@@ -6,16 +6,19 @@
 // Threat model. The dashboard is reached by browsers, so beyond the admin
 // API's concerns it defends against:
 //   - stolen sessions: the session cookie is random (256 bits), HttpOnly,
-//     SameSite=Strict, Secure under TLS; only its SHA-256 is stored, it
+//     SameSite=Strict, Secure and __Host- under TLS; only its SHA-256 is stored, it
 //     expires (absolute and idle) and is revocable, read from the store on
 //     every request, so a revocation holds on every replica at once;
 //   - cross-site requests: every state change is a POST carrying a CSRF
 //     token derived from the session (HMAC of the session token), checked
 //     in constant time, and an Origin header, when sent, must be the
 //     server's own; the sign-in form uses a double-submit cookie;
-//   - password guessing: sign-in attempts are limited per user name and
-//     per client address, and an unknown name costs the same time as a
-//     known one (a dummy hash is verified);
+//   - password guessing: sign-in attempts are limited per user name, per
+//     client address and per network, counted from the moment they are
+//     taken up (limiter.go), and an unknown name costs the same time as a
+//     known one (DummyVerify);
+//   - redirects off-site: a sign-in's next= is kept to a path of this
+//     site, checked after decoding and cleaning;
 //   - script injection: html/template escapes everything, the Content
 //     Security Policy allows only the server's own scripts and styles (no
 //     inline script, no third-party origin), and no page is framed;
@@ -130,6 +133,8 @@ type Dashboard struct {
 	touched map[[32]byte]time.Time
 	// hashing bounds concurrent password checks: each takes ~19 MiB.
 	hashing chan struct{}
+	// headerWarning says once that ClientIPHeader held no address.
+	headerWarning sync.Once
 }
 
 // New returns a Dashboard. Call Close when the server stops.
@@ -306,17 +311,17 @@ func (d *Dashboard) redirectWith(w http.ResponseWriter, r *http.Request, to, mes
 }
 
 func (d *Dashboard) setFlash(w http.ResponseWriter, r *http.Request, message string) {
-	http.SetCookie(w, &http.Cookie{Name: flashCookie, Value: url.QueryEscape(message), Path: "/", MaxAge: 60,
+	http.SetCookie(w, &http.Cookie{Name: d.cookieName(r, flashCookie), Value: url.QueryEscape(message), Path: "/", MaxAge: 60,
 		HttpOnly: true, Secure: d.secureCookies(r), SameSite: http.SameSiteStrictMode})
 }
 
 // takeFlash reads and clears the flash message.
 func (d *Dashboard) takeFlash(w http.ResponseWriter, r *http.Request) string {
-	c, err := r.Cookie(flashCookie)
+	c, err := r.Cookie(d.cookieName(r, flashCookie))
 	if err != nil {
 		return ""
 	}
-	http.SetCookie(w, &http.Cookie{Name: flashCookie, Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
+	http.SetCookie(w, &http.Cookie{Name: d.cookieName(r, flashCookie), Path: "/", MaxAge: -1, HttpOnly: true, Secure: d.secureCookies(r),
 		SameSite: http.SameSiteStrictMode})
 	msg, err := url.QueryUnescape(c.Value)
 	if err != nil || !fota.PlainText(msg) || len(msg) > 500 {
