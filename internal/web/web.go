@@ -6,9 +6,10 @@
 // Threat model. The dashboard is reached by browsers, so beyond the admin
 // API's concerns it defends against:
 //   - stolen sessions: the session cookie is random (256 bits), HttpOnly,
-//     SameSite=Strict, Secure and __Host- under TLS; only its SHA-256 is stored, it
-//     expires (absolute and idle) and is revocable, read from the store on
-//     every request, so a revocation holds on every replica at once;
+//     SameSite=Strict, Secure and __Host- under TLS; only its SHA-256 is
+//     stored, it expires (absolute and idle) and is revocable, read from
+//     the store on every request, so a revocation holds on every replica
+//     at once, and live streams re-check it before sending;
 //   - cross-site requests: every state change is a POST carrying a CSRF
 //     token derived from the session (HMAC of the session token), checked
 //     in constant time, and an Origin header, when sent, must be the
