@@ -318,6 +318,28 @@ type WaveTally struct {
 	Legacy, LegacyConfirmed, LegacyFailed, LegacySilent int
 }
 
+// SumTallies adds waves' tallies up: the rollout's whole count.
+func SumTallies(ts []WaveTally) WaveTally {
+	var sum WaveTally
+	for _, t := range ts {
+		sum.Members += t.Members
+		sum.Pending += t.Pending
+		sum.Offered += t.Offered
+		sum.Downloading += t.Downloading
+		sum.Silent += t.Silent
+		sum.Confirmed += t.Confirmed
+		sum.Failed += t.Failed
+		sum.Superseded += t.Superseded
+		sum.Removed += t.Removed
+		sum.Accepted += t.Accepted
+		sum.Legacy += t.Legacy
+		sum.LegacyConfirmed += t.LegacyConfirmed
+		sum.LegacyFailed += t.LegacyFailed
+		sum.LegacySilent += t.LegacySilent
+	}
+	return sum
+}
+
 // RolloutTransition moves a rollout from one position (state and wave) to
 // another, only if it is still where the caller saw it: replicas racing to
 // open a wave or halt do it once.

@@ -100,15 +100,7 @@ func (c rolloutCollector) Collect(ch chan<- prometheus.Metric) {
 		if err != nil {
 			return
 		}
-		var sum fota.WaveTally
-		for _, w := range tally {
-			sum.Pending += w.Pending
-			sum.Offered += w.Offered
-			sum.Downloading += w.Downloading
-			sum.Silent += w.Silent
-			sum.Confirmed += w.Confirmed
-			sum.Failed += w.Failed
-		}
+		sum := fota.SumTallies(tally)
 		id := strconv.FormatInt(r.ID, 10)
 		for state, n := range map[string]int{fota.MemberPending: sum.Pending, fota.MemberOffered: sum.Offered, fota.MemberDownloading: sum.Downloading,
 			fota.MemberSilent: sum.Silent, fota.MemberConfirmed: sum.Confirmed, fota.MemberFailed: sum.Failed} {

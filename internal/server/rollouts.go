@@ -140,24 +140,18 @@ func viewRollout(v *update.RolloutView) protocol.Rollout {
 		SilentTimeout: ro.SilentTimeout.String(), Windows: ro.Windows, Gate: v.Verdict.Action, GateReason: v.Verdict.Reason,
 		Start: ro.Start, WaveOpened: ro.WaveOpened, Created: ro.Created, Updated: ro.Updated, WaveCounts: []protocol.RolloutWave{}}
 	for _, t := range v.Tally {
-		c := protocol.RolloutCounts{Targeted: t.Members, Pending: t.Pending, Offered: t.Offered, Downloading: t.Downloading,
-			Confirmed: t.Confirmed, Failed: t.Failed, Accepted: t.Accepted, Silent: t.Silent, Superseded: t.Superseded, Removed: t.Removed}
-		out.WaveCounts = append(out.WaveCounts, protocol.RolloutWave{Wave: t.Wave, Open: t.Wave <= ro.Wave, Counts: c})
-		out.Counts.Targeted += c.Targeted
-		out.Counts.Pending += c.Pending
-		out.Counts.Offered += c.Offered
-		out.Counts.Downloading += c.Downloading
-		out.Counts.Confirmed += c.Confirmed
-		out.Counts.Failed += c.Failed
-		out.Counts.Accepted += c.Accepted
-		out.Counts.Silent += c.Silent
-		out.Counts.Superseded += c.Superseded
-		out.Counts.Removed += c.Removed
+		out.WaveCounts = append(out.WaveCounts, protocol.RolloutWave{Wave: t.Wave, Open: t.Wave <= ro.Wave, Counts: viewCounts(t)})
 	}
+	out.Counts = viewCounts(fota.SumTallies(v.Tally))
 	for _, m := range v.Members {
 		out.Devices = append(out.Devices, protocol.RolloutDevice{ID: m.DeviceID, Wave: m.Wave, State: m.State, Reason: m.Reason, Offered: m.Offered})
 	}
 	return out
+}
+
+func viewCounts(t fota.WaveTally) protocol.RolloutCounts {
+	return protocol.RolloutCounts{Targeted: t.Members, Pending: t.Pending, Offered: t.Offered, Downloading: t.Downloading,
+		Confirmed: t.Confirmed, Failed: t.Failed, Accepted: t.Accepted, Silent: t.Silent, Superseded: t.Superseded, Removed: t.Removed}
 }
 
 // setLabels sets and removes a device's labels; a device that now

@@ -23,13 +23,10 @@ type deviceRow struct {
 
 func (d *Dashboard) devicesPage(w http.ResponseWriter, r *http.Request, u *viewer) {
 	f, ferr := readFilter(r)
-	devices, active, err := d.fleetDevices(r)
+	devices, active, err := d.fleetDevices(r, ferr)
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
-	}
-	if ferr != nil {
-		devices = nil // a filter that does not parse matches nothing, rather than seeming to match all
 	}
 	now := d.now()
 	var rows []deviceRow

@@ -189,8 +189,13 @@ func compareVersions(a, b string) int {
 }
 
 // fleetDevices reads the registered devices and indexes the active
-// sessions by device.
-func (d *Dashboard) fleetDevices(r *http.Request) ([]*fota.Device, map[string]*fota.Session, error) {
+// sessions by device; with a filter that did not parse (filterErr) it
+// reads nothing: such a filter matches nothing, rather than seeming to
+// match all.
+func (d *Dashboard) fleetDevices(r *http.Request, filterErr error) ([]*fota.Device, map[string]*fota.Session, error) {
+	if filterErr != nil {
+		return nil, nil, nil
+	}
 	devices, err := d.store.Devices(r.Context())
 	if err != nil {
 		return nil, nil, err
@@ -208,13 +213,10 @@ func (d *Dashboard) fleetDevices(r *http.Request) ([]*fota.Device, map[string]*f
 
 func (d *Dashboard) fleetPage(w http.ResponseWriter, r *http.Request, u *viewer) {
 	f, ferr := readFilter(r)
-	devices, active, err := d.fleetDevices(r)
+	devices, active, err := d.fleetDevices(r, ferr)
 	if err != nil {
 		d.errorPage(w, r, u, err)
 		return
-	}
-	if ferr != nil {
-		devices = nil // a filter that does not parse matches nothing, rather than seeming to match all
 	}
 	fl := summarize(devices, active, f, d.now(), d.cfg.OnlineWithin)
 	rollouts, err := d.updates.Rollouts(r.Context())

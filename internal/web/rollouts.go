@@ -252,21 +252,10 @@ func (d *Dashboard) rolloutView(ctx context.Context, id int64) (*rolloutView, er
 		return nil, err
 	}
 	out := &rolloutView{R: v.Rollout, Verdict: v.Verdict}
-	var total fota.WaveTally
 	for _, t := range v.Tally {
 		out.Waves = append(out.Waves, makeWave(t, t.Wave <= v.Rollout.Wave))
-		total.Members += t.Members
-		total.Pending += t.Pending
-		total.Offered += t.Offered
-		total.Downloading += t.Downloading
-		total.Silent += t.Silent
-		total.Confirmed += t.Confirmed
-		total.Failed += t.Failed
-		total.Accepted += t.Accepted
-		total.Superseded += t.Superseded
-		total.Removed += t.Removed
 	}
-	out.Total = makeWave(total, true)
+	out.Total = makeWave(fota.SumTallies(v.Tally), true)
 	for _, m := range v.Members {
 		if m.State == fota.MemberFailed || m.State == fota.MemberSilent {
 			if len(out.Failing) < maxFailingShown {
