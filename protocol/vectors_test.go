@@ -92,6 +92,11 @@ var schemas = map[string]schema{
 		keys: []string{"name", "time", "valid", "unix"},
 		need: validNeeds("time"),
 	},
+	"mqtt-password.vectors": {
+		keys: []string{"name", "psk", "device", "topic", "password"},
+		need: all("name", "psk", "device", "topic", "password"),
+		hex:  []string{"psk", "password"},
+	},
 }
 
 func validNeeds(text string) func(*vectors.Case) []string {
@@ -491,6 +496,50 @@ func generateVectors(t *testing.T) {
 	genSemver(write)
 	genHTTPDate(t, write)
 	genRFC3339(t, write)
+	genMQTTPassword(write)
+}
+
+func genMQTTPassword(write writeFunc) {
+	var cases []*vectors.Case
+	for _, r := range []struct {
+		name, device string
+		psk          PSK
+	}{
+		{"ecowatt", "ESP32_EcoWatt_Smart", vecPSKA},
+		{"short-id", "d1", vecPSKB},
+		{"dots-and-dashes", "site-7.inverter_02", vecPSKC},
+		{"longest-id", strings.Repeat("Z", 64), vecPSKA},
+	} {
+		cases = append(cases, vectors.New(r.name).AddHex("psk", r.psk[:]).Add("device", r.device).
+			Add("topic", NotifyTopic(r.device)).Add("password", MQTTPassword(r.psk, r.device)))
+	}
+	write("mqtt-password.vectors", []string{
+		"MQTT push (docs/PROTOCOL.md, \"Push: MQTT notifications\").",
+		"  psk       the device key, 32 bytes",
+		"  device    the device id: the MQTT user name and client id",
+		"  topic     the one topic the device may subscribe to",
+		"  password  the MQTT password: lowercase hex of",
+		"            HMAC-SHA256(psk, \"fota-mqtt-v1\\n\" || device), as text",
+	}, cases, nil)
+}
+
+func TestVectorsMQTTPassword(t *testing.T) {
+	for _, c := range readVectors(t, "mqtt-password.vectors") {
+		t.Run(c.Name(), func(t *testing.T) {
+			device := mustGet(t, &c, "device")
+			if got := MQTTPassword(pskOf(t, &c), device); got != mustGet(t, &c, "password") {
+				t.Fatalf("MQTTPassword = %s", got)
+			}
+			if got := NotifyTopic(device); got != mustGet(t, &c, "topic") {
+				t.Fatalf("NotifyTopic = %s", got)
+			}
+			// As docs/PROTOCOL.md spells it.
+			psk := pskOf(t, &c)
+			if hex.EncodeToString(hmacSHA256(psk[:], []byte("fota-mqtt-v1\n"+device))) != mustGet(t, &c, "password") {
+				t.Fatal(`password is not hex(HMAC-SHA256(psk, "fota-mqtt-v1\n" || device))`)
+			}
+		})
+	}
 }
 
 type writeFunc func(file string, header []string, cases []*vectors.Case, comments map[string][]string)

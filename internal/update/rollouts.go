@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
 
@@ -110,6 +111,15 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Ro
 	}
 	s.log.Info("rollout created", "rollout_id", r.ID, "release_version", rel.Version, "hardware", rel.Hardware, "devices", len(members),
 		"waves", r.Waves, "state", r.State, "up_to_date", upToDate)
+	if r.State == fota.RolloutRunning {
+		var first []string
+		for _, m := range members {
+			if m.Wave == 1 {
+				first = append(first, m.DeviceID)
+			}
+		}
+		s.notify(first, protocol.NotifyRollout, r.ID)
+	}
 	return r, upToDate, nil
 }
 
@@ -394,6 +404,7 @@ func (s *Service) operate(ctx context.Context, id int64, what string, next func(
 		}
 		s.forgetSessions(ended)
 		s.log.Info("rollout "+t.State, "rollout_id", id, "actor", fota.ActorFrom(ctx), "sessions_ended", len(ended))
+		s.notifyTransition(r, t, ended)
 		return s.store.Rollout(ctx, id)
 	}
 }
@@ -507,6 +518,7 @@ func (s *Service) evaluateRollout(ctx context.Context, r *fota.Rollout) error {
 		level = s.log.Warn
 	}
 	level("rollout "+t.State, "rollout_id", r.ID, "release_version", r.ReleaseVersion, "wave", t.Wave, "detail", t.Detail, "sessions_ended", len(ended))
+	s.notifyTransition(r, t, ended)
 	return nil
 }
 

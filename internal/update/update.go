@@ -28,9 +28,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
 )
 
@@ -106,6 +108,11 @@ type Config struct {
 	// OnStateChange, if set, is called after each session state change
 	// (for metrics).
 	OnStateChange func(state, api string)
+	// Notifier wakes the devices a change concerns (notify.go); none by
+	// default: devices check on their timer.
+	Notifier fota.Notifier
+	// NotifyRate: DefaultNotifyRate when zero.
+	NotifyRate int
 }
 
 // Service is the update service.
@@ -122,12 +129,19 @@ type Service struct {
 	backoffMax  time.Duration
 	grace       time.Duration
 	onChange    func(state, api string)
+	notifier    fota.Notifier
+	notifyRate  int
+	notifying   sync.WaitGroup
 }
 
 // New returns a Service for cfg.
 func New(cfg Config) *Service {
 	s := &Service{store: cfg.Store, log: cfg.Logger, now: cfg.Now, maxSessions: cfg.MaxSessions, cache: cfg.Cache,
-		backoffBase: cfg.BackoffBase, backoffMax: cfg.BackoffMax, grace: cfg.NotAppliedGrace, onChange: cfg.OnStateChange}
+		backoffBase: cfg.BackoffBase, backoffMax: cfg.BackoffMax, grace: cfg.NotAppliedGrace, onChange: cfg.OnStateChange,
+		notifier: cfg.Notifier, notifyRate: cfg.NotifyRate}
+	if s.notifyRate <= 0 {
+		s.notifyRate = DefaultNotifyRate
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -643,6 +657,7 @@ func (s *Service) Pin(ctx context.Context, id, version string) error {
 		return err
 	}
 	s.log.Info("device pinned", "device_id", d.ID, "release_version", rel.Version)
+	s.notify([]string{d.ID}, protocol.NotifyPinned, 0)
 	return nil
 }
 
@@ -653,6 +668,7 @@ func (s *Service) Unpin(ctx context.Context, id string) error {
 	}
 	s.cache.ForgetDevice(id)
 	s.log.Info("device unpinned", "device_id", id)
+	s.notify([]string{id}, protocol.NotifyPinned, 0)
 	return nil
 }
 
