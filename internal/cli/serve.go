@@ -30,6 +30,7 @@ const serveUsage = `Usage:
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
              [--memory-limit 112MiB] [--pprof 127.0.0.1:6060] [--secure-cookies] [--client-ip-header X-Real-IP] [--online-within 13h]
              [--retain-events 90d] [--retain-events-max 1000000] [--retain-sessions 90d] [--retain-sessions-max 100000]
+             [--mqtt-listen :1883 | --mqtt-broker mqtts://host:8883 --mqtt-user fota-server --mqtt-password-file F [--mqtt-ca ca.pem]]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*),
 the native device API (/v1/device/*) and the web dashboard (/, for users
@@ -74,6 +75,16 @@ proxy leave it unset: clients could then pick their address). A device seen
 within --online-within (two 6-hour check intervals and an hour) counts as
 online on its pages.
 
+Devices learn of an update at their next timed check (6 hours on EcoWatt
+devices). With push they learn of it in seconds: when a rollout wave opens,
+is paused, halted or aborted, or a device is pinned, the server publishes a
+notification on the device's MQTT topic and the device checks in at once.
+--mqtt-listen runs a broker inside the server (devices log in with their id
+and a password derived from their key: nothing to provision; TLS when
+--tls-cert is given); with several replicas, use one external broker
+(--mqtt-broker; 'fota mqtt acl' writes its password and ACL files). The timer
+stays: a device that misses a notification checks on it as before.
+
 Webhooks ('fota webhook add') are sent by every replica from one outbox in
 the database: each event at least once, retried for 24 hours.
 
@@ -82,6 +93,8 @@ Examples:
   fota serve --db postgres://fota@db/fota --blobs /mnt/shared/fota-blobs --addr :8080 --trust keys/signing.pub
   fota serve --db postgres://fota@db/fota --blobs db --addr :8080 --trust keys/signing.pub
   fota serve --addr :8443 --tls-cert cert.pem --tls-key key.pem --trust keys/signing.pub
+  fota serve --data ./fota-data --trust keys/signing.pub --mqtt-listen :1883
+  fota serve --db postgres://fota@db/fota --blobs db --trust keys/signing.pub --mqtt-broker mqtts://mqtt.example:8883 --mqtt-password-file server.mqtt-password
 `
 
 // minMemoryLimit is the least --memory-limit fota serve accepts: an idle
@@ -109,6 +122,7 @@ func runServe(e *env, args []string) error {
 	secureCookies := fs.Bool("secure-cookies", false, "mark dashboard cookies Secure on plain HTTP too (behind a proxy that terminates TLS)")
 	clientIPHeader := fs.String("client-ip-header", "", "behind a proxy: the header holding the client's address (X-Real-IP, X-Forwarded-For: its last value)")
 	onlineWithin := fs.Duration("online-within", 13*time.Hour, "the dashboard counts a device online if seen within this")
+	pushOpts := addPushFlags(fs)
 	retainFlags := addRetentionFlags(fs)
 	rest, err := parseFlags(e, fs, serveUsage, args)
 	if err != nil {
@@ -126,6 +140,9 @@ func runServe(e *env, args []string) error {
 	}
 	if (*tlsCert == "") != (*tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
+	}
+	if err := pushOpts.check(); err != nil {
+		return err
 	}
 	if *onlineWithin <= 0 {
 		return usagef("--online-within %s: want a duration like 13h", *onlineWithin)
@@ -208,12 +225,32 @@ func runServe(e *env, args []string) error {
 	} else if n > 0 {
 		logger.Info("removed blobs no release refers to", "count", n)
 	}
+	var tlsConfig *tls.Config
+	if *tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	// Push starts before the server so that no rollout transition goes
+	// unannounced; it stops after the server (srv.Close waits for the
+	// notifications under way).
+	pushing, err := pushOpts.start(e.ctx, store, tlsConfig, logger)
+	if err != nil {
+		return err
+	}
+	var notifier fota.Notifier
+	if pushing != nil {
+		defer pushing.close()
+		notifier = pushing.notifier
+	}
 	// Every replica runs a webhook dispatcher; they share the outbox in the
 	// store. Session changes wake it; the rest it finds within a second.
 	hooks := webhook.New(webhook.Config{Store: store, Logger: logger})
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
 		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify, SecureCookies: *secureCookies, OnlineWithin: *onlineWithin,
-		ClientIPHeader: *clientIPHeader})
+		ClientIPHeader: *clientIPHeader, Notifier: notifier})
 	if err != nil {
 		return err
 	}
@@ -247,13 +284,8 @@ func runServe(e *env, args []string) error {
 	srv.WatchConns(limited)
 	var ln net.Listener = limited
 	scheme := "http"
-	if *tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("load TLS certificate: %w", err)
-		}
-		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if tlsConfig != nil {
+		hs.TLSConfig = tlsConfig
 		ln = tls.NewListener(ln, hs.TLSConfig)
 		scheme = "https"
 	}
@@ -280,6 +312,10 @@ func runServe(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/ has no users yet: fota user add --name NAME --role admin\n", scheme, ln.Addr())
 	} else {
 		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/\n", scheme, ln.Addr())
+	}
+
+	if pushing != nil {
+		fmt.Fprintf(e.stdout, "fota serve: push notifications through the %s\n", pushing.where)
 	}
 
 	if *pprofAddr != "" {

@@ -78,6 +78,9 @@ type Config struct {
 	// the server records: fota serve wakes the webhook dispatcher with it,
 	// so outcomes go out at once rather than at its next poll.
 	SessionChanged func()
+	// Notifier wakes devices when a change concerns them (MQTT push);
+	// none: they check on their timer.
+	Notifier fota.Notifier
 }
 
 // Server serves the fota APIs.
@@ -128,7 +131,7 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newMetrics(cfg.Store)
 	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Release: s.releases.get, MaxSessions: cfg.MaxSessions,
-		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall,
+		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall, Notifier: cfg.Notifier,
 		OnStateChange: func(state, api string) {
 			switch state {
 			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied, fota.SessionRefused:
@@ -162,6 +165,7 @@ func (s *Server) Close() {
 	s.StopStreams()
 	s.stopBackground()
 	s.progress.close()
+	s.updates.WaitNotified() // before the notifier closes
 }
 
 // StopStreams ends the dashboard's live streams, which would otherwise
