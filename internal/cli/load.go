@@ -12,12 +12,14 @@ import (
 
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/internal/loadgen"
+	"github.com/ecowatt/fota/internal/mqtt"
 	"github.com/ecowatt/fota/keys"
 )
 
 const loadUsage = `Usage:
   fota load --server URL --token T --keys DIR --devices 1000 [--api native|ecowatt]
             [--release-size 1MiB] [--rate 200/s] [--duration 60s] [--chunks-per-request 16] [--chunk-delay 300ms] [--no-keepalive] [--check-only] [--verify full|hmac] [--keep] [--json] [--cpuprofile FILE]
+  fota load --server URL --token T --keys DIR --devices 10000 --mqtt mqtt://127.0.0.1:1883 [--mqtt-ca ca.pem] [--connect-rate 2000/s] [--wait 2m]
 
 Runs a simulated fleet against a server to size a deployment. It publishes a
 release for a hardware name of its own (the real fleet is never offered it),
@@ -37,6 +39,7 @@ only their history, which retention prunes; --keep leaves them.
 
 Example:
   fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 200 --api ecowatt --release-size 256KiB
+  fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 10000 --mqtt mqtt://127.0.0.1:1883
 `
 
 func runLoad(e *env, args []string) error {
@@ -56,6 +59,10 @@ func runLoad(e *env, args []string) error {
 	verify := fs.String("verify", loadgen.VerifyFull, "what devices check: full (the real agent) or hmac (signature and chunk HMACs, no decryption: measures the server, not this machine's CPU; native API)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load generator's CPU profile to this file (go tool pprof FILE)")
 	keep := fs.Bool("keep", false, "leave the run's devices and release on the server (by default they are removed at the end)")
+	mqttURL := fs.String("mqtt", "", "measure push: devices subscribe at this broker (mqtt://host:1883, mqtts://host:8883) and check in when notified")
+	mqttCA := fs.String("mqtt-ca", "", "with --mqtt mqtts://: CA certificates (PEM) to trust")
+	connectRate := fs.String("connect-rate", "2000/s", "with --mqtt: MQTT connections opened per second")
+	wait := fs.Duration("wait", 2*time.Minute, "with --mqtt: how long to wait for every device to check in")
 	if err := parseNoArgs(e, fs, loadUsage, args); err != nil {
 		return err
 	}
@@ -102,6 +109,13 @@ func runLoad(e *env, args []string) error {
 			return fmt.Errorf("cpu profile %s: %w", *cpuProfile, err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *mqttURL != "" {
+		if *api != agent.APINative || *checkOnly {
+			return usagef("--mqtt measures push to native devices: leave out --api ecowatt and --check-only")
+		}
+		return runPushLoad(e, loadgen.PushConfig{Config: loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: agent.APINative,
+			ReleaseSize: size, Signer: signer, FirmwareKey: fwKey, Keep: *keep}, MQTT: *mqttURL, Wait: *wait}, *mqttCA, *connectRate, *asJSON)
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices, %s API, %d-byte release, against %s\n", *devices, *api, size, *server)
 	rep, err := loadgen.Run(e.ctx, loadgen.Config{Server: *server, Token: *token, Devices: *devices, API: *api, ReleaseSize: size,
@@ -150,6 +164,51 @@ func runLoad(e *env, args []string) error {
 	tw.Flush()
 	if rep.Failed > 0 {
 		return fmt.Errorf("%d of %d updates failed", rep.Failed, rep.Devices)
+	}
+	return nil
+}
+
+func runPushLoad(e *env, cfg loadgen.PushConfig, caFile, connectRate string, asJSON bool) error {
+	rate, err := strconv.ParseFloat(strings.TrimSuffix(connectRate, "/s"), 64)
+	if err != nil || rate <= 0 {
+		return usagef("--connect-rate %q: want a number per second, e.g. 2000/s", connectRate)
+	}
+	cfg.ConnectRate = rate
+	if caFile != "" {
+		pool, err := mqtt.LoadCAFile(caFile)
+		if err != nil {
+			return err
+		}
+		cfg.RootCAs = pool
+	}
+	fmt.Fprintf(e.stderr, "fota load: %d devices subscribing at %s, then a rollout to all of them on %s\n", cfg.Devices, cfg.MQTT, cfg.Server)
+	rep, err := loadgen.RunPush(e.ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(e, rep)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("run", rep.Run)
+	row("devices", strconv.Itoa(rep.Devices))
+	row("subscribed", fmt.Sprintf("%d (in %.1f s)", rep.Subscribed, rep.ConnectS))
+	row("notified", fmt.Sprintf("%d (spread %d ms)", rep.Notified, rep.SpreadMS))
+	row("checked in", fmt.Sprintf("%d (%d offered the update), %d within 5 s", rep.CheckedIn, rep.Offered, rep.Within5s))
+	all := "not every device"
+	if rep.AllS > 0 {
+		all = fmt.Sprintf("%.2f s", rep.AllS)
+	}
+	row("publish to check-in", fmt.Sprintf("first %.2f s  p50 %.2f s  p90 %.2f s  p99 %.2f s  all %s", rep.FirstS, rep.P50S, rep.P90S, rep.P99S, all))
+	row("check latency", fmt.Sprintf("p50 %.2f ms  p99 %.2f ms  max %.2f ms", rep.Check.P50ms, rep.Check.P99ms, rep.Check.MaxMs))
+	row("the timer instead", "a 6-hour timer wakes a device 3 hours after a change on average")
+	for k, n := range rep.Errors {
+		row("error: "+k, strconv.Itoa(n))
+	}
+	tw.Flush()
+	if rep.CheckedIn < rep.Devices {
+		return fmt.Errorf("%d of %d devices did not check in within --wait %s", rep.Devices-rep.CheckedIn, rep.Devices, cfg.Wait)
 	}
 	return nil
 }

@@ -320,41 +320,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}()
 	}
 
-	// Register the fleet, a few at a time.
-	psks := make([]protocol.PSK, cfg.Devices)
-	var regErr error
-	var regMu sync.Mutex
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				ids[i] = fmt.Sprintf("load-%s-%05d", run, i)
-				running := "1.0.0"
-				if cfg.CheckOnly {
-					running = loadVersion
-				}
-				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: ids[i], Hardware: hardware, Version: running, API: cfg.API})
-				if err == nil {
-					psks[i], err = protocol.ParsePSK(d.PSK)
-				}
-				if err != nil {
-					regMu.Lock()
-					regErr = err
-					regMu.Unlock()
-				}
-			}
-		}()
+	running := "1.0.0"
+	if cfg.CheckOnly {
+		running = loadVersion
 	}
-	for i := range cfg.Devices {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	if regErr != nil {
-		return nil, fmt.Errorf("load: register devices: %w", regErr)
+	psks, err := register(ctx, admin, cfg, run, hardware, running, ids)
+	if err != nil {
+		return nil, err
 	}
 
 	runCtx := ctx
@@ -370,6 +342,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	img, b = nil, bytes.Buffer{}
 	runtime.GC()
 	start := time.Now()
+	var wg sync.WaitGroup
 	stopProgress := make(chan struct{})
 	progressDone := make(chan struct{})
 	go func() {
@@ -428,6 +401,45 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		rep.ConnsPerUpdate = float64(st.conns.Load()) / n
 	}
 	return rep, nil
+}
+
+// register adds the run's devices, a few at a time, filling ids (an id
+// stays "" until its device is registered, so cleanup removes only those)
+// and returning their keys.
+func register(ctx context.Context, admin *client.Admin, cfg Config, run, hardware, running string, ids []string) ([]protocol.PSK, error) {
+	psks := make([]protocol.PSK, len(ids))
+	var regErr error
+	var regMu sync.Mutex
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				id := fmt.Sprintf("load-%s-%05d", run, i)
+				d, err := admin.AddDevice(ctx, protocol.AddDevice{ID: id, Hardware: hardware, Version: running, API: cfg.API})
+				if err == nil {
+					ids[i] = id
+					psks[i], err = protocol.ParsePSK(d.PSK)
+				}
+				if err != nil {
+					regMu.Lock()
+					regErr = err
+					regMu.Unlock()
+				}
+			}
+		}()
+	}
+	for i := range ids {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if regErr != nil {
+		return nil, fmt.Errorf("load: register devices: %w", regErr)
+	}
+	return psks, nil
 }
 
 // loadVersion is the run's release; its devices start on 1.0.0.
