@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/ecowatt/fota/internal/mqtt"
 	"github.com/ecowatt/fota/keys"
@@ -141,17 +142,29 @@ func runMQTTACL(e *env, args []string) error {
 	return nil
 }
 
-// readPasswordFile reads a one-line password, warning when others may
-// read the file.
+// readPasswordFile reads a one-line password: refused, as a webhook
+// secret is, from a file anyone may read.
 func readPasswordFile(e *env, path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("read the server's broker password: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("read the server's broker password: %s is not a file", path)
+	}
+	// File modes say nothing on Windows.
+	if runtime.GOOS != "windows" && st.Mode().Perm()&0o004 != 0 {
+		return "", withHint(fmt.Errorf("the server's broker password: anyone on this machine can read %s (mode %04o)", path, st.Mode().Perm()),
+			"chmod 600 "+path+", and make a new password if others may have read it")
+	}
+	if w := keys.PermissionWarning(path); w != "" {
+		e.warn("%s", w)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("read the server's broker password: %w", err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Mode().Perm()&0o077 != 0 {
-		e.warn("%s is readable by others (mode %04o): chmod 600 it", path, st.Mode().Perm())
-	}
 	b, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
 	if err != nil {
 		return "", fmt.Errorf("read the server's broker password: %w", err)

@@ -156,13 +156,14 @@ func TestMQTTACL(t *testing.T) {
 		checkMode(t, passwd)
 	})
 
-	t.Run("other server user, password file readable by others", func(t *testing.T) {
+	t.Run("other server user, password file readable by the group", func(t *testing.T) {
 		pwFile := filepath.Join(t.TempDir(), "pw")
-		if err := os.WriteFile(pwFile, []byte("a-server-password-of-ours\n"), 0o644); err != nil {
+		if err := os.WriteFile(pwFile, []byte("a-server-password-of-ours\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		os.Chmod(pwFile, 0o640)
 		r := run(t, append(args, "--server-user", "fleet-pusher", "--server-password-file", pwFile, "--force")...)
-		r.expect(t, 0, "fleet-pusher", "readable by others")
+		r.expect(t, 0, "fleet-pusher", "warning")
 		r.noSecrets(t, "a-server-password-of-ours")
 		checkHash(t, "fleet-pusher", passwdEntries(t, passwd)["fleet-pusher"], "a-server-password-of-ours")
 	})
@@ -173,6 +174,11 @@ func TestMQTTACL(t *testing.T) {
 		run(t, "mqtt", "acl", "--help").expect(t, 0, "fota mqtt acl --data /var/lib/fota", "")
 		run(t, "mqtt", "acl", "--data", data, "--passwd", passwd, "--acl", acl, "--server-user", "a:b", "--force").
 			expect(t, 1, "", "want only A-Z")
+		worldReadable := filepath.Join(t.TempDir(), "open")
+		os.WriteFile(worldReadable, []byte("a-server-password-of-ours"), 0o600)
+		os.Chmod(worldReadable, 0o644)
+		run(t, "mqtt", "acl", "--data", data, "--passwd", passwd, "--acl", acl, "--server-password-file", worldReadable, "--force").
+			expect(t, 1, "", "chmod 600 "+worldReadable)
 		empty := filepath.Join(t.TempDir(), "empty")
 		os.WriteFile(empty, []byte("\n"), 0o600)
 		run(t, "mqtt", "acl", "--data", data, "--passwd", passwd, "--acl", acl, "--server-password-file", empty, "--force").
