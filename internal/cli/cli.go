@@ -78,6 +78,7 @@ func commands() []command {
 		{"rollout", "roll a release out in waves, halting by itself on failures", runRollout},
 		{"status", "show update sessions in progress and recent events", runStatus},
 		{"webhook", "send events to HTTP endpoints as they happen", runWebhook},
+		{"mqtt", "make an external mosquitto's accounts and ACL for MQTT push", runMQTT},
 		{"load", "run a simulated fleet against a server, for capacity planning", runLoad},
 		{"version", "print the fota version", func(e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "fota", Version)
