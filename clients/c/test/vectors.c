@@ -123,6 +123,15 @@ static void request_case(const char *file, const vcase_t *vc)
     cases++;
 }
 
+static void mqtt_case(const char *file, const vcase_t *vc)
+{
+    const char *name = need(vc, file, "name");
+    char got[65];
+    if (fota_mqtt_password(need(vc, file, "psk"), need(vc, file, "device"), got) != FOTA_OK) fail(file, name, "refused");
+    if (strcmp(got, need(vc, file, "password"))) fail(file, name, "password differs");
+    cases++;
+}
+
 static void chunk_case(const char *file, const vcase_t *vc)
 {
     const char *name = need(vc, file, "name"), *scheme = need(vc, file, "scheme");
@@ -359,7 +368,7 @@ int main(int argc, char **argv)
         void (*fn)(const char *, const vcase_t *);
     } sets[] = {{"request-signing.vectors", request_case}, {"chunk-mac.vectors", chunk_case},
                 {"semver.vectors", semver_case},           {"http-date.vectors", time_case},
-                {"rfc3339.vectors", time_case}};
+                {"rfc3339.vectors", time_case},           {"mqtt-password.vectors", mqtt_case}};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
         char path[512];
         snprintf(path, sizeof path, "%s/%s", argv[1], sets[i].file);
