@@ -357,6 +357,38 @@ static void bundle_vector(const char *file)
     cases++;
 }
 
+/* fota_notify_spread_ms on payloads as protocol.Notification.Marshal
+ * writes them, and on what it must not trust. */
+static void notify_cases(void)
+{
+    static char longest[300];
+    static const struct {
+        const char *payload;
+        uint32_t want;
+    } t[] = {
+        {"{\"v\":1,\"reason\":\"rollout\",\"rollout\":12,\"spread_ms\":2500}", 2500},
+        {"{\"v\":1,\"reason\":\"pinned\"}", 0},
+        {"{\"v\":1,\"reason\":\"rollout\",\"spread_ms\":120000}", 60000}, /* capped, as Notification.Spread */
+        {"{\"spread_ms\":-5}", 0},
+        {"{\"spread_ms\":\"2500\"}", 0},
+        {"{\"spread_ms\":2500", 0}, /* not JSON */
+        {"", 0},
+        {longest, 0}, /* over MaxNotificationSize */
+    };
+    memset(longest, ' ', sizeof longest - 1);
+    memcpy(longest, "{\"spread_ms\":2500", 17);
+    longest[sizeof longest - 2] = '}';
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        uint32_t got = fota_notify_spread_ms(t[i].payload, strlen(t[i].payload));
+        if (got != t[i].want) {
+            fprintf(stderr, "FAIL notify payload %zu: spread %lu, want %lu\n", i, (unsigned long)got, (unsigned long)t[i].want);
+            exit(1);
+        }
+        cases++;
+    }
+    printf("notify payloads %d cases\n", (int)(sizeof t / sizeof t[0]));
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -380,6 +412,7 @@ int main(int argc, char **argv)
         if (cases == before) fail(sets[i].file, "", "no cases");
         free(text);
     }
+    notify_cases();
     bundle_dir = argv[2];
     DIR *d = opendir(bundle_dir);
     if (!d) fail(bundle_dir, "", "unreadable");
