@@ -226,6 +226,10 @@ typedef struct {
     uint32_t retry_base_ms;      /* first backoff; 0: 1000 */
     uint32_t retry_max_ms;       /* backoff cap; 0: 60000 */
     uint32_t update_timeout_s;   /* a download running longer stops (a server feeding it slowly); 0: 3600 */
+    /* Push (fota_client_notify): the least time from one check to a check a
+     * notification asks for. Notifications are unauthenticated, so this
+     * bounds how often a forger can make the device check; 0: 60. */
+    uint32_t push_min_interval_s; /* at most 86400 */
 
     /* Runs on the first boot of a new image (fota_startup): FOTA_OK confirms
      * it, anything else rolls it back. NULL: the firmware calls
@@ -284,6 +288,10 @@ typedef struct {
     mbedtls_sha256_context sha;   /* the image's SHA-256 */
     mbedtls_sha256_context sha2;  /* HMACs, chunk digests */
     char why[FOTA_REASON_MAX + 1]; /* why the update failed: the error's text and what the device found */
+    /* Push: written by fota_client_notify from any task, read by the
+     * client's own task. */
+    volatile uint32_t push; /* 0 no notification pending, else 1 + spread_ms */
+    uint32_t push_last;     /* the last signed request's time, server clock (32 bits: differences only) */
 } fota_client_t;
 
 /* Sets c up. work (work_size bytes, at least FOTA_WORK_MIN) belongs to the
@@ -317,6 +325,58 @@ fota_err_t fota_check(fota_client_t *c, fota_result_t *res);
 
 /* Sends queued reports, oldest first. */
 fota_err_t fota_flush(fota_client_t *c);
+
+/* ---- Push: the server asks for a check now (MQTT) ----------------------
+ *
+ * The server publishes a notification on "fota/v1/devices/{id}/notify"
+ * when the device should check now (a rollout wave opened, its rollout was
+ * paused, halted or aborted, it was pinned). The firmware's own MQTT client
+ * calls fota_client_notify on every message on that topic (the payload's
+ * spread_ms from fota_notify_spread_ms); the task that calls fota_check asks
+ * fota_push_wait_ms when it wakes, waits that long and checks, and keeps its
+ * timer (6 hours) as the fallback. A notification is unauthenticated, so it
+ * can only cause a check (over the signed API), no sooner than
+ * push_min_interval_s after the client's last request; fota_mqtt_password
+ * derives the broker password. */
+
+/* Records that a check is wanted. Safe to call from another task (the MQTT
+ * client's event handler) or a signal handler while the client's task runs
+ * it: it only writes one volatile aligned word (spread_ms + 1), which is
+ * whole on 32-bit MCUs; nothing is sent or allocated. spread_ms: the
+ * payload's (fota_notify_spread_ms) or 0; any value but UINT32_MAX (which
+ * would read as no notification: the word's 0).
+ * Notifications before fota_push_wait_ms takes them coalesce into one.
+ * Call it after fota_init (which clears it). */
+void fota_client_notify(fota_client_t *c, uint32_t spread_ms);
+
+/* No notification is pending (fota_push_wait_ms). */
+#define FOTA_PUSH_NONE UINT32_MAX
+
+/* The rest is in src/fota_push.c, which only firmware with push links. */
+
+/* From the client's task: FOTA_PUSH_NONE when no notification came since
+ * the last call, else it takes the notification and returns the
+ * milliseconds to wait before calling fota_check for it: what remains of
+ * push_min_interval_s (at most 86400) since the client's last request to
+ * the server, plus a random part of the notification's spread, so that a
+ * fleet woken together does not arrive together. Keep the earliest such
+ * moment: a notification that comes while waiting is answered by that
+ * check (or costs one more, no sooner than the interval after it). */
+uint32_t fota_push_wait_ms(fota_client_t *c);
+
+/* The spread_ms of a notification's payload ({"v":1,"reason":"rollout",
+ * "spread_ms":2500}), capped at 60000; 0 when it has none or the payload is
+ * not such a JSON object of at most 256 bytes. Touches nothing but its
+ * arguments: call it in the MQTT task, then fota_client_notify. */
+uint32_t fota_notify_spread_ms(const void *payload, size_t len);
+
+/* The MQTT password the broker knows the device by (its user name and client
+ * id are device_id): the lowercase hex of HMAC-SHA256(PSK, "fota-mqtt-v1\n"
+ * || device_id), 64 digits and a NUL into out. Derived from the device key
+ * (HMAC_PSK of keys.h, psk_hex) so there is nothing new to provision, and
+ * one-way, so the broker learns nothing of the key. FOTA_ERR_ARGUMENT for a
+ * key that is not 64 hex digits. */
+fota_err_t fota_mqtt_password(const char *psk_hex, const char *device_id, char out[65]);
 
 /* The latest progress. */
 const fota_progress_t *fota_progress(const fota_client_t *c);

@@ -475,6 +475,7 @@ static fota_err_t request(fota_client_t *c, size_t len, fota_http_response_t *re
         uint8_t raw[32]; /* the nonce's random bytes, then the signature */
         char nonce[33], ts[21];
         int64_t now = server_now(c);
+        c->push_last = (uint32_t)now; /* push checks keep their distance from any request */
         snprintf(ts, sizeof ts, "%lld", (long long)now);
         if (c->port->random(c->port->ctx, raw, 16)) return FOTA_ERR_CRYPTO;
         fota_hex(nonce, raw, 16);
@@ -1317,3 +1318,13 @@ out:
         flush_queued(c);
     return err;
 }
+
+/* ---- Push ---- */
+
+void fota_client_notify(fota_client_t *c, uint32_t spread_ms)
+{
+    /* One word, so another task's write is whole; 0 is none (hence the +1). */
+    c->push = spread_ms + 1;
+}
+
+/* fota_push_wait_ms is in fota_push.c: only firmware with push links it. */

@@ -123,6 +123,15 @@ static void request_case(const char *file, const vcase_t *vc)
     cases++;
 }
 
+static void mqtt_case(const char *file, const vcase_t *vc)
+{
+    const char *name = need(vc, file, "name");
+    char got[65];
+    if (fota_mqtt_password(need(vc, file, "psk"), need(vc, file, "device"), got) != FOTA_OK) fail(file, name, "refused");
+    if (strcmp(got, need(vc, file, "password"))) fail(file, name, "password differs");
+    cases++;
+}
+
 static void chunk_case(const char *file, const vcase_t *vc)
 {
     const char *name = need(vc, file, "name"), *scheme = need(vc, file, "scheme");
@@ -348,6 +357,38 @@ static void bundle_vector(const char *file)
     cases++;
 }
 
+/* fota_notify_spread_ms on payloads as protocol.Notification.Marshal
+ * writes them, and on what it must not trust. */
+static void notify_cases(void)
+{
+    static char longest[300];
+    static const struct {
+        const char *payload;
+        uint32_t want;
+    } t[] = {
+        {"{\"v\":1,\"reason\":\"rollout\",\"rollout\":12,\"spread_ms\":2500}", 2500},
+        {"{\"v\":1,\"reason\":\"pinned\"}", 0},
+        {"{\"v\":1,\"reason\":\"rollout\",\"spread_ms\":120000}", 60000}, /* capped, as Notification.Spread */
+        {"{\"spread_ms\":-5}", 0},
+        {"{\"spread_ms\":\"2500\"}", 0},
+        {"{\"spread_ms\":2500", 0}, /* not JSON */
+        {"", 0},
+        {longest, 0}, /* over MaxNotificationSize */
+    };
+    memset(longest, ' ', sizeof longest - 1);
+    memcpy(longest, "{\"spread_ms\":2500", 17);
+    longest[sizeof longest - 2] = '}';
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        uint32_t got = fota_notify_spread_ms(t[i].payload, strlen(t[i].payload));
+        if (got != t[i].want) {
+            fprintf(stderr, "FAIL notify payload %zu: spread %lu, want %lu\n", i, (unsigned long)got, (unsigned long)t[i].want);
+            exit(1);
+        }
+        cases++;
+    }
+    printf("notify payloads %d cases\n", (int)(sizeof t / sizeof t[0]));
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -359,7 +400,7 @@ int main(int argc, char **argv)
         void (*fn)(const char *, const vcase_t *);
     } sets[] = {{"request-signing.vectors", request_case}, {"chunk-mac.vectors", chunk_case},
                 {"semver.vectors", semver_case},           {"http-date.vectors", time_case},
-                {"rfc3339.vectors", time_case}};
+                {"rfc3339.vectors", time_case},           {"mqtt-password.vectors", mqtt_case}};
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
         char path[512];
         snprintf(path, sizeof path, "%s/%s", argv[1], sets[i].file);
@@ -371,6 +412,7 @@ int main(int argc, char **argv)
         if (cases == before) fail(sets[i].file, "", "no cases");
         free(text);
     }
+    notify_cases();
     bundle_dir = argv[2];
     DIR *d = opendir(bundle_dir);
     if (!d) fail(bundle_dir, "", "unreadable");

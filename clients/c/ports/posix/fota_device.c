@@ -9,7 +9,8 @@
  *
  * `run` is one power-on (with --once) or a device's life: the boot step,
  * fota_init, fota_startup (whose self-test runs the simulated image's
- * behaviour), then fota_check, and with --once it exits:
+ * behaviour), then fota_check, and with --once it exits (without --once,
+ * SIGUSR1 is a push notification, as fota_client_notify gets from MQTT):
  *
  *   0   nothing to install, idle, or an install deferred to its window
  *   1   an error (stdout: "error code=FOTA_ERR_...", stderr: "error: <text>")
@@ -27,6 +28,7 @@
  *   result update=0|1 installed=0|1 deferred=0|1 version=V
  *   error code=FOTA_ERR_NAME
  *   bricked
+ *   push wait_ms=N                (a notification, SIGUSR1, taken: the check comes in N ms)
  * and stderr ends with "ops N", the persistent operations done, on every
  * exit but a power cut.
  */
@@ -38,8 +40,11 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "fota_client.h"
 #include "fota_internal.h" /* fota_semver_valid, to check format's --version */
@@ -59,10 +64,13 @@ static const char usage_text[] =
     "                    [--checkpoint-every N] [--cut-at N --cut-mode before|after|torn]\n"
     "                    [--work-size BYTES] [--clock-skew SECONDS] [--timeout SECONDS] [--trace-ops] [-v]\n"
     "                    [--update-timeout SECONDS] [--retry-attempts N] [--retry-base-ms MS] [--chunk-retries N]\n"
+    "                    [--push-min-interval SECONDS]\n"
     "\n"
     "format writes the factory image to slot 0 of an empty state folder.\n"
     "run is one power-on with --once, else the device's life: boot, self-test,\n"
     "check every --check-interval (default 21600), reboot in-process after an install.\n"
+    "SIGUSR1 is a push notification (as an MQTT message on the device's topic would\n"
+    "be): the device checks at once, at most once per --push-min-interval (default 60).\n"
     "--psk-file holds the device key as 64 hex digits, or is the credentials JSON of\n"
     "'fota device add --credentials' (device_id, psk, server, hardware). --firmware-key\n"
     "holds 32 raw bytes or 64 hex digits. --slot-size takes K and M suffixes (KiB, MiB).\n"
@@ -121,7 +129,7 @@ typedef struct {
     const char *slot_size, *factory, *version, *counter;
     const char *check_interval, *max_boots, *chunks_per_request, *checkpoint_every, *cut_at, *cut_mode;
     const char *work_size, *clock_skew, *timeout;
-    const char *update_timeout, *retry_attempts, *retry_base_ms, *chunk_retries;
+    const char *update_timeout, *retry_attempts, *retry_base_ms, *chunk_retries, *push_min_interval;
     bool once, verbose, trace_ops;
 } opts_t;
 
@@ -181,6 +189,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         OPT("retry-attempts", retry_attempts),
         OPT("retry-base-ms", retry_base_ms),
         OPT("chunk-retries", chunk_retries),
+        OPT("push-min-interval", push_min_interval),
 #undef OPT
     };
     memset(o, 0, sizeof *o);
@@ -589,11 +598,71 @@ static void wait_s(int64_t seconds)
     }
 }
 
+/* ---- Push: SIGUSR1 stands for a message on the device's MQTT topic ------- */
+
+/* SIGUSR1 stays blocked but while the device waits for its next check, so
+ * a notification never interrupts a check (it waits, pending, for the
+ * wait) and none is lost between looking and sleeping (pselect unblocks
+ * and sleeps at once). */
+static sigset_t push_unblocked;
+
+/* A signal handler, as an MQTT client's task would be: it may only call
+ * fota_client_notify, whose one word write is safe there. */
+static void on_push_signal(int sig)
+{
+    (void)sig;
+    fota_client_notify(&client, 0);
+}
+
+static void push_signal_setup(void)
+{
+    struct sigaction sa;
+    sigset_t block;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_push_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &block, &push_unblocked);
+    sigdelset(&push_unblocked, SIGUSR1);
+}
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits seconds for the next timed check, or less when a notification asks
+ * for one: then as long as fota_push_wait_ms says (the earliest moment
+ * wins; later notifications are answered by that check). Prints
+ * "push wait_ms=N" for each notification taken. */
+static void wait_for_check(int64_t seconds)
+{
+    int64_t deadline = monotonic_ms() + seconds * 1000;
+    for (;;) {
+        uint32_t w = fota_push_wait_ms(&client);
+        int64_t now = monotonic_ms();
+        if (w != FOTA_PUSH_NONE) {
+            printf("push wait_ms=%lu\n", (unsigned long)w);
+            if (now + w < deadline) deadline = now + w;
+        }
+        if (now >= deadline) return;
+        int64_t left = deadline - now;
+        struct timespec ts;
+        ts.tv_sec = (time_t)(left / 1000);
+        ts.tv_nsec = (long)(left % 1000) * 1000000L;
+        pselect(0, NULL, NULL, NULL, &ts, &push_unblocked); /* EINTR: a notification came */
+    }
+}
+
 static int cmd_run(opts_t *o)
 {
     long long interval = 21600, max_boots = FOTA_POSIX_DEFAULT_MAX_BOOTS, per_request = 0, checkpoint = 0;
     long long cut_at = 0, work_size = FOTA_WORK_MIN, skew = 0, timeout = FOTA_POSIX_DEFAULT_TIMEOUT_MS / 1000;
-    long long update_timeout = 0, retry_attempts = 0, retry_base = 0, chunk_retries = 0;
+    long long update_timeout = 0, retry_attempts = 0, retry_base = 0, chunk_retries = 0, push_min = 0;
     fota_posix_cut_mode_t mode = FOTA_POSIX_CUT_BEFORE;
     static const char *const names[] = {"state", "psk-file", "public-key", "firmware-key"};
     const char *values[] = {o->state, o->psk_file, o->public_key, o->firmware_key};
@@ -616,6 +685,7 @@ static int cmd_run(opts_t *o)
         {"retry-attempts", o->retry_attempts, 1, 255, &retry_attempts, false},
         {"retry-base-ms", o->retry_base_ms, 1, 3600000, &retry_base, false},
         {"chunk-retries", o->chunk_retries, 1, 255, &chunk_retries, false},
+        {"push-min-interval", o->push_min_interval, 1, 86400, &push_min, false},
     };
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         if (nums[i].value && !parse_num(nums[i].value, nums[i].min, nums[i].max, nums[i].sizes, nums[i].out)) {
@@ -661,6 +731,8 @@ static int cmd_run(opts_t *o)
     config.retry_attempts = (uint8_t)retry_attempts;
     config.retry_base_ms = (uint32_t)retry_base;
     config.chunk_retries = (uint8_t)chunk_retries;
+    config.push_min_interval_s = (uint32_t)push_min;
+    push_signal_setup();
     config.self_test = self_test;
     config.on_progress = on_progress;
 
@@ -735,7 +807,7 @@ static int cmd_run(opts_t *o)
                 if (until < wait) wait = until < 60 ? 60 : until;
                 if (wait > interval) wait = interval;
             }
-            wait_s(wait);
+            wait_for_check(wait);
         }
         fota_deinit(&client);
     }

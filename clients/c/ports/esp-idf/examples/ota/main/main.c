@@ -4,10 +4,13 @@
  * image prove itself (self-test, then confirm or roll back), then checks
  * for an update every CONFIG_FOTA_CHECK_INTERVAL_S (6 hours), pausing the
  * application's data collection while an update downloads, and restarts
- * into an installed update.
+ * into an installed update. With CONFIG_EXAMPLE_MQTT_BROKER_URL set it also
+ * listens on its MQTT topic, where the server says when to check now (a
+ * rollout wave opened, a pin); the timer stays the fallback.
  */
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -21,7 +24,12 @@
 #include "freertos/FreeRTOS.h"
 #include "freertos/event_groups.h"
 #include "freertos/task.h"
+#include "mqtt_client.h"
 #include "nvs_flash.h"
+#ifdef CONFIG_MBEDTLS_CERTIFICATE_BUNDLE
+#include "esp_crt_bundle.h"
+#endif
+#include "esp_timer.h"
 
 #include "fota_client.h"
 #include "fota_port_esp.h"
@@ -189,13 +197,93 @@ static const fota_config_t fota_cfg = {
     .user = NULL,
 };
 
-/* vTaskDelay a minute at a time: pdMS_TO_TICKS of six hours overflows. */
-static void sleep_s(uint32_t s)
+/* ---- push: the server's MQTT notifications ------------------------------ */
+
+#define PUSH_NOTIFIED ((EventBits_t)1)
+
+/* Set by the MQTT task, waited on by the update task. */
+static EventGroupHandle_t push_events;
+static char push_topic[96];
+
+/* Runs in esp-mqtt's task. It only subscribes and hands the notification
+ * to the client (fota_client_notify is safe from another task); the check
+ * itself runs in the update task, over the signed API. */
+static void on_mqtt_event(void *arg, esp_event_base_t base, int32_t id, void *data)
 {
-    while (s > 0) {
-        uint32_t step = s > 60 ? 60 : s;
-        vTaskDelay(pdMS_TO_TICKS(step * 1000u));
-        s -= step;
+    esp_mqtt_event_handle_t ev = (esp_mqtt_event_handle_t)data;
+    (void)arg;
+    (void)base;
+    if (id == MQTT_EVENT_CONNECTED) {
+        /* On every connection: the broker need not keep the subscription. */
+        if (esp_mqtt_client_subscribe_single(ev->client, push_topic, 1) < 0) {
+            ESP_LOGW(TAG, "push: cannot subscribe to %s", push_topic);
+        }
+    } else if (id == MQTT_EVENT_DATA && ev->current_data_offset == 0 && ev->topic_len == (int)strlen(push_topic) &&
+               memcmp(ev->topic, push_topic, (size_t)ev->topic_len) == 0) {
+        /* Only a message's first piece names its topic. Any message there
+         * means "check"; the spread comes from a whole payload only. */
+        uint32_t spread = ev->data_len == ev->total_data_len ? fota_notify_spread_ms(ev->data, (size_t)ev->data_len) : 0;
+        fota_client_notify(&client, spread);
+        xEventGroupSetBits(push_events, PUSH_NOTIFIED);
+    }
+}
+
+/* Connects to CONFIG_EXAMPLE_MQTT_BROKER_URL as the device: user name and
+ * client id its id, password derived from its key (the broker only lets it
+ * subscribe to its own topic). Empty URL: no push. */
+static void push_start(void)
+{
+    static char password[65];
+    if (CONFIG_EXAMPLE_MQTT_BROKER_URL[0] == '\0') {
+        return;
+    }
+    if (fota_mqtt_password(HMAC_PSK, DEVICE_ID, password) != FOTA_OK) {
+        ESP_LOGE(TAG, "push: bad device key");
+        return;
+    }
+    snprintf(push_topic, sizeof push_topic, "fota/v1/devices/%s/notify", DEVICE_ID);
+    esp_mqtt_client_config_t mc;
+    memset(&mc, 0, sizeof mc);
+    mc.broker.address.uri = CONFIG_EXAMPLE_MQTT_BROKER_URL;
+#ifdef CONFIG_MBEDTLS_CERTIFICATE_BUNDLE
+    mc.broker.verification.crt_bundle_attach = esp_crt_bundle_attach; /* mqtts:// */
+#endif
+    mc.credentials.username = DEVICE_ID;
+    mc.credentials.client_id = DEVICE_ID;
+    mc.credentials.authentication.password = password;
+    esp_mqtt_client_handle_t mqtt = esp_mqtt_client_init(&mc);
+    if (mqtt == NULL || esp_mqtt_client_register_event(mqtt, MQTT_EVENT_ANY, on_mqtt_event, NULL) != ESP_OK ||
+        esp_mqtt_client_start(mqtt) != ESP_OK) {
+        /* The timer still checks. */
+        ESP_LOGE(TAG, "push: cannot start the MQTT client");
+        return;
+    }
+    ESP_LOGI(TAG, "push: %s on %s", push_topic, CONFIG_EXAMPLE_MQTT_BROKER_URL);
+}
+
+/* Waits wait_s for the next timed check, or less when a notification asks
+ * for one: then as fota_push_wait_ms says (at least a minute after the last
+ * request, plus the notification's spread). The earliest moment wins; a
+ * later notification is answered by that check. A minute at a time:
+ * pdMS_TO_TICKS of six hours overflows. */
+static void wait_for_check(fota_client_t *c, uint32_t wait_s)
+{
+    int64_t deadline = esp_timer_get_time() / 1000 + (int64_t)wait_s * 1000;
+    for (;;) {
+        uint32_t push = fota_push_wait_ms(c);
+        int64_t now = esp_timer_get_time() / 1000;
+        if (push != FOTA_PUSH_NONE) {
+            ESP_LOGI(TAG, "push: checking in %u ms", (unsigned)push);
+            if (now + push < deadline) {
+                deadline = now + push;
+            }
+        }
+        if (now >= deadline) {
+            return;
+        }
+        int64_t left = deadline - now;
+        uint32_t step = left > 60000 ? 60000u : (uint32_t)left;
+        xEventGroupWaitBits(push_events, PUSH_NOTIFIED, pdTRUE, pdFALSE, pdMS_TO_TICKS(step) + 1);
     }
 }
 
@@ -238,7 +326,7 @@ static void fota_task(void *arg)
             }
             ESP_LOGI(TAG, "update %s waits for its install window", res.version);
         }
-        sleep_s(wait_s);
+        wait_for_check(c, wait_s);
     }
 }
 
@@ -281,6 +369,9 @@ void app_main(void)
     if (err != FOTA_OK) {
         ESP_LOGW(TAG, "fota_startup: %s", fota_err_str(err));
     }
+
+    push_events = xEventGroupCreate();
+    push_start();
 
     /* Runs TLS and RSA/ECDSA verification: 8 KiB of stack by default. */
     if (xTaskCreate(fota_task, "fota", CONFIG_EXAMPLE_FOTA_TASK_STACK, &client, 5, NULL) != pdPASS) {
