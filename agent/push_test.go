@@ -2,7 +2,14 @@ package agent_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"log/slog"
+	"math/big"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -219,11 +226,17 @@ func (h *deviceAuth) counts() (accepted, refused int, subscribed []string, uncle
 // startBroker runs a mochi broker on addr with auth; stop closes it.
 func startBroker(t *testing.T, addr string, auth *deviceAuth) (b *mochi.Server, stop func()) {
 	t.Helper()
+	return startBrokerTLS(t, addr, auth, nil)
+}
+
+// startBrokerTLS is startBroker, over TLS when conf is set.
+func startBrokerTLS(t *testing.T, addr string, auth *deviceAuth, conf *tls.Config) (b *mochi.Server, stop func()) {
+	t.Helper()
 	b = mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := b.AddHook(auth, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})); err != nil {
+	if err := b.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr, TLSConfig: conf})); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Serve(); err != nil {
@@ -311,4 +324,78 @@ func TestPushWrongPasswordRefused(t *testing.T) {
 		t.Fatalf("broker accepted %d connections", accepted)
 	}
 	eventually(t, "no check-in at start", func() bool { return d.checks() == 1 })
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and the pool that trusts it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// Over mqtts the agent verifies the broker with MQTTRootCAs: a broker the
+// pool does not vouch for gets no connection, one it does gets the
+// subscription and wakes the device.
+func TestPushTLS(t *testing.T) {
+	cert, pool := selfSigned(t)
+	_, otherPool := selfSigned(t)
+	for _, row := range []struct {
+		name  string
+		roots *x509.CertPool
+		ok    bool
+	}{
+		{"trusted", pool, true},
+		{"not trusted", otherPool, false},
+	} {
+		t.Run(row.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			ln.Close()
+			var handshakes atomic.Int32
+			conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+				GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { handshakes.Add(1); return nil, nil }}
+			d := newPushDevice(t, 50*time.Millisecond, func(c *agent.Config) {
+				c.MQTT, c.MQTTRootCAs = "mqtts://"+addr, row.roots
+			})
+			auth := &deviceAuth{id: d.id, password: protocol.MQTTPassword(d.psk, d.id)}
+			broker, _ := startBrokerTLS(t, addr, auth, conf)
+			d.run(t)
+			eventually(t, "no check-in at start", func() bool { return d.checks() == 1 })
+			if !row.ok {
+				// A second handshake is the agent retrying: the first failed.
+				eventually(t, "the agent did not try again", func() bool { return handshakes.Load() >= 2 })
+				if accepted, _, _, _ := auth.counts(); accepted != 0 || d.agent.PushConnected() {
+					t.Fatalf("connected to a broker the roots do not vouch for (%d accepted)", accepted)
+				}
+				return
+			}
+			eventually(t, "push never connected over TLS", d.agent.PushConnected)
+			if err := broker.Publish(protocol.NotifyTopic(d.id), protocol.Notification{V: 1}.Marshal(), false, 1); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "no check-in after the notification", func() bool { return d.checks() == 2 })
+		})
+	}
 }
