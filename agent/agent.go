@@ -28,6 +28,7 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding"
 	"encoding/json"
 	"errors"
@@ -130,13 +131,29 @@ type Config struct {
 	// can stop its normal work; ResumeWork is called on every outcome.
 	PauseWork, ResumeWork func()
 	Logger                *slog.Logger
-	// Sleep waits between retries; tests replace it.
+	// Sleep waits between retries and between checks; tests replace it. It
+	// must return ctx's error early when ctx ends: Run's wait is ended so
+	// when a push notification comes.
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Now is the device clock, which signs native requests and places them
 	// in an install window; default time.Now. It need not be right: the
 	// agent corrects it by the server's clock when the server refuses a
 	// request as stale.
 	Now func() time.Time
+
+	// MQTT is the broker the device listens on for push notifications
+	// (mqtt://host:1883 or mqtts://host:8883; tcp://, ssl:// and tls://
+	// too), or "" for none. Its user name and client id are DeviceID, its
+	// password protocol.MQTTPassword(PSK, DeviceID). Push only makes checks
+	// sooner: the CheckInterval timer keeps running, and a broker that is
+	// down or unreachable costs nothing but a log line.
+	MQTT string
+	// MQTTRootCAs verifies an mqtts broker; nil: the system's roots.
+	MQTTRootCAs *x509.CertPool
+	// NotifyMinInterval is how close together two push-triggered checks
+	// may begin; default DefaultNotifyMinInterval. Notifications are not
+	// authenticated, so this bounds what forged ones can cost.
+	NotifyMinInterval time.Duration
 }
 
 func (c *Config) defaults() {
@@ -179,6 +196,9 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.NotifyMinInterval <= 0 {
+		c.NotifyMinInterval = DefaultNotifyMinInterval
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -204,6 +224,9 @@ type Agent struct {
 
 	mu       sync.Mutex
 	progress Progress
+
+	broker broker // Config.MQTT parsed
+	push   pushState
 }
 
 // New returns an agent for a device whose boot step returned boot.
@@ -226,6 +249,13 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 	hcCopy.Timeout = cfg.RequestTimeout
 	a := &Agent{cfg: cfg, slots: slots, boot: boot, log: cfg.Logger.With("device_id", cfg.DeviceID),
 		progress: Progress{State: StateIdle}, now: cfg.Now}
+	if cfg.MQTT != "" {
+		b, err := parseBroker(cfg.MQTT)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+		a.broker = b
+	}
 	switch cfg.API {
 	case APINative:
 		dev, err := client.NewDevice(cfg.Server, cfg.DeviceID, cfg.PSK)
@@ -1218,15 +1248,24 @@ func (a *Agent) apply(o *offer, slot int, dl downloadRecord) error {
 // Run checks for updates every CheckInterval (and once at start) until ctx
 // ends. After an install it calls reboot, which should restart the device;
 // Run returns then. An install deferred to a window that opens sooner than
-// the next check is checked again when the window opens.
+// the next check is checked again when the window opens. A notification
+// (Notify, or the MQTT subscriber Run starts when Config.MQTT is set)
+// brings a check forward; the timed check is then CheckInterval after it,
+// since any check learns all there is to learn.
 func (a *Agent) Run(ctx context.Context, reboot func()) error {
+	if a.cfg.MQTT != "" {
+		stop := a.startPush(ctx)
+		defer stop()
+	}
+	pushed := false
 	for {
+		a.beginCheck(pushed)
 		res, err := a.CheckOnce(ctx)
 		if err == nil && res.Updated {
 			reboot()
 			return nil
 		}
-		if err := a.cfg.Sleep(ctx, a.nextCheck(err)); err != nil {
+		if pushed, err = a.wait(ctx, a.nextCheck(err)); err != nil {
 			return nil
 		}
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ const deviceRunUsage = `Usage:
   fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3
                   [--check-interval 6h] [--poll-interval 5s] [--upload-interval 30s]
                   [--api native|ecowatt] [--slot-size 4MiB] [--server URL]
+                  [--mqtt mqtt://host:1883 [--mqtt-ca ca.pem] [--mqtt-min-interval 1m]]
 
 Runs a simulated EcoWatt device: its flash, counters and logs live in
 --state, so killing and restarting the process is a power cut. --version
@@ -31,8 +33,18 @@ the server offers with an install window (a rollout's maintenance window) is
 downloaded and verified at once, and installed at a check when the window is
 open: the device checks again when it opens.
 
-Example:
+With --mqtt the device also listens for push notifications on its topic
+(fota/v1/devices/<id>/notify) at that broker (mqtt://host:1883 or
+mqtts://host:8883) and checks in as soon as one comes, at most once per
+--mqtt-min-interval. Nothing to configure for the broker's login: the user
+name is the device id and the password is derived from the device key.
+The timer stays the fallback: a broker that is down or unreachable only
+delays updates until the next timed check, and the device reconnects by
+itself. --mqtt-ca verifies an mqtts broker (default: the system's roots).
+
+Examples:
   fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3 --check-interval 30s
+  fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --mqtt mqtt://127.0.0.1:1883
 `
 
 func loadCredentials(path string) (*Credentials, protocol.PSK, error) {
@@ -66,12 +78,31 @@ func runDeviceRun(e *env, args []string) error {
 	pollEvery := fs.Duration("poll-interval", 5*time.Second, "how often to poll the inverter")
 	uploadEvery := fs.Duration("upload-interval", 30*time.Second, "how often to upload readings")
 	slotSize := fs.String("slot-size", "4MiB", "size of each OTA slot")
+	mqttURL := fs.String("mqtt", "", "MQTT broker for push notifications (mqtt://host:1883, mqtts://host:8883)")
+	mqttCA := fs.String("mqtt-ca", "", "PEM file of the CA certificates that verify an mqtts broker (default: the system's)")
+	mqttMin := fs.Duration("mqtt-min-interval", agent.DefaultNotifyMinInterval, "least time between two checks push notifications cause")
 	rest, err := parseFlags(e, fs, deviceRunUsage, args)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
 		return usagef("fota device run takes no arguments, got %q", rest)
+	}
+	if *mqttURL != "" {
+		if err := agent.ValidateMQTT(*mqttURL); err != nil {
+			return &usageError{msg: "--mqtt: " + err.Error(), hint: "--mqtt mqtt://127.0.0.1:1883, or mqtts://broker.example:8883 for TLS"}
+		}
+	} else if *mqttCA != "" {
+		return usagef("--mqtt-ca needs --mqtt")
+	}
+	if *mqttMin <= 0 {
+		return usagef("--mqtt-min-interval %s: want a positive duration", *mqttMin)
+	}
+	var mqttRoots *x509.CertPool
+	if *mqttCA != "" {
+		if mqttRoots, err = loadCertPool(*mqttCA); err != nil {
+			return fmt.Errorf("--mqtt-ca: %w", err)
+		}
 	}
 	if *credPath == "" || *headerPath == "" || *state == "" {
 		return &usageError{msg: "--credentials, --keys-h and --state are required", hint: "fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3"}
@@ -120,7 +151,8 @@ func runDeviceRun(e *env, args []string) error {
 	logger := slog.New(slog.NewTextHandler(logFile, nil))
 	dev, err := simulator.New(simulator.Config{
 		Agent: agent.Config{Server: *server, DeviceID: cred.DeviceID, PSK: psk, Hardware: hardware, TrustedKey: dk.PublicKey,
-			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery, Logger: logger},
+			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery, Logger: logger,
+			MQTT: *mqttURL, MQTTRootCAs: mqttRoots, NotifyMinInterval: *mqttMin},
 		StateDir: *state, FactoryVersion: *version, SlotSize: int64(size), PollInterval: *pollEvery, UploadInterval: *uploadEvery,
 		Logger:  logger,
 		OnEvent: printer.print,
@@ -129,11 +161,28 @@ func runDeviceRun(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "%s: checking %s every %s over the %s API; state in %s\n", cred.DeviceID, *server, *checkEvery, *api, *state)
+	if *mqttURL != "" {
+		fmt.Fprintf(e.stdout, "%s: listening for push notifications at %s\n", cred.DeviceID, *mqttURL)
+	}
 	if err := dev.Run(e.ctx); err != nil {
 		return fmt.Errorf("device %s: %w", cred.DeviceID, err)
 	}
 	fmt.Fprintf(e.stdout, "%s: powered off, running %s\n", cred.DeviceID, dev.Running())
 	return nil
+}
+
+// loadCertPool reads PEM CA certificates; a file with none is an error,
+// not an empty pool that would refuse every broker.
+func loadCertPool(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read CA certificates: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return pool, nil
 }
 
 // eventPrinter prints device events as lines, progress every 10%.
