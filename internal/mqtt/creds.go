@@ -60,31 +60,34 @@ func (c *credCache) password(ctx context.Context, id string) (string, error) {
 		default: // a lookup is under way: share it
 		}
 	}
-	if e != nil {
-		c.mu.Unlock()
-		select {
-		case <-e.ready:
-			return e.password, e.err
-		case <-ctx.Done():
-			return "", fmt.Errorf("wait for the lookup of device %s: %w", id, ctx.Err())
+	if e == nil {
+		if len(c.m) >= c.max {
+			c.evictLocked()
 		}
+		e = &credEntry{ready: make(chan struct{})}
+		c.m[id] = e
+		// On its own goroutine and deadline: the lookup is shared, so no
+		// caller's context may cut it short, and the store's deep stack
+		// (SQLite) is not left grown on the connection's long-lived
+		// goroutine.
+		go c.fill(id, e)
 	}
-	if len(c.m) >= c.max {
-		c.evictLocked()
-	}
-	e = &credEntry{ready: make(chan struct{})}
-	c.m[id] = e
 	c.mu.Unlock()
+	select {
+	case <-e.ready:
+		return e.password, e.err
+	case <-ctx.Done():
+		return "", fmt.Errorf("wait for the lookup of device %s: %w", id, ctx.Err())
+	}
+}
 
-	// The lookup is shared, so it runs on its own deadline rather than the
-	// first caller's.
+func (c *credCache) fill(id string, e *credEntry) {
 	e.password, e.err = c.fetch(id)
 	now := c.now()
 	e.expires = now.Add(credTTL)
 	if e.password == "" {
 		e.expires = now.Add(credNegativeTTL)
 	}
-	close(e.ready)
 	if e.err != nil {
 		c.mu.Lock()
 		if c.m[id] == e {
@@ -92,12 +95,7 @@ func (c *credCache) password(ctx context.Context, id string) (string, error) {
 		}
 		c.mu.Unlock()
 	}
-	select {
-	case <-ctx.Done():
-		return "", fmt.Errorf("look up device %s: %w", id, ctx.Err())
-	default:
-	}
-	return e.password, e.err
+	close(e.ready)
 }
 
 func (c *credCache) fetch(id string) (string, error) {
