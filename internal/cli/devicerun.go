@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/internal/mqtt"
 	"github.com/ecowatt/fota/internal/simulator"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
@@ -100,7 +102,7 @@ func runDeviceRun(e *env, args []string) error {
 	}
 	var mqttRoots *x509.CertPool
 	if *mqttCA != "" {
-		if mqttRoots, err = loadCertPool(*mqttCA); err != nil {
+		if mqttRoots, err = mqtt.LoadCAFile(*mqttCA); err != nil {
 			return fmt.Errorf("--mqtt-ca: %w", err)
 		}
 	}
@@ -163,6 +165,7 @@ func runDeviceRun(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%s: checking %s every %s over the %s API; state in %s\n", cred.DeviceID, *server, *checkEvery, *api, *state)
 	if *mqttURL != "" {
 		fmt.Fprintf(e.stdout, "%s: listening for push notifications at %s\n", cred.DeviceID, *mqttURL)
+		go printPushState(e.ctx, printer, dev)
 	}
 	if err := dev.Run(e.ctx); err != nil {
 		return fmt.Errorf("device %s: %w", cred.DeviceID, err)
@@ -171,18 +174,31 @@ func runDeviceRun(e *env, args []string) error {
 	return nil
 }
 
-// loadCertPool reads PEM CA certificates; a file with none is an error,
-// not an empty pool that would refuse every broker.
-func loadCertPool(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read CA certificates: %w", err)
+// printPushState says when the device's push connection comes and goes,
+// so whoever runs it sees whether notifications can reach it.
+func printPushState(ctx context.Context, p *eventPrinter, dev *simulator.Device) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	connected := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a := dev.Agent()
+		if a == nil || a.PushConnected() == connected {
+			continue
+		}
+		connected = !connected
+		p.mu.Lock()
+		if connected {
+			fmt.Fprintf(p.w, "%s: push: subscribed to %s\n", p.id, protocol.NotifyTopic(p.id))
+		} else {
+			fmt.Fprintf(p.w, "%s: push: disconnected; checking on the timer until it is back\n", p.id)
+		}
+		p.mu.Unlock()
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // eventPrinter prints device events as lines, progress every 10%.

@@ -307,15 +307,15 @@ func runServe(e *env, args []string) error {
 	if *db != "" {
 		where = "PostgreSQL"
 	}
+	if pushing != nil {
+		// Before "listening on": tests and scripts wait for that line.
+		fmt.Fprintf(e.stdout, "fota serve: push notifications through the %s\n", pushing.where)
+	}
 	fmt.Fprintf(e.stdout, "fota serve: listening on %s://%s (%s, %d trusted key(s))\n", scheme, ln.Addr(), where, len(trusted))
 	if users, err := store.Users(e.ctx); err == nil && len(users) == 0 {
 		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/ has no users yet: fota user add --name NAME --role admin\n", scheme, ln.Addr())
 	} else {
 		fmt.Fprintf(e.stdout, "fota serve: dashboard at %s://%s/\n", scheme, ln.Addr())
-	}
-
-	if pushing != nil {
-		fmt.Fprintf(e.stdout, "fota serve: push notifications through the %s\n", pushing.where)
 	}
 
 	if *pprofAddr != "" {

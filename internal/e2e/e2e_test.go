@@ -81,11 +81,13 @@ type serverProc struct {
 	cmd   *exec.Cmd
 	url   string
 	token string
+	mqtt  string // the embedded MQTT broker's URL, with --mqtt-listen
 	done  chan error
 	out   *bytes.Buffer
 }
 
 var listenRE = regexp.MustCompile(`listening on (https?://[0-9.:]+)`)
+var mqttRE = regexp.MustCompile(`push notifications through the MQTT broker on (mqtts?://[0-9.:]+)`)
 var tokenRE = regexp.MustCompile(`admin token \(shown once; keep it secret\): (fota_\S+)`)
 
 // startServer runs fota serve on a free port and waits until it listens.
@@ -107,6 +109,9 @@ func startServer(t testing.TB, dir string, extra ...string) *serverProc {
 			line := lines.Text()
 			if m := tokenRE.FindStringSubmatch(line); m != nil {
 				p.token = m[1]
+			}
+			if m := mqttRE.FindStringSubmatch(line); m != nil {
+				p.mqtt = m[1]
 			}
 			if m := listenRE.FindStringSubmatch(line); m != nil {
 				p.url = m[1]

@@ -52,6 +52,10 @@ type PushConfig struct {
 	// Wait bounds how long after the publish devices are waited for
 	// (default 2 minutes).
 	Wait time.Duration
+	// AfterRegister, if set, runs once the devices are registered and
+	// before they connect: an external broker's password file needs them
+	// (fota mqtt acl, then a reload of the broker).
+	AfterRegister func(ids []string) error
 }
 
 // DefaultPushConnectRate is PushConfig.ConnectRate's default.
@@ -127,6 +131,11 @@ func RunPush(ctx context.Context, cfg PushConfig) (rep *PushReport, err error) {
 	psks, err := register(ctx, admin, cfg.Config, run, hardware, "1.0.0", ids)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.AfterRegister != nil {
+		if err := cfg.AfterRegister(ids); err != nil {
+			return nil, fmt.Errorf("load: after registering the devices: %w", err)
+		}
 	}
 
 	st := &stats{errors: map[string]int{}}

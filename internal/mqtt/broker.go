@@ -1,8 +1,12 @@
 // Package mqtt wakes devices over MQTT: an embedded broker (Broker) that
-// devices connect to, and the fota.Notifier that publishes on it.
+// devices connect to, or a Publisher for an external broker (several
+// replicas), each a fota.Notifier; and the external broker's password and
+// ACL files (MosquittoFiles).
 //
-// Threat model. A notification only makes a device check in over the
-// authenticated HTTP API, so the broker guards little: who may listen for a
+// Threat model. A notification carries no secret and no instruction: it
+// only makes a device check in over the authenticated HTTP API, so a
+// forged, replayed or lost one costs a check or some time, never an
+// update, and the broker guards little: who may listen for a
 // device's notifications, and that nobody but the server can send one.
 //   - A device logs in with its id as user name and client id, and
 //     protocol.MQTTPassword(psk, id) as password: derived from its key, so

@@ -121,10 +121,10 @@ func online(t *testing.T, b *Broker, id string, v byte) *rawClient {
 // waitFor polls cond until it holds or a deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			t.Fatalf("no %s within 10 s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -13,7 +13,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,24 +41,6 @@ func mosquittoPath(t *testing.T) string {
 	return ""
 }
 
-// syncBuffer collects a process's output for the test log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // broker is a mosquitto of the test's own.
 type broker struct {
 	t    *testing.T
@@ -81,9 +62,9 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startBroker writes mosquitto.conf for passwd and acl (and extra lines)
+// startMosquitto writes mosquitto.conf for passwd and acl (and extra lines)
 // and starts mosquitto on a free loopback port.
-func startBroker(t *testing.T, passwd, acl []byte, extra string) *broker {
+func startMosquitto(t *testing.T, passwd, acl []byte, extra string) *broker {
 	t.Helper()
 	bin := mosquittoPath(t)
 	dir := t.TempDir()
@@ -215,17 +196,6 @@ func deviceWithKey(t *testing.T, id string) *fota.Device {
 	return &fota.Device{ID: id, PSK: psk}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 10 s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestExternalBroker runs the Publisher and devices against a real
 // mosquitto configured with MosquittoFiles.
 func TestExternalBroker(t *testing.T) {
@@ -236,7 +206,7 @@ func TestExternalBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := startBroker(t, passwd, acl, "")
+	b := startMosquitto(t, passwd, acl, "")
 	var logs syncBuffer
 	logger := slogTo(&logs)
 	ctx := context.Background()
@@ -401,7 +371,7 @@ func TestPublisherDrops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := startBroker(t, passwd, acl, "")
+	b := startMosquitto(t, passwd, acl, "")
 	pub, err := NewPublisher(context.Background(), PublisherConfig{URL: b.url(), Username: server.Username, Password: server.Password,
 		QueueSize: 4, MaxOutage: 300 * time.Millisecond, maxReconnect: time.Hour})
 	if err != nil {

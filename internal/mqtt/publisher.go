@@ -1,16 +1,11 @@
-// Package mqtt wakes devices over MQTT (issue 17): the Publisher sends
-// notifications through an external broker shared by several server
-// replicas, and MosquittoFiles makes that broker's accounts and ACL.
-//
-// Threat model. A notification carries no secret and no instruction: it
-// only makes a device check in over the authenticated HTTP API, so a
-// forged, replayed or lost one costs a check or some time, never an
-// update. The broker's accounts keep the rest: a device logs in with a
-// password derived from its key (protocol.MQTTPassword) and may read only
-// its own topic, so it can neither listen to another device nor wake one;
-// only the server's account may publish. The server's broker password is
-// a secret like an admin token: it is never logged, and files holding it
-// are written 0600.
+// The Publisher sends notifications through an external broker shared by
+// several server replicas, and MosquittoFiles makes that broker's accounts
+// and ACL. There the broker's accounts keep the rules the embedded broker
+// enforces itself: a device logs in with its derived password and may
+// read only its own topic; only the server's account may publish. The
+// server's broker password is a secret like an admin token: it is never
+// logged, and files holding it are written 0600.
+
 package mqtt
 
 import (
@@ -49,11 +44,11 @@ const (
 	// timers will have done the work.
 	DefaultMaxOutage = time.Minute
 
-	maxInflight    = 256              // QoS 1 publishes awaiting their PUBACK
-	publishTimeout = 10 * time.Second // a PUBACK later than this counts the notification as dropped
-	connectTimeout = 10 * time.Second
-	flushTimeout   = 2 * time.Second // Close waits no longer for the queue to drain
-	maxReconnect   = 30 * time.Second
+	maxInflight             = 256              // QoS 1 publishes awaiting their PUBACK
+	publishTimeout          = 10 * time.Second // a PUBACK later than this counts the notification as dropped
+	publisherConnectTimeout = 10 * time.Second
+	flushTimeout            = 2 * time.Second // Close waits no longer for the queue to drain
+	maxReconnect            = 30 * time.Second
 )
 
 // PublisherConfig says how to reach the external broker.
@@ -203,7 +198,7 @@ func NewPublisher(ctx context.Context, cfg PublisherConfig) (*Publisher, error) 
 		// and report that attempt's error instead.
 		SetProtocolVersion(4).
 		SetCleanSession(true).
-		SetConnectTimeout(connectTimeout).
+		SetConnectTimeout(publisherConnectTimeout).
 		SetKeepAlive(30 * time.Second).
 		SetWriteTimeout(publishTimeout).
 		SetAutoReconnect(true).

@@ -73,7 +73,7 @@ func TestPublisherTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	tlsPort := freePort(t)
-	b := startBroker(t, passwd, acl, fmt.Sprintf("listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n", tlsPort, certFile, keyFile))
+	b := startMosquitto(t, passwd, acl, fmt.Sprintf("listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n", tlsPort, certFile, keyFile))
 	tlsURL := "mqtts://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
 	waitFor(t, "the TLS listener", func() bool {
 		c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort)))

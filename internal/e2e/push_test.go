@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startPushDevice runs `fota device run` on a 1-hour timer: only push can
+// make it check again after its first check. mqtt "" runs it without push.
+func startPushDevice(t *testing.T, dir, id, mqtt string, extra ...string) *deviceProc {
+	t.Helper()
+	args := []string{"device", "run", "--credentials", id + ".json", "--keys-h", id + "_keys.h", "--state", filepath.Join("devices", id),
+		"--version", "1.0.3", "--check-interval", "1h", "--poll-interval", "50ms", "--upload-interval", "1s"}
+	if mqtt != "" {
+		args = append(args, "--mqtt", mqtt, "--mqtt-min-interval", "1s")
+	}
+	cmd := exec.Command(fotaBin, append(args, extra...)...)
+	cmd.Dir = dir
+	p := &deviceProc{cmd: cmd, out: &lockedBuffer{}}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return p
+}
+
+func waitFor(t *testing.T, p *deviceProc, what string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(p.out.String(), what) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %s:\n%s", what, within, p.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pushFleet makes keys, a 1.0.4 release and two native devices: one that
+// listens for push and one that does not.
+func pushFleet(t *testing.T, dir string, env []string) {
+	t.Helper()
+	fota(t, dir, env, "firmware", "sample", "--version", "1.0.4", "--size", "256KiB", "-o", "app.bin")
+	fota(t, dir, env, "release", "build", "--keys", "keys", "-o", "app.fota", "app.bin")
+	for _, id := range []string{"push-1", "timer-1"} {
+		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3",
+			"--credentials", id+".json", "--keys-h", id+"_keys.h", "--keys", "keys")
+	}
+}
+
+// runPush: both devices make their first check (nothing to do), then a
+// release is published with a rollout to all. The device on push updates
+// and confirms; the one on its 1-hour timer does not hear of it.
+func runPush(t *testing.T, dir string, env []string, mqtt string) {
+	t.Helper()
+	pushed := startPushDevice(t, dir, "push-1", mqtt)
+	timer := startPushDevice(t, dir, "timer-1", "")
+	waitFor(t, pushed, pushSubscribedLine, 30*time.Second)
+	waitFor(t, pushed, "no update", 30*time.Second)
+	waitFor(t, timer, "no update", 30*time.Second)
+	published := time.Now()
+	fota(t, dir, env, "release", "publish", "--rollout", "all", "app.fota")
+	waitFor(t, pushed, "confirmed (running 1.0.4)", 60*time.Second)
+	t.Logf("push: published to confirmed in %s", time.Since(published).Round(time.Millisecond))
+	if strings.Contains(timer.out.String(), "1.0.4") {
+		t.Fatalf("the device without push heard of 1.0.4 before its timer:\n%s", timer.out)
+	}
+	for _, p := range []*deviceProc{pushed, timer} {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	}
+	list := fota(t, dir, env, "device", "list")
+	if !strings.Contains(lineOf(list, "push-1 "), "1.0.4") || !strings.Contains(lineOf(list, "timer-1 "), "1.0.3") {
+		t.Fatalf("device list after the push:\n%s", list)
+	}
+}
+
+func lineOf(text, prefix string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
+}
+
+// TestPushWakesDevice: fota serve --mqtt-listen runs the broker; a device
+// on a 1-hour timer updates within seconds of a rollout starting.
+func TestPushWakesDevice(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	srv := startServer(t, dir, "--mqtt-listen", "127.0.0.1:0")
+	if srv.mqtt == "" {
+		t.Fatalf("fota serve --mqtt-listen printed no broker address\n%s", srv.out)
+	}
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	pushFleet(t, dir, env)
+	runPush(t, dir, env, srv.mqtt)
+	srv.stop(t)
+}
+
+// TestPushThroughMosquitto: the same through an external broker, as
+// several replicas run it: `fota mqtt acl` writes mosquitto's password and
+// ACL files, mosquitto runs with them, fota serve publishes through it.
+func TestPushThroughMosquitto(t *testing.T) {
+	bin := mosquittoBinary(t)
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	// One address for both starts: the devices' credentials name it.
+	addr := "127.0.0.1:" + freePort(t)
+	srv := startServer(t, dir, "--addr", addr)
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	pushFleet(t, dir, env)
+	srv.stop(t)
+
+	fota(t, dir, env, "mqtt", "acl", "--data", "data", "--passwd", "mosquitto.passwd", "--acl", "mosquitto.acl")
+	port := freePort(t)
+	writeMosquittoConf(t, dir, port)
+	broker := exec.Command(bin, "-c", "mosquitto.conf")
+	broker.Dir = dir
+	brokerLog := &lockedBuffer{}
+	broker.Stdout, broker.Stderr = brokerLog, brokerLog
+	if err := broker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		broker.Process.Kill()
+		broker.Wait()
+		if t.Failed() {
+			t.Logf("mosquitto:\n%s", brokerLog)
+		}
+	})
+	url := "mqtt://127.0.0.1:" + port
+	waitListening(t, "127.0.0.1:"+port)
+	srv = startServer(t, dir, "--addr", addr, "--mqtt-broker", url, "--mqtt-password-file", "fota-server.password")
+	runPush(t, dir, env, url)
+	srv.stop(t)
+}
+
+// pushSubscribedLine is what fota device run logs once it listens for
+// notifications.
+const pushSubscribedLine = ": push: subscribed to"
+
+// mosquittoBinary finds Debian's mosquitto; in CI (.ci/run installs it) a
+// missing one fails the test.
+func mosquittoBinary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("mosquitto"); err == nil {
+		return p
+	}
+	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
+		return "/usr/sbin/mosquitto"
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("mosquitto is not installed (.ci/run installs the Debian package)")
+	}
+	t.Skip("mosquitto is not installed: apt-get install mosquitto")
+	return ""
+}
+
+func freePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+func waitListening(t testing.TB, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// writeMosquittoConf writes dir/mosquitto.conf: a loopback listener on
+// port, no anonymous clients, the files fota mqtt acl wrote. mosquitto
+// started as root drops to its own user before reading them, so it is told
+// to stay the user that owns them.
+func writeMosquittoConf(t testing.TB, dir, port string) {
+	t.Helper()
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := "user " + me.Username + "\nlistener " + port + " 127.0.0.1\nallow_anonymous false\npassword_file mosquitto.passwd\n" +
+		"acl_file mosquitto.acl\npersistence false\nlog_dest stderr\nmax_keepalive 65535\n"
+	if err := os.WriteFile(filepath.Join(dir, "mosquitto.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
