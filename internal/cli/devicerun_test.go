@@ -56,8 +56,8 @@ func TestDeviceRunMQTTFlags(t *testing.T) {
 		{[]string{"--mqtt", "mqtt://dev1:secret@broker"}, 2, "the device's user name and password are derived from its key"},
 		{[]string{"--mqtt-ca", notPEM}, 2, "--mqtt-ca needs --mqtt"},
 		{[]string{"--mqtt", "mqtt://broker", "--mqtt-min-interval", "0s"}, 2, "--mqtt-min-interval 0s: want a positive duration"},
-		{[]string{"--mqtt", "mqtts://broker", "--mqtt-ca", filepath.Join(dir, "missing.pem")}, 1, "fota: error: --mqtt-ca: read CA certificates: open " + filepath.Join(dir, "missing.pem")},
-		{[]string{"--mqtt", "mqtts://broker", "--mqtt-ca", notPEM}, 1, "fota: error: --mqtt-ca: " + notPEM + " holds no PEM certificate"},
+		{[]string{"--mqtt", "mqtts://broker", "--mqtt-ca", filepath.Join(dir, "missing.pem")}, 1, "fota: error: --mqtt-ca: read mqtt broker CA file: open " + filepath.Join(dir, "missing.pem")},
+		{[]string{"--mqtt", "mqtts://broker", "--mqtt-ca", notPEM}, 1, "fota: error: --mqtt-ca: mqtt broker CA file " + notPEM + " holds no PEM certificate"},
 	} {
 		r := run(t, append([]string{"device", "run"}, row.args...)...)
 		r.expect(t, row.code, "", row.stderr)

@@ -182,6 +182,10 @@ func runPushLoad(e *env, cfg loadgen.PushConfig, caFile, connectRate string, asJ
 		cfg.RootCAs = pool
 	}
 	fmt.Fprintf(e.stderr, "fota load: %d devices subscribing at %s, then a rollout to all of them on %s\n", cfg.Devices, cfg.MQTT, cfg.Server)
+	start := time.Now()
+	cfg.OnPhase = func(phase string) {
+		fmt.Fprintf(e.stderr, "  %5.1fs  %s\n", time.Since(start).Seconds(), phase)
+	}
 	rep, err := loadgen.RunPush(e.ctx, cfg)
 	if err != nil {
 		return err

@@ -56,6 +56,9 @@ type PushConfig struct {
 	// before they connect: an external broker's password file needs them
 	// (fota mqtt acl, then a reload of the broker).
 	AfterRegister func(ids []string) error
+	// OnPhase, if set, hears when a phase begins: "connecting",
+	// "publishing".
+	OnPhase func(phase string)
 }
 
 // DefaultPushConnectRate is PushConfig.ConnectRate's default.
@@ -146,6 +149,12 @@ func RunPush(ctx context.Context, cfg PushConfig) (rep *PushReport, err error) {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Connect the fleet at ConnectRate, waiting for each SUBACK.
+	phase := func(p string) {
+		if cfg.OnPhase != nil {
+			cfg.OnPhase(p)
+		}
+	}
+	phase("connecting")
 	connectStart := time.Now()
 	var subscribed sync.WaitGroup
 	var wg sync.WaitGroup
@@ -176,6 +185,7 @@ func RunPush(ctx context.Context, cfg PushConfig) (rep *PushReport, err error) {
 	runtime.GC()
 
 	// Publish with a rollout to all: the server notifies every device.
+	phase("publishing")
 	p.start = time.Now()
 	p.started.Store(true)
 	published, err := admin.PublishRollout(ctx, &b, "all")

@@ -101,27 +101,48 @@ func (s *Store) Devices(ctx context.Context) ([]*fota.Device, error) {
 	return queryAll(ctx, s.db, "devices", scanDevice, `SELECT `+deviceColumns+` FROM devices WHERE removed_ms = 0 ORDER BY id`)
 }
 
-// DeviceSeen records a device request.
+// DeviceSeen records a device request. It is group-committed with the
+// other check-ins of the moment (batch.go).
 func (s *Store) DeviceSeen(ctx context.Context, id, version string, inv *fota.Inventory, at time.Time) error {
-	var res sql.Result
-	var err error
-	if inv == nil {
-		res, err = s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
-			ms(at), version, version, id)
-	} else {
-		res, err = s.fast.ExecContext(ctx, `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END,
+	return s.seen.do(ctx, seenWrite{id: id, version: version, inv: inv, at: ms(at)})
+}
+
+type seenWrite struct {
+	id, version string
+	inv         *fota.Inventory
+	at          int64
+}
+
+func (s *Store) writeSeen(batch []seenWrite) []error {
+	results := make([]error, len(batch))
+	err := inTx(context.Background(), s.fast, func(tx *txn) error {
+		for i, w := range batch {
+			var res sql.Result
+			var err error
+			if w.inv == nil {
+				res, err = tx.ExecContext(context.Background(), `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END WHERE id = ?`,
+					w.at, w.version, w.version, w.id)
+			} else {
+				inv := w.inv
+				res, err = tx.ExecContext(context.Background(), `UPDATE devices SET last_seen_ms = ?, version = CASE WHEN ? = '' THEN version ELSE ? END,
 			inventory_ms = CASE WHEN chip = ? AND slot_size = ? AND free_flash = ? AND agent_version = ? THEN inventory_ms ELSE ? END,
 			chip = ?, slot_size = ?, free_flash = ?, agent_version = ? WHERE id = ?`,
-			ms(at), version, version, inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, ms(at),
-			inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, id)
-	}
+					w.at, w.version, w.version, inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, w.at,
+					inv.Chip, inv.SlotSize, inv.FreeFlash, inv.AgentVersion, w.id)
+			}
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				results[i] = fota.Errorf(fota.ENOTFOUND, "unknown device %q", w.id)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("record device seen: %w", err)
+		return failAll(len(batch), fmt.Errorf("record device seen: %w", err))
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fota.Errorf(fota.ENOTFOUND, "unknown device %q", id)
-	}
-	return nil
+	return results
 }
 
 // PinDevice pins a device to a version, or unpins it.

@@ -51,10 +51,11 @@ type Store struct {
 	lastSweep atomic.Int64
 	// lists are rollouts' decoded lists, which every check-in reads.
 	lists listcache.Cache
-	// nonces feeds the group-committing nonce writer (nonce.go).
-	nonces     chan nonceReq
-	stop       chan struct{}
-	noncesDone chan struct{}
+	// nonces and seen group-commit request nonces and last-seen times
+	// (batch.go).
+	nonces *batcher[nonceWrite]
+	seen   *batcher[seenWrite]
+	stop   chan struct{}
 	// checkpointerDone is closed when the checkpointer has stopped.
 	checkpointerDone chan struct{}
 	closeOnce        sync.Once
@@ -89,7 +90,8 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
 	limitPool(db)
-	s := &Store{db: newPool(db), now: time.Now, walPath: file + "-wal"}
+	writer := make(chan struct{}, 1)
+	s := &Store{db: newPool(db, writer), now: time.Now, walPath: file + "-wal"}
 	if err := s.migrate(ctx); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("open database %s: %w", file, err)
@@ -100,8 +102,10 @@ func Open(ctx context.Context, file string) (*Store, error) {
 		return nil, fmt.Errorf("open database %s: %w", file, err)
 	}
 	limitPool(fast)
-	s.fast = newPool(fast)
-	s.startNonceWriter()
+	s.fast = newPool(fast, writer)
+	s.stop = make(chan struct{})
+	s.nonces = startBatcher(s.stop, s.writeNonces)
+	s.seen = startBatcher(s.stop, s.writeSeen)
 	s.checkpointerDone = make(chan struct{})
 	go s.checkpointer()
 	return s, nil
@@ -183,7 +187,8 @@ func (s *Store) SetClock(now func() time.Time) { s.now = now }
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
-		<-s.noncesDone
+		<-s.nonces.done
+		<-s.seen.done
 		<-s.checkpointerDone
 		s.closeErr = errors.Join(s.fast.Close(), s.db.Close())
 		s.walMu.Lock()
@@ -247,6 +252,10 @@ func (s *Store) tx(ctx context.Context, fn func(tx *txn) error) error {
 }
 
 func inTx(ctx context.Context, db *pool, fn func(tx *txn) error) error {
+	if err := db.lockWrites(ctx); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer db.unlockWrites()
 	sqlTx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)

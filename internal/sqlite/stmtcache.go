@@ -12,6 +12,11 @@ import (
 // server time went to its parser.
 type pool struct {
 	*sql.DB
+	// writer is the database's one write lock, shared by both pools: a
+	// writer waits for it here, handed over at once, rather than in
+	// SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between tries
+	// and left the lock idle while thousands of check-ins queued for it.
+	writer  chan struct{}
 	mu      sync.RWMutex
 	stmts   map[string]*sql.Stmt
 	warming map[string]bool
@@ -23,9 +28,21 @@ type pool struct {
 // Past it, queries run unprepared.
 const maxStmts = 128
 
-func newPool(db *sql.DB) *pool {
-	return &pool{DB: db, stmts: map[string]*sql.Stmt{}, warming: map[string]bool{}}
+func newPool(db *sql.DB, writer chan struct{}) *pool {
+	return &pool{DB: db, writer: writer, stmts: map[string]*sql.Stmt{}, warming: map[string]bool{}}
 }
+
+// lockWrites takes the write lock, or fails when ctx ends first.
+func (p *pool) lockWrites(ctx context.Context) error {
+	select {
+	case p.writer <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (p *pool) unlockWrites() { <-p.writer }
 
 func (p *pool) cached(query string) *sql.Stmt {
 	p.mu.RLock()
@@ -97,6 +114,10 @@ func (p *pool) QueryRowContext(ctx context.Context, query string, args ...any) *
 }
 
 func (p *pool) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if err := p.lockWrites(ctx); err != nil {
+		return nil, err
+	}
+	defer p.unlockWrites()
 	if st := p.stmt(ctx, query); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
