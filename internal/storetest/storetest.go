@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Sessions", testSessions},
 		{"SessionCap", testSessionCap},
 		{"StaleSessionsAbandoned", testStaleSessions},
+		{"SessionCounts", testSessionCounts},
 		{"ConfirmRaisesDevice", testConfirm},
 		{"ConcurrentProgress", testConcurrentProgress},
 		{"APIPolicy", testAPIPolicy},
@@ -96,6 +97,13 @@ func Run(t *testing.T, newStore Factory) {
 			clock := &Clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
 			s := newStore(t, clock)
 			t.Cleanup(func() { s.Close() })
+			// Before Close (cleanups run last first): whatever the test did
+			// to sessions, the counts the caps read must still be exact.
+			t.Cleanup(func() {
+				if !t.Failed() {
+					CheckSessionCounts(t, s)
+				}
+			})
 			tc.fn(t, s, clock)
 		})
 	}
