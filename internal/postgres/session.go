@@ -33,7 +33,7 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 }
 
 // OpenSession stores a new session, abandoning the device's other active
-// one and sessions idle past StaleAfter.
+// one and (at most once a minute) sessions idle past StaleAfter.
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
@@ -76,9 +76,17 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
 			}
 		}
-		if err := s.abandon(ctx, tx, `(device_id = $4 OR updated_ms < $5)`, "replaced by a new session or idle too long",
-			sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
+		if err := s.abandon(ctx, tx, `device_id = $4`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
+		}
+		// Idle sessions are swept here at most once a minute (per replica):
+		// with the device's abandon in one statement (device_id = $4 OR
+		// updated_ms < $5), the generic plan pgx's statement cache settles on
+		// scanned every session at every open.
+		if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
+			if err := s.abandon(ctx, tx, `updated_ms < $4`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
+				return err
+			}
 		}
 		if caps.Total > 0 || caps.OnAPI > 0 {
 			var total, onAPI int
