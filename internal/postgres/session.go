@@ -36,6 +36,10 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 // one and (at most once a minute) sessions idle past StaleAfter.
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
+	if sess.API != fota.APINative && sess.API != fota.APIEcoWatt {
+		// session_counts has a column for each of these two only.
+		return fota.Errorf(fota.EINVALID, "unknown device API %q", sess.API)
+	}
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		// The device's row lock serializes opens of one device across

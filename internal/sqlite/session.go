@@ -34,6 +34,10 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 // OpenSession stores a new session, abandoning the device's other active one.
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
+	if sess.API != fota.APINative && sess.API != fota.APIEcoWatt {
+		// As in internal/postgres, whose kept counts have these two APIs only.
+		return fota.Errorf(fota.EINVALID, "unknown device API %q", sess.API)
+	}
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
 	// opens of one device cannot interleave.

@@ -254,6 +254,8 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 		must(t, s.OpenSession(ctx, sess, fota.SessionCaps{}))
 		return sess
 	}
+	wantCode(t, s.OpenSession(ctx, &fota.Session{ID: "s0", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIBoth,
+		TotalChunks: 8}, fota.SessionCaps{}), fota.EINVALID) // a policy, not an API
 	open("s1")
 	active, err := s.ActiveSession(ctx, "d1")
 	must(t, err)
