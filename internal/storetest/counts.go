@@ -2,6 +2,8 @@ package storetest
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -143,4 +145,44 @@ func testSessionCounts(t *testing.T, s fota.Store, c *Clock) {
 	wantCode(t, try(fota.APIEcoWatt, caps(0, 1)), fota.EUNAVAILABLE)
 	must(t, try(fota.APINative, caps(2, 1)))
 	want("opens under the caps", 2)
+}
+
+// testConcurrentOpens has devices replace their sessions concurrently, as
+// a rollout wave's devices retrying do: each open ends one session and
+// starts another, and none may fail (a deadlock, say, between two opens'
+// changes to the kept counts) or leave the counts off.
+func testConcurrentOpens(t *testing.T, s fota.Store, _ *Clock) {
+	ctx := context.Background()
+	rel := NewRelease("esp32", "1.0.4")
+	must(t, s.CreateRelease(ctx, rel))
+	const devices, opens = 8, 15
+	var wg sync.WaitGroup
+	errs := make(chan error, devices*opens)
+	for d := range devices {
+		dev := fmt.Sprintf("d%d", d)
+		must(t, s.CreateDevice(ctx, NewDevice(dev)))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range opens {
+				api := fota.APINative
+				if (d+i)%3 == 0 {
+					api = fota.APIEcoWatt
+				}
+				err := s.OpenSession(ctx, &fota.Session{ID: fmt.Sprintf("%s-%d", dev, i), DeviceID: dev, ReleaseID: rel.ID,
+					ReleaseVersion: rel.Version, API: api, TotalChunks: 3}, fota.SessionCaps{Total: 1000, OnAPI: 1000})
+				if err != nil && fota.ErrorCode(err) != fota.ECONFLICT { // EcoWatt does not replace native
+					errs <- fmt.Errorf("open %s-%d: %w", dev, i, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := CheckSessionCounts(t, s); got >= 0 && got != devices {
+		t.Fatalf("%d sessions active, want one a device (%d)", got, devices)
+	}
 }

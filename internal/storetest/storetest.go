@@ -46,6 +46,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"SessionCap", testSessionCap},
 		{"StaleSessionsAbandoned", testStaleSessions},
 		{"SessionCounts", testSessionCounts},
+		{"ConcurrentOpens", testConcurrentOpens},
 		{"ConfirmRaisesDevice", testConfirm},
 		{"ConcurrentProgress", testConcurrentProgress},
 		{"APIPolicy", testAPIPolicy},
