@@ -24,6 +24,9 @@ func freshStore(t testing.TB) *Store {
 	return s
 }
 
+// The conformance suite checks the kept counts only of stores that have them.
+var _ storetest.SessionCounter = (*Store)(nil)
+
 func TestConformance(t *testing.T) {
 	pgtest.DSN(t)
 	storetest.Run(t, func(t *testing.T, c *storetest.Clock) fota.Store {

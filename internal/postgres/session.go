@@ -85,8 +85,8 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		}
 		// Idle sessions are swept here at most once a minute (per replica):
 		// with the device's abandon in one statement (device_id = $4 OR
-		// updated_ms < $5), the generic plan pgx's statement cache settles on
-		// scanned every session at every open.
+		// updated_ms < $5), the statement's generic plan, which a cached
+		// prepared statement may run, scanned every session at every open.
 		if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
 			if err := s.abandon(ctx, tx, `updated_ms < $4`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
 				return err
@@ -95,7 +95,7 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		if caps.Total > 0 || caps.OnAPI > 0 {
 			// session_counts, kept by triggers (migration 009), already
 			// reflects the abandons above: counting the sessions themselves
-			// cost an open O(sessions).
+			// cost an open O(active sessions).
 			total, native, ecowatt, err := activeCounts(ctx, tx)
 			if err != nil {
 				return fmt.Errorf("open session: %w", err)

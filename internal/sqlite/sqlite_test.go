@@ -15,6 +15,9 @@ import (
 	"github.com/ecowatt/fota/internal/storetest"
 )
 
+// The conformance suite checks the kept counts only of stores that have them.
+var _ storetest.SessionCounter = (*Store)(nil)
+
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, c *storetest.Clock) fota.Store {
 		s, err := Open(context.Background(), filepath.Join(t.TempDir(), "fota.db"))

@@ -1,6 +1,7 @@
 -- How many sessions are active, for the session caps: an open sums these
--- rows instead of counting every active session (a sequential scan of
--- sessions in the generic plan pgx's statement cache settles on). The
+-- rows instead of counting every active session, which cost it
+-- O(active sessions) however planned (a bitmap scan of them, or a
+-- sequential scan of all sessions in the generic plan). The
 -- active states are fota.SessionActive's; a new one needs a migration that
 -- redefines session_counts_follow.
 --
