@@ -110,7 +110,8 @@ type SessionStore interface {
 	// OpenSession stores s (Created, Updated set) after ending the
 	// device's other active session as abandoned, with events; opens of
 	// one device are serialized. A session on the EcoWatt API never ends a
-	// native one: ECONFLICT then. Fast. Errors: EUNAVAILABLE past caps;
+	// native one: ECONFLICT then. Fast. Errors: EINVALID for an API other
+	// than APINative or APIEcoWatt; EUNAVAILABLE past caps;
 	// EFORBIDDEN if the device's API policy (read in the same transaction)
 	// does not allow s.API; ENOTFOUND for an unknown or removed device;
 	// EGONE if the release was withdrawn, or, for a session of a rollout

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,6 +42,8 @@ type Store struct {
 	// and tokens, the operator's writes, wait for the flush.
 	fast *pgxpool.Pool
 	now  func() time.Time
+	// lastSweep is when OpenSession last abandoned idle sessions (Unix ms).
+	lastSweep atomic.Int64
 	// lists are rollouts' decoded lists, which every check-in reads.
 	lists listcache.Cache
 }

@@ -2,8 +2,13 @@ package postgres
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/internal/pgtest"
@@ -11,13 +16,16 @@ import (
 )
 
 // freshStore opens a store in a schema of its own, dropped after the test.
-func freshStore(t *testing.T) *Store {
+func freshStore(t testing.TB) *Store {
 	s, err := Open(context.Background(), pgtest.Schema(t, "fota_test_"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
+
+// The conformance suite checks the kept counts only of stores that have them.
+var _ storetest.SessionCounter = (*Store)(nil)
 
 func TestConformance(t *testing.T) {
 	pgtest.DSN(t)
@@ -46,4 +54,77 @@ func TestMigrationsIdempotentAndNewerSchemaRefused(t *testing.T) {
 		t.Fatalf("opening a newer schema: %v", err)
 	}
 	s.Close()
+}
+
+// TestUpgradeToSessionCounts: a database from before the kept session
+// counts (schema 8) opens with counts of the sessions active in it, which
+// the caps then read; and the triggers follow changes no store method
+// makes (an API changed, active sessions deleted).
+func TestUpgradeToSessionCounts(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.Schema(t, "fota_test_")
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)`)
+	for n := 1; n <= 8; n++ {
+		names, _ := fs.Glob(migrations, fmt.Sprintf("migrations/%03d_*.sql", n))
+		body, err := migrations.ReadFile(names[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		exec(string(body))
+		exec(`INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, 0)`, n)
+	}
+	exec(`INSERT INTO releases (id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256, ciphertext_size,
+		ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms, manifest, signature, blob_key)
+		VALUES (1, 'ecowatt', 'esp32', '1.0.4', 1, 3000, 'x', 3008, 'y', 1024, 'iv', 'k', 'rsa-2048', '', 1, 1, '\x00', '\x00', 'b')`)
+	now := time.Now().UnixMilli()
+	for i, sess := range []struct{ api, state string }{
+		{fota.APINative, fota.SessionOpen}, {fota.APINative, fota.SessionApplied}, {fota.APINative, fota.SessionConfirmed},
+		{fota.APIEcoWatt, fota.SessionDownloaded}, {fota.APIEcoWatt, fota.SessionVerified}, {fota.APIEcoWatt, fota.SessionOpen},
+		{fota.APIEcoWatt, fota.SessionAbandoned}, {fota.APIEcoWatt, fota.SessionFailed},
+	} {
+		dev := fmt.Sprintf("d%d", i)
+		exec(`INSERT INTO devices (id, hardware, version, security_counter, psk, api, created_ms) VALUES ($1, 'esp32', '1.0.3', 0, '\x00', 'both', 1)`, dev)
+		exec(`INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
+			VALUES ($1, $2, 1, '1.0.4', $3, $4, 3, $5, $5)`, "s-"+dev, dev, sess.api, sess.state, now)
+	}
+
+	s, err := Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	total, native, ecowatt, err := s.ActiveSessionCounts(ctx)
+	if err != nil || total != 5 || native != 2 || ecowatt != 3 {
+		t.Fatalf("counts after the upgrade: %d (%d native, %d EcoWatt), %v; want 5 (2, 3)", total, native, ecowatt, err)
+	}
+	storetest.CheckSessionCounts(t, s)
+	caps := fota.SessionCaps{Total: 6, OnAPI: 3}
+	open := func(id, dev string) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: 1, ReleaseVersion: "1.0.4", API: fota.APIEcoWatt, TotalChunks: 3}, caps)
+	}
+	if err := open("new", "d7"); fota.ErrorCode(err) != fota.EUNAVAILABLE {
+		t.Fatalf("a fourth EcoWatt session under OnAPI 3: %v", err)
+	}
+	if err := open("replacement", "d5"); err != nil {
+		t.Fatalf("a device replacing its EcoWatt session: %v", err)
+	}
+	exec(`UPDATE sessions SET api = $1 WHERE id = 's-d0'`, fota.APIEcoWatt)
+	storetest.CheckSessionCounts(t, s)
+	exec(`UPDATE sessions SET api = $1, state = $2 WHERE id = 's-d2'`, fota.APIEcoWatt, fota.SessionOpen)
+	storetest.CheckSessionCounts(t, s)
+	exec(`DELETE FROM sessions WHERE id IN ('s-d1', 's-d3', 's-d6')`)
+	if total := storetest.CheckSessionCounts(t, s); total != 4 {
+		t.Fatalf("%d active after direct changes, want 4", total)
+	}
 }

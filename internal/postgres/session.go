@@ -33,9 +33,13 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 }
 
 // OpenSession stores a new session, abandoning the device's other active
-// one and sessions idle past StaleAfter.
+// one and (at most once a minute) sessions idle past StaleAfter.
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
+	if sess.API != fota.APINative && sess.API != fota.APIEcoWatt {
+		// session_counts has a column for each of these two only.
+		return fota.Errorf(fota.EINVALID, "unknown device API %q", sess.API)
+	}
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	return s.fastTx(ctx, func(tx pgx.Tx) error {
 		// The device's row lock serializes opens of one device across
@@ -76,16 +80,27 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
 			}
 		}
-		if err := s.abandon(ctx, tx, `(device_id = $4 OR updated_ms < $5)`, "replaced by a new session or idle too long",
-			sess.DeviceID, ms(now.Add(-StaleAfter))); err != nil {
+		if err := s.abandon(ctx, tx, `device_id = $4`, "replaced by a new session", sess.DeviceID); err != nil {
 			return err
 		}
-		if caps.Total > 0 || caps.OnAPI > 0 {
-			var total, onAPI int
-			if err := tx.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE api = $2) FROM sessions WHERE state = ANY($1)`,
-				activeStates, sess.API).Scan(&total, &onAPI); err != nil {
-				return fmt.Errorf("count sessions: %w", err)
+		// Idle sessions are swept here at most once a minute (per replica):
+		// with the device's abandon in one statement (device_id = $4 OR
+		// updated_ms < $5), the statement's generic plan, which a cached
+		// prepared statement may run, scanned every session at every open.
+		if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
+			if err := s.abandon(ctx, tx, `updated_ms < $4`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
+				return err
 			}
+		}
+		if caps.Total > 0 || caps.OnAPI > 0 {
+			// session_counts, kept by triggers (migration 009), already
+			// reflects the abandons above: counting the sessions themselves
+			// cost an open O(active sessions).
+			total, native, ecowatt, err := activeCounts(ctx, tx)
+			if err != nil {
+				return fmt.Errorf("open session: %w", err)
+			}
+			onAPI := map[string]int{fota.APINative: native, fota.APIEcoWatt: ecowatt}[sess.API]
 			if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
 				return err
 			}
@@ -106,6 +121,24 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
 			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 	})
+}
+
+// activeCounts sums the shards of session_counts.
+func activeCounts(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (total, native, ecowatt int, err error) {
+	err = q.QueryRow(ctx, `SELECT coalesce(sum(total), 0), coalesce(sum(native), 0), coalesce(sum(ecowatt), 0) FROM session_counts`).
+		Scan(&total, &native, &ecowatt)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("read active session counts: %w", err)
+	}
+	return total, native, ecowatt, nil
+}
+
+// ActiveSessionCounts returns how many sessions are active, in all and on
+// each API, from the counts the caps read.
+func (s *Store) ActiveSessionCounts(ctx context.Context) (total, native, ecowatt int, err error) {
+	return activeCounts(ctx, s.pool)
 }
 
 // checkRolloutOffer applies fota.CheckRolloutOffer to a session opened for

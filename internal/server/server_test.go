@@ -612,6 +612,9 @@ func TestMetrics(t *testing.T) {
 	e.publish("1.0.4", 3000)
 	e.addDevice("dev1", "1.0.3")
 	_, check := e.call("POST", "/ota/check", `{"device_id":"dev1","current_version":"1.0.3"}`, nil)
+	if text := e.metricsText(); !strings.Contains(text, "\nfota_sessions_open 1\n") {
+		t.Errorf("/metrics with a session open lacks fota_sessions_open 1")
+	}
 	for i := range 3 {
 		e.call("POST", "/ota/chunk", fmt.Sprintf(`{"device_id":"dev1","version":"1.0.4","chunk_number":%d}`, i), nil)
 	}

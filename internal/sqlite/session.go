@@ -34,6 +34,10 @@ func scanSession(row rowScanner) (*fota.Session, error) {
 // OpenSession stores a new session, abandoning the device's other active one.
 func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.SessionCaps) error {
 	now := s.now().UTC()
+	if sess.API != fota.APINative && sess.API != fota.APIEcoWatt {
+		// As in internal/postgres, whose kept counts have these two APIs only.
+		return fota.Errorf(fota.EINVALID, "unknown device API %q", sess.API)
+	}
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
 	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
 	// opens of one device cannot interleave.
@@ -75,9 +79,12 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 			}
 		}
 		if caps.Total > 0 || caps.OnAPI > 0 {
+			// session_counts, kept by triggers (migration 008), already
+			// reflects the abandons above: counting the sessions themselves
+			// cost an open O(active sessions).
 			var total, onAPI int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(CASE WHEN api = ? THEN 1 ELSE 0 END), 0) FROM sessions WHERE state IN `+activeStates,
-				sess.API).Scan(&total, &onAPI); err != nil {
+			if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(active), 0), coalesce(sum(CASE WHEN api = ? THEN active ELSE 0 END), 0)
+				FROM session_counts`, sess.API).Scan(&total, &onAPI); err != nil {
 				return fmt.Errorf("count sessions: %w", err)
 			}
 			if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
@@ -189,6 +196,17 @@ func (s *Store) abandon(ctx context.Context, tx *txn, where, reason string, args
 		}
 	}
 	return nil
+}
+
+// ActiveSessionCounts returns how many sessions are active, in all and on
+// each API, from the counts the caps read.
+func (s *Store) ActiveSessionCounts(ctx context.Context) (total, native, ecowatt int, err error) {
+	err = s.db.QueryRowContext(ctx, `SELECT coalesce(sum(active), 0), coalesce(sum(CASE WHEN api = ? THEN active ELSE 0 END), 0),
+		coalesce(sum(CASE WHEN api = ? THEN active ELSE 0 END), 0) FROM session_counts`, fota.APINative, fota.APIEcoWatt).Scan(&total, &native, &ecowatt)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("read active session counts: %w", err)
+	}
+	return total, native, ecowatt, nil
 }
 
 // Session returns a session.

@@ -15,6 +15,9 @@ import (
 	"github.com/ecowatt/fota/internal/storetest"
 )
 
+// The conformance suite checks the kept counts only of stores that have them.
+var _ storetest.SessionCounter = (*Store)(nil)
+
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, c *storetest.Clock) fota.Store {
 		s, err := Open(context.Background(), filepath.Join(t.TempDir(), "fota.db"))
@@ -115,18 +118,16 @@ func TestCheckpointsRunInBackground(t *testing.T) {
 	}
 }
 
-// TestUpgradeToRollouts: a database from before rollouts (schema 4), with
-// a device, a session and an event in it, opens with the device unlabelled,
-// no inventory, and everything in no rollout.
-func TestUpgradeToRollouts(t *testing.T) {
-	ctx := context.Background()
-	file := filepath.Join(t.TempDir(), "fota.db")
+// databaseAt creates a database at file with the schema of migration n,
+// as a fota of that time left it.
+func databaseAt(t *testing.T, file string, n int) *sql.DB {
+	t.Helper()
 	db, err := sql.Open("sqlite", file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for n := 1; n <= 4; n++ {
-		names, _ := fs.Glob(migrations, fmt.Sprintf("migrations/%03d_*.sql", n))
+	for i := 1; i <= n; i++ {
+		names, _ := fs.Glob(migrations, fmt.Sprintf("migrations/%03d_*.sql", i))
 		body, err := migrations.ReadFile(names[0])
 		if err != nil {
 			t.Fatal(err)
@@ -135,8 +136,20 @@ func TestUpgradeToRollouts(t *testing.T) {
 			t.Fatalf("%s: %v", names[0], err)
 		}
 	}
+	if _, err := db.Exec(fmt.Sprintf("PRAGMA user_version = %d", n)); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// TestUpgradeToRollouts: a database from before rollouts (schema 4), with
+// a device, a session and an event in it, opens with the device unlabelled,
+// no inventory, and everything in no rollout.
+func TestUpgradeToRollouts(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "fota.db")
+	db := databaseAt(t, file, 4)
 	for _, q := range []string{
-		`PRAGMA user_version = 4`,
 		`INSERT INTO releases (id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256, ciphertext_size,
 			ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms, manifest, signature, blob_key)
 			VALUES (1, 'ecowatt', 'esp32', '1.0.4', 1, 3000, 'x', 3008, 'y', 1024, 'iv', 'k', 'rsa-2048', '', 1, 1, x'00', x'00', 'b')`,
@@ -178,5 +191,67 @@ func TestUpgradeToRollouts(t *testing.T) {
 	}
 	if _, err := s.SetDeviceLabels(ctx, "old", map[string]string{"ring": "canary"}, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUpgradeToSessionCounts: a database from before the kept session
+// counts (schema 7) opens with counts of the sessions active in it, which
+// the caps then read; and the triggers follow changes no store method
+// makes (an API changed, an active session deleted).
+func TestUpgradeToSessionCounts(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "fota.db")
+	db := databaseAt(t, file, 7)
+	exec := func(db interface {
+		ExecContext(context.Context, string, ...any) (sql.Result, error)
+	}, q string, args ...any) {
+		t.Helper()
+		if _, err := db.ExecContext(ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec(db, `INSERT INTO releases (id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256, ciphertext_size,
+		ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms, manifest, signature, blob_key)
+		VALUES (1, 'ecowatt', 'esp32', '1.0.4', 1, 3000, 'x', 3008, 'y', 1024, 'iv', 'k', 'rsa-2048', '', 1, 1, x'00', x'00', 'b')`)
+	now := time.Now().UnixMilli()
+	for i, sess := range []struct{ api, state string }{
+		{fota.APINative, fota.SessionOpen}, {fota.APINative, fota.SessionApplied}, {fota.APINative, fota.SessionConfirmed},
+		{fota.APIEcoWatt, fota.SessionDownloaded}, {fota.APIEcoWatt, fota.SessionVerified}, {fota.APIEcoWatt, fota.SessionOpen},
+		{fota.APIEcoWatt, fota.SessionAbandoned}, {fota.APIEcoWatt, fota.SessionFailed},
+	} {
+		dev := fmt.Sprintf("d%d", i)
+		exec(db, `INSERT INTO devices (id, hardware, version, security_counter, psk, api, created_ms) VALUES (?, 'esp32', '1.0.3', 0, zeroblob(32), 'both', 1)`, dev)
+		exec(db, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, created_ms, updated_ms)
+			VALUES (?, ?, 1, '1.0.4', ?, ?, 3, ?, ?)`, "s-"+dev, dev, sess.api, sess.state, now, now)
+	}
+	db.Close()
+
+	s, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	total, native, ecowatt, err := s.ActiveSessionCounts(ctx)
+	if err != nil || total != 5 || native != 2 || ecowatt != 3 {
+		t.Fatalf("counts after the upgrade: %d (%d native, %d EcoWatt), %v; want 5 (2, 3)", total, native, ecowatt, err)
+	}
+	storetest.CheckSessionCounts(t, s)
+	caps := fota.SessionCaps{Total: 6, OnAPI: 3}
+	open := func(id, dev string) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: 1, ReleaseVersion: "1.0.4", API: fota.APIEcoWatt, TotalChunks: 3}, caps)
+	}
+	if err := open("new", "d7"); fota.ErrorCode(err) != fota.EUNAVAILABLE {
+		t.Fatalf("a fourth EcoWatt session under OnAPI 3: %v", err)
+	}
+	if err := open("replacement", "d5"); err != nil {
+		t.Fatalf("a device replacing its EcoWatt session: %v", err)
+	}
+	exec(s.db, `UPDATE sessions SET api = ? WHERE id = 's-d0'`, fota.APIEcoWatt)
+	storetest.CheckSessionCounts(t, s)
+	exec(s.db, `UPDATE sessions SET api = ?, state = ? WHERE id = 's-d2'`, fota.APIEcoWatt, fota.SessionOpen)
+	storetest.CheckSessionCounts(t, s)
+	exec(s.db, `DELETE FROM sessions WHERE id IN ('s-d1', 's-d3', 's-d6')`)
+	if total := storetest.CheckSessionCounts(t, s); total != 4 {
+		t.Fatalf("%d active after direct changes, want 4", total)
 	}
 }

@@ -45,6 +45,8 @@ func Run(t *testing.T, newStore Factory) {
 		{"Sessions", testSessions},
 		{"SessionCap", testSessionCap},
 		{"StaleSessionsAbandoned", testStaleSessions},
+		{"SessionCounts", testSessionCounts},
+		{"ConcurrentOpens", testConcurrentOpens},
 		{"ConfirmRaisesDevice", testConfirm},
 		{"ConcurrentProgress", testConcurrentProgress},
 		{"APIPolicy", testAPIPolicy},
@@ -96,6 +98,13 @@ func Run(t *testing.T, newStore Factory) {
 			clock := &Clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
 			s := newStore(t, clock)
 			t.Cleanup(func() { s.Close() })
+			// Before Close (cleanups run last first): whatever the test did
+			// to sessions, the counts the caps read must still be exact.
+			t.Cleanup(func() {
+				if !t.Failed() {
+					CheckSessionCounts(t, s)
+				}
+			})
 			tc.fn(t, s, clock)
 		})
 	}
@@ -246,6 +255,8 @@ func testSessions(t *testing.T, s fota.Store, _ *Clock) {
 		must(t, s.OpenSession(ctx, sess, fota.SessionCaps{}))
 		return sess
 	}
+	wantCode(t, s.OpenSession(ctx, &fota.Session{ID: "s0", DeviceID: "d1", ReleaseID: r.ID, ReleaseVersion: r.Version, API: fota.APIBoth,
+		TotalChunks: 8}, fota.SessionCaps{}), fota.EINVALID) // a policy, not an API
 	open("s1")
 	active, err := s.ActiveSession(ctx, "d1")
 	must(t, err)
