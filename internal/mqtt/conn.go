@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -71,6 +72,7 @@ var (
 var (
 	codeShuttingDown = packets.ErrServerShuttingDown                  // 0x8B
 	codeTakenOver    = packets.ErrSessionTakenOver                    // 0x8E
+	codeKeepalive    = packets.ErrKeepAliveTimeout                    // 0x8D
 	codeMalformed    = packets.ErrMalformedPacket                     // 0x81
 	codeProtocol     = packets.ErrProtocolViolation                   // 0x82
 	codeTooLarge     = packets.ErrPacketTooLarge                      // 0x95
@@ -100,7 +102,11 @@ func (c *conn) serve() {
 	err := c.connect()
 	for err == nil {
 		var h header
-		if h, err = c.readHeader(); err == nil {
+		h, err = c.readHeader()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			err = c.kick(codeKeepalive, fmt.Errorf("silent for longer than 1.5 × keepalive: %w", err))
+		case err == nil:
 			err = c.handle(h)
 		}
 	}
@@ -124,6 +130,10 @@ func (c *conn) readHeader() (header, error) {
 		return header{}, err
 	}
 	n, lenBytes, err := packets.DecodeLength(c.r)
+	var code packets.Code
+	if errors.As(err, &code) {
+		return header{}, c.kick(codeMalformed, err)
+	}
 	if err != nil {
 		return header{}, err
 	}
