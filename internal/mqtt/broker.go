@@ -14,7 +14,7 @@
 //     leak of its cache) learns nothing of the key.
 //   - A device may subscribe to its own topic (protocol.NotifyTopic) and
 //     nothing else, and may publish nothing: no will, no retained message,
-//     no PUBLISH. Only the server's inline client publishes.
+//     no PUBLISH. Only the broker's notification worker publishes.
 //   - An unauthenticated connection is held for at most connectTimeout,
 //     and the number of open connections is bounded, so a flood of idle
 //     sockets cannot exhaust the server.

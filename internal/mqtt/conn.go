@@ -24,7 +24,11 @@ import (
 // everything that decodes into a packets.Packet (several hundred bytes,
 // and mochi's decoders and encoders below it) runs in functions that have
 // returned before the next Read: connect and handle, kept out of serve by
-// //go:noinline.
+// //go:noinline. The floor is 4 KiB: the runtime counts 800 bytes of
+// guard as used, so a parked Read (about 1 KiB of frames down to netpoll)
+// never lets a 4 KiB stack shrink to 2 KiB. Measured with 10,000 devices
+// (BenchmarkBrokerConnections): 4.1 KiB of stack, 2.3 KiB of heap and
+// 7.1 KiB of RSS a connection, where mochi's server took 28 KiB.
 
 // conn is one client connection. Its only goroutine is the reader,
 // serve; the notification worker writes to it under wmu.
