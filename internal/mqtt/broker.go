@@ -14,7 +14,7 @@
 //     leak of its cache) learns nothing of the key.
 //   - A device may subscribe to its own topic (protocol.NotifyTopic) and
 //     nothing else, and may publish nothing: no will, no retained message,
-//     no PUBLISH. Only the server's inline client publishes.
+//     no PUBLISH. Only the broker's notification worker publishes.
 //   - An unauthenticated connection is held for at most connectTimeout,
 //     and the number of open connections is bounded, so a flood of idle
 //     sockets cannot exhaust the server.
@@ -31,17 +31,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/protocol"
@@ -55,36 +49,37 @@ const (
 	DefaultMaxClients = 50_000
 
 	// maxPacketSize bounds every packet a device sends (CONNECT is the
-	// largest: id, password and a few v5 properties).
+	// largest: id, password and a few v5 properties); v5 clients are told.
 	maxPacketSize = 1024
-	// readBufferSize and writeBufferSize are each client's bufio sizes;
-	// mochi's defaults (2 KiB) cost 20 MiB more at 10,000 clients for
-	// nothing a notification needs.
-	readBufferSize  = 256
-	writeBufferSize = 512
-	// writesPending is the capacity of each client's outbound channel,
-	// allocated up front per client: mochi's default (8192) is 64 KiB a
-	// client. A device is sent at most a handful of notifications at once;
-	// beyond this they are dropped, and the device's timer covers it.
-	writesPending = 8
-	// inflight bounds unacknowledged QoS 1 messages kept per client.
-	inflight = 8
-	// sessionExpiry is how long a disconnected session (subscription and
-	// unacknowledged notifications) is kept for a device that asked to keep
-	// it. Short: a device re-subscribes when it reconnects anyway.
-	sessionExpiry = 60 // seconds
-	// messageExpiry drops unacknowledged notifications after this long: a
-	// stale "check now" is worth nothing.
-	messageExpiry = 300 // seconds
+	// readBufferSize is each connection's bufio size: a device sends a
+	// CONNECT, a SUBSCRIBE and then PINGREQs and PUBACKs of a few bytes.
+	readBufferSize = 256
+	// receiveMaximum is the v5 receive maximum the broker announces: a
+	// device may publish nothing, so it never needs more than one.
+	receiveMaximum = 1
+	// sendInflight bounds the QoS 1 notifications sent to one connection
+	// and not yet acknowledged (fewer if a v5 client's receive maximum is
+	// lower). A device that stops acknowledging gets no more: so our
+	// writes to a dead peer never fill its socket buffer and block.
+	sendInflight = 8
+	// writeTimeout bounds every write to a connection: a notification,
+	// an acknowledgement, a DISCONNECT. A write that misses it closes the
+	// connection, so a dead peer cannot hold the notification worker.
+	writeTimeout = 2 * time.Second
 
 	// connectTimeout bounds the time from accept to a CONNECT read
-	// (including the TLS handshake); mochi itself sets no deadline before
-	// CONNECT.
+	// (including the TLS handshake) and answered.
 	connectTimeout = 10 * time.Second
+	// maxKeepalive caps the keepalive the broker honours (MQTT: close a
+	// connection silent for 1.5 × keepalive), so dead sockets do not pile
+	// up: a v5 client asking for none (0) or more is told this one
+	// (server keep alive); a 3.1.1 client, which cannot be told, is closed
+	// after 1.5 × maxKeepalive of silence. Devices ping every minute.
+	maxKeepalive = 20 * 60 // seconds
 	// preAuthSlack is how many connections beyond MaxClients may be open
 	// while they authenticate; beyond it new sockets are closed at once.
-	// Within it, mochi refuses the surplus with CONNACK "server
-	// unavailable" (3.1.1) or "server busy" (5).
+	// Within it, the surplus is refused with CONNACK "server unavailable"
+	// (3.1.1) or "server busy" (5).
 	preAuthSlack = 1024
 
 	// lookupTimeout bounds one store lookup; lookupConcurrency bounds how
@@ -115,8 +110,10 @@ type BrokerConfig struct {
 	Logger     *slog.Logger // nil: discard
 	MaxClients int          // 0: DefaultMaxClients; connections beyond it refused
 
-	// queueSize, when set, replaces the package's queueSize (tests).
-	queueSize int
+	// queueSize and maxKeepalive, when set, replace the package's
+	// constants (tests).
+	queueSize    int
+	maxKeepalive uint16
 }
 
 // BrokerStats are the broker's counters.
@@ -129,23 +126,43 @@ type BrokerStats struct {
 }
 
 // Broker is the embedded MQTT broker; it implements fota.Notifier.
+//
+// It is no general broker: a device may only subscribe to its own topic,
+// so "routing" is a map from device id to its connection, and the only
+// publisher is Notify's worker, which writes each notification straight
+// to the connection's socket. Each connection has one goroutine, its
+// reader (conn.serve); there are no sessions beyond a connection (a device
+// reconnecting subscribes again) and no retransmission (a lost
+// notification is covered by the device's timer). MQTT packets are
+// decoded and encoded by mochi-mqtt's packets package.
 type Broker struct {
-	server *mochi.Server
-	ln     *listener
-	log    *slog.Logger
-	creds  *credCache
+	ln           net.Listener
+	tls          *tls.Config
+	log          *slog.Logger
+	creds        *credCache
+	maxClients   int
+	maxConns     int    // sockets open at once, authenticated or not
+	maxKeepalive uint16 // seconds
+
+	mu      sync.Mutex
+	conns   map[*conn]struct{} // every open connection
+	clients map[string]*conn   // authenticated connections by device id
+	closed  bool
+	wg      sync.WaitGroup // the accept loop and the connections' readers
 
 	queue   chan note
-	publish func(topic string, payload []byte) error // the worker's sink; tests replace it
+	publish func(id string, payload []byte) error // the worker's sink; tests replace it
 	done    chan struct{}
 	worker  sync.WaitGroup
 
+	connected    atomic.Int64
 	published    atomic.Uint64
 	delivered    atomic.Uint64
 	dropped      atomic.Uint64
 	authFailures atomic.Uint64
 	dropLog      every
 	storeLog     every
+	refusedLog   every
 
 	closeOnce sync.Once
 	closeErr  error
@@ -155,7 +172,7 @@ var _ fota.Notifier = (*Broker)(nil)
 
 // note is one notification waiting for the worker.
 type note struct {
-	topic   string
+	id      string
 	payload []byte
 }
 
@@ -176,74 +193,37 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	}
 	log := cfg.Logger
 	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		log = slog.New(slog.DiscardHandler)
 	}
 	qsize := cfg.queueSize
 	if qsize <= 0 {
 		qsize = queueSize
+	}
+	keepalive := cfg.maxKeepalive
+	if keepalive == 0 {
+		keepalive = maxKeepalive
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt broker: listen on %s: %w", cfg.Listen, err)
 	}
-
-	caps := mochi.NewDefaultServerCapabilities()
-	caps.MaximumClients = int64(maxClients)
-	caps.MaximumClientWritesPending = writesPending
-	caps.MaximumInflight = inflight
-	caps.ReceiveMaximum = inflight
-	caps.MaximumPacketSize = maxPacketSize
-	caps.MaximumSessionExpiryInterval = sessionExpiry
-	caps.MaximumMessageExpiryInterval = messageExpiry
-	caps.MaximumQos = 1
-	caps.TopicAliasMaximum = 0 // one topic a device: aliases save nothing
-	// RetainAvailable stays on: off, mochi would refuse a retained will
-	// with a v5-only code even to 3.1.1 clients, before OnConnect refuses
-	// every will properly. Nothing is retained anyway: devices may not
-	// publish and the server publishes with retain false.
-
-	server := mochi.New(&mochi.Options{
-		Capabilities:             caps,
-		ClientNetReadBufferSize:  readBufferSize,
-		ClientNetWriteBufferSize: writeBufferSize,
-		Logger:                   slog.New(quietHandler{log.With("component", "mqtt").Handler()}),
-		InlineClient:             true,
-		// $SYS topics nobody may read: publish them as rarely as possible
-		// (each round reads runtime.MemStats).
-		SysTopicResendInterval: math.MaxInt32,
-	})
-
 	b := &Broker{
-		server: server,
-		log:    log,
-		creds:  newCredCache(cfg.Device, max(maxClients, 1024)),
-		queue:  make(chan note, qsize),
-		done:   make(chan struct{}),
+		ln:           ln,
+		tls:          cfg.TLS,
+		log:          log,
+		creds:        newCredCache(cfg.Device, max(maxClients, 1024)),
+		maxClients:   maxClients,
+		maxConns:     maxClients + preAuthSlack,
+		maxKeepalive: keepalive,
+		conns:        make(map[*conn]struct{}),
+		clients:      make(map[string]*conn),
+		queue:        make(chan note, qsize),
+		done:         make(chan struct{}),
 	}
-	b.publish = func(topic string, payload []byte) error {
-		return server.Publish(topic, payload, false, 1)
-	}
-	b.ln = &listener{
-		ln:       ln,
-		tls:      cfg.TLS,
-		maxConns: maxClients + preAuthSlack,
-		log:      log,
-		conns:    make(map[net.Conn]struct{}),
-	}
-
-	if err := server.AddHook(&deviceHook{b: b}, nil); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("mqtt broker: add device hook: %w", err)
-	}
-	if err := server.AddListener(b.ln); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("mqtt broker: add listener: %w", err)
-	}
-	if err := server.Serve(); err != nil {
-		server.Close()
-		return nil, fmt.Errorf("mqtt broker: serve: %w", err)
-	}
+	b.publish = b.deliver
+	b.wg.Add(1)
+	go b.accept()
 	b.worker.Add(1)
 	go b.work()
 	log.Info("mqtt broker listening", "address", ln.Addr().String(), "tls", cfg.TLS != nil, "max_clients", maxClients)
@@ -251,7 +231,7 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 }
 
 // Addr is the address the broker listens on.
-func (b *Broker) Addr() net.Addr { return b.ln.ln.Addr() }
+func (b *Broker) Addr() net.Addr { return b.ln.Addr() }
 
 // Notify queues n for each device and returns at once. A device that is
 // offline when its notification is published is simply not notified: its
@@ -274,7 +254,7 @@ func (b *Broker) Notify(deviceIDs []string, n protocol.Notification) {
 		default:
 		}
 		select {
-		case b.queue <- note{topic: protocol.NotifyTopic(id), payload: payload}:
+		case b.queue <- note{id: id, payload: payload}:
 		default:
 			dropped++
 		}
@@ -288,9 +268,9 @@ func (b *Broker) Notify(deviceIDs []string, n protocol.Notification) {
 	}
 }
 
-// work drains the queue. mochi's Publish only puts the packet on each
-// subscriber's outbound channel (dropping it when that is full), so one
-// worker keeps up with any number of slow devices.
+// work drains the queue. Each write has a short deadline and a device gets
+// no more notifications than it has acknowledged plus sendInflight, so one
+// worker keeps up with any number of slow or dead devices.
 func (b *Broker) work() {
 	defer b.worker.Done()
 	for {
@@ -298,10 +278,10 @@ func (b *Broker) work() {
 		case <-b.done:
 			return
 		case nt := <-b.queue:
-			if err := b.publish(nt.topic, nt.payload); err != nil {
+			if err := b.publish(nt.id, nt.payload); err != nil {
 				b.dropped.Add(1)
 				if b.dropLog.allow(dropLogInterval) {
-					b.log.Warn("mqtt publish failed", "topic", nt.topic, "error", err)
+					b.log.Warn("mqtt publish failed", "device_id", nt.id, "error", err)
 				}
 				continue
 			}
@@ -310,10 +290,32 @@ func (b *Broker) work() {
 	}
 }
 
+// deliver writes one notification to device id's connection, if it is
+// connected and subscribed. A device that is not, or whose connection
+// fails, is not an error: the notification is published, not delivered.
+func (b *Broker) deliver(id string, payload []byte) error {
+	b.mu.Lock()
+	c := b.clients[id]
+	b.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	sent, err := c.notify(payload)
+	if err != nil {
+		// Per connection, so Debug: a dead socket, or a device that does
+		// not acknowledge.
+		b.log.Debug("mqtt notification not delivered", "device_id", id, "error", err)
+	}
+	if sent {
+		b.delivered.Add(1)
+	}
+	return nil
+}
+
 // Stats returns the broker's counters.
 func (b *Broker) Stats() BrokerStats {
 	return BrokerStats{
-		Connected:    atomic.LoadInt64(&b.server.Info.ClientsConnected),
+		Connected:    b.connected.Load(),
 		Published:    b.published.Load(),
 		Delivered:    b.delivered.Load(),
 		Dropped:      b.dropped.Load(),
@@ -321,179 +323,41 @@ func (b *Broker) Stats() BrokerStats {
 	}
 }
 
-// Close stops listening, disconnects every client and stops the worker;
-// notifications still queued are dropped (the devices' timers cover them).
+// Close stops listening, disconnects every client (a DISCONNECT "server
+// shutting down" for v5) and stops the worker, and waits for every
+// goroutine; notifications still queued are dropped (the devices' timers
+// cover them).
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		close(b.done)
 		b.worker.Wait()
-		// mochi's Close closes our listener (which closes every
-		// connection) and waits for the clients' goroutines.
-		b.closeErr = b.server.Close()
-		if err := b.ln.closeErr(); err != nil && b.closeErr == nil {
+		if err := b.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			b.closeErr = fmt.Errorf("mqtt broker: close listener: %w", err)
 		}
+		b.mu.Lock()
+		b.closed = true
+		conns := make([]*conn, 0, len(b.conns))
+		for c := range b.conns {
+			conns = append(conns, c)
+		}
+		b.mu.Unlock()
+		// One deadline for all: a few dead sockets cannot make Close take
+		// writeTimeout each.
+		deadline := time.Now().Add(writeTimeout)
+		for _, c := range conns {
+			c.goodbye(codeShuttingDown, deadline)
+		}
+		b.wg.Wait()
 	})
 	return b.closeErr
 }
 
-// deviceHook is the broker's authentication and ACL.
-type deviceHook struct {
-	mochi.HookBase
-	b        *Broker
-	approved sync.Map // *mochi.Client -> struct{}: passed OnConnect
-}
-
-func (h *deviceHook) ID() string { return "fota-devices" }
-
-func (h *deviceHook) Provides(b byte) bool {
-	switch b {
-	case mochi.OnConnect, mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPacketSent, mochi.OnWill:
-		return true
-	}
-	return false
-}
-
-// refusal is why a CONNECT is refused, with its CONNACK codes. mochi's
-// own authentication failure answers 3.1.1 clients 0x05 (not authorized)
-// where 3.1.1 has 0x04 (bad user name or password), and can send no other
-// code, so the refusal is sent here and OnConnectAuthenticate only lets
-// through what OnConnect approved.
-type refusal struct {
-	reason string
-	v3, v5 packets.Code // the v3 code is given as the v5 code mochi maps to it
-}
-
-var (
-	refuseCredentials = refusal{"bad user name or password", packets.ErrMalformedUsername /* → 0x04 */, packets.ErrBadUsernameOrPassword /* 0x86 */}
-	refuseClientID    = refusal{"client id is not the user name", packets.ErrClientIdentifierNotValid /* → 0x02 */, packets.ErrClientIdentifierNotValid /* 0x85 */}
-	refuseWill        = refusal{"will message not allowed", packets.ErrBadUsernameOrPassword /* → 0x05 */, packets.ErrNotAuthorized /* 0x87 */}
-	refuseUnavailable = refusal{"device store unavailable", packets.ErrServerUnavailable /* → 0x03 */, packets.ErrServerUnavailable /* 0x88 */}
-)
-
-// errRefused is what OnConnect returns after sending a refusal; mochi then
-// closes the connection.
-var errRefused = errors.New("mqtt connection refused")
-
-func (h *deviceHook) OnConnect(cl *mochi.Client, pk packets.Packet) error {
-	user := string(pk.Connect.Username)
-	r, err := h.check(cl, pk)
-	if r == nil {
-		h.approved.Store(cl, struct{}{})
-		return nil
-	}
-	b := h.b
-	if *r == refuseUnavailable {
-		if b.storeLog.allow(dropLogInterval) {
-			b.log.Warn("mqtt connection refused: device lookup failed", "device_id", user, "error", err)
-		}
-	} else {
-		b.authFailures.Add(1)
-		// Debug only: 10,000 devices with a stale key would otherwise
-		// flood the log. The password is never logged.
-		if protocol.ValidDeviceID(user) {
-			b.log.Debug("mqtt connection refused", "device_id", user, "reason", r.reason, "remote", cl.Net.Remote)
-		} else {
-			b.log.Debug("mqtt connection refused", "reason", r.reason, "remote", cl.Net.Remote)
-		}
-	}
-	code := r.v3
-	if cl.Properties.ProtocolVersion >= 5 {
-		code = r.v5
-	}
-	if err := b.server.SendConnack(cl, code, false, nil); err != nil {
-		return fmt.Errorf("%w (%s), and the CONNACK failed: %w", errRefused, r.reason, err)
-	}
-	return fmt.Errorf("%w: %s", errRefused, r.reason)
-}
-
-// check returns nil if the CONNECT may proceed, and otherwise the refusal
-// with, for refuseUnavailable, the store's error.
-func (h *deviceHook) check(cl *mochi.Client, pk packets.Packet) (*refusal, error) {
-	user := string(pk.Connect.Username)
-	switch {
-	case !pk.Connect.UsernameFlag || !pk.Connect.PasswordFlag || !protocol.ValidDeviceID(user):
-		return &refuseCredentials, nil
-	case pk.Connect.ClientIdentifier != user:
-		return &refuseClientID, nil
-	case pk.Connect.WillFlag:
-		// mochi publishes a will without an ACL check.
-		return &refuseWill, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	defer cancel()
-	want, err := h.b.creds.password(ctx, user)
-	if err != nil {
-		return &refuseUnavailable, err
-	}
-	// want is "" for unknown and removed devices: no password matches it,
-	// and the refusal is the same as for a wrong password.
-	if want == "" || subtle.ConstantTimeCompare([]byte(want), pk.Connect.Password) != 1 {
-		return &refuseCredentials, nil
-	}
-	return nil, nil
-}
-
-func (h *deviceHook) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) bool {
-	_, ok := h.approved.LoadAndDelete(cl)
-	return ok
-}
-
-// OnACLCheck lets a device read its own topic, exactly, and write nothing.
-// A refused subscription is answered with SUBACK 0x80 (3.1.1) or 0x87 (5).
-// A refused PUBLISH is dropped: at QoS 0 silently; at QoS 1 a v5 client
-// gets PUBACK 0x87 (not authorized) and a 3.1.1 client, which has no way
-// to be told, is disconnected (mochi's behaviour, kept: a device that
-// publishes is misbehaving). The server's inline client bypasses this.
-func (h *deviceHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
-	return !write && topic == protocol.NotifyTopic(cl.ID)
-}
-
-// OnWill clears any will: OnConnect refuses them already, this keeps one
-// from ever being published if that changes.
-func (h *deviceHook) OnWill(cl *mochi.Client, _ mochi.Will) (mochi.Will, error) {
-	return mochi.Will{}, nil
-}
-
-func (h *deviceHook) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
-	if pk.FixedHeader.Type == packets.Publish {
-		h.b.delivered.Add(1)
-	}
-}
-
-// listener is mochi's TCP listener plus what it lacks: a deadline for the
-// CONNECT (and TLS handshake), a bound on open connections, closing the
-// connections that have not authenticated yet, and the net.Addr.
-type listener struct {
-	ln       net.Listener
-	tls      *tls.Config
-	maxConns int
-	log      *slog.Logger
-
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup // Serve and the connections' goroutines
-	err    error          // from closing ln
-}
-
-func (l *listener) ID() string                { return "fota-mqtt" }
-func (l *listener) Address() string           { return l.ln.Addr().String() }
-func (l *listener) Protocol() string          { return "tcp" }
-func (l *listener) Init(_ *slog.Logger) error { return nil } // already listening
-
-func (l *listener) Serve(establish listeners.EstablishFn) {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return
-	}
-	l.wg.Add(1)
-	l.mu.Unlock()
-	defer l.wg.Done()
-	var refusedLog every
+// accept runs the listener: each connection gets its reader goroutine,
+// within the bound on open sockets.
+func (b *Broker) accept() {
+	defer b.wg.Done()
 	for {
-		conn, err := l.ln.Accept()
+		nc, err := b.ln.Accept()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -501,69 +365,118 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			}
 			return // closed
 		}
-		l.mu.Lock()
-		if l.closed || len(l.conns) >= l.maxConns {
-			full := !l.closed
-			l.mu.Unlock()
-			conn.Close()
-			if full && refusedLog.allow(dropLogInterval) {
-				l.log.Warn("mqtt connection refused: too many open connections", "max", l.maxConns)
+		c := newConn(b, nc)
+		b.mu.Lock()
+		if b.closed || len(b.conns) >= b.maxConns {
+			full := !b.closed
+			b.mu.Unlock()
+			nc.Close()
+			if full && b.refusedLog.allow(dropLogInterval) {
+				b.log.Warn("mqtt connection refused: too many open connections", "max", b.maxConns)
 			}
 			continue
 		}
-		l.conns[conn] = struct{}{}
-		l.wg.Add(1)
-		l.mu.Unlock()
-
-		go func() {
-			defer l.wg.Done()
-			defer func() {
-				l.mu.Lock()
-				delete(l.conns, conn)
-				l.mu.Unlock()
-				conn.Close()
-			}()
-			// mochi replaces this deadline with the keepalive's once the
-			// CONNECT is read.
-			_ = conn.SetDeadline(time.Now().Add(connectTimeout))
-			c := conn
-			if l.tls != nil {
-				c = tls.Server(conn, l.tls)
-			}
-			if err := establish(l.ID(), c); err != nil {
-				// Per connection, so Debug: disconnects, refusals, timeouts.
-				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "error", err)
-			}
-		}()
+		b.conns[c] = struct{}{}
+		b.wg.Add(1)
+		b.mu.Unlock()
+		go c.serve()
 	}
 }
 
-// Close disconnects the authenticated clients (a DISCONNECT for v5), then
-// closes every other connection and the listener, and waits for their
-// goroutines.
-func (l *listener) Close(closeClients listeners.CloseFn) {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+// Why register refuses a connection.
+var (
+	errBusy    = errors.New("too many devices connected")
+	errClosing = errors.New("broker closing")
+)
+
+// register makes c the connection of its device, replacing (and
+// returning) the device's previous one, unless MaxClients devices are
+// connected already (errBusy) or the broker is closing (errClosing).
+func (b *Broker) register(c *conn) (old *conn, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, errClosing
+	}
+	old = b.clients[c.id]
+	if old == nil {
+		if len(b.clients) >= b.maxClients {
+			return nil, errBusy
+		}
+		b.connected.Add(1)
+	}
+	b.clients[c.id] = c
+	return old, nil
+}
+
+// forget drops c from the broker's maps when its reader ends.
+func (b *Broker) forget(c *conn) {
+	b.mu.Lock()
+	delete(b.conns, c)
+	if c.id != "" && b.clients[c.id] == c {
+		delete(b.clients, c.id)
+		b.connected.Add(-1)
+	}
+	b.mu.Unlock()
+	b.wg.Done()
+}
+
+// refusal is why a CONNECT is refused, with its CONNACK codes.
+type refusal struct {
+	reason string
+	v3, v5 byte
+	auth   bool // counted in AuthFailures
+}
+
+var (
+	refuseCredentials = refusal{"bad user name or password", 0x04, 0x86, true}
+	refuseClientID    = refusal{"client id is not the user name", 0x02, 0x85, true}
+	refuseWill        = refusal{"will message not allowed", 0x05, 0x87, true}
+	refuseAuthMethod  = refusal{"authentication method not supported", 0x05, 0x8C, true}
+	refuseUnavailable = refusal{"device store unavailable", 0x03, 0x88, false}
+	refuseBusy        = refusal{"too many devices connected", 0x03, 0x89, false}
+	refuseVersion     = refusal{"unsupported protocol version", 0x01, 0x84, false}
+)
+
+// refused counts and logs a refusal. Debug only: 10,000 devices with a
+// stale key would otherwise flood the log. The password is never logged.
+func (b *Broker) refused(r *refusal, user, remote string, err error) {
+	switch {
+	case *r == refuseUnavailable:
+		if b.storeLog.allow(dropLogInterval) {
+			b.log.Warn("mqtt connection refused: device lookup failed", "device_id", user, "error", err)
+		}
 		return
+	case *r == refuseBusy:
+		if b.refusedLog.allow(dropLogInterval) {
+			b.log.Warn("mqtt connection refused: too many devices connected", "max", b.maxClients)
+		}
+		return
+	case r.auth:
+		b.authFailures.Add(1)
 	}
-	l.closed = true
-	l.mu.Unlock()
-	l.err = l.ln.Close()
-	closeClients(l.ID())
-	l.mu.Lock()
-	for c := range l.conns {
-		c.Close()
+	if protocol.ValidDeviceID(user) {
+		b.log.Debug("mqtt connection refused", "device_id", user, "reason", r.reason, "remote", remote)
+	} else {
+		b.log.Debug("mqtt connection refused", "reason", r.reason, "remote", remote)
 	}
-	l.mu.Unlock()
-	l.wg.Wait()
 }
 
-func (l *listener) closeErr() error {
-	if errors.Is(l.err, net.ErrClosed) {
-		return nil
+// authenticate returns nil if device user may connect with password, and
+// otherwise the refusal with, for refuseUnavailable, the store's error.
+func (b *Broker) authenticate(user string, password []byte) (*refusal, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	want, err := b.creds.password(ctx, user)
+	if err != nil {
+		return &refuseUnavailable, err
 	}
-	return l.err
+	// want is "" for unknown and removed devices: no password matches it,
+	// and the refusal is the same as for a wrong password.
+	if want == "" || subtle.ConstantTimeCompare([]byte(want), password) != 1 {
+		return &refuseCredentials, nil
+	}
+	return nil, nil
 }
 
 // every allows one event per interval (for logs that could flood).

@@ -470,15 +470,15 @@ func TestNotifyDropsWhenQueueFull(t *testing.T) {
 	release := make(chan struct{})
 	// Replaced before anything is queued; the queue's channel orders this
 	// write before the worker's read.
-	b.publish = func(topic string, _ []byte) error {
-		entered <- topic
+	b.publish = func(id string, _ []byte) error {
+		entered <- id
 		<-release
 		return nil
 	}
 	defer close(release)
 
 	b.Notify([]string{"d0"}, protocol.Notification{Reason: protocol.NotifyRollout})
-	if got := <-entered; got != protocol.NotifyTopic("d0") {
+	if got := <-entered; got != "d0" {
 		t.Fatalf("worker publishing %q", got)
 	}
 	// The worker is stuck on d0: four fill the queue, the rest must be
