@@ -39,74 +39,121 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		return fota.Errorf(fota.EINVALID, "unknown device API %q", sess.API)
 	}
 	sess.Created, sess.Updated, sess.State = now, now, fota.SessionOpen
-	// Write transactions take SQLite's lock at BEGIN (_txlock=immediate), so
-	// opens of one device cannot interleave.
-	return inTx(ctx, s.fast, func(tx *txn) error {
-		policy, err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api, removed_ms FROM devices WHERE id = ?`, sess.DeviceID), sess)
-		if err != nil {
-			return err
-		}
-		var withdrawn int64
-		if err := tx.QueryRowContext(ctx, `SELECT withdrawn_ms FROM releases WHERE id = ?`, sess.ReleaseID).Scan(&withdrawn); err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("open session: %w", err)
-		}
-		if withdrawn > 0 {
-			return fota.Errorf(fota.EGONE, "%s", fota.WithdrawnReason(sess.ReleaseVersion, ""))
-		}
-		if sess.RolloutID != 0 {
-			if err := checkRolloutOffer(ctx, tx, sess); err != nil {
+	return s.opens.do(ctx, openWrite{ctx: ctx, sess: sess, caps: caps})
+}
+
+type openWrite struct {
+	ctx  context.Context
+	sess *fota.Session
+	caps fota.SessionCaps
+}
+
+// writeOpens opens a batch of sessions in one transaction (batch.go): when
+// a wave opens for thousands of devices, one transaction each queued them
+// behind the write lock for seconds. Each open is a savepoint of its own,
+// so one refused (a cap reached, a rollout paused meanwhile) leaves the
+// others; within a batch they run in order, as they would one by one. An
+// open whose caller gave up before its turn is not made.
+func (s *Store) writeOpens(batch []openWrite) []error {
+	results := make([]error, len(batch))
+	err := inTx(context.Background(), s.fast, func(tx *txn) error {
+		for i, w := range batch {
+			if err := w.ctx.Err(); err != nil {
+				results[i] = err
+				continue
+			}
+			// Begun, an open runs to its end: a caller leaving halfway
+			// must not fail the batch's transaction.
+			ctx := context.WithoutCancel(w.ctx)
+			if _, err := tx.Tx.ExecContext(ctx, `SAVEPOINT open_session`); err != nil {
+				return err
+			}
+			results[i] = s.openInTx(ctx, tx, w.sess, w.caps)
+			if results[i] != nil {
+				if _, err := tx.Tx.ExecContext(ctx, `ROLLBACK TO open_session`); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Tx.ExecContext(ctx, `RELEASE open_session`); err != nil {
 				return err
 			}
 		}
-		if sess.API == fota.APIEcoWatt {
-			var native int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE device_id = ? AND api = ? AND state IN `+activeStates,
-				sess.DeviceID, fota.APINative).Scan(&native); err != nil {
-				return fmt.Errorf("open session: %w", err)
-			}
-			if native > 0 {
-				return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
-			}
-		}
-		if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
-			return err
-		}
-		// Idle sessions are swept here at most once a minute: the sweep scans
-		// every active session, and opening one must stay cheap.
-		if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
-			if err := s.abandon(ctx, tx, `updated_ms < ?`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
-				return err
-			}
-		}
-		if caps.Total > 0 || caps.OnAPI > 0 {
-			// session_counts, kept by triggers (migration 008), already
-			// reflects the abandons above: counting the sessions themselves
-			// cost an open O(active sessions).
-			var total, onAPI int
-			if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(active), 0), coalesce(sum(CASE WHEN api = ? THEN active ELSE 0 END), 0)
-				FROM session_counts`, sess.API).Scan(&total, &onAPI); err != nil {
-				return fmt.Errorf("count sessions: %w", err)
-			}
-			if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
-				return err
-			}
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
-			sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
-		if err != nil {
-			return fmt.Errorf("open session: %w", err)
-		}
-		if sess.RolloutID != 0 && fota.MemberCounts(sess.API, policy) {
-			if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?,
-				outcome_api = ? WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.API, sess.RolloutID, sess.DeviceID); err != nil {
-				return fmt.Errorf("open session: offer to rollout member: %w", err)
-			}
-		}
-		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
-			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
-			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+		return nil
 	})
+	if err != nil {
+		return failAll(len(batch), fmt.Errorf("open session: %w", err))
+	}
+	return results
+}
+
+// openInTx is one open, in the batch's transaction: the write lock is
+// held, so opens of one device cannot interleave.
+func (s *Store) openInTx(ctx context.Context, tx *txn, sess *fota.Session, caps fota.SessionCaps) error {
+	now := sess.Created
+	policy, err := allowsInTx(tx.QueryRowContext(ctx, `SELECT api, removed_ms FROM devices WHERE id = ?`, sess.DeviceID), sess)
+	if err != nil {
+		return err
+	}
+	var withdrawn int64
+	if err := tx.QueryRowContext(ctx, `SELECT withdrawn_ms FROM releases WHERE id = ?`, sess.ReleaseID).Scan(&withdrawn); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("open session: %w", err)
+	}
+	if withdrawn > 0 {
+		return fota.Errorf(fota.EGONE, "%s", fota.WithdrawnReason(sess.ReleaseVersion, ""))
+	}
+	if sess.RolloutID != 0 {
+		if err := checkRolloutOffer(ctx, tx, sess); err != nil {
+			return err
+		}
+	}
+	if sess.API == fota.APIEcoWatt {
+		var native int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sessions WHERE device_id = ? AND api = ? AND state IN `+activeStates,
+			sess.DeviceID, fota.APINative).Scan(&native); err != nil {
+			return fmt.Errorf("open session: %w", err)
+		}
+		if native > 0 {
+			return fota.Errorf(fota.ECONFLICT, "an update is in progress on the native API; the EcoWatt API does not interrupt it")
+		}
+	}
+	if err := s.abandon(ctx, tx, `device_id = ?`, "replaced by a new session", sess.DeviceID); err != nil {
+		return err
+	}
+	// Idle sessions are swept here at most once a minute: the sweep scans
+	// every active session, and opening one must stay cheap.
+	if last := s.lastSweep.Load(); now.UnixMilli()-last > time.Minute.Milliseconds() && s.lastSweep.CompareAndSwap(last, now.UnixMilli()) {
+		if err := s.abandon(ctx, tx, `updated_ms < ?`, "idle too long", ms(now.Add(-StaleAfter))); err != nil {
+			return err
+		}
+	}
+	if caps.Total > 0 || caps.OnAPI > 0 {
+		// session_counts, kept by triggers (migration 008), already
+		// reflects the abandons above: counting the sessions themselves
+		// cost an open O(active sessions).
+		var total, onAPI int
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(active), 0), coalesce(sum(CASE WHEN api = ? THEN active ELSE 0 END), 0)
+			FROM session_counts`, sess.API).Scan(&total, &onAPI); err != nil {
+			return fmt.Errorf("count sessions: %w", err)
+		}
+		if err := fota.CheckSessionCaps(caps, sess.API, total, onAPI); err != nil {
+			return err
+		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
+		sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	if sess.RolloutID != 0 && fota.MemberCounts(sess.API, policy) {
+		if _, err := tx.ExecContext(ctx, `UPDATE rollout_members SET state = ?, session_id = ?, offered_ms = ?, reason = '', updated_ms = ?,
+			outcome_api = ? WHERE rollout_id = ? AND device_id = ?`, fota.MemberOffered, sess.ID, ms(now), ms(now), sess.API, sess.RolloutID, sess.DeviceID); err != nil {
+			return fmt.Errorf("open session: offer to rollout member: %w", err)
+		}
+	}
+	return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
+		ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
+		Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
 }
 
 // allowsInTx reads the device's policy (which it returns) and tombstone in the open's

@@ -51,10 +51,11 @@ type Store struct {
 	lastSweep atomic.Int64
 	// lists are rollouts' decoded lists, which every check-in reads.
 	lists listcache.Cache
-	// nonces and seen group-commit request nonces and last-seen times
-	// (batch.go).
+	// nonces, seen and opens group-commit request nonces, last-seen times
+	// and session opens (batch.go).
 	nonces *batcher[nonceWrite]
 	seen   *batcher[seenWrite]
+	opens  *batcher[openWrite]
 	stop   chan struct{}
 	// checkpointerDone is closed when the checkpointer has stopped.
 	checkpointerDone chan struct{}
@@ -106,6 +107,7 @@ func Open(ctx context.Context, file string) (*Store, error) {
 	s.stop = make(chan struct{})
 	s.nonces = startBatcher(s.stop, s.writeNonces)
 	s.seen = startBatcher(s.stop, s.writeSeen)
+	s.opens = startBatcher(s.stop, s.writeOpens)
 	s.checkpointerDone = make(chan struct{})
 	go s.checkpointer()
 	return s, nil
@@ -189,6 +191,7 @@ func (s *Store) Close() error {
 		close(s.stop)
 		<-s.nonces.done
 		<-s.seen.done
+		<-s.opens.done
 		<-s.checkpointerDone
 		s.closeErr = errors.Join(s.fast.Close(), s.db.Close())
 		s.walMu.Lock()
