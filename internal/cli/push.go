@@ -11,11 +11,13 @@ import (
 
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/internal/mqtt"
+	"github.com/ecowatt/fota/internal/update"
 )
 
 // pushFlags are fota serve's MQTT push options.
 type pushFlags struct {
 	listen, broker, user, passwordFile, ca *string
+	rate                                   *int
 }
 
 func addPushFlags(fs *flag.FlagSet) *pushFlags {
@@ -25,6 +27,8 @@ func addPushFlags(fs *flag.FlagSet) *pushFlags {
 		user:         fs.String("mqtt-user", "fota-server", "with --mqtt-broker: the server's MQTT user name"),
 		passwordFile: fs.String("mqtt-password-file", "", "with --mqtt-broker: a file holding the server's MQTT password"),
 		ca:           fs.String("mqtt-ca", "", "with --mqtt-broker mqtts://: CA certificates (PEM) to trust instead of the system's"),
+		rate: fs.Int("push-rate", update.DefaultNotifyRate, "devices woken together are asked to check in over a spread of at most this many a second "+
+			"(per server; lower it if check-ins queue when a wave opens)"),
 	}
 }
 
@@ -32,6 +36,9 @@ func addPushFlags(fs *flag.FlagSet) *pushFlags {
 func (p *pushFlags) check() error {
 	if *p.listen != "" && *p.broker != "" {
 		return usagef("--mqtt-listen runs a broker in the server and --mqtt-broker uses another: give one")
+	}
+	if *p.rate < 1 {
+		return usagef("--push-rate %d: want at least 1 device a second", *p.rate)
 	}
 	if *p.broker == "" && (*p.passwordFile != "" || *p.ca != "") {
 		return usagef("--mqtt-password-file and --mqtt-ca go with --mqtt-broker")

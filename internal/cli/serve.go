@@ -30,7 +30,7 @@ const serveUsage = `Usage:
              [--tls-cert cert.pem --tls-key key.pem] [--max-sessions N] [--max-conns N] [--max-conns-per-client N] [--log-level info] [--log-format text|json]
              [--memory-limit 112MiB] [--pprof 127.0.0.1:6060] [--secure-cookies] [--client-ip-header X-Real-IP] [--online-within 13h]
              [--retain-events 90d] [--retain-events-max 1000000] [--retain-sessions 90d] [--retain-sessions-max 100000]
-             [--mqtt-listen :1883 | --mqtt-broker mqtts://host:8883 --mqtt-user fota-server --mqtt-password-file F [--mqtt-ca ca.pem]]
+             [--mqtt-listen :1883 | --mqtt-broker mqtts://host:8883 --mqtt-user fota-server --mqtt-password-file F [--mqtt-ca ca.pem]] [--push-rate 4000]
 
 Runs the update server: the admin API, the EcoWatt-compatible API (/ota/*),
 the native device API (/v1/device/*) and the web dashboard (/, for users
@@ -250,7 +250,7 @@ func runServe(e *env, args []string) error {
 	hooks := webhook.New(webhook.Config{Store: store, Logger: logger})
 	srv, err := server.New(server.Config{Store: store, Blobs: blobs, Trusted: trusted, Logger: logger, MaxSessions: *maxSessions,
 		SessionCacheTTL: sessionTTL, Retention: retention, SessionChanged: hooks.Notify, SecureCookies: *secureCookies, OnlineWithin: *onlineWithin,
-		ClientIPHeader: *clientIPHeader, Notifier: notifier})
+		ClientIPHeader: *clientIPHeader, Notifier: notifier, NotifyRate: *pushOpts.rate})
 	if err != nil {
 		return err
 	}

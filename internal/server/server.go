@@ -81,6 +81,9 @@ type Config struct {
 	// Notifier wakes devices when a change concerns them (MQTT push);
 	// none: they check on their timer.
 	Notifier fota.Notifier
+	// NotifyRate is how many woken devices a second are asked to check in
+	// (update.DefaultNotifyRate when 0).
+	NotifyRate int
 }
 
 // Server serves the fota APIs.
@@ -132,6 +135,7 @@ func New(cfg Config) (*Server, error) {
 	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Release: s.releases.get, MaxSessions: cfg.MaxSessions,
 		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall, Notifier: cfg.Notifier,
+		NotifyRate: cfg.NotifyRate,
 		OnStateChange: func(state, api string) {
 			switch state {
 			case fota.SessionConfirmed, fota.SessionRolledBack, fota.SessionFailed, fota.SessionNotApplied, fota.SessionRefused:
