@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ecowatt/fota/internal/testserver"
 )
 
 // startPushDevice runs `fota device run` on a 1-hour timer: only push can
@@ -122,7 +124,7 @@ func TestPushWakesDevice(t *testing.T) {
 // several replicas run it: `fota mqtt acl` writes mosquitto's password and
 // ACL files, mosquitto runs with them, fota serve publishes through it.
 func TestPushThroughMosquitto(t *testing.T) {
-	bin := mosquittoBinary(t)
+	bin := testserver.Mosquitto(t)
 	dir := t.TempDir()
 	fota(t, dir, nil, "keys", "init", "--dir", "keys")
 	// One address for both starts: the devices' credentials name it.
@@ -159,23 +161,6 @@ func TestPushThroughMosquitto(t *testing.T) {
 // pushSubscribedLine is what fota device run logs once it listens for
 // notifications.
 const pushSubscribedLine = ": push: subscribed to"
-
-// mosquittoBinary finds Debian's mosquitto; in CI (.ci/run installs it) a
-// missing one fails the test.
-func mosquittoBinary(t testing.TB) string {
-	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
-		return "/usr/sbin/mosquitto"
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("mosquitto is not installed (.ci/run installs the Debian package)")
-	}
-	t.Skip("mosquitto is not installed: apt-get install mosquitto")
-	return ""
-}
 
 func freePort(t testing.TB) string {
 	t.Helper()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota/internal/loadgen"
+	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/keys"
 )
 
@@ -46,7 +47,7 @@ func BenchmarkPushFanout(b *testing.B) {
 	case "embedded":
 		serve = append(serve, "--mqtt-listen", "127.0.0.1:0")
 	case "mosquitto":
-		bin := mosquittoBinary(b)
+		bin := testserver.Mosquitto(b)
 		port := freePort(b)
 		mqttURL = "mqtt://127.0.0.1:" + port
 		// mosquitto needs the server's account before the server starts,

@@ -283,14 +283,10 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	default:
 		return nil, fmt.Errorf("load: verify %q: want %s or %s", cfg.Verify, VerifyFull, VerifyHMAC)
 	}
-	admin, err := client.NewAdmin(cfg.Server, cfg.Token)
+	admin, run, hardware, err := newRun(cfg)
 	if err != nil {
 		return nil, err
 	}
-	var idb [4]byte
-	rand.Read(idb[:])
-	run := hex.EncodeToString(idb[:])
-	hardware := "load-" + run
 
 	img, err := firmware.Sample(firmware.SampleOptions{Version: loadVersion, Chip: loadChip, Size: cfg.ReleaseSize})
 	if err != nil {
@@ -401,6 +397,20 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		rep.ConnsPerUpdate = float64(st.conns.Load()) / n
 	}
 	return rep, nil
+}
+
+// newRun names a run (its devices are load-RUN-*, its release is for
+// hardware load-RUN, which no real device has) and connects to the admin
+// API.
+func newRun(cfg Config) (admin *client.Admin, run, hardware string, err error) {
+	admin, err = client.NewAdmin(cfg.Server, cfg.Token)
+	if err != nil {
+		return nil, "", "", err
+	}
+	var idb [4]byte
+	rand.Read(idb[:])
+	run = hex.EncodeToString(idb[:])
+	return admin, run, "load-" + run, nil
 }
 
 // register adds the run's devices, a few at a time, filling ids (an id

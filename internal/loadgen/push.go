@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -100,14 +99,10 @@ func RunPush(ctx context.Context, cfg PushConfig) (rep *PushReport, err error) {
 	if cfg.Wait <= 0 {
 		cfg.Wait = 2 * time.Minute
 	}
-	admin, err := client.NewAdmin(cfg.Server, cfg.Token)
+	admin, run, hardware, err := newRun(cfg.Config)
 	if err != nil {
 		return nil, err
 	}
-	var idb [4]byte
-	rand.Read(idb[:])
-	run := hex.EncodeToString(idb[:])
-	hardware := "load-" + run
 	img, err := firmware.Sample(firmware.SampleOptions{Version: loadVersion, Chip: loadChip, Size: max(cfg.ReleaseSize, 4096)})
 	if err != nil {
 		return nil, err

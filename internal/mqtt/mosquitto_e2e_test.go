@@ -21,25 +21,9 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/protocol"
 )
-
-// mosquittoPath finds the broker: in CI it must be there (.ci/run installs
-// it), elsewhere the test says what is missing and skips.
-func mosquittoPath(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
-		return "/usr/sbin/mosquitto"
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("mosquitto not found in PATH or /usr/sbin: CI must install it (.ci/run does: apt-get install mosquitto)")
-	}
-	t.Skip("mosquitto not found in PATH or /usr/sbin: install it (apt-get install mosquitto) to run the external-broker tests")
-	return ""
-}
 
 // broker is a mosquitto of the test's own.
 type broker struct {
@@ -66,7 +50,7 @@ func freePort(t *testing.T) int {
 // and starts mosquitto on a free loopback port.
 func startMosquitto(t *testing.T, passwd, acl []byte, extra string) *broker {
 	t.Helper()
-	bin := mosquittoPath(t)
+	bin := testserver.Mosquitto(t)
 	dir := t.TempDir()
 	for name, b := range map[string][]byte{"passwd": passwd, "acl": acl} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {

@@ -231,27 +231,5 @@ func TestUpgradeToSessionCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	total, native, ecowatt, err := s.ActiveSessionCounts(ctx)
-	if err != nil || total != 5 || native != 2 || ecowatt != 3 {
-		t.Fatalf("counts after the upgrade: %d (%d native, %d EcoWatt), %v; want 5 (2, 3)", total, native, ecowatt, err)
-	}
-	storetest.CheckSessionCounts(t, s)
-	caps := fota.SessionCaps{Total: 6, OnAPI: 3}
-	open := func(id, dev string) error {
-		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: 1, ReleaseVersion: "1.0.4", API: fota.APIEcoWatt, TotalChunks: 3}, caps)
-	}
-	if err := open("new", "d7"); fota.ErrorCode(err) != fota.EUNAVAILABLE {
-		t.Fatalf("a fourth EcoWatt session under OnAPI 3: %v", err)
-	}
-	if err := open("replacement", "d5"); err != nil {
-		t.Fatalf("a device replacing its EcoWatt session: %v", err)
-	}
-	exec(s.db, `UPDATE sessions SET api = ? WHERE id = 's-d0'`, fota.APIEcoWatt)
-	storetest.CheckSessionCounts(t, s)
-	exec(s.db, `UPDATE sessions SET api = ?, state = ? WHERE id = 's-d2'`, fota.APIEcoWatt, fota.SessionOpen)
-	storetest.CheckSessionCounts(t, s)
-	exec(s.db, `DELETE FROM sessions WHERE id IN ('s-d1', 's-d3', 's-d6')`)
-	if total := storetest.CheckSessionCounts(t, s); total != 4 {
-		t.Fatalf("%d active after direct changes, want 4", total)
-	}
+	storetest.CheckCountsAfterUpgrade(t, s, func(q string, args ...any) { exec(s.db, q, args...) })
 }

@@ -186,3 +186,37 @@ func testConcurrentOpens(t *testing.T, s fota.Store, _ *Clock) {
 		t.Fatalf("%d sessions active, want one a device (%d)", got, devices)
 	}
 }
+
+// CheckCountsAfterUpgrade checks a store opened on a database whose
+// sessions predate the kept counts: devices d0 to d7 and sessions s-d0 to
+// s-d7, of which five active (two native, three EcoWatt). The counts must
+// be right from the start, the caps must read them, and direct changes
+// (exec runs SQL with the store's placeholders, $1 or ?) must keep them:
+// a session's API changed, one brought back, three deleted.
+func CheckCountsAfterUpgrade(t *testing.T, s fota.Store, exec func(query string, args ...any)) {
+	t.Helper()
+	ctx := context.Background()
+	total, native, ecowatt, err := s.(SessionCounter).ActiveSessionCounts(ctx)
+	if err != nil || total != 5 || native != 2 || ecowatt != 3 {
+		t.Fatalf("counts after the upgrade: %d (%d native, %d EcoWatt), %v; want 5 (2, 3)", total, native, ecowatt, err)
+	}
+	CheckSessionCounts(t, s)
+	caps := fota.SessionCaps{Total: 6, OnAPI: 3}
+	open := func(id, dev string) error {
+		return s.OpenSession(ctx, &fota.Session{ID: id, DeviceID: dev, ReleaseID: 1, ReleaseVersion: "1.0.4", API: fota.APIEcoWatt, TotalChunks: 3}, caps)
+	}
+	if err := open("new", "d7"); fota.ErrorCode(err) != fota.EUNAVAILABLE {
+		t.Fatalf("a fourth EcoWatt session under OnAPI 3: %v", err)
+	}
+	if err := open("replacement", "d5"); err != nil {
+		t.Fatalf("a device replacing its EcoWatt session: %v", err)
+	}
+	exec(`UPDATE sessions SET api = ?1 WHERE id = 's-d0'`, fota.APIEcoWatt)
+	CheckSessionCounts(t, s)
+	exec(`UPDATE sessions SET api = ?1, state = ?2 WHERE id = 's-d2'`, fota.APIEcoWatt, fota.SessionOpen)
+	CheckSessionCounts(t, s)
+	exec(`DELETE FROM sessions WHERE id IN ('s-d1', 's-d3', 's-d6')`)
+	if total := CheckSessionCounts(t, s); total != 4 {
+		t.Fatalf("%d active after direct changes, want 4", total)
+	}
+}
