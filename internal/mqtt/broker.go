@@ -66,6 +66,11 @@ const (
 	// an acknowledgement, a DISCONNECT. A write that misses it closes the
 	// connection, so a dead peer cannot hold the notification worker.
 	writeTimeout = 2 * time.Second
+	// notifyWriteTimeout bounds the worker's write of one notification,
+	// and notifyLockTries (1 ms apart) its wait for a connection's
+	// writer (conn.notify).
+	notifyWriteTimeout = 200 * time.Millisecond
+	notifyLockTries    = 5
 
 	// connectTimeout bounds the time from accept to a CONNECT read
 	// (including the TLS handshake) and answered.
@@ -81,6 +86,17 @@ const (
 	// Within it, the surplus is refused with CONNACK "server unavailable"
 	// (3.1.1) or "server busy" (5).
 	preAuthSlack = 1024
+	// preAuthPerAddress bounds the connections one address (IPv6: one
+	// /64) holds before they authenticate, so that one host cannot hold
+	// every socket for the CONNECT deadline; devices behind one NAT
+	// authenticate within milliseconds of connecting, so they rarely
+	// hold more than a few at once.
+	preAuthPerAddress = 256
+	// reservedFiles are the file descriptors kept for the rest of the
+	// server (HTTP connections up to --max-conns, the database, blobs):
+	// the broker's sockets stop there, or a flood of them would starve
+	// every other part of the process.
+	reservedFiles = 4096
 
 	// lookupTimeout bounds one store lookup; lookupConcurrency bounds how
 	// many run at once, so 10,000 devices reconnecting together queue for
@@ -111,9 +127,10 @@ type BrokerConfig struct {
 	MaxClients int          // 0: DefaultMaxClients; connections beyond it refused
 
 	// queueSize and maxKeepalive, when set, replace the package's
-	// constants (tests).
+	// constants; wrapListener wraps the listener (tests).
 	queueSize    int
 	maxKeepalive uint16
+	wrapListener func(net.Listener) net.Listener
 }
 
 // BrokerStats are the broker's counters.
@@ -145,6 +162,7 @@ type Broker struct {
 	maxKeepalive uint16 // seconds
 
 	mu      sync.Mutex
+	preAuth map[string]int     // connections not yet authenticated, by address
 	conns   map[*conn]struct{} // every open connection
 	clients map[string]*conn   // authenticated connections by device id
 	closed  bool
@@ -163,6 +181,7 @@ type Broker struct {
 	dropLog      every
 	storeLog     every
 	refusedLog   every
+	acceptLog    every
 
 	closeOnce sync.Once
 	closeErr  error
@@ -208,15 +227,19 @@ func NewBroker(cfg BrokerConfig) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mqtt broker: listen on %s: %w", cfg.Listen, err)
 	}
+	if cfg.wrapListener != nil {
+		ln = cfg.wrapListener(ln)
+	}
 	b := &Broker{
 		ln:           ln,
 		tls:          cfg.TLS,
 		log:          log,
 		creds:        newCredCache(cfg.Device, max(maxClients, 1024)),
 		maxClients:   maxClients,
-		maxConns:     maxClients + preAuthSlack,
+		maxConns:     socketLimit(maxClients+preAuthSlack, log),
 		maxKeepalive: keepalive,
 		conns:        make(map[*conn]struct{}),
+		preAuth:      make(map[string]int),
 		clients:      make(map[string]*conn),
 		queue:        make(chan note, qsize),
 		done:         make(chan struct{}),
@@ -356,26 +379,42 @@ func (b *Broker) Close() error {
 // within the bound on open sockets.
 func (b *Broker) accept() {
 	defer b.wg.Done()
+	var wait time.Duration
 	for {
 		nc, err := b.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			b.mu.Lock()
+			closed := b.closed
+			b.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return // closed
+			// Out of file descriptors, say: wait and try again, as
+			// net/http does, rather than stop listening for good.
+			wait = min(max(2*wait, 5*time.Millisecond), time.Second)
+			if b.acceptLog.allow(dropLogInterval) {
+				b.log.Warn("mqtt accept failed; retrying", "error", err, "retry_in", wait)
+			}
+			time.Sleep(wait)
+			continue
 		}
+		wait = 0
 		c := newConn(b, nc)
 		b.mu.Lock()
-		if b.closed || len(b.conns) >= b.maxConns {
-			full := !b.closed
+		if b.closed || len(b.conns) >= b.maxConns || b.preAuth[c.addr] >= preAuthPerAddress {
+			full, perAddress := !b.closed && len(b.conns) >= b.maxConns, !b.closed && len(b.conns) < b.maxConns
 			b.mu.Unlock()
 			nc.Close()
-			if full && b.refusedLog.allow(dropLogInterval) {
+			switch {
+			case full && b.refusedLog.allow(dropLogInterval):
 				b.log.Warn("mqtt connection refused: too many open connections", "max", b.maxConns)
+			case perAddress && b.refusedLog.allow(dropLogInterval):
+				b.log.Warn("mqtt connection refused: too many unauthenticated connections from one address", "address", c.addr, "max", preAuthPerAddress)
 			}
 			continue
 		}
+		b.preAuth[c.addr]++
+		c.preAuth = true
 		b.conns[c] = struct{}{}
 		b.wg.Add(1)
 		b.mu.Unlock()
@@ -406,12 +445,28 @@ func (b *Broker) register(c *conn) (old *conn, err error) {
 		b.connected.Add(1)
 	}
 	b.clients[c.id] = c
+	b.leavePreAuth(c)
 	return old, nil
+}
+
+// leavePreAuth counts c out of its address's unauthenticated
+// connections, once; b.mu is held.
+func (b *Broker) leavePreAuth(c *conn) {
+	if !c.preAuth {
+		return
+	}
+	c.preAuth = false
+	if n := b.preAuth[c.addr] - 1; n > 0 {
+		b.preAuth[c.addr] = n
+	} else {
+		delete(b.preAuth, c.addr)
+	}
 }
 
 // forget drops c from the broker's maps when its reader ends.
 func (b *Broker) forget(c *conn) {
 	b.mu.Lock()
+	b.leavePreAuth(c)
 	delete(b.conns, c)
 	if c.id != "" && b.clients[c.id] == c {
 		delete(b.clients, c.id)

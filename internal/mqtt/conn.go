@@ -48,6 +48,8 @@ type conn struct {
 	noProblem bool          // a v5 client asked for no reason strings
 	sendMax   uint16        // unacknowledged notifications allowed
 
+	addr      string     // the peer's address (IPv6: its /64), for preAuthPerAddress
+	preAuth   bool       // counted in the broker's preAuth (guarded by b.mu)
 	wmu       sync.Mutex // serialises writes; guards what follows
 	connected bool       // CONNACK accepted it
 	closed    bool       // no more writes
@@ -57,7 +59,7 @@ type conn struct {
 }
 
 func newConn(b *Broker, nc net.Conn) *conn {
-	c := &conn{b: b, raw: nc, nc: nc, sub: -1}
+	c := &conn{b: b, raw: nc, nc: nc, sub: -1, addr: addressKey(nc.RemoteAddr())}
 	if b.tls != nil {
 		c.nc = tls.Server(nc, b.tls)
 	}
@@ -70,6 +72,7 @@ var (
 	errDisconnected = errors.New("client disconnected")
 	errTooLarge     = fmt.Errorf("packet larger than %d bytes", maxPacketSize)
 	errTakenOver    = errors.New("taken over by a new connection of the same device")
+	errWriterBusy   = errors.New("connection busy writing (a device not reading?)")
 )
 
 // Reason codes the broker sends in a v5 DISCONNECT.
@@ -481,7 +484,20 @@ var errBacklog = errors.New("too many notifications unacknowledged")
 // says whether it did. QoS 1 is not retransmitted: sessions end with the
 // connection, and the device's timer covers a notification that is lost.
 func (c *conn) notify(payload []byte) (bool, error) {
-	c.wmu.Lock()
+	// The one notification worker must not wait on a connection: its
+	// reader holds wmu while it answers the device, and a device that
+	// stops reading can make that answer block for writeTimeout. So the
+	// lock is tried a few times, and the write itself gets a short
+	// deadline: a notification is a few dozen bytes, which a reading
+	// device's socket takes at once.
+	locked := c.wmu.TryLock()
+	for try := 0; !locked && try < notifyLockTries; try++ {
+		time.Sleep(time.Millisecond)
+		locked = c.wmu.TryLock()
+	}
+	if !locked {
+		return false, errWriterBusy
+	}
 	defer c.wmu.Unlock()
 	if c.closed || c.sub < 0 {
 		return false, nil
@@ -505,7 +521,7 @@ func (c *conn) notify(payload []byte) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := c.writeLocked(buf, time.Now().Add(writeTimeout)); err != nil {
+	if err := c.writeLocked(buf, time.Now().Add(notifyWriteTimeout)); err != nil {
 		return false, err
 	}
 	if pk.FixedHeader.Qos > 0 {
@@ -612,3 +628,16 @@ var pingresp = func() []byte {
 	}
 	return buf.Bytes()
 }()
+
+// addressKey is the address a connection counts against: its IP, or for
+// IPv6 its /64 (one host usually has a whole /64).
+func addressKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
