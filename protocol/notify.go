@@ -81,7 +81,8 @@ func (n Notification) Spread() time.Duration {
 	if n.SpreadMS <= 0 {
 		return 0
 	}
-	return min(time.Duration(n.SpreadMS)*time.Millisecond, MaxNotifySpread)
+	// Capped before the multiplication, which a huge value would overflow.
+	return time.Duration(min(n.SpreadMS, MaxNotifySpread.Milliseconds())) * time.Millisecond
 }
 
 // Marshal encodes n as a payload.

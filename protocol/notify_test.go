@@ -36,6 +36,9 @@ func TestNotificationSpreadCapped(t *testing.T) {
 	if got := (Notification{SpreadMS: 3_600_000}).Spread(); got != MaxNotifySpread {
 		t.Fatalf("a spread of an hour reads as %v, want %v", got, MaxNotifySpread)
 	}
+	if got := (Notification{SpreadMS: 9_200_000_000_000_000}).Spread(); got != MaxNotifySpread {
+		t.Fatalf("a spread that overflows a Duration in ns reads as %v, want %v", got, MaxNotifySpread)
+	}
 	if got := (Notification{SpreadMS: -5}).Spread(); got != 0 {
 		t.Fatalf("negative spread reads as %v", got)
 	}

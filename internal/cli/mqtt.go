@@ -136,7 +136,7 @@ func runMQTTACL(e *env, args []string) error {
 
 	absPasswd, _ := filepath.Abs(*passwdPath)
 	absACL, _ := filepath.Abs(*aclPath)
-	fmt.Fprintf(e.stdout, "\nin mosquitto.conf:\n  allow_anonymous false\n  password_file %s\n  acl_file %s\n", absPasswd, absACL)
+	fmt.Fprintf(e.stdout, "\nin mosquitto.conf (use_username_as_clientid: a device cannot log in under another's client id and push it off):\n  allow_anonymous false\n  use_username_as_clientid true\n  password_file %s\n  acl_file %s\n", absPasswd, absACL)
 	fmt.Fprintf(e.stdout, "mosquitto reads them as the user it runs as (\"mosquitto\" when started as root): chown them to it\n")
 	fmt.Fprintf(e.stdout, "then reload mosquitto (kill -HUP, or systemctl reload mosquitto); run this again after adding or removing devices\n")
 	return nil

@@ -198,7 +198,7 @@ func writeMosquittoConf(t testing.TB, dir, port string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := "user " + me.Username + "\nlistener " + port + " 127.0.0.1\nallow_anonymous false\npassword_file mosquitto.passwd\n" +
+	conf := "user " + me.Username + "\nlistener " + port + " 127.0.0.1\nallow_anonymous false\nuse_username_as_clientid true\npassword_file mosquitto.passwd\n" +
 		"acl_file mosquitto.acl\npersistence false\nlog_dest stderr\nmax_keepalive 65535\n"
 	if err := os.WriteFile(filepath.Join(dir, "mosquitto.conf"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -64,7 +64,7 @@ func startMosquitto(t *testing.T, passwd, acl []byte, extra string) *broker {
 	b := &broker{t: t, bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), port: freePort(t), log: &syncBuffer{}}
 	// user: as root mosquitto would become "mosquitto", who cannot read
 	// the 0600 files; as anyone else the line has no effect.
-	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\npersistence false\n"+
+	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\nuse_username_as_clientid true\npassword_file %s\nacl_file %s\npersistence false\n"+
 		"log_dest stderr\nlog_type all\nuser %s\n%s",
 		b.port, filepath.Join(dir, "passwd"), filepath.Join(dir, "acl"), me.Username, extra)
 	if err := os.WriteFile(b.conf, []byte(conf), 0o600); err != nil {
@@ -309,6 +309,26 @@ func TestExternalBroker(t *testing.T) {
 			if !bytes.Equal(m.Payload(), marker.Marshal()) {
 				t.Fatalf("received %s %q before the server's notification", m.Topic(), m.Payload())
 			}
+		}
+	})
+
+	t.Run("device cannot take over another device's connection", func(t *testing.T) {
+		// Bob logs in with his own password but alice's client id: with
+		// use_username_as_clientid mosquitto makes it "bob" (without it,
+		// alice's connection would be closed in favour of his).
+		opts := paho.NewClientOptions().AddBroker("tcp://" + b.addr()).SetClientID(alice.ID).SetUsername(bob.ID).
+			SetPassword(protocol.MQTTPassword(bob.PSK, bob.ID)).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second)
+		intruder := paho.NewClient(opts)
+		if tok := intruder.Connect(); tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+			defer intruder.Disconnect(0)
+		}
+		marker := protocol.Notification{Reason: protocol.NotifyPinned}
+		pub.Notify([]string{alice.ID}, marker)
+		if m := devA.next(t, "alice's notification after the attempt"); !bytes.Equal(m.Payload(), marker.Marshal()) {
+			t.Fatalf("alice received %q", m.Payload())
+		}
+		if !devA.client.IsConnectionOpen() {
+			t.Fatal("alice's connection was closed by another device using her client id")
 		}
 	})
 
