@@ -30,3 +30,13 @@ func lockDataDir(dir string) (release func(), err error) {
 
 // dataLockHeld says whether lockDataDir really locks on this system.
 const dataLockHeld = true
+
+// keepOwner gives path the owner and group old had (a file replaced by
+// one this process wrote).
+func keepOwner(path string, old os.FileInfo) error {
+	st, ok := old.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	return os.Lchown(path, int(st.Uid), int(st.Gid))
+}

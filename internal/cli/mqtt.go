@@ -17,7 +17,7 @@ import (
 
 const mqttUsage = `Usage:
   fota mqtt acl --passwd FILE --acl FILE [--server-user NAME] [--server-password-file FILE]
-                [--data DIR | --db DSN] [--force]
+                [--data DIR | --db DSN] [--new-server-password] [--force]
 
 MQTT push: the server wakes devices through a broker when a rollout wave
 opens, pauses, halts or aborts, or a device is pinned; the devices then
@@ -29,9 +29,11 @@ from its key (the device computes it; nothing new to provision) and may only
 read its own topic, fota/v1/devices/ID/notify; the server's account may
 only publish on those topics; nothing else is granted. Removed devices are
 left out. The server's broker password is read from --server-password-file,
-or made and written, once, to NAME.password beside --passwd. Every file is
-written mode 0600 (mosquitto must run as their owner, or chown them to
-it); an existing file is replaced only with --force.
+or from NAME.password beside --passwd, which the first run makes and later
+runs keep (--new-server-password makes another, which every fota server
+then needs). Every file is written mode 0600 (chown them to mosquitto's
+user once: a file replaced later keeps its owner); an existing file is
+replaced only with --force.
 
 Run it again after adding or removing devices, then reload mosquitto
 (kill -HUP, or systemctl reload mosquitto): it reads both files at start and
@@ -40,6 +42,7 @@ on this machine, with --data DIR (default ./fota-data) or --db DSN.
 
 Examples:
   fota mqtt acl --data /var/lib/fota --passwd /etc/mosquitto/fota.passwd --acl /etc/mosquitto/fota.acl
+  fota mqtt acl --data /var/lib/fota --passwd /etc/mosquitto/fota.passwd --acl /etc/mosquitto/fota.acl --force   # after adding devices
   fota mqtt acl --db "$FOTA_DB" --passwd fota.passwd --acl fota.acl \
                 --server-password-file /etc/fota/mqtt.password --force
 `
@@ -57,7 +60,8 @@ func runMQTTACL(e *env, args []string) error {
 	passwdPath := fs.String("passwd", "", "write mosquitto's password file here (required)")
 	aclPath := fs.String("acl", "", "write mosquitto's ACL file here (required)")
 	serverUser := fs.String("server-user", "fota-server", "the broker user name the fota servers publish as")
-	serverPWFile := fs.String("server-password-file", "", "read the server account's broker password from this file (default: make one, written to NAME.password beside --passwd)")
+	serverPWFile := fs.String("server-password-file", "", "read the server account's broker password from this file (default: NAME.password beside --passwd, made the first time)")
+	newServerPW := fs.Bool("new-server-password", false, "make a new server broker password even if NAME.password exists (every fota server then needs the new one)")
 	force := fs.Bool("force", false, "replace existing files")
 	if err := parseNoArgs(e, fs, mqttUsage, args); err != nil {
 		return err
@@ -80,8 +84,20 @@ func runMQTTACL(e *env, args []string) error {
 		}
 		account.Password = pw
 	} else {
-		madePath = filepath.Join(filepath.Dir(*passwdPath), *serverUser+".password")
-		outputs = append(outputs, madePath)
+		// The servers' password is kept from run to run: running this
+		// again after adding devices must not lock the servers out.
+		kept := filepath.Join(filepath.Dir(*passwdPath), *serverUser+".password")
+		if _, err := os.Lstat(kept); err == nil && !*newServerPW {
+			pw, err := readPasswordFile(e, kept)
+			if err != nil {
+				return err
+			}
+			account.Password = pw
+			fmt.Fprintf(e.stdout, "kept the fota servers' broker password in %s (--new-server-password makes another)\n", kept)
+		} else {
+			madePath = kept
+			outputs = append(outputs, madePath)
+		}
 	}
 	// Refuse before any work, so a refusal changes nothing.
 	if !*force {
@@ -89,11 +105,18 @@ func runMQTTACL(e *env, args []string) error {
 			if _, err := os.Lstat(p); err == nil {
 				hint := "use --force to replace it, or choose another name"
 				if p == madePath {
-					hint = "to keep the servers' broker password, pass --server-password-file " + p +
-						"; --force makes a new one, which every fota server then needs"
+					hint = "--new-server-password with --force makes a new one, which every fota server then needs"
 				}
 				return withHint(fmt.Errorf("%s already exists", p), hint)
 			}
+		}
+	}
+	// Files replaced keep their owner: mosquitto, which runs as its own
+	// user, must still read them after a reload.
+	owners := map[string]os.FileInfo{}
+	for _, p := range outputs {
+		if fi, err := os.Lstat(p); err == nil {
+			owners[p] = fi
 		}
 	}
 	if madePath != "" {
@@ -133,6 +156,11 @@ func runMQTTACL(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "wrote %s\n", *aclPath)
+	for p, fi := range owners {
+		if err := keepOwner(p, fi); err != nil {
+			return fmt.Errorf("give %s back its owner: %w", p, err)
+		}
+	}
 
 	absPasswd, _ := filepath.Abs(*passwdPath)
 	absACL, _ := filepath.Abs(*aclPath)

@@ -136,12 +136,20 @@ func TestMQTTACL(t *testing.T) {
 		if !bytes.Equal(before, after) {
 			t.Fatal("a refused run changed the password file")
 		}
-		// Only the generated password is in the way: the hint says how to keep it.
+		// Run again for new devices: the servers' password is kept (a new
+		// one would lock every server out of the broker).
 		os.Remove(passwd)
 		os.Remove(acl)
-		run(t, args...).expect(t, 1, "", "--server-password-file "+made)
-		if _, err := os.Stat(passwd); err == nil {
-			t.Fatal("a refused run wrote the password file")
+		r := run(t, args...)
+		r.expect(t, 0, "kept the fota servers' broker password in "+made, "")
+		if kept, _ := os.ReadFile(made); !bytes.Equal(kept, serverPW) {
+			t.Fatal("a second run changed the servers' broker password")
+		}
+		checkHash(t, "fota-server", passwdEntries(t, passwd)["fota-server"], string(serverPW))
+		// Asked for a new one, it refuses to replace the old without --force.
+		run(t, append(args, "--new-server-password")...).expect(t, 1, "", "already exists")
+		if kept, _ := os.ReadFile(made); !bytes.Equal(kept, serverPW) {
+			t.Fatal("a refused run changed the servers' broker password")
 		}
 	})
 
