@@ -11,3 +11,23 @@ import "github.com/ecowatt/fota/protocol"
 type Notifier interface {
 	Notify(deviceIDs []string, n protocol.Notification)
 }
+
+// PushStats are a Notifier's counters, which /metrics shows when the
+// notifier has them (PushStatser).
+type PushStats struct {
+	// Connected: the notifier can publish now (a broker in the server
+	// always can; a publisher, while its broker connection is up).
+	Connected bool
+	// Devices is how many devices are connected to a broker in the
+	// server; -1 when the broker is another's.
+	Devices int64
+	// Published counts notifications handed on, Delivered those written
+	// to a device's connection (known to a broker in the server only),
+	// Dropped those lost (queue full, broker away).
+	Published, Delivered, Dropped uint64
+}
+
+// PushStatser is a Notifier with counters.
+type PushStatser interface {
+	PushStats() PushStats
+}

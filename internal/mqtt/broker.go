@@ -346,6 +346,12 @@ func (b *Broker) Stats() BrokerStats {
 	}
 }
 
+// PushStats are the broker's counters for /metrics.
+func (b *Broker) PushStats() fota.PushStats {
+	st := b.Stats()
+	return fota.PushStats{Connected: true, Devices: st.Connected, Published: st.Published, Delivered: st.Delivered, Dropped: st.Dropped}
+}
+
 // Close stops listening, disconnects every client (a DISCONNECT "server
 // shutting down" for v5) and stops the worker, and waits for every
 // goroutine; notifications still queued are dropped (the devices' timers

@@ -106,7 +106,13 @@ type Publisher struct {
 	done     chan struct{} // closed when the worker has returned
 
 	published, dropped atomic.Uint64
+	// outageLog and dropLog space out the warnings of a long outage, which
+	// would otherwise repeat at every reconnect attempt and notification.
+	outageLog, dropLog every
 }
+
+// outageLogInterval spaces the warnings of an outage.
+const outageLogInterval = 5 * time.Minute
 
 type notice struct {
 	topic   string
@@ -205,6 +211,12 @@ func NewPublisher(ctx context.Context, cfg PublisherConfig) (*Publisher, error) 
 		SetMaxReconnectInterval(cfg.maxReconnect).
 		SetOrderMatters(false).
 		SetOnConnectHandler(func(paho.Client) { p.setUp(true, nil) }).
+		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) {
+			if _, down, _ := p.state(); down > time.Minute && p.outageLog.allow(outageLogInterval) {
+				p.log.Warn("mqtt broker still unreachable or refusing the server; devices hear of changes on their timers until it is back",
+					"down_for", down.Round(time.Second))
+			}
+		}).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { p.setUp(false, err) })
 	if useTLS {
 		opts.SetTLSConfig(&tls.Config{RootCAs: cfg.RootCAs, ServerName: host, MinVersion: tls.VersionTLS12})
@@ -288,6 +300,10 @@ func (p *Publisher) Notify(deviceIDs []string, n protocol.Notification) {
 	}
 	if up, down, _ := p.state(); !up && down > p.maxOutage {
 		p.dropped.Add(uint64(len(deviceIDs)))
+		if p.dropLog.allow(outageLogInterval) {
+			p.log.Warn("mqtt broker away: notifications dropped; the devices check on their timers", "dropped", len(deviceIDs),
+				"down_for", down.Round(time.Second))
+		}
 		return
 	}
 	full := 0
@@ -365,6 +381,12 @@ func (p *Publisher) waitUp() bool {
 }
 
 // Stats reports counts and the connection's state.
+// PushStats are the publisher's counters for /metrics.
+func (p *Publisher) PushStats() fota.PushStats {
+	st := p.Stats()
+	return fota.PushStats{Connected: st.Connected, Devices: -1, Published: st.Published, Dropped: st.Dropped}
+}
+
 func (p *Publisher) Stats() PublisherStats {
 	up, _, _ := p.state()
 	return PublisherStats{Published: p.published.Load(), Dropped: p.dropped.Load(), Connected: up}

@@ -35,7 +35,7 @@ type metrics struct {
 	updates    *prometheus.CounterVec
 }
 
-func newMetrics(store fota.Store) *metrics {
+func newMetrics(store fota.Store, notifier fota.Notifier) *metrics {
 	m := &metrics{registry: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_http_requests_total",
 		Help: "HTTP requests by route and status."}, []string{"route", "status"})
@@ -62,6 +62,33 @@ func newMetrics(store fota.Store) *metrics {
 			}
 			return float64(len(sessions))
 		}))
+	if push, ok := notifier.(fota.PushStatser); ok {
+		m.registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_push_connected",
+				Help: "1 while push notifications can be published (the server's broker runs, or the external broker is connected)."},
+				func() float64 {
+					if push.PushStats().Connected {
+						return 1
+					}
+					return 0
+				}))
+		if push.PushStats().Devices >= 0 {
+			m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_push_devices_connected",
+				Help: "Devices connected to the server's MQTT broker."}, func() float64 { return float64(push.PushStats().Devices) }))
+		}
+		for _, r := range []struct {
+			result string
+			pick   func(fota.PushStats) uint64
+		}{{"published", func(p fota.PushStats) uint64 { return p.Published }}, {"delivered", func(p fota.PushStats) uint64 { return p.Delivered }},
+			{"dropped", func(p fota.PushStats) uint64 { return p.Dropped }}} {
+			if r.result == "delivered" && push.PushStats().Devices < 0 {
+				continue // an external broker does not say
+			}
+			m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "fota_push_notifications_total",
+				Help:        "Push notifications: published (handed to the broker), delivered (written to a device's connection), dropped (lost: queue full or broker away).",
+				ConstLabels: prometheus.Labels{"result": r.result}}, func() float64 { return float64(r.pick(push.PushStats())) }))
+		}
+	}
 	if ps, ok := store.(PoolStats); ok {
 		for _, g := range []struct {
 			name string

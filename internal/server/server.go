@@ -131,7 +131,7 @@ func New(cfg Config) (*Server, error) {
 		ttl = DefaultSessionCacheTTL
 	}
 	s.hot = newHotCache(ttl)
-	s.metrics = newMetrics(cfg.Store)
+	s.metrics = newMetrics(cfg.Store, cfg.Notifier)
 	s.progress = newProgressTracker(cfg.Store, s.log)
 	s.updates = update.New(update.Config{Store: cfg.Store, Logger: s.log, Now: s.now, Release: s.releases.get, MaxSessions: cfg.MaxSessions,
 		Cache: serverCache{s}, LegacyPerDevice: cfg.LegacyPerDevice, LegacyOverall: cfg.LegacyOverall, Notifier: cfg.Notifier,
