@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/ecowatt/fota"
@@ -42,6 +44,22 @@ func (p *pushFlags) check() error {
 	}
 	if *p.broker == "" && (*p.passwordFile != "" || *p.ca != "") {
 		return usagef("--mqtt-password-file and --mqtt-ca go with --mqtt-broker")
+	}
+	if *p.broker != "" {
+		u, err := url.Parse(*p.broker)
+		if err != nil || u.Host == "" || !slices.Contains([]string{"mqtt", "mqtts", "tcp", "ssl", "tls"}, u.Scheme) {
+			return &usageError{msg: fmt.Sprintf("--mqtt-broker %q is not a broker URL", *p.broker), hint: "--mqtt-broker mqtts://mqtt.example:8883 (or mqtt://host:1883)"}
+		}
+		if u.User != nil {
+			return usagef("--mqtt-broker: give the user and password with --mqtt-user and --mqtt-password-file, not in the URL")
+		}
+		if *p.passwordFile == "" {
+			return &usageError{msg: "--mqtt-broker needs --mqtt-password-file: the broker's password for " + *p.user,
+				hint: "fota mqtt acl writes one (fota-server.password) for mosquitto"}
+		}
+		if *p.ca != "" && (u.Scheme == "mqtt" || u.Scheme == "tcp") {
+			return usagef("--mqtt-ca is for a TLS broker: use mqtts://")
+		}
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,6 +158,9 @@ func brokerAddress(raw string) (addr, host string, useTLS bool, err error) {
 func redactURL(raw string) string {
 	if u, err := url.Parse(raw); err == nil {
 		return u.Redacted()
+	}
+	if !strings.Contains(raw, "@") { // no user information to hide
+		return raw
 	}
 	return "(unparsable)"
 }
