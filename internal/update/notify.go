@@ -25,7 +25,11 @@ const notifyTimeout = 30 * time.Second
 //     wait at their next request anyway; this saves them guessing);
 //   - halted or aborted: the devices whose sessions it ended, so they stop
 //     downloading a release that will not be installed;
-//   - pinned or unpinned: the device.
+//   - pinned or unpinned: the device;
+//   - a maintenance window of a running rollout opens: the members of its
+//     open waves not offered yet. A wave that opens (or a rollout that
+//     starts or resumes) outside its windows wakes nobody: nothing would
+//     be offered; its devices are woken when the window opens.
 //
 // A device not woken (offline, say) checks on its timer as before.
 
@@ -61,6 +65,9 @@ func (s *Service) notifyTransition(r *fota.Rollout, t fota.RolloutTransition, en
 		defer cancel()
 		var reason string
 		var want func(m *fota.RolloutMember) bool
+		if t.State == fota.RolloutRunning && !s.inWindow(r) {
+			return // woken when the window opens (notifyOpenedWindows)
+		}
 		switch {
 		case t.State == fota.RolloutRunning && t.Event == fota.EventRolloutWaveOpened:
 			reason = protocol.NotifyRollout
@@ -103,3 +110,50 @@ func offered(state string) bool {
 // WaitNotified waits until the notifications of past transitions have
 // been handed to the notifier (tests; and shutdown, so none is dropped).
 func (s *Service) WaitNotified() { s.notifying.Wait() }
+
+// inWindow reports whether r offers now as far as its maintenance windows
+// go (a rollout without windows always does).
+func (s *Service) inWindow(r *fota.Rollout) bool {
+	ws, err := s.windows.get(r)
+	if err != nil || len(ws) == 0 {
+		return true
+	}
+	now := s.now()
+	for _, w := range ws {
+		if w.Contains(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// notifyOpenedWindows wakes the devices of running rollouts whose
+// maintenance window opened since the last tick: outside the window they
+// were offered nothing, and would otherwise wait for their timer. Each
+// replica's tick does it, so with several replicas a device may be woken
+// more than once; devices coalesce those into one check.
+func (s *Service) notifyOpenedWindows(rollouts []*fota.Rollout) {
+	now := s.now()
+	s.windowTickMu.Lock()
+	last := s.lastWindowTick
+	s.lastWindowTick = now
+	s.windowTickMu.Unlock()
+	if s.notifier == nil || last.IsZero() {
+		return // the first tick cannot tell what opened since
+	}
+	for _, r := range rollouts {
+		if r.State != fota.RolloutRunning || len(r.Windows) == 0 {
+			continue
+		}
+		ws, err := s.windows.get(r)
+		if err != nil {
+			continue
+		}
+		for _, w := range ws {
+			if w.Contains(now) && !w.Contains(last) {
+				s.notifyTransition(r, fota.RolloutTransition{State: fota.RolloutRunning, Wave: r.Wave, Event: fota.EventRolloutResumed}, nil)
+				break
+			}
+		}
+	}
+}

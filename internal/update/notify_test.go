@@ -165,3 +165,31 @@ func TestNotifySpread(t *testing.T) {
 		t.Fatalf("25 devices at 10 a second: %+v", got)
 	}
 }
+
+// TestNotifyWhenWindowOpens: a rollout created outside its maintenance
+// window wakes nobody (nothing would be offered); when the window opens,
+// the next tick wakes the devices not offered yet, once.
+func TestNotifyWhenWindowOpens(t *testing.T) {
+	rec := &recorder{}
+	h := newHarness(t, update.Config{Notifier: rec}) // Tuesday 12:00 UTC
+	h.publish("1.0.4")
+	ids := h.fleet(3, nil)
+	r := h.rollout(update.RolloutSpec{Release: "1.0.4", Windows: []string{"Mon-Fri 13:00-14:00 UTC"}})
+	h.tick()
+	if got := rec.take(h.svc); len(got) != 0 {
+		t.Fatalf("outside its window the rollout woke %+v", got)
+	}
+	h.clock.Advance(30 * time.Minute)
+	h.tick()
+	if got := rec.take(h.svc); len(got) != 0 {
+		t.Fatalf("before the window opened: %+v", got)
+	}
+	h.clock.Advance(40 * time.Minute) // 13:10: open
+	h.tick()
+	wantSent(t, "window opened", rec.take(h.svc), protocol.NotifyRollout, r.ID, ids)
+	h.clock.Advance(5 * time.Second)
+	h.tick()
+	if got := rec.take(h.svc); len(got) != 0 {
+		t.Fatalf("a tick inside the open window woke devices again: %+v", got)
+	}
+}

@@ -111,7 +111,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (*fota.Ro
 	}
 	s.log.Info("rollout created", "rollout_id", r.ID, "release_version", rel.Version, "hardware", rel.Hardware, "devices", len(members),
 		"waves", r.Waves, "state", r.State, "up_to_date", upToDate)
-	if r.State == fota.RolloutRunning {
+	if r.State == fota.RolloutRunning && s.inWindow(r) {
 		var first []string
 		for _, m := range members {
 			if m.Wave == 1 {
@@ -458,6 +458,7 @@ func (s *Service) TickRollouts(ctx context.Context) error {
 			return fmt.Errorf("rollout %d: %w", r.ID, err)
 		}
 	}
+	s.notifyOpenedWindows(rollouts)
 	return nil
 }
 

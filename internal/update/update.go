@@ -132,6 +132,10 @@ type Service struct {
 	notifier    fota.Notifier
 	notifyRate  int
 	notifying   sync.WaitGroup
+	// lastWindowTick is the previous rollout tick, to see which
+	// maintenance windows opened since (notifyOpenedWindows).
+	windowTickMu   sync.Mutex
+	lastWindowTick time.Time
 }
 
 // New returns a Service for cfg.
