@@ -41,7 +41,7 @@ func BenchmarkPushFanout(b *testing.B) {
 	if *pushDB != "" {
 		serve = append(serve, "--db", *pushDB)
 	}
-	var mqttURL string
+	var mqttURL, token string
 	var afterRegister func([]string) error
 	switch *pushBroker {
 	case "embedded":
@@ -53,7 +53,15 @@ func BenchmarkPushFanout(b *testing.B) {
 		// mosquitto needs the server's account before the server starts,
 		// and the devices' once fota load has registered them: the files
 		// are written again then, and mosquitto reloads them (SIGHUP).
-		acl := append([]string{"mqtt", "acl", "--passwd", "mosquitto.passwd", "--acl", "mosquitto.acl", "--force"}, storeFlags()...)
+		acl := []string{"mqtt", "acl", "--passwd", "mosquitto.passwd", "--acl", "mosquitto.acl", "--force", "--data", "data"}
+		if *pushDB != "" {
+			acl = append(acl[:len(acl)-2], "--db", *pushDB)
+		}
+		// A first start makes the database fota mqtt acl reads (and
+		// prints the admin token, once).
+		first := startServer(b, dir, storeFlags()...)
+		token = first.token
+		first.stop(b)
 		fota(b, dir, nil, acl...)
 		writeMosquittoConf(b, dir, port)
 		broker := exec.Command(bin, "-c", "mosquitto.conf")
@@ -65,7 +73,7 @@ func BenchmarkPushFanout(b *testing.B) {
 		waitListening(b, "127.0.0.1:"+port)
 		serve = append(serve, "--mqtt-broker", mqttURL, "--mqtt-password-file", "fota-server.password")
 		afterRegister = func([]string) error {
-			fota(b, dir, nil, append(acl, "--server-password-file", "fota-server.password")...)
+			fota(b, dir, nil, acl...) // keeps fota-server.password
 			if err := broker.Process.Signal(syscall.SIGHUP); err != nil {
 				return err
 			}
@@ -78,6 +86,9 @@ func BenchmarkPushFanout(b *testing.B) {
 	srv := startServer(b, dir, serve...)
 	if mqttURL == "" {
 		mqttURL = srv.mqtt
+	}
+	if srv.token == "" {
+		srv.token = token
 	}
 	signer, err := keys.LoadSigningKey(filepath.Join(dir, "keys", keys.SigningKeyFile))
 	if err != nil {
@@ -115,7 +126,7 @@ func storeFlags() []string {
 	if *pushDB != "" {
 		return []string{"--db", *pushDB}
 	}
-	return []string{"--data", "data"}
+	return nil // startServer's --data data
 }
 
 // statusKiB reads a kB field of /proc/PID/status (VmRSS, VmHWM).
