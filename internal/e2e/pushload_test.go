@@ -37,7 +37,7 @@ var (
 func BenchmarkPushFanout(b *testing.B) {
 	dir := b.TempDir()
 	fota(b, dir, nil, "keys", "init", "--dir", "keys")
-	serve := []string{"--max-conns-per-client", "0", "--max-conns", "4096", "--log-level", "warn"}
+	serve := []string{"--max-conns-per-client", "0", "--log-level", "warn"}
 	if *pushDB != "" {
 		serve = append(serve, "--db", *pushDB)
 	}
