@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,7 +175,7 @@ func RunPush(ctx context.Context, cfg PushConfig) (rep *PushReport, err error) {
 	if n := p.subscribed.Load(); n < int64(cfg.Devices) {
 		cancel()
 		wg.Wait()
-		return nil, fmt.Errorf("load: only %d of %d devices subscribed to their MQTT topic (%s)", n, cfg.Devices, firstErrors(st))
+		return nil, fmt.Errorf("load: only %d of %d devices subscribed to their MQTT topic; errors by kind: %s", n, cfg.Devices, firstErrors(st))
 	}
 	img = nil // keep nothing large alive during the measure
 	runtime.GC()
@@ -375,7 +376,15 @@ func (p *pushRun) subscribe(ctx context.Context, id string, psk protocol.PSK) (n
 	typ, body, err := readPacket(r)
 	if err != nil || typ != 0x20 || len(body) != 2 || body[1] != 0 {
 		conn.Close()
-		return nil, fmt.Errorf("connect refused (packet %#x %x, %v)", typ, body, err)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("no answer to the login: %w", err)
+		case typ == 0x20 && len(body) == 2 && (body[1] == 4 || body[1] == 5):
+			return nil, errors.New("the broker refused the login: not authorized (does it know the load's devices? an external broker needs fota mqtt acl run after they are registered)")
+		case typ == 0x20 && len(body) == 2:
+			return nil, fmt.Errorf("the broker refused the login with CONNACK code %d", body[1])
+		}
+		return nil, fmt.Errorf("the broker answered the login with packet type %#x, not a CONNACK", typ)
 	}
 	topic := protocol.NotifyTopic(id)
 	sub := []byte{0, 1, byte(len(topic) >> 8), byte(len(topic))}
@@ -491,7 +500,12 @@ func firstErrors(st *stats) string {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if len(st.errors) == 0 {
-		return "no error recorded"
+		return "none recorded"
 	}
-	return fmt.Sprint(st.errors)
+	var parts []string
+	for kind, n := range st.errors {
+		parts = append(parts, fmt.Sprintf("%d × %s", n, kind))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, "; ")
 }
