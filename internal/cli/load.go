@@ -37,7 +37,21 @@ are load-RUN-00000 on. At the end (after Ctrl-C too) it removes the devices
 and deletes the release through the admin API, so a production server keeps
 only their history, which retention prunes; --keep leaves them.
 
-Example:
+With --mqtt it measures push instead: every device connects to the broker
+(its id, the password derived from its key) and subscribes to its topic,
+--connect-rate a second; then the release is published with a rollout to
+all of them, and each device, woken by its notification, checks in over the
+native API (at a random moment within the notification's spread, as the
+agent does), on a connection of its own, and downloads nothing. It prints
+how many subscribed, were notified and checked in, and the time from the
+publish to the first, median, 90th and 99th percentile and last check-in.
+Run the server with --max-conns-per-client 0: the load comes from few
+addresses. Against the server's own broker (--mqtt-listen) the devices log
+in at once; an external broker must first be told of them (fota mqtt acl
+after they are registered, and a reload), so --mqtt is meant for the
+server's broker.
+
+Examples:
   fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 200 --api ecowatt --release-size 256KiB
   fota load --server http://127.0.0.1:8080 --token $FOTA_TOKEN --keys keys --devices 10000 --mqtt mqtt://127.0.0.1:1883
 `
