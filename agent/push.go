@@ -115,6 +115,7 @@ type pushState struct {
 	interrupt context.CancelFunc
 
 	connected atomic.Bool
+	lastErr   atomic.Pointer[string] // why the last attempt failed; nil once connected
 }
 
 // Notify tells the agent that the server published a notification for the
@@ -147,6 +148,15 @@ func (a *Agent) Notify(n protocol.Notification) {
 // PushConnected reports whether the MQTT subscriber is connected to the
 // broker and subscribed to the device's topic.
 func (a *Agent) PushConnected() bool { return a.push.connected.Load() }
+
+// PushError is why push is not connected now ("" while it is, or before
+// its first attempt), for whoever runs the device to see.
+func (a *Agent) PushError() string {
+	if p := a.push.lastErr.Load(); p != nil && !a.push.connected.Load() {
+		return *p
+	}
+	return ""
+}
 
 // pushDue is when a pending notification's check may begin: when its
 // spread ends, but not sooner than minInterval after the previous
@@ -247,6 +257,7 @@ func (a *Agent) subscribe(ctx context.Context) {
 		c, lost := a.pushClient(attemptCtx)
 		up, err := a.connectPush(ctx, c)
 		if err == nil && stopClosing() {
+			a.push.lastErr.Store(nil)
 			a.push.connected.Store(true)
 			if failures > 0 {
 				log.Info("push notifications: connected and subscribed again")
@@ -258,6 +269,10 @@ func (a *Agent) subscribe(ctx context.Context) {
 			case err = <-lost:
 			}
 			a.push.connected.Store(false)
+			if err != nil {
+				why := "connection lost: " + err.Error()
+				a.push.lastErr.Store(&why)
+			}
 			if ctx.Err() == nil {
 				log.Warn("push notifications: connection lost; checking on the timer until it is back", "error", err)
 			}
@@ -265,6 +280,10 @@ func (a *Agent) subscribe(ctx context.Context) {
 				failures = 0
 			}
 		} else if ctx.Err() == nil {
+			if err != nil {
+				why := err.Error()
+				a.push.lastErr.Store(&why)
+			}
 			if failures == 0 {
 				log.Warn("push notifications: cannot connect; checking on the timer, retrying in the background", "error", err)
 			} else {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -179,7 +180,7 @@ func runDeviceRun(e *env, args []string) error {
 func printPushState(ctx context.Context, p *eventPrinter, dev *simulator.Device) {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
-	connected := false
+	connected, said := false, ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -187,18 +188,46 @@ func printPushState(ctx context.Context, p *eventPrinter, dev *simulator.Device)
 		case <-t.C:
 		}
 		a := dev.Agent()
-		if a == nil || a.PushConnected() == connected {
+		if a == nil {
 			continue
 		}
-		connected = !connected
-		p.mu.Lock()
-		if connected {
-			fmt.Fprintf(p.w, "%s: push: subscribed to %s\n", p.id, protocol.NotifyTopic(p.id))
-		} else {
-			fmt.Fprintf(p.w, "%s: push: disconnected; checking on the timer until it is back\n", p.id)
+		var line string
+		switch now := a.PushConnected(); {
+		case now && !connected:
+			line = "push: subscribed to " + protocol.NotifyTopic(p.id)
+		case !now && connected:
+			line = "push: disconnected; checking on the timer until it is back"
+		case !now && a.PushError() != "" && a.PushError() != said:
+			// Each new reason once, not every retry.
+			said = a.PushError()
+			line = "push: cannot connect (" + said + "); retrying, checking on the timer meanwhile" + pushHint(said)
 		}
+		connected = a.PushConnected()
+		if connected {
+			said = ""
+		}
+		if line == "" {
+			continue
+		}
+		p.mu.Lock()
+		fmt.Fprintf(p.w, "%s: %s\n", p.id, line)
 		p.mu.Unlock()
 	}
+}
+
+// pushHint says what a push connection error usually means.
+func pushHint(err string) string {
+	switch {
+	case strings.Contains(err, "EOF") || strings.Contains(err, "connection reset"):
+		return " (a TLS broker? use mqtts://)"
+	case strings.Contains(err, "not Authorized") || strings.Contains(err, "not authorized") || strings.Contains(err, "bad user name or password"):
+		return " (the broker does not know this device: for mosquitto, run fota mqtt acl again and reload it)"
+	case strings.Contains(err, "certificate"):
+		return " (give the broker's CA with --mqtt-ca)"
+	case strings.Contains(err, "connection refused"):
+		return " (nothing listens there: check the address)"
+	}
+	return ""
 }
 
 // eventPrinter prints device events as lines, progress every 10%.

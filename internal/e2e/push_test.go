@@ -221,3 +221,22 @@ func writeMosquittoConf(t testing.TB, dir, port string) {
 		t.Fatal(err)
 	}
 }
+
+// TestPushDeviceSaysWhyNotConnected: a device whose broker cannot be
+// reached says so on its output, once, with what to check, and goes on
+// checking on its timer.
+func TestPushDeviceSaysWhyNotConnected(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	srv := startServer(t, dir)
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	pushFleet(t, dir, env)
+	p := startPushDevice(t, dir, "push-1", "mqtt://127.0.0.1:"+freePort(t))
+	waitFor(t, p, "push-1: push: cannot connect (", 30*time.Second)
+	waitFor(t, p, "(nothing listens there: check the address)", 5*time.Second)
+	time.Sleep(2 * time.Second) // retries (1 s, then 2 s) say nothing new
+	if n := strings.Count(p.out.String(), "push: cannot connect"); n != 1 {
+		t.Fatalf("the same reason said %d times:\n%s", n, p.out)
+	}
+	srv.stop(t)
+}
