@@ -53,7 +53,8 @@ func Create(from, to []byte, opts CreateOptions) ([]byte, error) {
 		stream = appendSize(stream, int64(len(ch.extra)))
 		stream = append(stream, ch.extra...)
 		stream = appendSize(stream, ch.adjust)
-		// Flush in pieces so the stream never holds a second copy of to.
+		// Hand the stream over between chunks so this buffer stays about
+		// one chunk long rather than growing to a second copy of the patch.
 		if len(stream) >= bufSize {
 			if _, err := w.Write(stream); err != nil {
 				return nil, fmt.Errorf("%s compression: %w", name, err)
