@@ -175,3 +175,24 @@ func FuzzRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestApproximateMatches: relinking changes a byte in every 16, so exact
+// matches are at most 15 bytes long; the approximate matches must still
+// carry nearly all of to as diff (mostly zeros), not as extra bytes.
+// (Like bsdiff, the diff needs exact seeds longer than minGain: changes
+// denser than that lose the alignment.)
+func TestApproximateMatches(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	from := firmwareLike(r, 100000)
+	to := shiftAddresses(from)
+	// An inserted function moves everything after it: a second alignment.
+	to = append(to[:40000], append(randBytes(r, 300), to[40000:]...)...)
+	extra, chunks := 0, diffChunks(from, to)
+	for _, c := range chunks {
+		extra += len(c.extra)
+	}
+	if extra > len(to)/100 {
+		t.Errorf("%d of %d bytes sent as extra in %d chunks: approximate matching is not working", extra, len(to), len(chunks))
+	}
+	t.Logf("%d chunks, %d extra bytes of %d", len(chunks), extra, len(to))
+}

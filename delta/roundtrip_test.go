@@ -71,10 +71,11 @@ func firmwareLike(r *rand.Rand, n int) []byte {
 	return b[:n]
 }
 
-// shiftAddresses changes every 4th byte a little, as relinking does.
+// shiftAddresses changes one byte in every 16 a little, as relinking
+// changes addresses and offsets spread through the code.
 func shiftAddresses(b []byte) []byte {
 	out := append([]byte(nil), b...)
-	for i := 3; i < len(out); i += 6 {
+	for i := 3; i < len(out); i += 16 {
 		out[i] += 4
 	}
 	return out
