@@ -70,6 +70,7 @@ func commands() []command {
 		{"keys", "make signing and firmware keys, and key files for device builds", runKeys},
 		{"release", "build, verify and inspect release bundles", runRelease},
 		{"firmware", "make simulated EcoWatt ESP32 firmware images", runFirmware},
+		{"delta", "make and apply detools delta patches between firmware images", runDelta},
 		{"serve", "run the update server", runServe},
 		{"token", "make admin API tokens", runToken},
 		{"user", "manage who may sign in to the dashboard, and sign them out", runUser},

@@ -1,0 +1,44 @@
+package delta
+
+import (
+	"fmt"
+	"io"
+)
+
+// codec wraps the patch stream after the header. The compressors (heatshrink,
+// crle) live in delta/compress, written separately; when it is merged it
+// registers them here, e.g.
+//
+//	codecs["heatshrink"] = codec{
+//		writer: func(w io.Writer) (io.WriteCloser, error) { return compress.NewWriter("heatshrink", w) },
+//		reader: func(r io.Reader) (io.Reader, error) { return compress.NewReader("heatshrink", r) },
+//	}
+//
+// Until then only "none" is built in.
+type codec struct {
+	writer func(w io.Writer) (io.WriteCloser, error)
+	reader func(r io.Reader) (io.Reader, error)
+}
+
+var codecs = map[string]codec{
+	"none": {
+		writer: func(w io.Writer) (io.WriteCloser, error) { return nopCloser{w}, nil },
+		reader: func(r io.Reader) (io.Reader, error) { return r, nil },
+	},
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// lookupCodec finds the codec for a compression name, saying whether the name
+// is unknown to detools or only missing from this build.
+func lookupCodec(name string) (codec, error) {
+	if c, ok := codecs[name]; ok {
+		return c, nil
+	}
+	if _, ok := compressionIDs[name]; ok {
+		return codec{}, fmt.Errorf("compression %s is not available in this build (available: %v)", name, Compressions())
+	}
+	return codec{}, fmt.Errorf("unknown compression %q (available: %v)", name, Compressions())
+}
