@@ -1,3 +1,8 @@
+//go:build detools
+
+// These tests need detools' C applier, which is not part of this
+// repository nor of Debian: they are built only with -tags detools.
+
 package delta
 
 import (
@@ -14,11 +19,11 @@ import (
 //
 //	gcc -DDETOOLS_CONFIG_COMPRESSION_LZMA=0 -Ic -Ic/heatshrink c/main.c c/detools.c \
 //	    c/heatshrink/heatshrink_decoder.c -o detools-apply
-//	FOTA_DETOOLS_APPLY=$PWD/detools-apply go test ./delta -run Detools
+//	FOTA_DETOOLS_APPLY=$PWD/detools-apply go test -tags detools ./delta -run Detools
 func TestDetoolsCApplier(t *testing.T) {
 	bin := os.Getenv("FOTA_DETOOLS_APPLY")
 	if bin == "" {
-		t.Skip("set FOTA_DETOOLS_APPLY to detools' C apply program to check compatibility")
+		t.Fatal("set FOTA_DETOOLS_APPLY to detools' C apply program (see above)")
 	}
 	dir := t.TempDir()
 	for i, p := range pairs() {
@@ -47,6 +52,36 @@ func TestDetoolsCApplier(t *testing.T) {
 		}
 		if !bytes.Equal(got, p.to) {
 			t.Errorf("%d %s: detools made %d bytes, want %d (equal: false)", i, p.name, len(got), len(p.to))
+		}
+	}
+}
+
+// TestVectorsDetools runs the success vectors through detools' C applier
+// (see TestDetoolsCApplier).
+func TestVectorsDetools(t *testing.T) {
+	bin := os.Getenv("FOTA_DETOOLS_APPLY")
+	if bin == "" {
+		t.Fatal("set FOTA_DETOOLS_APPLY to detools' C apply program (see TestDetoolsCApplier)")
+	}
+	dir := t.TempDir()
+	for _, v := range readVectors(t) {
+		if v.expect != "success" {
+			continue
+		}
+		from, patch, to := filepath.Join(dir, v.name+".from"), filepath.Join(dir, v.name+".patch"), filepath.Join(dir, v.name+".to")
+		if err := os.WriteFile(from, v.from, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(patch, v.patch, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "apply_patch", from, patch, to).CombinedOutput(); err != nil {
+			t.Errorf("%s: detools refused it: %v: %s", v.name, err, out)
+			continue
+		}
+		got, _ := os.ReadFile(to)
+		if !bytes.Equal(got, v.to) {
+			t.Errorf("%s: detools made %x, want %x", v.name, got, v.to)
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -163,35 +162,5 @@ func TestVectors(t *testing.T) {
 				t.Fatalf("unknown expect %q", v.expect)
 			}
 		})
-	}
-}
-
-// TestVectorsDetools runs the success vectors through detools' C applier
-// (see TestDetoolsCApplier).
-func TestVectorsDetools(t *testing.T) {
-	bin := os.Getenv("FOTA_DETOOLS_APPLY")
-	if bin == "" {
-		t.Skip("set FOTA_DETOOLS_APPLY to detools' C apply program to check compatibility")
-	}
-	dir := t.TempDir()
-	for _, v := range readVectors(t) {
-		if v.expect != "success" {
-			continue
-		}
-		from, patch, to := filepath.Join(dir, v.name+".from"), filepath.Join(dir, v.name+".patch"), filepath.Join(dir, v.name+".to")
-		if err := os.WriteFile(from, v.from, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(patch, v.patch, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command(bin, "apply_patch", from, patch, to).CombinedOutput(); err != nil {
-			t.Errorf("%s: detools refused it: %v: %s", v.name, err, out)
-			continue
-		}
-		got, _ := os.ReadFile(to)
-		if !bytes.Equal(got, v.to) {
-			t.Errorf("%s: detools made %x, want %x", v.name, got, v.to)
-		}
 	}
 }
