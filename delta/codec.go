@@ -3,18 +3,12 @@ package delta
 import (
 	"fmt"
 	"io"
+
+	"github.com/ecowatt/fota/delta/compress"
 )
 
-// codec wraps the patch stream after the header. The compressors (heatshrink,
-// crle) live in delta/compress, written separately; when it is merged it
-// registers them here, e.g.
-//
-//	codecs["heatshrink"] = codec{
-//		writer: func(w io.Writer) (io.WriteCloser, error) { return compress.NewWriter("heatshrink", w) },
-//		reader: func(r io.Reader) (io.Reader, error) { return compress.NewReader("heatshrink", r) },
-//	}
-//
-// Until then only "none" is built in.
+// codec wraps the patch stream after the header: "none" here, crle and
+// heatshrink (with detools' window and lookahead) from delta/compress.
 type codec struct {
 	writer func(w io.Writer) (io.WriteCloser, error)
 	reader func(r io.Reader) (io.Reader, error)
@@ -25,6 +19,15 @@ var codecs = map[string]codec{
 		writer: func(w io.Writer) (io.WriteCloser, error) { return nopCloser{w}, nil },
 		reader: func(r io.Reader) (io.Reader, error) { return r, nil },
 	},
+	"crle":       compressed("crle"),
+	"heatshrink": compressed("heatshrink"),
+}
+
+func compressed(kind string) codec {
+	return codec{
+		writer: func(w io.Writer) (io.WriteCloser, error) { return compress.NewWriter(kind, w) },
+		reader: func(r io.Reader) (io.Reader, error) { return compress.NewReader(kind, r) },
+	}
 }
 
 type nopCloser struct{ io.Writer }

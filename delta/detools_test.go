@@ -26,8 +26,8 @@ func TestDetoolsCApplier(t *testing.T) {
 		t.Fatal("set FOTA_DETOOLS_APPLY to detools' C apply program (see above)")
 	}
 	dir := t.TempDir()
-	for i, p := range pairs() {
-		patch, err := Create(p.from, p.to, CreateOptions{})
+	for i, p := range allCompressions(pairs()) {
+		patch, err := Create(p.from, p.to, CreateOptions{Compression: p.kind})
 		if err != nil {
 			t.Fatalf("%s: %v", p.name, err)
 		}
@@ -43,7 +43,7 @@ func TestDetoolsCApplier(t *testing.T) {
 		}
 		out, err := exec.Command(bin, "apply_patch", from, pf, to).CombinedOutput()
 		if err != nil {
-			t.Errorf("%d %s: detools refused the patch: %v: %s", i, p.name, err, out)
+			t.Errorf("%d %s (%s): detools refused the patch: %v: %s", i, p.name, p.kind, err, out)
 			continue
 		}
 		got, err := os.ReadFile(to)
@@ -51,7 +51,7 @@ func TestDetoolsCApplier(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, p.to) {
-			t.Errorf("%d %s: detools made %d bytes, want %d (equal: false)", i, p.name, len(got), len(p.to))
+			t.Errorf("%d %s (%s): detools made %d bytes, want %d (equal: false)", i, p.name, p.kind, len(got), len(p.to))
 		}
 	}
 }
@@ -84,4 +84,21 @@ func TestVectorsDetools(t *testing.T) {
 			t.Errorf("%s: detools made %x, want %x", v.name, got, v.to)
 		}
 	}
+}
+
+type kindPair struct {
+	pair
+	kind string
+}
+
+// allCompressions is every pair under every compression detools' C applier
+// takes.
+func allCompressions(ps []pair) []kindPair {
+	var out []kindPair
+	for _, kind := range []string{"none", "crle", "heatshrink"} {
+		for _, p := range ps {
+			out = append(out, kindPair{p, kind})
+		}
+	}
+	return out
 }

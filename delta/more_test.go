@@ -7,58 +7,6 @@ import (
 	"testing"
 )
 
-// invert is a stand-in compressor: it proves Create and Apply send the stream
-// (and only the stream, not the header) through the registered codec.
-type invert struct{ w io.Writer }
-
-func (v invert) Write(p []byte) (int, error) {
-	q := make([]byte, len(p))
-	for i := range p {
-		q[i] = ^p[i]
-	}
-	return v.w.Write(q)
-}
-func (invert) Close() error { return nil }
-
-type invertReader struct{ r io.Reader }
-
-func (v invertReader) Read(p []byte) (int, error) {
-	n, err := v.r.Read(p)
-	for i := range p[:n] {
-		p[i] = ^p[i]
-	}
-	return n, err
-}
-
-func TestCodecIsPluggable(t *testing.T) {
-	codecs["crle"] = codec{
-		writer: func(w io.Writer) (io.WriteCloser, error) { return invert{w}, nil },
-		reader: func(r io.Reader) (io.Reader, error) { return invertReader{r}, nil },
-	}
-	t.Cleanup(func() { delete(codecs, "crle") })
-	from, to := []byte("the quick brown fox"), []byte("the quick red fox!")
-	plain, err := Create(from, to, CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	patch, err := Create(from, to, CreateOptions{Compression: "crle"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if patch[0] != 0x02 || patch[1] != plain[1] {
-		t.Fatalf("header %x, want 02 and the to size %x", patch[:2], plain[1])
-	}
-	for i := 2; i < len(patch); i++ {
-		if patch[i] != ^plain[i] {
-			t.Fatalf("byte %d: %x, want the inverted stream %x", i, patch[i], ^plain[i])
-		}
-	}
-	var out bytes.Buffer
-	if _, err := Apply(bytes.NewReader(from), int64(len(from)), bytes.NewReader(patch), &out); err != nil || !bytes.Equal(out.Bytes(), to) {
-		t.Fatalf("Apply = %q, %v", out.Bytes(), err)
-	}
-}
-
 // TestDiffIsMostlyZero checks the diff is compact where it counts: a 1 MiB
 // pseudo-random image with a small edit in the middle becomes a patch whose
 // bytes are nearly all zero (left for the compressor to shrink) with almost

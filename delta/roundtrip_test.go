@@ -109,24 +109,29 @@ func pairs() []pair {
 }
 
 func TestRoundTrip(t *testing.T) {
-	for _, p := range pairs() {
-		t.Run(p.name, func(t *testing.T) {
-			patch, err := Create(p.from, p.to, CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			n, err := Apply(bytes.NewReader(p.from), int64(len(p.from)), bytes.NewReader(patch), &out)
-			if err != nil {
-				t.Fatalf("apply: %v", err)
-			}
-			if n != int64(len(p.to)) || !bytes.Equal(out.Bytes(), p.to) {
-				t.Fatalf("apply made %d bytes, want %d; equal: %v", n, len(p.to), bytes.Equal(out.Bytes(), p.to))
-			}
-			info, err := PatchInfo(patch)
-			if err != nil || info != (Info{Type: "sequential", Compression: "none", ToSize: int64(len(p.to))}) {
-				t.Fatalf("PatchInfo = %+v, %v", info, err)
-			}
-		})
+	for _, kind := range []string{"none", "crle", "heatshrink"} {
+		for _, p := range pairs() {
+			t.Run(kind+"/"+p.name, func(t *testing.T) { roundTrip(t, p, kind) })
+		}
+	}
+}
+
+func roundTrip(t *testing.T, p pair, kind string) {
+	t.Helper()
+	patch, err := Create(p.from, p.to, CreateOptions{Compression: kind})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	n, err := Apply(bytes.NewReader(p.from), int64(len(p.from)), bytes.NewReader(patch), &out)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if n != int64(len(p.to)) || !bytes.Equal(out.Bytes(), p.to) {
+		t.Fatalf("apply made %d bytes, want %d; equal: %v", n, len(p.to), bytes.Equal(out.Bytes(), p.to))
+	}
+	info, err := PatchInfo(patch)
+	if err != nil || info != (Info{Type: "sequential", Compression: kind, ToSize: int64(len(p.to))}) {
+		t.Fatalf("PatchInfo = %+v, %v", info, err)
 	}
 }

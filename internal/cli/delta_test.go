@@ -61,8 +61,10 @@ func TestDeltaUsage(t *testing.T) {
 	dir := t.TempDir()
 	a := filepath.Join(dir, "a")
 	os.WriteFile(a, []byte("abc"), 0o644)
-	run(t, "delta", "create", "--from", a, "--to", a, "--compression", "heatshrink", "-o", filepath.Join(dir, "p")).
-		expect(t, 1, "", "compression heatshrink is not available in this build")
+	run(t, "delta", "create", "--from", a, "--to", a, "--compression", "lzma", "-o", filepath.Join(dir, "p")).
+		expect(t, 1, "", "compression lzma is not available in this build")
+	run(t, "delta", "create", "--from", a, "--to", a, "--compression", "gzip", "-o", filepath.Join(dir, "p")).
+		expect(t, 1, "", `unknown compression "gzip"`)
 	run(t, "delta", "create", "--from", filepath.Join(dir, "missing"), "--to", a, "-o", filepath.Join(dir, "p")).
 		expect(t, 1, "", "missing")
 }
