@@ -12,9 +12,6 @@ import (
 // bytes are nearly all zero (left for the compressor to shrink) with almost
 // no extra data. Size targets belong to the compressed patches.
 func TestDiffIsMostlyZero(t *testing.T) {
-	if testing.Short() {
-		t.Skip("1 MiB diff")
-	}
 	r := rand.New(rand.NewPCG(3, 4))
 	from := randBytes(r, 1<<20)
 	to := append([]byte(nil), from...)

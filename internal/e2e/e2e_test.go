@@ -132,6 +132,23 @@ func startServer(t testing.TB, dir string, extra ...string) *serverProc {
 	return p
 }
 
+// metrics reads the server's /metrics with its admin token.
+func (p *serverProc) metrics(t testing.TB) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", p.url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+p.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d, %v", resp.StatusCode, err)
+	}
+	return string(body)
+}
+
 func (p *serverProc) stop(t testing.TB) {
 	t.Helper()
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -491,14 +508,7 @@ func TestServeMemoryLimit(t *testing.T) {
 		}
 	}
 	srv := startServer(t, dir, "--memory-limit", "96MiB")
-	req, _ := http.NewRequest("GET", srv.url+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+srv.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := srv.metrics(t)
 	if !strings.Contains(string(body), "go_gc_gomemlimit_bytes 1.00663296e+08") {
 		t.Fatalf("/metrics does not show the 96 MiB limit:\n%s", grepLines(string(body), "gomemlimit"))
 	}

@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -120,14 +118,7 @@ func TestPushWakesDevice(t *testing.T) {
 	pushFleet(t, dir, env)
 	runPush(t, dir, env, srv.mqtt)
 	// What an operator watches: the broker's devices and notifications.
-	req, _ := http.NewRequest("GET", srv.url+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+srv.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := srv.metrics(t)
 	for _, want := range []string{"fota_push_connected 1", "fota_push_devices_connected ", `fota_push_notifications_total{result="delivered"} 1`,
 		`fota_push_notifications_total{result="dropped"} 0`} {
 		if !strings.Contains(string(body), want) {
