@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -12,37 +11,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ecowatt/fota/internal/logbuf"
 )
 
 // deviceProc is a `fota device run` process.
 type deviceProc struct {
 	cmd *exec.Cmd
-	out *lockedBuffer
-}
-
-// lockedBuffer is written by the process's output copier while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	out *logbuf.Buffer
 }
 
 func startDevice(t *testing.T, dir, id, api string) *deviceProc {
 	cmd := exec.Command(fotaBin, "device", "run", "--credentials", id+".json", "--keys-h", id+"_keys.h", "--state", filepath.Join("devices", id),
 		"--version", "1.0.3", "--check-interval", "100ms", "--poll-interval", "20ms", "--upload-interval", "200ms", "--api", api)
 	cmd.Dir = dir
-	p := &deviceProc{cmd: cmd, out: &lockedBuffer{}}
+	p := &deviceProc{cmd: cmd, out: &logbuf.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecowatt/fota/internal/logbuf"
 	"github.com/ecowatt/fota/internal/testserver"
 )
 
@@ -26,7 +27,7 @@ func startPushDevice(t *testing.T, dir, id, mqtt string, extra ...string) *devic
 	}
 	cmd := exec.Command(fotaBin, append(args, extra...)...)
 	cmd.Dir = dir
-	p := &deviceProc{cmd: cmd, out: &lockedBuffer{}}
+	p := &deviceProc{cmd: cmd, out: &logbuf.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func TestPushThroughMosquitto(t *testing.T) {
 	writeMosquittoConf(t, dir, port)
 	broker := exec.Command(bin, "-c", "mosquitto.conf")
 	broker.Dir = dir
-	brokerLog := &lockedBuffer{}
+	brokerLog := &logbuf.Buffer{}
 	broker.Stdout, broker.Stderr = brokerLog, brokerLog
 	if err := broker.Start(); err != nil {
 		t.Fatal(err)

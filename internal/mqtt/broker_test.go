@@ -26,6 +26,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/logbuf"
 	"github.com/ecowatt/fota/protocol"
 )
 
@@ -61,24 +62,6 @@ func (f *fleet) Device(_ context.Context, id string) (*fota.Device, error) {
 }
 
 func password(id string) []byte { return []byte(protocol.MQTTPassword(testPSK(id), id)) }
-
-// syncBuffer is a log sink the broker's goroutines may write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func startBroker(t testing.TB, f *fleet, edit func(*BrokerConfig)) *Broker {
 	t.Helper()
@@ -216,7 +199,7 @@ func TestNotifyReachesDeviceV5(t *testing.T) {
 func TestConnectRefused(t *testing.T) {
 	f := newFleet("dev-a", "dev-b", "dev-gone")
 	f.devices["dev-gone"].Removed = time.Now()
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b := startBroker(t, f, func(c *BrokerConfig) { c.Logger = logger })
 
@@ -461,7 +444,7 @@ func TestTLS(t *testing.T) {
 }
 
 func TestNotifyDropsWhenQueueFull(t *testing.T) {
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	b := startBroker(t, newFleet(), func(c *BrokerConfig) {
 		c.queueSize = 4
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))

@@ -21,6 +21,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/logbuf"
 	"github.com/ecowatt/fota/internal/testserver"
 	"github.com/ecowatt/fota/protocol"
 )
@@ -31,7 +32,7 @@ type broker struct {
 	bin  string
 	conf string
 	port int
-	log  *syncBuffer
+	log  *logbuf.Buffer
 	cmd  *exec.Cmd
 	exit chan error
 }
@@ -61,7 +62,7 @@ func startMosquitto(t *testing.T, passwd, acl []byte, extra string) *broker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &broker{t: t, bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), port: freePort(t), log: &syncBuffer{}}
+	b := &broker{t: t, bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), port: freePort(t), log: &logbuf.Buffer{}}
 	// user: as root mosquitto would become "mosquitto", who cannot read
 	// the 0600 files; as anyone else the line has no effect.
 	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\nuse_username_as_clientid true\npassword_file %s\nacl_file %s\npersistence false\n"+
@@ -191,7 +192,7 @@ func TestExternalBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startMosquitto(t, passwd, acl, "")
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	logger := slogTo(&logs)
 	ctx := context.Background()
 

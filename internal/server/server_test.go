@@ -25,6 +25,7 @@ import (
 	"github.com/ecowatt/fota/client"
 	"github.com/ecowatt/fota/internal/blobdir"
 	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/logbuf"
 	"github.com/ecowatt/fota/internal/sqlite"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
@@ -42,26 +43,14 @@ type env struct {
 	fwKey   keys.FirmwareKey
 	token   string
 	admin   *client.Admin
-	logs    *syncBuffer
+	logs    *logbuf.Buffer
 	clock   time.Time
 	clockMu sync.Mutex
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), logs: &syncBuffer{}, clock: time.Now()}
+	e := &env{t: t, dir: t.TempDir(), logs: &logbuf.Buffer{}, clock: time.Now()}
 	var err error
 	e.signer, err = keys.Generate(keys.AlgRSA, rand.Reader)
 	if err != nil {

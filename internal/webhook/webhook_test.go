@@ -1,7 +1,6 @@
 package webhook
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/internal/logbuf"
 	"github.com/ecowatt/fota/internal/pgtest"
 	"github.com/ecowatt/fota/internal/postgres"
 	"github.com/ecowatt/fota/internal/sqlite"
@@ -125,19 +125,6 @@ func (rc *receiver) count() (requests, accepted int) {
 	return rc.requests, len(rc.accepted)
 }
 
-// syncBuffer is a log destination safe for the dispatcher's workers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 func openSQLite(t *testing.T, file string, clock *storetest.Clock) *sqlite.Store {
 	t.Helper()
 	s, err := sqlite.Open(context.Background(), file)
@@ -201,7 +188,7 @@ func TestFailingReceiverGetsEveryEventOnce(t *testing.T) {
 	rc, srv := newReceiver(t, clock.Now, 3)
 	w := addWebhook(t, s, srv.URL+"/hook/t0ken-in-path")
 	addEvents(t, s, "detail-0", "detail-1", "detail-2", "detail-3", "detail-4")
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	d := New(Config{Store: s, Now: clock.Now, Backoff: doubling, Workers: 2,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 
@@ -298,7 +285,7 @@ func TestGivesUpAfter24Hours(t *testing.T) {
 	rc, srv := newReceiver(t, clock.Now, 1<<30)
 	w := addWebhook(t, s, srv.URL)
 	addEvents(t, s, "doomed")
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	d := New(Config{Store: s, Now: clock.Now, Backoff: func(int) time.Duration { return time.Hour },
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	for range 30 {
@@ -358,7 +345,7 @@ func TestTransportErrorsKeepTheURLOut(t *testing.T) {
 	closed.Close()
 	w := addWebhook(t, s, url)
 	addEvents(t, s, "nobody home")
-	var logs syncBuffer
+	var logs logbuf.Buffer
 	deliver(t, New(Config{Store: s, Now: clock.Now, Backoff: doubling, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
 	for _, dl := range byID(t, s, w.ID) {
 		if dl.State != fota.DeliveryPending || dl.LastStatus != 0 || dl.LastError == "" {
