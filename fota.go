@@ -105,6 +105,44 @@ type Release struct {
 	// Withdrawn is when an operator withdrew the release (zero while it is
 	// offered): it is never offered again, but its row stays for history.
 	Withdrawn time.Time
+	// Deltas are the release's delta artifacts, one per base image, in the
+	// bundle's order: patches a device running exactly that base applies
+	// instead of downloading the full image.
+	Deltas []ReleaseDelta
+}
+
+// ReleaseDelta is a delta artifact of a release: a detools patch from one
+// base image to the release's image, encrypted like the full image and
+// described by its own signed manifest (which names the base's SHA-256,
+// the target's SHA-256 and size, and the compression). Its ciphertext is
+// in the blob store under BlobKey.
+type ReleaseDelta struct {
+	BaseSHA256       string // hex SHA-256 of the image the patch applies onto
+	BaseVersion      string
+	BaseSize         int64
+	Compression      string // heatshrink, crle or none
+	PatchSize        int64
+	CiphertextSize   int64
+	CiphertextSHA256 string
+	ManifestBytes    []byte // the delta's own manifest, exactly as signed
+	Signature        []byte
+	BlobKey          string
+}
+
+// Chunks is the number of chunkSize chunks of the delta's ciphertext.
+func (d *ReleaseDelta) Chunks(chunkSize int) int {
+	return int((d.CiphertextSize + int64(chunkSize) - 1) / int64(chunkSize))
+}
+
+// Delta returns the release's delta from the base image with that SHA-256,
+// or nil.
+func (r *Release) Delta(baseSHA256 string) *ReleaseDelta {
+	for i := range r.Deltas {
+		if r.Deltas[i].BaseSHA256 == baseSHA256 {
+			return &r.Deltas[i]
+		}
+	}
+	return nil
 }
 
 // Chunks is the number of ChunkSize chunks of the ciphertext.
@@ -271,8 +309,44 @@ type Session struct {
 	BytesServed    int64
 	// RolloutID is the rollout the session was opened for; 0 for a pin.
 	RolloutID int64
+	// DeltaBase is the base SHA-256 of the release delta the session
+	// serves (TotalChunks and BytesServed are the delta's); "" when it
+	// serves the full image.
+	DeltaBase string
 	Created   time.Time
 	Updated   time.Time
+}
+
+// Artifact names what a session serves: ArtifactDelta or ArtifactFull.
+func (s *Session) Artifact() string {
+	if s.DeltaBase != "" {
+		return ArtifactDelta
+	}
+	return ArtifactFull
+}
+
+// What a session serves.
+const (
+	ArtifactFull  = "full"
+	ArtifactDelta = "delta"
+)
+
+// TrafficFilter selects the sessions Traffic sums; zero fields select all.
+type TrafficFilter struct {
+	RolloutID int64
+	ReleaseID int64
+}
+
+// Traffic is what update sessions put on the wire, by artifact.
+type Traffic struct {
+	FullSessions  int
+	FullBytes     int64 // served to sessions of full images
+	DeltaSessions int
+	DeltaBytes    int64 // served to sessions of deltas
+	// DeltaFullBytes is what the delta sessions' releases weigh as full
+	// images (ciphertext size each): the bytes the deltas saved are
+	// DeltaFullBytes - DeltaBytes, once they finished.
+	DeltaFullBytes int64
 }
 
 // Percent is the share of chunks served, 0 to 100.

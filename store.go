@@ -21,8 +21,9 @@ import (
 
 // ReleaseStore keeps published releases.
 type ReleaseStore interface {
-	// CreateRelease stores r (ID and Published are set) and its published
-	// event. Durable. Errors: ECONFLICT if r.Hardware and r.Version exist.
+	// CreateRelease stores r with its deltas (ID and Published are set)
+	// and its published event, all or nothing. Reads of a release (by id,
+	// by version, lists) return its Deltas in the order stored. Durable. Errors: ECONFLICT if r.Hardware and r.Version exist.
 	CreateRelease(ctx context.Context, r *Release) error
 	// Release returns a release by id. Errors: ENOTFOUND.
 	Release(ctx context.Context, id int64) (*Release, error)
@@ -35,7 +36,8 @@ type ReleaseStore interface {
 	// ENOTFOUND; ECONFLICT while an active session uses it or a rollout
 	// holds its devices for it (RolloutHolds).
 	DeleteRelease(ctx context.Context, id int64) error
-	// BlobInUse reports whether any release refers to the blob key.
+	// BlobInUse reports whether any release, or any release's delta,
+	// refers to the blob key.
 	BlobInUse(ctx context.Context, key string) (bool, error)
 	// WithdrawRelease marks a release withdrawn, so that it is never
 	// offered or opened again, and ends its active sessions as abandoned
@@ -141,6 +143,12 @@ type SessionStore interface {
 	// Errors: ENOTFOUND; EGONE if the session is not active; EINVALID for
 	// a state no session can be moved to, or a ch.Member no session sets.
 	SetSessionState(ctx context.Context, id string, ch StateChange) error
+	// DeltaFailures lists the base SHA-256s of the device's delta
+	// sessions for the release that ended failed: the device gets the
+	// full image from then on.
+	DeltaFailures(ctx context.Context, deviceID string, releaseID int64) ([]string, error)
+	// Traffic sums the bytes sessions were served, delta and full apart.
+	Traffic(ctx context.Context, f TrafficFilter) (Traffic, error)
 }
 
 // EventStore keeps the history.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/ecowatt/fota/keys"
@@ -35,7 +36,32 @@ type Manifest struct {
 	KeyID            string    `json:"key_id"`
 	SignatureAlg     string    `json:"signature_alg"`
 	Notes            string    `json:"notes,omitempty"`
+
+	// Delta manifests only (Kind KindDelta), left out of full ones so that
+	// those read as before. A delta manifest describes a patch onto one
+	// base image: PlaintextSize and PlaintextSHA256 are the target's (the
+	// release's image, what the patch must produce), IV, CiphertextSize and
+	// CiphertextSHA256 the encrypted patch's.
+	Kind        string `json:"kind,omitempty"`
+	BaseVersion string `json:"base_version,omitempty"`
+	BaseSize    int64  `json:"base_size,omitempty"`
+	BaseSHA256  string `json:"base_sha256,omitempty"`
+	Compression string `json:"compression,omitempty"`
+	PatchSize   int64  `json:"patch_size,omitempty"`
 }
+
+// Manifest kinds.
+const (
+	KindFull  = ""      // the whole image
+	KindDelta = "delta" // a patch onto one base image
+)
+
+// DeltaCompressions are the patch compressions a delta manifest may name.
+var DeltaCompressions = []string{"heatshrink", "crle", "none"}
+
+// MaxPatchSize bounds a delta's patch: a patch larger than twice its
+// target is never worth sending instead of the image.
+const MaxPatchSize = 2 * MaxFirmwareSize
 
 // Chunks is the number of ChunkSize pieces the ciphertext is served in.
 // EncodedSize is the length of the manifest as fota writes it in a bundle
@@ -118,8 +144,8 @@ func (m *Manifest) Validate() error {
 	if m.Cipher != CipherAES256CBC {
 		return bad("cipher %q (want %q)", m.Cipher, CipherAES256CBC)
 	}
-	if want := paddedSize(m.PlaintextSize); m.CiphertextSize != want {
-		return bad("ciphertext_size %d does not match plaintext_size %d (want %d)", m.CiphertextSize, m.PlaintextSize, want)
+	if err := m.validateKind(); err != nil {
+		return err
 	}
 	if err := checkHex(m.IV, 16); err != nil {
 		return bad("iv: %v", err)
@@ -146,6 +172,80 @@ func (m *Manifest) Validate() error {
 	}
 	if len(m.Notes) > MaxNotesSize {
 		return bad("notes are %d bytes, limit %d", len(m.Notes), MaxNotesSize)
+	}
+	return nil
+}
+
+// validateKind checks the fields that differ between full and delta
+// manifests: what the ciphertext encrypts, and the patch's base.
+func (m *Manifest) validateKind() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: manifest %s", ErrMalformed, fmt.Sprintf(format, args...))
+	}
+	switch m.Kind {
+	case KindFull:
+		if m.BaseVersion != "" || m.BaseSize != 0 || m.BaseSHA256 != "" || m.Compression != "" || m.PatchSize != 0 {
+			return bad("of a full image has delta fields (base_*, compression, patch_size) but no kind \"delta\"")
+		}
+		if want := paddedSize(m.PlaintextSize); m.CiphertextSize != want {
+			return bad("ciphertext_size %d does not match plaintext_size %d (want %d)", m.CiphertextSize, m.PlaintextSize, want)
+		}
+	case KindDelta:
+		if _, err := semver.Parse(m.BaseVersion); err != nil {
+			return bad("base_version: %v", err)
+		}
+		if m.BaseSize <= 0 || m.BaseSize > MaxFirmwareSize {
+			return bad("base_size %d (want 1 to %d)", m.BaseSize, int64(MaxFirmwareSize))
+		}
+		if err := checkHex(m.BaseSHA256, 32); err != nil {
+			return bad("base_sha256: %v", err)
+		}
+		if !slices.Contains(DeltaCompressions, m.Compression) {
+			return bad("compression %q (want one of %v)", m.Compression, DeltaCompressions)
+		}
+		if m.PatchSize <= 0 || m.PatchSize > MaxPatchSize {
+			return bad("patch_size %d (want 1 to %d)", m.PatchSize, int64(MaxPatchSize))
+		}
+		if want := paddedSize(m.PatchSize); m.CiphertextSize != want {
+			return bad("ciphertext_size %d does not match patch_size %d (want %d)", m.CiphertextSize, m.PatchSize, want)
+		}
+	default:
+		return bad("kind %q (want \"delta\", or none for a full image)", m.Kind)
+	}
+	return nil
+}
+
+// BaseDigest returns the decoded base SHA-256 of a validated delta manifest.
+func (m *Manifest) BaseDigest() (d [32]byte) {
+	hex.Decode(d[:], []byte(m.BaseSHA256))
+	return d
+}
+
+// CheckDeltaOf checks that a delta manifest describes a patch to the
+// release of full: the same product, hardware, version, counter, target
+// image, chunk size and key. Everything a device checks in a full manifest
+// must hold for a delta the same way.
+func (m *Manifest) CheckDeltaOf(full *Manifest) error {
+	if m.Kind != KindDelta {
+		return fmt.Errorf("%w: manifest of kind %q where a delta was expected", ErrMalformed, m.Kind)
+	}
+	if full.Kind != KindFull {
+		return fmt.Errorf("%w: a delta's release manifest is itself of kind %q", ErrMalformed, full.Kind)
+	}
+	type fields struct {
+		product, hardware, version string
+		counter                    uint32
+		size                       int64
+		sha                        string
+		chunk                      int
+		key, alg                   string
+	}
+	a := fields{m.Product, m.Hardware, m.Version, m.SecurityCounter, m.PlaintextSize, m.PlaintextSHA256, m.ChunkSize, m.KeyID, m.SignatureAlg}
+	b := fields{full.Product, full.Hardware, full.Version, full.SecurityCounter, full.PlaintextSize, full.PlaintextSHA256, full.ChunkSize, full.KeyID, full.SignatureAlg}
+	if a != b {
+		return fmt.Errorf("%w: delta from %s describes %s %s %s (%d bytes, sha256 %.12s…), not the release %s %s %s (%d bytes, sha256 %.12s…) it is bundled with",
+			ErrMalformed, m.BaseVersion, m.Product, m.Hardware, m.Version, m.PlaintextSize, m.PlaintextSHA256,
+			full.Product, full.Hardware, full.Version, full.PlaintextSize, full.PlaintextSHA256)
 	}
 	return nil
 }

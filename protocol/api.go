@@ -13,6 +13,13 @@ type CheckRequest struct {
 	// Inventory is what the device tells about itself; stored and shown
 	// to operators, never used to decide.
 	Inventory *Inventory `json:"inventory,omitempty"`
+	// ImageSHA256 is the hex SHA-256 of the image the device runs (the
+	// bytes of its running slot up to the image's size). With Delta it
+	// lets the server offer a patch onto exactly that image.
+	ImageSHA256 string `json:"image_sha256,omitempty"`
+	// Delta lists the patch compressions the device can apply (heatshrink,
+	// crle, none); absent: it takes full images only.
+	Delta []string `json:"delta,omitempty"`
 }
 
 // Inventory is a device's description of itself.
@@ -42,6 +49,14 @@ type CheckResponse struct {
 	// ChunkMACs lists the chunk MAC schemes the server offers; servers from
 	// before v2 leave it out, which means v1 only.
 	ChunkMACs []ChunkMACScheme `json:"chunk_macs,omitempty"`
+	// Artifact is "delta" when the session serves a patch: Manifest and
+	// Signature are then the delta's own signed manifest (kind "delta",
+	// naming the base the patch applies onto), and Chunks, CiphertextSize,
+	// the URLs and the chunk MACs are the patch's. Absent: the full image.
+	Artifact string `json:"artifact,omitempty"`
+	// FullSize is the full image's ciphertext size when a delta is
+	// offered, so the device can tell what the patch saves.
+	FullSize int64 `json:"full_size,omitempty"`
 	// InstallAfter and InstallUntil bound when the device may install
 	// (reboot into) the update, from its rollout's maintenance windows:
 	// download now, install within [InstallAfter, InstallUntil). Absent:
