@@ -297,6 +297,18 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // checks plaintext size and SHA-256. dst receives bytes before the checks
 // finish: write it somewhere temporary and keep it only if this returns nil.
 func VerifyPayload(r io.Reader, m *Manifest, key *keys.FirmwareKey, dst io.Writer) error {
+	if err := verifyCiphertext(r, m, key, dst); err != nil {
+		return err
+	}
+	var one [1]byte
+	if k, _ := io.ReadFull(r, one[:]); k > 0 {
+		return ErrTrailingData
+	}
+	return nil
+}
+
+// verifyCiphertext is VerifyPayload without the check that r ends there.
+func verifyCiphertext(r io.Reader, m *Manifest, key *keys.FirmwareKey, dst io.Writer) error {
 	// The ciphertext digest is computed on another goroutine while this one
 	// decrypts and hashes the plaintext.
 	ctHash := sha256.New()
@@ -329,10 +341,6 @@ func VerifyPayload(r io.Reader, m *Manifest, key *keys.FirmwareKey, dst io.Write
 	if n < m.CiphertextSize {
 		return fmt.Errorf("%w: ciphertext is %d bytes, manifest says %d", ErrTruncated, n, m.CiphertextSize)
 	}
-	var one [1]byte
-	if k, _ := io.ReadFull(r, one[:]); k > 0 {
-		return ErrTrailingData
-	}
 	ctClosed = true
 	if err := ctSink.Close(); err != nil {
 		return err
@@ -345,6 +353,14 @@ func VerifyPayload(r io.Reader, m *Manifest, key *keys.FirmwareKey, dst io.Write
 	}
 	if err := dec.Close(); err != nil {
 		return err
+	}
+	if m.Kind == KindDelta {
+		// A patch's digest is not signed: the image it makes is, and the
+		// device checks that. Here its size is what can be checked.
+		if dec.Written() != m.PatchSize {
+			return fmt.Errorf("%w: decrypted a %d-byte patch, manifest says %d", ErrPlaintextSize, dec.Written(), m.PatchSize)
+		}
+		return nil
 	}
 	if dec.Written() != m.PlaintextSize {
 		return fmt.Errorf("%w: decrypted %d bytes, manifest says %d", ErrPlaintextSize, dec.Written(), m.PlaintextSize)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/ecowatt/fota"
@@ -90,6 +91,9 @@ func runReleaseBuild(e *env, args []string) error {
 	chunkSize := fs.Int("chunk-size", bundle.DefaultChunkSize, "bytes per download chunk")
 	notes := fs.String("notes", "", "release notes stored in the manifest")
 	force := fs.Bool("force", false, "replace an existing bundle; accept flags that disagree with the app descriptor")
+	var deltaFrom stringList
+	fs.Var(&deltaFrom, "delta-from", "add a delta from this base: an earlier release's .fota, an ESP32 image, or VERSION=IMAGE (repeatable)")
+	deltaCompression := fs.String("delta-compression", "heatshrink", "compression of the delta patches: heatshrink, crle or none")
 	rest, err := parseFlags(e, fs, releaseUsage, args)
 	if err != nil {
 		return err
@@ -126,21 +130,52 @@ func runReleaseBuild(e *env, args []string) error {
 	if opts.FirmwareKey, err = loadPrivate(e, fp, keys.LoadFirmwareKey); err != nil {
 		return err
 	}
+	if len(deltaFrom) > bundle.MaxDeltas {
+		return usagef("%d --delta-from bases; a bundle holds at most %d deltas", len(deltaFrom), bundle.MaxDeltas)
+	}
+	if len(deltaFrom) > 0 && !slices.Contains(bundle.DeltaCompressions, *deltaCompression) {
+		return usagef("--delta-compression %q: want one of %s", *deltaCompression, strings.Join(bundle.DeltaCompressions, ", "))
+	}
+	var bases []*deltaBase
+	var target []byte
+	for _, arg := range deltaFrom {
+		b, err := loadDeltaBase(arg, opts.Signer, opts.FirmwareKey)
+		if err != nil {
+			return err
+		}
+		bases = append(bases, b)
+	}
+	if len(bases) > 0 {
+		if target, err = readImage(fwPath); err != nil {
+			return err
+		}
+	}
 	if *out == "" {
 		*out = opts.Product + "-" + opts.Version + ".fota"
 	}
 	opts.TempDir = filepath.Dir(*out)
 	var m *bundle.Manifest
+	var deltas []*bundle.Manifest
 	err = writeAtomic(*out, 0o644, *force, func(f *os.File) error {
 		var err error
-		m, err = bundle.Build(f, firmware, opts)
-		return err
+		if m, err = bundle.Build(f, firmware, opts); err != nil || len(bases) == 0 {
+			return err
+		}
+		w := bufio.NewWriterSize(f, 64<<10)
+		if deltas, err = appendDeltas(e, w, m, target, bases, *deltaCompression, opts.Signer, opts.FirmwareKey); err != nil {
+			return err
+		}
+		return w.Flush()
 	})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "built %s: %s %s for %s, %d bytes firmware, %d chunks of %d, security counter %d, signed by %s (%s)\n",
 		*out, m.Product, m.Version, m.Hardware, m.PlaintextSize, m.Chunks(), m.ChunkSize, m.SecurityCounter, m.KeyID, m.SignatureAlg)
+	for _, d := range deltas {
+		fmt.Fprintf(e.stdout, "  delta from %s (sha256 %.12s…): %s patch %d bytes, %.1f%% of the image, %d chunks\n",
+			d.BaseVersion, d.BaseSHA256, d.Compression, d.PatchSize, 100*float64(d.PatchSize)/float64(m.PlaintextSize), d.Chunks())
+	}
 	if m.ChunkSize > update.MaxLegacyChunkSize {
 		e.warn("%s is native-only: its %d-byte chunks are larger than the %d bytes the original EcoWatt firmware takes, "+
 			"so the server offers it only on the native API (/v1); build with --chunk-size %d for EcoWatt-API devices",
@@ -341,16 +376,20 @@ func runReleaseVerify(e *env, args []string) error {
 	if *extract != "" {
 		err = writeAtomic(*extract, 0o600, *force, func(out *os.File) error {
 			w := bufio.NewWriterSize(out, 64<<10)
-			if err := bundle.VerifyPayload(payload, m, fwKey, w); err != nil {
+			if err := bundle.VerifyCiphertext(payload, m, fwKey, w); err != nil {
 				return fmt.Errorf("%s: %w", path, err)
 			}
 			return w.Flush()
 		})
-	} else if err = bundle.VerifyPayload(payload, m, fwKey, nil); err != nil {
+	} else if err = bundle.VerifyCiphertext(payload, m, fwKey, nil); err != nil {
 		err = fmt.Errorf("%s: %w", path, err)
 	}
 	if err != nil {
 		return err
+	}
+	deltas, err := readDeltaRecords(payload, env.PayloadOffset()+m.CiphertextSize, m, trusted, fwKey)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	what := "signature, ciphertext sha256"
 	if env.LegacySignature != nil {
@@ -361,6 +400,13 @@ func runReleaseVerify(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "ok %s: %s %s for %s, signed by %s (%s); checked %s\n",
 		path, m.Product, m.Version, m.Hardware, m.KeyID, m.SignatureAlg, what)
+	for _, d := range deltas {
+		what := "signature, ciphertext sha256"
+		if fwKey != nil {
+			what += ", decryption and patch size (the image it makes is checked on the device, which has the base)"
+		}
+		fmt.Fprintf(e.stdout, "ok delta from %s (sha256 %.12s…): checked %s\n", d.Manifest.BaseVersion, d.Manifest.BaseSHA256, what)
+	}
 	if *extract != "" {
 		fmt.Fprintf(e.stdout, "wrote %s (%d bytes)\n", *extract, m.PlaintextSize)
 	}
@@ -387,6 +433,7 @@ type inspection struct {
 	LegacyAPI        bool             `json:"legacy_api"`
 	NativeOnlyReason string           `json:"native_only_reason,omitempty"`
 	Manifest         *bundle.Manifest `json:"manifest"`
+	Deltas           []deltaRecord    `json:"deltas,omitempty"`
 }
 
 func runReleaseInspect(e *env, args []string) error {
@@ -415,9 +462,17 @@ func runReleaseInspect(e *env, args []string) error {
 	}
 	in := inspection{
 		File: path, FileSize: st.Size(), PayloadOffset: env.PayloadOffset(),
-		Complete: st.Size() == env.PayloadOffset()+m.CiphertextSize,
-		Chunks:   m.Chunks(), Signature: base64.StdEncoding.EncodeToString(env.Signature), Manifest: m,
+		Chunks: m.Chunks(), Signature: base64.StdEncoding.EncodeToString(env.Signature), Manifest: m,
 	}
+	end := env.PayloadOffset() + m.CiphertextSize
+	var deltaErr error
+	if _, err := f.Seek(end, io.SeekStart); err == nil {
+		in.Deltas, deltaErr = readDeltaRecords(bufio.NewReaderSize(f, 64<<10), end, m, nil, nil)
+	}
+	for _, d := range in.Deltas {
+		end = d.Offset + d.Size
+	}
+	in.Complete = deltaErr == nil && st.Size() == end
 	if env.LegacySignature != nil {
 		in.LegacySignature = base64.StdEncoding.EncodeToString(env.LegacySignature)
 	}
@@ -453,8 +508,20 @@ func runReleaseInspect(e *env, args []string) error {
 	if m.Notes != "" {
 		fmt.Fprintf(w, "notes           %s\n", m.Notes)
 	}
-	if !in.Complete {
-		fmt.Fprintf(w, "WARNING         file is %d bytes, the manifest describes %d: truncated or padded\n", st.Size(), env.PayloadOffset()+m.CiphertextSize)
+	for _, d := range in.Deltas {
+		dm := d.Manifest
+		fmt.Fprintf(w, "delta           from %s (%d bytes, sha256 %s): %s patch %d bytes (%.1f%% of the image), %d bytes encrypted in %d chunks\n",
+			dm.BaseVersion, dm.BaseSize, dm.BaseSHA256, dm.Compression, dm.PatchSize, 100*float64(dm.PatchSize)/float64(m.PlaintextSize),
+			dm.CiphertextSize, d.Chunks)
+	}
+	if len(in.Deltas) == 0 {
+		fmt.Fprintf(w, "deltas          none (every device downloads the full image)\n")
+	}
+	switch {
+	case deltaErr != nil:
+		fmt.Fprintf(w, "WARNING         after the payload: %v\n", deltaErr)
+	case !in.Complete:
+		fmt.Fprintf(w, "WARNING         file is %d bytes, the manifest describes %d: truncated or padded\n", st.Size(), end)
 	}
 	fmt.Fprintf(w, "NOT VERIFIED    inspect does not check signatures; run: fota release verify --pub KEY %s\n", path)
 	return nil
