@@ -203,14 +203,31 @@ type Session struct {
 	TotalChunks    int     `json:"total_chunks"`
 	Percentage     float64 `json:"percentage"`
 	BytesServed    int64   `json:"bytes_served"`
-	Started        string  `json:"started"`
-	Updated        string  `json:"updated"`
+	// Artifact is "delta" for a session that serves a patch (BytesServed
+	// and the chunks are then the patch's); absent for the full image.
+	Artifact string `json:"artifact,omitempty"`
+	Started  string `json:"started"`
+	Updated  string `json:"updated"`
 }
 
 // Sessions is GET /v1/admin/sessions and GET /ota/status.
 type Sessions struct {
 	ActiveSessions int       `json:"active_sessions"`
 	Sessions       []Session `json:"sessions"`
+	// Traffic, on the admin API only, is what all recorded sessions put on
+	// the wire.
+	Traffic *Traffic `json:"traffic,omitempty"`
+}
+
+// Traffic is what update sessions put on the wire, delta and full apart.
+type Traffic struct {
+	FullSessions  int   `json:"full_sessions"`
+	FullBytes     int64 `json:"full_bytes"`
+	DeltaSessions int   `json:"delta_sessions"`
+	DeltaBytes    int64 `json:"delta_bytes"`
+	// DeltaFullBytes is what the delta sessions' releases weigh as full
+	// images: what those devices would have downloaded without deltas.
+	DeltaFullBytes int64 `json:"delta_full_bytes"`
 }
 
 // Event is one recorded state change.

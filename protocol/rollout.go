@@ -90,6 +90,9 @@ type Rollout struct {
 	UpToDate int `json:"up_to_date,omitempty"`
 	// Devices is filled in by GET /v1/admin/rollouts/{id}.
 	Devices []RolloutDevice `json:"devices,omitempty"`
+	// Traffic, filled in by GET /v1/admin/rollouts/{id}, is what the
+	// rollout's sessions put on the wire, delta and full apart.
+	Traffic *Traffic `json:"traffic,omitempty"`
 }
 
 // SetLabels is the body of PATCH /v1/admin/devices/{id}/labels.

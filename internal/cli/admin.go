@@ -682,16 +682,46 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "%d update session(s) in progress\n", sessions.ActiveSessions)
 	if len(sessions.Sessions) > 0 {
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tVERSION\tAPI\tSTATE\tPROGRESS\tCHUNKS\tUPDATED")
+		fmt.Fprintln(tw, "DEVICE\tVERSION\tAPI\tARTIFACT\tSTATE\tPROGRESS\tCHUNKS\tBYTES\tUPDATED")
 		for _, s := range sessions.Sessions {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s %5.1f%%\t%d/%d\t%s\n", s.DeviceID, s.Version, s.API, s.State,
-				bar(s.Percentage, 20), s.Percentage, s.ChunksReceived, s.TotalChunks, s.Updated)
+			artifact := s.Artifact
+			if artifact == "" {
+				artifact = fota.ArtifactFull
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s %5.1f%%\t%d/%d\t%d\t%s\n", s.DeviceID, s.Version, s.API, artifact, s.State,
+				bar(s.Percentage, 20), s.Percentage, s.ChunksReceived, s.TotalChunks, s.BytesServed, s.Updated)
 		}
 		tw.Flush()
+	}
+	if sessions.Traffic != nil {
+		fmt.Fprintf(e.stdout, "on the wire, all recorded sessions: %s\n", trafficLine(*sessions.Traffic))
 	}
 	fmt.Fprintln(e.stdout, "\nrecent events")
 	printEvents(e, evs)
 	return nil
+}
+
+// trafficLine says what update sessions put on the wire, and what the
+// deltas among them saved against full images.
+func trafficLine(t protocol.Traffic) string {
+	line := fmt.Sprintf("full images %s in %d session(s); deltas %s in %d session(s)", byteSize(t.FullBytes), t.FullSessions,
+		byteSize(t.DeltaBytes), t.DeltaSessions)
+	if t.DeltaSessions > 0 && t.DeltaFullBytes > 0 {
+		line += fmt.Sprintf(" (as full images: %s, %.1f%% saved)", byteSize(t.DeltaFullBytes),
+			100*(1-float64(t.DeltaBytes)/float64(t.DeltaFullBytes)))
+	}
+	return line
+}
+
+// byteSize is n bytes for people.
+func byteSize(n int64) string {
+	switch {
+	case n >= 10<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 10<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // bar draws a progress bar of width characters.

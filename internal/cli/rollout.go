@@ -241,6 +241,9 @@ func runRolloutShow(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, " (%s)", shown(r.GateReason))
 	}
 	fmt.Fprintln(e.stdout)
+	if r.Traffic != nil {
+		fmt.Fprintf(e.stdout, "on the wire: %s\n", trafficLine(*r.Traffic))
+	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WAVE\tOPEN\tTARGETED\tPENDING\tOFFERED\tDOWNLOADING\tCONFIRMED\tFAILED\tACCEPTED\tSILENT\tSUPERSEDED")
 	for _, w := range r.WaveCounts {

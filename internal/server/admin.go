@@ -174,7 +174,7 @@ func (s *Server) Publish(ctx context.Context, body io.Reader) (*fota.Release, er
 	// The chunk digests v2 HMACs are made over, hashed on the way in: the
 	// first device to download a new release does not wait for them.
 	digests := newChunkHasher(m.ChunkSize, m.Chunks())
-	if err := bundle.VerifyPayload(io.TeeReader(br, io.MultiWriter(tmp, digests)), m, nil, nil); err != nil {
+	if err := bundle.VerifyCiphertext(io.TeeReader(br, io.MultiWriter(tmp, digests)), m, nil, nil); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return nil, fota.Errorf(fota.ETOOLARGE, "bundle is larger than %d bytes", int64(maxBundle))
@@ -190,14 +190,8 @@ func (s *Server) Publish(ctx context.Context, body io.Reader) (*fota.Release, er
 		return nil, err
 	}
 	committed = true
-	rel := &fota.Release{
-		Product: m.Product, Hardware: m.Hardware, Version: m.Version, SecurityCounter: m.SecurityCounter,
-		PlaintextSize: m.PlaintextSize, PlaintextSHA256: m.PlaintextSHA256, CiphertextSize: m.CiphertextSize,
-		CiphertextSHA256: m.CiphertextSHA256, ChunkSize: m.ChunkSize, IV: m.IV, KeyID: m.KeyID, SignatureAlg: m.SignatureAlg,
-		Notes: m.Notes, Created: m.Created, ManifestBytes: env.ManifestBytes, Signature: env.Signature,
-		LegacySignature: env.LegacySignature, BlobKey: key,
-	}
-	if err := s.store.CreateRelease(ctx, rel); err != nil {
+	deltas, deltaDigests, err := s.publishDeltas(br, m)
+	if err != nil {
 		if !existed {
 			if inUse, _ := s.store.BlobInUse(ctx, key); !inUse {
 				s.blobs.Remove(key)
@@ -205,9 +199,88 @@ func (s *Server) Publish(ctx context.Context, body io.Reader) (*fota.Release, er
 		}
 		return nil, err
 	}
-	s.digests.put(rel.ID, digests.digests())
-	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID)
+	rel := &fota.Release{
+		Product: m.Product, Hardware: m.Hardware, Version: m.Version, SecurityCounter: m.SecurityCounter,
+		PlaintextSize: m.PlaintextSize, PlaintextSHA256: m.PlaintextSHA256, CiphertextSize: m.CiphertextSize,
+		CiphertextSHA256: m.CiphertextSHA256, ChunkSize: m.ChunkSize, IV: m.IV, KeyID: m.KeyID, SignatureAlg: m.SignatureAlg,
+		Notes: m.Notes, Created: m.Created, ManifestBytes: env.ManifestBytes, Signature: env.Signature,
+		LegacySignature: env.LegacySignature, BlobKey: key, Deltas: deltas,
+	}
+	if err := s.store.CreateRelease(ctx, rel); err != nil {
+		for _, k := range append([]string{key}, blobKeys(deltas)...) {
+			if !existed || k != key {
+				if inUse, _ := s.store.BlobInUse(ctx, k); !inUse {
+					s.blobs.Remove(k)
+				}
+			}
+		}
+		return nil, err
+	}
+	s.digests.put(rel.BlobKey, digests.digests())
+	for i, d := range deltas {
+		s.digests.put(d.BlobKey, deltaDigests[i])
+	}
+	s.log.Info("release published", "release_version", rel.Version, "hardware", rel.Hardware, "bytes", rel.PlaintextSize, "key_id", rel.KeyID,
+		"deltas", len(deltas))
 	return rel, nil
+}
+
+// publishDeltas stores the delta records that follow a verified release's
+// ciphertext, each verified (signature, the same release, its ciphertext's
+// size and hash) before the next is read; on any error none is kept.
+func (s *Server) publishDeltas(br io.Reader, full *bundle.Manifest) (deltas []fota.ReleaseDelta, digests [][][32]byte, err error) {
+	var committed []string
+	defer func() {
+		if err != nil {
+			for _, k := range committed {
+				s.blobs.Remove(k)
+			}
+		}
+	}()
+	var bases []string
+	for {
+		env, err := bundle.ReadDelta(br)
+		if errors.Is(err, io.EOF) {
+			return deltas, digests, nil
+		}
+		if err != nil {
+			return nil, nil, bundleError(err)
+		}
+		m, err := env.VerifyDelta(full, bases, s.trusted...)
+		if err != nil {
+			return nil, nil, bundleError(err)
+		}
+		bases = append(bases, m.BaseSHA256)
+		tmp, err := s.blobs.Create()
+		if err != nil {
+			return nil, nil, err
+		}
+		hasher := newChunkHasher(m.ChunkSize, m.Chunks())
+		if err := bundle.VerifyCiphertext(io.TeeReader(br, io.MultiWriter(tmp, hasher)), m, nil, nil); err != nil {
+			tmp.Abort()
+			return nil, nil, bundleError(fmt.Errorf("delta from %s: %w", m.BaseVersion, err))
+		}
+		_, openErr := s.blobs.Open(m.CiphertextSHA256)
+		if err := tmp.Commit(m.CiphertextSHA256); err != nil {
+			return nil, nil, err
+		}
+		if openErr != nil {
+			committed = append(committed, m.CiphertextSHA256)
+		}
+		deltas = append(deltas, fota.ReleaseDelta{BaseSHA256: m.BaseSHA256, BaseVersion: m.BaseVersion, BaseSize: m.BaseSize,
+			Compression: m.Compression, PatchSize: m.PatchSize, CiphertextSize: m.CiphertextSize, CiphertextSHA256: m.CiphertextSHA256,
+			ManifestBytes: env.ManifestBytes, Signature: env.Signature, BlobKey: m.CiphertextSHA256})
+		digests = append(digests, hasher.digests())
+	}
+}
+
+// blobKeys lists the deltas' blobs.
+func blobKeys(deltas []fota.ReleaseDelta) []string {
+	keys := make([]string, len(deltas))
+	for i, d := range deltas {
+		keys[i] = d.BlobKey
+	}
+	return keys
 }
 
 // bundleError turns a bundle failure into a client error that names it.
@@ -249,10 +322,12 @@ func (s *Server) deleteRelease(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.releases.forget(rel.ID)
-	s.digests.forget(rel.ID)
-	if inUse, err := s.store.BlobInUse(r.Context(), rel.BlobKey); err == nil && !inUse {
-		if err := s.blobs.Remove(rel.BlobKey); err != nil {
-			s.log.Warn("release deleted, blob left behind", "release_version", rel.Version, "error", err)
+	for _, key := range append([]string{rel.BlobKey}, blobKeys(rel.Deltas)...) {
+		s.digests.forget(key)
+		if inUse, err := s.store.BlobInUse(r.Context(), key); err == nil && !inUse {
+			if err := s.blobs.Remove(key); err != nil {
+				s.log.Warn("release deleted, blob left behind", "release_version", rel.Version, "blob", key, "error", err)
+			}
 		}
 	}
 	s.log.Info("release deleted", "release_version", rel.Version, "hardware", rel.Hardware)
@@ -469,7 +544,19 @@ func (s *Server) clearBackoffs(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
-	return s.sessionsView(w, r)
+	sessions, err := s.store.ActiveSessions(r.Context())
+	if err != nil {
+		return err
+	}
+	traffic, err := s.store.Traffic(r.Context(), fota.TrafficFilter{})
+	if err != nil {
+		return err
+	}
+	views := make([]protocol.Session, 0, len(sessions))
+	for _, sess := range sessions {
+		views = append(views, viewSession(sess))
+	}
+	return writeJSON(w, http.StatusOK, protocol.Sessions{ActiveSessions: len(views), Sessions: views, Traffic: viewTraffic(traffic)})
 }
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) error {

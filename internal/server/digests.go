@@ -19,7 +19,7 @@ import (
 // (16 MiB of firmware in about 25 ms).
 const digestLimit = 16 << 20
 
-// digestCache keeps each release's list of chunk SHA-256 digests, over
+// digestCache keeps each ciphertext's list of chunk SHA-256 digests, over
 // which v2 chunk HMACs are computed: a release's chunks are hashed once
 // rather than once per device. Entries are made on first use, by one
 // request while the others wait, and the least recently used go first when
@@ -28,7 +28,7 @@ type digestCache struct {
 	limit int64
 	clock atomic.Uint64
 	mu    sync.Mutex
-	byID  map[int64]*digestEntry
+	byKey map[string]*digestEntry // by the ciphertext's blob key: a release's or a delta's
 	used  int64
 }
 
@@ -40,17 +40,17 @@ type digestEntry struct {
 }
 
 func newDigestCache(limit int64) *digestCache {
-	return &digestCache{limit: limit, byID: map[int64]*digestEntry{}}
+	return &digestCache{limit: limit, byKey: map[string]*digestEntry{}}
 }
 
 // get returns rel's chunk digests, hashing them with compute if they are
 // not kept. A failed computation is not kept: the next request tries again.
 func (c *digestCache) get(ctx context.Context, rel *fota.Release, compute func(*fota.Release) ([][32]byte, error)) ([][32]byte, error) {
 	c.mu.Lock()
-	e, ok := c.byID[rel.ID]
+	e, ok := c.byKey[rel.BlobKey]
 	if !ok {
 		e = &digestEntry{ready: make(chan struct{})}
-		c.byID[rel.ID] = e
+		c.byKey[rel.BlobKey] = e
 	}
 	c.mu.Unlock()
 	e.lastUse.Store(c.clock.Add(1))
@@ -58,7 +58,7 @@ func (c *digestCache) get(ctx context.Context, rel *fota.Release, compute func(*
 		// Not tied to this request: the devices waiting need it done.
 		e.sums, e.err = compute(rel)
 		close(e.ready)
-		c.settle(rel.ID, e)
+		c.settle(rel.BlobKey, e)
 	}
 	select {
 	case <-e.ready:
@@ -70,21 +70,21 @@ func (c *digestCache) get(ctx context.Context, rel *fota.Release, compute func(*
 
 // settle accounts for a finished entry, dropping it if it failed and the
 // least recently used others while over the limit.
-func (c *digestCache) settle(id int64, e *digestEntry) {
+func (c *digestCache) settle(id string, e *digestEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.byID[id] != e {
+	if c.byKey[id] != e {
 		return // forgotten meanwhile
 	}
 	if e.err != nil {
-		delete(c.byID, id)
+		delete(c.byKey, id)
 		return
 	}
 	c.used += int64(len(e.sums)) * sha256.Size
 	for c.used > c.limit {
-		var oldID int64
+		var oldID string
 		var old *digestEntry
-		for id, o := range c.byID {
+		for id, o := range c.byKey {
 			if isReady(o) && o.sums != nil && o != e && (old == nil || o.lastUse.Load() < old.lastUse.Load()) {
 				oldID, old = id, o
 			}
@@ -92,7 +92,7 @@ func (c *digestCache) settle(id int64, e *digestEntry) {
 		if old == nil {
 			break // only the newest is left: keep it however large
 		}
-		delete(c.byID, oldID)
+		delete(c.byKey, oldID)
 		c.used -= int64(len(old.sums)) * sha256.Size
 	}
 }
@@ -107,27 +107,27 @@ func isReady(e *digestEntry) bool {
 }
 
 // forget drops a deleted release's digests.
-func (c *digestCache) forget(id int64) {
+func (c *digestCache) forget(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byID[id]; ok {
+	if e, ok := c.byKey[id]; ok {
 		if isReady(e) {
 			c.used -= int64(len(e.sums)) * sha256.Size
 		}
-		delete(c.byID, id)
+		delete(c.byKey, id)
 	}
 }
 
 // put keeps digests made elsewhere: at publish, from the verified upload.
-func (c *digestCache) put(id int64, sums [][32]byte) {
+func (c *digestCache) put(id string, sums [][32]byte) {
 	e := &digestEntry{ready: make(chan struct{}), sums: sums}
 	close(e.ready)
 	e.lastUse.Store(c.clock.Add(1))
 	c.mu.Lock()
-	if old, ok := c.byID[id]; ok && isReady(old) {
+	if old, ok := c.byKey[id]; ok && isReady(old) {
 		c.used -= int64(len(old.sums)) * sha256.Size
 	}
-	c.byID[id] = e
+	c.byKey[id] = e
 	c.mu.Unlock()
 	c.settle(id, e)
 }

@@ -245,6 +245,7 @@ func (s *Server) legacyChunk(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	if _, err = w.Write(out); err == nil {
 		s.metrics.chunkBytes.WithLabelValues(fota.APIEcoWatt).Add(float64(size))
+		s.metrics.updateBytes.WithLabelValues(fota.ArtifactFull).Add(float64(size))
 	}
 	return err
 }
@@ -340,9 +341,19 @@ func (s *Server) legacyComplete(w http.ResponseWriter, r *http.Request) error {
 }
 
 func viewSession(s *fota.Session) protocol.Session {
-	return protocol.Session{SessionID: s.ID, DeviceID: s.DeviceID, Version: s.ReleaseVersion, API: s.API, State: s.State,
+	v := protocol.Session{SessionID: s.ID, DeviceID: s.DeviceID, Version: s.ReleaseVersion, API: s.API, State: s.State,
 		ChunksReceived: s.NextChunk, TotalChunks: s.TotalChunks, Percentage: math.Round(s.Percent()*100) / 100,
 		BytesServed: s.BytesServed, Started: s.Created.Format(timeFormat), Updated: s.Updated.Format(timeFormat)}
+	if s.DeltaBase != "" {
+		v.Artifact = fota.ArtifactDelta
+	}
+	return v
+}
+
+// viewTraffic is Traffic as the admin API shows it.
+func viewTraffic(t fota.Traffic) *protocol.Traffic {
+	return &protocol.Traffic{FullSessions: t.FullSessions, FullBytes: t.FullBytes, DeltaSessions: t.DeltaSessions,
+		DeltaBytes: t.DeltaBytes, DeltaFullBytes: t.DeltaFullBytes}
 }
 
 const timeFormat = "2006-01-02T15:04:05Z07:00"

@@ -32,7 +32,10 @@ type metrics struct {
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	chunkBytes *prometheus.CounterVec
-	updates    *prometheus.CounterVec
+	// updateBytes splits the bytes served to update sessions by artifact:
+	// delta patches against full images.
+	updateBytes *prometheus.CounterVec
+	updates     *prometheus.CounterVec
 }
 
 func newMetrics(store fota.Store, notifier fota.Notifier) *metrics {
@@ -44,9 +47,11 @@ func newMetrics(store fota.Store, notifier fota.Notifier) *metrics {
 		Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5}}, []string{"route"})
 	m.chunkBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_chunk_bytes_total",
 		Help: "Ciphertext bytes served in chunks, by API."}, []string{"api"})
+	m.updateBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_update_bytes_total",
+		Help: "Ciphertext bytes served to update sessions, by artifact (delta or full)."}, []string{"artifact"})
 	m.updates = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fota_updates_total",
 		Help: "Update sessions ended, by outcome (confirmed, rolled-back, failed, verified-failed)."}, []string{"outcome"})
-	m.registry.MustRegister(m.requests, m.duration, m.chunkBytes, m.updates, rolloutCollector{store},
+	m.registry.MustRegister(m.requests, m.duration, m.chunkBytes, m.updateBytes, m.updates, rolloutCollector{store},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fota_sessions_open", Help: "Active update sessions."}, func() float64 {
 			if c, ok := store.(SessionCounter); ok {

@@ -12,11 +12,14 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/internal/update"
 	"github.com/ecowatt/fota/protocol"
 	"github.com/ecowatt/fota/semver"
@@ -128,25 +131,73 @@ func (s *Server) nativeCheck(w http.ResponseWriter, r *http.Request, body []byte
 	if err != nil {
 		return err
 	}
+	if err := checkDeltaAbility(req.ImageSHA256, req.Delta); err != nil {
+		return err
+	}
 	a := authedDevice(r)
 	offer, why, err := s.updates.Check(r.Context(), update.CheckIn{DeviceID: a.ID, Device: a.read, API: fota.APINative,
-		Running: req.Version, Hardware: req.Hardware, SecurityCounter: req.SecurityCounter, Inventory: inv})
+		Running: req.Version, Hardware: req.Hardware, SecurityCounter: req.SecurityCounter, Inventory: inv,
+		ImageSHA256: req.ImageSHA256, DeltaCompressions: req.Delta})
 	if err != nil {
 		return err
 	}
 	if offer == nil {
 		return writeJSON(w, http.StatusOK, protocol.CheckResponse{Message: "no update available: " + why})
 	}
-	rel, sess := offer.Release, offer.Session
+	sess := offer.Session
+	rel, err := artifact(offer.Release, sess)
+	if err != nil {
+		return err
+	}
 	base := "/v1/device/sessions/" + sess.ID
-	return writeJSON(w, http.StatusOK, protocol.CheckResponse{
+	resp := protocol.CheckResponse{
 		Update: true, SessionID: sess.ID, Version: rel.Version,
 		Manifest: base64.StdEncoding.EncodeToString(rel.ManifestBytes), Signature: base64.StdEncoding.EncodeToString(rel.Signature),
 		ChunkSize: rel.ChunkSize, Chunks: rel.Chunks(), CiphertextSize: rel.CiphertextSize, NextChunk: sess.NextChunk,
 		ChunksURL: base + "/chunks", MACsURL: base + "/macs", ReportURL: base + "/report",
 		PayloadURL: "/v1/payload/" + rel.CiphertextSHA256, ChunkMACs: protocol.ChunkMACSchemes,
 		InstallAfter: offer.InstallAfter.UTC(), InstallUntil: offer.InstallUntil.UTC(),
-	})
+	}
+	if sess.DeltaBase != "" {
+		resp.Artifact, resp.FullSize = fota.ArtifactDelta, offer.Release.CiphertextSize
+	}
+	return writeJSON(w, http.StatusOK, resp)
+}
+
+// checkDeltaAbility checks what a device says of the image it runs and the
+// patches it applies.
+func checkDeltaAbility(image string, compressions []string) error {
+	if image != "" && !fota.ValidBlobKey(image) {
+		return fota.Errorf(fota.EINVALID, "field \"image_sha256\": want the 64 lowercase hex digits of the running image's SHA-256")
+	}
+	if len(compressions) > len(bundle.DeltaCompressions) {
+		return fota.Errorf(fota.EINVALID, "field \"delta\": at most %d compressions", len(bundle.DeltaCompressions))
+	}
+	for _, c := range compressions {
+		if !slices.Contains(bundle.DeltaCompressions, c) {
+			return fota.Errorf(fota.EINVALID, "field \"delta\": compression %q is not one of %s", truncate(c, 20), strings.Join(bundle.DeltaCompressions, ", "))
+		}
+	}
+	return nil
+}
+
+// artifact is what sess serves of rel, as a release: rel itself for the
+// full image; for a delta, rel with the delta's manifest, signature and
+// ciphertext in place of the full image's, so that chunks, MACs and
+// payload are served from it by the same code.
+func artifact(rel *fota.Release, sess *fota.Session) (*fota.Release, error) {
+	if sess.DeltaBase == "" {
+		return rel, nil
+	}
+	d := rel.Delta(sess.DeltaBase)
+	if d == nil {
+		return nil, fmt.Errorf("session %s serves a delta from %.12s… that release %s does not have", sess.ID, sess.DeltaBase, rel.Version)
+	}
+	view := *rel
+	view.ManifestBytes, view.Signature, view.LegacySignature = d.ManifestBytes, d.Signature, nil
+	view.CiphertextSize, view.CiphertextSHA256, view.BlobKey = d.CiphertextSize, d.CiphertextSHA256, d.BlobKey
+	view.Deltas = nil
+	return &view, nil
 }
 
 // maxInventoryText bounds the inventory's strings, which operators see.
@@ -192,6 +243,9 @@ func (s *Server) deviceSession(r *http.Request, fresh bool) (*fota.Session, *fot
 	}
 	rel, err := s.releases.get(r.Context(), sess.ReleaseID)
 	if err != nil {
+		return nil, nil, err
+	}
+	if rel, err = artifact(rel, sess); err != nil {
 		return nil, nil, err
 	}
 	return sess, rel, nil
@@ -352,6 +406,7 @@ func (s *Server) nativeChunks(w http.ResponseWriter, r *http.Request, _ []byte) 
 		}
 	}
 	s.metrics.chunkBytes.WithLabelValues(fota.APINative).Add(float64(end - start))
+	s.metrics.updateBytes.WithLabelValues(sess.Artifact()).Add(float64(end - start))
 	return s.served(r.Context(), sess, rel, from+count)
 }
 

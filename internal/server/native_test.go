@@ -697,7 +697,7 @@ func TestDigestCacheComputesOnceAndEvicts(t *testing.T) {
 	// Room for one release of 100 chunks.
 	c := newDigestCache(100 * 32)
 	rel := func(id int64) *fota.Release {
-		return &fota.Release{ID: id, ChunkSize: 1024, CiphertextSize: 100 * 1024}
+		return &fota.Release{ID: id, BlobKey: fmt.Sprint("blob", id), ChunkSize: 1024, CiphertextSize: 100 * 1024}
 	}
 
 	// Ten requests for one release at once: it is hashed once, all get it.
@@ -734,7 +734,7 @@ func TestDigestCacheComputesOnceAndEvicts(t *testing.T) {
 	if count(1) != 2 {
 		t.Fatal("the release just hashed was pushed out")
 	}
-	c.forget(1)
+	c.forget("blob1")
 	c.get(context.Background(), rel(1), compute)
 	if count(1) != 3 || c.used != 100*32 {
 		t.Fatalf("after forget: hashed %d times, %d bytes accounted", count(1), c.used)

@@ -96,7 +96,13 @@ func (s *Server) getRollout(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, viewRollout(v))
+	traffic, err := s.store.Traffic(r.Context(), fota.TrafficFilter{RolloutID: id})
+	if err != nil {
+		return err
+	}
+	out := viewRollout(v)
+	out.Traffic = viewTraffic(traffic)
+	return writeJSON(w, http.StatusOK, out)
 }
 
 // rolloutAction is pause, resume or abort.

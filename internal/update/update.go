@@ -28,6 +28,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -213,6 +214,11 @@ type CheckIn struct {
 	// Inventory is what an authenticated device tells about itself; nil
 	// if nothing.
 	Inventory *fota.Inventory
+	// ImageSHA256 is the hex SHA-256 of the image an authenticated device
+	// runs, and DeltaCompressions the patch compressions it applies: with
+	// both, a release's delta from exactly that image may be offered.
+	ImageSHA256       string
+	DeltaCompressions []string
 }
 
 // Offer is an update a device should take, in a session.
@@ -336,7 +342,13 @@ func (s *Service) offer(ctx context.Context, c CheckIn, d *fota.Device, authenti
 				Message: fmt.Sprintf("too many update sessions opened for this device or server; check again in %s", wait.Round(time.Second)+time.Second)}
 		}
 	}
-	sess, err := s.open(ctx, d, rel, dec.RolloutID, c.API, active)
+	var patch *fota.ReleaseDelta
+	if authenticated {
+		if patch, err = s.pickDelta(ctx, c, d, rel); err != nil {
+			return nil, "", err
+		}
+	}
+	sess, err := s.open(ctx, d, rel, patch, dec.RolloutID, c.API, active)
 	if err != nil && !authenticated {
 		s.limiter.refund(d.ID)
 	}
@@ -471,13 +483,39 @@ func (s *Service) backoff(ctx context.Context, d *fota.Device, sess *fota.Sessio
 	return &fota.Backoff{DeviceID: d.ID, ReleaseID: sess.ReleaseID, ReleaseVersion: sess.ReleaseVersion, Failures: failures, Until: now.Add(wait)}, nil
 }
 
-// open opens a session for rel, ending the device's active one.
-func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, rolloutID int64, api string, active *fota.Session) (*fota.Session, error) {
+// pickDelta is the delta of rel a session for the device should serve, or
+// nil for the full image: the device must run exactly the delta's base
+// (the SHA-256 it reported), apply its compression, and not have failed
+// that delta before; after a failed delta the full image always follows.
+func (s *Service) pickDelta(ctx context.Context, c CheckIn, d *fota.Device, rel *fota.Release) (*fota.ReleaseDelta, error) {
+	if c.ImageSHA256 == "" || len(rel.Deltas) == 0 {
+		return nil, nil
+	}
+	patch := rel.Delta(c.ImageSHA256)
+	if patch == nil || !slices.Contains(c.DeltaCompressions, patch.Compression) {
+		return nil, nil
+	}
+	failed, err := s.store.DeltaFailures(ctx, d.ID, rel.ID)
+	if err != nil {
+		return nil, fmt.Errorf("choose delta or full image for %s: %w", d.ID, err)
+	}
+	if slices.Contains(failed, patch.BaseSHA256) {
+		return nil, nil
+	}
+	return patch, nil
+}
+
+// open opens a session for rel, ending the device's active one. It serves
+// patch when one is given, else the full image.
+func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, patch *fota.ReleaseDelta, rolloutID int64, api string, active *fota.Session) (*fota.Session, error) {
 	id, err := newSessionID()
 	if err != nil {
 		return nil, err
 	}
 	sess := &fota.Session{ID: id, DeviceID: d.ID, ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: api, TotalChunks: rel.Chunks(), RolloutID: rolloutID}
+	if patch != nil {
+		sess.DeltaBase, sess.TotalChunks = patch.BaseSHA256, patch.Chunks(rel.ChunkSize)
+	}
 	caps := fota.SessionCaps{Total: s.maxSessions}
 	if api == fota.APIEcoWatt && s.maxSessions > 0 {
 		// Unauthenticated check-ins may fill only part of the cap, so that
@@ -493,7 +531,7 @@ func (s *Service) open(ctx context.Context, d *fota.Device, rel *fota.Release, r
 	}
 	s.cache.Forget(sess)
 	s.cache.Opened(sess)
-	s.log.Info("session opened", "device_id", d.ID, "session_id", id, "release_version", rel.Version, "api", api)
+	s.log.Info("session opened", "device_id", d.ID, "session_id", id, "release_version", rel.Version, "api", api, "artifact", sess.Artifact())
 	return sess, nil
 }
 
@@ -539,6 +577,13 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 	}
 	ch := fota.StateChange{State: r.State, Reason: r.Reason}
 	switch {
+	case r.State == fota.SessionFailed && authenticated && sess.DeltaBase != "":
+		// A patch that failed on the device (it does not fit what the device
+		// runs, or its image failed the hash) says nothing about the
+		// release: the device stays pending, and its next check gets the
+		// full image (pickDelta reads this failure).
+		ch.Member = fota.MemberPending
+		ch.Reason = "delta failed, the full image is offered next: " + r.Reason
 	case r.State == fota.SessionConfirmed && authenticated:
 		ch.RecordVersion, ch.RecordCounter = true, true
 	case r.State == fota.SessionConfirmed:

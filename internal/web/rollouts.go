@@ -231,6 +231,11 @@ type rolloutView struct {
 	Total    waveView
 	Failing  []*fota.RolloutMember
 	MoreFail int
+	// Traffic is what the rollout's sessions put on the wire.
+	Traffic fota.Traffic
+	// DeltaSaved is the share of the delta sessions' full-image bytes
+	// their patches did not need, in percent.
+	DeltaSaved float64
 }
 
 // liveRollout is what the rollout page's live section is drawn from:
@@ -252,6 +257,12 @@ func (d *Dashboard) rolloutView(ctx context.Context, id int64) (*rolloutView, er
 		return nil, err
 	}
 	out := &rolloutView{R: v.Rollout, Verdict: v.Verdict}
+	if out.Traffic, err = d.store.Traffic(ctx, fota.TrafficFilter{RolloutID: id}); err != nil {
+		return nil, err
+	}
+	if t := out.Traffic; t.DeltaFullBytes > 0 {
+		out.DeltaSaved = 100 * (1 - float64(t.DeltaBytes)/float64(t.DeltaFullBytes))
+	}
 	for _, t := range v.Tally {
 		out.Waves = append(out.Waves, makeWave(t, t.Wave <= v.Rollout.Wave))
 	}
