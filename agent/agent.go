@@ -43,6 +43,7 @@ import (
 
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/delta"
 	"github.com/ecowatt/fota/esp32"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
@@ -119,6 +120,9 @@ type Config struct {
 	// ChunkRetries is how often a chunk failing its HMAC is fetched again
 	// before the session is abandoned; default 3.
 	ChunkRetries int
+	// NoDelta makes the device take full images only; by default it asks
+	// the native API for delta patches onto the image it runs.
+	NoDelta bool
 	// ChunksPerRequest on the native API; DefaultChunksPerRequest when 0.
 	ChunksPerRequest int
 	// CheckpointEvery is how many chunks may pass between persisted
@@ -272,6 +276,9 @@ func New(cfg Config, slots Slots, boot BootInfo) (*Agent, error) {
 		// that signs requests, which the server's Date corrects.
 		a.now = func() time.Time { return cfg.Now().Add(dev.ClockOffset()) }
 		a.src = &nativeSource{dev: dev, hardware: cfg.Hardware, trusted: cfg.TrustedKey, inventory: a.inventory}
+		if !cfg.NoDelta {
+			a.src.(*nativeSource).delta = delta.Compressions()
+		}
 	case APIEcoWatt:
 		if cfg.TrustedKey.Alg() != keys.AlgRSA {
 			return nil, errors.New("agent: the EcoWatt-compatible API needs an RSA release key")
@@ -469,6 +476,11 @@ type downloadRecord struct {
 	// Head is the image's first bytes written so far (at most
 	// esp32.HeaderSize), kept on the EcoWatt API for the descriptor check.
 	Head []byte `json:"head,omitempty"`
+	// Patcher is the delta patcher's checkpoint and Written the image bytes
+	// it had written, for a delta download (the decrypter's Written is
+	// then the patch's bytes).
+	Patcher []byte `json:"patcher,omitempty"`
+	Written int64  `json:"written,omitempty"`
 	// Verified: the whole image is in the slot and matched its signed
 	// SHA-256, and waits for its install window; the stream state above is
 	// then empty. Added to version 1: a reader that ignores it finds no
@@ -735,6 +747,17 @@ type Result struct {
 // outside its install window is kept, not installed: the error is then a
 // *DeferredError, and the Result names the version and session.
 func (a *Agent) CheckOnce(ctx context.Context) (Result, error) {
+	res, err := a.checkOnce(ctx)
+	if isDeltaFailure(err) && ctx.Err() == nil {
+		// Reported failed: the server offers this device the full image
+		// from now on. Take it now rather than at the next check.
+		a.log.Warn("the delta patch failed; checking again for the full image", "error", err)
+		return a.checkOnce(ctx)
+	}
+	return res, err
+}
+
+func (a *Agent) checkOnce(ctx context.Context) (Result, error) {
 	if a.boot.Trial {
 		return Result{}, errors.New("the running image is on trial: confirm or reject it before updating")
 	}
@@ -1015,12 +1038,24 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	w := &slotWriter{slots: a.slots, slot: slot}
 	var ctHash hash.Hash
 	var dec *bundle.Decrypter
+	var patcher *delta.Patcher
 	if resumed {
 		var ok1, ok2 bool
 		w.hash, ok1 = unmarshalHash(dl.PlainHash)
 		ctHash, ok2 = unmarshalHash(dl.CipherHash)
 		w.off = dl.Decrypter.Written
-		dec, err = bundle.ResumeDecrypter(w, a.cfg.FirmwareKey, dl.Decrypter)
+		var sink io.Writer = w
+		if o.delta != nil {
+			// A damaged or missing patcher checkpoint starts the download again.
+			w.off = dl.Written
+			var perr error
+			if patcher, perr = a.newPatcher(o, w, dl.Patcher); perr != nil || dl.Patcher == nil || patcher.Written() != dl.Written {
+				ok1 = false
+			} else {
+				sink = patchSink{patcher}
+			}
+		}
+		dec, err = bundle.ResumeDecrypter(sink, a.cfg.FirmwareKey, dl.Decrypter)
 		resumed = ok1 && ok2 && err == nil
 		if o.api == APIEcoWatt {
 			// A record without the head (or a damaged one) cannot be checked: start again.
@@ -1037,10 +1072,22 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		if o.api == APIEcoWatt {
 			w.head = make([]byte, 0, esp32.HeaderSize)
 		}
-		if dec, err = bundle.NewDecrypter(w, a.cfg.FirmwareKey, o.iv); err != nil {
+		var sink io.Writer = w
+		if o.delta != nil {
+			if patcher, err = a.newPatcher(o, w, nil); err != nil {
+				return deltaFailed("%v", err)
+			}
+			sink = patchSink{patcher}
+		}
+		if dec, err = bundle.NewDecrypter(sink, a.cfg.FirmwareKey, o.iv); err != nil {
 			return fatalf("%v", err)
 		}
-		a.log.Info("downloading", "release_version", o.version, "chunks", o.chunks, "slot", slot)
+		if o.delta != nil {
+			a.log.Info("downloading a delta patch", "release_version", o.version, "from_version", o.delta.baseVersion,
+				"compression", o.delta.compression, "patch_bytes", o.delta.patchSize, "image_bytes", o.plaintextSize, "chunks", o.chunks, "slot", slot)
+		} else {
+			a.log.Info("downloading", "release_version", o.version, "chunks", o.chunks, "slot", slot)
+		}
 	}
 	dl.SessionID = o.sessionID
 
@@ -1051,6 +1098,13 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 		dl.Decrypter = dec.Checkpoint()
 		dl.PlainHash, dl.CipherHash = marshalHash(w.hash), marshalHash(ctHash)
 		dl.Head = w.head
+		if patcher != nil {
+			state, err := patcher.Checkpoint()
+			if err != nil {
+				return err
+			}
+			dl.Patcher, dl.Written = state, w.off
+		}
 		return a.save(keyDownload, dl)
 	}
 	progress := func() {
@@ -1072,6 +1126,9 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 				}
 				ctHash.Write(data)
 				if _, err := dec.Write(data); err != nil {
+					if isDeltaFailure(err) {
+						return err
+					}
 					return fatalf("write slot: %v", err)
 				}
 				dl.NextChunk++
@@ -1107,10 +1164,18 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 
 	a.setProgress(Progress{State: StateVerifying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
 	if err := dec.Close(); err != nil {
+		if isDeltaFailure(err) {
+			return err
+		}
 		return fmt.Errorf("%w: %v", errVerify, err)
 	}
 	if o.ciphertextSHA != nil && [32]byte(ctHash.Sum(nil)) != *o.ciphertextSHA {
 		return fmt.Errorf("%w: ciphertext sha256 mismatch", errVerify)
+	}
+	if patcher != nil {
+		if err := a.finishPatch(o, dec, patcher, w); err != nil {
+			return err
+		}
 	}
 	if w.off != o.plaintextSize {
 		return fmt.Errorf("%w: %d bytes decrypted, the release has %d", errVerify, w.off, o.plaintextSize)

@@ -37,12 +37,30 @@ type offer struct {
 	// installAfter and installUntil bound when it may be installed (native
 	// only; zero: no bound on that side).
 	installAfter, installUntil time.Time
+	// delta is set when the session serves a patch onto the running image
+	// (native only): the ciphertext is then the encrypted patch, and the
+	// plaintext fields above are the image it makes.
+	delta *deltaOffer
 }
 
-// fingerprint identifies the release an offer is for, to match a saved
-// download with a new check.
+// deltaOffer is what a signed delta manifest says of its patch.
+type deltaOffer struct {
+	baseVersion string
+	baseSize    int64
+	baseSHA256  [32]byte
+	compression string
+	patchSize   int64
+}
+
+// fingerprint identifies the release and artifact an offer is for, to
+// match a saved download with a new check: a patch's progress never
+// resumes a full download, nor the other way round.
 func (o *offer) fingerprint() string {
-	return o.api + "/" + o.version + "/" + hex.EncodeToString(o.plaintextSHA256[:])
+	f := o.api + "/" + o.version + "/" + hex.EncodeToString(o.plaintextSHA256[:])
+	if o.delta != nil {
+		f += "/delta/" + hex.EncodeToString(o.delta.baseSHA256[:])
+	}
+	return f
 }
 
 // report is a result the server must hear, kept in the outbox until it did.
@@ -73,11 +91,17 @@ type nativeSource struct {
 	hardware  string
 	trusted   *keys.PublicKey
 	inventory func() *protocol.Inventory
+	// delta lists the patch compressions the device applies; nil: full
+	// images only.
+	delta []string
 }
 
 func (n *nativeSource) check(ctx context.Context, running Image, counter uint32) (*offer, string, error) {
-	resp, err := n.dev.Check(ctx, protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter,
-		Inventory: n.inventory()})
+	req := protocol.CheckRequest{Version: running.Version, Hardware: n.hardware, SecurityCounter: counter, Inventory: n.inventory()}
+	if n.delta != nil && running.Size > 0 && running.SHA256 != ([32]byte{}) {
+		req.ImageSHA256, req.Delta = hex.EncodeToString(running.SHA256[:]), n.delta
+	}
+	resp, err := n.dev.Check(ctx, req)
 	if err != nil {
 		return nil, "", err
 	}
@@ -103,10 +127,30 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 		return nil, "", fatalf("refusing update %s: built for %s, this device is %s", m.Version, m.Hardware, n.hardware)
 	}
 	ct := m.CiphertextDigest()
-	return &offer{api: APINative, sessionID: resp.SessionID, chunkMAC: protocol.PreferredChunkMAC(resp.ChunkMACs), version: m.Version, securityCounter: m.SecurityCounter,
+	o := &offer{api: APINative, sessionID: resp.SessionID, chunkMAC: protocol.PreferredChunkMAC(resp.ChunkMACs), version: m.Version, securityCounter: m.SecurityCounter,
 		plaintextSize: m.PlaintextSize, plaintextSHA256: m.PlaintextDigest(), ciphertextSize: m.CiphertextSize,
 		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks(),
-		installAfter: resp.InstallAfter, installUntil: resp.InstallUntil}, "", nil
+		installAfter: resp.InstallAfter, installUntil: resp.InstallUntil}
+	// The artifact is the signed manifest's word, and the answer must agree:
+	// a patch is never taken for an image, nor an image for a patch.
+	switch {
+	case resp.Artifact == "" && m.Kind == bundle.KindFull:
+		return o, "", nil
+	case resp.Artifact != "delta" || m.Kind != bundle.KindDelta:
+		return nil, "", fatalf("refusing update %s: the check answer offers artifact %q, the signed manifest is of kind %q",
+			m.Version, truncate(resp.Artifact, 20), m.Kind)
+	case n.delta == nil:
+		return nil, "", fatalf("refusing update %s: offered as a delta patch, which this device did not ask for", m.Version)
+	}
+	o.delta = &deltaOffer{baseVersion: m.BaseVersion, baseSize: m.BaseSize, baseSHA256: m.BaseDigest(), compression: m.Compression,
+		patchSize: m.PatchSize}
+	if o.delta.baseSHA256 != running.SHA256 || o.delta.baseSize != running.Size {
+		// Not a refusal of the release: the server's fallback gives the full
+		// image next time, which this device takes.
+		return o, "", deltaFailed("the patch is for %s (%d bytes, sha256 %.12s…), this device runs %s (%d bytes, sha256 %.12s…)",
+			m.BaseVersion, m.BaseSize, m.BaseSHA256, running.Version, running.Size, hex.EncodeToString(running.SHA256[:]))
+	}
+	return o, "", nil
 }
 
 func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn func(int, []byte) error) error {
