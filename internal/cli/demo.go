@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/ecowatt/fota/agent"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/delta"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/loadgen"
 	"github.com/ecowatt/fota/internal/password"
@@ -148,19 +150,36 @@ func runDemo(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "fota demo: keys made (signing key %s); building firmware 1.0.4 (good) and 1.0.5 (fails its self-test), %d bytes each\n", ki.Public.ID(), size)
+	fmt.Fprintf(out, "fota demo: keys made (signing key %s); building firmware 1.0.4 (good) and 1.0.5 (fails its self-test), %d bytes each,\n"+
+		"           each with a delta patch from the version before it for native-API devices\n", ki.Public.ID(), size)
+	// One product line: the versions share most of their bytes, as
+	// releases do, so the deltas between them are small.
+	images := map[string][]byte{}
+	for v, b := range map[string]firmware.Behaviour{"1.0.3": firmware.Healthy, "1.0.4": firmware.Healthy, "1.0.5": firmware.FailSelfTest} {
+		if images[v], err = firmware.Sample(firmware.SampleOptions{Version: v, Behaviour: b, Size: size, Lineage: "ecowatt"}); err != nil {
+			return err
+		}
+	}
 	bundles := map[string][]byte{}
-	for v, b := range map[string]firmware.Behaviour{"1.0.4": firmware.Healthy, "1.0.5": firmware.FailSelfTest} {
-		img, err := firmware.Sample(firmware.SampleOptions{Version: v, Behaviour: b, Size: size})
+	for _, v := range []struct{ version, base string }{{"1.0.4", "1.0.3"}, {"1.0.5", "1.0.4"}} {
+		var buf bytes.Buffer
+		m, err := bundle.Build(&buf, bytes.NewReader(images[v.version]), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32",
+			Version: v.version, Signer: signer, FirmwareKey: fwKey, TempDir: dir})
 		if err != nil {
 			return err
 		}
-		var buf bytes.Buffer
-		if _, err := bundle.Build(&buf, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: v,
-			Signer: signer, FirmwareKey: fwKey, TempDir: dir}); err != nil {
+		patch, err := delta.Create(images[v.base], images[v.version], delta.CreateOptions{Compression: "heatshrink"})
+		if err != nil {
 			return err
 		}
-		bundles[v] = buf.Bytes()
+		dm, err := bundle.WriteDelta(&buf, m, patch, bundle.DeltaOptions{BaseVersion: v.base, BaseSize: int64(len(images[v.base])),
+			BaseSHA256: sha256.Sum256(images[v.base]), Compression: "heatshrink"}, signer, fwKey)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "fota demo: %s: full image %d bytes encrypted; delta from %s %d bytes (%.1f%%)\n", v.version, m.CiphertextSize,
+			v.base, dm.CiphertextSize, 100*float64(dm.CiphertextSize)/float64(m.CiphertextSize))
+		bundles[v.version] = buf.Bytes()
 	}
 
 	// The server, on a free loopback port.
@@ -247,7 +266,7 @@ func runDemo(e *env, args []string) error {
 			Agent: agent.Config{Server: url, DeviceID: id, PSK: psk, Hardware: "esp32", TrustedKey: signer.Public(), FirmwareKey: fwKey,
 				API: a, CheckInterval: 200 * time.Millisecond, HTTPClient: loadgen.CountingClient(&d.bytes),
 				Retry: agent.RetryPolicy{Attempts: 5, Base: 50 * time.Millisecond, Max: 500 * time.Millisecond}},
-			StateDir: filepath.Join(dir, "devices", id), FactoryVersion: "1.0.3",
+			StateDir: filepath.Join(dir, "devices", id), FactoryVersion: "1.0.3", FactoryImage: images["1.0.3"],
 			PollInterval: 50 * time.Millisecond, UploadInterval: 500 * time.Millisecond, OnEvent: d.onEvent,
 		})
 		if err != nil {
@@ -346,6 +365,9 @@ func runDemo(e *env, args []string) error {
 			fmt.Fprintf(out, " (%s)", r.Reason)
 		}
 		fmt.Fprintln(out)
+		if t := r.Traffic; t != nil {
+			fmt.Fprintf(out, "fota demo: rollout %d on the wire: %s\n", r.ID, trafficLine(*t))
+		}
 		for i, d := range devices {
 			row := demoRow{device: d.id, api: d.api, from: from[i], to: d.sim.Running(), took: doneAt[i], bytes: d.bytes.Load() - before[i],
 				result: results[i], ok: doneAt[i] != 0}

@@ -37,6 +37,11 @@ type SampleOptions struct {
 	Chip          string // default "esp32"
 	SecureVersion uint32
 	Size          int // total image size, rounded up to a multiple of 16; 0 for a small image
+	// Lineage seeds the filler that pads the image to Size; "" seeds it
+	// with the version. Versions of one lineage share their filler, as
+	// releases of one product share most of their code, so a delta patch
+	// between them is small; different lineages share nothing.
+	Lineage string
 	Behaviour     Behaviour
 }
 
@@ -76,7 +81,11 @@ func Sample(o SampleOptions) ([]byte, error) {
 			return nil, fmt.Errorf("sample firmware: size %d is below the smallest image (%d bytes)", o.Size, len(img))
 		}
 		head := len(payload)
-		fill := filler(o.Version, target)
+		seed := o.Lineage
+		if seed == "" {
+			seed = o.Version
+		}
+		fill := filler(seed, target)
 		n := target - len(img)
 		// Alignment makes image size a step function of payload size; a few
 		// corrections land on the target exactly.

@@ -36,6 +36,9 @@ type Config struct {
 	Agent          agent.Config // server, identity, keys, API, intervals
 	StateDir       string       // its flash, counters and logs
 	FactoryVersion string       // image written to slot 0 when StateDir is empty
+	// FactoryImage is that image; nil for a small sample image of
+	// FactoryVersion.
+	FactoryImage []byte
 	SlotSize       int64
 	MaxBoots       int           // trial boots before rollback; slotfile.DefaultMaxBoots
 	PollInterval   time.Duration // inverter polling; default 5s
@@ -151,9 +154,12 @@ func (d *Device) format() error {
 	if d.cfg.FactoryVersion == "" {
 		return errors.New("device flash is empty and no factory version is given")
 	}
-	img, err := firmware.Sample(firmware.SampleOptions{Version: d.cfg.FactoryVersion, Chip: d.cfg.Agent.Hardware})
-	if err != nil {
-		return fmt.Errorf("factory image: %w", err)
+	img := d.cfg.FactoryImage
+	if img == nil {
+		var err error
+		if img, err = firmware.Sample(firmware.SampleOptions{Version: d.cfg.FactoryVersion, Chip: d.cfg.Agent.Hardware}); err != nil {
+			return fmt.Errorf("factory image: %w", err)
+		}
 	}
 	info := agent.Image{Version: d.cfg.FactoryVersion, Size: int64(len(img)), SHA256: sha256.Sum256(img)}
 	return slotfile.Format(d.disk, d.cfg.SlotSize, img, info)
