@@ -137,7 +137,9 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 	case resp.Artifact == "" && m.Kind == bundle.KindFull:
 		return o, "", nil
 	case resp.Artifact != "delta" || m.Kind != bundle.KindDelta:
-		return nil, "", fatalf("refusing update %s: the check answer offers artifact %q, the signed manifest is of kind %q",
+		// Reported failed like any delta that cannot work here: the
+		// server's next offer is then the full image.
+		return o, "", deltaFailed("refusing update %s: the check answer offers artifact %q, the signed manifest is of kind %q",
 			m.Version, truncate(resp.Artifact, 20), m.Kind)
 	case n.delta == nil:
 		return nil, "", fatalf("refusing update %s: offered as a delta patch, which this device did not ask for", m.Version)

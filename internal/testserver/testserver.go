@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/delta"
 	"github.com/ecowatt/fota/internal/blobdir"
 	"github.com/ecowatt/fota/internal/firmware"
 	"github.com/ecowatt/fota/internal/server"
@@ -113,6 +115,55 @@ func (s *Server) Bundle(version string, img []byte, chunkSize int, counter uint3
 		s.TB.Fatal(err)
 	}
 	return out.Bytes()
+}
+
+// DeltaBase is a base image a test bundle carries a delta from.
+type DeltaBase struct {
+	Version string
+	Image   []byte
+	// Patch replaces the patch made from Image (attack tests); nil: the
+	// real one.
+	Patch []byte
+	// Compression of the patch; heatshrink when "".
+	Compression string
+}
+
+// BundleWithDeltas is Bundle with a delta record from each base.
+func (s *Server) BundleWithDeltas(version string, img []byte, counter uint32, bases ...DeltaBase) []byte {
+	s.TB.Helper()
+	var out bytes.Buffer
+	m, err := bundle.Build(&out, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
+		SecurityCounter: counter, Signer: s.Signer, FirmwareKey: s.FWKey, TempDir: s.TB.TempDir()})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	for _, b := range bases {
+		if b.Compression == "" {
+			b.Compression = "heatshrink"
+		}
+		patch := b.Patch
+		if patch == nil {
+			if patch, err = delta.Create(b.Image, img, delta.CreateOptions{Compression: b.Compression}); err != nil {
+				s.TB.Fatal(err)
+			}
+		}
+		if _, err := bundle.WriteDelta(&out, m, patch, bundle.DeltaOptions{BaseVersion: b.Version, BaseSize: int64(len(b.Image)),
+			BaseSHA256: sha256.Sum256(b.Image), Compression: b.Compression}, s.Signer, s.FWKey); err != nil {
+			s.TB.Fatal(err)
+		}
+	}
+	return out.Bytes()
+}
+
+// SampleLineage builds a simulated image of one product line: versions
+// of a lineage share most of their bytes, so deltas between them are small.
+func (s *Server) SampleLineage(version string, b firmware.Behaviour, size int, counter uint32, lineage string) []byte {
+	s.TB.Helper()
+	img, err := firmware.Sample(firmware.SampleOptions{Version: version, Behaviour: b, Size: size, SecureVersion: counter, Lineage: lineage})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	return img
 }
 
 // Sample builds a simulated image.

@@ -1,0 +1,295 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/ecowatt/fota"
+	"github.com/ecowatt/fota/agent"
+	"github.com/ecowatt/fota/agent/slotfile"
+	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/delta"
+	"github.com/ecowatt/fota/internal/attacktest"
+	"github.com/ecowatt/fota/internal/firmware"
+	"github.com/ecowatt/fota/internal/testserver"
+)
+
+const deltaImageSize = 64 << 10
+
+// lineage makes the images of the delta tests: one product line, so that
+// 1.0.4 differs from 1.0.3 in its descriptor, its marker and, with
+// scattered set, a byte in every 512 past the first 4 KiB (code changed
+// all over, so the patch spans many chunks).
+func lineage(h *harness, version string, b firmware.Behaviour, counter uint32, scattered bool) []byte {
+	img := h.SampleLineage(version, b, deltaImageSize, counter, "delta-test")
+	if scattered {
+		for i := 4096; i < len(img); i += 512 {
+			img[i]++
+		}
+	}
+	return img
+}
+
+// newDeviceOn is a device whose factory image (1.0.3, running in slot 0)
+// is img.
+func (h *harness) newDeviceOn(id string, img []byte) *device {
+	h.t.Helper()
+	psk := h.AddDeviceAPI(id, "1.0.3", agent.APINative)
+	dir := h.t.TempDir()
+	disk, err := slotfile.NewOSDisk(dir)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { disk.Close() })
+	if err := slotfile.Format(disk, slotSize, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
+		h.t.Fatal(err)
+	}
+	return &device{h: h, id: id, api: agent.APINative, psk: psk, disk: disk, size: slotSize, dir: dir}
+}
+
+// traffic is what the server says went over the wire for the release.
+func traffic(t *testing.T, h *harness) fota.Traffic {
+	t.Helper()
+	tr, err := h.Store.Traffic(context.Background(), fota.TrafficFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// TestDeltaUpdate: a device running a delta's base downloads the patch
+// (a fraction of the image), applies it onto its running image, boots
+// and confirms the result; a device with NoDelta downloads the image.
+func TestDeltaUpdate(t *testing.T) {
+	for _, compression := range delta.Compressions() {
+		t.Run(compression, func(t *testing.T) {
+			h := newHarness(t)
+			base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
+			target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
+			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Compression: compression}))
+
+			d := h.newDeviceOn("delta-dev", base)
+			res, err := d.cycle()
+			if err != nil || !res.Updated {
+				t.Fatalf("update: %+v %v (events %v)", res, err, h.events(d.id))
+			}
+			if _, err := d.cycle(); err != nil || d.running() != "1.0.4" {
+				t.Fatalf("boot: running %s, %v", d.running(), err)
+			}
+			got := make([]byte, len(target))
+			d.slots.ReadAt(d.boot.Slot, got, 0)
+			if !bytes.Equal(got, target) {
+				t.Fatal("the slot does not hold the release's image")
+			}
+			// The running slot was only read: the factory image is intact.
+			old := make([]byte, len(base))
+			d.slots.ReadAt(agent.Other(d.boot.Slot), old, 0)
+			if !bytes.Equal(old, base) {
+				t.Fatal("the patch wrote the slot it read from")
+			}
+
+			full := h.newDeviceOn("full-dev", base)
+			full.configHook = func(c *agent.Config) { c.NoDelta = true }
+			if res, err := full.cycle(); err != nil || !res.Updated {
+				t.Fatalf("full update: %+v %v", res, err)
+			}
+			tr := traffic(t, h)
+			if tr.DeltaSessions != 1 || tr.FullSessions != 1 || tr.DeltaBytes <= 0 || tr.FullBytes != tr.DeltaFullBytes {
+				t.Fatalf("traffic %+v: want one delta and one full session, the full one the release's size", tr)
+			}
+			t.Logf("%s: %d KiB image with a byte changed in every 512: delta %d bytes on the wire, full image %d (%.1f%%)",
+				compression, deltaImageSize>>10, tr.DeltaBytes, tr.FullBytes, 100*float64(tr.DeltaBytes)/float64(tr.FullBytes))
+			if compression != "none" && tr.DeltaBytes*4 > tr.FullBytes {
+				t.Fatalf("delta of %d bytes is more than a quarter of the full image's %d", tr.DeltaBytes, tr.FullBytes)
+			}
+		})
+	}
+}
+
+// TestFaultyDeltaFallsBack: a signed delta that cannot make the release's
+// image on the device (made from another base, claiming a larger image
+// than the slot, cut short, or making an image that fails the signed hash)
+// is caught before the slot is marked, reported failed, and the device
+// installs the full image at once; the running slot is never written, the
+// device never boots a bad image, and the rollout does not count the delta
+// as a failure.
+func TestFaultyDeltaFallsBack(t *testing.T) {
+	h := newHarness(t)
+	base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
+	target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
+	mk := func(from, to []byte) []byte {
+		p, err := delta.Create(from, to, delta.CreateOptions{Compression: "heatshrink"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	other := lineage(h, "1.0.2", firmware.Healthy, 0, true)
+	flipped := append([]byte(nil), target...)
+	flipped[len(flipped)/2] ^= 0xff
+	real := mk(base, target)
+	cases := []struct {
+		name, patch, reason string
+		bytes               []byte
+	}{
+		{name: "made against another base", bytes: mk(other, target), reason: "does not match the release's signed sha256"},
+		{name: "writes past the slot", bytes: mk(base, make([]byte, slotSize+4096)), reason: "delta patch failed"},
+		{name: "truncated", bytes: real[:len(real)*2/3], reason: "delta patch failed"},
+		{name: "output fails the hash", bytes: mk(base, flipped), reason: "does not match the release's signed sha256"},
+		{name: "not a patch", bytes: bytes.Repeat([]byte{0xa5}, 3000), reason: "delta patch failed"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Patch: c.bytes}))
+			d := h.newDeviceOn(fmt.Sprintf("faulty-%d", i), base)
+			res, err := d.cycle()
+			if err != nil || !res.Updated {
+				t.Fatalf("after the faulty delta the full image should install: %+v %v (events %v)", res, err, h.events(d.id))
+			}
+			evs := strings.Join(h.events(d.id), ", ")
+			if !strings.Contains(evs, "failed 1.0.4") {
+				t.Fatalf("the server did not hear the delta fail: %s", evs)
+			}
+			sessions := sessionsOf(t, h, d.id)
+			if len(sessions) != 2 || sessions[0].DeltaBase == "" || sessions[0].State != fota.SessionFailed ||
+				!strings.Contains(sessions[0].Reason, c.reason) || sessions[1].DeltaBase != "" {
+				t.Fatalf("sessions %+v: want a failed delta (%q) then a full image", sessions, c.reason)
+			}
+			old := make([]byte, len(base))
+			d.slots.ReadAt(d.boot.Slot, old, 0)
+			if !bytes.Equal(old, base) {
+				t.Fatal("the running slot was written")
+			}
+			if _, err := d.cycle(); err != nil || d.running() != "1.0.4" {
+				t.Fatalf("boot: running %s, %v", d.running(), err)
+			}
+			if evs := strings.Join(h.events(d.id), ", "); !strings.Contains(evs, "confirmed 1.0.4") {
+				t.Fatalf("events: %s", evs)
+			}
+		})
+	}
+}
+
+// sessionsOf lists a device's sessions, oldest first, from the store.
+func sessionsOf(t *testing.T, h *harness, id string) []*fota.Session {
+	t.Helper()
+	evs, err := h.Store.Events(context.Background(), fota.EventFilter{DeviceID: id, Kind: fota.EventSessionOpened, Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*fota.Session
+	for i := len(evs) - 1; i >= 0; i-- {
+		s, err := h.Store.Session(context.Background(), evs[i].SessionID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestDeltaOfferAttacks: a man in the middle (or a compromised server)
+// with validly signed manifests and no key: a delta for another base, a
+// delta manifest offered as a full image, and a full manifest offered as a
+// delta are all refused before a byte is downloaded, and none of them
+// makes the device boot anything but a signed image of the release.
+func TestDeltaOfferAttacks(t *testing.T) {
+	h := newHarness(t)
+	base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
+	target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
+	otherBase := lineage(h, "1.0.2", firmware.Healthy, 0, true)
+	b := h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
+		testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
+	// The signed manifests an attacker could have recorded.
+	r := bytes.NewReader(b)
+	env, _ := bundle.ReadEnvelope(r)
+	full, _ := env.Unverified()
+	r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
+	var deltas []*bundle.Envelope
+	for range 2 {
+		denv, err := bundle.ReadDelta(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dm, _ := denv.Unverified()
+		r.Seek(dm.CiphertextSize, 1)
+		deltas = append(deltas, denv)
+	}
+	put := func(c map[string]any, e *bundle.Envelope) {
+		m, _ := e.Unverified()
+		c["manifest"], c["signature"] = base64.StdEncoding.EncodeToString(e.ManifestBytes), base64.StdEncoding.EncodeToString(e.Signature)
+		c["chunks"], c["ciphertext_size"] = m.Chunks(), m.CiphertextSize
+	}
+	cases := []struct {
+		name, want string
+		edit       func(c map[string]any)
+	}{
+		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any) {
+			if c["artifact"] == "delta" {
+				put(c, deltas[1])
+			}
+		}},
+		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any) {
+			delete(c, "artifact")
+		}},
+		{"the full manifest offered as a delta", "the signed manifest is of kind \"\"", func(c map[string]any) {
+			if c["artifact"] == "delta" {
+				put(c, env)
+			}
+		}},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.Publish(b)
+			m := attacktest.NewMITM(t, h.URL)
+			attacked := false
+			m.Check = func(orig []byte) []byte {
+				var a map[string]any
+				json.Unmarshal(orig, &a)
+				if a["update"] != true || attacked {
+					return orig
+				}
+				attacked = true
+				c.edit(a)
+				out, _ := json.Marshal(a)
+				return out
+			}
+			d := h.newDeviceOn(fmt.Sprintf("mitm-%d", i), base)
+			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL }
+			if err := d.powerOn(); err != nil {
+				t.Fatal(err)
+			}
+			var seen []string
+			d.progressHook = func(p agent.Progress) {
+				if p.Err != nil {
+					seen = append(seen, p.Err.Error())
+				}
+			}
+			res, err := d.agent.CheckOnce(context.Background())
+			if !attacked || len(seen) == 0 || !strings.Contains(seen[0], c.want) {
+				t.Fatalf("errors %q, want the first to say %q", seen, c.want)
+			}
+			// The attack costs the device its delta, not its update: the
+			// honest answer after it is installed and boots.
+			if err != nil || !res.Updated {
+				t.Fatalf("after the refusal: %+v %v", res, err)
+			}
+			if _, err := d.cycle(); err != nil || d.running() != "1.0.4" {
+				t.Fatalf("boot: running %s, %v", d.running(), err)
+			}
+			img := make([]byte, len(target))
+			d.slots.ReadAt(d.boot.Slot, img, 0)
+			if !bytes.Equal(img, target) {
+				t.Fatal("booted an image that is not the release's")
+			}
+		})
+	}
+}
