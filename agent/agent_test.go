@@ -27,6 +27,9 @@ type harness struct {
 	signer    *keys.SigningKey
 	fwKey     keys.FirmwareKey
 	admin     *client.Admin
+	// factory, when set, is the 1.0.3 image new devices run instead of
+	// the small sample.
+	factory []byte
 }
 
 func newHarness(t testing.TB) *harness {
@@ -83,6 +86,9 @@ func (h *harness) newDeviceSized(id, api string, size int64) *device {
 	}
 	h.t.Cleanup(func() { disk.Close() })
 	img, _ := firmware.Sample(firmware.SampleOptions{Version: "1.0.3"})
+	if h.factory != nil {
+		img = h.factory
+	}
 	if err := slotfile.Format(disk, size, img, agent.Image{Version: "1.0.3", Size: int64(len(img)), SHA256: sha256.Sum256(img)}); err != nil {
 		h.t.Fatal(err)
 	}

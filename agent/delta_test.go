@@ -72,7 +72,7 @@ func TestDeltaUpdate(t *testing.T) {
 			h := newHarness(t)
 			base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
 			target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
-			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Compression: compression}))
+			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Compression: compression}))
 
 			d := h.newDeviceOn("delta-dev", base)
 			res, err := d.cycle()
@@ -147,7 +147,7 @@ func TestFaultyDeltaFallsBack(t *testing.T) {
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Patch: c.bytes}))
+			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Patch: c.bytes}))
 			d := h.newDeviceOn(fmt.Sprintf("faulty-%d", i), base)
 			res, err := d.cycle()
 			if err != nil || !res.Updated {
@@ -205,7 +205,7 @@ func TestDeltaOfferAttacks(t *testing.T) {
 	base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
 	target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
 	otherBase := lineage(h, "1.0.2", firmware.Healthy, 0, true)
-	b := h.BundleWithDeltas("1.0.4", target, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
+	b := h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
 		testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
 	// The signed manifests an attacker could have recorded.
 	r := bytes.NewReader(b)
@@ -292,4 +292,37 @@ func TestDeltaOfferAttacks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPowerCutSweepDelta cuts power at every persistent operation of a
+// delta install, in every mode: the device never bricks, never boots
+// anything but a signed image, resumes the patch from its last checkpoint
+// (the sweep's re-download bound), and ends on the release, every time by
+// the delta: a cut never makes the patch fail and fall back.
+func TestPowerCutSweepDelta(t *testing.T) {
+	size, _ := sweepSize()
+	h := newHarness(t)
+	base := h.SampleLineage("1.0.3", firmware.Healthy, size, 0, "sweep")
+	target := h.SampleLineage("1.0.4", firmware.Healthy, size, 1, "sweep")
+	for i := 4096; i < len(target); i += 64 {
+		target[i]++
+	}
+	h.factory = base
+	h.Publish(h.BundleWithDeltas("1.0.4", target, 256, 1, testserver.DeltaBase{Version: "1.0.3", Image: base}))
+	images := known{sha256.Sum256(base): "1.0.3", sha256.Sum256(target): "1.0.4"}
+	counts, _ := countOps(t, h, firmware.Healthy)
+	stats := &sweepStats{}
+	n := 0
+	for _, mode := range sweepModes {
+		for cut := 1; cut <= counts[0]; cut++ {
+			n++
+			cutRun(t, h, n, 0, cut, mode, "1.0.4", images, stats)
+		}
+	}
+	tr := traffic(t, h)
+	if tr.FullSessions != 0 {
+		t.Fatalf("%d sessions fell back to the full image: a cut made a patch fail (traffic %+v)", tr.FullSessions, tr)
+	}
+	t.Logf("delta of a %d KiB image: %d cut points (%d install operations x %d modes), %d bricks, worst re-download %d chunks; %d delta sessions, %d bytes",
+		size>>10, stats.cuts, counts[0], len(sweepModes), stats.bricks, stats.worstRedownload, tr.DeltaSessions, tr.DeltaBytes)
 }

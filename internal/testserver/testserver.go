@@ -129,11 +129,12 @@ type DeltaBase struct {
 }
 
 // BundleWithDeltas is Bundle with a delta record from each base.
-func (s *Server) BundleWithDeltas(version string, img []byte, counter uint32, bases ...DeltaBase) []byte {
+// chunkSize 0 is the default.
+func (s *Server) BundleWithDeltas(version string, img []byte, chunkSize int, counter uint32, bases ...DeltaBase) []byte {
 	s.TB.Helper()
 	var out bytes.Buffer
 	m, err := bundle.Build(&out, bytes.NewReader(img), bundle.BuildOptions{Product: "ecowatt", Hardware: "esp32", Version: version,
-		SecurityCounter: counter, Signer: s.Signer, FirmwareKey: s.FWKey, TempDir: s.TB.TempDir()})
+		SecurityCounter: counter, ChunkSize: chunkSize, Signer: s.Signer, FirmwareKey: s.FWKey, TempDir: s.TB.TempDir()})
 	if err != nil {
 		s.TB.Fatal(err)
 	}
