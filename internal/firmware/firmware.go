@@ -41,8 +41,8 @@ type SampleOptions struct {
 	// with the version. Versions of one lineage share their filler, as
 	// releases of one product share most of their code, so a delta patch
 	// between them is small; different lineages share nothing.
-	Lineage string
-	Behaviour     Behaviour
+	Lineage   string
+	Behaviour Behaviour
 }
 
 // Sample builds a simulated image. Its filler bytes are derived from the

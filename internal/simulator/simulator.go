@@ -38,7 +38,7 @@ type Config struct {
 	FactoryVersion string       // image written to slot 0 when StateDir is empty
 	// FactoryImage is that image; nil for a small sample image of
 	// FactoryVersion.
-	FactoryImage []byte
+	FactoryImage   []byte
 	SlotSize       int64
 	MaxBoots       int           // trial boots before rollback; slotfile.DefaultMaxBoots
 	PollInterval   time.Duration // inverter polling; default 5s
