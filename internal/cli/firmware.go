@@ -10,7 +10,7 @@ import (
 )
 
 const firmwareUsage = `Usage:
-  fota firmware sample --version V [--size SIZE] [--fail-selftest | --crash]
+  fota firmware sample --version V [--size SIZE] [--lineage NAME] [--fail-selftest | --crash]
                        [--hardware esp32] [--project ecowatt] [--security-counter N] [--force] -o FILE
 
 Writes a simulated EcoWatt application image: a valid ESP32 image (header,
@@ -18,11 +18,16 @@ app descriptor with version, project name and secure version, checksum and
 SHA-256) whose payload tells the simulated device how it behaves on boot.
 --hardware is the descriptor's chip and --security-counter its secure_version,
 named as in 'fota release build' and 'fota device add' (--chip and
---secure-version, their old names, still work for now).
+--secure-version, their old names, still work for now). The bytes that pad
+an image to --size are random, seeded by the version; images given the same
+--lineage share them instead, as releases of one product share most of
+their code, so a delta patch between them (fota release build --delta-from)
+is small.
 
 Examples:
   fota firmware sample --version 1.0.4 -o app-1.0.4.bin
   fota firmware sample --version 1.0.5 --fail-selftest --size 1MiB -o app-1.0.5.bin
+  fota firmware sample --version 1.0.6 --size 1MiB --lineage ecowatt -o app-1.0.6.bin
 `
 
 func runFirmware(e *env, args []string) error {
@@ -40,6 +45,7 @@ func runFirmwareSample(e *env, args []string) error {
 	project := fs.String("project", "ecowatt", "project name in the app descriptor")
 	secureVersion := fs.Uint("security-counter", 0, "secure_version (anti-rollback counter) in the app descriptor")
 	fs.UintVar(secureVersion, "secure-version", 0, "old name of --security-counter")
+	lineage := fs.String("lineage", "", "pad with the bytes of this product line (shared by every version given it) instead of the version's own")
 	out := fs.String("o", "", "file to write")
 	force := fs.Bool("force", false, "replace an existing file")
 	rest, err := parseFlags(e, fs, firmwareUsage, args)
@@ -66,7 +72,7 @@ func runFirmwareSample(e *env, args []string) error {
 		behaviour = firmware.Crash
 	}
 	img, err := firmware.Sample(firmware.SampleOptions{Version: *version, Project: *project, Chip: *chip,
-		SecureVersion: uint32(*secureVersion), Size: n, Behaviour: behaviour})
+		SecureVersion: uint32(*secureVersion), Size: n, Behaviour: behaviour, Lineage: *lineage})
 	if err != nil {
 		return err
 	}
