@@ -21,15 +21,18 @@ import (
 )
 
 const deviceRunUsage = `Usage:
-  fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3
-                  [--check-interval 6h] [--poll-interval 5s] [--upload-interval 30s]
+  fota device run --credentials dev.json --keys-h dev_keys.h --state ./dev1 --version 1.0.3 [--image app-1.0.3.bin]
+                  [--no-delta] [--check-interval 6h] [--poll-interval 5s] [--upload-interval 30s]
                   [--api native|ecowatt] [--slot-size 4MiB] [--server URL]
                   [--mqtt mqtt://host:1883 [--mqtt-ca ca.pem] [--mqtt-min-interval 1m]]
 
 Runs a simulated EcoWatt device: its flash, counters and logs live in
 --state, so killing and restarting the process is a power cut. --version
-names the factory image written to slot 0 when --state is empty; after that
-the device runs whatever its boot step picks. It polls a simulated inverter,
+names the factory image written to slot 0 when --state is empty (--image is
+that image, e.g. from 'fota firmware sample'; default: a small sample of
+--version); after that the device runs whatever its boot step picks. On the
+native API the device asks for delta patches onto the image it runs and
+applies them as they download (--no-delta: full images only). It polls a simulated inverter,
 uploads readings in batches to --state/uploads.jsonl, and checks for updates
 on its timer, pausing its work while one downloads and installs. An update
 the server offers with an install window (a rollout's maintenance window) is
@@ -84,6 +87,8 @@ func runDeviceRun(e *env, args []string) error {
 	mqttURL := fs.String("mqtt", "", "MQTT broker for push notifications (mqtt://host:1883, mqtts://host:8883)")
 	mqttCA := fs.String("mqtt-ca", "", "PEM file of the CA certificates that verify an mqtts broker (default: the system's)")
 	mqttMin := fs.Duration("mqtt-min-interval", agent.DefaultNotifyMinInterval, "least time between two checks push notifications cause")
+	imagePath := fs.String("image", "", "factory image file written to slot 0 when --state is empty (default: a small sample of --version)")
+	noDelta := fs.Bool("no-delta", false, "take full images only; by default the device asks for delta patches onto the image it runs")
 	rest, err := parseFlags(e, fs, deviceRunUsage, args)
 	if err != nil {
 		return err
@@ -121,6 +126,18 @@ func runDeviceRun(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var factory []byte
+	if *imagePath != "" {
+		if *version == "" {
+			return usagef("--image needs --version: the version of that image")
+		}
+		if factory, err = os.ReadFile(*imagePath); err != nil {
+			return fmt.Errorf("--image: %w", err)
+		}
+		if int64(len(factory)) > int64(size) {
+			return usagef("--image %s is %d bytes, larger than --slot-size %s", *imagePath, len(factory), *slotSize)
+		}
+	}
 	headerData, err := os.ReadFile(*headerPath)
 	if err != nil {
 		return fmt.Errorf("read keys.h: %w", err)
@@ -155,8 +172,8 @@ func runDeviceRun(e *env, args []string) error {
 	dev, err := simulator.New(simulator.Config{
 		Agent: agent.Config{Server: *server, DeviceID: cred.DeviceID, PSK: psk, Hardware: hardware, TrustedKey: dk.PublicKey,
 			FirmwareKey: dk.FirmwareKey, API: *api, CheckInterval: *checkEvery, Logger: logger,
-			MQTT: *mqttURL, MQTTRootCAs: mqttRoots, NotifyMinInterval: *mqttMin},
-		StateDir: *state, FactoryVersion: *version, SlotSize: int64(size), PollInterval: *pollEvery, UploadInterval: *uploadEvery,
+			MQTT: *mqttURL, MQTTRootCAs: mqttRoots, NotifyMinInterval: *mqttMin, NoDelta: *noDelta},
+		StateDir: *state, FactoryVersion: *version, FactoryImage: factory, SlotSize: int64(size), PollInterval: *pollEvery, UploadInterval: *uploadEvery,
 		Logger:  logger,
 		OnEvent: printer.print,
 	})
