@@ -87,6 +87,11 @@ type Progress struct {
 	Err        error
 	// Deferred says why and until when, in StateDeferred.
 	Deferred *DeferredError
+	// Delta: the download is a patch onto the running image (Bytes and
+	// TotalBytes are the patch's), and FullBytes the full image's size,
+	// which it saves downloading.
+	Delta     bool
+	FullBytes int64
 }
 
 // RetryPolicy is exponential backoff with jitter for transient failures.
@@ -1109,7 +1114,7 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 	}
 	progress := func() {
 		a.setProgress(Progress{State: StateDownloading, Version: o.version, Chunk: dl.NextChunk, Chunks: o.chunks,
-			Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
+			Bytes: dl.Bytes, TotalBytes: o.ciphertextSize, Delta: o.delta != nil, FullBytes: o.fullSize})
 	}
 	progress()
 	macFailures := map[int]int{}

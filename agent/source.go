@@ -41,6 +41,9 @@ type offer struct {
 	// (native only): the ciphertext is then the encrypted patch, and the
 	// plaintext fields above are the image it makes.
 	delta *deltaOffer
+	// fullSize is the full image's ciphertext size, as the server says
+	// when it offers a delta (display only).
+	fullSize int64
 }
 
 // deltaOffer is what a signed delta manifest says of its patch.
@@ -144,6 +147,7 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 	case n.delta == nil:
 		return nil, "", fatalf("refusing update %s: offered as a delta patch, which this device did not ask for", m.Version)
 	}
+	o.fullSize = resp.FullSize
 	o.delta = &deltaOffer{baseVersion: m.BaseVersion, baseSize: m.BaseSize, baseSHA256: m.BaseDigest(), compression: m.Compression,
 		patchSize: m.PatchSize}
 	if o.delta.baseSHA256 != running.SHA256 || o.delta.baseSize != running.Size {

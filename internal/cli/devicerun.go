@@ -273,7 +273,14 @@ func (p *eventPrinter) print(ev simulator.Event) {
 		p.last, p.lastPct = pr.State, pct
 		switch pr.State {
 		case agent.StateDownloading:
-			fmt.Fprintf(p.w, "%s: downloading %s %s %3.0f%% (%d/%d chunks)\n", p.id, pr.Version, bar(pr.Percent, 20), pr.Percent, pr.Chunk, pr.Chunks)
+			what := ""
+			if pr.Delta {
+				what = fmt.Sprintf(", a delta patch of %d bytes", pr.TotalBytes)
+				if pr.FullBytes > 0 {
+					what += fmt.Sprintf(" instead of the %d-byte image", pr.FullBytes)
+				}
+			}
+			fmt.Fprintf(p.w, "%s: downloading %s %s %3.0f%% (%d/%d chunks%s)\n", p.id, pr.Version, bar(pr.Percent, 20), pr.Percent, pr.Chunk, pr.Chunks, what)
 		case agent.StateError:
 			fmt.Fprintf(p.w, "%s: update failed: %v\n", p.id, pr.Err)
 		case agent.StateDeferred:
