@@ -76,12 +76,15 @@ func (s *Store) withDeltasOf(ctx context.Context, r *fota.Release) (*fota.Releas
 }
 
 // DeltaFailures lists the bases of the device's failed delta sessions for
-// the release, in order.
+// the release, in order. The unary + keeps SQLite, which has no
+// statistics, off sessions_release (every session of the release) and on
+// sessions_device_state (the device's failed ones): EXPLAIN QUERY PLAN
+// showed it picking the first.
 func (s *Store) DeltaFailures(ctx context.Context, deviceID string, releaseID int64) ([]string, error) {
 	bases, err := queryAll(ctx, s.db, "failed delta sessions", func(row rowScanner) (string, error) {
 		var base string
 		return base, row.Scan(&base)
-	}, `SELECT DISTINCT delta_base FROM sessions WHERE device_id = ? AND state = ? AND release_id = ? AND delta_base <> ''
+	}, `SELECT DISTINCT delta_base FROM sessions WHERE device_id = ? AND state = ? AND +release_id = ? AND delta_base <> ''
 		ORDER BY delta_base`, deviceID, fota.SessionFailed, releaseID)
 	if err != nil {
 		return nil, fmt.Errorf("device %s: %w", deviceID, err)
