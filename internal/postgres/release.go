@@ -31,7 +31,7 @@ func scanRelease(row rowScanner) (*fota.Release, error) {
 	return r, nil
 }
 
-// CreateRelease stores a release and its published event.
+// CreateRelease stores a release, its deltas and its published event.
 func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 	r.Published = s.now().UTC()
 	return s.tx(ctx, func(tx pgx.Tx) error {
@@ -48,6 +48,9 @@ func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 		if err != nil {
 			return fmt.Errorf("create release: %w", err)
 		}
+		if err := insertDeltas(ctx, tx, r); err != nil {
+			return err
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: r.Published, Kind: fota.EventPublished, ReleaseVersion: r.Version,
 			Detail: fmt.Sprintf("%s %s for %s, %d bytes, signed by %s", r.Product, r.Version, r.Hardware, r.PlaintextSize, r.KeyID)})
 	})
@@ -56,24 +59,39 @@ func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 // Release returns a release by id.
 func (s *Store) Release(ctx context.Context, id int64) (*fota.Release, error) {
 	r, err := scanRelease(s.pool.QueryRow(ctx, `SELECT `+releaseColumns+` FROM releases WHERE id = $1`, id))
-	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release")
+	if r, err = one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release"); err != nil {
+		return nil, err
+	}
+	return s.withDeltasOf(ctx, r)
 }
 
 // ReleaseByVersion returns a release by hardware and version.
 func (s *Store) ReleaseByVersion(ctx context.Context, hardware, version string) (*fota.Release, error) {
 	r, err := scanRelease(s.pool.QueryRow(ctx, `SELECT `+releaseColumns+` FROM releases WHERE hardware = $1 AND version = $2`, hardware, version))
-	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release")
+	if r, err = one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release"); err != nil {
+		return nil, err
+	}
+	return s.withDeltasOf(ctx, r)
 }
 
 // Releases lists releases, oldest first.
 func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release, error) {
 	if hardware != "" {
-		return queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases WHERE hardware = $1 ORDER BY id`, hardware)
+		rels, err := queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases WHERE hardware = $1 ORDER BY id`, hardware)
+		if err != nil {
+			return nil, err
+		}
+		return s.withDeltas(ctx, rels, `release_id IN (SELECT id FROM releases WHERE hardware = $1)`, hardware)
 	}
-	return queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases ORDER BY id`)
+	rels, err := queryAll(ctx, s.pool, "releases", scanRelease, `SELECT `+releaseColumns+` FROM releases ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	return s.withDeltas(ctx, rels, `true`)
 }
 
-// DeleteRelease removes a release unless an active session uses it.
+// DeleteRelease removes a release (its deltas go with it: ON DELETE
+// CASCADE) unless an active session uses it.
 func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 	return s.tx(ctx, func(tx pgx.Tx) error {
 		var version string
@@ -105,13 +123,15 @@ func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 	})
 }
 
-// BlobInUse reports whether a release refers to the blob.
+// BlobInUse reports whether a release or a release's delta refers to the
+// blob.
 func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
-	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM releases WHERE blob_key = $1`, key).Scan(&n); err != nil {
+	var inUse bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM releases WHERE blob_key = $1)
+		OR EXISTS (SELECT 1 FROM release_deltas WHERE blob_key = $1)`, key).Scan(&inUse); err != nil {
 		return false, fmt.Errorf("check blob %s: %w", key, err)
 	}
-	return n > 0, nil
+	return inUse, nil
 }
 
 // WithdrawRelease marks a release withdrawn and ends its active sessions.

@@ -19,13 +19,13 @@ var activeStates = []string{fota.SessionOpen, fota.SessionDownloaded, fota.Sessi
 const StaleAfter = 24 * time.Hour
 
 const sessionColumns = `id, device_id, coalesce(release_id, 0), release_version, api, state, reason, next_chunk, total_chunks,
-	bytes_served, rollout_id, created_ms, updated_ms`
+	bytes_served, rollout_id, delta_base, created_ms, updated_ms`
 
 func scanSession(row rowScanner) (*fota.Session, error) {
 	s := &fota.Session{}
 	var created, updated int64
 	if err := row.Scan(&s.ID, &s.DeviceID, &s.ReleaseID, &s.ReleaseVersion, &s.API, &s.State, &s.Reason, &s.NextChunk, &s.TotalChunks,
-		&s.BytesServed, &s.RolloutID, &created, &updated); err != nil {
+		&s.BytesServed, &s.RolloutID, &s.DeltaBase, &created, &updated); err != nil {
 		return nil, err
 	}
 	s.Created, s.Updated = fromMS(created), fromMS(updated)
@@ -105,9 +105,9 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id, created_ms, updated_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, sess.ID, sess.DeviceID, sess.ReleaseID, sess.ReleaseVersion, sess.API, sess.State,
-			sess.TotalChunks, sess.RolloutID, ms(now), ms(now))
+		_, err := tx.Exec(ctx, `INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, rollout_id,
+			delta_base, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`, sess.ID, sess.DeviceID, sess.ReleaseID,
+			sess.ReleaseVersion, sess.API, sess.State, sess.TotalChunks, sess.RolloutID, sess.DeltaBase, ms(now), ms(now))
 		if err != nil {
 			return fmt.Errorf("open session: %w", err)
 		}

@@ -30,7 +30,7 @@ func scanRelease(row rowScanner) (*fota.Release, error) {
 	return r, nil
 }
 
-// CreateRelease stores a release and its published event.
+// CreateRelease stores a release, its deltas and its published event.
 func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 	r.Published = s.now().UTC()
 	return s.tx(ctx, func(tx *txn) error {
@@ -47,6 +47,9 @@ func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 			return fmt.Errorf("create release: %w", err)
 		}
 		r.ID, _ = res.LastInsertId()
+		if err := insertDeltas(ctx, tx, r); err != nil {
+			return err
+		}
 		return addEvent(ctx, tx, &fota.Event{Time: r.Published, Kind: fota.EventPublished, ReleaseVersion: r.Version,
 			Detail: fmt.Sprintf("%s %s for %s, %d bytes, signed by %s", r.Product, r.Version, r.Hardware, r.PlaintextSize, r.KeyID)})
 	})
@@ -55,26 +58,38 @@ func (s *Store) CreateRelease(ctx context.Context, r *fota.Release) error {
 // Release returns a release by id.
 func (s *Store) Release(ctx context.Context, id int64) (*fota.Release, error) {
 	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE id = ?`, id))
-	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release")
+	if r, err = one(r, err, fota.Errorf(fota.ENOTFOUND, "no release with id %d", id), "release"); err != nil {
+		return nil, err
+	}
+	return s.withDeltasOf(ctx, r)
 }
 
 // ReleaseByVersion returns a release by hardware and version.
 func (s *Store) ReleaseByVersion(ctx context.Context, hardware, version string) (*fota.Release, error) {
 	r, err := scanRelease(s.db.QueryRowContext(ctx, `SELECT `+releaseColumns+` FROM releases WHERE hardware = ? AND version = ?`, hardware, version))
-	return one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release")
+	if r, err = one(r, err, fota.Errorf(fota.ENOTFOUND, "no release %s for %s", version, hardware), "release"); err != nil {
+		return nil, err
+	}
+	return s.withDeltasOf(ctx, r)
 }
 
 // Releases lists releases, oldest first.
 func (s *Store) Releases(ctx context.Context, hardware string) ([]*fota.Release, error) {
-	q, args := `SELECT `+releaseColumns+` FROM releases`, []any{}
+	q, args, deltas := `SELECT `+releaseColumns+` FROM releases`, []any{}, `1`
 	if hardware != "" {
 		q += ` WHERE hardware = ?`
 		args = append(args, hardware)
+		deltas = `release_id IN (SELECT id FROM releases WHERE hardware = ?)`
 	}
-	return queryAll(ctx, s.db, "releases", scanRelease, q+` ORDER BY id`, args...)
+	rels, err := queryAll(ctx, s.db, "releases", scanRelease, q+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	return s.withDeltas(ctx, rels, deltas, args...)
 }
 
-// DeleteRelease removes a release unless an active session uses it.
+// DeleteRelease removes a release (its deltas go with it: ON DELETE
+// CASCADE) unless an active session uses it.
 func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 	return s.tx(ctx, func(tx *txn) error {
 		var version string
@@ -107,13 +122,15 @@ func (s *Store) DeleteRelease(ctx context.Context, id int64) error {
 	})
 }
 
-// BlobInUse reports whether a release refers to the blob.
+// BlobInUse reports whether a release or a release's delta refers to the
+// blob.
 func (s *Store) BlobInUse(ctx context.Context, key string) (bool, error) {
-	var n int
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM releases WHERE blob_key = ?`, key).Scan(&n); err != nil {
+	var inUse bool
+	if err := s.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM releases WHERE blob_key = ?)
+		OR EXISTS (SELECT 1 FROM release_deltas WHERE blob_key = ?)`, key, key).Scan(&inUse); err != nil {
 		return false, fmt.Errorf("check blob %s: %w", key, err)
 	}
-	return n > 0, nil
+	return inUse, nil
 }
 
 // WithdrawRelease marks a release withdrawn and ends its active sessions.

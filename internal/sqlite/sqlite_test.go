@@ -233,3 +233,32 @@ func TestUpgradeToSessionCounts(t *testing.T) {
 	defer s.Close()
 	storetest.CheckCountsAfterUpgrade(t, s, func(q string, args ...any) { exec(s.db, q, args...) })
 }
+
+// TestUpgradeToDeltas: a database from before delta artifacts (schema 8)
+// opens with its release and sessions as full-image ones.
+func TestUpgradeToDeltas(t *testing.T) {
+	ctx := context.Background()
+	file := filepath.Join(t.TempDir(), "fota.db")
+	db := databaseAt(t, file, 8)
+	now := time.Now().UnixMilli()
+	for _, q := range []string{
+		`INSERT INTO releases (id, product, hardware, version, security_counter, plaintext_size, plaintext_sha256, ciphertext_size,
+			ciphertext_sha256, chunk_size, iv, key_id, signature_alg, notes, created_ms, published_ms, manifest, signature, blob_key)
+			VALUES (1, 'ecowatt', 'esp32', '1.0.4', 1, 3000, 'x', 3008, 'y', 1024, 'iv', 'k', 'rsa-2048', '', 1, 1, x'00', x'00', 'b')`,
+		`INSERT INTO devices (id, hardware, version, security_counter, psk, api, created_ms) VALUES ('old', 'esp32', '1.0.3', 0, zeroblob(32), 'both', 1)`,
+		fmt.Sprintf(`INSERT INTO sessions (id, device_id, release_id, release_version, api, state, total_chunks, bytes_served, created_ms, updated_ms)
+			VALUES ('s-failed', 'old', 1, '1.0.4', 'native', 'failed', 3, 200, %d, %d), ('s-open', 'old', 1, '1.0.4', 'native', 'open', 3, 100, %d, %d)`,
+			now-1, now-1, now, now),
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	s, err := Open(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	storetest.CheckDeltasAfterUpgrade(t, s)
+}

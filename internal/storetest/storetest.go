@@ -92,6 +92,11 @@ func Run(t *testing.T, newStore Factory) {
 		{"RemoveUserDeletesSessions", testRemoveUserDeletesSessions},
 		{"PruneWebSessions", testPruneWebSessions},
 		{"EventFilters", testEventFilters},
+		{"ReleaseDeltas", testReleaseDeltas},
+		{"DuplicateDeltaBase", testDuplicateDeltaBase},
+		{"DeltaSessions", testDeltaSessions},
+		{"DeltaFailures", testDeltaFailures},
+		{"Traffic", testTraffic},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
