@@ -23,7 +23,9 @@ import (
 type ReleaseStore interface {
 	// CreateRelease stores r with its deltas (ID and Published are set)
 	// and its published event, all or nothing. Reads of a release (by id,
-	// by version, lists) return its Deltas in the order stored. Durable. Errors: ECONFLICT if r.Hardware and r.Version exist.
+	// by version, lists) return its Deltas in the order stored. Durable.
+	// Errors: ECONFLICT if r.Hardware and r.Version exist, or two of its
+	// deltas have one base.
 	CreateRelease(ctx context.Context, r *Release) error
 	// Release returns a release by id. Errors: ENOTFOUND.
 	Release(ctx context.Context, id int64) (*Release, error)
