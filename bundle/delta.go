@@ -109,6 +109,9 @@ func ReadDelta(r io.Reader) (*Envelope, error) {
 		return nil, io.EOF
 	}
 	if err != nil {
+		if k := min(n, 4); string(hb[:k]) != DeltaMagic[:k] {
+			return nil, fmt.Errorf("%w: %d bytes after the ciphertext, which are not a delta record", ErrTrailingData, n)
+		}
 		return nil, readErr("delta header", err)
 	}
 	if string(hb[:4]) != DeltaMagic {
