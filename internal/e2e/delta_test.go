@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/fota/internal/logbuf"
+)
+
+// TestDeltaEndToEnd is what an operator does: sample images of one product
+// line, a 1.0.4 bundle with a delta from 1.0.3 (release build
+// --delta-from), publish with a rollout to all. A device process that runs
+// 1.0.3 downloads the patch, applies it and confirms; one run with
+// --no-delta downloads the full image. fota status, the rollout and
+// /metrics show what each put on the wire.
+func TestDeltaEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	fota(t, dir, nil, "keys", "init", "--dir", "keys")
+	srv := startServer(t, dir)
+	env := []string{"FOTA_SERVER=" + srv.url, "FOTA_TOKEN=" + srv.token}
+	for _, v := range []string{"1.0.3", "1.0.4"} {
+		fota(t, dir, env, "firmware", "sample", "--version", v, "--size", "512KiB", "--lineage", "ecowatt", "-o", "app-"+v+".bin")
+	}
+	fota(t, dir, env, "release", "build", "--keys", "keys", "-o", "app-1.0.3.fota", "app-1.0.3.bin")
+	built := fota(t, dir, env, "release", "build", "--keys", "keys", "--delta-from", "app-1.0.3.fota", "-o", "app-1.0.4.fota", "app-1.0.4.bin")
+	if !strings.Contains(built, "delta from 1.0.3") {
+		t.Fatalf("build:\n%s", built)
+	}
+	devices := map[string][]string{"delta-1": nil, "full-1": {"--no-delta"}}
+	for id := range devices {
+		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3",
+			"--credentials", id+".json", "--keys-h", id+"_keys.h", "--keys", "keys")
+	}
+	fota(t, dir, env, "release", "publish", "--rollout", "all", "app-1.0.4.fota")
+	procs := map[string]*deviceProc{}
+	for id, extra := range devices {
+		args := append([]string{"device", "run", "--credentials", id + ".json", "--keys-h", id + "_keys.h",
+			"--state", filepath.Join("devices", id), "--version", "1.0.3", "--image", "app-1.0.3.bin",
+			"--check-interval", "200ms", "--poll-interval", "50ms", "--upload-interval", "1s"}, extra...)
+		cmd := exec.Command(fotaBin, args...)
+		cmd.Dir = dir
+		p := &deviceProc{cmd: cmd, out: &logbuf.Buffer{}}
+		cmd.Stdout, cmd.Stderr = p.out, p.out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		procs[id] = p
+	}
+	for _, p := range procs {
+		waitFor(t, p, "confirmed (running 1.0.4)", 60*time.Second)
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	}
+	if out := procs["delta-1"].out.String(); !strings.Contains(out, "a delta patch of") {
+		t.Fatalf("the delta device did not say it downloaded a patch:\n%s", out)
+	}
+	if out := procs["full-1"].out.String(); strings.Contains(out, "delta patch") {
+		t.Fatalf("the --no-delta device downloaded a patch:\n%s", out)
+	}
+	status := fota(t, dir, env, "status")
+	if !strings.Contains(status, "in 1 session(s); deltas") || !strings.Contains(status, "deltas") || !strings.Contains(status, "saved") {
+		t.Fatalf("fota status does not show the traffic:\n%s", status)
+	}
+	show := fota(t, dir, env, "rollout", "show", "1")
+	if !strings.Contains(show, "on the wire: full images") {
+		t.Fatalf("rollout show:\n%s", show)
+	}
+	metrics := srv.metrics(t)
+	for _, want := range []string{`fota_update_bytes_total{artifact="delta"}`, `fota_update_bytes_total{artifact="full"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, grepLines(metrics, "fota_update_bytes"))
+		}
+	}
+	t.Logf("%s", lineOf(status, "on the wire"))
+	srv.stop(t)
+}
