@@ -12,7 +12,6 @@
 package compress
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 )
@@ -54,12 +53,3 @@ func (nopCloser) Close() error { return nil }
 // readBufferSize bounds the read-ahead of the decoders; together with the
 // window it is all the memory a reader holds.
 const readBufferSize = 1024
-
-// byteReader uses r directly when it can read bytes, so that a caller's
-// buffered reader is not wrapped twice.
-func byteReader(r io.Reader) io.ByteReader {
-	if br, ok := r.(io.ByteReader); ok {
-		return br
-	}
-	return bufio.NewReaderSize(r, readBufferSize)
-}

@@ -1,6 +1,7 @@
 package compress
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -127,107 +128,150 @@ func appendUvarint(b []byte, v uint64) []byte {
 	return append(b, byte(v))
 }
 
-// crleReader holds only the state of the current segment.
-type crleReader struct {
-	r      io.ByteReader
+// Where a CRLEDecoder is: the part of a segment it reads next.
+const (
+	crleKind = iota
+	crleSize
+	crleValue
+	crleData
+)
+
+// CRLEDecoder is the push-based crle Decoder. It holds only the current
+// segment's header; its saved state is at most 30 bytes.
+type CRLEDecoder struct {
+	phase  uint8
 	kind   byte
-	left   uint64 // bytes of the current segment still to produce
 	value  byte   // repeated value
+	left   uint64 // bytes of the current segment still to produce
+	size   uint64 // size varint read so far
+	sizeN  int    // its bytes read so far
+	offset int64  // compressed bytes consumed, for error messages
 	err    error
-	offset int64 // compressed bytes consumed, for error messages
 }
 
-func newCRLEReader(r io.Reader) *crleReader { return &crleReader{r: byteReader(r)} }
+// NewCRLEDecoder returns a crle Decoder.
+func NewCRLEDecoder() *CRLEDecoder { return &CRLEDecoder{} }
 
-func (c *crleReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) && c.err == nil {
-		if c.left == 0 {
-			c.err = c.nextSegment()
-			continue
-		}
-		k := uint64(len(p) - n)
-		if k > c.left {
-			k = c.left
-		}
-		if c.kind == crleRepeated {
-			for i := range int(k) {
-				p[n+i] = c.value
-			}
-		} else {
-			for i := range int(k) {
-				b, err := c.readByte()
-				if err != nil {
-					c.err = c.truncated(err, "scattered data")
-					k = uint64(i)
+// Decode implements Decoder.
+func (c *CRLEDecoder) Decode(dst, src []byte) (nDst, nSrc int, err error) {
+	if c.err != nil {
+		return 0, 0, c.err
+	}
+	defer func() { c.offset += int64(nSrc) }()
+	for nDst < len(dst) {
+		if c.phase == crleData {
+			k := uint64(len(dst) - nDst)
+			if c.kind == crleScattered {
+				k = min(k, uint64(len(src)-nSrc))
+				if k == 0 {
 					break
 				}
-				p[n+i] = b
+			}
+			k = min(k, c.left)
+			out := dst[nDst : nDst+int(k)]
+			if c.kind == crleScattered {
+				copy(out, src[nSrc:])
+				nSrc += int(k)
+			} else {
+				for i := range out {
+					out[i] = c.value
+				}
+			}
+			nDst += int(k)
+			if c.left -= k; c.left == 0 {
+				c.phase = crleKind
+			}
+			continue
+		}
+		if nSrc == len(src) {
+			break
+		}
+		b := src[nSrc]
+		nSrc++
+		switch c.phase {
+		case crleKind:
+			if b != crleScattered && b != crleRepeated {
+				c.err = fmt.Errorf("%w: 0x%02x at offset %d", errCRLEKind, b, c.offset+int64(nSrc)-1)
+				return nDst, nSrc, c.err
+			}
+			c.kind, c.size, c.sizeN, c.phase = b, 0, 0, crleSize
+		case crleSize:
+			c.size |= uint64(b&0x7f) << (7 * c.sizeN)
+			c.sizeN++
+			if b&0x80 != 0 {
+				if c.sizeN == crleMaxVarintBytes {
+					c.err = fmt.Errorf("%w (at offset %d)", errCRLEOverflow, c.offset+int64(nSrc))
+					return nDst, nSrc, c.err
+				}
+				continue
+			}
+			c.left, c.size, c.sizeN = c.size, 0, 0
+			c.phase = crleData
+			if c.kind == crleRepeated {
+				c.phase = crleValue
+			}
+			if c.phase == crleData && c.left == 0 {
+				c.phase = crleKind
+			}
+		case crleValue:
+			c.value = b
+			c.phase = crleData
+			if c.left == 0 {
+				c.phase = crleKind
 			}
 		}
-		n += int(k)
-		c.left -= k
 	}
-	if n > 0 {
-		return n, nil
-	}
-	return 0, c.err
+	return nDst, nSrc, nil
 }
 
-// nextSegment reads a segment header; io.EOF before a kind byte is the clean
-// end of the stream.
-func (c *crleReader) nextSegment() error {
-	kind, err := c.readByte()
-	if err == io.EOF {
-		return io.EOF
+// End implements Decoder: the stream must end between segments.
+func (c *CRLEDecoder) End() error {
+	if c.err != nil {
+		return c.err
 	}
-	if err != nil {
-		return fmt.Errorf("compress: crle: reading segment kind: %w", err)
+	if c.phase == crleKind {
+		return nil
 	}
-	if kind != crleScattered && kind != crleRepeated {
-		return fmt.Errorf("%w: 0x%02x at offset %d", errCRLEKind, kind, c.offset-1)
+	what := map[uint8]string{crleSize: "segment size", crleValue: "repeated value", crleData: "scattered data"}[c.phase]
+	if c.phase == crleData && c.kind == crleRepeated {
+		return fmt.Errorf("compress: crle: ended with %d bytes of output not taken", c.left)
 	}
-	size, err := c.readUvarint()
-	if err != nil {
-		return err
+	return fmt.Errorf("compress: crle: stream truncated in %s at offset %d: %w", what, c.offset, io.ErrUnexpectedEOF)
+}
+
+// AppendBinary implements Decoder.
+func (c *CRLEDecoder) AppendBinary(b []byte) ([]byte, error) {
+	if c.err != nil {
+		return b, fmt.Errorf("compress: crle: no state to save after an error: %w", c.err)
 	}
-	c.kind, c.left = kind, size
-	if kind == crleRepeated {
-		v, err := c.readByte()
-		if err != nil {
-			return c.truncated(err, "repeated value")
-		}
-		c.value = v
+	b = append(b, stateCRLE, c.phase, c.kind, c.value, byte(c.sizeN))
+	for _, v := range []uint64{c.left, c.size, uint64(c.offset)} {
+		b = binary.AppendUvarint(b, v)
 	}
+	return b, nil
+}
+
+// UnmarshalBinary implements Decoder.
+func (c *CRLEDecoder) UnmarshalBinary(state []byte) error {
+	s := stateReader{b: state}
+	s.check(s.byte() == stateCRLE, "not the state of a crle decoder")
+	n := CRLEDecoder{phase: s.byte(), kind: s.byte(), value: s.byte(), sizeN: int(s.byte())}
+	n.left = s.uint("segment size", 1<<63-1)
+	n.size = s.uint("partial size", 1<<(7*crleMaxVarintBytes)-1)
+	n.offset = int64(s.uint("offset", 1<<62))
+	s.check(n.phase <= crleData, "unknown phase")
+	s.check(n.phase == crleKind || n.kind == crleScattered || n.kind == crleRepeated, "unknown segment kind")
+	s.check(n.phase == crleSize || n.sizeN == 0 && n.size == 0, "size bytes outside a size")
+	s.check(n.sizeN < crleMaxVarintBytes && n.size < 1<<(7*n.sizeN), "partial size out of range")
+	s.check((n.phase == crleData) == (n.left > 0) || n.phase == crleValue, "segment size does not match the phase")
+	if err := s.done(); err != nil {
+		return fmt.Errorf("crle: %w", err)
+	}
+	*c = n
 	return nil
 }
 
-func (c *crleReader) readUvarint() (uint64, error) {
-	var v uint64
-	for i := range crleMaxVarintBytes {
-		b, err := c.readByte()
-		if err != nil {
-			return 0, c.truncated(err, "segment size")
-		}
-		v |= uint64(b&0x7f) << (7 * i)
-		if b&0x80 == 0 {
-			return v, nil
-		}
-	}
-	return 0, fmt.Errorf("%w (at offset %d)", errCRLEOverflow, c.offset)
-}
+// crleReader is the pull-based reader over a CRLEDecoder.
+type crleReader struct{ *decoderReader }
 
-func (c *crleReader) readByte() (byte, error) {
-	b, err := c.r.ReadByte()
-	if err == nil {
-		c.offset++
-	}
-	return b, err
-}
-
-func (c *crleReader) truncated(err error, what string) error {
-	if err == io.EOF {
-		return fmt.Errorf("compress: crle: stream truncated in %s at offset %d: %w", what, c.offset, io.ErrUnexpectedEOF)
-	}
-	return fmt.Errorf("compress: crle: reading %s: %w", what, err)
-}
+func newCRLEReader(r io.Reader) crleReader { return crleReader{newDecoderReader(NewCRLEDecoder(), r)} }
