@@ -215,6 +215,9 @@ func deltaPairs(r *rand.Rand) map[string][2][]byte {
 func TestDeltaApply(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 18))
 	for name, pair := range deltaPairs(r) {
+		if name == "1MiB" {
+			continue // TestDeltaPowerCut applies it, cut and resumed
+		}
 		for _, comp := range deltaCompressions {
 			t.Run(name+"/"+comp, func(t *testing.T) {
 				patch, err := delta.Create(pair[0], pair[1], delta.CreateOptions{Compression: comp})
@@ -374,7 +377,7 @@ func TestDeltaRefusals(t *testing.T) {
 		}
 	})
 
-	t.Run("truncated", func(t *testing.T) {
+	t.Run("truncated-prefixes", func(t *testing.T) {
 		for _, comp := range deltaCompressions {
 			for _, name := range []string{"edits", "random", "zeros"} {
 				from, to := pairs[name][0], pairs[name][1]

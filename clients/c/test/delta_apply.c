@@ -16,7 +16,7 @@
  *       N applications of PATCH with 1-4 random bytes changed: whatever
  *       happens, nothing is read or written out of bounds. Prints counts.
  *   fota-delta-test truncs FROM PATCH MAX_TO
- *       Every proper prefix of PATCH (at most 400, spread) must end in
+ *       Proper prefixes of PATCH (200 spread over it, and the last 64) must end in
  *       FOTA_DELTA_ERR_TRUNCATED from fota_delta_finish.
  *   fota-delta-test damage FROM PATCH MAX_TO SEED N
  *       N times: apply a random prefix, flip 1-3 bits of a copy of the
@@ -246,7 +246,7 @@ static int cmd_flips(char **a)
 
 static int cmd_truncs(char **a)
 {
-    size_t from_len, patch_len, step, cases = 0;
+    size_t from_len, patch_len, step, tail, cases = 0;
     uint8_t *from = slurp(a[0], &from_len), *patch = slurp(a[1], &patch_len);
     uint32_t max_to = (uint32_t)strtoul(a[2], NULL, 10);
     img_t m = {0};
@@ -257,8 +257,10 @@ static int cmd_truncs(char **a)
     m.max_to = max_to;
     m.fd = -1;
     m.to = to;
-    step = patch_len / 400 + 1;
-    for (size_t cut = 0; cut < patch_len; cut += (cut + step < patch_len ? step : 1)) {
+    /* 200 prefixes spread over the patch, and the last 64 one by one. */
+    step = patch_len / 200 + 1;
+    tail = patch_len > 64 ? patch_len - 64 : 0;
+    for (size_t cut = 0; cut < patch_len; cut = cut + step < tail ? cut + step : cut < tail ? tail : cut + 1) {
         fota_delta_t d;
         int err;
         fota_delta_begin(&d, (uint32_t)from_len, max_to);
