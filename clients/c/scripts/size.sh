@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Size of the fota C client on an ESP32-C3 (RISC-V rv32imc): cross-compiles
-# the library (src/; not mbedtls, not a port; src/fota_push.c, optional, is
-# printed apart) with -Os and prints its code
+# the library (src/; not mbedtls, not a port; src/fota_push.c and
+# src/fota_delta.c, optional, are printed apart) with -Os and prints its code
 # and static data (text/data/bss), the largest stack any public function
 # needs (from -fcallgraph-info: the library's own frames along its deepest
 # call chain; mbedtls's and the port's frames are theirs), and the RAM an
@@ -33,16 +33,21 @@ flags=(--specs=picolibc.specs -march=rv32imc -mabi=ilp32 -Os -std=c99 -Wall -Wex
 # src/fota_push.c is optional (push over MQTT: the broker password, the
 # payload's spread, the wait before a pushed check): only firmware with push
 # links it, so it is measured and printed apart, not held to the target.
+# src/fota_delta.c (applying delta patches) likewise: firmware that takes
+# delta updates links it and gives it a fota_delta_t and stack (below).
 optional=src/fota_push.c
+delta=src/fota_delta.c
 objs=()
 for src in src/*.c; do
   [ "$src" = "$optional" ] && continue
+  [ "$src" = "$delta" ] && continue
   obj="$tmp/$(basename "$src" .c).o"
   "$CC" "${flags[@]}" -fcallgraph-info=su -c "$src" -o "$obj"
   objs+=("$obj")
 done
-mkdir "$tmp/optional"
+mkdir "$tmp/optional" "$tmp/delta"
 "$CC" "${flags[@]}" -c "$optional" -o "$tmp/optional/fota_push.o"
+"$CC" "${flags[@]}" -fcallgraph-info=su -c "$delta" -o "$tmp/delta/fota_delta.o"
 
 # The client struct's size, read off a probe object's symbol table.
 cat > "$tmp/probe.c" <<'EOF'
@@ -50,10 +55,16 @@ cat > "$tmp/probe.c" <<'EOF'
 const unsigned char fota_client_size[sizeof(fota_client_t)] = {1};
 const unsigned char fota_work_min[FOTA_WORK_MIN] = {1};
 EOF
+cat > "$tmp/delta_probe.c" <<'EOF'
+#include "fota_delta.h"
+const unsigned char fota_delta_size[sizeof(fota_delta_t)] = {1};
+EOF
+"$CC" "${flags[@]}" -c "$tmp/delta_probe.c" -o "$tmp/delta_probe.o"
 "$CC" "${flags[@]}" -c "$tmp/probe.c" -o "$tmp/probe.o"
-symsize() { printf "%d" "0x$(riscv64-unknown-elf-nm -S "$tmp/probe.o" | awk -v s="$1" '$4 == s { print $2 }')"; }
-client=$(symsize fota_client_size)
-work=$(symsize fota_work_min)
+symsize() { printf "%d" "0x$(riscv64-unknown-elf-nm -S "$2" | awk -v s="$1" '$4 == s { print $2 }')"; }
+client=$(symsize fota_client_size "$tmp/probe.o")
+work=$(symsize fota_work_min "$tmp/probe.o")
+delta_struct=$(symsize fota_delta_size "$tmp/delta_probe.o")
 
 echo "fota C client, $("$CC" --version | head -1), -march=rv32imc -mabi=ilp32 -Os"
 riscv64-unknown-elf-size "${objs[@]}" | sed "s|$tmp/||"
@@ -62,7 +73,10 @@ read -r text data bss < <(riscv64-unknown-elf-size -t "${objs[@]}" | awk 'END { 
 # Worst stack: the largest sum of frames along a call chain from a public
 # function, over the library's own functions (calls into mbedtls, the C
 # library and the port end the chain; there is no recursion).
-stack=$(cat "$tmp"/*.ci | awk '
+# worst_stack API CI_FILE...: the worst chain from the API functions.
+worst_stack() {
+  local api=$1; shift
+  cat "$@" | awk -v apis="$api" '
   function name(t) { sub(/.*:/, "", t); return t }
   /^node:/ {
     t = $0; sub(/.*title: "/, "", t); sub(/".*/, "", t)
@@ -84,12 +98,14 @@ stack=$(cat "$tmp"/*.ci | awk '
     return memo[f] = frame[f] + best
   }
   END {
-    split("fota_init fota_startup fota_check fota_confirm fota_reject fota_flush", api, " ")
+    split(apis, api, " ")
     max = 0
     for (i in api) { w = worst(api[i]); if (w > max) { max = w; top = api[i] } }
     chain = top; f = top; while (f in via) { f = via[f]; chain = chain " > " f }
     print max, chain
-  }')
+  }'
+}
+stack=$(worst_stack "fota_init fota_startup fota_check fota_confirm fota_reject fota_flush" "$tmp"/*.ci)
 read -r worst chain <<<"$stack"
 ram=$((work + client + worst))
 
@@ -97,6 +113,10 @@ printf '\n%-44s %6d bytes (target <= 16384)\n' "code (text: instructions and con
 printf '%-44s %6d bytes (target <= 1024)\n' "static data (data + bss)" "$((data + bss))"
 read -r ptext pdata pbss < <(riscv64-unknown-elf-size "$tmp/optional/fota_push.o" | awk 'END { print $1, $2, $3 }')
 printf '%-44s %6d bytes (static data %d)\n' "optional push code (src/fota_push.c)" "$ptext" "$((pdata + pbss))"
+read -r dtext ddata dbss < <(riscv64-unknown-elf-size "$tmp/delta/fota_delta.o" | awk 'END { print $1, $2, $3 }')
+read -r dworst dchain <<<"$(worst_stack "fota_delta_begin fota_delta_write fota_delta_finish fota_delta_check" "$tmp"/delta/*.ci)"
+printf '%-44s %6d bytes (static data %d)\n' "optional delta code (src/fota_delta.c)" "$dtext" "$((ddata + dbss))"
+printf '%-44s %6d bytes, worst stack %d: %s\n' "  fota_delta_t" "$delta_struct" "$dworst" "$dchain"
 printf '%-44s %6d bytes\n' "work buffer (FOTA_WORK_MIN)" "$work"
 printf '%-44s %6d bytes\n' "fota_client_t (mbedtls contexts included)" "$client"
 printf '%-44s %6d bytes: %s\n' "worst stack of the library's own frames" "$worst" "$chain"
