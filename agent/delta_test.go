@@ -201,26 +201,30 @@ func sessionsOf(t *testing.T, h *harness, id string) []*fota.Session {
 // delta are all refused before a byte is downloaded, and none of them
 // makes the device boot anything but a signed image of the release.
 func TestDeltaOfferAttacks(t *testing.T) {
-	h := newHarness(t)
-	base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
-	target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
-	otherBase := lineage(h, "1.0.2", firmware.Healthy, 0, true)
-	b := h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
-		testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
-	// The signed manifests an attacker could have recorded.
-	r := bytes.NewReader(b)
-	env, _ := bundle.ReadEnvelope(r)
-	full, _ := env.Unverified()
-	r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
-	var deltas []*bundle.Envelope
-	for range 2 {
-		denv, err := bundle.ReadDelta(r)
-		if err != nil {
-			t.Fatal(err)
+	// setup publishes 1.0.4 with deltas from 1.0.3 (what the device runs)
+	// and from 1.0.2, and returns the signed envelopes an attacker could
+	// have recorded: the release's and the two deltas'.
+	setup := func(h *harness) (base, target []byte, env *bundle.Envelope, deltas []*bundle.Envelope) {
+		base = lineage(h, "1.0.3", firmware.Healthy, 0, false)
+		target = lineage(h, "1.0.4", firmware.Healthy, 0, true)
+		otherBase := lineage(h, "1.0.2", firmware.Healthy, 0, true)
+		b := h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
+			testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
+		h.Publish(b)
+		r := bytes.NewReader(b)
+		env, _ = bundle.ReadEnvelope(r)
+		full, _ := env.Unverified()
+		r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
+		for range 2 {
+			denv, err := bundle.ReadDelta(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dm, _ := denv.Unverified()
+			r.Seek(dm.CiphertextSize, 1)
+			deltas = append(deltas, denv)
 		}
-		dm, _ := denv.Unverified()
-		r.Seek(dm.CiphertextSize, 1)
-		deltas = append(deltas, denv)
+		return base, target, env, deltas
 	}
 	put := func(c map[string]any, e *bundle.Envelope) {
 		m, _ := e.Unverified()
@@ -229,26 +233,26 @@ func TestDeltaOfferAttacks(t *testing.T) {
 	}
 	cases := []struct {
 		name, want string
-		edit       func(c map[string]any)
+		edit       func(c map[string]any, full *bundle.Envelope, deltas []*bundle.Envelope)
 	}{
-		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any) {
+		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any, _ *bundle.Envelope, deltas []*bundle.Envelope) {
 			if c["artifact"] == "delta" {
 				put(c, deltas[1])
 			}
 		}},
-		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any) {
+		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
 			delete(c, "artifact")
 		}},
-		{"the full manifest offered as a delta", "the signed manifest is of kind \"\"", func(c map[string]any) {
+		{"the full manifest offered as a delta", "the signed manifest is of kind \"\"", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
 			if c["artifact"] == "delta" {
-				put(c, env)
+				put(c, full)
 			}
 		}},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.Publish(b)
+			base, target, env, deltas := setup(h)
 			m := attacktest.NewMITM(t, h.URL)
 			attacked := false
 			m.Check = func(orig []byte) []byte {
@@ -258,7 +262,7 @@ func TestDeltaOfferAttacks(t *testing.T) {
 					return orig
 				}
 				attacked = true
-				c.edit(a)
+				c.edit(a, env, deltas)
 				out, _ := json.Marshal(a)
 				return out
 			}
