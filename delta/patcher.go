@@ -376,9 +376,9 @@ func (p *Patcher) Close() error {
 //	CRC-32 (IEEE) of all the above, little endian
 const checkpointVersion = 1
 
-// MaxCheckpointSize bounds the length of a checkpoint: with the largest
-// values every field can hold it is 326 bytes (TestCheckpointSizeBound), 256 of them the heatshrink
-// window.
+// MaxCheckpointSize bounds the length of a checkpoint: with every field at
+// its largest it is 326 bytes (TestCheckpointSizeBound), 256 of them the
+// heatshrink window.
 const MaxCheckpointSize = 340
 
 // maxChunks bounds the chunk counter in a checkpoint (it is only used in
