@@ -43,7 +43,8 @@ const patcherWindowBits = 8
 // patch resumed from an earlier checkpoint.
 //
 // Memory: two 4 KiB buffers, the heatshrink window (256 bytes) and a few
-// counters, whatever the image size; a checkpoint is at most about 330 bytes.
+// counters, whatever the image size: under 9 KiB in all. A checkpoint is
+// at most MaxCheckpointSize (340) bytes.
 // No goroutines. A Patcher is not safe for concurrent use.
 type Patcher struct {
 	from     io.ReaderAt
@@ -375,6 +376,11 @@ func (p *Patcher) Close() error {
 //	CRC-32 (IEEE) of all the above, little endian
 const checkpointVersion = 1
 
+// MaxCheckpointSize bounds the length of a checkpoint: with every field at
+// its largest it is 326 bytes (TestCheckpointSizeBound), 256 of them the
+// heatshrink window.
+const MaxCheckpointSize = 340
+
 // maxChunks bounds the chunk counter in a checkpoint (it is only used in
 // messages; each chunk but the last makes at least one byte, or reads its
 // adjustment's bytes, so this is generous).
@@ -440,8 +446,8 @@ func ResumePatcher(from io.ReaderAt, fromSize int64, to io.WriterAt, maxTo int64
 }
 
 func (p *Patcher) restore(state []byte) error {
-	if len(state) < 5 {
-		return fmt.Errorf("%d bytes, too short", len(state))
+	if len(state) < 5 || len(state) > MaxCheckpointSize {
+		return fmt.Errorf("%d bytes, want 5 to %d", len(state), MaxCheckpointSize)
 	}
 	body, sum := state[:len(state)-4], binary.LittleEndian.Uint32(state[len(state)-4:])
 	if crc32.ChecksumIEEE(body) != sum {
@@ -497,6 +503,9 @@ func (p *Patcher) restore(state []byte) error {
 		return err
 	}
 	if p.dec == nil {
+		if phase != phDone {
+			return fmt.Errorf("phase %d for an empty image", phase)
+		}
 		return s.done()
 	}
 	n := int(s.uint("decoder state length", 1<<10))
@@ -585,6 +594,11 @@ func (s *cpReader) uint(what string, max uint64) uint64 {
 		return 0
 	}
 	s.b = s.b[n:]
+	if n != len(binary.AppendUvarint(nil, v)) {
+		// One encoding per state, so that a restored state saves as loaded.
+		s.fail("overlong " + what)
+		return 0
+	}
 	if v > max {
 		s.fail(fmt.Sprintf("%s %d out of range (at most %d)", what, v, max))
 		return 0

@@ -98,7 +98,7 @@ func resumeEach(t testing.TB, s *slot, from []byte) func(p *Patcher, pushed int)
 		if err != nil {
 			t.Fatalf("checkpoint after %d bytes: %v", pushed, err)
 		}
-		if len(cp) > 400 {
+		if len(cp) > MaxCheckpointSize {
 			t.Errorf("checkpoint of %d bytes", len(cp))
 		}
 		q, err := ResumePatcher(fromImage{t, from}, int64(len(from)), s.writer(), s.size, cp)
@@ -583,7 +583,6 @@ func BenchmarkPatcher(b *testing.B) {
 	}
 	out := make(sliceWriterAt, len(to))
 	b.SetBytes(int64(len(to)))
-	b.ReportMetric(float64(len(patch)), "patch-bytes")
 	for b.Loop() {
 		p := NewPatcher(bytes.NewReader(from), int64(len(from)), out, int64(len(out)))
 		for i := 0; i < len(patch); i += 4096 {
@@ -598,4 +597,40 @@ func BenchmarkPatcher(b *testing.B) {
 	if !bytes.Equal(out, to) {
 		b.Fatal("wrong target")
 	}
+	b.ReportMetric(float64(len(patch)), "patch-bytes")
 }
+
+// TestCheckpointSizeBound: a checkpoint with every field at its largest
+// still fits MaxCheckpointSize, and resumes.
+func TestCheckpointSizeBound(t *testing.T) {
+	const fromSize = 1 << 62
+	p := NewPatcher(fromImage{t, nil}, fromSize, (&slot{t: t, size: MaxSize}).writer(), MaxSize)
+	if err := p.startStream(MaxSize, "heatshrink"); err != nil {
+		t.Fatal(err)
+	}
+	p.phase, p.toPos, p.fromPos, p.chunk = phAdjust, MaxSize, fromSize, maxChunks
+	p.size = sizeField{mag: 1<<20 - 1, n: 3, neg: true}
+	ds := []byte{'H', 7, 0x44, hsLengthPhase, 7}
+	for _, v := range []uint64{127, 255, 255, 128, 256, 1 << 62} {
+		ds = binary.AppendUvarint(ds, v)
+	}
+	ds = append(ds, bytes.Repeat([]byte{0xff}, 256)...)
+	if err := p.dec.UnmarshalBinary(ds); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := p.Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cp) > MaxCheckpointSize {
+		t.Fatalf("checkpoint of %d bytes, more than MaxCheckpointSize %d", len(cp), MaxCheckpointSize)
+	}
+	t.Logf("largest checkpoint: %d bytes", len(cp))
+	if _, err := ResumePatcher(fromImage{t, nil}, fromSize, (&slot{t: t, size: MaxSize}).writer(), MaxSize, cp); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hsLengthPhase is the heatshrink decoder's last phase (reading a copy's
+// length), the largest phase value its state holds.
+const hsLengthPhase = 3

@@ -152,6 +152,11 @@ func (s *stateReader) uint(what string, max uint64) uint64 {
 		return 0
 	}
 	s.b = s.b[n:]
+	if n != len(binary.AppendUvarint(nil, v)) {
+		// One encoding per state, so that a restored state saves as loaded.
+		s.fail("overlong " + what)
+		return 0
+	}
 	if v > max {
 		s.fail(fmt.Sprintf("%s %d out of range (at most %d)", what, v, max))
 		return 0
