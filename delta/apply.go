@@ -20,7 +20,8 @@ func Apply(from io.ReaderAt, fromSize int64, patch io.Reader, to io.Writer) (wri
 	if fromSize < 0 {
 		return 0, fmt.Errorf("negative from size %d", fromSize)
 	}
-	raw := bufio.NewReaderSize(patch, bufSize)
+	src := &sourceReader{r: patch}
+	raw := bufio.NewReaderSize(src, bufSize)
 	info, err := readHeader(raw)
 	if err != nil {
 		return 0, err
@@ -50,7 +51,26 @@ func Apply(from io.ReaderAt, fromSize int64, patch io.Reader, to io.Writer) (wri
 		fromBuf:  make([]byte, bufSize),
 	}
 	err = a.run()
+	if err != nil && !errors.Is(err, ErrCorrupt) && (src.err == nil || src.err == io.EOF) {
+		// Not the patch's source failing: its stream does not decode.
+		err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
 	return a.toPos, err
+}
+
+// sourceReader remembers the error the patch's own reader returned, so
+// that Apply can tell a failing source from a stream that does not decode.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil {
+		s.err = err
+	}
+	return n, err
 }
 
 type applier struct {
