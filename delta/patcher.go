@@ -456,43 +456,43 @@ func (p *Patcher) restore(state []byte) error {
 	if body[0] != checkpointVersion {
 		return fmt.Errorf("version %d, this build reads version %d", body[0], checkpointVersion)
 	}
-	s := cpReader{b: body[1:]}
-	if fs := s.uint("from size", 1<<62); s.err == nil && int64(fs) != p.fromSize {
+	s := compress.NewStateReader(body[1:])
+	if fs := s.Uint("from size", 1<<62); !s.Failed() && int64(fs) != p.fromSize {
 		return fmt.Errorf("taken with a from image of %d bytes, resumed with %d", fs, p.fromSize)
 	}
-	p.phase = s.byte()
-	if s.err == nil && p.phase >= numPhases {
+	p.phase = s.Byte()
+	if !s.Failed() && p.phase >= numPhases {
 		return fmt.Errorf("unknown phase %d", p.phase)
 	}
 	if p.phase == phHeader {
-		p.hdrN = int(s.byte())
+		p.hdrN = int(s.Byte())
 		if p.hdrN >= len(p.hdr) {
 			return fmt.Errorf("%d header bytes", p.hdrN)
 		}
-		copy(p.hdr[:], s.bytes(p.hdrN))
+		copy(p.hdr[:], s.Bytes(p.hdrN))
 		// The header was not complete: its to size still continues.
 		for i := 1; i < p.hdrN; i++ {
 			if p.hdr[i]&0x80 == 0 {
 				return errors.New("a complete header in the header phase")
 			}
 		}
-		return s.done()
+		return s.Done()
 	}
-	id := s.byte()
+	id := s.Byte()
 	comp, ok := compressionName(int(id))
-	if s.err == nil && !ok {
+	if !s.Failed() && !ok {
 		return fmt.Errorf("unknown compression %d", id)
 	}
-	toSize := int64(s.uint("to size", MaxSize))
-	p.toPos = int64(s.uint("to offset", uint64(toSize)))
-	p.fromPos = int64(s.uint("from offset", uint64(p.fromSize)))
-	p.left = int64(s.uint("data left", uint64(toSize-p.toPos)))
-	p.chunk = int64(s.uint("chunk", maxChunks))
-	p.size.mag = int64(s.uint("size field", MaxSize))
-	p.size.n = int(s.uint("size field length", maxSizeBytes-1))
-	p.size.neg = s.byte() != 0
-	if s.err != nil {
-		return s.err
+	toSize := int64(s.Uint("to size", MaxSize))
+	p.toPos = int64(s.Uint("to offset", uint64(toSize)))
+	p.fromPos = int64(s.Uint("from offset", uint64(p.fromSize)))
+	p.left = int64(s.Uint("data left", uint64(toSize-p.toPos)))
+	p.chunk = int64(s.Uint("chunk", maxChunks))
+	p.size.mag = int64(s.Uint("size field", MaxSize))
+	p.size.n = int(s.Uint("size field length", maxSizeBytes-1))
+	p.size.neg = s.Byte() != 0
+	if s.Failed() {
+		return s.Done()
 	}
 	phase := p.phase
 	if err := p.startStream(toSize, comp); err != nil {
@@ -506,17 +506,17 @@ func (p *Patcher) restore(state []byte) error {
 		if phase != phDone {
 			return fmt.Errorf("phase %d for an empty image", phase)
 		}
-		return s.done()
+		return s.Done()
 	}
-	n := int(s.uint("decoder state length", 1<<10))
-	ds := s.bytes(n)
-	if s.err != nil {
-		return s.err
+	n := int(s.Uint("decoder state length", 1<<10))
+	ds := s.Bytes(n)
+	if s.Failed() {
+		return s.Done()
 	}
 	if err := p.dec.UnmarshalBinary(ds); err != nil {
 		return err
 	}
-	return s.done()
+	return s.Done()
 }
 
 // checkPositions checks that the restored offsets and counters are ones the
@@ -554,61 +554,3 @@ func (p *Patcher) checkPositions() error {
 	return nil
 }
 
-// cpReader reads a checkpoint, remembering the first problem.
-type cpReader struct {
-	b   []byte
-	err error
-}
-
-func (s *cpReader) fail(msg string) {
-	if s.err == nil {
-		s.err = errors.New(msg)
-	}
-}
-
-func (s *cpReader) byte() byte {
-	if len(s.b) == 0 {
-		s.fail("truncated")
-		return 0
-	}
-	c := s.b[0]
-	s.b = s.b[1:]
-	return c
-}
-
-func (s *cpReader) bytes(n int) []byte {
-	if len(s.b) < n {
-		s.fail("truncated")
-		return nil
-	}
-	b := s.b[:n]
-	s.b = s.b[n:]
-	return b
-}
-
-// uint reads an unsigned varint of at most max.
-func (s *cpReader) uint(what string, max uint64) uint64 {
-	v, n := binary.Uvarint(s.b)
-	if n <= 0 {
-		s.fail("truncated or overlong " + what)
-		return 0
-	}
-	s.b = s.b[n:]
-	if n != len(binary.AppendUvarint(nil, v)) {
-		// One encoding per state, so that a restored state saves as loaded.
-		s.fail("overlong " + what)
-		return 0
-	}
-	if v > max {
-		s.fail(fmt.Sprintf("%s %d out of range (at most %d)", what, v, max))
-		return 0
-	}
-	return v
-}
-
-func (s *cpReader) done() error {
-	if s.err == nil && len(s.b) != 0 {
-		s.fail(fmt.Sprintf("%d bytes after the end", len(s.b)))
-	}
-	return s.err
-}

@@ -253,18 +253,18 @@ func (c *CRLEDecoder) AppendBinary(b []byte) ([]byte, error) {
 
 // UnmarshalBinary implements Decoder.
 func (c *CRLEDecoder) UnmarshalBinary(state []byte) error {
-	s := stateReader{b: state}
-	s.check(s.byte() == stateCRLE, "not the state of a crle decoder")
-	n := CRLEDecoder{phase: s.byte(), kind: s.byte(), value: s.byte(), sizeN: int(s.byte())}
-	n.left = s.uint("segment size", 1<<63-1)
-	n.size = s.uint("partial size", 1<<(7*crleMaxVarintBytes)-1)
-	n.offset = int64(s.uint("offset", 1<<62))
-	s.check(n.phase <= crleData, "unknown phase")
-	s.check(n.phase == crleKind || n.kind == crleScattered || n.kind == crleRepeated, "unknown segment kind")
-	s.check(n.phase == crleSize || n.sizeN == 0 && n.size == 0, "size bytes outside a size")
-	s.check(n.sizeN < crleMaxVarintBytes && n.size < 1<<(7*n.sizeN), "partial size out of range")
-	s.check((n.phase == crleData) == (n.left > 0) || n.phase == crleValue, "segment size does not match the phase")
-	if err := s.done(); err != nil {
+	s := NewStateReader(state)
+	s.Check(s.Byte() == stateCRLE, "not the state of a crle decoder")
+	n := CRLEDecoder{phase: s.Byte(), kind: s.Byte(), value: s.Byte(), sizeN: int(s.Byte())}
+	n.left = s.Uint("segment size", 1<<63-1)
+	n.size = s.Uint("partial size", 1<<(7*crleMaxVarintBytes)-1)
+	n.offset = int64(s.Uint("offset", 1<<62))
+	s.Check(n.phase <= crleData, "unknown phase")
+	s.Check(n.phase == crleKind || n.kind == crleScattered || n.kind == crleRepeated, "unknown segment kind")
+	s.Check(n.phase == crleSize || n.sizeN == 0 && n.size == 0, "size bytes outside a size")
+	s.Check(n.sizeN < crleMaxVarintBytes && n.size < 1<<(7*n.sizeN), "partial size out of range")
+	s.Check((n.phase == crleData) == (n.left > 0) || n.phase == crleValue, "segment size does not match the phase")
+	if err := s.Done(); err != nil {
 		return fmt.Errorf("crle: %w", err)
 	}
 	*c = n

@@ -127,16 +127,21 @@ func (r *decoderReader) Read(p []byte) (int, error) {
 	return 0, r.err
 }
 
-// stateReader reads a saved state, remembering the first problem so that
-// the fields can be read in a row and checked once.
-type stateReader struct {
+// StateReader reads a saved state (a decoder's, or a patcher's that
+// holds one), remembering the first problem so that the fields can be
+// read in a row and checked once. Its errors wrap ErrState.
+type StateReader struct {
 	b   []byte
 	err error
 }
 
-func (s *stateReader) byte() byte {
+// NewStateReader reads state.
+func NewStateReader(state []byte) *StateReader { return &StateReader{b: state} }
+
+// Byte reads one byte.
+func (s *StateReader) Byte() byte {
 	if len(s.b) == 0 {
-		s.fail("truncated")
+		s.Fail("truncated")
 		return 0
 	}
 	c := s.b[0]
@@ -144,29 +149,30 @@ func (s *stateReader) byte() byte {
 	return c
 }
 
-// uint reads an unsigned varint of at most max.
-func (s *stateReader) uint(what string, max uint64) uint64 {
+// Uint reads an unsigned varint of at most max.
+func (s *StateReader) Uint(what string, max uint64) uint64 {
 	v, n := binary.Uvarint(s.b)
 	if n <= 0 {
-		s.fail("truncated or overlong " + what)
+		s.Fail("truncated or overlong " + what)
 		return 0
 	}
 	s.b = s.b[n:]
 	if n != len(binary.AppendUvarint(nil, v)) {
 		// One encoding per state, so that a restored state saves as loaded.
-		s.fail("overlong " + what)
+		s.Fail("overlong " + what)
 		return 0
 	}
 	if v > max {
-		s.fail(fmt.Sprintf("%s %d out of range (at most %d)", what, v, max))
+		s.Fail(fmt.Sprintf("%s %d out of range (at most %d)", what, v, max))
 		return 0
 	}
 	return v
 }
 
-func (s *stateReader) bytes(n int) []byte {
+// Bytes reads n bytes (zeros when the state is too short).
+func (s *StateReader) Bytes(n int) []byte {
 	if len(s.b) < n {
-		s.fail("truncated")
+		s.Fail("truncated")
 		return make([]byte, n)
 	}
 	b := s.b[:n]
@@ -174,22 +180,27 @@ func (s *stateReader) bytes(n int) []byte {
 	return b
 }
 
-func (s *stateReader) fail(msg string) {
+// Fail records a problem, if it is the first.
+func (s *StateReader) Fail(msg string) {
 	if s.err == nil {
 		s.err = fmt.Errorf("%w: %s", ErrState, msg)
 	}
 }
 
-func (s *stateReader) check(ok bool, msg string) {
+// Check records msg as a problem unless ok.
+func (s *StateReader) Check(ok bool, msg string) {
 	if !ok {
-		s.fail(msg)
+		s.Fail(msg)
 	}
 }
 
-// done reports the first problem, or bytes left over.
-func (s *stateReader) done() error {
+// Failed reports whether a problem was found so far.
+func (s *StateReader) Failed() bool { return s.err != nil }
+
+// Done reports the first problem, or bytes left over.
+func (s *StateReader) Done() error {
 	if s.err == nil && len(s.b) != 0 {
-		s.fail(fmt.Sprintf("%d bytes after the end", len(s.b)))
+		s.Fail(fmt.Sprintf("%d bytes after the end", len(s.b)))
 	}
 	return s.err
 }

@@ -240,37 +240,37 @@ func (h *HeatshrinkDecoder) AppendBinary(b []byte) ([]byte, error) {
 // UnmarshalBinary implements Decoder. It checks every field against the
 // stream's parameters and this decoder's window limit.
 func (h *HeatshrinkDecoder) UnmarshalBinary(state []byte) error {
-	s := stateReader{b: state}
-	s.check(s.byte() == stateHeatshrink, "not the state of a heatshrink decoder")
-	flags := s.byte()
-	s.check(flags&^7 == 0, "unknown flags")
+	s := NewStateReader(state)
+	s.Check(s.Byte() == stateHeatshrink, "not the state of a heatshrink decoder")
+	flags := s.Byte()
+	s.Check(flags&^7 == 0, "unknown flags")
 	n := HeatshrinkDecoder{maxWindow: h.maxWindow, started: flags&1 != 0, loadedOp: flags&2 != 0, opZero: flags&4 != 0}
 	if n.started && s.err == nil {
-		hdr := s.byte()
+		hdr := s.Byte()
 		window, lookahead := int(hdr>>4)+4, int(hdr&0x0f)+3
 		if checkHeatshrinkParams(window, lookahead) != nil || uint(window) > n.maxWindow {
-			s.fail(fmt.Sprintf("window_sz2 %d, lookahead_sz2 %d not allowed (window limit %d)", window, lookahead, n.maxWindow))
+			s.Fail(fmt.Sprintf("window_sz2 %d, lookahead_sz2 %d not allowed (window limit %d)", window, lookahead, n.maxWindow))
 		} else {
 			n.wbits, n.lbits = uint(window), uint(lookahead)
 		}
-		n.phase = s.byte()
-		s.check(n.phase <= hsLength, "unknown phase")
-		n.nbits = uint(s.byte())
+		n.phase = s.Byte()
+		s.Check(n.phase <= hsLength, "unknown phase")
+		n.nbits = uint(s.Byte())
 		// Between calls fewer bits are held than the next field needs.
-		s.check(n.nbits < max(n.wbits, 8), "too many bits held")
-		n.bits = uint32(s.uint("bits", 1<<n.nbits-1))
+		s.Check(n.nbits < max(n.wbits, 8), "too many bits held")
+		n.bits = uint32(s.Uint("bits", 1<<n.nbits-1))
 		size := uint64(1) << n.wbits
-		n.head = int(s.uint("head", size-1))
-		n.dist = int(s.uint("distance", size-1))
-		n.copyLeft = int(s.uint("copy length", 1<<n.lbits))
-		n.copyDist = int(s.uint("copy distance", size))
-		s.check(n.copyLeft == 0 || n.copyDist > 0, "copy without a distance")
-		n.outOffset = int64(s.uint("output offset", 1<<62))
+		n.head = int(s.Uint("head", size-1))
+		n.dist = int(s.Uint("distance", size-1))
+		n.copyLeft = int(s.Uint("copy length", 1<<n.lbits))
+		n.copyDist = int(s.Uint("copy distance", size))
+		s.Check(n.copyLeft == 0 || n.copyDist > 0, "copy without a distance")
+		n.outOffset = int64(s.Uint("output offset", 1<<62))
 		if s.err == nil {
-			n.window = append([]byte(nil), s.bytes(int(size))...)
+			n.window = append([]byte(nil), s.Bytes(int(size))...)
 		}
 	}
-	if err := s.done(); err != nil {
+	if err := s.Done(); err != nil {
 		return fmt.Errorf("heatshrink: %w", err)
 	}
 	*h = n
