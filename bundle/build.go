@@ -54,15 +54,9 @@ func Build(dst io.Writer, firmware io.Reader, opts BuildOptions) (*Manifest, err
 	if opts.Created.IsZero() {
 		opts.Created = time.Now()
 	}
-	iv := opts.IV
-	if iv == nil {
-		iv = make([]byte, 16)
-		if _, err := rand.Read(iv); err != nil {
-			return nil, fmt.Errorf("build bundle: make IV: %w", err)
-		}
-	}
-	if len(iv) != 16 {
-		return nil, fmt.Errorf("build bundle: IV is %d bytes, want 16", len(iv))
+	iv, err := ivOf(opts.IV)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
 	}
 	// Check the options before the expensive pass.
 	m := &Manifest{
@@ -233,6 +227,22 @@ func buildInPlace(dst seekWriterAt, firmware io.ReadSeeker, m *Manifest, iv []by
 		return nil, fmt.Errorf("build bundle: %w", err)
 	}
 	return m, nil
+}
+
+// ivOf is the CBC IV to encrypt with: given (tests), or a fresh random
+// one, which is what keeps two ciphertexts from sharing a keystream prefix.
+func ivOf(given []byte) ([]byte, error) {
+	if given == nil {
+		iv := make([]byte, 16)
+		if _, err := rand.Read(iv); err != nil {
+			return nil, fmt.Errorf("make IV: %w", err)
+		}
+		return iv, nil
+	}
+	if len(given) != 16 {
+		return nil, fmt.Errorf("IV is %d bytes, want 16", len(given))
+	}
+	return given, nil
 }
 
 // signBoth makes the manifest signature and, for RSA keys, the legacy

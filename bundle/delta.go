@@ -2,7 +2,6 @@ package bundle
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -46,15 +45,9 @@ func WriteDelta(dst io.Writer, full *Manifest, patch []byte, opts DeltaOptions, 
 	if signer == nil {
 		return nil, errors.New("build delta: no signing key")
 	}
-	iv := opts.IV
-	if iv == nil {
-		iv = make([]byte, 16)
-		if _, err := rand.Read(iv); err != nil {
-			return nil, fmt.Errorf("build delta: make IV: %w", err)
-		}
-	}
-	if len(iv) != 16 {
-		return nil, fmt.Errorf("build delta: IV is %d bytes, want 16", len(iv))
+	iv, err := ivOf(opts.IV)
+	if err != nil {
+		return nil, fmt.Errorf("build delta: %w", err)
 	}
 	var ct bytes.Buffer
 	ctHash := sha256.New()

@@ -553,4 +553,3 @@ func (p *Patcher) checkPositions() error {
 	}
 	return nil
 }
-

@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/ecowatt/fota/internal/logbuf"
 )
 
 // TestDeltaEndToEnd is what an operator does: sample images of one product
@@ -41,15 +38,7 @@ func TestDeltaEndToEnd(t *testing.T) {
 		args := append([]string{"device", "run", "--credentials", id + ".json", "--keys-h", id + "_keys.h",
 			"--state", filepath.Join("devices", id), "--version", "1.0.3", "--image", "app-1.0.3.bin",
 			"--check-interval", "200ms", "--poll-interval", "50ms", "--upload-interval", "1s"}, extra...)
-		cmd := exec.Command(fotaBin, args...)
-		cmd.Dir = dir
-		p := &deviceProc{cmd: cmd, out: &logbuf.Buffer{}}
-		cmd.Stdout, cmd.Stderr = p.out, p.out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		procs[id] = p
+		procs[id] = runDevice(t, dir, args...)
 	}
 	for _, p := range procs {
 		waitFor(t, p, "confirmed (running 1.0.4)", 60*time.Second)

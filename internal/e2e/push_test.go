@@ -25,7 +25,14 @@ func startPushDevice(t *testing.T, dir, id, mqtt string, extra ...string) *devic
 	if mqtt != "" {
 		args = append(args, "--mqtt", mqtt, "--mqtt-min-interval", "1s")
 	}
-	cmd := exec.Command(fotaBin, append(args, extra...)...)
+	return runDevice(t, dir, append(args, extra...)...)
+}
+
+// runDevice starts fota with args (a device run) in dir, its output
+// kept; it is killed when the test ends.
+func runDevice(t *testing.T, dir string, args ...string) *deviceProc {
+	t.Helper()
+	cmd := exec.Command(fotaBin, args...)
 	cmd.Dir = dir
 	p := &deviceProc{cmd: cmd, out: &logbuf.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
