@@ -946,7 +946,11 @@ func (a *Agent) fail(ctx context.Context, o *offer, err error) {
 	if errors.As(err, &r) && o.api == APINative {
 		status = "refused"
 	}
-	if qerr := a.queue(report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: status, Reason: truncate(err.Error(), 400)}); qerr != nil {
+	rep := report{API: o.api, SessionID: o.sessionID, Version: o.version, Status: status, Reason: truncate(err.Error(), 400)}
+	if isDeltaFailure(err) {
+		rep.Artifact = "delta"
+	}
+	if qerr := a.queue(rep); qerr != nil {
 		a.log.Warn("cannot queue the failure report", "error", qerr)
 		return
 	}
@@ -1160,6 +1164,15 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 			}
 			a.log.Warn("chunk failed its HMAC; fetching it again", "chunk_index", dl.NextChunk, "error", err)
 			continue
+		}
+		var ae *client.APIError
+		if errors.As(err, &ae) && ae.Code == "invalid" && dl.NextChunk < o.chunks {
+			// The server's session ends before the signed manifest's
+			// ciphertext does: it serves another artifact than the answer
+			// said (altered on the way). What was written is not this
+			// image's: drop it, and let the server offer afresh.
+			return deltaFailed("download %s: the server refused chunk %d of the %d the signed manifest has (%v): the session serves another artifact",
+				o.version, dl.NextChunk, o.chunks, err)
 		}
 		if err != nil {
 			// Keep what is on flash: the next check resumes from the last checkpoint.

@@ -234,20 +234,36 @@ func TestDeltaOfferAttacks(t *testing.T) {
 	cases := []struct {
 		name, want string
 		edit       func(c map[string]any, full *bundle.Envelope, deltas []*bundle.Envelope)
+		noDelta    bool // the device takes full images only
 	}{
 		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any, _ *bundle.Envelope, deltas []*bundle.Envelope) {
 			if c["artifact"] == "delta" {
 				put(c, deltas[1])
 			}
-		}},
+		}, false},
 		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
 			delete(c, "artifact")
-		}},
-		{"the full manifest offered as a delta", "the signed manifest is of kind \"\"", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
+		}, false},
+		// The release's full manifest (public: every full-image device
+		// gets it) put into a delta session's answer, with or without the
+		// artifact: the device installs what is signed, a full image, and
+		// the session's chunks run out before the signed ciphertext does.
+		{"the full manifest offered as a delta", "the session serves another artifact", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
 			if c["artifact"] == "delta" {
 				put(c, full)
 			}
-		}},
+		}, false},
+		{"the full manifest put into a delta session", "the session serves another artifact", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
+			if c["artifact"] == "delta" {
+				put(c, full)
+				delete(c, "artifact")
+			}
+		}, false},
+		// A full image's answer said to be a delta: the signed kind decides,
+		// and the image installs as if nothing happened.
+		{"a full image's answer said to be a delta", "", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
+			c["artifact"] = "delta"
+		}, true},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -267,7 +283,7 @@ func TestDeltaOfferAttacks(t *testing.T) {
 				return out
 			}
 			d := h.newDeviceOn(fmt.Sprintf("mitm-%d", i), base)
-			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL }
+			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL; cfg.NoDelta = c.noDelta; cfg.CheckpointEvery = 1 }
 			if err := d.powerOn(); err != nil {
 				t.Fatal(err)
 			}
@@ -278,7 +294,10 @@ func TestDeltaOfferAttacks(t *testing.T) {
 				}
 			}
 			res, err := d.agent.CheckOnce(context.Background())
-			if !attacked || len(seen) == 0 || !strings.Contains(seen[0], c.want) {
+			if c.want == "" && (!attacked || len(seen) != 0) {
+				t.Fatalf("attacked %v, errors %q: want none", attacked, seen)
+			}
+			if c.want != "" && (!attacked || len(seen) == 0 || !strings.Contains(seen[0], c.want)) {
 				t.Fatalf("errors %q, want the first to say %q", seen, c.want)
 			}
 			// The attack costs the device its delta, not its update: the
@@ -293,6 +312,11 @@ func TestDeltaOfferAttacks(t *testing.T) {
 			d.slots.ReadAt(d.boot.Slot, img, 0)
 			if !bytes.Equal(img, target) {
 				t.Fatal("booted an image that is not the release's")
+			}
+			// Nothing counted against the release or the rollout.
+			ro, err := h.admin.Rollout(context.Background(), 1)
+			if err != nil || ro.Counts.Failed != 0 || ro.Counts.Confirmed != 1 {
+				t.Fatalf("rollout counts %+v (%v): the attack counted as a failure", ro.Counts, err)
 			}
 		})
 	}

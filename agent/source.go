@@ -73,6 +73,8 @@ type report struct {
 	Version   string `json:"version"`
 	Status    string `json:"status"` // downloaded, verified, applied, confirmed, rolled-back, failed
 	Reason    string `json:"reason,omitempty"`
+	// Artifact "delta": a failure of the delta, not of the release.
+	Artifact string `json:"artifact,omitempty"`
 }
 
 // source is one device API as the agent uses it.
@@ -134,14 +136,16 @@ func (n *nativeSource) check(ctx context.Context, running Image, counter uint32)
 		plaintextSize: m.PlaintextSize, plaintextSHA256: m.PlaintextDigest(), ciphertextSize: m.CiphertextSize,
 		ciphertextSHA: &ct, iv: m.IVBytes(), chunkSize: m.ChunkSize, chunks: m.Chunks(),
 		installAfter: resp.InstallAfter, installUntil: resp.InstallUntil}
-	// The artifact is the signed manifest's word, and the answer must agree:
-	// a patch is never taken for an image, nor an image for a patch.
+	// What the offer is, is the signed manifest's word: a full manifest is
+	// installed as the image whatever the answer's artifact says (if the
+	// session serves something else, the download finds out), and a delta
+	// manifest only where the answer offers a delta.
 	switch {
-	case resp.Artifact == "" && m.Kind == bundle.KindFull:
+	case m.Kind == bundle.KindFull:
 		return o, "", nil
-	case resp.Artifact != "delta" || m.Kind != bundle.KindDelta:
-		// Reported failed like any delta that cannot work here: the
-		// server's next offer is then the full image.
+	case resp.Artifact != "delta":
+		// A delta failure: the server counts nothing against the release
+		// and offers the full image next.
 		return o, "", deltaFailed("refusing update %s: the check answer offers artifact %q, the signed manifest is of kind %q",
 			m.Version, truncate(resp.Artifact, 20), m.Kind)
 	case n.delta == nil:
@@ -164,7 +168,7 @@ func (n *nativeSource) fetch(ctx context.Context, o *offer, from, count int, fn 
 }
 
 func (n *nativeSource) send(ctx context.Context, r report) error {
-	return n.dev.ReportRelease(ctx, r.SessionID, r.Version, r.Status, r.Reason)
+	return n.dev.SendReport(ctx, r.SessionID, protocol.Report{Status: r.Status, Reason: r.Reason, Version: r.Version, Artifact: r.Artifact})
 }
 
 // legacySource speaks the EcoWatt-compatible API exactly as the original

@@ -473,7 +473,11 @@ func (d *Device) Report(ctx context.Context, sessionID, status, reason string) e
 // ReportRelease is Report naming the release the report is about (the
 // signed manifest's version), which the server holds to the session's.
 func (d *Device) ReportRelease(ctx context.Context, sessionID, version, status, reason string) error {
+	return d.SendReport(ctx, sessionID, protocol.Report{Status: status, Reason: reason, Version: version})
+}
+
+// SendReport sends a report as it is.
+func (d *Device) SendReport(ctx context.Context, sessionID string, r protocol.Report) error {
 	var out map[string]string
-	return d.postJSON(ctx, "/v1/device/sessions/"+url.PathEscape(sessionID)+"/report",
-		protocol.Report{Status: status, Reason: reason, Version: version}, &out)
+	return d.postJSON(ctx, "/v1/device/sessions/"+url.PathEscape(sessionID)+"/report", r, &out)
 }

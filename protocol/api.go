@@ -77,6 +77,12 @@ type Report struct {
 	// older signed manifest put into a real session) then cannot make the
 	// device's refusal exclude the release the session is for.
 	Version string `json:"version,omitempty"`
+	// Artifact "delta" on a failed report says the failure is the delta's,
+	// not the release's: a patch that cannot make the signed image on this
+	// device, or an answer whose delta fields do not fit it (altered on the
+	// way). The server then counts no failure against the device or the
+	// rollout, and offers the full image next.
+	Artifact string `json:"artifact,omitempty"`
 }
 
 // Release is a published release as the admin API shows it.

@@ -511,8 +511,11 @@ func (s *Server) nativeReport(w http.ResponseWriter, r *http.Request, body []byt
 	if err != nil {
 		return err
 	}
+	if rep.Artifact != "" && (rep.Artifact != fota.ArtifactDelta || state != fota.SessionFailed) {
+		return fota.Errorf(fota.EINVALID, "artifact %q: only a failed report may say \"delta\" (the failure is the delta's)", truncate(rep.Artifact, 20))
+	}
 	if err := s.updates.Report(r.Context(), update.Report{Session: sess, API: fota.APINative, State: state, Reason: rep.Reason,
-		Version: rep.Version}); err != nil {
+		Version: rep.Version, DeltaFailure: rep.Artifact == fota.ArtifactDelta}); err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "acknowledged", "state": state})

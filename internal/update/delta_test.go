@@ -96,6 +96,23 @@ func TestDeltaChoiceAndFallback(t *testing.T) {
 		}
 	}
 
+	// A failure the device says is the delta's, on a full image's session
+	// (its answer came with delta fields it never had): not counted.
+	sD4 := checkIn("d4", "", all...)
+	if err := h.svc.Report(h.ctx, update.Report{Session: sD4, API: fota.APINative, State: fota.SessionFailed,
+		Reason: "delta patch failed: artifact", DeltaFailure: true}); err != nil {
+		t.Fatal(err)
+	}
+	members, _ = h.store.RolloutMembers(h.ctx, s1.RolloutID, h.clock.Now().Add(-1e12))
+	for _, m := range members {
+		if m.DeviceID == "d4" && m.State != fota.MemberPending {
+			t.Fatalf("d4 is %s after a delta-grounds failure of a full session, want pending", m.State)
+		}
+	}
+	if s := checkIn("d4", "", all...); s.DeltaBase != "" || s.ID == sD4.ID {
+		t.Fatalf("d4 after: %+v", s)
+	}
+
 	// The EcoWatt API cannot report what it runs: full image only.
 	h.device("e1", fota.APIEcoWatt)
 	offer, why, err := h.svc.Check(h.ctx, update.CheckIn{DeviceID: "e1", API: fota.APIEcoWatt, Running: "1.0.3",
@@ -112,7 +129,7 @@ func TestDeltaChoiceAndFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.DeltaSessions != 2 || tr.DeltaBytes != 1024 || tr.DeltaFullBytes != 2*rel.CiphertextSize || tr.FullSessions != 5 {
+	if tr.DeltaSessions != 2 || tr.DeltaBytes != 1024 || tr.DeltaFullBytes != 2*rel.CiphertextSize || tr.FullSessions != 6 {
 		t.Fatalf("traffic %+v", tr)
 	}
 }

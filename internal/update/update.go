@@ -547,6 +547,9 @@ type Report struct {
 	// Version is the release the device says the report is about (native
 	// API, optional): it must be the session's.
 	Version string
+	// DeltaFailure: the device says the failure is the delta's, not the
+	// release's (native API only).
+	DeltaFailure bool
 }
 
 // Report records a device's report.
@@ -584,6 +587,12 @@ func (s *Service) Report(ctx context.Context, r Report) error {
 		// full image (pickDelta reads this failure).
 		ch.Member = fota.MemberPending
 		ch.Reason = "delta failed, the full image is offered next: " + r.Reason
+	case r.State == fota.SessionFailed && authenticated && r.DeltaFailure:
+		// A full image's session the device failed on delta grounds: its
+		// answer came with delta fields it never had, altered on the way.
+		// Nothing is known against the release; the device stays pending.
+		ch.Member = fota.MemberPending
+		ch.Reason = "the device found delta fields in a full image's answer (altered on the way?): " + r.Reason
 	case r.State == fota.SessionConfirmed && authenticated:
 		ch.RecordVersion, ch.RecordCounter = true, true
 	case r.State == fota.SessionConfirmed:
