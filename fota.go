@@ -343,10 +343,25 @@ type Traffic struct {
 	FullBytes     int64 // served to sessions of full images
 	DeltaSessions int
 	DeltaBytes    int64 // served to sessions of deltas
-	// DeltaFullBytes is what the delta sessions' releases weigh as full
-	// images (ciphertext size each): the bytes the deltas saved are
-	// DeltaFullBytes - DeltaBytes, once they finished.
+	// DeltaFailed counts the delta sessions that failed (their devices got
+	// the full image next).
+	DeltaFailed int
+	// DeltaDone counts the delta sessions served in full that did not
+	// fail, DeltaDoneBytes what they were served, and DeltaFullBytes what
+	// their releases weigh as full images (ciphertext size each): what the
+	// deltas saved is DeltaFullBytes - DeltaDoneBytes.
+	DeltaDone      int
+	DeltaDoneBytes int64
 	DeltaFullBytes int64
+}
+
+// DeltaSaved is the share of the finished delta sessions' full-image
+// bytes their patches did not need, 0 to 1; 0 when none finished.
+func (t Traffic) DeltaSaved() float64 {
+	if t.DeltaFullBytes <= 0 {
+		return 0
+	}
+	return 1 - float64(t.DeltaDoneBytes)/float64(t.DeltaFullBytes)
 }
 
 // Percent is the share of chunks served, 0 to 100.

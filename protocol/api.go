@@ -231,8 +231,15 @@ type Traffic struct {
 	FullBytes     int64 `json:"full_bytes"`
 	DeltaSessions int   `json:"delta_sessions"`
 	DeltaBytes    int64 `json:"delta_bytes"`
-	// DeltaFullBytes is what the delta sessions' releases weigh as full
-	// images: what those devices would have downloaded without deltas.
+	// DeltaFailed counts the delta sessions that failed (those devices got
+	// the full image next).
+	DeltaFailed int `json:"delta_failed"`
+	// DeltaDone counts the delta sessions served in full that did not
+	// fail, DeltaDoneBytes what they were served and DeltaFullBytes what
+	// their releases weigh as full images: what those devices would have
+	// downloaded without deltas.
+	DeltaDone      int   `json:"delta_done"`
+	DeltaDoneBytes int64 `json:"delta_done_bytes"`
 	DeltaFullBytes int64 `json:"delta_full_bytes"`
 }
 

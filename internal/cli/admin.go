@@ -19,6 +19,7 @@ import (
 	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/client"
+	"github.com/ecowatt/fota/internal/web"
 	"github.com/ecowatt/fota/keys"
 	"github.com/ecowatt/fota/protocol"
 )
@@ -704,24 +705,25 @@ func runStatus(e *env, args []string) error {
 // trafficLine says what update sessions put on the wire, and what the
 // deltas among them saved against full images.
 func trafficLine(t protocol.Traffic) string {
-	line := fmt.Sprintf("full images %s in %d session(s); deltas %s in %d session(s)", byteSize(t.FullBytes), t.FullSessions,
-		byteSize(t.DeltaBytes), t.DeltaSessions)
-	if t.DeltaSessions > 0 && t.DeltaFullBytes > 0 {
-		line += fmt.Sprintf(" (as full images: %s, %.1f%% saved)", byteSize(t.DeltaFullBytes),
-			100*(1-float64(t.DeltaBytes)/float64(t.DeltaFullBytes)))
+	line := fmt.Sprintf("full images %s in %s; deltas %s in %s", web.FormatBytes(t.FullBytes), count(t.FullSessions, "session"),
+		web.FormatBytes(t.DeltaBytes), count(t.DeltaSessions, "session"))
+	if t.DeltaFailed > 0 {
+		line += fmt.Sprintf(", %d failed (full image next)", t.DeltaFailed)
+	}
+	if t.DeltaDone > 0 && t.DeltaFullBytes > 0 {
+		line += fmt.Sprintf("; the %s served in full took %s where the full images weigh %s: %.1f%% saved",
+			count(t.DeltaDone, "delta"), web.FormatBytes(t.DeltaDoneBytes), web.FormatBytes(t.DeltaFullBytes),
+			100*(1-float64(t.DeltaDoneBytes)/float64(t.DeltaFullBytes)))
 	}
 	return line
 }
 
-// byteSize is n bytes for people.
-func byteSize(n int64) string {
-	switch {
-	case n >= 10<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 10<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+// count is "1 session" or "n sessions".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
 	}
-	return fmt.Sprintf("%d bytes", n)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // bar draws a progress bar of width characters.

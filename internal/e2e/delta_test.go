@@ -52,7 +52,7 @@ func TestDeltaEndToEnd(t *testing.T) {
 		t.Fatalf("the --no-delta device downloaded a patch:\n%s", out)
 	}
 	status := fota(t, dir, env, "status")
-	if !strings.Contains(status, "in 1 session(s); deltas") || !strings.Contains(status, "deltas") || !strings.Contains(status, "saved") {
+	if !strings.Contains(status, "in 1 session; deltas") || !strings.Contains(status, "deltas") || !strings.Contains(status, "saved") {
 		t.Fatalf("fota status does not show the traffic:\n%s", status)
 	}
 	show := fota(t, dir, env, "rollout", "show", "1")

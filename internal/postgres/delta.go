@@ -100,7 +100,10 @@ func (s *Store) Traffic(ctx context.Context, f fota.TrafficFilter) (fota.Traffic
 	// parameter.
 	q := `SELECT count(*) FILTER (WHERE s.delta_base = ''), coalesce(sum(s.bytes_served) FILTER (WHERE s.delta_base = ''), 0)::bigint,
 		count(*) FILTER (WHERE s.delta_base <> ''), coalesce(sum(s.bytes_served) FILTER (WHERE s.delta_base <> ''), 0)::bigint,
-		coalesce(sum(r.ciphertext_size) FILTER (WHERE s.delta_base <> ''), 0)::bigint
+		count(*) FILTER (WHERE s.delta_base <> '' AND s.state = 'failed'),
+		count(*) FILTER (WHERE s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks),
+		coalesce(sum(s.bytes_served) FILTER (WHERE s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks), 0)::bigint,
+		coalesce(sum(r.ciphertext_size) FILTER (WHERE s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks), 0)::bigint
 		FROM sessions s LEFT JOIN releases r ON r.id = s.release_id WHERE true`
 	var args []any
 	if f.RolloutID != 0 {
@@ -112,7 +115,8 @@ func (s *Store) Traffic(ctx context.Context, f fota.TrafficFilter) (fota.Traffic
 		q += fmt.Sprintf(` AND s.release_id = $%d`, len(args))
 	}
 	var t fota.Traffic
-	if err := s.pool.QueryRow(ctx, q, args...).Scan(&t.FullSessions, &t.FullBytes, &t.DeltaSessions, &t.DeltaBytes, &t.DeltaFullBytes); err != nil {
+	if err := s.pool.QueryRow(ctx, q, args...).Scan(&t.FullSessions, &t.FullBytes, &t.DeltaSessions, &t.DeltaBytes,
+		&t.DeltaFailed, &t.DeltaDone, &t.DeltaDoneBytes, &t.DeltaFullBytes); err != nil {
 		return fota.Traffic{}, fmt.Errorf("sum session traffic: %w", err)
 	}
 	return t, nil

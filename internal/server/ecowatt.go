@@ -353,7 +353,8 @@ func viewSession(s *fota.Session) protocol.Session {
 // viewTraffic is Traffic as the admin API shows it.
 func viewTraffic(t fota.Traffic) *protocol.Traffic {
 	return &protocol.Traffic{FullSessions: t.FullSessions, FullBytes: t.FullBytes, DeltaSessions: t.DeltaSessions,
-		DeltaBytes: t.DeltaBytes, DeltaFullBytes: t.DeltaFullBytes}
+		DeltaBytes: t.DeltaBytes, DeltaFailed: t.DeltaFailed, DeltaDone: t.DeltaDone, DeltaDoneBytes: t.DeltaDoneBytes,
+		DeltaFullBytes: t.DeltaFullBytes}
 }
 
 const timeFormat = "2006-01-02T15:04:05Z07:00"

@@ -98,9 +98,14 @@ func (s *Store) DeltaFailures(ctx context.Context, deviceID string, releaseID in
 func (s *Store) Traffic(ctx context.Context, f fota.TrafficFilter) (fota.Traffic, error) {
 	// Fixed fragments: four queries at most. The rollout term repeats the
 	// partial index's condition, which SQLite cannot infer from a parameter.
+	// A delta session is done once served in full and not failed: only
+	// those say what a delta saved.
 	q := `SELECT coalesce(sum(s.delta_base = ''), 0), coalesce(sum(CASE WHEN s.delta_base = '' THEN s.bytes_served END), 0),
 		coalesce(sum(s.delta_base <> ''), 0), coalesce(sum(CASE WHEN s.delta_base <> '' THEN s.bytes_served END), 0),
-		coalesce(sum(CASE WHEN s.delta_base <> '' THEN r.ciphertext_size END), 0)
+		coalesce(sum(s.delta_base <> '' AND s.state = 'failed'), 0),
+		coalesce(sum(s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks), 0),
+		coalesce(sum(CASE WHEN s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks THEN s.bytes_served END), 0),
+		coalesce(sum(CASE WHEN s.delta_base <> '' AND s.state <> 'failed' AND s.next_chunk >= s.total_chunks THEN r.ciphertext_size END), 0)
 		FROM sessions s LEFT JOIN releases r ON r.id = s.release_id WHERE 1`
 	var args []any
 	if f.RolloutID != 0 {
@@ -112,7 +117,8 @@ func (s *Store) Traffic(ctx context.Context, f fota.TrafficFilter) (fota.Traffic
 		args = append(args, f.ReleaseID)
 	}
 	var t fota.Traffic
-	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&t.FullSessions, &t.FullBytes, &t.DeltaSessions, &t.DeltaBytes, &t.DeltaFullBytes); err != nil {
+	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&t.FullSessions, &t.FullBytes, &t.DeltaSessions, &t.DeltaBytes,
+		&t.DeltaFailed, &t.DeltaDone, &t.DeltaDoneBytes, &t.DeltaFullBytes); err != nil {
 		return fota.Traffic{}, fmt.Errorf("sum session traffic: %w", err)
 	}
 	return t, nil

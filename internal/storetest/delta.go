@@ -250,6 +250,11 @@ func testTraffic(t *testing.T, s fota.Store, _ *Clock) {
 	}
 	open("r1", "d1", rel, ro.ID, true, 300)
 	open("r2", "d2", rel, ro.ID, true, 500)
+	// A delta half served (still downloading) counts its bytes, but says
+	// nothing yet of what deltas save.
+	must(t, s.OpenSession(ctx, &fota.Session{ID: "r4", DeviceID: "d3", ReleaseID: rel.ID, ReleaseVersion: rel.Version, API: fota.APINative,
+		TotalChunks: 4, RolloutID: ro.ID, DeltaBase: rel.Deltas[0].BaseSHA256}, fota.SessionCaps{}))
+	must(t, s.RecordProgress(ctx, []fota.Progress{{SessionID: "r4", Next: 2, Bytes: 100}}))
 	open("r3", "d3", rel, ro.ID, false, 3008)
 	open("p1", "d4", rel, 0, false, 1000) // a pin of the same release
 	open("p2", "d5", other, 0, true, 700)
@@ -261,11 +266,14 @@ func testTraffic(t *testing.T, s fota.Store, _ *Clock) {
 		f    fota.TrafficFilter
 		want fota.Traffic
 	}{
-		{"rollout", fota.TrafficFilter{RolloutID: ro.ID}, fota.Traffic{FullSessions: 1, FullBytes: 3008, DeltaSessions: 2, DeltaBytes: 800, DeltaFullBytes: 2 * 3008}},
-		{"release", fota.TrafficFilter{ReleaseID: rel.ID}, fota.Traffic{FullSessions: 2, FullBytes: 4008, DeltaSessions: 2, DeltaBytes: 800, DeltaFullBytes: 2 * 3008}},
+		{"rollout", fota.TrafficFilter{RolloutID: ro.ID}, fota.Traffic{FullSessions: 1, FullBytes: 3008, DeltaSessions: 3, DeltaBytes: 900,
+			DeltaDone: 2, DeltaDoneBytes: 800, DeltaFullBytes: 2 * 3008}},
+		{"release", fota.TrafficFilter{ReleaseID: rel.ID}, fota.Traffic{FullSessions: 2, FullBytes: 4008, DeltaSessions: 3, DeltaBytes: 900,
+			DeltaDone: 2, DeltaDoneBytes: 800, DeltaFullBytes: 2 * 3008}},
 		{"rollout and release", fota.TrafficFilter{RolloutID: ro.ID, ReleaseID: other.ID}, fota.Traffic{}},
-		{"other release", fota.TrafficFilter{ReleaseID: other.ID}, fota.Traffic{FullSessions: 1, FullBytes: 5008, DeltaSessions: 1, DeltaBytes: 700, DeltaFullBytes: 5008}},
-		{"all", fota.TrafficFilter{}, fota.Traffic{FullSessions: 3, FullBytes: 9016, DeltaSessions: 3, DeltaBytes: 1500, DeltaFullBytes: 2*3008 + 5008}},
+		{"other release", fota.TrafficFilter{ReleaseID: other.ID}, fota.Traffic{FullSessions: 1, FullBytes: 5008, DeltaSessions: 1, DeltaBytes: 700, DeltaFailed: 1}},
+		{"all", fota.TrafficFilter{}, fota.Traffic{FullSessions: 3, FullBytes: 9016, DeltaSessions: 4, DeltaBytes: 1600, DeltaFailed: 1,
+			DeltaDone: 2, DeltaDoneBytes: 800, DeltaFullBytes: 2 * 3008}},
 		{"no such rollout", fota.TrafficFilter{RolloutID: ro.ID + 100}, fota.Traffic{}},
 	} {
 		if got := traffic(tc.f); got != tc.want {
@@ -277,7 +285,8 @@ func testTraffic(t *testing.T, s fota.Store, _ *Clock) {
 	// gone with it).
 	must(t, s.SetSessionState(ctx, "p3", fota.StateChange{State: fota.SessionFailed, Reason: "test"}))
 	must(t, s.DeleteRelease(ctx, other.ID))
-	want := fota.Traffic{FullSessions: 3, FullBytes: 9016, DeltaSessions: 3, DeltaBytes: 1500, DeltaFullBytes: 2 * 3008}
+	want := fota.Traffic{FullSessions: 3, FullBytes: 9016, DeltaSessions: 4, DeltaBytes: 1600, DeltaFailed: 1,
+		DeltaDone: 2, DeltaDoneBytes: 800, DeltaFullBytes: 2 * 3008}
 	if got := traffic(fota.TrafficFilter{}); got != want {
 		t.Fatalf("traffic after a release was deleted: %+v, want %+v", got, want)
 	}

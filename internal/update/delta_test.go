@@ -129,7 +129,7 @@ func TestDeltaChoiceAndFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.DeltaSessions != 2 || tr.DeltaBytes != 1024 || tr.DeltaFullBytes != 2*rel.CiphertextSize || tr.FullSessions != 6 {
+	if tr.DeltaSessions != 2 || tr.DeltaBytes != 1024 || tr.DeltaFailed != 1 || tr.DeltaDone != 0 || tr.FullSessions != 6 {
 		t.Fatalf("traffic %+v", tr)
 	}
 }

@@ -21,7 +21,7 @@ func (d *Dashboard) releasesPage(w http.ResponseWriter, r *http.Request, u *view
 		return
 	}
 	slices.Reverse(rels) // newest first
-	d.render(w, r, http.StatusOK, "releases", u, map[string]any{"Title": "Releases", "Releases": rels, "MaxBundle": formatBytes(d.cfg.MaxBundle)})
+	d.render(w, r, http.StatusOK, "releases", u, map[string]any{"Title": "Releases", "Releases": rels, "MaxBundle": FormatBytes(d.cfg.MaxBundle)})
 }
 
 // uploadAnswer is what the page's upload script gets instead of a
@@ -76,7 +76,7 @@ func (d *Dashboard) upload(w http.ResponseWriter, r *http.Request, u *viewer) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			err = fota.Errorf(fota.ETOOLARGE, "the bundle is larger than %s, the most the server takes", formatBytes(d.cfg.MaxBundle))
+			err = fota.Errorf(fota.ETOOLARGE, "the bundle is larger than %s, the most the server takes", FormatBytes(d.cfg.MaxBundle))
 		}
 		fail(err)
 		return

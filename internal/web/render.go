@@ -21,7 +21,7 @@ func (d *Dashboard) parseTemplates() error {
 		"ago":      d.ago,
 		"when":     when,
 		"percent":  percent,
-		"bytes":    formatBytes,
+		"bytes":    FormatBytes,
 		"labels":   fota.FormatLabels,
 		"join":     strings.Join,
 		"add":      func(a, b int) int { return a + b },
@@ -125,7 +125,9 @@ func percent(part, whole int) float64 {
 	return float64(part) * 100 / float64(whole)
 }
 
-func formatBytes(n int64) string {
+// FormatBytes is a byte count for people, as the dashboard and the CLI
+// show it: 512 B, 16.0 KiB, 2.0 MiB.
+func FormatBytes(n int64) string {
 	switch {
 	case n >= 1<<20:
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))

@@ -260,9 +260,7 @@ func (d *Dashboard) rolloutView(ctx context.Context, id int64) (*rolloutView, er
 	if out.Traffic, err = d.store.Traffic(ctx, fota.TrafficFilter{RolloutID: id}); err != nil {
 		return nil, err
 	}
-	if t := out.Traffic; t.DeltaFullBytes > 0 {
-		out.DeltaSaved = 100 * (1 - float64(t.DeltaBytes)/float64(t.DeltaFullBytes))
-	}
+	out.DeltaSaved = 100 * out.Traffic.DeltaSaved()
 	for _, t := range v.Tally {
 		out.Waves = append(out.Waves, makeWave(t, t.Wave <= v.Rollout.Wave))
 	}
