@@ -3,6 +3,7 @@ package delta
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/ecowatt/fota/delta/compress"
 )
@@ -41,7 +42,7 @@ func lookupCodec(name string) (codec, error) {
 		return c, nil
 	}
 	if _, ok := compressionIDs[name]; ok {
-		return codec{}, fmt.Errorf("compression %s is not available in this build (available: %v)", name, Compressions())
+		return codec{}, fmt.Errorf("compression %s is not available in this build: detools defines it, fota makes and applies %s", name, strings.Join(Compressions(), ", "))
 	}
-	return codec{}, fmt.Errorf("unknown compression %q (available: %v)", name, Compressions())
+	return codec{}, fmt.Errorf("unknown compression %q: fota makes and applies %s", name, strings.Join(Compressions(), ", "))
 }

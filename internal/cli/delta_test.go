@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,15 +13,20 @@ func TestDeltaCreateApply(t *testing.T) {
 	dir := t.TempDir()
 	old := filepath.Join(dir, "app-1.0.4.bin")
 	neu := filepath.Join(dir, "app-1.0.5.bin")
-	run(t, "firmware", "sample", "--version", "1.0.4", "--size", "64KiB", "-o", old).expect(t, 0, "wrote", "")
-	run(t, "firmware", "sample", "--version", "1.0.5", "--size", "64KiB", "-o", neu).expect(t, 0, "wrote", "")
+	run(t, "firmware", "sample", "--version", "1.0.4", "--size", "64KiB", "--lineage", "x", "-o", old).expect(t, 0, "wrote", "")
+	run(t, "firmware", "sample", "--version", "1.0.5", "--size", "64KiB", "--lineage", "x", "-o", neu).expect(t, 0, "wrote", "")
 	patch := filepath.Join(dir, "p.patch")
 	out := filepath.Join(dir, "out.bin")
 
-	run(t, "delta", "create", "--from", old, "--to", neu, "-o", patch).
-		expect(t, 0, "from 65536 bytes, to 65536 bytes, patch ", "")
-	run(t, "delta", "apply", "--from", old, "--patch", patch, "-o", out).expect(t, 0, "wrote "+out+": 65536 bytes", "")
 	want, _ := os.ReadFile(neu)
+	sum := fmt.Sprintf("%x", sha256.Sum256(want))
+	r := run(t, "delta", "create", "--from", old, "--to", neu, "-o", patch)
+	r.expect(t, 0, "from 65536 bytes, to 65536 bytes (sha256 "+sum+"), patch ", "")
+	if r.stderr != "" {
+		t.Fatalf("a small patch warned: %s", r.stderr)
+	}
+	run(t, "delta", "apply", "--from", old, "--patch", patch, "--expect-sha256", sum, "-o", out).
+		expect(t, 0, "wrote "+out+": 65536 bytes (matches --expect-sha256)", "")
 	got, _ := os.ReadFile(out)
 	if !bytes.Equal(got, want) {
 		t.Fatal("apply did not rebuild the new image")
@@ -34,6 +41,21 @@ func TestDeltaCreateApply(t *testing.T) {
 	run(t, "delta", "create", "--from", old, "--to", neu, "-o", patch).expect(t, 1, "", "p.patch already exists")
 	run(t, "delta", "apply", "--from", old, "--patch", patch, "-o", out).expect(t, 1, "", "out.bin already exists")
 	run(t, "delta", "create", "--from", old, "--to", neu, "--force", "-o", patch).expect(t, 0, "% of to", "")
+
+	// Applied to another image of the same size, the patch makes a wrong
+	// one: only --expect-sha256 catches it, and nothing is written.
+	sibling := filepath.Join(dir, "app-1.0.3.bin")
+	run(t, "firmware", "sample", "--version", "1.0.3", "--size", "64KiB", "-o", sibling).expect(t, 0, "wrote", "")
+	wrong := filepath.Join(dir, "wrong.bin")
+	run(t, "delta", "apply", "--from", sibling, "--patch", patch, "--expect-sha256", sum, "-o", wrong).
+		expect(t, 1, "", "not the expected "+sum)
+	if _, err := os.Stat(wrong); !os.IsNotExist(err) {
+		t.Errorf("a refused apply left %s behind", wrong)
+	}
+	run(t, "delta", "apply", "--from", old, "--patch", patch, "--expect-sha256", "12ab", "-o", wrong).expect(t, 2, "", "64 hex digits")
+	// Unrelated images make no useful patch: said so.
+	run(t, "delta", "create", "--from", sibling, "--to", neu, "-o", filepath.Join(dir, "big.patch")).
+		expect(t, 0, "", "no smaller than the new image")
 
 	// A patch applied to the wrong image is refused, and nothing is written.
 	other := filepath.Join(dir, "other.bin")
@@ -67,4 +89,7 @@ func TestDeltaUsage(t *testing.T) {
 		expect(t, 1, "", `unknown compression "gzip"`)
 	run(t, "delta", "create", "--from", filepath.Join(dir, "missing"), "--to", a, "-o", filepath.Join(dir, "p")).
 		expect(t, 1, "", "missing")
+	fota := filepath.Join(dir, "x.fota")
+	os.WriteFile(fota, []byte("FOTA and more"), 0o644)
+	run(t, "delta", "create", "--from", fota, "--to", a, "-o", filepath.Join(dir, "p")).expect(t, 1, "", "is a release bundle")
 }

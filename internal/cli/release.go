@@ -20,7 +20,7 @@ import (
 )
 
 const releaseUsage = `Usage:
-  fota release build   [flags] -o OUT.fota FIRMWARE.bin
+  fota release build   [flags] [--delta-from BASE]... [-o OUT.fota] FIRMWARE.bin
   fota release verify  [flags] BUNDLE.fota
   fota release inspect [--json] BUNDLE.fota
   fota release publish --server URL --token T [--rollout all] BUNDLE.fota
@@ -30,14 +30,20 @@ const releaseUsage = `Usage:
 
 build turns a firmware image into a signed, encrypted release bundle. For an
 ESP32 application image the version, chip and project come from its app
-descriptor; any other file needs --version and --hardware.
+descriptor; any other file needs --version and --hardware. -o defaults to
+PRODUCT-VERSION.fota. --delta-from BASE (repeatable, up to 16) adds a delta
+patch from BASE, an image devices run now: an earlier release's .fota, an
+ESP32 image (its app descriptor says its version) or VERSION=IMAGE. A device
+running exactly BASE is then sent the patch instead of the image; a base
+whose patch would be no smaller than the image is left out, with a warning.
 verify checks a bundle's structure, signature and hashes and, given the
 firmware key, decrypts it and checks the firmware itself.
 inspect prints what a bundle says about itself, without checking it.
 publish uploads a bundle to the server, which verifies it before storing it.
 A published release reaches no device until a rollout (fota rollout create)
 or a pin offers it; --rollout all also starts a one-wave rollout to every
-device of its hardware, taking them from older rollouts. list shows the published releases. withdraw stops offering a release at once:
+device of its hardware, taking them from older rollouts. list shows the
+published releases and their deltas. withdraw stops offering a release at once:
 downloads of it in progress end (the devices get 410 with --reason and keep
 running the image they run), pins to it say it was withdrawn, and it stays
 listed for history. delete removes a release and its ciphertext for good;
@@ -47,6 +53,7 @@ it is refused while a download of it is in progress (withdraw it first).
 Examples:
   fota release build --keys keys -o app-1.0.4.fota build/app.bin
   fota release build --keys keys --version 1.0.4 --hardware esp32 -o app-1.0.4.fota app.bin
+  fota release build --keys keys --delta-from app-1.0.3.fota --delta-from 1.0.2=app-1.0.2.bin -o app-1.0.4.fota build/app.bin
   fota release verify --pub keys/signing.pub --firmware-key keys/firmware.key --extract out.bin app-1.0.4.fota
   fota release inspect --json app-1.0.4.fota
 `
@@ -139,7 +146,7 @@ func runReleaseBuild(e *env, args []string) error {
 	var bases []*deltaBase
 	var target []byte
 	for _, arg := range deltaFrom {
-		b, err := loadDeltaBase(arg, opts.Signer, opts.FirmwareKey)
+		b, err := loadDeltaBase(arg, opts.Signer, opts.FirmwareKey, opts.Hardware, opts.Product)
 		if err != nil {
 			return err
 		}

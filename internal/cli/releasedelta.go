@@ -28,7 +28,10 @@ type deltaBase struct {
 // with the firmware key; its version from its signed manifest, checked
 // with the signing key's public half), a raw image whose ESP32 app
 // descriptor says its version, or VERSION=IMAGE for a raw image without one.
-func loadDeltaBase(arg string, signer *keys.SigningKey, fw keys.FirmwareKey) (*deltaBase, error) {
+//
+// A base must be of the release's hardware and product: a patch from
+// another product's image could never be used.
+func loadDeltaBase(arg string, signer *keys.SigningKey, fw keys.FirmwareKey, hardware, product string) (*deltaBase, error) {
 	version, path, named := strings.Cut(arg, "=")
 	if !named {
 		path, version = arg, ""
@@ -48,22 +51,35 @@ func loadDeltaBase(arg string, signer *keys.SigningKey, fw keys.FirmwareKey) (*d
 		if named {
 			return nil, usagef("--delta-from %s: a bundle says its own version; pass the .fota file alone", arg)
 		}
-		return baseFromBundle(path, signer, fw)
+		b, m, err := baseFromBundle(path, signer, fw)
+		if err != nil {
+			return nil, err
+		}
+		if m.Hardware != hardware || m.Product != product {
+			return nil, usagef("--delta-from %s is %s for %s, the release is %s for %s: no device could use the patch", path, m.Product, m.Hardware, product, hardware)
+		}
+		return b, nil
 	}
 	image, err := readImage(path)
 	if err != nil {
 		return nil, fmt.Errorf("--delta-from: %w", err)
 	}
-	if !named {
-		info, err := esp32.ReadInfo(bytes.NewReader(image))
-		if err != nil {
-			return nil, withHint(fmt.Errorf("--delta-from %s: the image does not say its version (%v)", path, err),
-				"name it: --delta-from 1.0.4="+path+", or give the base release's .fota bundle")
-		}
+	info, err := esp32.ReadInfo(bytes.NewReader(image))
+	switch {
+	case err != nil && !named:
+		return nil, withHint(fmt.Errorf("--delta-from %s: the image does not say its version (%v)", path, err),
+			"name the version it is: --delta-from VERSION="+path+" (e.g. 1.0.3="+path+"), or give the base release's .fota bundle")
+	case err != nil:
+		// Not an ESP32 image: its name is the only word on its version.
+	case named && info.Version != version:
+		return nil, usagef("--delta-from %s: the image's app descriptor says version %s, not %s", arg, info.Version, version)
+	case info.Chip != hardware || info.ProjectName != product && product != "":
+		return nil, usagef("--delta-from %s is %s for %s, the release is %s for %s: no device could use the patch", path, info.ProjectName, info.Chip, product, hardware)
+	default:
 		version = info.Version
 		if _, err := semver.Parse(version); err != nil {
 			return nil, withHint(fmt.Errorf("--delta-from %s: its app descriptor's version %q is not a semantic version", path, version),
-				"name it: --delta-from 1.0.4="+path)
+				"name the version it is: --delta-from VERSION="+path)
 		}
 	}
 	return &deltaBase{path: path, version: version, image: image}, nil
@@ -71,25 +87,29 @@ func loadDeltaBase(arg string, signer *keys.SigningKey, fw keys.FirmwareKey) (*d
 
 // baseFromBundle decrypts an earlier release's bundle to the image its
 // devices run, checking it as `fota release verify` does.
-func baseFromBundle(path string, signer *keys.SigningKey, fw keys.FirmwareKey) (*deltaBase, error) {
+func baseFromBundle(path string, signer *keys.SigningKey, fw keys.FirmwareKey) (*deltaBase, *bundle.Manifest, error) {
 	f, env, err := openBundle(path)
 	if err != nil {
-		return nil, fmt.Errorf("--delta-from: %w", err)
+		return nil, nil, fmt.Errorf("--delta-from: %w", err)
 	}
 	defer f.Close()
 	m, err := env.Verify(signer.Public())
 	if err != nil {
-		return nil, withHint(fmt.Errorf("--delta-from %s: %w", path, err), "the base bundle must be signed by the same key as the new release")
+		return nil, nil, withHint(fmt.Errorf("--delta-from %s: %w", path, err), "the base bundle must be signed by the same key as the new release")
 	}
 	if m.PlaintextSize > delta.MaxSize {
-		return nil, fmt.Errorf("--delta-from %s: its image is %d bytes; delta patches take images up to %d", path, m.PlaintextSize, delta.MaxSize)
+		return nil, nil, fmt.Errorf("--delta-from %s: its image is %d bytes; delta patches take images up to %d", path, m.PlaintextSize, delta.MaxSize)
 	}
 	var image bytes.Buffer
 	image.Grow(int(m.PlaintextSize))
 	if err := bundle.VerifyCiphertext(bufio.NewReaderSize(f, 64<<10), m, &fw, &image); err != nil {
-		return nil, withHint(fmt.Errorf("--delta-from %s: %w", path, err), "is it encrypted with this firmware key?")
+		hint := "the bundle file is damaged: build the delta from an intact copy"
+		if errors.Is(err, bundle.ErrPlaintextHash) || errors.Is(err, bundle.ErrDecrypt) {
+			hint = "is it encrypted with this firmware key?"
+		}
+		return nil, nil, withHint(fmt.Errorf("--delta-from %s: %w", path, err), hint)
 	}
-	return &deltaBase{path: path, version: m.Version, image: image.Bytes()}, nil
+	return &deltaBase{path: path, version: m.Version, image: image.Bytes()}, m, nil
 }
 
 // appendDeltas makes a patch from each base to target and appends it to
@@ -100,12 +120,17 @@ func appendDeltas(e *env, w io.Writer, full *bundle.Manifest, target []byte, bas
 	signer *keys.SigningKey, fw keys.FirmwareKey) ([]*bundle.Manifest, error) {
 	var out []*bundle.Manifest
 	seen := map[[32]byte]string{sha256.Sum256(target): "the release's own image"}
+	versions := map[string]string{}
 	for _, b := range bases {
 		sum := sha256.Sum256(b.image)
 		if prev, dup := seen[sum]; dup {
 			return nil, usagef("--delta-from %s is the same image as %s", b.path, prev)
 		}
 		seen[sum] = b.path
+		if prev, dup := versions[b.version]; dup {
+			return nil, usagef("--delta-from %s and %s are both version %s: a version is one image", prev, b.path, b.version)
+		}
+		versions[b.version] = b.path
 		if !semver.Newer(full.Version, b.version) {
 			return nil, usagef("--delta-from %s is version %s, not older than the release's %s", b.path, b.version, full.Version)
 		}

@@ -28,9 +28,14 @@ func TestReleaseBuildDeltas(t *testing.T) {
 	v102, v103, v104 := img("1.0.2", "line"), img("1.0.3", "line"), img("1.0.4", "line")
 	b103 := filepath.Join(dir, "1.0.3.fota")
 	run(t, "release", "build", "--keys", keyDir, "-o", b103, v103).expect(t, 0, "built", "")
+	c3 := filepath.Join(dir, "c3.bin")
+	run(t, "firmware", "sample", "--version", "1.0.3", "--size", "96KiB", "--hardware", "esp32c3", "--lineage", "line", "-o", c3).expect(t, 0, "wrote", "")
 	raw := filepath.Join(dir, "raw.bin")
 	data, _ := os.ReadFile(v102)
 	os.WriteFile(raw, data[32:], 0o644) // no app descriptor at the start: not an ESP32 image
+	raw2 := filepath.Join(dir, "raw2.bin")
+	data[4000]++
+	os.WriteFile(raw2, data[32:], 0o644)
 
 	b104 := filepath.Join(dir, "1.0.4.fota")
 	r := run(t, "release", "build", "--keys", keyDir, "--delta-from", b103, "--delta-from", "1.0.1="+raw, "--delta-from", v102, "-o", b104, v104)
@@ -75,9 +80,12 @@ func TestReleaseBuildDeltas(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"the release's own image", []string{"--delta-from", "1.0.3=" + v104}, 2, "same image as the release's own image"},
-		{"a base not older", []string{"--delta-from", "1.0.9=" + v103}, 2, "not older than the release's 1.0.4"},
-		{"a raw image without a version", []string{"--delta-from", raw}, 1, "--delta-from 1.0.4=" + raw},
+		{"the release's own image", []string{"--delta-from", v104}, 2, "same image as the release's own image"},
+		{"a base not older", []string{"--delta-from", "1.0.9=" + raw}, 2, "not older than the release's 1.0.4"},
+		{"a raw image without a version", []string{"--delta-from", raw}, 1, "--delta-from VERSION=" + raw},
+		{"a version the image contradicts", []string{"--delta-from", "1.0.1=" + v102}, 2, "app descriptor says version 1.0.2, not 1.0.1"},
+		{"one version twice", []string{"--delta-from", "1.0.1=" + raw, "--delta-from", "1.0.1=" + raw2}, 2, "are both version 1.0.1"},
+		{"another chip's image", []string{"--delta-from", c3}, 2, "for esp32c3, the release is ecowatt for esp32"},
 		{"a bad version", []string{"--delta-from", "one=" + raw}, 2, "not a version"},
 		{"a missing file", []string{"--delta-from", filepath.Join(dir, "nope.bin")}, 1, "no such file"},
 		{"an unknown compression", []string{"--delta-from", b103, "--delta-compression", "lzma"}, 2, "want one of heatshrink, crle, none"},
