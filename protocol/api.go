@@ -110,6 +110,17 @@ type Release struct {
 	Published        time.Time `json:"published"`
 	// Withdrawn is when an operator withdrew it; absent while offered.
 	Withdrawn time.Time `json:"withdrawn,omitzero"`
+	// Deltas are its delta patches, one per base image.
+	Deltas []ReleaseDelta `json:"deltas,omitempty"`
+}
+
+// ReleaseDelta is a release's delta patch as the admin API shows it.
+type ReleaseDelta struct {
+	BaseVersion    string `json:"base_version"`
+	BaseSHA256     string `json:"base_sha256"`
+	Compression    string `json:"compression"`
+	PatchSize      int64  `json:"patch_size"`
+	CiphertextSize int64  `json:"ciphertext_size"`
 }
 
 // AddDevice is the body of POST /v1/admin/devices.

@@ -97,6 +97,9 @@ func runReleasePublish(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "published %s %s for %s: %d bytes, %d chunks, signed by %s; served on the %s\n",
 		r.Product, r.Version, r.Hardware, r.PlaintextSize, r.Chunks, r.KeyID, api)
+	if len(r.Deltas) > 0 {
+		fmt.Fprintf(e.stdout, "deltas for native-API devices running %s\n", deltaList(r.Deltas))
+	}
 	if r.RolloutID != 0 {
 		fmt.Fprintf(e.stdout, "rollout %d: %s to every %s device, taking them over from earlier rollouts (fota rollout show %d)\n",
 			r.RolloutID, r.Version, r.Hardware, r.RolloutID)
@@ -125,16 +128,33 @@ func runReleaseList(e *env, args []string) error {
 		return printJSON(e, rels)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tPUBLISHED\tSTATUS")
+	fmt.Fprintln(tw, "VERSION\tHARDWARE\tPRODUCT\tSIZE\tCHUNKS\tCOUNTER\tKEY\tLEGACY API\tDELTAS FROM\tPUBLISHED\tSTATUS")
 	for _, r := range rels {
 		status := "published"
 		if !r.Withdrawn.IsZero() {
 			status = "withdrawn " + r.Withdrawn.Local().Format(time.DateTime)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\n", shown(r.Version), shown(r.Hardware), shown(r.Product), r.PlaintextSize, r.Chunks,
-			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), r.Published.Local().Format(time.DateTime), status)
+		bases := "-"
+		if len(r.Deltas) > 0 {
+			var vs []string
+			for _, d := range r.Deltas {
+				vs = append(vs, shown(d.BaseVersion))
+			}
+			bases = strings.Join(vs, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%v\t%s\t%s\t%s\n", shown(r.Version), shown(r.Hardware), shown(r.Product), r.PlaintextSize, r.Chunks,
+			r.SecurityCounter, r.KeyID, yesNo(r.LegacyAPI), bases, r.Published.Local().Format(time.DateTime), status)
 	}
 	return tw.Flush()
+}
+
+// deltaList says which bases a release has deltas from, and their sizes.
+func deltaList(ds []protocol.ReleaseDelta) string {
+	var parts []string
+	for _, d := range ds {
+		parts = append(parts, fmt.Sprintf("%s (%s %s patch)", shown(d.BaseVersion), web.FormatBytes(d.CiphertextSize), d.Compression))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func yesNo(b bool) string {

@@ -32,7 +32,12 @@ func TestDeltaEndToEnd(t *testing.T) {
 		fota(t, dir, env, "device", "add", "--id", id, "--hardware", "esp32", "--version", "1.0.3",
 			"--credentials", id+".json", "--keys-h", id+"_keys.h", "--keys", "keys")
 	}
-	fota(t, dir, env, "release", "publish", "--rollout", "all", "app-1.0.4.fota")
+	if out := fota(t, dir, env, "release", "publish", "--rollout", "all", "app-1.0.4.fota"); !strings.Contains(out, "deltas for native-API devices running 1.0.3 (") {
+		t.Fatalf("publish does not name the deltas:\n%s", out)
+	}
+	if list := fota(t, dir, env, "release", "list"); !strings.Contains(lineOf(list, "1.0.4 "), " 1.0.3 ") {
+		t.Fatalf("release list does not name the delta's base:\n%s", list)
+	}
 	procs := map[string]*deviceProc{}
 	for id, extra := range devices {
 		args := append([]string{"device", "run", "--credentials", id + ".json", "--keys-h", id + "_keys.h",
@@ -54,6 +59,9 @@ func TestDeltaEndToEnd(t *testing.T) {
 	status := fota(t, dir, env, "status")
 	if !strings.Contains(status, "in 1 session; deltas") || !strings.Contains(status, "deltas") || !strings.Contains(status, "saved") {
 		t.Fatalf("fota status does not show the traffic:\n%s", status)
+	}
+	if dev := fota(t, dir, env, "device", "show", "--id", "delta-1"); !strings.Contains(dev, "chunks of a delta from") {
+		t.Fatalf("device show does not say the session was a delta:\n%s", dev)
 	}
 	show := fota(t, dir, env, "rollout", "show", "1")
 	if !strings.Contains(show, "on the wire: full images") {

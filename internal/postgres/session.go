@@ -119,7 +119,7 @@ func (s *Store) OpenSession(ctx context.Context, sess *fota.Session, caps fota.S
 		}
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
 			ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
-			Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+			Detail: sessionDetail(sess)})
 	})
 }
 
@@ -351,4 +351,13 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 		return addEvent(ctx, tx, &fota.Event{Time: now, Kind: kind, DeviceID: sess.DeviceID, ReleaseVersion: sess.ReleaseVersion,
 			SessionID: id, RolloutID: sess.RolloutID, API: sess.API, Detail: ch.Reason})
 	})
+}
+
+// sessionDetail is what a session-opened event says: the API, the chunks
+// and, for a delta, its base.
+func sessionDetail(sess *fota.Session) string {
+	if sess.DeltaBase != "" {
+		return fmt.Sprintf("%s API, %d chunks of a delta from %.12s", sess.API, sess.TotalChunks, sess.DeltaBase)
+	}
+	return fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)
 }

@@ -83,12 +83,23 @@ func viewRelease(r *fota.Release) protocol.Release {
 		PlaintextSize: r.PlaintextSize, PlaintextSHA256: r.PlaintextSHA256, CiphertextSize: r.CiphertextSize,
 		CiphertextSHA256: r.CiphertextSHA256, ChunkSize: r.ChunkSize, Chunks: r.Chunks(), KeyID: r.KeyID,
 		SignatureAlg: r.SignatureAlg, LegacyAPI: legacy, NativeOnlyReason: why, Notes: r.Notes, Created: r.Created, Published: r.Published,
-		Withdrawn: r.Withdrawn}
+		Withdrawn: r.Withdrawn, Deltas: viewDeltas(r.Deltas)}
+}
+
+func viewDeltas(ds []fota.ReleaseDelta) []protocol.ReleaseDelta {
+	var out []protocol.ReleaseDelta
+	for _, d := range ds {
+		out = append(out, protocol.ReleaseDelta{BaseVersion: d.BaseVersion, BaseSHA256: d.BaseSHA256, Compression: d.Compression,
+			PatchSize: d.PatchSize, CiphertextSize: d.CiphertextSize})
+	}
+	return out
 }
 
 // maxBundle is the largest upload: an envelope at its limits plus the
 // largest firmware's ciphertext.
-const maxBundle = bundle.HeaderSize + bundle.MaxManifestSize + 2*bundle.MaxSignatureSize + bundle.MaxFirmwareSize + 16
+// Its delta records may add up to as much again as the firmware's limit.
+const maxBundle = bundle.HeaderSize + bundle.MaxManifestSize + 2*bundle.MaxSignatureSize + bundle.MaxFirmwareSize + 16 +
+	bundle.MaxDeltas*(bundle.HeaderSize+bundle.MaxManifestSize+bundle.MaxSignatureSize) + bundle.MaxFirmwareSize
 
 // publish streams an uploaded bundle into a temporary blob while checking
 // it, and makes it visible only once it verified: signature by a trusted

@@ -153,7 +153,7 @@ func (s *Store) openInTx(ctx context.Context, tx *txn, sess *fota.Session, caps 
 	}
 	return addEvent(ctx, tx, &fota.Event{Time: now, Kind: fota.EventSessionOpened, DeviceID: sess.DeviceID,
 		ReleaseVersion: sess.ReleaseVersion, SessionID: sess.ID, RolloutID: sess.RolloutID, API: sess.API,
-		Detail: fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)})
+		Detail: sessionDetail(sess)})
 }
 
 // allowsInTx reads the device's policy (which it returns) and tombstone in the open's
@@ -388,4 +388,13 @@ func (s *Store) SetSessionState(ctx context.Context, id string, ch fota.StateCha
 		err = s.syncWAL()
 	}
 	return err
+}
+
+// sessionDetail is what a session-opened event says: the API, the chunks
+// and, for a delta, its base.
+func sessionDetail(sess *fota.Session) string {
+	if sess.DeltaBase != "" {
+		return fmt.Sprintf("%s API, %d chunks of a delta from %.12s", sess.API, sess.TotalChunks, sess.DeltaBase)
+	}
+	return fmt.Sprintf("%s API, %d chunks", sess.API, sess.TotalChunks)
 }

@@ -43,5 +43,6 @@ func TestRolloutPageShowsTraffic(t *testing.T) {
 	}
 	viewer := e.browser()
 	viewer.signIn("vic")
+	mustContain(t, viewer.get("/releases"), "delta from 1.0.3: ")
 	mustContain(t, viewer.get("/rollouts/1"), "On the wire: full images 32.0 KiB to 1 session; deltas", "the 1 delta served in full took", "where the full images weigh 32.0 KiB: 9")
 }
