@@ -7,7 +7,7 @@
 #
 #   bash scripts/delta-figures.sh [--keep DIR]
 #
-# --keep DIR leaves the images and patches in DIR (e.g. for BenchmarkCreate
+# --keep DIR leaves the pairs' images (a-old.bin, a-new.bin, b-old.bin, b-new.bin) in DIR (e.g. for BenchmarkCreate
 # or a look with cmp). Installs with apt-get what is missing:
 # gcc-riscv64-unknown-elf, picolibc-riscv64-unknown-elf, libmbedtls-dev
 # (headers only), bsdiff, xdelta3. Needs the repository's git history: the

@@ -420,7 +420,7 @@ func runDemo(e *env, args []string) error {
 	}
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tAPI\tFROM\tTO\tRESULT\tTIME\tBYTES OVER THE WIRE")
+	fmt.Fprintln(tw, "DEVICE\tAPI\tFROM\tTO\tRESULT\tTIME\tHTTP BYTES (ALL REQUESTS, BOTH WAYS)")
 	failed := 0
 	for _, r := range rows {
 		took := "-"
