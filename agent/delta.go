@@ -32,6 +32,10 @@ func deltaFailed(format string, args ...any) error {
 	return &deltaError{fatalf(format, args...)}
 }
 
+// IsDeltaFailure reports whether err is a delta patch that failed on the
+// device: the agent asks for the full image next.
+func IsDeltaFailure(err error) bool { return isDeltaFailure(err) }
+
 // isDeltaFailure reports whether err is a failed delta patch.
 func isDeltaFailure(err error) bool {
 	var de *deltaError

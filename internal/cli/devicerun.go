@@ -282,6 +282,10 @@ func (p *eventPrinter) print(ev simulator.Event) {
 			}
 			fmt.Fprintf(p.w, "%s: downloading %s %s %3.0f%% (%d/%d chunks%s)\n", p.id, pr.Version, bar(pr.Percent, 20), pr.Percent, pr.Chunk, pr.Chunks, what)
 		case agent.StateError:
+			if agent.IsDeltaFailure(pr.Err) {
+				fmt.Fprintf(p.w, "%s: %v; asking for the full image\n", p.id, pr.Err)
+				break
+			}
 			fmt.Fprintf(p.w, "%s: update failed: %v\n", p.id, pr.Err)
 		case agent.StateDeferred:
 			why := "install deferred (maintenance window)"
