@@ -28,6 +28,10 @@
 #endif
 
 #include "fota_port_esp.h"
+#if FOTA_DELTA
+#include "esp_image_format.h"
+#include "fota_internal.h" /* fota_sha256_*: mbedtls 2.28 and 3.x alike */
+#endif
 
 static const char *TAG = "fota";
 
@@ -173,6 +177,75 @@ static void running_image(const esp_partition_t *running, const esp_app_desc_t *
     id->address = running->address;
     memcpy(id->elf_sha256, desc->app_elf_sha256, sizeof id->elf_sha256);
 }
+
+#if FOTA_DELTA
+/* "image": an image's size and the SHA-256 of its bytes in its slot (the
+ * release's image, the base of a delta patch). slot_set_pending writes it
+ * for the image it marks, from the library's verified figures; an image
+ * put there by other means (the factory image) is hashed once at boot. */
+typedef struct {
+    uint32_t format;
+    image_id_t image;
+    uint32_t size;
+    uint8_t sha256[32];
+} image_record_t;
+
+/* Hashes the running image: its length from its own header and segments
+ * (esp_image_get_metadata: the .bin as esptool wrote it, checksum and
+ * appended digest included), then its bytes. Once per image: the result is
+ * kept. */
+static bool hash_running(const esp_partition_t *running, image_record_t *rec)
+{
+    esp_partition_pos_t pos = {.offset = running->address, .size = running->size};
+    esp_image_metadata_t meta;
+    if (esp_image_get_metadata(&pos, &meta) != ESP_OK || meta.image_len == 0 || meta.image_len > running->size) {
+        return false;
+    }
+    mbedtls_sha256_context s;
+    uint8_t buf[256];
+    mbedtls_sha256_init(&s);
+    bool ok = fota_sha256_start(&s) == 0;
+    for (uint32_t off = 0; ok && off < meta.image_len;) {
+        size_t n = meta.image_len - off < sizeof buf ? meta.image_len - off : sizeof buf;
+        ok = esp_partition_read(running, off, buf, n) == ESP_OK && fota_sha256_update(&s, buf, n) == 0;
+        off += (uint32_t)n;
+    }
+    ok = ok && fota_sha256_finish(&s, rec->sha256) == 0;
+    mbedtls_sha256_free(&s);
+    rec->size = meta.image_len;
+    return ok;
+}
+
+/* Fills the running image's size and SHA-256 into out, when known. */
+static void running_digest(fota_port_esp_t *p, const esp_partition_t *running, const image_id_t *id,
+                           fota_boot_info_t *out)
+{
+    image_record_t rec;
+    if (!(own_get(p, "image", &rec, sizeof rec) && same_image(&rec.image, id))) {
+        memset(&rec, 0, sizeof rec);
+        rec.format = RECORD_FORMAT;
+        rec.image = *id;
+        if (!hash_running(running, &rec)) {
+            ESP_LOGW(TAG, "boot: the running image's size is unknown: full images only");
+            return;
+        }
+        (void)own_set(p, "image", &rec, sizeof rec); /* else hashed again next boot */
+    }
+    out->running_known = true;
+    out->running_size = rec.size;
+    memcpy(out->running_sha256, rec.sha256, sizeof out->running_sha256);
+}
+
+static fota_err_t port_running_read(void *ctx, uint32_t off, uint8_t *data, size_t len)
+{
+    (void)ctx;
+    const esp_partition_t *running = esp_ota_get_running_partition();
+    if (running == NULL || off > running->size || len > running->size - off) {
+        return FOTA_ERR_ARGUMENT;
+    }
+    return esp_partition_read(running, off, data, len) == ESP_OK ? FOTA_OK : FOTA_ERR_FLASH;
+}
+#endif
 
 #ifndef CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK
 /* The release's security counter of the running image: the one
@@ -541,6 +614,9 @@ static fota_err_t port_boot_info(void *ctx, fota_boot_info_t *out)
 
     esp_ota_img_states_t state;
     out->trial = esp_ota_get_state_partition(running, &state) == ESP_OK && state == ESP_OTA_IMG_PENDING_VERIFY;
+#if FOTA_DELTA
+    running_digest(p, running, &run_id, out);
+#endif
 
 #ifdef CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK
     /* The bootloader refuses images below the eFuse secure version. */
@@ -920,6 +996,20 @@ static fota_err_t port_slot_set_pending(void *ctx, const char *version, uint32_t
     if (err != FOTA_OK) {
         return err;
     }
+#if FOTA_DELTA
+    /* The new image's figures, verified by the library: the base of the
+     * next delta, without hashing it at its boot. */
+    image_record_t img;
+    memset(&img, 0, sizeof img);
+    img.format = RECORD_FORMAT;
+    img.image = rec.image;
+    img.size = size;
+    memcpy(img.sha256, sha256, sizeof img.sha256);
+    err = own_set(p, "image", &img, sizeof img);
+    if (err != FOTA_OK) {
+        return err;
+    }
+#endif
 
     /* With CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE the slot boots next as
      * ESP_OTA_IMG_NEW, which the bootloader turns into PENDING_VERIFY. */
@@ -1160,6 +1250,9 @@ esp_err_t fota_port_esp_init(fota_port_esp_t *p, const fota_port_esp_config_t *c
     port->slot_read = port_slot_read;
     port->slot_sync = port_slot_sync;
     port->slot_set_pending = port_slot_set_pending;
+#if FOTA_DELTA
+    port->running_read = port_running_read;
+#endif
     port->boot_confirm = port_boot_confirm;
     port->boot_reject = port_boot_reject;
     port->kv_get = port_kv_get;
