@@ -788,6 +788,52 @@ static fota_err_t flash_write(const esp_partition_t *s, uint32_t off, const void
     return FOTA_OK;
 }
 
+#if FOTA_DELTA
+/* "tail": the bytes of an encrypted slot's partial block at a checkpoint.
+ * A patch's checkpoints fall anywhere in the image, not on block
+ * boundaries, and a block once written takes no more bytes: so slot_sync
+ * keeps them here rather than in flash, and init restores them (slot_read
+ * overlays them) for a resumed download to continue the block. */
+typedef struct {
+    uint32_t format;
+    uint32_t address; /* the slot's */
+    uint32_t off;
+    uint32_t len;
+    uint8_t bytes[16];
+} tail_record_t;
+
+static fota_err_t save_tail(fota_port_esp_t *p, const esp_partition_t *s)
+{
+    tail_record_t rec;
+    memset(&rec, 0, sizeof rec);
+    rec.format = RECORD_FORMAT;
+    rec.address = s->address;
+    rec.off = p->tail_off;
+    rec.len = p->tail_len;
+    memcpy(rec.bytes, p->tail, p->tail_len);
+    return own_set(p, "tail", &rec, sizeof rec);
+}
+
+static void restore_tail(fota_port_esp_t *p)
+{
+    tail_record_t rec;
+    const esp_partition_t *s = inactive_slot();
+    if (s != NULL && own_get(p, "tail", &rec, sizeof rec) && rec.address == s->address && rec.len < 16 &&
+        rec.off % 16 == 0) {
+        memcpy(p->tail, rec.bytes, rec.len);
+        p->tail_off = rec.off;
+        p->tail_len = (uint8_t)rec.len;
+    }
+}
+
+static void forget_tail(fota_port_esp_t *p)
+{
+    if (p->own_open && nvs_erase_key(p->own, "tail") == ESP_OK) {
+        (void)nvs_commit(p->own);
+    }
+}
+#endif
+
 static fota_err_t port_slot_begin(void *ctx, uint32_t size)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
@@ -812,6 +858,9 @@ static fota_err_t port_slot_begin(void *ctx, uint32_t size)
         len = s->size;
     }
     p->tail_len = 0;
+#if FOTA_DELTA
+    forget_tail(p);
+#endif
     esp_err_t e = esp_partition_erase_range(s, 0, len);
     if (e != ESP_OK) {
         ESP_LOGE(TAG, "slot: erase of %u bytes: %s", (unsigned)len, esp_err_to_name(e));
@@ -826,7 +875,10 @@ static fota_err_t port_slot_begin(void *ctx, uint32_t size)
  * in p->tail for the next write; slot_sync and slot_set_pending write them
  * padded. That is right because the decrypted image comes in whole AES
  * blocks except at its end, so the library's writes and checkpoints fall on
- * 16-byte boundaries and only the image's last block is ever partial. */
+ * 16-byte boundaries and only the image's last block is ever partial. A
+ * delta patch's output does not (its writes and checkpoints fall
+ * anywhere): with FOTA_DELTA slot_sync keeps the partial block in NVS
+ * rather than writing it, so a resumed download continues it. */
 static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, uint32_t off, const uint8_t *data,
                                   size_t len)
 {
@@ -877,6 +929,7 @@ static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, 
     }
     return FOTA_OK;
 }
+
 
 static fota_err_t flush_tail(fota_port_esp_t *p, const esp_partition_t *s)
 {
@@ -934,7 +987,10 @@ static fota_err_t port_slot_read(void *ctx, uint32_t off, uint8_t *data, size_t 
 /* esp_partition_write returns once the flash holds the bytes: there is no
  * write cache to flush. On an encrypted slot the image's last, partial
  * block is written now (see write_encrypted), so that a verified image
- * kept for its install window survives a reboot whole. */
+ * kept for its install window survives a reboot whole; with delta updates
+ * a partial block is kept in NVS instead ("tail"), since a patch's
+ * checkpoint may fall inside the image and the block must take more bytes
+ * (slot_set_pending writes it). */
 static fota_err_t port_slot_sync(void *ctx)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
@@ -945,7 +1001,11 @@ static fota_err_t port_slot_sync(void *ctx)
     if (s == NULL) {
         return FOTA_ERR_FLASH;
     }
+#if FOTA_DELTA
+    return save_tail(p, s);
+#else
     return flush_tail(p, s);
+#endif
 }
 
 static fota_err_t port_slot_set_pending(void *ctx, const char *version, uint32_t security_counter, uint32_t size,
@@ -1237,6 +1297,9 @@ esp_err_t fota_port_esp_init(fota_port_esp_t *p, const fota_port_esp_config_t *c
         return e;
     }
     p->own_open = true;
+#if FOTA_DELTA
+    restore_tail(p);
+#endif
 
     memset(port, 0, sizeof *port);
     port->ctx = p;
