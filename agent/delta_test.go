@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -211,46 +210,15 @@ func TestDeltaOfferAttacks(t *testing.T) {
 		b := h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
 			testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
 		h.Publish(b)
-		r := bytes.NewReader(b)
-		env, _ = bundle.ReadEnvelope(r)
-		full, _ := env.Unverified()
-		r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
-		for range 2 {
-			denv, err := bundle.ReadDelta(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dm, _ := denv.Unverified()
-			r.Seek(dm.CiphertextSize, 1)
-			deltas = append(deltas, denv)
+		env, deltas, err := attacktest.DeltaEnvelopes(b, 2)
+		if err != nil {
+			t.Fatal(err)
 		}
 		return base, target, env, deltas
 	}
-	put := func(c map[string]any, e *bundle.Envelope) {
-		m, _ := e.Unverified()
-		c["manifest"], c["signature"] = base64.StdEncoding.EncodeToString(e.ManifestBytes), base64.StdEncoding.EncodeToString(e.Signature)
-		c["chunks"], c["ciphertext_size"] = m.Chunks(), m.CiphertextSize
-	}
-	cases := []struct {
-		name, want string
-		edit       func(c map[string]any, full *bundle.Envelope, deltas []*bundle.Envelope)
-	}{
-		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any, _ *bundle.Envelope, deltas []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, deltas[1])
-			}
-		}},
-		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
-			delete(c, "artifact")
-		}},
-		{"the full manifest offered as a delta", "the signed manifest is of kind \"\"", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, full)
-			}
-		}},
-	}
+	cases := attacktest.DeltaAttacks()
 	for i, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(c.Name, func(t *testing.T) {
 			h := newHarness(t)
 			base, target, env, deltas := setup(h)
 			m := attacktest.NewMITM(t, h.URL)
@@ -262,7 +230,7 @@ func TestDeltaOfferAttacks(t *testing.T) {
 					return orig
 				}
 				attacked = true
-				c.edit(a, env, deltas)
+				c.Edit(a, env, deltas)
 				out, _ := json.Marshal(a)
 				return out
 			}
@@ -278,8 +246,8 @@ func TestDeltaOfferAttacks(t *testing.T) {
 				}
 			}
 			res, err := d.agent.CheckOnce(context.Background())
-			if !attacked || len(seen) == 0 || !strings.Contains(seen[0], c.want) {
-				t.Fatalf("errors %q, want the first to say %q", seen, c.want)
+			if !attacked || len(seen) == 0 || !strings.Contains(seen[0], c.Want) {
+				t.Fatalf("errors %q, want the first to say %q", seen, c.Want)
 			}
 			// The attack costs the device its delta, not its update: the
 			// honest answer after it is installed and boots.

@@ -3,7 +3,6 @@ package cclient_test
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -12,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/ecowatt/fota"
-	"github.com/ecowatt/fota/bundle"
 	"github.com/ecowatt/fota/delta"
 	"github.com/ecowatt/fota/internal/attacktest"
 	"github.com/ecowatt/fota/internal/firmware"
@@ -255,37 +253,16 @@ func TestDeltaPowerCutC(t *testing.T) {
 	t.Logf("%d persistent operations per install, %d chunks; %d of %d cuts resumed mid-patch", ops, s[0].TotalChunks, resumed, cuts)
 }
 
-// TestDeltaOfferAttacksC: the man-in-the-middle offers of the Go agent's
-// TestDeltaOfferAttacks against the C device: a delta for another base, a
+// TestDeltaOfferAttacksC: the man-in-the-middle offers of
+// attacktest.DeltaAttacks (the Go agent's TestDeltaOfferAttacks runs them
+// too) against the C device: a delta for another base, a
 // delta manifest offered as the full image, the full manifest offered as a
 // delta. Each is a delta failure, never an install; the honest answer
 // after it installs the release's full image in the same check.
 func TestDeltaOfferAttacksC(t *testing.T) {
-	put := func(c map[string]any, e *bundle.Envelope) {
-		m, _ := e.Unverified()
-		c["manifest"], c["signature"] = base64.StdEncoding.EncodeToString(e.ManifestBytes), base64.StdEncoding.EncodeToString(e.Signature)
-		c["chunks"], c["ciphertext_size"] = m.Chunks(), m.CiphertextSize
-	}
-	cases := []struct {
-		name, want string
-		edit       func(c map[string]any, full *bundle.Envelope, deltas []*bundle.Envelope)
-	}{
-		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any, _ *bundle.Envelope, deltas []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, deltas[1])
-			}
-		}},
-		{"a delta manifest offered as the full image", "the signed manifest is of kind 'delta'", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
-			delete(c, "artifact")
-		}},
-		{"the full manifest offered as a delta", "artifact 'delta', the signed manifest is of kind ''", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, full)
-			}
-		}},
-	}
+	cases := attacktest.DeltaAttacks()
 	for i, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(c.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := testserver.New(t)
 			base := cLineage(srv, factoryVersion, cDeltaImageSize, 512, false)
@@ -294,7 +271,10 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 			b := srv.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: factoryVersion, Image: base},
 				testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
 			srv.Publish(b)
-			env, deltas := envelopes(t, b, 2)
+			env, deltas, err := attacktest.DeltaEnvelopes(b, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
 
 			m := attacktest.NewMITM(t, srv.URL)
 			var mu sync.Mutex
@@ -308,7 +288,7 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 					return orig
 				}
 				attacked = true
-				c.edit(a, env, deltas)
+				c.Edit(a, env, deltas)
 				out, _ := json.Marshal(a)
 				return out
 			}
@@ -324,8 +304,8 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 			}
 			mu.Unlock()
 			if first < 0 || !strings.HasPrefix(d.stderr[first:], "update failed: delta patch failed: ") ||
-				!strings.Contains(strings.SplitN(d.stderr[first:], "\n", 2)[0], c.want) {
-				t.Fatalf("want the first failure to say %q:\n%s", c.want, d.stderr)
+				!strings.Contains(strings.SplitN(d.stderr[first:], "\n", 2)[0], c.Want) {
+				t.Fatalf("want the first failure to say %q:\n%s", c.Want, d.stderr)
 			}
 			if !strings.Contains(d.stderr, "checking again for the full image") {
 				t.Fatalf("no second check:\n%s", d.stderr)
@@ -338,27 +318,4 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 			}
 		})
 	}
-}
-
-// envelopes reads a bundle's release envelope and its first n delta envelopes.
-func envelopes(t *testing.T, b []byte, n int) (*bundle.Envelope, []*bundle.Envelope) {
-	t.Helper()
-	r := bytes.NewReader(b)
-	env, err := bundle.ReadEnvelope(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	full, _ := env.Unverified()
-	r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
-	var deltas []*bundle.Envelope
-	for range n {
-		denv, err := bundle.ReadDelta(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dm, _ := denv.Unverified()
-		r.Seek(dm.CiphertextSize, 1)
-		deltas = append(deltas, denv)
-	}
-	return env, deltas
 }

@@ -222,7 +222,7 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_PATCH, "%s at patch byte %lu")                                   \
     X(MSG_PATCH_SIZE, "patch %lu B (signed %lu), image %lu B (signed %lu)") \
     X(MSG_PATCH_HASH, "the image made does not match the signed sha256 (another base?)") \
-    X(MSG_ARTIFACT, "artifact '%.*s', the signed manifest is of kind '%s'") \
+    X(MSG_ARTIFACT, "the check answer offers artifact \"%.*s\", the signed manifest is of kind \"%s\"") \
     X(MSG_BASE, "the patch is for %s (%lu B), this device runs %s (%lu B)") \
     X(MSG_NOT_ASKED, "a delta offered, not asked for")                     \
     X(MSG_FULL_AGAIN, "checking again for the full image")
