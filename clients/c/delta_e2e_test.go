@@ -3,8 +3,10 @@ package cclient_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -317,5 +319,59 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 				t.Fatalf("booted %+v: want the release's image, the old slot intact", b)
 			}
 		})
+	}
+}
+
+// TestDeltaManifestRefusedWithoutDelta: a build without FOTA_DELTA never
+// asks for a delta, and a delta offered to it anyway (a man in the middle
+// replaying a signed delta manifest) is a malformed manifest to it: its
+// fields are unknown there. Nothing is installed or reported, and the
+// honest answer after it installs the full image.
+func TestDeltaManifestRefusedWithoutDelta(t *testing.T) {
+	srv := testserver.New(t)
+	base := cLineage(srv, factoryVersion, cDeltaImageSize, 512, false)
+	target := cLineage(srv, "1.0.4", cDeltaImageSize, 512, true)
+	b := srv.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: factoryVersion, Image: base})
+	srv.Publish(b)
+	_, deltas, err := attacktest.DeltaEnvelopes(b, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, _ := deltas[0].Unverified()
+	m := attacktest.NewMITM(t, srv.URL)
+	var mu sync.Mutex
+	var asked []string
+	attacked := false
+	m.Check = func(orig []byte) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		var a map[string]any
+		json.Unmarshal(orig, &a)
+		asked = append(asked, fmt.Sprint(a["artifact"]))
+		if a["update"] != true || attacked {
+			return orig
+		}
+		attacked = true
+		a["artifact"] = "delta"
+		a["manifest"], a["signature"] = base64.StdEncoding.EncodeToString(deltas[0].ManifestBytes), base64.StdEncoding.EncodeToString(deltas[0].Signature)
+		a["chunks"], a["ciphertext_size"] = dm.Chunks(), dm.CiphertextSize
+		out, _ := json.Marshal(a)
+		return out
+	}
+	m.Settle()
+	d := newCDevOn(t, srv, "c-full", slotSize, 0, base)
+	d.useFullBuild()
+	d.server = m.URL
+	if code := d.powerOn(); code != exitError || d.errorCode() != "FOTA_ERR_MANIFEST" {
+		t.Fatalf("exit %d %s, want FOTA_ERR_MANIFEST:\n%s%s", code, d.errorCode(), d.stdout, d.stderr)
+	}
+	if evs := strings.Join(srv.Events(d.id), ", "); strings.Contains(evs, "failed") || strings.Contains(evs, "applied") {
+		t.Fatalf("the server heard of the refused offer: %s", evs)
+	}
+	installAndBoot(t, d, base, target)
+	mu.Lock()
+	defer mu.Unlock()
+	if !attacked || slices.Contains(asked, "delta") {
+		t.Fatalf("the server offered a delta to a device that did not ask (answers' artifacts %v)", asked)
 	}
 }
