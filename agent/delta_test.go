@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -211,62 +210,15 @@ func TestDeltaOfferAttacks(t *testing.T) {
 		b := h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base},
 			testserver.DeltaBase{Version: "1.0.2", Image: otherBase})
 		h.Publish(b)
-		r := bytes.NewReader(b)
-		env, _ = bundle.ReadEnvelope(r)
-		full, _ := env.Unverified()
-		r.Seek(env.PayloadOffset()+full.CiphertextSize, 0)
-		for range 2 {
-			denv, err := bundle.ReadDelta(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			dm, _ := denv.Unverified()
-			r.Seek(dm.CiphertextSize, 1)
-			deltas = append(deltas, denv)
+		env, deltas, err := attacktest.DeltaEnvelopes(b, 2)
+		if err != nil {
+			t.Fatal(err)
 		}
 		return base, target, env, deltas
 	}
-	put := func(c map[string]any, e *bundle.Envelope) {
-		m, _ := e.Unverified()
-		c["manifest"], c["signature"] = base64.StdEncoding.EncodeToString(e.ManifestBytes), base64.StdEncoding.EncodeToString(e.Signature)
-		c["chunks"], c["ciphertext_size"] = m.Chunks(), m.CiphertextSize
-	}
-	cases := []struct {
-		name, want string
-		edit       func(c map[string]any, full *bundle.Envelope, deltas []*bundle.Envelope)
-		noDelta    bool // the device takes full images only
-	}{
-		{"a delta for another base", "the patch is for 1.0.2", func(c map[string]any, _ *bundle.Envelope, deltas []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, deltas[1])
-			}
-		}, false},
-		{"a delta manifest offered as the full image", "the signed manifest is of kind \"delta\"", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
-			delete(c, "artifact")
-		}, false},
-		// The release's full manifest (public: every full-image device
-		// gets it) put into a delta session's answer, with or without the
-		// artifact: the device installs what is signed, a full image, and
-		// the session's chunks run out before the signed ciphertext does.
-		{"the full manifest offered as a delta", "the session serves another artifact", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, full)
-			}
-		}, false},
-		{"the full manifest put into a delta session", "the session serves another artifact", func(c map[string]any, full *bundle.Envelope, _ []*bundle.Envelope) {
-			if c["artifact"] == "delta" {
-				put(c, full)
-				delete(c, "artifact")
-			}
-		}, false},
-		// A full image's answer said to be a delta: the signed kind decides,
-		// and the image installs as if nothing happened.
-		{"a full image's answer said to be a delta", "", func(c map[string]any, _ *bundle.Envelope, _ []*bundle.Envelope) {
-			c["artifact"] = "delta"
-		}, true},
-	}
+	cases := attacktest.DeltaAttacks()
 	for i, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(c.Name, func(t *testing.T) {
 			h := newHarness(t)
 			base, target, env, deltas := setup(h)
 			m := attacktest.NewMITM(t, h.URL)
@@ -278,12 +230,12 @@ func TestDeltaOfferAttacks(t *testing.T) {
 					return orig
 				}
 				attacked = true
-				c.edit(a, env, deltas)
+				c.Edit(a, env, deltas)
 				out, _ := json.Marshal(a)
 				return out
 			}
 			d := h.newDeviceOn(fmt.Sprintf("mitm-%d", i), base)
-			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL; cfg.NoDelta = c.noDelta; cfg.CheckpointEvery = 1 }
+			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL; cfg.NoDelta = c.NoDelta; cfg.CheckpointEvery = 1 }
 			if err := d.powerOn(); err != nil {
 				t.Fatal(err)
 			}
@@ -294,11 +246,11 @@ func TestDeltaOfferAttacks(t *testing.T) {
 				}
 			}
 			res, err := d.agent.CheckOnce(context.Background())
-			if c.want == "" && (!attacked || len(seen) != 0) {
+			if c.Want == "" && (!attacked || len(seen) != 0) {
 				t.Fatalf("attacked %v, errors %q: want none", attacked, seen)
 			}
-			if c.want != "" && (!attacked || len(seen) == 0 || !strings.Contains(seen[0], c.want)) {
-				t.Fatalf("errors %q, want the first to say %q", seen, c.want)
+			if c.Want != "" && (!attacked || len(seen) == 0 || !strings.Contains(seen[0], c.Want)) {
+				t.Fatalf("errors %q, want the first to say %q", seen, c.Want)
 			}
 			// The attack costs the device its delta, not its update: the
 			// honest answer after it is installed and boots.

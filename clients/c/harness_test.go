@@ -38,6 +38,10 @@ var (
 	buildOnce sync.Once
 	buildDir  string
 	buildErr  error
+
+	fullOnce     sync.Once
+	fullBuildDir string
+	fullBuildErr error
 )
 
 // requireTool returns the path of a tool the tests need. Without it the
@@ -62,7 +66,8 @@ func srcDir(t testing.TB) string {
 }
 
 // build compiles the library, the POSIX device program and the vector
-// test once per test binary, into a temporary folder.
+// test once per test binary, into a temporary folder, with delta updates
+// (the Makefile's FOTA_DELTA=1); buildFull without them.
 //
 // FOTA_C_MAKEFLAGS, when set, is split on spaces and appended to the make
 // command as variable assignments, to build against another mbedtls (or
@@ -74,34 +79,51 @@ func srcDir(t testing.TB) string {
 // fails the test rather than skipping it.
 func build(t testing.TB) string {
 	t.Helper()
+	buildOnce.Do(func() { buildDir, buildErr = makeBuild(t, "FOTA_DELTA=1", "all") })
+	return built(t, buildDir, buildErr)
+}
+
+// buildFull builds fota-device-c without delta updates (FOTA_DELTA=0): the
+// library as firmware that does not link fota_delta.c has it.
+func buildFull(t testing.TB) string {
+	t.Helper()
+	fullOnce.Do(func() { fullBuildDir, fullBuildErr = makeBuild(t, "FOTA_DELTA=0", "fota-device-c") })
+	return built(t, fullBuildDir, fullBuildErr)
+}
+
+func makeBuild(t testing.TB, delta, target string) (string, error) {
 	requireTool(t, "cc")
 	requireTool(t, "make")
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "fota-c-build-")
-		if buildErr != nil {
-			return
-		}
-		args := []string{"-s", "-C", srcDir(t), "BUILD=" + buildDir}
-		args = append(args, strings.Fields(os.Getenv("FOTA_C_MAKEFLAGS"))...)
-		cmd := exec.Command("make", append(args, "all")...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("make: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		if strings.Contains(buildErr.Error(), "mbedtls/") && os.Getenv("CI") == "" && os.Getenv("FOTA_C_MAKEFLAGS") == "" {
-			t.Skipf("mbedtls headers missing (apt-get install libmbedtls-dev): %v", buildErr)
-		}
-		t.Fatal(buildErr)
+	dir, err := os.MkdirTemp("", "fota-c-build-")
+	if err != nil {
+		return "", err
 	}
-	return buildDir
+	args := []string{"-s", "-C", srcDir(t), "BUILD=" + dir, delta}
+	args = append(args, strings.Fields(os.Getenv("FOTA_C_MAKEFLAGS"))...)
+	out, err := exec.Command("make", append(args, target)...).CombinedOutput()
+	if err != nil {
+		return dir, fmt.Errorf("make %s: %v\n%s", delta, err, out)
+	}
+	return dir, nil
+}
+
+func built(t testing.TB, dir string, err error) string {
+	t.Helper()
+	if err != nil {
+		if strings.Contains(err.Error(), "mbedtls/") && os.Getenv("CI") == "" && os.Getenv("FOTA_C_MAKEFLAGS") == "" {
+			t.Skipf("mbedtls headers missing (apt-get install libmbedtls-dev): %v", err)
+		}
+		t.Fatal(err)
+	}
+	return dir
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
+	for _, dir := range []string{buildDir, fullBuildDir} {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 	}
 	os.Exit(code)
 }
@@ -127,6 +149,12 @@ const factoryVersion = "1.0.3"
 // a factory image of that version and the given security counter.
 func newCDev(t testing.TB, srv *testserver.Server, id string, slotSize int, counter uint32) *cdev {
 	t.Helper()
+	return newCDevOn(t, srv, id, slotSize, counter, factoryImage(t, counter))
+}
+
+// newCDevOn is newCDev with the given factory image (of factoryVersion).
+func newCDevOn(t testing.TB, srv *testserver.Server, id string, slotSize int, counter uint32, factory []byte) *cdev {
+	t.Helper()
 	bin := filepath.Join(build(t), "fota-device-c")
 	psk := srv.AddDeviceAPI(id, factoryVersion, "native")
 	dir := t.TempDir()
@@ -139,10 +167,6 @@ func newCDev(t testing.TB, srv *testserver.Server, id string, slotSize int, coun
 	write("psk", []byte(psk.Hex()))
 	write("signing.pub", srv.Signer.Public().PEM())
 	write("firmware.key", srv.FWKey[:])
-	factory, err := firmware.Sample(firmware.SampleOptions{Version: factoryVersion, SecureVersion: counter})
-	if err != nil {
-		t.Fatal(err)
-	}
 	write("factory.bin", factory)
 	code := d.exec("format", "--state", d.dir, "--slot-size", strconv.Itoa(slotSize), "--factory",
 		filepath.Join(dir, "factory.bin"), "--version", factoryVersion, "--counter", strconv.Itoa(int(counter)))
@@ -151,6 +175,9 @@ func newCDev(t testing.TB, srv *testserver.Server, id string, slotSize int, coun
 	}
 	return d
 }
+
+// useFullBuild makes the device run the build without delta updates.
+func (d *cdev) useFullBuild() { d.bin = filepath.Join(buildFull(d.t), "fota-device-c") }
 
 func (d *cdev) keyFile(name string) string { return filepath.Join(filepath.Dir(d.dir), name) }
 

@@ -28,6 +28,18 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/sha256.h>
 
+/* Delta updates (docs/PROTOCOL.md, "delta"): build the library, the port
+ * and the firmware with -DFOTA_DELTA=1 and link src/fota_delta.c. The
+ * structs below change with it: everything that includes this header must
+ * see the same FOTA_DELTA. Without it the library takes full images only,
+ * and is as small as ever. */
+#ifndef FOTA_DELTA
+#define FOTA_DELTA 0
+#endif
+#if FOTA_DELTA
+#include "fota_delta.h"
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -45,8 +57,14 @@ extern "C" {
  * the report outbox being worked on (about 1 KiB), and a check answer
  * (about 1.7 KiB with an RSA-2048 signature and a manifest without notes)
  * or one chunk (1 KiB by default). Larger chunks or long release notes
- * need more: the client says so. */
+ * need more: the client says so. A delta build's check-in says more (the
+ * running image's SHA-256 and the compressions, 119 bytes), which the
+ * answer's room must not lose. */
+#if FOTA_DELTA
+#define FOTA_WORK_MIN (4096 + 128)
+#else
 #define FOTA_WORK_MIN 4096
+#endif
 
 /* Errors. Each has a fixed text (fota_err_str); the client's log line says
  * more. The comment says what the client does about it. */
@@ -83,6 +101,10 @@ typedef enum {
     FOTA_ERR_SELF_TEST,       /* the self-test failed: the image is rejected; reboot now */
     FOTA_ERR_POWER,           /* (ports) power failed mid-operation: nothing more may be done */
     FOTA_ERR_TIMEOUT,         /* the download took longer than update_timeout_s: kept for the next check */
+#if FOTA_DELTA
+    FOTA_ERR_DELTA,           /* a delta patch cannot make the release here: reported failed, and
+                                 fota_check asks again at once for the full image */
+#endif
     FOTA_ERR__COUNT
 } fota_err_t;
 
@@ -130,6 +152,15 @@ typedef struct {
      * Empty when there is none. */
     char rolled_back_version[FOTA_VERSION_MAX + 1];
     char rollback_reason[FOTA_REASON_MAX + 1];
+#if FOTA_DELTA
+    /* The running image, the base a delta patch is applied onto: its size
+     * in bytes and SHA-256 (of the running slot's first running_size
+     * bytes, exactly the release's image). running_known false: the port
+     * does not know them, and the device asks for full images only. */
+    bool running_known;
+    uint32_t running_size;
+    uint8_t running_sha256[32];
+#endif
 } fota_boot_info_t;
 
 typedef struct fota_port {
@@ -170,6 +201,12 @@ typedef struct fota_port {
      * this version and security counter, to boot next on trial. */
     fota_err_t (*slot_set_pending)(void *ctx, const char *version, uint32_t security_counter, uint32_t size,
                                    const uint8_t sha256[32]);
+#if FOTA_DELTA
+    /* Reads the running slot (the base of a delta patch): len bytes at off,
+     * inside the running image (boot_info's running_size). The library
+     * never writes that slot. */
+    fota_err_t (*running_read)(void *ctx, uint32_t off, uint8_t *data, size_t len);
+#endif
 
     /* The running image on trial passed its self-test: mark it valid and
      * raise the stored security counter to its own. */
@@ -263,6 +300,9 @@ typedef struct {
     int64_t install_after, install_until;
     char session[FOTA_SESSION_MAX + 1];
     char version[FOTA_VERSION_MAX + 1];
+#if FOTA_DELTA
+    uint32_t patch_size; /* a delta offer: the patch's size (the download is the patch); 0: the full image */
+#endif
 } fota_offer_t;
 
 /* The client (internal). The fields used most come first, at offsets

@@ -56,8 +56,16 @@ static int name_index(const char *list, const char *key, size_t n)
 /* ---- Reports: a persisted outbox ---- */
 
 enum { REPORT_DOWNLOADED = 0, REPORT_VERIFIED, REPORT_APPLIED, REPORT_CONFIRMED, REPORT_ROLLED_BACK,
-       REPORT_FAILED, REPORT_REFUSED, REPORT__COUNT };
-static const char report_names[] = "downloaded\0verified\0applied\0confirmed\0rolled-back\0failed\0refused";
+       REPORT_FAILED, REPORT_REFUSED,
+#if FOTA_DELTA
+       REPORT_DELTA_FAILED, /* failed, and the failure is the delta's ("artifact":"delta") */
+#endif
+       REPORT__COUNT };
+static const char report_names[] = "downloaded\0verified\0applied\0confirmed\0rolled-back\0failed\0refused"
+#if FOTA_DELTA
+                                   "\0failed"
+#endif
+    ;
 
 /* Records are fixed-layout structs of bytes and 32-bit words, stored as
  * they are: each starts with a header naming its kind, layout version and
@@ -88,7 +96,15 @@ typedef struct {
     uint8_t sha256[32];              /* the release's plaintext SHA-256: which release */
     uint8_t cbc[16];                 /* the CBC chaining value at next_chunk */
     uint8_t verified;                /* the whole image is in the slot and matched */
-    uint32_t next_chunk, written;
+#if FOTA_DELTA
+    uint8_t delta;                   /* the download is a delta patch (patch below) */
+#endif
+    uint32_t next_chunk, written;    /* written: bytes decrypted (of the patch, for a delta) */
+#if FOTA_DELTA
+    /* The patcher's state at next_chunk, saved with the rest in one record
+     * so that a power cut resumes the patch where the decrypter resumes. */
+    fota_delta_t patch;
+#endif
 } download_t;
 
 /* The install record: which session installed the image on trial. */
@@ -132,7 +148,11 @@ static const char err_names[] =
     "untrusted key\0unsupported\0bad manifest\0wrong hardware\0downgrade\0"
     "rolled back before\0counter too low\0too large\0bad chunk HMAC\0decryption failed\0"
     "hash mismatch\0flash failure\0storage failure\0not found\0crypto failure\0on trial\0"
-    "not on trial\0self-test failed\0power failure\0timed out";
+    "not on trial\0self-test failed\0power failure\0timed out"
+#if FOTA_DELTA
+    "\0delta patch failed"
+#endif
+    ;
 
 static const char state_names[] = "idle\0checking\0downloading\0verifying\0applying\0completed\0deferred\0error\0"
                                   "rollback";
@@ -201,7 +221,23 @@ const char *fota_state_str(fota_state_t state)
     X(MSG_TIMEOUT, "over %lu s")                                    \
     X(MSG_MAC_TIMES, "chunk %lu, %u times")                         \
     X(MSG_SLOT_BEGIN, "slot_begin")                                 \
-    X(MSG_NO_V2, "server has no v2 chunk MACs: update it")
+    X(MSG_NO_V2, "server has no v2 chunk MACs: update it")         \
+    DELTA_MESSAGES(X)
+#if FOTA_DELTA
+/* Delta failures' reasons (after "delta patch failed: "), and the log line
+ * of the check made again for the full image. */
+#define DELTA_MESSAGES(X)                                                   \
+    X(MSG_PATCH, "%s at patch byte %lu")                                   \
+    X(MSG_PATCH_SIZE, "patch %lu B (signed %lu), image %lu B (signed %lu)") \
+    X(MSG_PATCH_HASH, "the image made does not match the signed sha256 (another base?)") \
+    X(MSG_ARTIFACT, "the check answer offers artifact \"%.*s\", the signed manifest is of kind \"%s\"") \
+    X(MSG_BASE, "the patch is for %s (%lu B), this device runs %s (%lu B)") \
+    X(MSG_NOT_ASKED, "a delta offered, not asked for")                     \
+    X(MSG_OTHER_ARTIFACT, "chunks end at %lu of %lu signed: the session serves another artifact") \
+    X(MSG_FULL_AGAIN, "checking again for the full image")
+#else
+#define DELTA_MESSAGES(X)
+#endif
 #define MSG_ID(id, text) id,
 #define MSG_TEXT(id, text) text "\0"
 /* Numbered from -32: RV32's short load-immediate takes -32..31. */
@@ -563,8 +599,16 @@ static fota_err_t send_report(fota_client_t *c, const report_t *q)
      * manifest said: the server refuses a report about another release
      * than the session's (an altered check answer). */
     /* load_outbox made the reason fit a JSON string; "" is none. */
+#if FOTA_DELTA
+    /* A delta's failure says so: the server then counts nothing against
+     * the release and offers the full image next. */
+    n = (size_t)snprintf(body, cap, "{\"status\":\"%s\",\"version\":\"%s\",\"reason\":\"%s\"%s}",
+                         nth(report_names, q->status), q->version, q->reason,
+                         q->status == REPORT_DELTA_FAILED ? ",\"artifact\":\"delta\"" : "");
+#else
     n = (size_t)snprintf(body, cap, "{\"status\":\"%s\",\"version\":\"%s\",\"reason\":\"%s\"}",
                          nth(report_names, q->status), q->version, q->reason);
+#endif
     /* The answer is small; its content does not matter, only that it came. */
     fota_err_t err = post(c, n, DATA_CAP(c) - n, &len);
     return err == FOTA_ERR_BUFFER ? FOTA_OK : err;
@@ -803,11 +847,20 @@ typedef struct {
  * manifest_off says, with the bound or length manifest_len says), then the
  * rest; each as docs/FORMAT.md has it. */
 enum { M_COUNTER, M_PSIZE, M_CSIZE, M_CHUNK, M_FORMAT, M_PSHA, M_CSHA, M_IV, M_HARDWARE, M_VERSION, M_KEY, M_ALG,
-       M_PRODUCT, M_CIPHER, M_CREATED, M_NOTES, M__COUNT };
+       M_PRODUCT, M_CIPHER, M_CREATED, M_NOTES,
+#if FOTA_DELTA
+       M_KIND, M_BASE_VERSION, M_BASE_SIZE, M_BASE_SHA, M_COMPRESSION, M_PATCH_SIZE,
+#endif
+       M__COUNT };
 static const char manifest_fields[] =
     "security_counter\0plaintext_size\0ciphertext_size\0chunk_size\0format\0plaintext_sha256\0ciphertext_sha256\0"
-    "iv\0hardware\0version\0key_id\0signature_alg\0product\0cipher\0created\0notes\0";
-#define M_REQUIRED (((1u << M__COUNT) - 1) & ~(1u << M_NOTES))
+    "iv\0hardware\0version\0key_id\0signature_alg\0product\0cipher\0created\0notes\0"
+#if FOTA_DELTA
+    "kind\0base_version\0base_size\0base_sha256\0compression\0patch_size\0"
+#endif
+    ;
+/* Every field before notes; the delta fields come all together or not at all. */
+#define M_REQUIRED ((1u << M_NOTES) - 1)
 #define M_OFF(field) offsetof(fota_manifest_t, field)
 static const uint8_t manifest_off[] = {
     M_OFF(security_counter), M_OFF(plaintext_size), M_OFF(ciphertext_size), M_OFF(chunk_size), M_OFF(format),
@@ -836,6 +889,14 @@ static bool manifest_member(void *user, const char *key, size_t n, const fota_js
     case M_PRODUCT: return str && v->n >= 1 && v->n <= 64;
     case M_CIPHER: return str && v->n == 11 && !memcmp(v->p, "aes-256-cbc", 11);
     case M_CREATED: return str && fota_parse_rfc3339(v->p, v->n, &created);
+#if FOTA_DELTA
+    case M_KIND: return str && v->n == 5 && !memcmp(v->p, "delta", 5);
+    case M_BASE_VERSION: return fota_json_str(v, m->base_version, sizeof m->base_version) && fota_semver_valid(m->base_version);
+    case M_BASE_SIZE: return fota_json_uint(v, 1, 256u << 20, &m->base_size);
+    case M_BASE_SHA: return str && fota_unhex(m->base_sha256, 32, v->p, v->n);
+    case M_COMPRESSION: return str && (m->compression = (uint8_t)(name_index("none\0crle\0heatshrink\0", v->p, v->n) + 1)) != 0;
+    case M_PATCH_SIZE: return fota_json_uint(v, 1, 512u << 20, &m->patch_size);
+#endif
     default: return str && v->n <= 4096 * 6; /* notes: escapes may be longer than the text */
     }
 }
@@ -844,9 +905,19 @@ fota_err_t fota_manifest_parse(const char *js, size_t len, fota_manifest_t *m)
 {
     memset(m, 0, sizeof *m);
     manifest_walk_t w = {m, 0};
+#if FOTA_DELTA
+    /* A delta manifest has all six delta fields, and its ciphertext is the patch's. */
+    uint32_t delta = 0;
+    if (!fota_json_object(js, len, manifest_member, &w) || (w.seen & M_REQUIRED) != M_REQUIRED ||
+        ((delta = w.seen >> M_KIND) != 0 && delta != (1u << (M__COUNT - M_KIND)) - 1) ||
+        m->ciphertext_size != ((delta ? m->patch_size : m->plaintext_size) / 16 + 1) * 16)
+        return FOTA_ERR_MANIFEST;
+    m->delta = delta != 0;
+#else
     if (!fota_json_object(js, len, manifest_member, &w) || (w.seen & M_REQUIRED) != M_REQUIRED ||
         m->ciphertext_size != (m->plaintext_size / 16 + 1) * 16)
         return FOTA_ERR_MANIFEST;
+#endif
     return FOTA_OK;
 }
 
@@ -860,9 +931,15 @@ int fota_unpad(const uint8_t block[16])
 /* ---- The check answer ---- */
 
 /* The members of the check answer the client reads; the numbers last. */
-enum { A_UPDATE, A_SESSION, A_VERSION, A_MANIFEST, A_SIGNATURE, A_MESSAGE, A_MACS, A_AFTER, A_UNTIL, A_CHUNK_SIZE,
-       A_CHUNKS, A_CSIZE, A__COUNT };
+enum { A_UPDATE, A_SESSION, A_VERSION, A_MANIFEST, A_SIGNATURE, A_MESSAGE, A_MACS,
+#if FOTA_DELTA
+       A_ARTIFACT,
+#endif
+       A_AFTER, A_UNTIL, A_CHUNK_SIZE, A_CHUNKS, A_CSIZE, A__COUNT };
 static const char answer_fields[] = "update\0session_id\0version\0manifest\0signature\0message\0chunk_macs\0"
+#if FOTA_DELTA
+                                    "artifact\0"
+#endif
                                     "install_after\0install_until\0chunk_size\0chunks\0ciphertext_size\0";
 
 typedef struct {
@@ -960,6 +1037,22 @@ static fota_err_t judge(fota_client_t *c, answer_t *a, fota_result_t *res)
         (v[A_UNTIL].type && !fota_parse_rfc3339(v[A_UNTIL].p, v[A_UNTIL].type == FOTA_J_STRING ? v[A_UNTIL].n : 0, &o->install_until))) {
         return fail(c, FOTA_ERR_PROTOCOL, MSG_WINDOW);
     }
+#if FOTA_DELTA
+    /* What the offer is, is the signed manifest's word: a full manifest is
+     * installed as the image whatever the answer's artifact says (if the
+     * session serves something else, its chunks end before the signed
+     * ciphertext does: a delta failure), and a delta manifest only where
+     * the answer offers a delta. A delta failure is reported as such: the
+     * server's next offer is then the full image. */
+    fota_json_t *art = &v[A_ARTIFACT];
+    bool as_delta = art->type == FOTA_J_STRING && art->n == 5 && !memcmp(art->p, "delta", 5);
+    o->patch_size = m.delta ? m.patch_size : 0;
+    if (m.delta && !as_delta) return fail(c, FOTA_ERR_DELTA, MSG_ARTIFACT, (int)art->n, art->p, "delta");
+    if (m.delta && !c->boot.running_known) return fail(c, FOTA_ERR_MANIFEST, MSG_NOT_ASKED);
+    if (m.delta && (m.base_size != c->boot.running_size || !fota_equal(m.base_sha256, c->boot.running_sha256, 32)))
+        return fail(c, FOTA_ERR_DELTA, MSG_BASE, m.base_version, (unsigned long)m.base_size, c->boot.running_version,
+                    (unsigned long)c->boot.running_size);
+#endif
     return FOTA_OK;
 }
 
@@ -972,10 +1065,23 @@ static fota_err_t check_in(fota_client_t *c, const uint8_t **answer, size_t *len
      * in the middle the empty string. */
     static const char parts[] = "\"chip\":\"\0\",";
     const char *chip = c->cfg->chip, *none = parts + 8;
+#if FOTA_DELTA
+    /* The running image and the compressions fota_delta.c applies, when
+     * the port knows the image: the server may then offer a delta. */
+    char sha[65] = "";
+    bool known = c->boot.running_known;
+    if (known) fota_hex(sha, c->boot.running_sha256, 32);
+#define CHECK_DELTA "%s%s%s"
+#define CHECK_DELTA_ARGS known ? "\"image_sha256\":\"" : none, sha, \
+        known ? "\",\"delta\":[\"heatshrink\",\"crle\",\"none\"]," : none,
+#else
+#define CHECK_DELTA
+#define CHECK_DELTA_ARGS
+#endif
     int n = snprintf(body, DATA_CAP(c),
-                     "{\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
+                     "{" CHECK_DELTA "\"version\":\"%s\",\"hardware\":\"%s\",\"security_counter\":%lu,\"inventory\":{%s%s%s"
                      "\"slot_size\":%lu,\"agent_version\":\"fota-c/" FOTA_CLIENT_VERSION "\"}}",
-                     c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
+                     CHECK_DELTA_ARGS c->boot.running_version, c->cfg->hardware, (unsigned long)c->boot.security_counter,
                      chip ? parts : none, chip ? chip : none, chip ? parts + 9 : none, (unsigned long)c->boot.slot_size);
     if (n < 0 || (size_t)n >= DATA_CAP(c) / 2 || (unsigned)snprintf(URI(c), URI_CAP, "%s/v1/device/check", c->prefix) >= URI_CAP) return FOTA_ERR_BUFFER;
     /* The answer may take the outbox's place too: nothing is queued before
@@ -1003,6 +1109,66 @@ static fota_err_t rehash(fota_client_t *c, uint32_t len)
     }
     return FOTA_OK;
 }
+
+#if FOTA_DELTA
+/* The bytes downloaded: the patch's for a delta, else the image's. */
+#define ARTIFACT_SIZE(o) ((o)->patch_size ? (o)->patch_size : (o)->plaintext_size)
+
+/* The patcher's I/O: it reads the running slot and writes the new image
+ * into the update slot, hashing it in order; a port failure is kept to be
+ * returned as it is (a power failure stays one). */
+typedef struct {
+    fota_client_t *c;
+    uint32_t off; /* the image bytes written and hashed */
+    fota_err_t err;
+} patch_io_t;
+
+static int patch_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+    patch_io_t *io = ctx;
+    io->err = port_err(io->c->port->running_read(io->c->port->ctx, off, buf, len), FOTA_ERR_FLASH);
+    return io->err != FOTA_OK;
+}
+
+static int patch_write(void *ctx, uint32_t off, const uint8_t *buf, size_t len)
+{
+    patch_io_t *io = ctx;
+    fota_client_t *c = io->c;
+    if (off != io->off) return 1; /* out of order: the applier's error, a delta failure */
+    io->err = port_err(c->port->slot_write(c->port->ctx, off, buf, len), FOTA_ERR_FLASH);
+    if (!io->err && fota_sha256_update(&c->sha, buf, len)) io->err = FOTA_ERR_CRYPTO;
+    io->off += (uint32_t)len;
+    return io->err != FOTA_OK;
+}
+
+/* Feeds n decrypted patch bytes (the ones at d->written) to the patcher. */
+static fota_err_t patch(fota_client_t *c, download_t *d, const uint8_t *p, uint32_t n)
+{
+    patch_io_t io = {c, fota_delta_written(&d->patch), FOTA_OK};
+    fota_delta_io_t dio = {&io, patch_read, patch_write};
+    int r = fota_delta_write(&d->patch, &dio, p, n);
+    if (r == FOTA_DELTA_ERR_IO && io.err) return fail(c, io.err, MSG_WRITE, (unsigned long)io.off);
+    return r ? fail(c, FOTA_ERR_DELTA, MSG_PATCH, fota_delta_strerror(r), (unsigned long)d->written) : FOTA_OK;
+}
+
+/* The end of a delta download: the whole patch arrived and was applied,
+ * and made an image of the signed size and SHA-256. */
+static fota_err_t finish_patch(fota_client_t *c, download_t *d)
+{
+    fota_offer_t *o = &c->offer;
+    uint8_t digest[32];
+    int r = fota_delta_finish(&d->patch);
+    uint32_t made = fota_delta_written(&d->patch);
+    if (r) return fail(c, FOTA_ERR_DELTA, MSG_PATCH, fota_delta_strerror(r), (unsigned long)d->written);
+    if (d->written != o->patch_size || made != o->plaintext_size)
+        return fail(c, FOTA_ERR_DELTA, MSG_PATCH_SIZE, (unsigned long)d->written, (unsigned long)o->patch_size,
+                    (unsigned long)made, (unsigned long)o->plaintext_size);
+    if (fota_sha256_finish(&c->sha, digest)) return FOTA_ERR_CRYPTO;
+    return fota_equal(digest, o->plaintext_sha256, 32) ? FOTA_OK : fail(c, FOTA_ERR_DELTA, MSG_PATCH_HASH);
+}
+#else
+#define ARTIFACT_SIZE(o) ((o)->plaintext_size)
+#endif
 
 static fota_err_t checkpoint(fota_client_t *c, download_t *d)
 {
@@ -1056,6 +1222,14 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             len = len << 8 | head[k + 4];
         }
         if (got < 40 || index != d->next_chunk || len != expect) {
+#if FOTA_DELTA
+            /* The right chunk, shorter than the signed manifest says: the
+             * session's ciphertext ends here, another artifact's. */
+            if (got >= 40 && index == d->next_chunk && len < expect) {
+                err = fail(c, FOTA_ERR_DELTA, MSG_OTHER_ARTIFACT, (unsigned long)index + 1, (unsigned long)o->chunks);
+                break;
+            }
+#endif
             err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
                        (unsigned long)d->next_chunk, (unsigned long)expect);
             break;
@@ -1075,8 +1249,8 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
         if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
         int tail = last ? fota_unpad(chunk + len - 16) : 16; /* the plaintext bytes of the last block */
         uint32_t plain = len - 16 + (uint32_t)tail;
-        if (tail < 0 || d->written + plain > o->plaintext_size) {
-            err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)o->plaintext_size);
+        if (tail < 0 || d->written + plain > ARTIFACT_SIZE(o)) {
+            err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)ARTIFACT_SIZE(o));
             break;
         }
         /* Erased only once a chunk passed its HMAC: an answer altered on the
@@ -1087,12 +1261,20 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             break;
         }
         c->slot_ready = true;
-        if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
-            fail(c, err, MSG_WRITE, (unsigned long)d->written);
-            break;
+#if FOTA_DELTA
+        /* A patch goes through the patcher, which writes the image. */
+        if (o->patch_size) {
+            if ((err = patch(c, d, chunk, plain))) break;
+        } else
+#endif
+        {
+            if ((err = port_err(c->port->slot_write(c->port->ctx, d->written, chunk, plain), FOTA_ERR_FLASH))) {
+                fail(c, err, MSG_WRITE, (unsigned long)d->written);
+                break;
+            }
+            err = FOTA_ERR_CRYPTO;
+            if (fota_sha256_update(&c->sha, chunk, plain)) break;
         }
-        err = FOTA_ERR_CRYPTO;
-        if (fota_sha256_update(&c->sha, chunk, plain)) break;
         d->written += plain;
         d->next_chunk++;
         c->progress.chunk = d->next_chunk;
@@ -1151,6 +1333,12 @@ static fota_err_t download(fota_client_t *c, download_t *d)
         if (!backoff(c, attempt++, err)) break;
     }
     memset(session_key, 0, sizeof session_key);
+#if FOTA_DELTA
+    /* The server's session ends before the signed ciphertext does: it
+     * serves another artifact than the answer said (altered on the way). */
+    if (err == FOTA_ERR_REJECTED && d->next_chunk < o->chunks)
+        err = fail(c, FOTA_ERR_DELTA, MSG_OTHER_ARTIFACT, (unsigned long)d->next_chunk, (unsigned long)o->chunks);
+#endif
     return d->next_chunk == o->chunks ? FOTA_OK : err;
 }
 
@@ -1223,13 +1411,23 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
     fota_err_t err = FOTA_OK;
     bool saved = record_load(c, REC_DOWNLOAD, &d) && !strcmp(d.version, o->version) && !strcmp(d.base, c->boot.running_version) &&
                  fota_equal(d.sha256, o->plaintext_sha256, 32) && d.next_chunk <= o->chunks &&
-                 d.written <= o->plaintext_size;
+                 d.written <= ARTIFACT_SIZE(o);
+#if FOTA_DELTA
+    /* A patch resumes where its saved patcher stands, which must be a
+     * sound state at the decrypter's place; anything else starts again. */
+    saved = saved && d.delta == (o->patch_size != 0) &&
+            (!d.delta || d.verified ||
+             (fota_delta_check(&d.patch) == FOTA_DELTA_OK && fota_delta_patch_offset(&d.patch) == d.written));
+    uint32_t hashed = d.delta ? fota_delta_written(&d.patch) : d.written; /* image bytes in the slot */
+#else
+#define hashed d.written
+#endif
     bool same_session = saved && !strcmp(d.session, o->session);
     bool kept = saved && d.verified && d.next_chunk == o->chunks; /* for its install window */
     /* What the slot holds of the image is hashed again: all of a kept one, to
      * check it; the part written before, to go on from there. */
     if (kept) progress(c, FOTA_STATE_VERIFYING);
-    if (saved && d.next_chunk > 0 && (err = rehash(c, kept ? o->plaintext_size : d.written)) == FOTA_ERR_POWER)
+    if (saved && d.next_chunk > 0 && (err = rehash(c, kept ? o->plaintext_size : hashed)) == FOTA_ERR_POWER)
         return err;
     if (kept) {
         if (err == FOTA_OK && (err = check_hash(c)) == FOTA_OK) {
@@ -1249,20 +1447,34 @@ static fota_err_t install(fota_client_t *c, fota_result_t *res)
         memcpy(d.sha256, o->plaintext_sha256, 32);
         memcpy(d.cbc, o->iv, 16);
         if (fota_sha256_start(&c->sha)) return FOTA_ERR_CRYPTO;
+#if FOTA_DELTA
+        /* The patch makes an image of at most the signed size from the running one. */
+        if ((d.delta = o->patch_size != 0) &&
+            fota_delta_begin(&d.patch, c->boot.running_size, o->plaintext_size) != FOTA_DELTA_OK)
+            return FOTA_ERR_ARGUMENT;
+#endif
     }
     c->slot_ready = resume; /* a new download erases the slot at its first good chunk */
     logf_(c, resume ? MSG_RESUMING : MSG_DOWNLOADING, o->version, (unsigned long)d.next_chunk, (unsigned long)o->chunks);
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = download(c, &d))) return err;
     progress(c, FOTA_STATE_VERIFYING);
-    if ((err = check_hash(c))) return err;
-    if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
+#if FOTA_DELTA
+    if (d.delta) {
+        if ((err = finish_patch(c, &d))) return err;
+    } else
+#endif
+    {
+        if ((err = check_hash(c))) return err;
+        if (d.written != o->plaintext_size) return FOTA_ERR_HASH;
+    }
     if ((err = port_err(c->port->slot_sync(c->port->ctx), FOTA_ERR_FLASH))) return err;
 verified:
     copy_str(d.session, sizeof d.session, o->session);
     if ((err = queue_verified(c))) return err;
     return apply(c, &d, false, res);
 }
+#undef hashed
 
 #define BIT(e) (1u << (e))
 /* Failures of the offer or the image are the device's word, reported:
@@ -1277,7 +1489,11 @@ verified:
 /* The device found the image bad: what was downloaded of it is forgotten. */
 #define BAD_IMAGE (BIT(FOTA_ERR_CHUNK_MAC) | BIT(FOTA_ERR_HASH) | BIT(FOTA_ERR_DECRYPT))
 
+#if FOTA_DELTA
+static fota_err_t check_once(fota_client_t *c, fota_result_t *res)
+#else
 fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
+#endif
 {
     answer_t a;
     const uint8_t *answer;
@@ -1312,12 +1528,35 @@ out:
     const char *line = c->why[0] ? c->why : fota_err_str(err);
     logf_(c, MSG_FAILED, line);
     progress_err(c, FOTA_STATE_ERROR, err);
+#if FOTA_DELTA
+    /* A delta failure is the patch's, not the release's: reported failed,
+     * and what was made of it forgotten (FOTA_ERR_DELTA is past BIT's
+     * 32 bits, so it is named). */
+    bool delta = err == FOTA_ERR_DELTA;
+    if (delta || (BIT(err) & BAD_IMAGE)) record_delete(c, REC_DOWNLOAD);
+    if ((delta || (BIT(err) & (REFUSED | FAILED))) && c->offer.session[0] && res->update &&
+        queue_offer(c, delta ? REPORT_DELTA_FAILED : (BIT(err) & REFUSED) ? REPORT_REFUSED : REPORT_FAILED, line) == FOTA_OK)
+        flush_queued(c);
+#else
     if (BIT(err) & BAD_IMAGE) record_delete(c, REC_DOWNLOAD);
     if ((BIT(err) & (REFUSED | FAILED)) && c->offer.session[0] && res->update &&
         queue_offer(c, BIT(err) & REFUSED ? REPORT_REFUSED : REPORT_FAILED, line) == FOTA_OK)
         flush_queued(c);
+#endif
     return err;
 }
+
+#if FOTA_DELTA
+fota_err_t fota_check(fota_client_t *c, fota_result_t *res)
+{
+    fota_err_t err = check_once(c, res);
+    if (err != FOTA_ERR_DELTA) return err;
+    /* Reported failed: the server offers this device the full image from
+     * now on. Take it now rather than at the next check. */
+    logf_(c, MSG_FULL_AGAIN);
+    return check_once(c, res);
+}
+#endif
 
 /* ---- Push ---- */
 

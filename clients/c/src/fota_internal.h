@@ -92,10 +92,21 @@ typedef struct {
     char version[FOTA_VERSION_MAX + 1];
     char key_id[17];
     char alg[16];
+#if FOTA_DELTA
+    /* A delta manifest (docs/FORMAT.md, "Delta records"): delta is set when
+     * it has all six delta fields (kind "delta"); compression is 1 none,
+     * 2 crle, 3 heatshrink. */
+    uint8_t delta, compression;
+    uint32_t base_size, patch_size;
+    uint8_t base_sha256[32];
+    char base_version[FOTA_VERSION_MAX + 1];
+#endif
 } fota_manifest_t;
 
 /* Parses and checks a manifest's fields by docs/FORMAT.md (not the
- * device's rules). FOTA_ERR_MANIFEST when anything is wrong. */
+ * device's rules). FOTA_ERR_MANIFEST when anything is wrong. The delta
+ * fields are known only to FOTA_DELTA builds: others refuse them as
+ * unknown fields. */
 fota_err_t fota_manifest_parse(const char *js, size_t len, fota_manifest_t *m);
 
 /* PKCS#7: the plaintext length of the final 16-byte block, or -1. */

@@ -28,6 +28,10 @@
 #endif
 
 #include "fota_port_esp.h"
+#if FOTA_DELTA
+#include "esp_image_format.h"
+#include "fota_internal.h" /* fota_sha256_*: mbedtls 2.28 and 3.x alike */
+#endif
 
 static const char *TAG = "fota";
 
@@ -173,6 +177,75 @@ static void running_image(const esp_partition_t *running, const esp_app_desc_t *
     id->address = running->address;
     memcpy(id->elf_sha256, desc->app_elf_sha256, sizeof id->elf_sha256);
 }
+
+#if FOTA_DELTA
+/* "image": an image's size and the SHA-256 of its bytes in its slot (the
+ * release's image, the base of a delta patch). slot_set_pending writes it
+ * for the image it marks, from the library's verified figures; an image
+ * put there by other means (the factory image) is hashed once at boot. */
+typedef struct {
+    uint32_t format;
+    image_id_t image;
+    uint32_t size;
+    uint8_t sha256[32];
+} image_record_t;
+
+/* Hashes the running image: its length from its own header and segments
+ * (esp_image_get_metadata: the .bin as esptool wrote it, checksum and
+ * appended digest included), then its bytes. Once per image: the result is
+ * kept. */
+static bool hash_running(const esp_partition_t *running, image_record_t *rec)
+{
+    esp_partition_pos_t pos = {.offset = running->address, .size = running->size};
+    esp_image_metadata_t meta;
+    if (esp_image_get_metadata(&pos, &meta) != ESP_OK || meta.image_len == 0 || meta.image_len > running->size) {
+        return false;
+    }
+    mbedtls_sha256_context s;
+    uint8_t buf[256];
+    mbedtls_sha256_init(&s);
+    bool ok = fota_sha256_start(&s) == 0;
+    for (uint32_t off = 0; ok && off < meta.image_len;) {
+        size_t n = meta.image_len - off < sizeof buf ? meta.image_len - off : sizeof buf;
+        ok = esp_partition_read(running, off, buf, n) == ESP_OK && fota_sha256_update(&s, buf, n) == 0;
+        off += (uint32_t)n;
+    }
+    ok = ok && fota_sha256_finish(&s, rec->sha256) == 0;
+    mbedtls_sha256_free(&s);
+    rec->size = meta.image_len;
+    return ok;
+}
+
+/* Fills the running image's size and SHA-256 into out, when known. */
+static void running_digest(fota_port_esp_t *p, const esp_partition_t *running, const image_id_t *id,
+                           fota_boot_info_t *out)
+{
+    image_record_t rec;
+    if (!(own_get(p, "image", &rec, sizeof rec) && same_image(&rec.image, id))) {
+        memset(&rec, 0, sizeof rec);
+        rec.format = RECORD_FORMAT;
+        rec.image = *id;
+        if (!hash_running(running, &rec)) {
+            ESP_LOGW(TAG, "boot: the running image's size is unknown: full images only");
+            return;
+        }
+        (void)own_set(p, "image", &rec, sizeof rec); /* else hashed again next boot */
+    }
+    out->running_known = true;
+    out->running_size = rec.size;
+    memcpy(out->running_sha256, rec.sha256, sizeof out->running_sha256);
+}
+
+static fota_err_t port_running_read(void *ctx, uint32_t off, uint8_t *data, size_t len)
+{
+    (void)ctx;
+    const esp_partition_t *running = esp_ota_get_running_partition();
+    if (running == NULL || off > running->size || len > running->size - off) {
+        return FOTA_ERR_ARGUMENT;
+    }
+    return esp_partition_read(running, off, data, len) == ESP_OK ? FOTA_OK : FOTA_ERR_FLASH;
+}
+#endif
 
 #ifndef CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK
 /* The release's security counter of the running image: the one
@@ -541,6 +614,9 @@ static fota_err_t port_boot_info(void *ctx, fota_boot_info_t *out)
 
     esp_ota_img_states_t state;
     out->trial = esp_ota_get_state_partition(running, &state) == ESP_OK && state == ESP_OTA_IMG_PENDING_VERIFY;
+#if FOTA_DELTA
+    running_digest(p, running, &run_id, out);
+#endif
 
 #ifdef CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK
     /* The bootloader refuses images below the eFuse secure version. */
@@ -712,6 +788,52 @@ static fota_err_t flash_write(const esp_partition_t *s, uint32_t off, const void
     return FOTA_OK;
 }
 
+#if FOTA_DELTA
+/* "tail": the bytes of an encrypted slot's partial block at a checkpoint.
+ * A patch's checkpoints fall anywhere in the image, not on block
+ * boundaries, and a block once written takes no more bytes: so slot_sync
+ * keeps them here rather than in flash, and init restores them (slot_read
+ * overlays them) for a resumed download to continue the block. */
+typedef struct {
+    uint32_t format;
+    uint32_t address; /* the slot's */
+    uint32_t off;
+    uint32_t len;
+    uint8_t bytes[16];
+} tail_record_t;
+
+static fota_err_t save_tail(fota_port_esp_t *p, const esp_partition_t *s)
+{
+    tail_record_t rec;
+    memset(&rec, 0, sizeof rec);
+    rec.format = RECORD_FORMAT;
+    rec.address = s->address;
+    rec.off = p->tail_off;
+    rec.len = p->tail_len;
+    memcpy(rec.bytes, p->tail, p->tail_len);
+    return own_set(p, "tail", &rec, sizeof rec);
+}
+
+static void restore_tail(fota_port_esp_t *p)
+{
+    tail_record_t rec;
+    const esp_partition_t *s = inactive_slot();
+    if (s != NULL && own_get(p, "tail", &rec, sizeof rec) && rec.address == s->address && rec.len < 16 &&
+        rec.off % 16 == 0) {
+        memcpy(p->tail, rec.bytes, rec.len);
+        p->tail_off = rec.off;
+        p->tail_len = (uint8_t)rec.len;
+    }
+}
+
+static void forget_tail(fota_port_esp_t *p)
+{
+    if (p->own_open && nvs_erase_key(p->own, "tail") == ESP_OK) {
+        (void)nvs_commit(p->own);
+    }
+}
+#endif
+
 static fota_err_t port_slot_begin(void *ctx, uint32_t size)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
@@ -736,6 +858,9 @@ static fota_err_t port_slot_begin(void *ctx, uint32_t size)
         len = s->size;
     }
     p->tail_len = 0;
+#if FOTA_DELTA
+    forget_tail(p);
+#endif
     esp_err_t e = esp_partition_erase_range(s, 0, len);
     if (e != ESP_OK) {
         ESP_LOGE(TAG, "slot: erase of %u bytes: %s", (unsigned)len, esp_err_to_name(e));
@@ -750,7 +875,10 @@ static fota_err_t port_slot_begin(void *ctx, uint32_t size)
  * in p->tail for the next write; slot_sync and slot_set_pending write them
  * padded. That is right because the decrypted image comes in whole AES
  * blocks except at its end, so the library's writes and checkpoints fall on
- * 16-byte boundaries and only the image's last block is ever partial. */
+ * 16-byte boundaries and only the image's last block is ever partial. A
+ * delta patch's output does not (its writes and checkpoints fall
+ * anywhere): with FOTA_DELTA slot_sync keeps the partial block in NVS
+ * rather than writing it, so a resumed download continues it. */
 static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, uint32_t off, const uint8_t *data,
                                   size_t len)
 {
@@ -801,6 +929,7 @@ static fota_err_t write_encrypted(fota_port_esp_t *p, const esp_partition_t *s, 
     }
     return FOTA_OK;
 }
+
 
 static fota_err_t flush_tail(fota_port_esp_t *p, const esp_partition_t *s)
 {
@@ -858,7 +987,10 @@ static fota_err_t port_slot_read(void *ctx, uint32_t off, uint8_t *data, size_t 
 /* esp_partition_write returns once the flash holds the bytes: there is no
  * write cache to flush. On an encrypted slot the image's last, partial
  * block is written now (see write_encrypted), so that a verified image
- * kept for its install window survives a reboot whole. */
+ * kept for its install window survives a reboot whole; with delta updates
+ * a partial block is kept in NVS instead ("tail"), since a patch's
+ * checkpoint may fall inside the image and the block must take more bytes
+ * (slot_set_pending writes it). */
 static fota_err_t port_slot_sync(void *ctx)
 {
     fota_port_esp_t *p = (fota_port_esp_t *)ctx;
@@ -869,7 +1001,11 @@ static fota_err_t port_slot_sync(void *ctx)
     if (s == NULL) {
         return FOTA_ERR_FLASH;
     }
+#if FOTA_DELTA
+    return save_tail(p, s);
+#else
     return flush_tail(p, s);
+#endif
 }
 
 static fota_err_t port_slot_set_pending(void *ctx, const char *version, uint32_t security_counter, uint32_t size,
@@ -920,6 +1056,20 @@ static fota_err_t port_slot_set_pending(void *ctx, const char *version, uint32_t
     if (err != FOTA_OK) {
         return err;
     }
+#if FOTA_DELTA
+    /* The new image's figures, verified by the library: the base of the
+     * next delta, without hashing it at its boot. */
+    image_record_t img;
+    memset(&img, 0, sizeof img);
+    img.format = RECORD_FORMAT;
+    img.image = rec.image;
+    img.size = size;
+    memcpy(img.sha256, sha256, sizeof img.sha256);
+    err = own_set(p, "image", &img, sizeof img);
+    if (err != FOTA_OK) {
+        return err;
+    }
+#endif
 
     /* With CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE the slot boots next as
      * ESP_OTA_IMG_NEW, which the bootloader turns into PENDING_VERIFY. */
@@ -1147,6 +1297,9 @@ esp_err_t fota_port_esp_init(fota_port_esp_t *p, const fota_port_esp_config_t *c
         return e;
     }
     p->own_open = true;
+#if FOTA_DELTA
+    restore_tail(p);
+#endif
 
     memset(port, 0, sizeof *port);
     port->ctx = p;
@@ -1160,6 +1313,9 @@ esp_err_t fota_port_esp_init(fota_port_esp_t *p, const fota_port_esp_config_t *c
     port->slot_read = port_slot_read;
     port->slot_sync = port_slot_sync;
     port->slot_set_pending = port_slot_set_pending;
+#if FOTA_DELTA
+    port->running_read = port_running_read;
+#endif
     port->boot_confirm = port_boot_confirm;
     port->boot_reject = port_boot_reject;
     port->kv_get = port_kv_get;

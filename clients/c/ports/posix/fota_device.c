@@ -111,6 +111,9 @@ static const char *const err_names[] = {
     "FOTA_ERR_SELF_TEST",
     "FOTA_ERR_POWER",
     "FOTA_ERR_TIMEOUT",
+#if FOTA_DELTA
+    "FOTA_ERR_DELTA",
+#endif
 };
 /* C99 has no static_assert: a negative array size breaks the build when
  * fota_err_t grows and this table does not. */

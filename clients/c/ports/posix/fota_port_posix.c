@@ -954,8 +954,26 @@ static fota_err_t port_boot_info(void *ctx, fota_boot_info_t *out)
         copy_text(out->rolled_back_version, sizeof out->rolled_back_version, p->bs.rollback_version);
         copy_text(out->rollback_reason, sizeof out->rollback_reason, p->bs.rollback_reason);
     }
+#if FOTA_DELTA
+    /* The boot state records every image's size and SHA-256, and the boot
+     * step checked the running one against them before it ran. */
+    out->running_known = img->size > 0;
+    out->running_size = img->size;
+    memcpy(out->running_sha256, img->sha256, sizeof out->running_sha256);
+#endif
     return FOTA_OK;
 }
+
+#if FOTA_DELTA
+static fota_err_t port_running_read(void *ctx, uint32_t off, uint8_t *data, size_t len)
+{
+    fota_posix_t *p = ctx;
+    const fota_posix_image_t *img = fota_posix_running_image(p);
+    /* Only the running image: the library asks for nothing past it. */
+    if (!img || off > img->size || len > img->size - off) return FOTA_ERR_ARGUMENT;
+    return fota_posix_read_running(p, off, data, len);
+}
+#endif
 
 static fota_err_t port_boot_ack_rollback(void *ctx)
 {
@@ -1837,6 +1855,9 @@ void fota_posix_port(fota_posix_t *p, fota_port_t *out)
     out->slot_read = port_slot_read;
     out->slot_sync = port_slot_sync;
     out->slot_set_pending = port_slot_set_pending;
+#if FOTA_DELTA
+    out->running_read = port_running_read;
+#endif
     out->boot_confirm = port_boot_confirm;
     out->boot_reject = port_boot_reject;
     out->kv_get = port_kv_get;

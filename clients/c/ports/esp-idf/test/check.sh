@@ -80,6 +80,11 @@ run "fota_port_esp.c (no rollback, no certificate bundle)" \
     $cc $warn ${CFLAGS:-} -DFOTA_CHECK_NO_ROLLBACK -DFOTA_CHECK_NO_BUNDLE $esp_inc \
     -c "$port/fota_port_esp.c" -o "$tmp/port-min.o"
 
+run "fota_port_esp.c (delta updates)" \
+    $cc $warn ${CFLAGS:-} -DFOTA_DELTA=1 $esp_inc -I"$clients_c/src" -c "$port/fota_port_esp.c" -o "$tmp/port-delta.o"
+run "examples/ota/main/main.c (delta updates)" \
+    $cc $warn ${CFLAGS:-} -DFOTA_DELTA=1 $esp_inc -I"$tmp/keysdir" -c "$port/examples/ota/main/main.c" -o "$tmp/main-delta.o"
+
 run "examples/ota/main/main.c" \
     $cc $warn ${CFLAGS:-} $esp_inc -I"$tmp/keysdir" -c "$port/examples/ota/main/main.c" -o "$tmp/main.o"
 
@@ -91,6 +96,8 @@ for src in "$clients_c"/src/*.c; do
     name=$(basename "$src" .c)
     run "src/$name.c" \
         $cc $warn ${CFLAGS:-} -I"$clients_c/include" -I"$clients_c/src" -c "$src" -o "$tmp/core-$name.o"
+    run "src/$name.c (delta updates)" \
+        $cc $warn ${CFLAGS:-} -DFOTA_DELTA=1 -I"$clients_c/include" -I"$clients_c/src" -c "$src" -o "$tmp/core-delta-$name.o"
 done
 if [ "$core_found" = 0 ]; then
     echo "skip core library: no $clients_c/src/*.c yet"
