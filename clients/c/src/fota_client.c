@@ -1221,18 +1221,19 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             index = index << 8 | head[k];
             len = len << 8 | head[k + 4];
         }
+        bool short_frame = false;
         if (got < 40 || index != d->next_chunk || len != expect) {
 #if FOTA_DELTA
-            /* The right chunk, shorter than the signed manifest says: the
-             * session's ciphertext ends here, another artifact's. */
-            if (got >= 40 && index == d->next_chunk && len < expect) {
-                err = fail(c, FOTA_ERR_DELTA, MSG_OTHER_ARTIFACT, (unsigned long)index + 1, (unsigned long)o->chunks);
+            /* The right chunk, shorter than the signed manifest says: if its
+             * MAC holds, the session's ciphertext ends here, another
+             * artifact's (checked below: the length is not authenticated). */
+            short_frame = got >= 40 && index == d->next_chunk && len < expect;
+#endif
+            if (!short_frame) {
+                err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
+                           (unsigned long)d->next_chunk, (unsigned long)expect);
                 break;
             }
-#endif
-            err = fail(c, FOTA_ERR_PROTOCOL, MSG_FRAME, (unsigned long)index, (unsigned long)len,
-                       (unsigned long)d->next_chunk, (unsigned long)expect);
-            break;
         }
         if (got < 40 + len) {
             err = FOTA_ERR_NETWORK; /* cut short: what came before is kept */
@@ -1245,12 +1246,24 @@ static fota_err_t fetch(fota_client_t *c, download_t *d, uint8_t session_key[32]
             err = FOTA_ERR_CHUNK_MAC; /* download() says which chunk, if it gives up */
             break;
         }
+#if FOTA_DELTA
+        if (short_frame) {
+            err = fail(c, FOTA_ERR_DELTA, MSG_OTHER_ARTIFACT, (unsigned long)index + 1, (unsigned long)o->chunks);
+            break;
+        }
+#endif
         /* Checked: decrypt in place (mbedtls keeps the CBC chaining value in d->cbc). */
         if (mbedtls_aes_crypt_cbc(&c->aes, MBEDTLS_AES_DECRYPT, len, d->cbc, chunk, chunk)) break;
         int tail = last ? fota_unpad(chunk + len - 16) : 16; /* the plaintext bytes of the last block */
         uint32_t plain = len - 16 + (uint32_t)tail;
         if (tail < 0 || d->written + plain > ARTIFACT_SIZE(o)) {
+#if FOTA_DELTA
+            /* Of a patch, a delta failure like any other: not the release's. */
+            err = fail(c, o->patch_size ? FOTA_ERR_DELTA : FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE,
+                       (unsigned long)ARTIFACT_SIZE(o));
+#else
             err = fail(c, FOTA_ERR_DECRYPT, tail < 0 ? MSG_PADDING : MSG_OVERSIZE, (unsigned long)ARTIFACT_SIZE(o));
+#endif
             break;
         }
         /* Erased only once a chunk passed its HMAC: an answer altered on the
