@@ -1182,12 +1182,19 @@ func (a *Agent) install(ctx context.Context, o *offer) error {
 
 	a.setProgress(Progress{State: StateVerifying, Version: o.version, Chunk: o.chunks, Chunks: o.chunks, Bytes: dl.Bytes, TotalBytes: o.ciphertextSize})
 	if err := dec.Close(); err != nil {
-		if isDeltaFailure(err) {
+		switch {
+		case isDeltaFailure(err):
 			return err
+		case o.delta != nil:
+			// Of a patch, a delta failure like any other: not the release's.
+			return deltaFailed("%v", err)
 		}
 		return fmt.Errorf("%w: %v", errVerify, err)
 	}
 	if o.ciphertextSHA != nil && [32]byte(ctHash.Sum(nil)) != *o.ciphertextSHA {
+		if o.delta != nil {
+			return deltaFailed("the patch's ciphertext sha256 is not the signed one")
+		}
 		return fmt.Errorf("%w: ciphertext sha256 mismatch", errVerify)
 	}
 	if patcher != nil {
