@@ -98,15 +98,7 @@ func TestDeltaUpdate(t *testing.T) {
 			if res, err := full.cycle(); err != nil || !res.Updated {
 				t.Fatalf("full update: %+v %v", res, err)
 			}
-			tr := traffic(t, h)
-			if tr.DeltaSessions != 1 || tr.FullSessions != 1 || tr.DeltaBytes <= 0 || tr.FullBytes != tr.DeltaFullBytes {
-				t.Fatalf("traffic %+v: want one delta and one full session, the full one the release's size", tr)
-			}
-			t.Logf("%s: %d KiB image with a byte changed in every 512: delta %d bytes on the wire, full image %d (%.1f%%)",
-				compression, deltaImageSize>>10, tr.DeltaBytes, tr.FullBytes, 100*float64(tr.DeltaBytes)/float64(tr.FullBytes))
-			if compression != "none" && tr.DeltaBytes*4 > tr.FullBytes {
-				t.Fatalf("delta of %d bytes is more than a quarter of the full image's %d", tr.DeltaBytes, tr.FullBytes)
-			}
+			attacktest.CheckDeltaAndFull(t, h.Server, compression, deltaImageSize)
 		})
 	}
 }
@@ -122,31 +114,18 @@ func TestFaultyDeltaFallsBack(t *testing.T) {
 	h := newHarness(t)
 	base := lineage(h, "1.0.3", firmware.Healthy, 0, false)
 	target := lineage(h, "1.0.4", firmware.Healthy, 0, true)
-	mk := func(from, to []byte) []byte {
-		p, err := delta.Create(from, to, delta.CreateOptions{Compression: "heatshrink"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	other := lineage(h, "1.0.2", firmware.Healthy, 0, true)
-	flipped := append([]byte(nil), target...)
-	flipped[len(flipped)/2] ^= 0xff
-	real := mk(base, target)
-	cases := []struct {
-		name, patch, reason string
-		bytes               []byte
-	}{
-		{name: "made against another base", bytes: mk(other, target), reason: "does not match the release's signed sha256"},
-		{name: "writes past the slot", bytes: mk(base, make([]byte, slotSize+4096)), reason: "delta patch failed"},
-		{name: "truncated", bytes: real[:len(real)*2/3], reason: "delta patch failed"},
-		{name: "output fails the hash", bytes: mk(base, flipped), reason: "does not match the release's signed sha256"},
-		{name: "not a patch", bytes: bytes.Repeat([]byte{0xa5}, 3000), reason: "delta patch failed"},
+	// What the agent says of each, after "delta patch failed: ".
+	reasons := map[string]string{
+		"made against another base": "does not match the release's signed sha256",
+		"output fails the hash":     "does not match the release's signed sha256",
 	}
+	cases := attacktest.FaultyDeltas(t, base, target, other, slotSize)
 	for i, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		reason := reasons[c.Name]
+		t.Run(c.Name, func(t *testing.T) {
 			h := newHarness(t)
-			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Patch: c.bytes}))
+			h.Publish(h.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: "1.0.3", Image: base, Patch: c.Patch}))
 			d := h.newDeviceOn(fmt.Sprintf("faulty-%d", i), base)
 			res, err := d.cycle()
 			if err != nil || !res.Updated {
@@ -158,8 +137,8 @@ func TestFaultyDeltaFallsBack(t *testing.T) {
 			}
 			sessions := sessionsOf(t, h, d.id)
 			if len(sessions) != 2 || sessions[0].DeltaBase == "" || sessions[0].State != fota.SessionFailed ||
-				!strings.Contains(sessions[0].Reason, c.reason) || sessions[1].DeltaBase != "" {
-				t.Fatalf("sessions %+v: want a failed delta (%q) then a full image", sessions, c.reason)
+				!strings.Contains(sessions[0].Reason, "delta patch failed: ") || !strings.Contains(sessions[0].Reason, reason) || sessions[1].DeltaBase != "" {
+				t.Fatalf("sessions %+v: want a failed delta (%q) then a full image", sessions, reason)
 			}
 			old := make([]byte, len(base))
 			d.slots.ReadAt(d.boot.Slot, old, 0)

@@ -117,15 +117,7 @@ func TestDeltaUpdateC(t *testing.T) {
 				t.Fatalf("sessions %+v: want one full session", s)
 			}
 
-			tr := cTraffic(t, srv)
-			if tr.DeltaSessions != 1 || tr.FullSessions != 1 || tr.DeltaBytes <= 0 || tr.FullBytes != tr.DeltaFullBytes {
-				t.Fatalf("traffic %+v: want one delta and one full session, the full one the release's size", tr)
-			}
-			t.Logf("%s: %d KiB image, a byte changed in every 512: delta %d bytes on the wire, full %d (%.1f%%)",
-				compression, cDeltaImageSize>>10, tr.DeltaBytes, tr.FullBytes, 100*float64(tr.DeltaBytes)/float64(tr.FullBytes))
-			if compression != "none" && tr.DeltaBytes*4 > tr.FullBytes {
-				t.Fatalf("delta of %d bytes is more than a quarter of the full image's %d", tr.DeltaBytes, tr.FullBytes)
-			}
+			attacktest.CheckDeltaAndFull(t, srv, compression, cDeltaImageSize)
 		})
 	}
 }
@@ -139,43 +131,32 @@ func TestFaultyDeltaFallsBackC(t *testing.T) {
 	base := cLineage(srv0, factoryVersion, cDeltaImageSize, 512, false)
 	target := cLineage(srv0, "1.0.4", cDeltaImageSize, 512, true)
 	other := cLineage(srv0, "1.0.2", cDeltaImageSize, 512, true)
-	mk := func(from, to []byte) []byte {
-		p, err := delta.Create(from, to, delta.CreateOptions{Compression: "heatshrink"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	flipped := append([]byte(nil), target...)
-	flipped[len(flipped)/2] ^= 0xff
-	real := mk(base, target)
+	// What the C client says of each, after "delta patch failed: ".
 	hash := "the image made does not match the signed sha256"
-	cases := []struct {
-		name, reason string
-		patch        []byte
-	}{
-		{"made against another base", hash, mk(other, target)},
-		{"writes past the slot", "makes an image larger than the slot", mk(base, make([]byte, slotSize+4096))},
-		{"truncated", "delta patch truncated", real[:len(real)*2/3]},
-		{"output fails the hash", hash, mk(base, flipped)},
-		{"not a patch", "delta patch failed:", bytes.Repeat([]byte{0xa5}, 3000)},
+	reasons := map[string]string{
+		"made against another base": hash,
+		"writes past the slot":      "makes an image larger than the slot",
+		"truncated":                 "delta patch truncated",
+		"output fails the hash":     hash,
 	}
+	cases := attacktest.FaultyDeltas(t, base, target, other, slotSize)
 	for i, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+		reason := reasons[c.Name]
+		t.Run(c.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := testserver.New(t)
-			srv.Publish(srv.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: factoryVersion, Image: base, Patch: c.patch}))
+			srv.Publish(srv.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: factoryVersion, Image: base, Patch: c.Patch}))
 			d := newCDevOn(t, srv, fmt.Sprintf("faulty-%d", i), slotSize, 0, base)
 			installAndBoot(t, d, base, target)
 			s := cSessions(t, srv, d.id)
 			if len(s) != 2 || s[0].DeltaBase == "" || s[0].State != fota.SessionFailed ||
-				!strings.Contains(s[0].Reason, "delta patch failed: ") || !strings.Contains(s[0].Reason, c.reason) ||
+				!strings.Contains(s[0].Reason, "delta patch failed: ") || !strings.Contains(s[0].Reason, reason) ||
 				s[1].DeltaBase != "" {
 				var got []string
 				for _, x := range s {
 					got = append(got, fmt.Sprintf("{delta %t %s %q}", x.DeltaBase != "", x.State, x.Reason))
 				}
-				t.Fatalf("sessions %v: want a failed delta (%q) then a full image", got, c.reason)
+				t.Fatalf("sessions %v: want a failed delta (%q) then a full image", got, reason)
 			}
 		})
 	}

@@ -2,11 +2,16 @@ package attacktest
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
+	"testing"
 
+	"github.com/ecowatt/fota"
 	"github.com/ecowatt/fota/bundle"
+	"github.com/ecowatt/fota/delta"
+	"github.com/ecowatt/fota/internal/testserver"
 )
 
 // DeltaAttack is a man in the middle's rewrite of a check answer that
@@ -103,4 +108,59 @@ func DeltaEnvelopes(b []byte, n int) (*bundle.Envelope, []*bundle.Envelope, erro
 		deltas = append(deltas, denv)
 	}
 	return env, deltas, nil
+}
+
+// FaultyDelta is a validly signed delta that cannot make the release's
+// image on a device running base: what a release engineer's mistake (or a
+// wrong --delta-from) would publish. Every client that takes deltas must
+// catch it before marking the slot, report a delta failure and install the
+// full image; the Go agent's tests and the C client's run the same rows.
+type FaultyDelta struct {
+	Name  string
+	Patch []byte
+}
+
+// FaultyDeltas are the patches from base meant to make target: made
+// against another image (other), claiming an image larger than a slot of
+// slotSize bytes, cut short, making an image that fails the signed hash,
+// and bytes that are no patch at all.
+func FaultyDeltas(tb testing.TB, base, target, other []byte, slotSize int) []FaultyDelta {
+	tb.Helper()
+	mk := func(from, to []byte) []byte {
+		p, err := delta.Create(from, to, delta.CreateOptions{Compression: "heatshrink"})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return p
+	}
+	flipped := append([]byte(nil), target...)
+	flipped[len(flipped)/2] ^= 0xff
+	real := mk(base, target)
+	return []FaultyDelta{
+		{"made against another base", mk(other, target)},
+		{"writes past the slot", mk(base, make([]byte, slotSize+4096))},
+		{"truncated", real[:len(real)*2/3]},
+		{"output fails the hash", mk(base, flipped)},
+		{"not a patch", bytes.Repeat([]byte{0xa5}, 3000)},
+	}
+}
+
+// CheckDeltaAndFull checks what a test that updated one device by a delta
+// (compression) and one by the full image put on the wire: one session of
+// each, the full one the release's size, and (compressed) a delta under a
+// quarter of it.
+func CheckDeltaAndFull(tb testing.TB, srv *testserver.Server, compression string, imageSize int) {
+	tb.Helper()
+	tr, err := srv.Store.Traffic(context.Background(), fota.TrafficFilter{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if tr.DeltaSessions != 1 || tr.FullSessions != 1 || tr.DeltaBytes <= 0 || tr.FullBytes != tr.DeltaFullBytes {
+		tb.Fatalf("traffic %+v: want one delta and one full session, the full one the release's size", tr)
+	}
+	tb.Logf("%s: %d KiB image: delta %d bytes on the wire, full image %d (%.1f%%)",
+		compression, imageSize>>10, tr.DeltaBytes, tr.FullBytes, 100*float64(tr.DeltaBytes)/float64(tr.FullBytes))
+	if compression != "none" && tr.DeltaBytes*4 > tr.FullBytes {
+		tb.Fatalf("delta of %d bytes is more than a quarter of the full image's %d", tr.DeltaBytes, tr.FullBytes)
+	}
 }
