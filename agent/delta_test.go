@@ -52,16 +52,6 @@ func (h *harness) newDeviceOn(id string, img []byte) *device {
 	return &device{h: h, id: id, api: agent.APINative, psk: psk, disk: disk, size: slotSize, dir: dir}
 }
 
-// traffic is what the server says went over the wire for the release.
-func traffic(t *testing.T, h *harness) fota.Traffic {
-	t.Helper()
-	tr, err := h.Store.Traffic(context.Background(), fota.TrafficFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr
-}
-
 // TestDeltaUpdate: a device running a delta's base downloads the patch
 // (a fraction of the image), applies it onto its running image, boots
 // and confirms the result; a device with NoDelta downloads the image.
@@ -135,7 +125,7 @@ func TestFaultyDeltaFallsBack(t *testing.T) {
 			if !strings.Contains(evs, "failed 1.0.4") {
 				t.Fatalf("the server did not hear the delta fail: %s", evs)
 			}
-			sessions := sessionsOf(t, h, d.id)
+			sessions := h.Sessions(d.id)
 			if len(sessions) != 2 || sessions[0].DeltaBase == "" || sessions[0].State != fota.SessionFailed ||
 				!strings.Contains(sessions[0].Reason, "delta patch failed: ") || !strings.Contains(sessions[0].Reason, reason) || sessions[1].DeltaBase != "" {
 				t.Fatalf("sessions %+v: want a failed delta (%q) then a full image", sessions, reason)
@@ -153,24 +143,6 @@ func TestFaultyDeltaFallsBack(t *testing.T) {
 			}
 		})
 	}
-}
-
-// sessionsOf lists a device's sessions, oldest first, from the store.
-func sessionsOf(t *testing.T, h *harness, id string) []*fota.Session {
-	t.Helper()
-	evs, err := h.Store.Events(context.Background(), fota.EventFilter{DeviceID: id, Kind: fota.EventSessionOpened, Limit: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*fota.Session
-	for i := len(evs) - 1; i >= 0; i-- {
-		s, err := h.Store.Session(context.Background(), evs[i].SessionID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
 }
 
 // TestDeltaOfferAttacks: a man in the middle (or a compromised server)
@@ -278,7 +250,7 @@ func TestPowerCutSweepDelta(t *testing.T) {
 			cutRun(t, h, n, 0, cut, mode, "1.0.4", images, stats)
 		}
 	}
-	tr := traffic(t, h)
+	tr := h.Traffic()
 	if tr.FullSessions != 0 {
 		t.Fatalf("%d sessions fell back to the full image: a cut made a patch fail (traffic %+v)", tr.FullSessions, tr)
 	}

@@ -37,33 +37,6 @@ func cLineage(srv *testserver.Server, version string, size, every int, scattered
 	return img
 }
 
-// cSessions lists a device's sessions, oldest first.
-func cSessions(t *testing.T, srv *testserver.Server, id string) []*fota.Session {
-	t.Helper()
-	evs, err := srv.Store.Events(context.Background(), fota.EventFilter{DeviceID: id, Kind: fota.EventSessionOpened, Limit: 100})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*fota.Session
-	for i := len(evs) - 1; i >= 0; i-- {
-		s, err := srv.Store.Session(context.Background(), evs[i].SessionID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-func cTraffic(t *testing.T, srv *testserver.Server) fota.Traffic {
-	t.Helper()
-	tr, err := srv.Store.Traffic(context.Background(), fota.TrafficFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr
-}
-
 // installAndBoot powers the device on (which must install 1.0.4), then
 // again (it boots 1.0.4 on trial and confirms it), and checks that the new
 // slot holds target and the old one still holds base.
@@ -106,14 +79,14 @@ func TestDeltaUpdateC(t *testing.T) {
 
 			d := newCDevOn(t, srv, "c-delta", slotSize, 0, base)
 			installAndBoot(t, d, base, target)
-			if s := cSessions(t, srv, d.id); len(s) != 1 || s[0].DeltaBase == "" {
+			if s := srv.Sessions(d.id); len(s) != 1 || s[0].DeltaBase == "" {
 				t.Fatalf("sessions %+v: want one delta session", s)
 			}
 
 			full := newCDevOn(t, srv, "c-full", slotSize, 0, base)
 			full.useFullBuild()
 			installAndBoot(t, full, base, target)
-			if s := cSessions(t, srv, full.id); len(s) != 1 || s[0].DeltaBase != "" {
+			if s := srv.Sessions(full.id); len(s) != 1 || s[0].DeltaBase != "" {
 				t.Fatalf("sessions %+v: want one full session", s)
 			}
 
@@ -148,7 +121,7 @@ func TestFaultyDeltaFallsBackC(t *testing.T) {
 			srv.Publish(srv.BundleWithDeltas("1.0.4", target, 0, 0, testserver.DeltaBase{Version: factoryVersion, Image: base, Patch: c.Patch}))
 			d := newCDevOn(t, srv, fmt.Sprintf("faulty-%d", i), slotSize, 0, base)
 			installAndBoot(t, d, base, target)
-			s := cSessions(t, srv, d.id)
+			s := srv.Sessions(d.id)
 			if len(s) != 2 || s[0].DeltaBase == "" || s[0].State != fota.SessionFailed ||
 				!strings.Contains(s[0].Reason, "delta patch failed: ") || !strings.Contains(s[0].Reason, reason) ||
 				s[1].DeltaBase != "" {
@@ -180,7 +153,7 @@ func TestDeltaPowerCutC(t *testing.T) {
 		t.Fatalf("reference install: exit %d:\n%s%s", code, ref.stdout, ref.stderr)
 	}
 	ops := ref.ops()
-	s := cSessions(t, srv, ref.id)
+	s := srv.Sessions(ref.id)
 	if len(s) != 1 || s[0].DeltaBase == "" || s[0].TotalChunks < 12 {
 		for _, x := range s {
 			t.Logf("session: delta %t, %d chunks", x.DeltaBase != "", x.TotalChunks)
@@ -218,7 +191,7 @@ func TestDeltaPowerCutC(t *testing.T) {
 				if !bytes.HasPrefix(d.slot(0), base) {
 					t.Fatal("the running slot was written")
 				}
-				for _, x := range cSessions(t, srv, d.id) {
+				for _, x := range srv.Sessions(d.id) {
 					if x.DeltaBase == "" || x.State == fota.SessionFailed {
 						t.Fatalf("a session that is not a good delta: %s %q", x.State, x.Reason)
 					}
@@ -226,7 +199,7 @@ func TestDeltaPowerCutC(t *testing.T) {
 			})
 		}
 	})
-	if tr := cTraffic(t, srv); tr.FullSessions != 0 {
+	if tr := srv.Traffic(); tr.FullSessions != 0 {
 		t.Fatalf("traffic %+v: a device fell back to the full image", tr)
 	}
 	// The first cuts may come before the first checkpoint; most are after it.

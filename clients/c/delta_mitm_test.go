@@ -94,7 +94,7 @@ func TestDeltaManifestOnFullSessionNotCounted(t *testing.T) {
 	d.server = m.URL
 	code := d.powerOn()
 	t.Logf("exit %d %s\n%s", code, d.errorCode(), d.stderr)
-	for _, s := range cSessions(t, srv, d.id) {
+	for _, s := range srv.Sessions(d.id) {
 		t.Logf("session delta=%t %s %q", s.DeltaBase != "", s.State, s.Reason)
 	}
 	ro, err := srv.Admin.Rollout(context.Background(), 1)
@@ -150,7 +150,7 @@ func TestShortFrameHeadKeepsDownload(t *testing.T) {
 			d.extra = []string{"--checkpoint-every", "2", "--chunks-per-request", "4", "-v"}
 			code := d.powerOn()
 			t.Logf("exit %d %s\n%s", code, d.errorCode(), d.stderr)
-			for _, s := range cSessions(t, srv, d.id) {
+			for _, s := range srv.Sessions(d.id) {
 				t.Logf("session delta=%t %s next=%d/%d %q", s.DeltaBase != "", s.State, s.NextChunk, s.TotalChunks, s.Reason)
 			}
 			if strings.Contains(d.stderr, "downloading 1.0.4: chunk 0 of") && strings.Count(d.stderr, "downloading 1.0.4: chunk 0 of") > 1 {

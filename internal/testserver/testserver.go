@@ -239,3 +239,31 @@ func (s *Server) Events(id string) []string {
 	}
 	return out
 }
+
+// Sessions lists a device's sessions, oldest first.
+func (s *Server) Sessions(id string) []*fota.Session {
+	s.TB.Helper()
+	evs, err := s.Store.Events(context.Background(), fota.EventFilter{DeviceID: id, Kind: fota.EventSessionOpened, Limit: 100})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	var out []*fota.Session
+	for i := len(evs) - 1; i >= 0; i-- {
+		sess, err := s.Store.Session(context.Background(), evs[i].SessionID)
+		if err != nil {
+			s.TB.Fatal(err)
+		}
+		out = append(out, sess)
+	}
+	return out
+}
+
+// Traffic is what every recorded session put on the wire.
+func (s *Server) Traffic() fota.Traffic {
+	s.TB.Helper()
+	tr, err := s.Store.Traffic(context.Background(), fota.TrafficFilter{})
+	if err != nil {
+		s.TB.Fatal(err)
+	}
+	return tr
+}
