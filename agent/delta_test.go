@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -173,18 +172,8 @@ func TestDeltaOfferAttacks(t *testing.T) {
 			h := newHarness(t)
 			base, target, env, deltas := setup(h)
 			m := attacktest.NewMITM(t, h.URL)
-			attacked := false
-			m.Check = func(orig []byte) []byte {
-				var a map[string]any
-				json.Unmarshal(orig, &a)
-				if a["update"] != true || attacked {
-					return orig
-				}
-				attacked = true
-				c.Edit(a, env, deltas)
-				out, _ := json.Marshal(a)
-				return out
-			}
+			first := attacktest.EditFirstOffer(func(a map[string]any) { c.Edit(a, env, deltas) })
+			m.Check = first.Check
 			d := h.newDeviceOn(fmt.Sprintf("mitm-%d", i), base)
 			d.configHook = func(cfg *agent.Config) { cfg.Server = m.URL; cfg.NoDelta = c.NoDelta; cfg.CheckpointEvery = 1 }
 			if err := d.powerOn(); err != nil {
@@ -197,6 +186,7 @@ func TestDeltaOfferAttacks(t *testing.T) {
 				}
 			}
 			res, err := d.agent.CheckOnce(context.Background())
+			attacked := first.Attacked()
 			if c.Want == "" && (!attacked || len(seen) != 0) {
 				t.Fatalf("attacked %v, errors %q: want none", attacked, seen)
 			}

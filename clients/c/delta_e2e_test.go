@@ -233,21 +233,8 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 			}
 
 			m := attacktest.NewMITM(t, srv.URL)
-			var mu sync.Mutex
-			attacked := false
-			m.Check = func(orig []byte) []byte {
-				mu.Lock()
-				defer mu.Unlock()
-				var a map[string]any
-				json.Unmarshal(orig, &a)
-				if a["update"] != true || attacked {
-					return orig
-				}
-				attacked = true
-				c.Edit(a, env, deltas)
-				out, _ := json.Marshal(a)
-				return out
-			}
+			offer := attacktest.EditFirstOffer(func(a map[string]any) { c.Edit(a, env, deltas) })
+			m.Check = offer.Check
 			m.Settle()
 			d := newCDevOn(t, srv, fmt.Sprintf("mitm-%d", i), slotSize, 0, base)
 			d.server = m.URL
@@ -258,10 +245,9 @@ func TestDeltaOfferAttacksC(t *testing.T) {
 				t.Fatalf("exit %d, want the full image installed after the attack:\n%s%s", code, d.stdout, d.stderr)
 			}
 			first := strings.Index(d.stderr, "update failed: ")
-			if mu.Lock(); !attacked {
+			if !offer.Attacked() {
 				t.Fatal("the check answer was not attacked")
 			}
-			mu.Unlock()
 			switch {
 			case c.Want == "" && first >= 0:
 				t.Fatalf("want no failure:\n%s", d.stderr)

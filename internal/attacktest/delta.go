@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
+	"sync"
 	"testing"
 
 	"github.com/ecowatt/fota"
@@ -163,4 +165,40 @@ func CheckDeltaAndFull(tb testing.TB, srv *testserver.Server, compression string
 	if compression != "none" && tr.DeltaBytes*4 > tr.FullBytes {
 		tb.Fatalf("delta of %d bytes is more than a quarter of the full image's %d", tr.DeltaBytes, tr.FullBytes)
 	}
+}
+
+// FirstOffer is a Check rewrite that edits only the first check answer
+// offering an update (decoded as a JSON object) and passes every other
+// answer on, so the honest answer after the attack gets through.
+type FirstOffer struct {
+	mu       sync.Mutex
+	attacked bool
+	edit     func(answer map[string]any)
+}
+
+// EditFirstOffer returns a FirstOffer that applies edit; set its Check as
+// the MITM's.
+func EditFirstOffer(edit func(answer map[string]any)) *FirstOffer {
+	return &FirstOffer{edit: edit}
+}
+
+// Check is the MITM.Check function.
+func (f *FirstOffer) Check(orig []byte) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var a map[string]any
+	if json.Unmarshal(orig, &a) != nil || a["update"] != true || f.attacked {
+		return orig
+	}
+	f.attacked = true
+	f.edit(a)
+	out, _ := json.Marshal(a)
+	return out
+}
+
+// Attacked reports whether an answer was edited.
+func (f *FirstOffer) Attacked() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.attacked
 }
